@@ -1,0 +1,301 @@
+"""Configuration: built-in defaults < TOML file < environment, validated once.
+
+`load_config(path, environ)` returns a frozen `Config`. Every key is declared
+once in `KEYS` with its type, default and (for secrets and URLs) the
+environment variable that overrides it; `config.example.toml` documents them.
+A bad value raises `ConfigError` naming the key, e.g.
+``smtp.port: expected an integer, got 'abc'``.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, malformed or of the wrong type."""
+
+
+def default_data_dir(environ: Mapping[str, str]) -> Path:
+    """Where the embedded database and the Maildir outbox live by default."""
+    base = environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "papers-digest"
+
+
+def _str(key: str, value: Any) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(f"{key}: expected a string, got {value!r}")
+    return value
+
+
+def _int(key: str, value: Any) -> int:
+    if isinstance(value, bool):
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    if isinstance(value, str):
+        try:
+            return int(value.strip())
+        except ValueError:
+            raise ConfigError(f"{key}: expected an integer, got {value!r}") from None
+    if not isinstance(value, int):
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    return value
+
+
+def _float(key: str, value: Any) -> float:
+    if isinstance(value, bool):
+        raise ConfigError(f"{key}: expected a number, got {value!r}")
+    if isinstance(value, str):
+        try:
+            return float(value.strip())
+        except ValueError:
+            raise ConfigError(f"{key}: expected a number, got {value!r}") from None
+    if not isinstance(value, int | float):
+        raise ConfigError(f"{key}: expected a number, got {value!r}")
+    return float(value)
+
+
+def _bool(key: str, value: Any) -> bool:
+    if isinstance(value, str) and value.strip().lower() in {"1", "true", "yes", "on"}:
+        return True
+    if isinstance(value, str) and value.strip().lower() in {"0", "false", "no", "off"}:
+        return False
+    if not isinstance(value, bool):
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    return value
+
+
+def _opt_str(key: str, value: Any) -> str | None:
+    text = _str(key, value).strip()
+    return text or None
+
+
+def _database_url(key: str, value: Any) -> str:
+    text = _str(key, value).strip()
+    try:
+        url = make_url(text)
+    except ArgumentError:
+        raise ConfigError(f"{key}: not a database URL: {text!r}") from None
+    if url.get_backend_name() not in {"sqlite", "postgresql"}:
+        raise ConfigError(f"{key}: unsupported database {url.drivername!r} (sqlite or postgresql)")
+    return text
+
+
+def _http_url(key: str, value: Any) -> str:
+    text = _str(key, value).strip().rstrip("/")
+    parts = urlsplit(text)
+    if parts.scheme not in {"http", "https"} or not parts.netloc:
+        raise ConfigError(f"{key}: expected an http(s) URL, got {text!r}")
+    return text
+
+
+def _transport(key: str, value: Any) -> str:
+    text = _str(key, value).strip().lower()
+    if text not in {"maildir", "smtp"}:
+        raise ConfigError(f"{key}: unknown transport {text!r} (maildir or smtp)")
+    return text
+
+
+def _positive(check: Callable[[str, Any], Any]) -> Callable[[str, Any], Any]:
+    def wrapped(key: str, value: Any) -> Any:
+        number = check(key, value)
+        if number <= 0:
+            raise ConfigError(f"{key}: must be greater than 0, got {value!r}")
+        return number
+
+    return wrapped
+
+
+def _non_negative(check: Callable[[str, Any], Any]) -> Callable[[str, Any], Any]:
+    def wrapped(key: str, value: Any) -> Any:
+        number = check(key, value)
+        if number < 0:
+            raise ConfigError(f"{key}: must not be negative, got {value!r}")
+        return number
+
+    return wrapped
+
+
+def _port(key: str, value: Any) -> int:
+    port = _int(key, value)
+    if not 0 < port < 65536:
+        raise ConfigError(f"{key}: not a TCP port: {value!r}")
+    return port
+
+
+@dataclass(frozen=True)
+class Key:
+    """One configuration key: its parser, default and overriding env variable."""
+
+    parse: Callable[[str, Any], Any]
+    default: Any = None
+    env: str | None = None
+
+
+KEYS: dict[str, Key] = {
+    "data_dir": Key(_opt_str, None, "DIGEST_DATA_DIR"),
+    "database.url": Key(_database_url, None, "DIGEST_DATABASE_URL"),
+    "smtp.host": Key(_opt_str, None, "DIGEST_SMTP_HOST"),
+    "smtp.port": Key(_port, 587, "DIGEST_SMTP_PORT"),
+    "smtp.username": Key(_opt_str, None, "DIGEST_SMTP_USERNAME"),
+    "smtp.password": Key(_opt_str, None, "DIGEST_SMTP_PASSWORD"),
+    "smtp.starttls": Key(_bool, True),
+    "smtp.ssl": Key(_bool, False),
+    "smtp.timeout": Key(_positive(_float), 30.0),
+    "delivery.transport": Key(_transport, None, "DIGEST_TRANSPORT"),
+    "delivery.maildir": Key(_opt_str, None),
+    "mail.from_address": Key(_str, "digest@localhost"),
+    "mail.from_name": Key(_str, "Papers Digest"),
+    "mail.reply_to": Key(_opt_str, None),
+    "mail.postal_address": Key(_str, ""),
+    "site.base_url": Key(_http_url, "http://localhost:8000", "DIGEST_BASE_URL"),
+    "site.secret_key": Key(_opt_str, None, "DIGEST_SECRET_KEY"),
+    "ingest.max_input_bytes": Key(_positive(_int), 20 * 1024 * 1024),
+    "ingest.timeout": Key(_positive(_float), 30.0),
+    "ingest.retries": Key(_non_negative(_int), 3),
+    "ingest.backoff": Key(_non_negative(_float), 2.0),
+    "ingest.host_delay": Key(_non_negative(_float), 3.0),
+    "ingest.user_agent": Key(_str, "papers-digest/0.1 (+self-hosted)"),
+}
+
+
+@dataclass(frozen=True)
+class SmtpConfig:
+    host: str | None
+    port: int
+    username: str | None
+    password: str | None
+    starttls: bool
+    ssl: bool
+    timeout: float
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    max_input_bytes: int
+    timeout: float
+    retries: int
+    backoff: float
+    host_delay: float
+    user_agent: str
+
+
+@dataclass(frozen=True)
+class MailConfig:
+    from_address: str
+    from_name: str
+    reply_to: str | None
+    postal_address: str
+
+
+@dataclass(frozen=True)
+class SiteConfig:
+    base_url: str
+    secret_key: str | None
+
+
+@dataclass(frozen=True)
+class Config:
+    data_dir: Path
+    database_url: str
+    transport: str
+    maildir: Path
+    smtp: SmtpConfig
+    mail: MailConfig
+    site: SiteConfig
+    ingest: IngestConfig
+    source: Path | None = None
+
+    @property
+    def is_embedded_database(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+
+def _flatten(table: Mapping[str, Any], path: Path) -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for name, value in table.items():
+        if isinstance(value, dict):
+            for sub, subvalue in value.items():
+                flat[f"{name}.{sub}"] = subvalue
+        else:
+            flat[name] = value
+    unknown = sorted(set(flat) - set(KEYS))
+    if unknown:
+        raise ConfigError(f"{path}: unknown key {unknown[0]!r}")
+    return flat
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    """Read a TOML file, turning I/O and syntax errors into ConfigError."""
+    try:
+        with path.open("rb") as handle:
+            return tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read config file: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+
+
+def load_config(path: Path | None = None, environ: Mapping[str, str] | None = None) -> Config:
+    """Build the configuration from defaults, an optional TOML file and the environment."""
+    env = os.environ if environ is None else environ
+    if path is None and env.get("DIGEST_CONFIG"):
+        path = Path(env["DIGEST_CONFIG"])
+    raw = _flatten(read_toml(path), path) if path is not None else {}
+    values: dict[str, Any] = {}
+    for name, key in KEYS.items():
+        value = raw.get(name, key.default)
+        if key.env and env.get(key.env) is not None:
+            value = env[key.env]
+        values[name] = None if value is None else key.parse(name, value)
+
+    data_dir = Path(values["data_dir"]).expanduser() if values["data_dir"] else None
+    data_dir = data_dir or default_data_dir(env)
+    database_url = values["database.url"] or f"sqlite:///{data_dir / 'digest.sqlite3'}"
+    if values["smtp.ssl"] and values["smtp.starttls"] and "smtp.starttls" in raw:
+        raise ConfigError("smtp.starttls: cannot be combined with smtp.ssl (implicit TLS)")
+    transport = values["delivery.transport"] or ("smtp" if values["smtp.host"] else "maildir")
+    if transport == "smtp" and not values["smtp.host"]:
+        raise ConfigError("smtp.host: required when delivery.transport is 'smtp'")
+    maildir = Path(values["delivery.maildir"]).expanduser() if values["delivery.maildir"] else None
+    return Config(
+        data_dir=data_dir,
+        database_url=database_url,
+        transport=transport,
+        maildir=maildir or data_dir / "outbox",
+        smtp=SmtpConfig(
+            host=values["smtp.host"],
+            port=values["smtp.port"],
+            username=values["smtp.username"],
+            password=values["smtp.password"],
+            starttls=values["smtp.starttls"] and not values["smtp.ssl"],
+            ssl=values["smtp.ssl"],
+            timeout=values["smtp.timeout"],
+        ),
+        mail=MailConfig(
+            from_address=values["mail.from_address"],
+            from_name=values["mail.from_name"],
+            reply_to=values["mail.reply_to"],
+            postal_address=values["mail.postal_address"],
+        ),
+        site=SiteConfig(base_url=values["site.base_url"], secret_key=values["site.secret_key"]),
+        ingest=IngestConfig(
+            max_input_bytes=values["ingest.max_input_bytes"],
+            timeout=values["ingest.timeout"],
+            retries=values["ingest.retries"],
+            backoff=values["ingest.backoff"],
+            host_delay=values["ingest.host_delay"],
+            user_agent=values["ingest.user_agent"],
+        ),
+        source=path,
+    )

@@ -1,0 +1,88 @@
+"""Fetch URL inputs politely: a timeout, retries with backoff, a delay per host, a size cap.
+
+`HttpFetcher.fetch(url) -> bytes` is the only network I/O of ingestion; the
+parsers in `digest.sources` never touch the network. The clock and sleep are
+injected so tests can check the delays without waiting for them.
+"""
+
+from __future__ import annotations
+
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
+from urllib.parse import urlsplit
+
+from digest.sources.records import InputError
+
+RETRY_STATUSES = {408, 425, 429, 500, 502, 503, 504}
+
+
+@dataclass
+class HttpFetcher:
+    """Fetch http(s) URLs with retries, exponential backoff and a per-host delay."""
+
+    timeout: float = 30.0
+    retries: int = 3
+    backoff: float = 2.0
+    host_delay: float = 3.0
+    max_bytes: int = 20 * 1024 * 1024
+    user_agent: str = "papers-digest"
+    monotonic: Callable[[], float] = time.monotonic
+    sleep: Callable[[float], None] = time.sleep
+    _last_request: dict[str, float] = field(default_factory=dict)
+
+    def _wait_for_host(self, host: str) -> None:
+        last = self._last_request.get(host)
+        if last is not None:
+            remaining = self.host_delay - (self.monotonic() - last)
+            if remaining > 0:
+                self.sleep(remaining)
+        self._last_request[host] = self.monotonic()
+
+    def _read(self, url: str) -> bytes:
+        request = urllib.request.Request(url, headers={"User-Agent": self.user_agent})
+        with urllib.request.urlopen(request, timeout=self.timeout) as response:
+            length = response.headers.get("Content-Length")
+            if length and length.isdigit() and int(length) > self.max_bytes:
+                raise InputError(f"larger than the {self.max_bytes} byte limit ({length} bytes)")
+            body: bytes = response.read(self.max_bytes + 1)
+        if len(body) > self.max_bytes:
+            raise InputError(f"larger than the {self.max_bytes} byte limit")
+        return body
+
+    @staticmethod
+    def _retry_after(error: urllib.error.HTTPError) -> float | None:
+        value = error.headers.get("Retry-After") if error.headers else None
+        if not value:
+            return None
+        if value.strip().isdigit():
+            return float(value.strip())
+        try:
+            return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+        except (TypeError, ValueError):
+            return None
+
+    def fetch(self, url: str) -> bytes:
+        """The body of `url`; InputError once the retries are used up."""
+        parts = urlsplit(url)
+        if parts.scheme not in {"http", "https"} or not parts.netloc:
+            raise InputError("only http and https URLs can be fetched")
+        attempt = 0
+        while True:
+            self._wait_for_host(parts.netloc)
+            delay = self.backoff * (2**attempt)
+            try:
+                return self._read(url)
+            except urllib.error.HTTPError as exc:
+                if exc.code not in RETRY_STATUSES or attempt >= self.retries:
+                    raise InputError(f"HTTP {exc.code} {exc.reason}") from None
+                delay = max(delay, min(self._retry_after(exc) or 0.0, 300.0))
+            except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
+                if attempt >= self.retries:
+                    reason = getattr(exc, "reason", exc)
+                    raise InputError(f"fetch failed after {attempt + 1} attempts: {reason}") from None
+            attempt += 1
+            self.sleep(delay)

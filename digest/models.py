@@ -1,0 +1,147 @@
+"""SQLAlchemy 2 typed models. The schema itself is created by the Alembic migrations.
+
+All timestamps are stored as naive UTC and returned as aware UTC datetimes
+(`UTCDateTime`), so SQLite and PostgreSQL behave alike.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime
+
+from sqlalchemy import (
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+ARXIV_ABS = "https://arxiv.org/abs/"
+ARXIV_PDF = "https://arxiv.org/pdf/"
+HF_PAPERS = "https://huggingface.co/papers/"
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timezone-aware datetime stored as naive UTC."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r}: pass an aware datetime")
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        return None if value is None else value.replace(tzinfo=UTC)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(
+        naming_convention={
+            "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+            "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+            "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+            "pk": "pk_%(table_name)s",
+        }
+    )
+
+
+class Paper(Base):
+    """One paper, whatever sources it came from.
+
+    `key` is the stable identity: the arXiv id without version when known,
+    otherwise ``title:`` plus the normalized title. `authors` holds one name
+    per line and `categories` is space-separated, so the full-text index can
+    read both columns directly.
+    """
+
+    __tablename__ = "papers"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    key: Mapped[str] = mapped_column(String(512), unique=True)
+    arxiv_id: Mapped[str | None] = mapped_column(String(64), unique=True)
+    title_key: Mapped[str] = mapped_column(String(512), index=True)
+    title: Mapped[str] = mapped_column(Text)
+    abstract: Mapped[str] = mapped_column(Text, default="")
+    authors: Mapped[str] = mapped_column(Text, default="")
+    author_count: Mapped[int | None] = mapped_column(Integer)
+    organization: Mapped[str | None] = mapped_column(Text)
+    published_on: Mapped[date | None]
+    categories: Mapped[str] = mapped_column(Text, default="")
+    source_url: Mapped[str | None] = mapped_column(Text)
+    pdf_link: Mapped[str | None] = mapped_column(Text)
+    github_url: Mapped[str | None] = mapped_column(Text)
+    project_url: Mapped[str | None] = mapped_column(Text)
+    upvotes: Mapped[int | None] = mapped_column(Integer)
+    first_seen_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+    sources: Mapped[list[PaperSource]] = relationship(
+        back_populates="paper", cascade="all, delete-orphan", order_by="PaperSource.source"
+    )
+    observations: Mapped[list[UpvoteObservation]] = relationship(
+        back_populates="paper",
+        cascade="all, delete-orphan",
+        order_by="UpvoteObservation.observed_at",
+    )
+
+    @property
+    def author_names(self) -> list[str]:
+        return [name for name in self.authors.split("\n") if name]
+
+    @property
+    def category_list(self) -> list[str]:
+        return self.categories.split()
+
+    @property
+    def hf_url(self) -> str | None:
+        return f"{HF_PAPERS}{self.arxiv_id}" if self.arxiv_id else None
+
+    @property
+    def abs_url(self) -> str | None:
+        return f"{ARXIV_ABS}{self.arxiv_id}" if self.arxiv_id else self.source_url
+
+    @property
+    def pdf_url(self) -> str | None:
+        return f"{ARXIV_PDF}{self.arxiv_id}" if self.arxiv_id else self.pdf_link
+
+    @property
+    def page_url(self) -> str | None:
+        """The best page to link a title to: HF, else arXiv abs, else the source."""
+        return self.hf_url or self.abs_url
+
+
+class PaperSource(Base):
+    """A kind of source a paper was seen in (hf_page, hf_api, arxiv_api, arxiv_rss)."""
+
+    __tablename__ = "paper_sources"
+
+    paper_id: Mapped[int] = mapped_column(
+        ForeignKey("papers.id", ondelete="CASCADE"), primary_key=True
+    )
+    source: Mapped[str] = mapped_column(String(32), primary_key=True)
+    first_seen_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+    paper: Mapped[Paper] = relationship(back_populates="sources")
+
+
+class UpvoteObservation(Base):
+    """An upvote count seen at a time; recorded only when the count changed."""
+
+    __tablename__ = "upvote_observations"
+    __table_args__ = (Index("ix_upvote_observations_paper_time", "paper_id", "observed_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    paper_id: Mapped[int] = mapped_column(ForeignKey("papers.id", ondelete="CASCADE"))
+    observed_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    upvotes: Mapped[int] = mapped_column(Integer)
+
+    paper: Mapped[Paper] = relationship(back_populates="observations")

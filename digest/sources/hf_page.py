@@ -1,0 +1,172 @@
+"""Parse the text of a Hugging Face Daily Papers page, as copied from a browser.
+
+A page starts with a header ("Get trending papers in your email inbox!",
+"Subscribe", "Daily Papers", "byAK and the research community", then the
+page's own date). Sometimes "Subscribe" is glued to the first title. Then each
+entry is a title line, an abstract line and, optionally, a metadata block:
+
+      • 5 authors          (or an organization line: "nvidia NVIDIA")
+    ·
+    Mar 22, 2024 2         (date, optional year, optional upvote count)
+
+Entries may or may not be separated by blank lines, so the parser works on the
+non-blank lines only. Year-less dates resolve to the most recent such date not
+after the page's date; the page's own date resolves against `as_of`.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import date
+
+from digest.sources.records import ParseResult, PaperRecord, clean_text, record_label
+
+FORMAT = "hf-page"
+
+HEADER_LINES = {
+    "new",
+    "get trending papers in your email inbox!",
+    "get trending papers in your email inbox once a day!",
+    "subscribe",
+    "daily papers",
+    "byak and the research community",
+}
+_MARKER = "get trending papers in your email inbox"
+
+_MONTHS = {
+    name: number
+    for number, name in enumerate(
+        ["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"], 1
+    )
+}
+_DATE = re.compile(
+    r"(?P<month>[A-Za-z]{3})[a-z]*\.? (?P<day>\d{1,2})(?:, (?P<year>\d{4}))?(?: (?P<upvotes>\d+))?"
+)
+_AUTHORS = re.compile(r"•\s*(?P<count>\d+) authors?")
+_SEPARATOR = "·"
+
+
+def looks_like_hf_page(text: str) -> bool:
+    head = text[:2000].casefold()
+    return _MARKER in head or "byak and the research community" in head
+
+
+def resolve_date(month: int, day: int, year: int | None, reference: date) -> date:
+    """The date itself when it has a year; else the latest such day not after `reference`."""
+    if year is not None:
+        return date(year, month, day)
+    for candidate_year in range(reference.year, reference.year - 8, -1):
+        try:
+            candidate = date(candidate_year, month, day)
+        except ValueError:  # Feb 29 in a non-leap year
+            continue
+        if candidate <= reference:
+            return candidate
+    raise ValueError(f"no {month}/{day} within eight years before {reference}")
+
+
+def _parse_date_line(line: str, reference: date) -> tuple[date, int | None]:
+    match = _DATE.fullmatch(line.strip())
+    month = _MONTHS.get(match.group("month").casefold()) if match else None
+    if match is None or month is None:
+        raise ValueError(f"date does not parse: {line.strip()!r}")
+    year = int(match.group("year")) if match.group("year") else None
+    try:
+        when = resolve_date(month, int(match.group("day")), year, reference)
+    except ValueError:
+        raise ValueError(f"date does not parse: {line.strip()!r}") from None
+    upvotes = match.group("upvotes")
+    return when, int(upvotes) if upvotes is not None else None
+
+
+def _organization(line: str) -> str:
+    # The org line is the avatar's alt text (the org's handle) then its full name.
+    parts = line.split(maxsplit=1)
+    return parts[1] if len(parts) == 2 else line
+
+
+def _strip_header(lines: list[str], as_of: date) -> tuple[list[str], date | None]:
+    """Drop the page header; return the remaining lines and the page's own date."""
+    page_date: date | None = None
+    index = 0
+    while index < len(lines):
+        line = lines[index]
+        lowered = line.casefold()
+        if lowered in HEADER_LINES:
+            index += 1
+        elif lowered.startswith("subscribe"):
+            lines[index] = line[len("subscribe") :].strip()
+            break
+        elif page_date is None and _DATE.fullmatch(line) and index > 0:
+            page_date, _ = _parse_date_line(line, as_of)
+            index += 1
+        else:
+            break
+    return lines[index:], page_date
+
+
+def _is_meta_start(lines: list[str], index: int) -> bool:
+    if index >= len(lines):
+        return False
+    if _AUTHORS.fullmatch(lines[index]):
+        return True
+    return index + 1 < len(lines) and lines[index + 1] == _SEPARATOR
+
+
+def parse_hf_page(text: str, as_of: date) -> ParseResult:
+    """Parse a Daily Papers page capture into records; bad entries are skipped and reported."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    result = ParseResult(format=FORMAT)
+    try:
+        lines, page_date = _strip_header(lines, as_of)
+    except ValueError as exc:
+        result.skipped.append(f"page date: {exc}")
+        page_date = None
+    reference = page_date or as_of
+    index = 0
+    number = 0
+    while index < len(lines):
+        number += 1
+        title = clean_text(lines[index])
+        index += 1
+        abstract = ""
+        if index < len(lines) and not _is_meta_start(lines, index):
+            abstract = clean_text(lines[index])
+            index += 1
+        author_count: int | None = None
+        organization: str | None = None
+        published: date | None = None
+        upvotes: int | None = None
+        error: str | None = None
+        if _is_meta_start(lines, index):
+            who = lines[index]
+            authors = _AUTHORS.fullmatch(who)
+            if authors:
+                author_count = int(authors.group("count"))
+            elif who != _SEPARATOR:
+                organization = _organization(who)
+            index += 1
+            if index < len(lines) and lines[index] == _SEPARATOR:
+                index += 1
+                try:
+                    published, upvotes = _parse_date_line(lines[index], reference)
+                except (ValueError, IndexError) as exc:
+                    error = str(exc) if isinstance(exc, ValueError) else "date missing"
+                index += 1
+            # A metadata block without a count shows no upvotes: that is zero.
+            upvotes = upvotes if upvotes is not None or error else 0
+        if error:
+            result.skipped.append(f"{record_label(number, title)}: {error}")
+            continue
+        result.records.append(
+            PaperRecord(
+                title=title,
+                source="hf_page",
+                abstract=abstract,
+                author_count=author_count,
+                organization=organization,
+                published_on=published,
+                upvotes=upvotes,
+            )
+        )
+    return result

@@ -1,0 +1,94 @@
+"""The record every parser produces, and the helpers they share."""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from dataclasses import dataclass, field
+from datetime import date
+
+# Source kinds, from least to most authoritative for bibliographic fields.
+SOURCE_PRIORITY = {"hf_page": 1, "hf_api": 2, "arxiv_rss": 3, "arxiv_api": 4}
+
+# New-style ids (0704.0001, 2602.23229) and old-style ones (astro-ph/9904306, math.GT/0309136).
+_ARXIV_ID = re.compile(
+    r"(?P<id>\d{4}\.\d{4,5}|[a-z][a-z\-]*(?:\.[A-Z]{2})?/\d{7})(?:v\d+)?$", re.IGNORECASE
+)
+
+
+class InputError(ValueError):
+    """A whole input cannot be ingested (unknown format, truncated, binary, too big...)."""
+
+
+@dataclass(frozen=True)
+class PaperRecord:
+    """One paper as one source describes it."""
+
+    title: str
+    source: str
+    arxiv_id: str | None = None
+    abstract: str = ""
+    authors: tuple[str, ...] = ()
+    author_count: int | None = None
+    organization: str | None = None
+    published_on: date | None = None
+    categories: tuple[str, ...] = ()
+    url: str | None = None
+    pdf_url: str | None = None
+    github_url: str | None = None
+    project_url: str | None = None
+    upvotes: int | None = None
+
+
+@dataclass
+class ParseResult:
+    """What a parser made of one input: its format, good records and skipped ones."""
+
+    format: str
+    records: list[PaperRecord] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+
+def clean_text(value: str | None) -> str:
+    """Collapse runs of whitespace (feeds wrap titles and abstracts) and trim."""
+    return " ".join((value or "").split())
+
+
+def normalize_title(title: str) -> str:
+    """The title as an identity: case-folded, accents and punctuation dropped."""
+    decomposed = unicodedata.normalize("NFKD", title.casefold())
+    stripped = "".join(ch for ch in decomposed if not unicodedata.combining(ch))
+    return " ".join(re.findall(r"\w+", stripped))
+
+
+def arxiv_id_from(value: str | None) -> str | None:
+    """The versionless arXiv id at the end of an id, URL or `oai:arXiv.org:` string."""
+    if not value:
+        return None
+    tail = value.strip().rstrip("/")
+    for prefix in ("oai:arXiv.org:", "arXiv:"):
+        if tail.startswith(prefix):
+            tail = tail[len(prefix) :]
+    tail = re.sub(r"^https?://(?:export\.|www\.)?arxiv\.org/(?:abs|pdf)/", "", tail)
+    tail = tail.removesuffix(".pdf")
+    match = _ARXIV_ID.fullmatch(tail)
+    return match.group("id") if match else None
+
+
+def safe_http_url(value: object) -> str | None:
+    """`value` if it is an absolute http(s) URL, else None: feeds may carry anything."""
+    if not isinstance(value, str):
+        return None
+    url = value.strip()
+    if re.match(r"^https?://[^\s/?#]+[^\s]*$", url, re.IGNORECASE) and len(url) <= 2048:
+        return url
+    return None
+
+
+def record_label(index: int, title: str | None = None) -> str:
+    """How a skipped record is named in messages: its position, and title when known."""
+    label = f"record {index}"
+    if title:
+        short = title if len(title) <= 60 else title[:57] + "..."
+        label += f" ({short!r})"
+    return label
