@@ -75,7 +75,7 @@ class App:
         )
 
 
-class DateTimeParam(click.ParamType):
+class DateTimeParam(click.ParamType):  # type: ignore[type-arg]
     """An ISO 8601 date or datetime; a naive one is taken as UTC."""
 
     name = "datetime"
@@ -180,7 +180,11 @@ def run_ingest(app: App, inputs: Sequence[str], now: datetime) -> list[InputSumm
         bar.update(1)
 
     with click.progressbar(
-        length=len(inputs), label="ingesting", file=sys.stderr, show_pos=True, hidden=len(inputs) < 2
+        length=len(inputs),
+        label="ingesting",
+        file=sys.stderr,
+        show_pos=True,
+        hidden=len(inputs) < 2,
     ) as bar:
         ingest_inputs(
             factory,
@@ -298,4 +302,3 @@ def demo_command(app: App) -> None:
     click.echo("")
     with app.sessions()() as session:
         print_papers(db.list_papers(session, None, 10))
-

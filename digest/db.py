@@ -82,20 +82,27 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
         command.upgrade(_alembic_config(connection), revision)
 
 
+def require_current_schema(engine: Engine) -> None:
+    """Raise SchemaOutOfDate unless the schema is at the head revision."""
+    current = current_revision(engine)
+    if current != head_revision():
+        raise SchemaOutOfDate(
+            f"database schema is at {current or 'empty'}, this version needs "
+            f"{head_revision()}: run `digest db upgrade`"
+        )
+
+
 def open_database(url: str) -> Engine:
     """Open the database, migrating the embedded SQLite default, refusing a stale server DB."""
     engine = create_db_engine(url)
-    if current_revision(engine) == head_revision():
-        return engine
-    if engine.dialect.name == "sqlite":
+    if engine.dialect.name == "sqlite" and current_revision(engine) != head_revision():
         upgrade(engine)
-        return engine
-    current = current_revision(engine) or "empty"
-    engine.dispose()
-    raise SchemaOutOfDate(
-        f"database schema is at {current}, this version needs {head_revision()}: "
-        "run `digest db upgrade`"
-    )
+    try:
+        require_current_schema(engine)
+    except SchemaOutOfDate:
+        engine.dispose()
+        raise
+    return engine
 
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:

@@ -83,6 +83,8 @@ class HttpFetcher:
             except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
                 if attempt >= self.retries:
                     reason = getattr(exc, "reason", exc)
-                    raise InputError(f"fetch failed after {attempt + 1} attempts: {reason}") from None
+                    raise InputError(
+                        f"fetch failed after {attempt + 1} attempts: {reason}"
+                    ) from None
             attempt += 1
             self.sleep(delay)

@@ -167,7 +167,9 @@ def _merge(paper: Paper, record: PaperRecord) -> None:
     names = len(paper.author_names)
     paper.author_count = names or max(paper.author_count or 0, record.author_count or 0) or None
     categories = paper.category_list
-    merged = list(record.categories) + categories if better else categories + list(record.categories)
+    merged = (
+        list(record.categories) + categories if better else categories + list(record.categories)
+    )
     paper.categories = " ".join(dict.fromkeys(merged))
 
 
@@ -199,12 +201,14 @@ def store_record(session: Session, record: PaperRecord, now: datetime) -> str:
         _merge(paper, record)
         if _snapshot(paper) != before:
             outcome = "updated"
+    grew = False
     if not any(source.source == record.source for source in paper.sources):
         paper.sources.append(PaperSource(source=record.source, first_seen_at=now))
-        outcome = "updated" if outcome == "unchanged" else outcome
+        grew = True
     if record.upvotes is not None:
-        if _observe(session, paper, record.upvotes, now) and outcome == "unchanged":
-            outcome = "updated"
+        grew = _observe(session, paper, record.upvotes, now) or grew
+    if grew and outcome == "unchanged":
+        outcome = "updated"
     if outcome == "updated":
         paper.updated_at = now
     return outcome

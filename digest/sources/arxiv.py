@@ -146,7 +146,7 @@ def parse_arxiv_feed(feed: Any) -> ParseResult:
         make = _listing_record
     elif is_api(feed):
         result = ParseResult(format=API_FORMAT)
-        make = _api_record  # type: ignore[assignment]
+        make = _api_record
     else:
         raise InputError("XML feed is neither an arXiv API response nor an arXiv listing")
     for number, entry in enumerate(feed.entries, 1):

@@ -60,7 +60,8 @@ def _upvotes(value: Any) -> int | None:
 def _record(item: Any) -> PaperRecord:
     if not isinstance(item, dict):
         raise ValueError("not a JSON object")
-    paper = item.get("paper") if isinstance(item.get("paper"), dict) else {}
+    nested = item.get("paper")
+    paper: dict[str, Any] = nested if isinstance(nested, dict) else {}
     title = _text(item.get("title")) or _text(paper.get("title"))
     if not title:
         raise ValueError("no title")

@@ -19,7 +19,7 @@ from __future__ import annotations
 import re
 from datetime import date
 
-from digest.sources.records import ParseResult, PaperRecord, clean_text, record_label
+from digest.sources.records import PaperRecord, ParseResult, clean_text, record_label
 
 FORMAT = "hf-page"
 

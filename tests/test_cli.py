@@ -1,0 +1,111 @@
+"""The command line: help everywhere, exit codes, and the main job."""
+
+from pathlib import Path
+
+import click
+import pytest
+
+from digest.cli import main
+from tests.conftest import DATA
+
+
+def all_commands(group: click.Group, prefix: tuple[str, ...] = ()):
+    for name, command in group.commands.items():
+        yield (*prefix, name), command
+        if isinstance(command, click.Group):
+            yield from all_commands(command, (*prefix, name))
+
+
+COMMANDS = list(all_commands(main))
+
+
+def test_there_are_commands() -> None:
+    names = {" ".join(path) for path, _ in COMMANDS}
+    assert {"ingest", "papers", "stats", "demo", "db upgrade", "db status"} <= names
+
+
+@pytest.mark.parametrize("path", [path for path, _ in COMMANDS], ids=" ".join)
+def test_every_command_has_help_with_an_example(cli, path: tuple[str, ...]) -> None:
+    result = cli(*path, "--help")
+    assert result.exit_code == 0
+    assert "Usage: main" in result.output or "Usage: digest" in result.output
+    assert "Example" in result.output
+
+
+def test_top_level_help(cli) -> None:
+    result = cli("--help")
+    assert result.exit_code == 0
+    assert "ingest" in result.output
+
+
+def test_ingest_reports_each_input_and_fails_when_one_fails(
+    cli, seeds: Path, tmp_path: Path
+) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text('[{"title": "x"', encoding="utf-8")
+    result = cli("ingest", str(seeds / "000_5ed1fa5957327774.txt"), str(bad))
+    assert result.exit_code == 1
+    assert "000_5ed1fa5957327774.txt: hf-page, 34 parsed, 34 new" in result.output
+    assert f"{bad}: error: truncated or invalid JSON" in result.output
+    assert "Error: 1 of 2 inputs failed" in result.output
+    again = cli("ingest", str(seeds / "000_5ed1fa5957327774.txt"))
+    assert again.exit_code == 0
+    assert "34 parsed, 0 new, 0 updated, 34 unchanged, 0 skipped" in again.output
+
+
+def test_ingest_prints_skipped_records(cli, tmp_path: Path) -> None:
+    feed = tmp_path / "listing.xml"
+    feed.write_bytes((DATA / "arxiv_listing.rss").read_bytes())
+    result = cli("ingest", str(feed))
+    assert result.exit_code == 0
+    assert "2 parsed, 2 new, 0 updated, 0 unchanged, 2 skipped" in result.output
+    assert (
+        "  skipped record 3 ('An Older Paper, Revised'): announce type 'replace'" in result.output
+    )
+
+
+def test_as_of_sets_first_seen_and_resolves_year_less_dates(cli, seeds: Path) -> None:
+    result = cli("ingest", str(seeds / "000_5ed1fa5957327774.txt"), "--as-of", "2025-12-01")
+    assert result.exit_code == 0
+    listing = cli("papers", "--search", "World Modeling Probabilistic Structure")
+    assert "2024-09-10" in listing.output
+    bad = cli("ingest", str(seeds), "--as-of", "last tuesday")
+    assert bad.exit_code == 2
+    assert "'last tuesday' is not an ISO date or datetime" in bad.output
+
+
+def test_papers_and_stats(cli, seeds: Path) -> None:
+    cli("ingest", str(seeds), str(DATA / "hf_daily_papers.json"))
+    stats = cli("stats")
+    assert "papers:         541 (1 with an arXiv id)" in stats.output
+    assert "from hf_page:   540" in stats.output
+    papers = cli("papers", "--search", "in-context classifiers", "--limit", "3")
+    lines = papers.output.splitlines()
+    assert lines[0].split() == ["published", "votes", "sources", "title"]
+    assert "2026-02-26     10  hf_api" in lines[1]
+    assert cli("papers", "--limit", "0").exit_code == 2
+
+
+def test_demo_loads_the_bundled_seeds(cli, tmp_path: Path) -> None:
+    result = cli("demo")
+    assert result.exit_code == 0, result.output
+    assert "papers:         540 (0 with an arXiv id)" in result.output
+    assert (tmp_path / "data" / "digest.sqlite3").is_file()
+    second = cli("demo")
+    assert "333 parsed, 0 new" in second.output
+
+
+def test_config_errors_are_one_line(cli, tmp_path: Path) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text("[smtp]\nport = 'abc'\n", encoding="utf-8")
+    result = cli("--config", str(config), "stats")
+    assert result.exit_code == 1
+    assert result.output == "Error: config: smtp.port: expected an integer, got 'abc'\n"
+
+
+def test_db_status_and_upgrade(cli, tmp_path: Path) -> None:
+    status = cli("db", "status")
+    assert "schema:   empty (needs 0001)" in status.output
+    upgrade = cli("db", "upgrade")
+    assert upgrade.output.strip() == "database at 0001 (was empty)"
+    assert "run `digest db upgrade`" not in cli("db", "status").output

@@ -1,0 +1,40 @@
+"""The database layer: migrations, SQLite settings, refusing a stale schema."""
+
+from pathlib import Path
+
+import pytest
+from sqlalchemy import inspect, text
+
+from digest import db
+
+
+def test_migrations_apply_to_an_empty_database(tmp_path: Path) -> None:
+    engine = db.create_db_engine(f"sqlite:///{tmp_path / 'fresh' / 'x.sqlite3'}")
+    assert db.current_revision(engine) is None
+    db.upgrade(engine)
+    assert db.current_revision(engine) == db.head_revision()
+    tables = set(inspect(engine).get_table_names())
+    assert {"papers", "paper_sources", "upvote_observations", "papers_fts"} <= tables
+    db.upgrade(engine)  # a second upgrade is a no-op
+    engine.dispose()
+
+
+def test_embedded_sqlite_migrates_itself_with_wal_foreign_keys_and_busy_timeout(
+    db_url: str,
+) -> None:
+    engine = db.open_database(db_url)
+    with engine.connect() as connection:
+        assert connection.execute(text("PRAGMA journal_mode")).scalar() == "wal"
+        assert connection.execute(text("PRAGMA foreign_keys")).scalar() == 1
+        assert connection.execute(text("PRAGMA busy_timeout")).scalar() == 10_000
+    assert db.current_revision(engine) == db.head_revision()
+    engine.dispose()
+
+
+def test_an_out_of_date_server_schema_is_refused(db_url: str) -> None:
+    engine = db.create_db_engine(db_url)
+    with pytest.raises(db.SchemaOutOfDate, match=r"run `digest db upgrade`"):
+        db.require_current_schema(engine)
+    db.upgrade(engine)
+    db.require_current_schema(engine)
+    engine.dispose()

@@ -1,0 +1,321 @@
+"""Ingestion into a real SQLite file: merging, idempotence, upvote history, bad inputs."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from datetime import date, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select, text
+from sqlalchemy.orm import Session, sessionmaker
+
+from digest import db
+from digest.fetch import HttpFetcher
+from digest.ingest import ingest_inputs
+from digest.models import Paper
+from tests.conftest import DATA, NOW
+
+LIMIT = 1_000_000
+HF_JSON = DATA / "hf_daily_papers.json"
+PAGE_HEADER = (
+    "Get trending papers in your email inbox!\n\nSubscribe\n\nDaily Papers\n\n"
+    "byAK and the research community\n\nMar 6\n\n"
+)
+
+
+def ingest(factory, *names, now=NOW, fetcher=None, max_bytes=LIMIT):
+    return ingest_inputs(
+        factory, [str(n) for n in names], now=now, max_bytes=max_bytes, fetcher=fetcher
+    )
+
+
+def count(factory: sessionmaker[Session], model: type) -> int:
+    with factory() as session:
+        return session.scalar(select(func.count()).select_from(model)) or 0
+
+
+def dump(factory: sessionmaker[Session]) -> list[tuple]:
+    """Every stored row, to prove that a failed input changed nothing."""
+    with factory() as session:
+        return [
+            tuple(row)
+            for table in ("papers", "paper_sources", "upvote_observations")
+            for row in session.execute(text(f"SELECT * FROM {table} ORDER BY 1, 2"))
+        ]
+
+
+def page(path: Path, *entries: str) -> Path:
+    path.write_text(PAGE_HEADER + "\n\n".join(entries) + "\n", encoding="utf-8")
+    return path
+
+
+def test_seeds_load_every_paper_exactly_once(factory, seeds: Path) -> None:
+    summaries = ingest(factory, seeds)
+    assert [s.error for s in summaries] == [None] * 5
+    assert [s.parsed for s in summaries] == [34, 333, 53, 78, 57]
+    # 555 entries; 15 titles recur (2 within 001, the rest across files).
+    assert sum(s.new for s in summaries) == 540
+    assert count(factory, Paper) == 540
+    again = ingest(factory, seeds, now=NOW + timedelta(hours=1))
+    assert [(s.new, s.updated) for s in again] == [(0, 0)] * 5
+    assert sum(s.unchanged for s in again) == 555
+    assert count(factory, Paper) == 540
+
+
+def test_the_same_paper_merges_across_sources_keeping_the_richest_data(
+    factory, tmp_path: Path
+) -> None:
+    capture = page(
+        tmp_path / "page.txt",
+        "Large Multimodal Models as General In-Context Classifiers\n\n"
+        "Which multimodal model should we use for classification?\n\n"
+        "  • 5 authors\n·\nFeb 26 4",
+    )
+    [first] = ingest(factory, capture)
+    assert (first.new, first.updated) == (1, 0)
+    [second] = ingest(factory, HF_JSON, now=NOW + timedelta(hours=2))
+    assert (second.new, second.updated) == (0, 1)
+    with factory() as session:
+        [paper] = session.scalars(select(Paper)).all()
+        assert paper.arxiv_id == paper.key == "2602.23229"
+        assert paper.author_names[0] == "Marco Garosi"
+        assert paper.author_count == 5
+        assert paper.organization == "Multimedia and Human Understanding Group"
+        assert paper.published_on == date(2026, 2, 26)
+        assert paper.abstract.endswith("a flexible alternative to specialized models.")
+        assert paper.hf_url == "https://huggingface.co/papers/2602.23229"
+        assert paper.pdf_url == "https://arxiv.org/pdf/2602.23229"
+        assert paper.github_url == "https://github.com/marco-garosi/CIRCLE"
+        assert [s.source for s in paper.sources] == ["hf_api", "hf_page"]
+        assert [(o.upvotes, o.observed_at) for o in paper.observations] == [
+            (4, NOW),
+            (10, NOW + timedelta(hours=2)),
+        ]
+        assert paper.upvotes == 10
+        assert paper.first_seen_at == NOW
+    # The page again, later, adds nothing but keeps the arXiv data it lacks.
+    ingest(factory, capture, now=NOW + timedelta(hours=3))
+    with factory() as session:
+        paper = session.scalars(select(Paper)).one()
+        assert paper.author_names[0] == "Marco Garosi"
+        assert [o.upvotes for o in paper.observations] == [4, 10, 4]
+
+
+def test_upvote_observations_only_record_changes(factory, tmp_path: Path) -> None:
+    def capture(votes: int) -> Path:
+        return page(
+            tmp_path / f"p{votes}.txt",
+            f"A Paper\n\nIts abstract.\n\n  • 2 authors\n·\nMar 1 {votes}",
+        )
+
+    ingest(factory, capture(3))
+    ingest(factory, capture(3), now=NOW + timedelta(hours=6))
+    ingest(factory, capture(9), now=NOW + timedelta(hours=12))
+    with factory() as session:
+        paper = session.scalars(select(Paper)).one()
+        assert [(o.upvotes, o.observed_at) for o in paper.observations] == [
+            (3, NOW),
+            (9, NOW + timedelta(hours=12)),
+        ]
+        assert paper.upvotes == 9
+
+
+def test_full_text_index_follows_inserts_and_updates(factory, tmp_path: Path) -> None:
+    capture = page(
+        tmp_path / "page.txt",
+        "Large Multimodal Models as General In-Context Classifiers\n\nShort abstract.",
+    )
+    ingest(factory, capture)
+    with factory() as session:
+        assert db.list_papers(session, "Garosi") == []
+        assert [p.title for p in db.list_papers(session, "classifier")] == [
+            "Large Multimodal Models as General In-Context Classifiers"
+        ]
+    ingest(factory, HF_JSON)
+    with factory() as session:
+        # The authors arrived with the JSON; stemming maps "adapters" to "adapter".
+        assert len(db.list_papers(session, "garosi")) == 1
+        assert len(db.list_papers(session, "adapter")) == 1
+        assert db.list_papers(session, 'OR "NEAR(') == []
+
+
+def test_arxiv_sources_ingest_with_categories(factory) -> None:
+    summaries = ingest(factory, DATA / "arxiv_api_query.xml", DATA / "arxiv_listing.rss")
+    assert [(s.format, s.new) for s in summaries] == [("arxiv-api-atom", 10), ("arxiv-listing", 2)]
+    assert len(summaries[1].skipped) == 2
+    with factory() as session:
+        paper = session.scalars(select(Paper).where(Paper.arxiv_id == "nucl-ex/0408020")).one()
+        assert paper.category_list == ["nucl-ex", "hep-ph"]
+        assert paper.abs_url == "https://arxiv.org/abs/nucl-ex/0408020"
+        assert len(db.list_papers(session, "nucl")) >= 1
+
+
+BAD_INPUTS = {
+    "notes.txt": (b"Meeting notes, nothing to see.\n", "unknown format"),
+    "truncated.xml": (
+        (DATA / "arxiv_api_query.xml").read_bytes()[:4000],
+        "malformed or truncated XML",
+    ),
+    "truncated.json": (HF_JSON.read_bytes()[:900], "truncated or invalid JSON"),
+    "junk.bin": (bytes(range(256)) * 4, "binary data"),
+    "empty.txt": (b"", "empty file"),
+}
+
+
+@pytest.mark.parametrize("name", BAD_INPUTS)
+def test_a_bad_file_writes_nothing_and_the_others_still_load(
+    factory, seeds: Path, tmp_path: Path, name: str
+) -> None:
+    ingest(factory, seeds / "000_5ed1fa5957327774.txt")
+    before = dump(factory)
+    data, message = BAD_INPUTS[name]
+    bad = tmp_path / name
+    bad.write_bytes(data)
+    summaries = ingest(factory, bad, HF_JSON)
+    assert summaries[0].name == str(bad)
+    assert message in (summaries[0].error or "")
+    assert summaries[1].ok and summaries[1].new == 1
+    after = dump(factory)
+    assert len(after) > len(before)
+    assert set(before) <= set(after)
+
+
+def test_files_over_the_size_limit_are_refused(factory, seeds: Path) -> None:
+    big = seeds / "001_4e7a20fc27536b42.txt"
+    [summary] = ingest(factory, big, max_bytes=100_000)
+    assert summary.error == (
+        f"file is {big.stat().st_size} bytes, over the 100000 byte limit (ingest.max_input_bytes)"
+    )
+    assert count(factory, Paper) == 0
+
+
+def test_missing_file_is_reported(factory, tmp_path: Path) -> None:
+    [summary] = ingest(factory, tmp_path / "nope.txt")
+    assert summary.error == "no such file"
+
+
+def test_a_database_failure_rolls_back_the_whole_input(factory, seeds: Path) -> None:
+    ingest(factory, seeds / "000_5ed1fa5957327774.txt")
+    before = dump(factory)
+    with factory() as session, session.begin():
+        session.execute(
+            text(
+                "CREATE TRIGGER refuse_twelfth BEFORE INSERT ON papers "
+                "WHEN (SELECT count(*) FROM papers) >= 45 "
+                "BEGIN SELECT RAISE(ABORT, 'disk on fire'); END"
+            )
+        )
+    [summary] = ingest(factory, seeds / "002_584096cb3b27ec92.txt")
+    assert "database error, nothing stored" in (summary.error or "")
+    assert "disk on fire" in (summary.error or "")
+    assert dump(factory) == before
+
+
+# --- URL inputs, served from a local HTTP server ---------------------------------
+
+
+class Handler(BaseHTTPRequestHandler):
+    failures: dict[str, int] = {}
+    hits: list[str] = []
+
+    def do_GET(self) -> None:
+        Handler.hits.append(self.path)
+        remaining = Handler.failures.get(self.path, 0)
+        if remaining:
+            Handler.failures[self.path] = remaining - 1
+            self.send_response(503)
+            self.send_header("Retry-After", "0")
+            self.end_headers()
+            return
+        target = DATA / self.path.lstrip("/")
+        if not target.is_file():
+            self.send_error(404)
+            return
+        body = target.read_bytes()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def server() -> Iterator[str]:
+    Handler.failures = {}
+    Handler.hits = []
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.sleeps: list[float] = []
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(round(seconds, 3))
+        self.now += seconds
+
+
+def test_urls_are_fetched_with_retries_backoff_and_a_polite_delay(factory, server: str) -> None:
+    clock = FakeClock()
+    fetcher = HttpFetcher(
+        timeout=5,
+        retries=2,
+        backoff=1.5,
+        host_delay=3.0,
+        monotonic=clock.monotonic,
+        sleep=clock.sleep,
+    )
+    Handler.failures = {"/arxiv_api_query.xml": 2}
+    summaries = ingest(
+        factory,
+        f"{server}/arxiv_api_query.xml",
+        f"{server}/hf_daily_papers.json",
+        f"{server}/missing.xml",
+        fetcher=fetcher,
+    )
+    assert [s.new for s in summaries[:2]] == [10, 1]
+    assert summaries[2].error == "HTTP 404 Not Found"
+    assert Handler.hits == ["/arxiv_api_query.xml"] * 3 + ["/hf_daily_papers.json", "/missing.xml"]
+    # Two backoffs (1.5 s, 3 s); each later request to the same host waits out the 3 s delay
+    # (after the 3 s backoff, the third attempt needs no extra wait).
+    assert clock.sleeps == [1.5, 1.5, 3.0, 3.0, 3.0]
+
+
+def test_retries_give_up_with_a_clear_error(factory, server: str) -> None:
+    clock = FakeClock()
+    fetcher = HttpFetcher(
+        retries=1, backoff=0.5, host_delay=0, monotonic=clock.monotonic, sleep=clock.sleep
+    )
+    Handler.failures = {"/hf_daily_papers.json": 5}
+    [summary] = ingest(factory, f"{server}/hf_daily_papers.json", fetcher=fetcher)
+    assert summary.error == "HTTP 503 Service Unavailable"
+    assert clock.sleeps == [0.5]
+
+
+def test_refused_connections_are_reported(factory) -> None:
+    clock = FakeClock()
+    fetcher = HttpFetcher(
+        retries=1, backoff=0.1, host_delay=0, monotonic=clock.monotonic, sleep=clock.sleep
+    )
+    [summary] = ingest(factory, "http://127.0.0.1:9/feed.xml", fetcher=fetcher)
+    assert (summary.error or "").startswith("fetch failed after 2 attempts:")
+
+
+def test_downloads_over_the_size_limit_are_refused(factory, server: str) -> None:
+    fetcher = HttpFetcher(host_delay=0, max_bytes=1000)
+    [summary] = ingest(factory, f"{server}/arxiv_api_query.xml", fetcher=fetcher)
+    assert (summary.error or "").startswith("larger than the 1000 byte limit")
