@@ -184,7 +184,7 @@ def run_ingest(app: App, inputs: Sequence[str], now: datetime) -> list[InputSumm
         label="ingesting",
         file=sys.stderr,
         show_pos=True,
-        hidden=len(inputs) < 2,
+        hidden=len(inputs) < 2 or not sys.stderr.isatty(),
     ) as bar:
         ingest_inputs(
             factory,
