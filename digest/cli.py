@@ -24,8 +24,10 @@ from digest import __version__, db
 from digest.config import Config, ConfigError, load_config
 from digest.fetch import HttpFetcher
 from digest.ingest import InputSummary, expand_inputs, ingest_inputs
-from digest.models import Paper
+from digest.models import SUBSCRIBER_STATUSES, Paper
+from digest.query import Query, QueryError, parse_query
 from digest.resources import resource_dir
+from digest.subscribers import SubscriberError, parse_weekday, subscribe, unsubscribe
 
 
 def utc_now() -> datetime:
@@ -231,34 +233,41 @@ def ingest_command(app: App, inputs: tuple[str, ...], as_of: datetime | None) ->
 # --- looking at the data ----------------------------------------------------
 
 
-def _paper_line(paper: Paper) -> str:
-    when = paper.published_on.isoformat() if paper.published_on else "-" * 10
-    votes = "-" if paper.upvotes is None else str(paper.upvotes)
-    sources = ",".join(source.source for source in paper.sources)
-    title = paper.title if len(paper.title) <= 80 else paper.title[:77] + "..."
-    return f"{when}  {votes:>5}  {sources:<20}  {title}"
+def _published(paper: Paper) -> str:
+    return paper.published_on.isoformat() if paper.published_on else "-"
+
+
+def _votes(paper: Paper) -> str:
+    return "-" if paper.upvotes is None else str(paper.upvotes)
 
 
 def print_papers(papers: Sequence[Paper]) -> None:
-    click.echo(f"{'published':<10}  {'votes':>5}  {'sources':<20}  title")
-    for paper in papers:
-        click.echo(_paper_line(paper))
+    rows = [
+        (_published(p), _votes(p), ",".join(s.source for s in p.sources), p.title) for p in papers
+    ]
+    print_table(("published", "votes", "sources", "title"), rows)
 
 
 @main.command("papers")
-@click.option("--search", "-s", help="Only papers matching all these words (stemmed).")
+@click.option("--search", "-s", metavar="QUERY", help="Only papers matching this topic query.")
 @click.option("--limit", "-n", type=click.IntRange(1, 10_000), default=20, show_default=True)
 @click.pass_obj
 def papers_command(app: App, search: str | None, limit: int) -> None:
     """List papers with their date, upvotes and sources, newest or best match first.
 
+    --search takes the topic query syntax of `digest subscribe --help`.
+
     \b
     Examples:
         digest papers --limit 50
-        digest papers --search "diffusion model"
+        digest papers --search "diffusion model -survey"
     """
     with app.sessions()() as session:
-        print_papers(db.list_papers(session, search, limit))
+        if search is None:
+            print_papers(db.list_papers(session, limit))
+            return
+        found = db.matching_papers(session, parse_cli_query(search), limit)
+        print_papers([paper for paper, _ in found])
 
 
 @main.command("stats")
@@ -278,6 +287,193 @@ def stats_command(app: App) -> None:
         click.echo(f"  from {source + ':':<10} {count}")
     click.echo(f"upvote observations: {summary.observations}")
     click.echo(f"last first-seen: {summary.newest_first_seen or 'never'}")
+
+
+# --- subscribers and topics -------------------------------------------------
+
+
+def parse_cli_query(text: str) -> Query:
+    try:
+        return parse_query(text)
+    except QueryError as exc:
+        raise click.BadParameter(str(exc), param_hint="QUERY") from None
+
+
+@main.command("subscribe")
+@click.argument("email")
+@click.option(
+    "--topic",
+    "-t",
+    "topics",
+    multiple=True,
+    required=True,
+    metavar="[LABEL=]QUERY",
+    help="A topic query (repeatable), optionally named: --topic 'Diffusion=diffusion -survey'.",
+)
+@click.option("--timezone", "--tz", help="IANA timezone of the subscriber (default from config).")
+@click.option("--hour", type=click.IntRange(0, 23), help="Local hour to send at, 0-23.")
+@click.option("--weekly", metavar="DAY", help="Send weekly on this day (mon..sun) instead.")
+@click.option("--daily", is_flag=True, help="Switch a weekly subscriber back to daily.")
+@click.pass_obj
+def subscribe_command(
+    app: App,
+    email: str,
+    topics: tuple[str, ...],
+    timezone: str | None,
+    hour: int | None,
+    weekly: str | None,
+    daily: bool,
+) -> None:
+    """Add EMAIL as an active subscriber to topics, or update an existing subscriber.
+
+    Re-subscribing replaces the topics and changes only the options given.
+
+    \b
+    Topic queries use web-search syntax:
+        diffusion model          all words must match (stemmed: "models" too)
+        "language model"         a phrase
+        rlhf OR dpo              either word
+        -survey                  leave out papers with this word or "phrase"
+        title:agents             only in the title; also author:hinton, cat:cs.CL
+        diffus*                  a word prefix
+        *                        everything: the global daily digest
+
+    \b
+    Examples:
+        digest subscribe ada@example.org --topic diffusion --topic 'RLHF=rlhf OR dpo'
+        digest subscribe bob@example.org --topic '*' --timezone Asia/Kolkata --hour 8
+        digest subscribe eve@example.org --topic 'cat:cs.CL "machine translation"' --weekly mon
+    """
+    if weekly and daily:
+        raise click.UsageError("--weekly and --daily exclude each other")
+    now = utc_now()
+    settings = app.config.digest
+    try:
+        weekday = parse_weekday(weekly) if weekly else None
+        with db.transaction(app.sessions()) as session:
+            subscriber, created = subscribe(
+                session,
+                email,
+                list(topics),
+                now=now,
+                timezone=timezone,
+                hour=hour,
+                weekday=weekday,
+                daily=daily,
+                default_timezone=settings.default_timezone,
+                default_hour=settings.default_hour,
+            )
+            summary = (
+                f"{'subscribed' if created else 'updated'} {subscriber.email}: "
+                f"{subscriber.frequency} at {subscriber.send_hour:02d}:00 {subscriber.timezone}; "
+                f"topics: {'; '.join(topic.title for topic in subscriber.topics)}"
+            )
+    except SubscriberError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(summary)
+
+
+@main.command("unsubscribe")
+@click.argument("email")
+@click.pass_obj
+def unsubscribe_command(app: App, email: str) -> None:
+    """Stop sending digests to EMAIL (its history is kept, so nothing repeats if it returns).
+
+    \b
+    Example:
+        digest unsubscribe ada@example.org
+    """
+    try:
+        with db.transaction(app.sessions()) as session:
+            subscriber = unsubscribe(session, email, utc_now())
+            address = subscriber.email
+    except SubscriberError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"unsubscribed {address}")
+
+
+@main.command("subscribers")
+@click.option(
+    "--status", type=click.Choice(SUBSCRIBER_STATUSES), help="Only subscribers in this state."
+)
+@click.pass_obj
+def subscribers_command(app: App, status: str | None) -> None:
+    """List subscribers with their status, schedule and topics.
+
+    \b
+    Examples:
+        digest subscribers
+        digest subscribers --status active
+    """
+    with app.sessions()() as session:
+        rows = [
+            (
+                s.email,
+                s.status,
+                s.frequency,
+                f"{s.send_hour:02d}:00 {s.timezone}",
+                "; ".join(topic.title for topic in s.topics),
+            )
+            for s in db.list_subscribers(session, status)
+        ]
+    print_table(("email", "status", "frequency", "sends at", "topics"), rows)
+
+
+@main.command("topics")
+@click.pass_obj
+def topics_command(app: App) -> None:
+    """List the distinct topics of active subscribers, with how many follow each and how
+    many papers each matches now.
+
+    \b
+    Example:
+        digest topics
+    """
+    with app.sessions()() as session:
+        rows = [
+            (query, str(count), str(len(db.match_papers(session, parse_query(query)))))
+            for query, count in db.topic_subscriber_counts(session)
+        ]
+    print_table(("topic", "subscribers", "papers"), rows)
+
+
+@main.command("match")
+@click.argument("query")
+@click.option("--limit", "-n", type=click.IntRange(1, 1000), default=20, show_default=True)
+@click.pass_obj
+def match_command(app: App, query: str, limit: int) -> None:
+    """Show the papers a topic QUERY matches, best first, with their relevance scores.
+
+    Use it to tune a topic before subscribing; the syntax is in `digest subscribe --help`.
+
+    \b
+    Examples:
+        digest match "diffusion model"
+        digest match 'title:"language model" -survey' --limit 5
+    """
+    parsed = parse_cli_query(query)
+    with app.sessions()() as session:
+        rows = [
+            (f"{score:.2f}", _published(paper), _votes(paper), paper.title)
+            for paper, score in db.matching_papers(session, parsed, limit)
+        ]
+    click.echo(f"query: {parsed.canonical()}")
+    print_table(("score", "published", "votes", "title"), rows)
+
+
+def print_table(header: Sequence[str], rows: Sequence[Sequence[str]], width: int = 70) -> None:
+    """Print rows in aligned columns; the last column is cut at `width` characters."""
+    cut = [
+        [*row[:-1], row[-1] if len(row[-1]) <= width else row[-1][: width - 3] + "..."]
+        for row in rows
+    ]
+    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *cut, strict=False)]
+    for row in [list(header), *cut]:
+        click.echo(
+            "  ".join(cell.ljust(size) for cell, size in zip(row, widths, strict=True)).rstrip()
+        )
+    if not rows:
+        click.echo("(none)")
 
 
 # --- the main job -----------------------------------------------------------
@@ -301,4 +497,4 @@ def demo_command(app: App) -> None:
     click.get_current_context().invoke(stats_command)
     click.echo("")
     with app.sessions()() as session:
-        print_papers(db.list_papers(session, None, 10))
+        print_papers(db.list_papers(session, 10))

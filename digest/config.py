@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
+from zoneinfo import available_timezones
 
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
@@ -131,6 +132,20 @@ def _port(key: str, value: Any) -> int:
     return port
 
 
+def _timezone(key: str, value: Any) -> str:
+    name = _str(key, value).strip()
+    if name not in available_timezones():
+        raise ConfigError(f"{key}: unknown IANA timezone {name!r} (e.g. Europe/Paris)")
+    return name
+
+
+def _hour(key: str, value: Any) -> int:
+    hour = _int(key, value)
+    if not 0 <= hour <= 23:
+        raise ConfigError(f"{key}: hour must be 0-23, got {value!r}")
+    return hour
+
+
 @dataclass(frozen=True)
 class Key:
     """One configuration key: its parser, default and overriding env variable."""
@@ -158,6 +173,15 @@ KEYS: dict[str, Key] = {
     "mail.postal_address": Key(_str, ""),
     "site.base_url": Key(_http_url, "http://localhost:8000", "DIGEST_BASE_URL"),
     "site.secret_key": Key(_opt_str, None, "DIGEST_SECRET_KEY"),
+    "digest.lookback_days": Key(_positive(_int), 7),
+    "digest.max_items": Key(_positive(_int), 20),
+    "digest.max_per_topic": Key(_positive(_int), 10),
+    "digest.max_trending": Key(_non_negative(_int), 5),
+    "digest.min_trending_gain": Key(_positive(_int), 1),
+    "digest.gravity": Key(_positive(_float), 1.8),
+    "digest.send_empty": Key(_bool, False),
+    "digest.default_timezone": Key(_timezone, "UTC"),
+    "digest.default_hour": Key(_hour, 7),
     "ingest.max_input_bytes": Key(_positive(_int), 20 * 1024 * 1024),
     "ingest.timeout": Key(_positive(_float), 30.0),
     "ingest.retries": Key(_non_negative(_int), 3),
@@ -189,6 +213,21 @@ class IngestConfig:
 
 
 @dataclass(frozen=True)
+class DigestSettings:
+    """How digests are selected; see the [digest] section of config.example.toml."""
+
+    lookback_days: int = 7
+    max_items: int = 20
+    max_per_topic: int = 10
+    max_trending: int = 5
+    min_trending_gain: int = 1
+    gravity: float = 1.8
+    send_empty: bool = False
+    default_timezone: str = "UTC"
+    default_hour: int = 7
+
+
+@dataclass(frozen=True)
 class MailConfig:
     from_address: str
     from_name: str
@@ -212,6 +251,7 @@ class Config:
     mail: MailConfig
     site: SiteConfig
     ingest: IngestConfig
+    digest: DigestSettings
     source: Path | None = None
 
     @property
@@ -296,6 +336,13 @@ def load_config(path: Path | None = None, environ: Mapping[str, str] | None = No
             backoff=values["ingest.backoff"],
             host_delay=values["ingest.host_delay"],
             user_agent=values["ingest.user_agent"],
+        ),
+        digest=DigestSettings(
+            **{
+                name.split(".", 1)[1]: value
+                for name, value in values.items()
+                if name.startswith("digest.")
+            }
         ),
         source=path,
     )

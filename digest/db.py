@@ -8,11 +8,11 @@ Backend-specific SQL (SQLite FTS5 today) lives here and nowhere else.
 
 from __future__ import annotations
 
-import re
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +20,33 @@ from alembic import command
 from alembic.config import Config as AlembicConfig
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, Engine, create_engine, event, func, select, text
+from sqlalchemy import (
+    Connection,
+    Engine,
+    bindparam,
+    create_engine,
+    event,
+    func,
+    select,
+    text,
+)
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from digest.models import Paper, PaperSource, UpvoteObservation
+from digest.models import (
+    RECEIVED_STATUSES,
+    Delivery,
+    Digest,
+    DigestItem,
+    Paper,
+    PaperSource,
+    Subscriber,
+    Topic,
+    UpvoteObservation,
+    UTCDateTime,
+)
+from digest.query import Query, Term
 from digest.resources import resource_dir
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
@@ -144,32 +166,216 @@ def latest_observation(session: Session, paper_id: int) -> UpvoteObservation | N
     )
 
 
-_WORD = re.compile(r"\w+", re.UNICODE)
+def list_papers(session: Session, limit: int = 20) -> Sequence[Paper]:
+    """Papers, the most recently published first."""
+    return session.scalars(
+        select(Paper)
+        .order_by(Paper.published_on.desc().nulls_last(), Paper.first_seen_at.desc())
+        .limit(limit)
+    ).all()
 
 
-def plain_words_query(words: str) -> str | None:
-    """An FTS5 query matching all the words of `words`, each quoted: no operator gets through."""
-    tokens = _WORD.findall(words)
-    return " ".join(f'"{token}"' for token in tokens) or None
+# --- full-text matching: SQLite FTS5 -------------------------------------------------
+
+# bm25 weights of the papers_fts columns: title, abstract, authors, categories.
+BM25_WEIGHTS = "10.0, 1.0, 4.0, 4.0"
 
 
-def list_papers(session: Session, search: str | None = None, limit: int = 20) -> Sequence[Paper]:
-    """Papers newest first, or the best full-text matches for the words in `search`."""
-    if search is None:
-        return session.scalars(
-            select(Paper)
-            .order_by(Paper.published_on.desc().nulls_last(), Paper.first_seen_at.desc())
-            .limit(limit)
-        ).all()
-    query = plain_words_query(search)
-    if query is None:
-        return []
-    ranked = text(
-        "SELECT rowid FROM papers_fts WHERE papers_fts MATCH :q ORDER BY bm25(papers_fts) LIMIT :n"
+def _fts5_term(term: Term) -> str:
+    # Term words hold letters and digits only, so the quoted string cannot break out.
+    text = '"' + " ".join(term.words) + '"' + (" *" if term.prefix else "")
+    return f"{term.field} : {text}" if term.field else text
+
+
+def fts5_expression(query: Query) -> str:
+    """Compile a parsed topic query to an FTS5 MATCH expression (not for `*`)."""
+    if query.everything:
+        raise ValueError("the * query matches everything and needs no full-text expression")
+    expression = " AND ".join(
+        "(" + " OR ".join(_fts5_term(term) for term in group) + ")" for group in query.groups
     )
-    ids = [row[0] for row in session.execute(ranked, {"q": query, "n": limit})]
-    papers = {paper.id: paper for paper in session.scalars(select(Paper).where(Paper.id.in_(ids)))}
-    return [papers[paper_id] for paper_id in ids]
+    for term in query.excluded:
+        expression = f"({expression}) NOT {_fts5_term(term)}"
+    return expression
+
+
+@dataclass(frozen=True)
+class Window:
+    """Papers eligible for a digest run: first seen since `new_since`, or with an upvote
+    observation since `observed_since`, both up to `until`."""
+
+    new_since: datetime
+    observed_since: datetime
+    until: datetime
+
+
+_CANDIDATES = (
+    "SELECT id FROM papers WHERE first_seen_at > :new_since AND first_seen_at <= :until "
+    "UNION SELECT paper_id FROM upvote_observations "
+    "WHERE observed_at > :observed_since AND observed_at <= :until"
+)
+
+
+def match_papers(
+    session: Session, query: Query, *, window: Window | None = None, limit: int | None = None
+) -> list[tuple[int, float]]:
+    """(paper id, relevance) for the papers `query` matches, best first.
+
+    Relevance is the negated bm25 score (higher is better; 0 for `*`). With a
+    `window`, only the papers eligible for that run are considered.
+    """
+    if query.everything:
+        sql = "SELECT id, 0.0 AS relevance FROM papers"
+        sql += f" WHERE id IN ({_CANDIDATES})" if window else ""
+        sql += " ORDER BY published_on DESC, id DESC"
+    else:
+        sql = (
+            f"SELECT rowid, -bm25(papers_fts, {BM25_WEIGHTS}) AS relevance FROM papers_fts "
+            "WHERE papers_fts MATCH :match"
+        )
+        sql += f" AND rowid IN ({_CANDIDATES})" if window else ""
+        sql += " ORDER BY relevance DESC, rowid DESC"
+    if limit is not None:
+        sql += " LIMIT :limit"
+    statement = text(sql)
+    params: dict[str, object] = {"limit": limit}
+    if not query.everything:
+        params["match"] = fts5_expression(query)
+    if window is not None:
+        statement = statement.bindparams(
+            bindparam("new_since", type_=UTCDateTime),
+            bindparam("observed_since", type_=UTCDateTime),
+            bindparam("until", type_=UTCDateTime),
+        )
+        params |= {
+            "new_since": window.new_since,
+            "observed_since": window.observed_since,
+            "until": window.until,
+        }
+    return [(row[0], float(row[1])) for row in session.execute(statement, params)]
+
+
+def matching_papers(
+    session: Session, query: Query, limit: int | None = None
+) -> list[tuple[Paper, float]]:
+    """The papers `query` matches, best first, with their relevance."""
+    found = match_papers(session, query, limit=limit)
+    papers = papers_by_id(session, [paper_id for paper_id, _ in found])
+    return [(papers[paper_id], score) for paper_id, score in found]
+
+
+def papers_by_id(session: Session, ids: Iterable[int]) -> dict[int, Paper]:
+    wanted = list(set(ids))
+    found: dict[int, Paper] = {}
+    for start in range(0, len(wanted), 500):
+        chunk = wanted[start : start + 500]
+        found.update((p.id, p) for p in session.scalars(select(Paper).where(Paper.id.in_(chunk))))
+    return found
+
+
+def upvote_history(
+    session: Session, since: datetime, until: datetime
+) -> dict[int, list[tuple[datetime, int]]]:
+    """Observations up to `until` of every paper observed in (since, until], oldest first."""
+    recent = (
+        select(UpvoteObservation.paper_id)
+        .where(UpvoteObservation.observed_at > since, UpvoteObservation.observed_at <= until)
+        .distinct()
+    )
+    rows = session.execute(
+        select(UpvoteObservation.paper_id, UpvoteObservation.observed_at, UpvoteObservation.upvotes)
+        .where(UpvoteObservation.paper_id.in_(recent), UpvoteObservation.observed_at <= until)
+        .order_by(UpvoteObservation.paper_id, UpvoteObservation.observed_at, UpvoteObservation.id)
+    )
+    history: dict[int, list[tuple[datetime, int]]] = {}
+    for paper_id, observed_at, upvotes in rows:
+        history.setdefault(paper_id, []).append((observed_at, upvotes))
+    return history
+
+
+# --- subscribers, digests and the delivery ledger -------------------------------------
+
+
+def find_subscriber(session: Session, email_key: str) -> Subscriber | None:
+    return session.scalar(select(Subscriber).where(Subscriber.email_key == email_key))
+
+
+def list_subscribers(session: Session, status: str | None = None) -> Sequence[Subscriber]:
+    statement = select(Subscriber).order_by(Subscriber.email_key)
+    if status is not None:
+        statement = statement.where(Subscriber.status == status)
+    return session.scalars(statement).all()
+
+
+def topic_subscriber_counts(session: Session) -> list[tuple[str, int]]:
+    """Each distinct topic query with the number of active subscribers following it."""
+    rows = session.execute(
+        select(Topic.query, func.count(Topic.subscriber_id))
+        .join(Subscriber, Subscriber.id == Topic.subscriber_id)
+        .where(Subscriber.status == "active")
+        .group_by(Topic.query)
+        .order_by(func.count(Topic.subscriber_id).desc(), Topic.query)
+    )
+    return [(query, count) for query, count in rows]
+
+
+def received_paper_ids(session: Session, subscriber_id: int, before: date) -> set[int]:
+    """Papers in digests this subscriber received (or may have) before `before`."""
+    rows = session.scalars(
+        select(DigestItem.paper_id)
+        .join(Delivery, Delivery.digest_id == DigestItem.digest_id)
+        .where(
+            Delivery.subscriber_id == subscriber_id,
+            Delivery.digest_date < before,
+            Delivery.status.in_(RECEIVED_STATUSES),
+        )
+    )
+    return set(rows)
+
+
+def previous_delivery(session: Session, subscriber_id: int, before: date) -> Delivery | None:
+    """The latest earlier digest this subscriber got, or that found nothing to send."""
+    return session.scalar(
+        select(Delivery)
+        .where(
+            Delivery.subscriber_id == subscriber_id,
+            Delivery.digest_date < before,
+            Delivery.status.in_((*RECEIVED_STATUSES, "empty")),
+        )
+        .order_by(Delivery.digest_date.desc())
+        .limit(1)
+    )
+
+
+def find_delivery(session: Session, subscriber_id: int, digest_date: date) -> Delivery | None:
+    return session.scalar(
+        select(Delivery).where(
+            Delivery.subscriber_id == subscriber_id, Delivery.digest_date == digest_date
+        )
+    )
+
+
+def get_or_create_digest(
+    session: Session, digest_date: date, content_hash: str, items: list[DigestItem], now: datetime
+) -> Digest:
+    """The shared digest with this content, created if no subscriber got it yet."""
+    statement = select(Digest).where(
+        Digest.digest_date == digest_date, Digest.content_hash == content_hash
+    )
+    existing = session.scalar(statement)
+    if existing is not None:
+        return existing
+    try:
+        with session.begin_nested():
+            digest = Digest(
+                digest_date=digest_date, content_hash=content_hash, created_at=now, items=items
+            )
+            session.add(digest)
+        return digest
+    except IntegrityError:  # another process stored the same content first
+        found = session.scalar(statement)
+        assert found is not None
+        return found
 
 
 @dataclass(frozen=True)

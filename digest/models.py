@@ -17,6 +17,7 @@ from sqlalchemy import (
     String,
     Text,
     TypeDecorator,
+    UniqueConstraint,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -145,3 +146,132 @@ class UpvoteObservation(Base):
     upvotes: Mapped[int] = mapped_column(Integer)
 
     paper: Mapped[Paper] = relationship(back_populates="observations")
+
+
+# --- subscribers and what they receive -------------------------------------------
+
+SUBSCRIBER_STATUSES = ("pending", "active", "unsubscribed", "bounced")
+WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+
+class Subscriber(Base):
+    """A person who receives digests. `secret` keys their signed links (unsubscribe, manage)."""
+
+    __tablename__ = "subscribers"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    email: Mapped[str] = mapped_column(String(320))
+    email_key: Mapped[str] = mapped_column(String(320), unique=True)
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    timezone: Mapped[str] = mapped_column(String(64))
+    send_hour: Mapped[int] = mapped_column(Integer)
+    weekday: Mapped[int | None] = mapped_column(Integer)
+    secret: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    confirmed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+    topics: Mapped[list[Topic]] = relationship(
+        back_populates="subscriber", cascade="all, delete-orphan", order_by="Topic.position"
+    )
+
+    @property
+    def frequency(self) -> str:
+        return "daily" if self.weekday is None else f"weekly ({WEEKDAYS[self.weekday]})"
+
+
+class Topic(Base):
+    """One of a subscriber's topics: a query in canonical form, with an optional label."""
+
+    __tablename__ = "topics"
+    __table_args__ = (UniqueConstraint("subscriber_id", "query"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    subscriber_id: Mapped[int] = mapped_column(
+        ForeignKey("subscribers.id", ondelete="CASCADE"), index=True
+    )
+    position: Mapped[int] = mapped_column(Integer)
+    query: Mapped[str] = mapped_column(String(600), index=True)
+    label: Mapped[str | None] = mapped_column(String(100))
+
+    subscriber: Mapped[Subscriber] = relationship(back_populates="topics")
+
+    @property
+    def title(self) -> str:
+        return self.label or self.query
+
+
+class Digest(Base):
+    """The content of one digest on one date, shared by every subscriber who gets the same."""
+
+    __tablename__ = "digests"
+    __table_args__ = (UniqueConstraint("digest_date", "content_hash"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    digest_date: Mapped[date]
+    content_hash: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+    items: Mapped[list[DigestItem]] = relationship(
+        back_populates="digest", cascade="all, delete-orphan", order_by="DigestItem.position"
+    )
+
+
+class DigestItem(Base):
+    """One paper in a digest, with the reason it is there."""
+
+    __tablename__ = "digest_items"
+
+    digest_id: Mapped[int] = mapped_column(
+        ForeignKey("digests.id", ondelete="CASCADE"), primary_key=True
+    )
+    position: Mapped[int] = mapped_column(Integer, primary_key=True)
+    paper_id: Mapped[int] = mapped_column(ForeignKey("papers.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    topic: Mapped[str] = mapped_column(String(600))
+    topic_label: Mapped[str | None] = mapped_column(String(100))
+    relevance: Mapped[float]
+    score: Mapped[float]
+    upvotes: Mapped[int | None] = mapped_column(Integer)
+    upvote_gain: Mapped[int] = mapped_column(Integer)
+
+    digest: Mapped[Digest] = relationship(back_populates="items")
+    paper: Mapped[Paper] = relationship()
+
+
+DELIVERY_STATUSES = (
+    "queued",
+    "sending",
+    "sent",
+    "deferred",
+    "failed",
+    "unknown",
+    "empty",
+    "skipped",
+)
+# Deliveries whose papers count as received: never send those papers again.
+RECEIVED_STATUSES = ("sending", "sent", "unknown")
+
+
+class Delivery(Base):
+    """The ledger: one row per subscriber per digest date, pointing at the shared digest."""
+
+    __tablename__ = "deliveries"
+    __table_args__ = (UniqueConstraint("subscriber_id", "digest_date"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    subscriber_id: Mapped[int] = mapped_column(ForeignKey("subscribers.id", ondelete="CASCADE"))
+    digest_date: Mapped[date] = mapped_column(index=True)
+    digest_id: Mapped[int | None] = mapped_column(ForeignKey("digests.id"), index=True)
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    selected_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_reply: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+    subscriber: Mapped[Subscriber] = relationship()
+    digest: Mapped[Digest | None] = relationship()
