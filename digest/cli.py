@@ -445,6 +445,7 @@ def match_command(app: App, query: str, limit: int) -> None:
     """Show the papers a topic QUERY matches, best first, with their relevance scores.
 
     Use it to tune a topic before subscribing; the syntax is in `digest subscribe --help`.
+    A query that starts with "-" goes after "--": digest match -- '-survey llm'.
 
     \b
     Examples:

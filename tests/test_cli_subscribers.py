@@ -1,0 +1,129 @@
+"""Subscriber and topic commands, with the clock pinned by freezegun."""
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from freezegun import freeze_time
+from sqlalchemy import select
+
+from digest import db
+from digest.config import load_config
+from digest.models import Subscriber
+
+
+def subscribers(tmp_path: Path) -> list[Subscriber]:
+    engine = db.open_database(
+        load_config(None, {"DIGEST_DATA_DIR": str(tmp_path / "data")}).database_url
+    )
+    with db.session_factory(engine)() as session:
+        found = list(session.scalars(select(Subscriber).order_by(Subscriber.id)))
+        for s in found:
+            _ = s.topics
+    engine.dispose()
+    return found
+
+
+@freeze_time("2026-11-25 09:30:00")
+def test_subscribe_update_and_unsubscribe(cli, tmp_path: Path) -> None:
+    added = cli(
+        "subscribe",
+        "Ada.Lovelace@Example.ORG",
+        "--topic",
+        "Diffusion=Diffusion Models -survey",
+        "--topic",
+        "rlhf OR dpo",
+        "--timezone",
+        "Pacific/Auckland",
+        "--hour",
+        "6",
+    )
+    assert added.exit_code == 0, added.output
+    assert added.output == (
+        "subscribed Ada.Lovelace@example.org: daily at 06:00 Pacific/Auckland; "
+        "topics: Diffusion; rlhf OR dpo\n"
+    )
+    [ada] = subscribers(tmp_path)
+    assert (ada.email, ada.email_key, ada.status) == (
+        "Ada.Lovelace@example.org",
+        "ada.lovelace@example.org",
+        "active",
+    )
+    assert ada.created_at == ada.confirmed_at == datetime(2026, 11, 25, 9, 30, tzinfo=UTC)
+    assert [(t.query, t.label) for t in ada.topics] == [
+        ("diffusion models -survey", "Diffusion"),
+        ("rlhf OR dpo", None),
+    ]
+    assert len(ada.secret) >= 40
+    # Re-subscribing updates the same subscriber (the address as last typed): new topics,
+    # weekly, and the same timezone, hour and secret.
+    again = cli("subscribe", "ada.lovelace@example.org", "--topic", "*", "--weekly", "fri")
+    assert again.output == (
+        "updated ada.lovelace@example.org: weekly (fri) at 06:00 Pacific/Auckland; topics: *\n"
+    )
+    [updated] = subscribers(tmp_path)
+    assert (updated.id, updated.secret, updated.weekday) == (ada.id, ada.secret, 4)
+    assert [t.query for t in updated.topics] == ["*"]
+    back = cli("subscribe", "ada.lovelace@example.org", "--topic", "*", "--daily")
+    assert "daily at 06:00" in back.output
+    gone = cli("unsubscribe", "ADA.LOVELACE@example.org")
+    assert gone.output == "unsubscribed ada.lovelace@example.org\n"
+    assert subscribers(tmp_path)[0].status == "unsubscribed"
+    table = cli("subscribers").output.splitlines()
+    assert table[0].split() == ["email", "status", "frequency", "sends", "at", "topics"]
+    assert table[1].split()[:3] == ["ada.lovelace@example.org", "unsubscribed", "daily"]
+    assert cli("subscribers", "--status", "active").output.strip().endswith("(none)")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["not-an-email", "--topic", "x"], "Error: invalid email address 'not-an-email'"),
+        (["a@b", "--topic", "x"], "Error: invalid email address 'a@b'"),
+        (["a@example.org\r\nBcc: x@evil.org", "--topic", "x"], "control characters"),
+        (["a@example.org", "--topic", ""], "Error: topic '': query is empty"),
+        (["a@example.org", "--topic", "-survey"], "query only excludes words"),
+        (
+            ["a@example.org", "--topic", "x", "--timezone", "Mars/Olympus"],
+            "unknown timezone 'Mars/Olympus'",
+        ),
+        (["a@example.org", "--topic", "x", "--hour", "24"], "24 is not in the range 0<=x<=23"),
+        (["a@example.org", "--topic", "x", "--weekly", "someday"], "unknown weekday 'someday'"),
+        (["a@example.org", "--topic", "x", "--weekly", "mon", "--daily"], "exclude each other"),
+        (["a@example.org"], "Missing option '--topic'"),
+    ],
+)
+def test_subscribe_rejects_bad_input(cli, tmp_path: Path, args: list[str], message: str) -> None:
+    result = cli("subscribe", *args)
+    assert result.exit_code != 0
+    assert message in result.output
+    assert "Traceback" not in result.output
+    assert subscribers(tmp_path) == []
+
+
+def test_unsubscribe_unknown_address(cli) -> None:
+    result = cli("unsubscribe", "nobody@example.org")
+    assert result.exit_code == 1
+    assert result.output == "Error: no subscriber 'nobody@example.org'\n"
+
+
+def test_topics_and_match_on_the_seed_data(cli, seeds: Path) -> None:
+    cli("ingest", str(seeds))
+    cli("subscribe", "a@example.org", "--topic", "Diffusion", "--topic", "*")
+    cli("subscribe", "b@example.org", "--topic", "diffusion")
+    cli("subscribe", "c@example.org", "--topic", "diffusion")
+    cli("unsubscribe", "c@example.org")
+    topics = cli("topics").output.splitlines()
+    assert topics[0].split() == ["topic", "subscribers", "papers"]
+    assert topics[1].split() == ["diffusion", "2", "31"]
+    assert topics[2].split() == ["*", "1", "540"]
+    match = cli("match", "diffusion model", "--limit", "3")
+    lines = match.output.splitlines()
+    assert lines[0] == "query: diffusion model"
+    assert lines[1].split() == ["score", "published", "votes", "title"]
+    scores = [float(line.split()[0]) for line in lines[2:]]
+    assert len(scores) == 3 and scores == sorted(scores, reverse=True)
+    assert all("diffus" in line.lower() for line in lines[2:])
+    bad = cli("match", "--", "-survey")
+    assert bad.exit_code == 2
+    assert "Invalid value for QUERY: query only excludes words" in bad.output

@@ -1,0 +1,319 @@
+"""Selection over several days of real ingests: new vs trending, no repeats, caps, timezones."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import event, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from digest import db
+from digest.config import DigestSettings
+from digest.ingest import ingest_inputs
+from digest.models import Delivery, Digest, Subscriber
+from digest.select import (
+    SelectionRun,
+    local_date,
+    record_selection,
+    trending_score,
+    upvote_gain,
+)
+from digest.subscribers import subscribe
+
+DAY1 = datetime(2026, 3, 2, 6, 0, tzinfo=UTC)
+SETTINGS = DigestSettings()
+
+
+class Feed:
+    """Writes HF daily_papers JSON captures and ingests them at chosen times."""
+
+    def __init__(self, factory: sessionmaker[Session], folder: Path) -> None:
+        self.factory = factory
+        self.folder = folder
+        self.count = 0
+
+    def ingest(self, now: datetime, papers: list[tuple[str, str, int]], *, about: str = "") -> None:
+        """papers: (arxiv id, title, upvotes)."""
+        items = [
+            {
+                "title": title,
+                "summary": f"We study {about or title.lower()} in depth.",
+                "paper": {
+                    "id": arxiv_id,
+                    "upvotes": upvotes,
+                    "publishedAt": (now - timedelta(days=1)).isoformat(),
+                    "authors": [{"name": "A. Author"}],
+                },
+            }
+            for arxiv_id, title, upvotes in papers
+        ]
+        self.count += 1
+        path = self.folder / f"capture{self.count}.json"
+        path.write_text(json.dumps(items), encoding="utf-8")
+        [summary] = ingest_inputs(self.factory, [str(path)], now=now, max_bytes=10**7)
+        assert summary.ok, summary.error
+
+
+@pytest.fixture
+def feed(factory, tmp_path: Path) -> Feed:
+    return Feed(factory, tmp_path)
+
+
+def add(factory, email: str, *topics: str, now: datetime = DAY1 - timedelta(days=30), **options):
+    with db.transaction(factory) as session:
+        subscribe(session, email, list(topics), now=now, **options)
+
+
+def run_day(
+    factory, now: datetime, settings: DigestSettings = SETTINGS, mark: str = "sent"
+) -> dict[str, list[tuple[str, str, str, int]]]:
+    """Select and record every active subscriber's digest at `now`; mark the deliveries.
+
+    Returns email -> [(arxiv id, kind, topic, upvote gain)].
+    """
+    out = {}
+    with db.transaction(factory) as session:
+        run = SelectionRun(session, now, settings)
+        for subscriber in db.list_subscribers(session, "active"):
+            selection = run.select(subscriber, local_date(now, subscriber.timezone))
+            delivery = record_selection(session, subscriber, selection, now, settings.send_empty)
+            if delivery.status == "queued":
+                delivery.status = mark
+            papers = db.papers_by_id(session, [item.paper_id for item in selection.items])
+            out[subscriber.email] = [
+                (papers[i.paper_id].arxiv_id, i.kind, i.topic, i.upvote_gain)
+                for i in selection.items
+            ]
+    return out
+
+
+def test_new_and_trending_over_three_days(factory, feed: Feed) -> None:
+    # An older paper, first seen long before the lookback window.
+    feed.ingest(DAY1 - timedelta(days=20), [("2602.00001", "Old Diffusion Survey", 5)])
+    add(factory, "ada@example.org", "diffusion")
+    feed.ingest(
+        DAY1 - timedelta(hours=2),
+        [("2603.00001", "Diffusion Transformers", 1), ("2603.00002", "Robot Diffusion", 3)],
+    )
+    day1 = run_day(factory, DAY1)
+    assert day1["ada@example.org"] == [
+        ("2603.00002", "new", "diffusion", 3),
+        ("2603.00001", "new", "diffusion", 1),
+    ]
+    # Day 2: a new paper arrives; the old one and a day-1 paper gain upvotes.
+    feed.ingest(
+        DAY1 + timedelta(hours=20),
+        [
+            ("2603.00003", "Video Diffusion", 0),
+            ("2602.00001", "Old Diffusion Survey", 30),
+            ("2603.00001", "Diffusion Transformers", 50),
+        ],
+    )
+    day2 = run_day(factory, DAY1 + timedelta(days=1))
+    # 2603.00001 gained 49 but was sent on day 1: never again.
+    assert day2["ada@example.org"] == [
+        ("2603.00003", "new", "diffusion", 0),
+        ("2602.00001", "trending", "diffusion", 25),
+    ]
+    # Day 3: everything keeps gaining, but all of it was sent already.
+    feed.ingest(
+        DAY1 + timedelta(days=1, hours=20),
+        [("2602.00001", "Old Diffusion Survey", 90), ("2603.00003", "Video Diffusion", 40)],
+    )
+    assert run_day(factory, DAY1 + timedelta(days=2))["ada@example.org"] == []
+
+
+def test_first_digest_looks_back_over_the_window(factory, feed: Feed) -> None:
+    feed.ingest(DAY1 - timedelta(days=8), [("2603.00010", "Ancient Diffusion", 0)])
+    feed.ingest(DAY1 - timedelta(days=6), [("2603.00011", "Recent Diffusion", 0)])
+    add(factory, "new@example.org", "diffusion", now=DAY1)
+    assert [p for p, *_ in run_day(factory, DAY1)["new@example.org"]] == ["2603.00011"]
+    shorter = replace(SETTINGS, lookback_days=3)
+    add(factory, "short@example.org", "diffusion", now=DAY1)
+    later = DAY1 + timedelta(days=1)
+    assert run_day(factory, later, shorter).get("short@example.org") == []
+
+
+def test_papers_seen_between_digests_are_new_next_time(factory, feed: Feed) -> None:
+    add(factory, "ada@example.org", "diffusion")
+    feed.ingest(DAY1 - timedelta(hours=1), [("2603.00020", "Morning Diffusion", 0)])
+    assert len(run_day(factory, DAY1)["ada@example.org"]) == 1
+    feed.ingest(DAY1 + timedelta(hours=1), [("2603.00021", "Afternoon Diffusion", 0)])
+    day2 = run_day(factory, DAY1 + timedelta(days=1))
+    assert [p for p, *_ in day2["ada@example.org"]] == ["2603.00021"]
+
+
+def test_undelivered_digests_do_not_count_as_received(factory, feed: Feed) -> None:
+    add(factory, "ada@example.org", "diffusion")
+    feed.ingest(DAY1 - timedelta(hours=1), [("2603.00030", "Diffusion A", 0)])
+    assert len(run_day(factory, DAY1, mark="failed")["ada@example.org"]) == 1
+    # The failed day-1 digest never arrived: its paper is still new on day 2.
+    day2 = run_day(factory, DAY1 + timedelta(days=1))
+    assert [p for p, *_ in day2["ada@example.org"]] == ["2603.00030"]
+
+
+def test_a_paper_matching_two_topics_appears_once_under_the_best(factory, feed: Feed) -> None:
+    add(factory, "ada@example.org", "Robots=robot", "Diffusion=diffusion")
+    feed.ingest(
+        DAY1 - timedelta(hours=1),
+        [
+            ("2603.00040", "Robot Diffusion Policies for Robot Arms", 0),
+            ("2603.00041", "Diffusion", 0),
+            ("2603.00042", "Robot", 0),
+        ],
+        about="diffusion",
+    )
+    items = run_day(factory, DAY1)["ada@example.org"]
+    assert sorted(p for p, *_ in items) == ["2603.00040", "2603.00041", "2603.00042"]
+    topics = {paper: topic for paper, _, topic, _ in items}
+    # "robot" appears twice in its title (and once per summary), "diffusion" everywhere.
+    assert topics["2603.00040"] == "robot"
+    assert topics["2603.00041"] == "diffusion"
+
+
+def test_caps_per_topic_in_total_and_for_trending(factory, feed: Feed) -> None:
+    feed.ingest(
+        DAY1 - timedelta(days=20),
+        [(f"2601.{i:05d}", f"Old Graph Paper {i}", 1) for i in range(6)],
+    )
+    feed.ingest(
+        DAY1 - timedelta(hours=1),
+        [(f"2603.{i:05d}", f"Graph Paper {i}", i) for i in range(100, 130)]
+        + [(f"2603.{i:05d}", f"Speech Paper {i}", i) for i in range(200, 205)]
+        + [(f"2601.{i:05d}", f"Old Graph Paper {i}", 10 + i) for i in range(6)],
+    )
+    add(factory, "ada@example.org", "graph", "speech")
+    # Per-topic cap: graph stops at 8 (2 trending + 6 new), speech has only 5.
+    roomy = replace(SETTINGS, max_items=20, max_per_topic=8, max_trending=2)
+    items = run_day(factory, DAY1, roomy)["ada@example.org"]
+    assert [topic for _, _, topic, _ in items] == ["graph"] * 8 + ["speech"] * 5
+    assert [kind for kind, *_ in (i[1:] for i in items)].count("trending") == 2
+    # Within a topic: new first (best first), then trending.
+    assert [kind for _, kind, topic, _ in items if topic == "graph"] == ["new"] * 6 + [
+        "trending"
+    ] * 2
+    assert [p for p, *_ in items[:2]] == ["2603.00129", "2603.00128"]
+    # Total cap: 10 items, shared round-robin so speech is not crowded out.
+    tight = replace(SETTINGS, max_items=10, max_per_topic=8, max_trending=2)
+    items = run_day(factory, DAY1, tight)["ada@example.org"]
+    assert [topic for _, _, topic, _ in items] == ["graph"] * 6 + ["speech"] * 4
+    # No trending at all when max_trending is 0.
+    none = replace(SETTINGS, max_trending=0)
+    assert all(kind == "new" for _, kind, _, _ in run_day(factory, DAY1, none)["ada@example.org"])
+
+
+def test_local_dates_in_far_apart_timezones(factory, feed: Feed) -> None:
+    now = datetime(2026, 11, 25, 11, 0, tzinfo=UTC)
+    assert local_date(now, "Pacific/Auckland") == date(2026, 11, 26)  # UTC+13 (NZDT)
+    assert local_date(now, "America/Los_Angeles") == date(2026, 11, 25)  # 03:00 PST
+    assert local_date(now, "Asia/Kolkata") == date(2026, 11, 25)  # 16:30 IST
+    assert local_date(datetime(2026, 11, 25, 18, 30, tzinfo=UTC), "Asia/Kolkata") == date(
+        2026, 11, 26
+    )
+    add(factory, "nz@example.org", "diffusion", timezone="Pacific/Auckland")
+    add(factory, "la@example.org", "diffusion", timezone="America/Los_Angeles")
+    feed.ingest(now - timedelta(hours=1), [("2611.00001", "Diffusion Today", 0)])
+    run_day(factory, now)
+    with factory() as session:
+        dates = {d.subscriber.email: d.digest_date for d in session.scalars(select(Delivery)).all()}
+    assert dates == {"nz@example.org": date(2026, 11, 26), "la@example.org": date(2026, 11, 25)}
+    # A second run on the same local date keeps the one delivery per subscriber and day.
+    run_day(factory, now + timedelta(hours=2))
+    with factory() as session:
+        assert len(session.scalars(select(Delivery)).all()) == 2
+
+
+def test_weekly_subscribers_look_back_a_week_for_trending(factory, feed: Feed) -> None:
+    feed.ingest(DAY1 - timedelta(days=30), [("2601.00100", "Old Speech Model", 2)])
+    feed.ingest(DAY1 - timedelta(days=3), [("2601.00100", "Old Speech Model", 12)])
+    add(factory, "weekly@example.org", "speech", weekday=0)
+    add(factory, "daily@example.org", "speech")
+    out = run_day(factory, DAY1)
+    assert out["weekly@example.org"] == [("2601.00100", "trending", "speech", 10)]
+    assert out["daily@example.org"] == []
+
+
+def test_identical_subscribers_share_one_stored_digest(factory, feed: Feed) -> None:
+    for name in ("a", "b", "c"):
+        add(factory, f"{name}@example.org", "diffusion", "speech")
+    add(factory, "d@example.org", "speech")
+    feed.ingest(
+        DAY1 - timedelta(hours=1),
+        [("2603.00050", "Diffusion One", 0), ("2603.00051", "Speech One", 0)],
+    )
+    run_day(factory, DAY1)
+    with factory() as session:
+        deliveries = {
+            d.subscriber.email: d.digest_id for d in session.scalars(select(Delivery)).all()
+        }
+        assert len(session.scalars(select(Digest)).all()) == 2
+    assert deliveries["a@example.org"] == deliveries["b@example.org"] == deliveries["c@example.org"]
+    assert deliveries["d@example.org"] != deliveries["a@example.org"]
+
+
+def test_nothing_selected_means_no_digest_unless_configured(factory, feed: Feed) -> None:
+    add(factory, "quiet@example.org", "astrophysics")
+    feed.ingest(DAY1 - timedelta(hours=1), [("2603.00060", "Diffusion Only", 0)])
+    run_day(factory, DAY1)
+    run_day(factory, DAY1 + timedelta(days=1), replace(SETTINGS, send_empty=True))
+    with factory() as session:
+        rows = session.scalars(select(Delivery).order_by(Delivery.digest_date)).all()
+        assert [(d.status, d.digest_id is None) for d in rows] == [("empty", True), ("sent", False)]
+        assert rows[1].digest is not None and rows[1].digest.items == []
+
+
+def test_topic_queries_run_once_per_run_whatever_the_number_of_subscribers(
+    factory, feed: Feed, engine
+) -> None:
+    feed.ingest(
+        DAY1 - timedelta(hours=1),
+        [
+            (f"2603.{i:05d}", f"{word} paper {i}", i)
+            for i, word in enumerate(["Graph", "Speech", "Vision"] * 5)
+        ],
+    )
+    fts_queries: list[str] = []
+
+    def count(conn, cursor, statement, parameters, context, executemany) -> None:
+        if "papers_fts MATCH" in statement or "SELECT id, 0.0" in statement:
+            fts_queries.append(statement)
+
+    topics = [("graph",), ("speech", "vision"), ("*",), ("graph", "speech")]
+    for n in range(60):
+        add(factory, f"user{n}@example.org", *topics[n % len(topics)])
+    event.listen(engine, "before_cursor_execute", count)
+    try:
+        out = run_day(factory, DAY1)
+    finally:
+        event.remove(engine, "before_cursor_execute", count)
+    assert len(out) == 60
+    assert len(fts_queries) == 4  # graph, speech, vision, *
+    assert len({tuple(v) for v in out.values()}) == 4
+
+
+def test_trending_formula() -> None:
+    t0 = DAY1
+    history = [
+        (t0 - timedelta(days=3), 5),
+        (t0 - timedelta(hours=30), 9),
+        (t0 - timedelta(hours=2), 20),
+    ]
+    assert upvote_gain(history, t0 - timedelta(days=1), t0) == 11
+    assert upvote_gain(history, t0 - timedelta(days=7), t0) == 20  # no observation before: 0
+    assert upvote_gain(history, t0 - timedelta(hours=1), t0) == 0
+    assert trending_score(10, 0, 1.8) == pytest.approx(10 / 2**1.8)
+    # Older papers need more upvotes for the same score.
+    assert trending_score(10, 48, 1.8) < trending_score(10, 24, 1.8) < trending_score(5, 1, 1.8)
+
+
+def test_unsubscribed_and_bounced_subscribers_get_nothing(factory, feed: Feed) -> None:
+    add(factory, "gone@example.org", "diffusion")
+    with db.transaction(factory) as session:
+        sub = session.scalars(select(Subscriber)).one()
+        sub.status = "bounced"
+    feed.ingest(DAY1 - timedelta(hours=1), [("2603.00070", "Diffusion", 0)])
+    assert run_day(factory, DAY1) == {}
