@@ -38,3 +38,24 @@ def test_an_out_of_date_server_schema_is_refused(db_url: str) -> None:
     db.upgrade(engine)
     db.require_current_schema(engine)
     engine.dispose()
+
+
+def test_upgrading_an_older_schema_keeps_the_papers(tmp_path: Path) -> None:
+    from datetime import UTC, datetime
+
+    from digest.ingest import ingest_inputs
+    from tests.conftest import SEEDS
+
+    engine = db.create_db_engine(f"sqlite:///{tmp_path / 'old.sqlite3'}")
+    db.upgrade(engine, "0001")
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    factory = db.session_factory(engine)
+    ingest_inputs(factory, [str(SEEDS / "000_5ed1fa5957327774.txt")], now=now, max_bytes=10**7)
+    with pytest.raises(db.SchemaOutOfDate, match="schema is at 0001"):
+        db.require_current_schema(engine)
+    engine.dispose()
+    upgraded = db.open_database(f"sqlite:///{tmp_path / 'old.sqlite3'}")
+    with upgraded.connect() as connection:
+        assert connection.execute(text("SELECT count(*) FROM papers")).scalar() == 34
+        assert connection.execute(text("SELECT count(*) FROM subscribers")).scalar() == 0
+    upgraded.dispose()
