@@ -8,12 +8,17 @@ stderr and a non-zero exit status, never a traceback.
 
 from __future__ import annotations
 
+import os
+import re
+import secrets
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, time
+from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import click
 from sqlalchemy import Engine
@@ -22,12 +27,22 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from digest import __version__, db
 from digest.config import Config, ConfigError, load_config
+from digest.deliver import MAIL_POLICY, DigestMailer, Dkim
 from digest.fetch import HttpFetcher
 from digest.ingest import InputSummary, expand_inputs, ingest_inputs
-from digest.models import SUBSCRIBER_STATUSES, Paper
+from digest.models import SUBSCRIBER_STATUSES, Paper, Subscriber, Topic
 from digest.query import Query, QueryError, parse_query
+from digest.render import ItemLike, Renderer
 from digest.resources import resource_dir
-from digest.subscribers import SubscriberError, parse_weekday, subscribe, unsubscribe
+from digest.select import SelectionRun, local_date
+from digest.subscribers import (
+    SubscriberError,
+    normalize_email,
+    parse_topic,
+    parse_weekday,
+    subscribe,
+    unsubscribe,
+)
 
 
 def utc_now() -> datetime:
@@ -64,6 +79,45 @@ class App:
 
     def sessions(self) -> sessionmaker[Session]:
         return db.session_factory(self.engine())
+
+    def secret_key(self) -> str:
+        """The configured signing key, else one generated once and kept in the data dir."""
+        if self.config.site.secret_key:
+            return self.config.site.secret_key
+        path = self.config.data_dir / "secret_key"
+        try:
+            if not path.exists():
+                path.parent.mkdir(parents=True, exist_ok=True)
+                with os.fdopen(
+                    os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w"
+                ) as f:
+                    f.write(secrets.token_urlsafe(32))
+            return path.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise click.ClickException(f"cannot keep the signing key in {path}: {exc}") from None
+
+    def mailer(self) -> DigestMailer:
+        config = self.config
+        dkim = None
+        if config.mail.dkim_key_file and config.mail.dkim_selector:
+            try:
+                key = config.mail.dkim_key_file.read_bytes()
+            except OSError as exc:
+                raise click.ClickException(f"mail.dkim_key_file: {exc}") from None
+            domain = config.mail.from_address.rpartition("@")[2]
+            dkim = Dkim(config.mail.dkim_selector, domain, key)
+        renderer = Renderer(
+            templates=config.site.templates_dir,
+            site_name=config.site.name,
+            postal_address=config.mail.postal_address,
+        )
+        return DigestMailer(
+            renderer=renderer,
+            mail=config.mail,
+            base_url=config.site.base_url,
+            secret_key=self.secret_key(),
+            dkim=dkim,
+        )
 
     def fetcher(self) -> HttpFetcher:
         settings = self.config.ingest
@@ -475,6 +529,121 @@ def print_table(header: Sequence[str], rows: Sequence[Sequence[str]], width: int
         )
     if not rows:
         click.echo("(none)")
+
+
+# --- preview ----------------------------------------------------------------
+
+
+def _preview_subscriber(
+    app: App, session: Session, email: str | None, topics: Sequence[str]
+) -> Subscriber:
+    """The subscriber to preview: a stored one, or a transient one for ad hoc topics."""
+    try:
+        if email is not None:
+            subscriber = db.find_subscriber(session, normalize_email(email)[1])
+            if subscriber is None:
+                raise click.ClickException(f"no subscriber {email!r}")
+            return subscriber
+        specs = [parse_topic(topic) for topic in topics]
+    except SubscriberError as exc:
+        raise click.ClickException(str(exc)) from None
+    return Subscriber(
+        id=0,
+        email="preview@example.org",
+        secret="preview",
+        timezone=app.config.digest.default_timezone,
+        send_hour=app.config.digest.default_hour,
+        weekday=None,
+        topics=[
+            Topic(position=i, query=spec.query, label=spec.label) for i, spec in enumerate(specs)
+        ],
+    )
+
+
+def preview_message(
+    app: App, session: Session, subscriber: Subscriber, digest_date: date | None, now: datetime
+) -> tuple[EmailMessage, str, str]:
+    """(message, html, text) that `subscriber` would receive; writes nothing."""
+    day = digest_date or local_date(now, subscriber.timezone)
+    if digest_date is not None:
+        end = datetime.combine(day, time(23, 59, 59), tzinfo=ZoneInfo(subscriber.timezone))
+        now = min(now, end.astimezone(UTC))
+    delivery = db.find_delivery(session, subscriber.id, day) if subscriber.id else None
+    if delivery is not None and delivery.digest is not None:
+        items: Sequence[ItemLike] = delivery.digest.items
+        key = delivery.digest.content_hash
+    else:
+        selection = SelectionRun(session, now, app.config.digest).select(subscriber, day)
+        items, key = selection.items, selection.content_hash
+    papers = db.papers_by_id(session, [item.paper_id for item in items])
+    mailer = app.mailer()
+    rendered = mailer.rendered(key, items, papers, day, subscriber.weekday is not None)
+    html, text = rendered.personalize(mailer.recipient(subscriber, day))
+    return mailer.message(subscriber, rendered, day, now), html, text
+
+
+@main.command("preview")
+@click.option("--email", "-e", help="Preview what this subscriber would receive now.")
+@click.option(
+    "--topic",
+    "-t",
+    "topics",
+    multiple=True,
+    metavar="[LABEL=]QUERY",
+    help="Ad hoc topic (repeatable).",
+)
+@click.option(
+    "--date", "digest_date", type=click.DateTime(["%Y-%m-%d"]), help="Digest date (YYYY-MM-DD)."
+)
+@click.option(
+    "--format", "fmt", type=click.Choice(["html", "text", "eml"]), default="html", show_default=True
+)
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="File to write.")
+@click.option("--open", "open_it", is_flag=True, help="Open the result in the browser or viewer.")
+@click.pass_obj
+def preview_command(
+    app: App,
+    email: str | None,
+    topics: tuple[str, ...],
+    digest_date: datetime | None,
+    fmt: str,
+    out: Path | None,
+    open_it: bool,
+) -> None:
+    """Write the digest a subscriber (or ad hoc topics) would get, without sending anything.
+
+    Nothing is marked sent and no history is recorded. The file goes to --out, or
+    to the data directory's previews/ folder; its path is printed.
+
+    \b
+    Examples:
+        digest preview --topic diffusion --topic 'RLHF=rlhf OR dpo'
+        digest preview --email ada@example.org --format eml --out ada.eml
+        digest preview --topic '*' --date 2026-11-25 --open
+    """
+    if bool(email) == bool(topics):
+        raise click.UsageError("give either --email or at least one --topic")
+    now = utc_now()
+    with app.sessions()() as session:
+        subscriber = _preview_subscriber(app, session, email, topics)
+        message, html, text = preview_message(
+            app, session, subscriber, digest_date.date() if digest_date else None, now
+        )
+        session.rollback()
+    body = {"html": html, "text": text, "eml": message.as_string(policy=MAIL_POLICY)}[fmt]
+    if out is None:
+        slug = re.sub(r"[^a-z0-9]+", "-", (email or "-".join(topics)).casefold()).strip("-")[:40]
+        ext = {"html": "html", "text": "txt", "eml": "eml"}[fmt]
+        out = app.config.data_dir / "previews" / f"preview-{slug or 'all'}.{ext}"
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(body, encoding="utf-8")
+    except OSError as exc:
+        raise click.ClickException(f"cannot write {out}: {exc}") from None
+    click.echo(f"{message['Subject']}")
+    click.echo(str(out))
+    if open_it:
+        click.launch(str(out))
 
 
 # --- the main job -----------------------------------------------------------

@@ -18,6 +18,7 @@ from typing import Any
 from urllib.parse import urlsplit
 from zoneinfo import available_timezones
 
+from email_validator import EmailNotValidError, validate_email
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
@@ -98,6 +99,18 @@ def _http_url(key: str, value: Any) -> str:
     return text
 
 
+def _email(key: str, value: Any) -> str:
+    text = _str(key, value).strip()
+    try:
+        return validate_email(text, check_deliverability=False).normalized
+    except EmailNotValidError as exc:
+        raise ConfigError(f"{key}: not an email address: {text!r} ({exc})") from None
+
+
+def _opt_email(key: str, value: Any) -> str | None:
+    return _email(key, value) if _str(key, value).strip() else None
+
+
 def _transport(key: str, value: Any) -> str:
     text = _str(key, value).strip().lower()
     if text not in {"maildir", "smtp"}:
@@ -167,12 +180,17 @@ KEYS: dict[str, Key] = {
     "smtp.timeout": Key(_positive(_float), 30.0),
     "delivery.transport": Key(_transport, None, "DIGEST_TRANSPORT"),
     "delivery.maildir": Key(_opt_str, None),
-    "mail.from_address": Key(_str, "digest@localhost"),
+    "mail.from_address": Key(_email, "digest@localhost.localdomain"),
     "mail.from_name": Key(_str, "Papers Digest"),
-    "mail.reply_to": Key(_opt_str, None),
+    "mail.reply_to": Key(_opt_email, None),
     "mail.postal_address": Key(_str, ""),
+    "mail.unsubscribe_mailto": Key(_opt_email, None),
+    "mail.dkim_selector": Key(_opt_str, None),
+    "mail.dkim_key_file": Key(_opt_str, None, "DIGEST_DKIM_KEY_FILE"),
     "site.base_url": Key(_http_url, "http://localhost:8000", "DIGEST_BASE_URL"),
     "site.secret_key": Key(_opt_str, None, "DIGEST_SECRET_KEY"),
+    "site.name": Key(_str, "papers digest"),
+    "site.templates_dir": Key(_opt_str, None),
     "digest.lookback_days": Key(_positive(_int), 7),
     "digest.max_items": Key(_positive(_int), 20),
     "digest.max_per_topic": Key(_positive(_int), 10),
@@ -233,12 +251,17 @@ class MailConfig:
     from_name: str
     reply_to: str | None
     postal_address: str
+    unsubscribe_mailto: str | None = None
+    dkim_selector: str | None = None
+    dkim_key_file: Path | None = None
 
 
 @dataclass(frozen=True)
 class SiteConfig:
     base_url: str
     secret_key: str | None
+    name: str = "papers digest"
+    templates_dir: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -257,6 +280,10 @@ class Config:
     @property
     def is_embedded_database(self) -> bool:
         return self.database_url.startswith("sqlite")
+
+
+def _path(value: str | None) -> Path | None:
+    return Path(value).expanduser() if value else None
 
 
 def _flatten(table: Mapping[str, Any], path: Path) -> dict[str, Any]:
@@ -299,15 +326,14 @@ def load_config(path: Path | None = None, environ: Mapping[str, str] | None = No
             value = env[key.env]
         values[name] = None if value is None else key.parse(name, value)
 
-    data_dir = Path(values["data_dir"]).expanduser() if values["data_dir"] else None
-    data_dir = data_dir or default_data_dir(env)
+    data_dir = _path(values["data_dir"]) or default_data_dir(env)
     database_url = values["database.url"] or f"sqlite:///{data_dir / 'digest.sqlite3'}"
     if values["smtp.ssl"] and values["smtp.starttls"] and "smtp.starttls" in raw:
         raise ConfigError("smtp.starttls: cannot be combined with smtp.ssl (implicit TLS)")
     transport = values["delivery.transport"] or ("smtp" if values["smtp.host"] else "maildir")
     if transport == "smtp" and not values["smtp.host"]:
         raise ConfigError("smtp.host: required when delivery.transport is 'smtp'")
-    maildir = Path(values["delivery.maildir"]).expanduser() if values["delivery.maildir"] else None
+    maildir = _path(values["delivery.maildir"])
     return Config(
         data_dir=data_dir,
         database_url=database_url,
@@ -327,8 +353,16 @@ def load_config(path: Path | None = None, environ: Mapping[str, str] | None = No
             from_name=values["mail.from_name"],
             reply_to=values["mail.reply_to"],
             postal_address=values["mail.postal_address"],
+            unsubscribe_mailto=values["mail.unsubscribe_mailto"],
+            dkim_selector=values["mail.dkim_selector"],
+            dkim_key_file=_path(values["mail.dkim_key_file"]),
         ),
-        site=SiteConfig(base_url=values["site.base_url"], secret_key=values["site.secret_key"]),
+        site=SiteConfig(
+            base_url=values["site.base_url"],
+            secret_key=values["site.secret_key"],
+            name=values["site.name"],
+            templates_dir=_path(values["site.templates_dir"]),
+        ),
         ingest=IngestConfig(
             max_input_bytes=values["ingest.max_input_bytes"],
             timeout=values["ingest.timeout"],

@@ -7,6 +7,7 @@ All timestamps are stored as naive UTC and returned as aware UTC datetimes
 from __future__ import annotations
 
 from datetime import UTC, date, datetime
+from urllib.parse import quote
 
 from sqlalchemy import (
     DateTime,
@@ -25,6 +26,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 ARXIV_ABS = "https://arxiv.org/abs/"
 ARXIV_PDF = "https://arxiv.org/pdf/"
 HF_PAPERS = "https://huggingface.co/papers/"
+HF_SEARCH = "https://huggingface.co/papers?q="
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -115,9 +117,9 @@ class Paper(Base):
         return f"{ARXIV_PDF}{self.arxiv_id}" if self.arxiv_id else self.pdf_link
 
     @property
-    def page_url(self) -> str | None:
-        """The best page to link a title to: HF, else arXiv abs, else the source."""
-        return self.hf_url or self.abs_url
+    def page_url(self) -> str:
+        """The page a title links to: HF, else arXiv abs, else the source, else an HF search."""
+        return self.hf_url or self.abs_url or f"{HF_SEARCH}{quote(self.title)}"
 
 
 class PaperSource(Base):

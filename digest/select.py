@@ -177,18 +177,20 @@ class SelectionRun:
             new_since = previous.selected_at
         gains = self.gains(trend_window(subscriber))
 
-        # Each paper goes under the topic it matches best (the first topic on a tie).
-        best: dict[int, tuple[float, int]] = {}
+        # Each paper goes under the topic it matches best (the first topic on a tie);
+        # any real query beats `*`, which matches everything equally.
+        best: dict[int, tuple[bool, float, int]] = {}
         for position, topic in enumerate(subscriber.topics):
+            specific = topic.query != "*"
             for paper_id, relevance in self.matches(topic.query).items():
                 if paper_id in received:
                     continue
-                if paper_id not in best or relevance > best[paper_id][0]:
-                    best[paper_id] = (relevance, position)
+                if paper_id not in best or (specific, relevance) > best[paper_id][:2]:
+                    best[paper_id] = (specific, relevance, position)
 
         per_topic_new: list[list[SelectedItem]] = [[] for _ in subscriber.topics]
         trending: list[SelectedItem] = []
-        for paper_id, (relevance, position) in best.items():
+        for paper_id, (_, relevance, position) in best.items():
             paper = self._papers[paper_id]
             topic = subscriber.topics[position]
             age = paper_age_hours(paper, self.now)
