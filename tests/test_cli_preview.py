@@ -1,0 +1,82 @@
+"""`digest preview`: what a subscriber or ad hoc topics would get, with no side effects."""
+
+from email import message_from_bytes, policy
+from pathlib import Path
+
+from freezegun import freeze_time
+from sqlalchemy import func, select
+
+from digest import db
+from digest.config import load_config
+from digest.models import Delivery, Digest
+
+
+def count_rows(tmp_path: Path) -> tuple[int, int]:
+    engine = db.open_database(
+        load_config(None, {"DIGEST_DATA_DIR": str(tmp_path / "data")}).database_url
+    )
+    with db.session_factory(engine)() as session:
+        counts = (
+            session.scalar(select(func.count()).select_from(Delivery)),
+            session.scalar(select(func.count()).select_from(Digest)),
+        )
+    engine.dispose()
+    return counts
+
+
+@freeze_time("2026-11-25 07:00:00")
+def test_ad_hoc_topic_preview_in_every_format(cli, seeds: Path, tmp_path: Path) -> None:
+    cli("ingest", str(seeds))
+    html_out = tmp_path / "p.html"
+    result = cli("preview", "--topic", "diffusion", "--out", str(html_out))
+    assert result.exit_code == 0, result.output
+    subject, path = result.output.splitlines()
+    assert subject == "Daily Papers · Wed 25 Nov · 10 new in diffusion"
+    assert path == str(html_out)
+    assert html_out.read_text(encoding="utf-8").count('class="title"') == 10
+    text = cli("preview", "--topic", "diffusion", "--format", "text")
+    default_path = Path(text.output.splitlines()[1])
+    assert default_path == tmp_path / "data" / "previews" / "preview-diffusion.txt"
+    assert default_path.read_text(encoding="utf-8").count("\n* ") == 10
+    eml = tmp_path / "p.eml"
+    cli("preview", "--topic", "diffusion", "--format", "eml", "--out", str(eml))
+    message = message_from_bytes(eml.read_bytes(), policy=policy.default)
+    assert message["Subject"] == subject
+    assert message.get_content_type() == "multipart/alternative"
+    assert message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    assert message.get_body(("plain",)).get_content().count("\n* ") == 10
+
+
+@freeze_time("2026-11-25 07:00:00")
+def test_subscriber_preview_has_no_side_effects(cli, seeds: Path, tmp_path: Path) -> None:
+    cli("ingest", str(seeds))
+    cli("subscribe", "ada@example.org", "--topic", "Diffusion=diffusion", "--topic", "*")
+    out = tmp_path / "ada.eml"
+    first = cli("preview", "--email", "ADA@example.org", "--format", "eml", "--out", str(out))
+    assert first.exit_code == 0, first.output
+    assert first.output.splitlines()[0] == (
+        "Daily Papers · Wed 25 Nov · 20 new in Diffusion, All papers"
+    )
+    message = message_from_bytes(out.read_bytes(), policy=policy.default)
+    assert message["To"] == "ada@example.org"
+    assert (
+        "ada@example.org follows Diffusion, All papers"
+        in message.get_body(("plain",)).get_content()
+    )
+    assert count_rows(tmp_path) == (0, 0)
+    again = cli("preview", "--email", "ada@example.org", "--format", "eml", "--out", str(out))
+    assert again.output == first.output  # nothing was recorded, so nothing changed
+
+
+def test_preview_errors(cli, tmp_path: Path) -> None:
+    neither = cli("preview")
+    assert neither.exit_code == 2
+    assert "give either --email or at least one --topic" in neither.output
+    unknown = cli("preview", "--email", "nobody@example.org")
+    assert unknown.exit_code == 1
+    assert unknown.output == "Error: no subscriber 'nobody@example.org'\n"
+    bad = cli("preview", "--topic", "-only")
+    assert bad.exit_code == 1
+    assert "Error: topic '-only': query only excludes words" in bad.output
+    baddate = cli("preview", "--topic", "x", "--date", "25/11/2026")
+    assert baddate.exit_code == 2
