@@ -12,7 +12,7 @@ import os
 import re
 import secrets
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time
 from email.message import EmailMessage
@@ -27,14 +27,24 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from digest import __version__, db
 from digest.config import Config, ConfigError, load_config
-from digest.deliver import MAIL_POLICY, DigestMailer, Dkim
+from digest.deliver import (
+    MAIL_POLICY,
+    DigestMailer,
+    Dkim,
+    MaildirTransport,
+    Sender,
+    SendReport,
+    SmtpTransport,
+    Transport,
+    send_digests,
+)
 from digest.fetch import HttpFetcher
 from digest.ingest import InputSummary, expand_inputs, ingest_inputs
 from digest.models import SUBSCRIBER_STATUSES, Paper, Subscriber, Topic
 from digest.query import Query, QueryError, parse_query
 from digest.render import ItemLike, Renderer
 from digest.resources import resource_dir
-from digest.select import SelectionRun, local_date
+from digest.select import SelectionRun, is_due_today, local_date
 from digest.subscribers import (
     SubscriberError,
     normalize_email,
@@ -117,6 +127,26 @@ class App:
             base_url=config.site.base_url,
             secret_key=self.secret_key(),
             dkim=dkim,
+        )
+
+    def transport(self) -> Transport:
+        delivery = self.config.delivery
+        if delivery.transport == "smtp":
+            return SmtpTransport(
+                self.config.smtp,
+                max_per_connection=delivery.max_per_connection,
+                rate=delivery.rate_limit or None,
+            )
+        return MaildirTransport(delivery.maildir)
+
+    def sender(self, should_stop: Callable[[], bool] = lambda: False) -> Sender:
+        return Sender(
+            factory=self.sessions(),
+            transport=self.transport(),
+            mailer=self.mailer(),
+            config=self.config.delivery,
+            clock=utc_now,
+            should_stop=should_stop,
         )
 
     def fetcher(self) -> HttpFetcher:
@@ -575,9 +605,8 @@ def preview_message(
     else:
         selection = SelectionRun(session, now, app.config.digest).select(subscriber, day)
         items, key = selection.items, selection.content_hash
-    papers = db.papers_by_id(session, [item.paper_id for item in items])
     mailer = app.mailer()
-    rendered = mailer.rendered(key, items, papers, day, subscriber.weekday is not None)
+    rendered = mailer.render_items(session, key, items, day, subscriber.weekday is not None)
     html, text = rendered.personalize(mailer.recipient(subscriber, day))
     return mailer.message(subscriber, rendered, day, now), html, text
 
@@ -646,25 +675,140 @@ def preview_command(
         click.launch(str(out))
 
 
+# --- send -------------------------------------------------------------------
+
+
+def run_send(
+    app: App,
+    now: datetime,
+    *,
+    digest_date: date | None = None,
+    dry_run: bool = False,
+    limit: int | None = None,
+    retry_unknown: bool = False,
+) -> SendReport:
+    """Send today's digest to every active subscriber who is due, with a progress bar."""
+
+    def due(session: Session) -> Sequence[Subscriber]:
+        return [s for s in db.list_subscribers(session, "active") if is_due_today(s, now)]
+
+    with click.progressbar(
+        length=limit or 0, label="sending", file=sys.stderr, hidden=not sys.stderr.isatty()
+    ) as bar:
+        sender = app.sender()
+        sender.on_progress = lambda _email: bar.update(1)
+        report = send_digests(
+            sender,
+            due,
+            now=now,
+            settings=app.config.digest,
+            digest_date=digest_date,
+            dry_run=dry_run,
+            limit=limit,
+            retry_unknown=retry_unknown,
+        )
+    return report
+
+
+@main.command("send")
+@click.option(
+    "--date",
+    "digest_date",
+    type=click.DateTime(["%Y-%m-%d"]),
+    help="Digest date (YYYY-MM-DD) instead of each subscriber's local today.",
+)
+@click.option(
+    "--dry-run", is_flag=True, help="Select and render everything, send and record nothing."
+)
+@click.option("--limit", type=click.IntRange(1), help="Send at most this many messages.")
+@click.option(
+    "--retry-unknown",
+    is_flag=True,
+    help="Also resend deliveries whose outcome is unknown (the sender died mid-send).",
+)
+@click.pass_obj
+def send_command(
+    app: App, digest_date: datetime | None, dry_run: bool, limit: int | None, retry_unknown: bool
+) -> None:
+    """Send today's digest to every active subscriber who is due, exactly once.
+
+    Each subscriber has one ledger row per digest date; rerunning never sends
+    twice. A temporary (4xx) failure is retried later the same day by the next
+    run; a 5xx marks the subscriber bounced; an SMTP login, TLS or policy
+    failure stops the run. A send cut short by a crash is `unknown` and is not
+    resent unless --retry-unknown is given.
+
+    \b
+    Examples:
+        digest send
+        digest send --dry-run
+        digest send --retry-unknown
+    """
+    report = run_send(
+        app,
+        utc_now(),
+        digest_date=digest_date.date() if digest_date else None,
+        dry_run=dry_run,
+        limit=limit,
+        retry_unknown=retry_unknown,
+    )
+    click.echo(report.line())
+    for address in report.bounced:
+        click.echo(f"bounced: {address}", err=True)
+    if report.fatal:
+        raise click.ClickException(report.fatal)
+    if not report.ok:
+        raise click.ClickException("not every digest was delivered; see `digest status`")
+    if app.config.delivery.transport == "maildir" and report.sent and not dry_run:
+        click.echo(f"outbox: {app.config.delivery.maildir}")
+
+
 # --- the main job -----------------------------------------------------------
+
+
+DEMO_SUBSCRIBERS = {
+    "ada@example.org": (["Diffusion=diffusion", "LLM=language model"], "Europe/London"),
+    "grace@example.org": (["*"], "America/Los_Angeles"),
+}
 
 
 @main.command("demo")
 @click.pass_obj
 def demo_command(app: App) -> None:
-    """Load the bundled seed captures into the database and show what is there.
+    """The main job on the bundled seeds: ingest, subscribe two demo readers, send.
+
+    Loads the seed captures, adds ada@example.org (diffusion, language models) and
+    grace@example.org (everything) unless they exist, sends today's digests through
+    the configured transport (by default the Maildir outbox) and writes an HTML
+    preview. Running it again sends nothing new: each digest goes out once a day.
 
     \b
     Example:
         digest demo
     """
     now = utc_now()
-    seeds = resource_dir("seeds")
-    summaries = run_ingest(app, expand_inputs([str(seeds)]), now)
+    summaries = run_ingest(app, expand_inputs([str(resource_dir("seeds"))]), now)
     if any(not summary.ok for summary in summaries):
         raise click.ClickException("the bundled seeds did not load")
+    with db.transaction(app.sessions()) as session:
+        for address, (topics, timezone) in DEMO_SUBSCRIBERS.items():
+            if db.find_subscriber(session, address) is None:
+                subscribe(session, address, topics, now=now, timezone=timezone, hour=7)
     click.echo("")
     click.get_current_context().invoke(stats_command)
     click.echo("")
+    report = run_send(app, now)
+    click.echo(report.line())
+    if report.fatal or not report.ok:
+        raise click.ClickException(report.fatal or "not every demo digest was delivered")
     with app.sessions()() as session:
-        print_papers(db.list_papers(session, 10))
+        ada = db.find_subscriber(session, "ada@example.org")
+        assert ada is not None
+        _, html, _ = preview_message(app, session, ada, None, now)
+    preview = app.config.data_dir / "previews" / "demo-ada.html"
+    preview.parent.mkdir(parents=True, exist_ok=True)
+    preview.write_text(html, encoding="utf-8")
+    if app.config.delivery.transport == "maildir":
+        outbox = app.config.delivery.maildir
+        click.echo(f"outbox:  {outbox} (a Maildir: open it with mutt -f {outbox}, or read new/)")
+    click.echo(f"preview: {preview}")

@@ -180,6 +180,10 @@ KEYS: dict[str, Key] = {
     "smtp.timeout": Key(_positive(_float), 30.0),
     "delivery.transport": Key(_transport, None, "DIGEST_TRANSPORT"),
     "delivery.maildir": Key(_opt_str, None),
+    "delivery.max_per_connection": Key(_positive(_int), 100),
+    "delivery.rate_limit": Key(_non_negative(_float), 0.0),
+    "delivery.lease_seconds": Key(_positive(_int), 600),
+    "delivery.retry_base_seconds": Key(_positive(_int), 60),
     "mail.from_address": Key(_email, "digest@localhost.localdomain"),
     "mail.from_name": Key(_str, "Papers Digest"),
     "mail.reply_to": Key(_opt_email, None),
@@ -218,6 +222,18 @@ class SmtpConfig:
     starttls: bool
     ssl: bool
     timeout: float
+
+
+@dataclass(frozen=True)
+class DeliveryConfig:
+    """How `digest send` delivers; see the [delivery] section of config.example.toml."""
+
+    transport: str = "maildir"
+    maildir: Path = Path("outbox")
+    max_per_connection: int = 100
+    rate_limit: float = 0.0
+    lease_seconds: int = 600
+    retry_base_seconds: int = 60
 
 
 @dataclass(frozen=True)
@@ -268,8 +284,7 @@ class SiteConfig:
 class Config:
     data_dir: Path
     database_url: str
-    transport: str
-    maildir: Path
+    delivery: DeliveryConfig
     smtp: SmtpConfig
     mail: MailConfig
     site: SiteConfig
@@ -337,8 +352,14 @@ def load_config(path: Path | None = None, environ: Mapping[str, str] | None = No
     return Config(
         data_dir=data_dir,
         database_url=database_url,
-        transport=transport,
-        maildir=maildir or data_dir / "outbox",
+        delivery=DeliveryConfig(
+            transport=transport,
+            maildir=maildir or data_dir / "outbox",
+            max_per_connection=values["delivery.max_per_connection"],
+            rate_limit=values["delivery.rate_limit"],
+            lease_seconds=values["delivery.lease_seconds"],
+            retry_base_seconds=values["delivery.retry_base_seconds"],
+        ),
         smtp=SmtpConfig(
             host=values["smtp.host"],
             port=values["smtp.port"],

@@ -29,6 +29,7 @@ from sqlalchemy import (
     func,
     select,
     text,
+    update,
 )
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError
@@ -57,12 +58,21 @@ class SchemaOutOfDate(RuntimeError):
 
 
 def _sqlite_pragmas(dbapi_connection: sqlite3.Connection, _record: Any) -> None:
+    # SQLAlchemy, not the driver, starts transactions (see _sqlite_begin).
+    dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
     cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
     cursor.execute("PRAGMA journal_mode = WAL")
     cursor.execute("PRAGMA foreign_keys = ON")
     cursor.execute("PRAGMA synchronous = NORMAL")
     cursor.close()
+
+
+def _sqlite_begin(connection: Connection) -> None:
+    # A writer that begins IMMEDIATE takes the write lock up front, so two processes
+    # never deadlock upgrading read locks (SQLite would fail one of them at once).
+    mode = connection.get_execution_options().get("sqlite_begin", "DEFERRED")
+    connection.exec_driver_sql(f"BEGIN {mode}")
 
 
 def create_db_engine(url: str) -> Engine:
@@ -75,6 +85,7 @@ def create_db_engine(url: str) -> Engine:
             url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}, future=True
         )
         event.listen(engine, "connect", _sqlite_pragmas)
+        event.listen(engine, "begin", _sqlite_begin)
         return engine
     return create_engine(url, pool_pre_ping=True, future=True)
 
@@ -132,9 +143,14 @@ def session_factory(engine: Engine) -> sessionmaker[Session]:
 
 
 @contextmanager
-def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
-    """A session whose work commits on success and rolls back entirely on any error."""
+def transaction(factory: sessionmaker[Session], *, write: bool = True) -> Iterator[Session]:
+    """A session whose work commits on success and rolls back entirely on any error.
+
+    On SQLite a writing transaction takes the write lock when it begins.
+    """
     with factory() as session, session.begin():
+        if write:
+            session.connection(execution_options={"sqlite_begin": "IMMEDIATE"})
         yield session
 
 
@@ -353,6 +369,65 @@ def find_delivery(session: Session, subscriber_id: int, digest_date: date) -> De
             Delivery.subscriber_id == subscriber_id, Delivery.digest_date == digest_date
         )
     )
+
+
+def claim_delivery(
+    session: Session, now: datetime, lease_until: datetime, dates: Iterable[date]
+) -> int | None:
+    """Atomically move one due queued or deferred delivery to `sending`; its id, or None."""
+    due = (
+        select(Delivery.id)
+        .where(
+            Delivery.status.in_(("queued", "deferred")),
+            Delivery.digest_date.in_(list(dates)),
+            (Delivery.next_attempt_at.is_(None)) | (Delivery.next_attempt_at <= now),
+        )
+        .order_by(Delivery.id)
+        .limit(1)
+    )
+    if session.get_bind().dialect.name == "postgresql":
+        due = due.with_for_update(skip_locked=True)
+    claimed = session.execute(
+        update(Delivery)
+        .where(Delivery.id == due.scalar_subquery(), Delivery.status.in_(("queued", "deferred")))
+        .values(
+            status="sending",
+            lease_until=lease_until,
+            attempts=Delivery.attempts + 1,
+            updated_at=now,
+        )
+        .returning(Delivery.id)
+    ).scalar()
+    return claimed
+
+
+def expire_leases(session: Session, now: datetime) -> int:
+    """`sending` rows whose lease ran out become `unknown`: the process died mid-send."""
+    result = session.execute(
+        update(Delivery)
+        .where(Delivery.status == "sending", Delivery.lease_until < now)
+        .values(status="unknown", lease_until=None, updated_at=now)
+    )
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+
+def requeue_unknown(session: Session, now: datetime, dates: Iterable[date]) -> int:
+    """Queue `unknown` deliveries of these dates again (a deliberate, possibly duplicate resend)."""
+    result = session.execute(
+        update(Delivery)
+        .where(Delivery.status == "unknown", Delivery.digest_date.in_(list(dates)))
+        .values(status="queued", next_attempt_at=None, updated_at=now)
+    )
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+
+def count_deliveries(session: Session, dates: Iterable[date]) -> dict[str, int]:
+    rows = session.execute(
+        select(Delivery.status, func.count())
+        .where(Delivery.digest_date.in_(list(dates)))
+        .group_by(Delivery.status)
+    )
+    return {status: count for status, count in rows}
 
 
 def get_or_create_digest(

@@ -15,23 +15,32 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import mailbox
+import random
 import smtplib
 import ssl
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
+from datetime import time as dtime
 from email import policy
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import format_datetime
 from pathlib import Path
 from typing import Protocol
+from zoneinfo import ZoneInfo
 
-from digest.config import MailConfig, SmtpConfig
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from digest import db
+from digest.config import DeliveryConfig, DigestSettings, MailConfig, SmtpConfig
 from digest.links import subscriber_links
-from digest.models import Paper, Subscriber
+from digest.models import Delivery, Paper, Subscriber
 from digest.render import ItemLike, Recipient, RenderedDigest, Renderer, one_line, topic_title
+from digest.select import SelectionRun, local_date, record_selection
 
 # Unfolded headers (RFC 5322 allows 998 characters) keep the unsubscribe URL on one line.
 MAIL_POLICY = policy.SMTP.clone(max_line_length=998)
@@ -98,6 +107,17 @@ def _reply_text(code: int, text: bytes | str) -> str:
     return one_line(f"{code} {body}")
 
 
+def classify(code: int, text: bytes | str) -> DeliveryError:
+    """The error for an SMTP reply: 5.7.x (policy, auth) is fatal, 4xx temporary, 5xx permanent."""
+    reply = _reply_text(code, text)
+    enhanced = reply.split(" ", 2)[1] if " " in reply else ""
+    if enhanced.startswith("5.7") or code in (530, 535, 538):
+        return FatalTransportError(f"SMTP policy or authentication refusal: {reply}", reply)
+    if 400 <= code < 500:
+        return TemporaryFailure("temporary failure", reply)
+    return PermanentFailure("rejected", reply)
+
+
 @dataclass
 class SmtpTransport:
     """SMTP with implicit TLS or STARTTLS, AUTH, timeouts, connection reuse and a rate limit.
@@ -120,8 +140,8 @@ class SmtpTransport:
         s = self.settings
         assert s.host, "SMTP transport without a host"
         context = self.ssl_context or ssl.create_default_context()
+        client: smtplib.SMTP | None = None
         try:
-            client: smtplib.SMTP
             if s.ssl:
                 client = smtplib.SMTP_SSL(s.host, s.port, timeout=s.timeout, context=context)
             else:
@@ -130,23 +150,26 @@ class SmtpTransport:
                     client.starttls(context=context)
             if s.username:
                 client.login(s.username, s.password or "")
-        except smtplib.SMTPAuthenticationError as exc:
-            raise FatalTransportError(
-                f"SMTP authentication failed: {_reply_text(exc.smtp_code, exc.smtp_error)}"
-            ) from None
-        except smtplib.SMTPNotSupportedError as exc:
-            raise FatalTransportError(f"SMTP server does not support {exc}") from None
-        except (ssl.SSLError, ssl.CertificateError) as exc:
-            raise FatalTransportError(f"TLS with {s.host}:{s.port} failed: {exc}") from None
-        except smtplib.SMTPResponseException as exc:
-            raise FatalTransportError(
-                f"SMTP server {s.host}:{s.port} refused us: "
-                f"{_reply_text(exc.smtp_code, exc.smtp_error)}"
-            ) from None
-        except (OSError, smtplib.SMTPException) as exc:
-            raise FatalTransportError(f"cannot connect to SMTP {s.host}:{s.port}: {exc}") from None
+        except Exception as exc:
+            if client is not None:
+                client.close()
+            raise self._connect_error(exc) from None
         self._sent_on_connection = 0
         return client
+
+    def _connect_error(self, exc: Exception) -> FatalTransportError:
+        where = f"{self.settings.host}:{self.settings.port}"
+        if isinstance(exc, smtplib.SMTPAuthenticationError):
+            reply = _reply_text(exc.smtp_code, exc.smtp_error)
+            return FatalTransportError(f"SMTP authentication failed: {reply}")
+        if isinstance(exc, smtplib.SMTPNotSupportedError):
+            return FatalTransportError(f"SMTP server {where} does not support {exc}")
+        if isinstance(exc, ssl.SSLError | ssl.CertificateError):
+            return FatalTransportError(f"TLS with {where} failed: {exc}")
+        if isinstance(exc, smtplib.SMTPResponseException):
+            reply = _reply_text(exc.smtp_code, exc.smtp_error)
+            return FatalTransportError(f"SMTP server {where} refused us: {reply}")
+        return FatalTransportError(f"cannot connect to SMTP {where}: {exc}")
 
     def _pace(self) -> None:
         if self.rate and self._last_send is not None:
@@ -163,9 +186,7 @@ class SmtpTransport:
         self._sent_on_connection += 1
         if refused:
             code, text = next(iter(refused.values()))
-            raise (TemporaryFailure if 400 <= code < 500 else PermanentFailure)(
-                "recipient refused", _reply_text(code, text)
-            )
+            raise classify(code, text)
         return "250 accepted"
 
     def send(self, message: EmailMessage) -> str:
@@ -179,15 +200,9 @@ class SmtpTransport:
                     raise TemporaryFailure(f"connection lost: {exc}") from None
             except smtplib.SMTPRecipientsRefused as exc:
                 code, text = next(iter(exc.recipients.values()))
-                error = TemporaryFailure if 400 <= code < 500 else PermanentFailure
-                raise error("recipient refused", _reply_text(code, text)) from None
+                raise classify(code, text) from None
             except smtplib.SMTPResponseException as exc:
-                reply = _reply_text(exc.smtp_code, exc.smtp_error)
-                if reply.split(" ", 2)[1:2] and reply.split(" ", 2)[1].startswith("5.7"):
-                    raise FatalTransportError(f"SMTP policy refusal: {reply}", reply) from None
-                if 400 <= exc.smtp_code < 500:
-                    raise TemporaryFailure("temporary failure", reply) from None
-                raise PermanentFailure("rejected", reply) from None
+                raise classify(exc.smtp_code, exc.smtp_error) from None
         raise AssertionError("unreachable")
 
     def close(self) -> None:
@@ -295,6 +310,31 @@ class DigestMailer:
             )
         return self._cache[key, weekly]
 
+    def render_items(
+        self, session: Session, key: str, items: Sequence[ItemLike], digest_date: date, weekly: bool
+    ) -> RenderedDigest:
+        """Load the items' papers and render them (once per content `key`)."""
+        if (key, weekly) in self._cache:
+            return self._cache[key, weekly]
+        papers = db.papers_by_id(session, [item.paper_id for item in items])
+        return self.rendered(key, items, papers, digest_date, weekly)
+
+    def delivery_message(
+        self, session: Session, delivery: Delivery, sent_at: datetime
+    ) -> EmailMessage:
+        """The message of a planned delivery, for its subscriber."""
+        digest = delivery.digest
+        assert digest is not None, "an empty delivery has no message"
+        subscriber = delivery.subscriber
+        rendered = self.render_items(
+            session,
+            digest.content_hash,
+            list(digest.items),
+            digest.digest_date,
+            subscriber.weekday is not None,
+        )
+        return self.message(subscriber, rendered, digest.digest_date, sent_at)
+
     def recipient(self, subscriber: Subscriber, digest_date: date) -> Recipient:
         links = subscriber_links(
             self.base_url, self.secret_key, subscriber.id, subscriber.secret, digest_date
@@ -328,3 +368,238 @@ class DigestMailer:
             unsubscribe_url=recipient.unsubscribe_url,
             dkim=self.dkim,
         )
+
+
+# --- the ledger: plan, claim, send, mark ------------------------------------------------
+
+
+@dataclass
+class SendReport:
+    """What a `digest send` run did, and where the ledger stands for its dates."""
+
+    planned: int = 0
+    sent: int = 0
+    empty: int = 0
+    deferred: int = 0
+    failed: int = 0
+    unknown: int = 0
+    skipped: int = 0
+    bounced: list[str] = field(default_factory=list)
+    fatal: str | None = None
+    dry_run: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.fatal is None and not (self.failed or self.unknown or self.deferred)
+
+    def line(self) -> str:
+        verb = "would send" if self.dry_run else "sent"
+        return (
+            f"{verb} {self.sent}, empty {self.empty}, deferred {self.deferred}, "
+            f"failed {self.failed}, unknown {self.unknown}"
+            + (f", skipped {self.skipped}" if self.skipped else "")
+        )
+
+
+def day_end(digest_date: date, timezone: str) -> datetime:
+    """The instant the subscriber's digest day ends (their next local midnight)."""
+    return datetime.combine(digest_date + timedelta(days=1), dtime(), tzinfo=ZoneInfo(timezone))
+
+
+def plan_deliveries(
+    session: Session,
+    subscribers: Sequence[Subscriber],
+    *,
+    now: datetime,
+    settings: DigestSettings,
+    digest_date: date | None = None,
+) -> tuple[set[date], int, int]:
+    """Choose today's digest for each subscriber that has none yet.
+
+    Returns (the digest dates involved, deliveries queued, deliveries empty).
+    Each subscriber is planned in a savepoint, so a row another process planned
+    first (the unique constraint) is simply left to it.
+    """
+    run = SelectionRun(session, now, settings)
+    dates: set[date] = set()
+    queued = empty = 0
+    for subscriber in subscribers:
+        day = digest_date or local_date(now, subscriber.timezone)
+        dates.add(day)
+        if db.find_delivery(session, subscriber.id, day) is not None:
+            continue
+        selection = run.select(subscriber, day)
+        try:
+            with session.begin_nested():
+                delivery = record_selection(
+                    session, subscriber, selection, now, settings.send_empty
+                )
+        except IntegrityError:
+            continue
+        if delivery.status == "empty":
+            empty += 1
+        else:
+            queued += 1
+    return dates, queued, empty
+
+
+@dataclass
+class Sender:
+    """Sends queued deliveries through a transport, one claimed row at a time."""
+
+    factory: sessionmaker[Session]
+    transport: Transport
+    mailer: DigestMailer
+    config: DeliveryConfig
+    clock: Callable[[], datetime]
+    rng: random.Random = field(default_factory=random.Random)
+    should_stop: Callable[[], bool] = lambda: False
+    on_progress: Callable[[str], None] | None = None
+
+    def _mark(self, delivery_id: int, **values: object) -> Delivery:
+        with db.transaction(self.factory) as session:
+            delivery = session.get(Delivery, delivery_id)
+            assert delivery is not None
+            for name, value in values.items():
+                setattr(delivery, name, value)
+            delivery.updated_at = self.clock()
+            delivery.lease_until = None
+            return delivery
+
+    def _compose(self, delivery_id: int) -> tuple[EmailMessage | None, Subscriber, Delivery]:
+        with self.factory() as session:
+            delivery = session.get(Delivery, delivery_id)
+            assert delivery is not None
+            subscriber = delivery.subscriber
+            if subscriber.status != "active":
+                return None, subscriber, delivery
+            message = self.mailer.delivery_message(session, delivery, self.clock())
+            return message, subscriber, delivery
+
+    def _retry_or_fail(self, delivery: Delivery, subscriber: Subscriber, reply: str) -> str:
+        now = self.clock()
+        delay = self.config.retry_base_seconds * 2 ** max(0, delivery.attempts - 1)
+        retry_at = now + timedelta(seconds=delay * (1 + self.rng.uniform(0, 0.5)))
+        if retry_at >= day_end(delivery.digest_date, subscriber.timezone):
+            self._mark(
+                delivery.id, status="failed", last_reply=f"gave up, the day is over: {reply}"
+            )
+            return "failed"
+        self._mark(delivery.id, status="deferred", next_attempt_at=retry_at, last_reply=reply)
+        return "deferred"
+
+    def send_one(self, delivery_id: int, report: SendReport) -> None:
+        """Send a claimed delivery and record the outcome in the ledger."""
+        try:
+            message, subscriber, delivery = self._compose(delivery_id)
+        except Exception:
+            self._mark(delivery_id, status="queued")
+            raise
+        if message is None:
+            self._mark(delivery_id, status="skipped", last_reply=f"subscriber {subscriber.status}")
+            report.skipped += 1
+            return
+        try:
+            reply = self.transport.send(message)
+        except TemporaryFailure as exc:
+            self._retry_or_fail(delivery, subscriber, exc.reply)
+            return
+        except PermanentFailure as exc:
+            self._mark(delivery_id, status="failed", last_reply=exc.reply)
+            with db.transaction(self.factory) as session:
+                bounced = session.get(Subscriber, subscriber.id)
+                assert bounced is not None
+                bounced.status = "bounced"
+                bounced.updated_at = self.clock()
+            report.bounced.append(subscriber.email)
+            return
+        except BaseException:
+            # Nothing was accepted (refused connection, authentication, interrupted
+            # before the reply): the row goes back to the queue untouched.
+            self._mark(delivery_id, status="queued", attempts=delivery.attempts - 1)
+            raise
+        self._mark(delivery_id, status="sent", sent_at=self.clock(), last_reply=reply[:500])
+        report.sent += 1
+        if self.on_progress is not None:
+            self.on_progress(subscriber.email)
+
+    def send_queued(self, dates: set[date], report: SendReport, limit: int | None) -> None:
+        """Claim and send due rows of `dates` until none is left, the limit, or a stop."""
+        lease = timedelta(seconds=self.config.lease_seconds)
+        try:
+            while not self.should_stop() and (limit is None or report.sent < limit):
+                now = self.clock()
+                with db.transaction(self.factory) as session:
+                    claimed = db.claim_delivery(session, now, now + lease, dates)
+                if claimed is None:
+                    break
+                try:
+                    self.send_one(claimed, report)
+                except FatalTransportError as exc:
+                    report.fatal = str(exc)
+                    break
+        finally:
+            self.transport.close()
+
+
+def send_digests(
+    sender: Sender,
+    subscribers: Callable[[Session], Sequence[Subscriber]],
+    *,
+    now: datetime,
+    settings: DigestSettings,
+    digest_date: date | None = None,
+    dry_run: bool = False,
+    limit: int | None = None,
+    retry_unknown: bool = False,
+) -> SendReport:
+    """Plan today's digests for the due `subscribers` and send every queued one.
+
+    `digest send` and the scheduler's dispatcher both run exactly this.
+    """
+    report = SendReport(dry_run=dry_run)
+    if dry_run:
+        return _dry_run(sender, subscribers, now=now, settings=settings, digest_date=digest_date)
+    with db.transaction(sender.factory) as session:
+        db.expire_leases(session, now)
+        due = subscribers(session)
+        dates, report.planned, _ = plan_deliveries(
+            session, due, now=now, settings=settings, digest_date=digest_date
+        )
+        if retry_unknown:
+            db.requeue_unknown(session, now, dates)
+    if dates:
+        sender.send_queued(dates, report, limit)
+        with sender.factory() as session:
+            counts = db.count_deliveries(session, dates)
+        report.empty = counts.get("empty", 0)
+        report.deferred = counts.get("deferred", 0)
+        report.failed = counts.get("failed", 0)
+        report.unknown = counts.get("unknown", 0)
+    return report
+
+
+def _dry_run(
+    sender: Sender,
+    subscribers: Callable[[Session], Sequence[Subscriber]],
+    *,
+    now: datetime,
+    settings: DigestSettings,
+    digest_date: date | None,
+) -> SendReport:
+    """Plan and render everything that would be sent; write and send nothing."""
+    report = SendReport(dry_run=True)
+    with sender.factory() as session:
+        dates, _, report.empty = plan_deliveries(
+            session, subscribers(session), now=now, settings=settings, digest_date=digest_date
+        )
+        queued = session.scalars(
+            select(Delivery).where(
+                Delivery.digest_date.in_(list(dates)), Delivery.status.in_(("queued", "deferred"))
+            )
+        ).all()
+        for delivery in queued:
+            sender.mailer.delivery_message(session, delivery, now)
+            report.sent += 1
+        session.rollback()
+    return report

@@ -17,6 +17,7 @@ ever reaches the full-text engine except as a quoted token (see
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass
 
 FIELDS = {"title": "title", "author": "authors", "authors": "authors", "cat": "categories"}
@@ -78,7 +79,9 @@ class Query:
 
 
 def _term(field: str | None, text: str, prefix: bool) -> Term | None:
-    words = tuple(word.casefold() for word in _WORD.findall(text))
+    # Case-fold and normalize first, so the words extracted are stable when reparsed.
+    folded = unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", text).casefold())
+    words = tuple(_WORD.findall(folded))
     if not words:
         return None
     if field is not None:

@@ -293,3 +293,11 @@ def record_selection(
     session.add(delivery)
     session.flush()
     return delivery
+
+
+def is_due_today(subscriber: Subscriber, now: datetime) -> bool:
+    """Whether the subscriber gets a digest on their current local date (weekly: their day)."""
+    if subscriber.status != "active":
+        return False
+    local = now.astimezone(ZoneInfo(subscriber.timezone))
+    return subscriber.weekday is None or local.weekday() == subscriber.weekday

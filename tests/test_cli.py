@@ -1,5 +1,6 @@
 """The command line: help everywhere, exit codes, and the main job."""
 
+from email import message_from_bytes, policy
 from pathlib import Path
 
 import click
@@ -87,13 +88,24 @@ def test_papers_and_stats(cli, seeds: Path) -> None:
     assert cli("papers", "--limit", "0").exit_code == 2
 
 
-def test_demo_loads_the_bundled_seeds(cli, tmp_path: Path) -> None:
+def test_demo_runs_the_main_job_into_the_maildir_outbox(cli, tmp_path: Path) -> None:
     result = cli("demo")
     assert result.exit_code == 0, result.output
     assert "papers:         540 (0 with an arXiv id)" in result.output
-    assert (tmp_path / "data" / "digest.sqlite3").is_file()
+    assert "sent 2, empty 0, deferred 0, failed 0, unknown 0" in result.output
+    outbox = tmp_path / "data" / "outbox"
+    assert f"outbox:  {outbox}" in result.output
+    messages = [
+        message_from_bytes(path.read_bytes(), policy=policy.default)
+        for path in (outbox / "new").iterdir()
+    ]
+    assert sorted(m["To"] for m in messages) == ["ada@example.org", "grace@example.org"]
+    preview = tmp_path / "data" / "previews" / "demo-ada.html"
+    assert f"preview: {preview}" in result.output and preview.stat().st_size > 10_000
     second = cli("demo")
     assert "333 parsed, 0 new" in second.output
+    assert "sent 0, empty 0" in second.output
+    assert len(list((outbox / "new").iterdir())) == 2
 
 
 def test_config_errors_are_one_line(cli, tmp_path: Path) -> None:

@@ -20,8 +20,8 @@ def test_no_config_means_the_embedded_default(tmp_path: Path) -> None:
     data = tmp_path / "xdg" / "papers-digest"
     assert config.data_dir == data
     assert config.database_url == f"sqlite:///{data / 'digest.sqlite3'}"
-    assert config.transport == "maildir"
-    assert config.maildir == data / "outbox"
+    assert config.delivery.transport == "maildir"
+    assert config.delivery.maildir == data / "outbox"
     assert config.is_embedded_database
 
 
@@ -43,12 +43,12 @@ from_name = "Lab Digest"
     )
     config = load_config(path, {"DIGEST_SMTP_PASSWORD": "from-env", "DIGEST_SMTP_PORT": "2525"})
     assert config.database_url == "sqlite:////srv/digest/other.sqlite3"
-    assert config.transport == "smtp"
+    assert config.delivery.transport == "smtp"
     assert (config.smtp.host, config.smtp.port, config.smtp.ssl) == ("mail.example.org", 2525, True)
     assert config.smtp.starttls is False
     assert config.smtp.password == "from-env"
     assert config.mail.from_name == "Lab Digest"
-    assert config.maildir == Path("/srv/digest/outbox")
+    assert config.delivery.maildir == Path("/srv/digest/outbox")
     env_db = load_config(path, {"DIGEST_DATABASE_URL": "postgresql://digest@db/digest"})
     assert env_db.database_url == "postgresql://digest@db/digest"
     assert not env_db.is_embedded_database
