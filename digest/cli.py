@@ -31,6 +31,7 @@ from digest.deliver import (
     MAIL_POLICY,
     DigestMailer,
     Dkim,
+    DueList,
     MaildirTransport,
     Sender,
     SendReport,
@@ -689,8 +690,12 @@ def run_send(
 ) -> SendReport:
     """Send today's digest to every active subscriber who is due, with a progress bar."""
 
-    def due(session: Session) -> Sequence[Subscriber]:
-        return [s for s in db.list_subscribers(session, "active") if is_due_today(s, now)]
+    def due(session: Session) -> DueList:
+        return [
+            (s, digest_date or local_date(now, s.timezone))
+            for s in db.list_subscribers(session, "active")
+            if is_due_today(s, now)
+        ]
 
     with click.progressbar(
         length=limit or 0, label="sending", file=sys.stderr, hidden=not sys.stderr.isatty()
@@ -702,7 +707,6 @@ def run_send(
             due,
             now=now,
             settings=app.config.digest,
-            digest_date=digest_date,
             dry_run=dry_run,
             limit=limit,
             retry_unknown=retry_unknown,

@@ -40,7 +40,7 @@ from digest.config import DeliveryConfig, DigestSettings, MailConfig, SmtpConfig
 from digest.links import subscriber_links
 from digest.models import Delivery, Paper, Subscriber
 from digest.render import ItemLike, Recipient, RenderedDigest, Renderer, one_line, topic_title
-from digest.select import SelectionRun, local_date, record_selection
+from digest.select import SelectionRun, record_selection
 
 # Unfolded headers (RFC 5322 allows 998 characters) keep the unsubscribe URL on one line.
 MAIL_POLICY = policy.SMTP.clone(max_line_length=998)
@@ -406,15 +406,13 @@ def day_end(digest_date: date, timezone: str) -> datetime:
     return datetime.combine(digest_date + timedelta(days=1), dtime(), tzinfo=ZoneInfo(timezone))
 
 
+DueList = Sequence[tuple[Subscriber, date]]
+
+
 def plan_deliveries(
-    session: Session,
-    subscribers: Sequence[Subscriber],
-    *,
-    now: datetime,
-    settings: DigestSettings,
-    digest_date: date | None = None,
+    session: Session, due: DueList, *, now: datetime, settings: DigestSettings
 ) -> tuple[set[date], int, int]:
-    """Choose today's digest for each subscriber that has none yet.
+    """Choose the digest of each (subscriber, digest date) that has none yet.
 
     Returns (the digest dates involved, deliveries queued, deliveries empty).
     Each subscriber is planned in a savepoint, so a row another process planned
@@ -423,8 +421,7 @@ def plan_deliveries(
     run = SelectionRun(session, now, settings)
     dates: set[date] = set()
     queued = empty = 0
-    for subscriber in subscribers:
-        day = digest_date or local_date(now, subscriber.timezone)
+    for subscriber, day in due:
         dates.add(day)
         if db.find_delivery(session, subscriber.id, day) is not None:
             continue
@@ -544,27 +541,25 @@ class Sender:
 
 def send_digests(
     sender: Sender,
-    subscribers: Callable[[Session], Sequence[Subscriber]],
+    due: Callable[[Session], DueList],
     *,
     now: datetime,
     settings: DigestSettings,
-    digest_date: date | None = None,
     dry_run: bool = False,
     limit: int | None = None,
     retry_unknown: bool = False,
 ) -> SendReport:
-    """Plan today's digests for the due `subscribers` and send every queued one.
+    """Plan the digests of the `due` (subscriber, date) pairs and send every queued one.
 
     `digest send` and the scheduler's dispatcher both run exactly this.
     """
     report = SendReport(dry_run=dry_run)
     if dry_run:
-        return _dry_run(sender, subscribers, now=now, settings=settings, digest_date=digest_date)
+        return _dry_run(sender, due, now=now, settings=settings)
     with db.transaction(sender.factory) as session:
         db.expire_leases(session, now)
-        due = subscribers(session)
         dates, report.planned, _ = plan_deliveries(
-            session, due, now=now, settings=settings, digest_date=digest_date
+            session, due(session), now=now, settings=settings
         )
         if retry_unknown:
             db.requeue_unknown(session, now, dates)
@@ -580,19 +575,12 @@ def send_digests(
 
 
 def _dry_run(
-    sender: Sender,
-    subscribers: Callable[[Session], Sequence[Subscriber]],
-    *,
-    now: datetime,
-    settings: DigestSettings,
-    digest_date: date | None,
+    sender: Sender, due: Callable[[Session], DueList], *, now: datetime, settings: DigestSettings
 ) -> SendReport:
     """Plan and render everything that would be sent; write and send nothing."""
     report = SendReport(dry_run=True)
     with sender.factory() as session:
-        dates, _, report.empty = plan_deliveries(
-            session, subscribers(session), now=now, settings=settings, digest_date=digest_date
-        )
+        dates, _, report.empty = plan_deliveries(session, due(session), now=now, settings=settings)
         queued = session.scalars(
             select(Delivery).where(
                 Delivery.digest_date.in_(list(dates)), Delivery.status.in_(("queued", "deferred"))

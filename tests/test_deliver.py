@@ -7,7 +7,7 @@ import mailbox
 import random
 import ssl
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from email import message_from_bytes, policy
 from pathlib import Path
 
@@ -96,11 +96,16 @@ def make_sender(factory, transport, clock=None, **config) -> Sender:
 
 
 def active(session):
-    return db.list_subscribers(session, "active")
+    return [(s, NOW.date()) for s in db.list_subscribers(session, "active")]
+
+
+def active_on(day: date):
+    return lambda session: [(s, day) for s in db.list_subscribers(session, "active")]
 
 
 def send(sender: Sender, now: datetime = NOW, **options):
-    return send_digests(sender, active, now=now, settings=DigestSettings(), **options)
+    due = active_on(now.date())
+    return send_digests(sender, due, now=now, settings=DigestSettings(), **options)
 
 
 def ledger(factory) -> dict[str, tuple[str, int]]:
