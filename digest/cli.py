@@ -8,13 +8,15 @@ stderr and a non-zero exit status, never a traceback.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import secrets
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, time
+from datetime import UTC, date, datetime, time, timedelta
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
@@ -45,6 +47,7 @@ from digest.models import SUBSCRIBER_STATUSES, Paper, Subscriber, Topic
 from digest.query import Query, QueryError, parse_query
 from digest.render import ItemLike, Renderer
 from digest.resources import resource_dir
+from digest.schedule import DISPATCH_LEASE, Dispatcher, Service, due_within, next_runs
 from digest.select import SelectionRun, is_due_today, local_date
 from digest.subscribers import (
     SubscriberError,
@@ -765,6 +768,120 @@ def send_command(
         raise click.ClickException("not every digest was delivered; see `digest status`")
     if app.config.delivery.transport == "maildir" and report.sent and not dry_run:
         click.echo(f"outbox: {app.config.delivery.maildir}")
+
+
+# --- the service ------------------------------------------------------------
+
+
+@main.command("run")
+@click.option("--verbose", "-v", is_flag=True, help="Log every job at debug level.")
+@click.pass_obj
+def run_command(app: App, verbose: bool) -> None:
+    """Run the scheduler: ingest on a cron schedule, send each digest at its local hour.
+
+    The dispatcher runs at start-up and every [schedule] dispatch_minutes; a digest
+    not sent within grace_hours of its send time is skipped. Several `digest run`
+    processes may share a database: one dispatches, the others stand by. SIGTERM
+    or Ctrl-C finishes the message in flight and exits 0.
+
+    \b
+    Example:
+        DIGEST_CONFIG=/etc/papers-digest/config.toml digest run
+    """
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    logging.getLogger("apscheduler").setLevel(logging.DEBUG if verbose else logging.WARNING)
+    config = app.config
+    app.engine()
+    stop = threading.Event()
+    dispatcher = Dispatcher(
+        factory=app.sessions(),
+        make_sender=lambda: app.sender(should_stop=stop.is_set),
+        settings=config.digest,
+        grace=timedelta(hours=config.schedule.grace_hours),
+        lease_for=timedelta(minutes=3 * config.schedule.dispatch_minutes),
+    )
+
+    def ingest(sources: Sequence[str], now: datetime) -> list[InputSummary]:
+        return ingest_inputs(
+            app.sessions(),
+            expand_inputs(sources),
+            now=now,
+            max_bytes=config.ingest.max_input_bytes,
+            fetcher=app.fetcher(),
+        )
+
+    service = Service(
+        factory=app.sessions(),
+        schedule=config.schedule,
+        dispatcher=dispatcher,
+        ingest=ingest,
+        clock=utc_now,
+        stop=stop,
+    )
+    service.install_signal_handlers()
+    click.echo(
+        f"digest run: dispatching every {config.schedule.dispatch_minutes} min, "
+        + (
+            f"ingesting {len(config.schedule.sources)} sources on '{config.schedule.ingest_cron}'"
+            if config.schedule.sources
+            else "no sources to ingest ([schedule] sources)"
+        ),
+        err=True,
+    )
+    service.run_forever()
+
+
+@main.command("status")
+@click.pass_obj
+def status_command(app: App) -> None:
+    """Show the scheduler's next runs, the last results, who is due soon, and problems.
+
+    \b
+    Example:
+        digest status
+    """
+    now = utc_now()
+    config = app.config
+    with app.sessions()() as session:
+        last = {job: db.last_job_run(session, job) for job in ("ingest", "dispatch")}
+        lease = db.current_lease(session, DISPATCH_LEASE)
+        upcoming = due_within(session, now, timedelta(hours=1))
+        problems = db.deliveries_with_status(session, ("deferred", "unknown", "sending"))
+        problem_rows = [
+            (d.subscriber.email, str(d.digest_date), d.status, str(d.attempts), d.last_reply or "")
+            for d in problems
+        ]
+    last_dispatch = last["dispatch"].started_at if last["dispatch"] else None
+    upcoming_runs = next_runs(config.schedule, last_dispatch, now)
+    click.echo("next runs:")
+    for job, when in upcoming_runs.items():
+        click.echo(f"  {job:<9} {when.isoformat(timespec='minutes') if when else '-'}")
+    if lease is not None:
+        state = "active" if lease.expires_at > now else "expired"
+        click.echo(
+            f"dispatcher: {lease.holder} ({state} until {lease.expires_at:%Y-%m-%d %H:%M} UTC)"
+        )
+    else:
+        click.echo("dispatcher: none running")
+    click.echo("last runs:")
+    for job, run in last.items():
+        if run is None:
+            click.echo(f"  {job:<9} never")
+        else:
+            outcome = "ok" if run.ok else "FAILED"
+            click.echo(f"  {job:<9} {run.started_at:%Y-%m-%d %H:%M} UTC {outcome}: {run.summary}")
+    click.echo(f"due in the next hour: {len(upcoming)}")
+    for subscriber, at in upcoming:
+        click.echo(
+            f"  {at:%H:%M} UTC  {subscriber.email} "
+            f"({subscriber.send_hour:02d}:00 {subscriber.timezone})"
+        )
+    click.echo(f"deferred, unknown or in flight: {len(problem_rows)}")
+    if problem_rows:
+        print_table(("email", "date", "status", "attempts", "last reply"), problem_rows)
 
 
 # --- the main job -----------------------------------------------------------

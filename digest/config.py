@@ -159,6 +159,25 @@ def _hour(key: str, value: Any) -> int:
     return hour
 
 
+def _str_list(key: str, value: Any) -> list[str]:
+    if isinstance(value, str):
+        value = [part for part in value.split(",") if part.strip()]
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise ConfigError(f"{key}: expected a list of strings, got {value!r}")
+    return [item.strip() for item in value]
+
+
+def _cron(key: str, value: Any) -> str:
+    from apscheduler.triggers.cron import CronTrigger
+
+    text = _str(key, value).strip()
+    try:
+        CronTrigger.from_crontab(text, timezone="UTC")
+    except ValueError as exc:
+        raise ConfigError(f"{key}: not a cron expression: {text!r} ({exc})") from None
+    return text
+
+
 @dataclass(frozen=True)
 class Key:
     """One configuration key: its parser, default and overriding env variable."""
@@ -204,6 +223,10 @@ KEYS: dict[str, Key] = {
     "digest.send_empty": Key(_bool, False),
     "digest.default_timezone": Key(_timezone, "UTC"),
     "digest.default_hour": Key(_hour, 7),
+    "schedule.sources": Key(_str_list, []),
+    "schedule.ingest_cron": Key(_cron, "0 */3 * * *"),
+    "schedule.dispatch_minutes": Key(_positive(_int), 5),
+    "schedule.grace_hours": Key(_positive(_float), 6.0),
     "ingest.max_input_bytes": Key(_positive(_int), 20 * 1024 * 1024),
     "ingest.timeout": Key(_positive(_float), 30.0),
     "ingest.retries": Key(_non_negative(_int), 3),
@@ -234,6 +257,16 @@ class DeliveryConfig:
     rate_limit: float = 0.0
     lease_seconds: int = 600
     retry_base_seconds: int = 60
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    """What `digest run` does and when; see the [schedule] section of config.example.toml."""
+
+    sources: tuple[str, ...] = ()
+    ingest_cron: str = "0 */3 * * *"
+    dispatch_minutes: int = 5
+    grace_hours: float = 6.0
 
 
 @dataclass(frozen=True)
@@ -290,6 +323,7 @@ class Config:
     site: SiteConfig
     ingest: IngestConfig
     digest: DigestSettings
+    schedule: ScheduleConfig = ScheduleConfig()
     source: Path | None = None
 
     @property
@@ -398,6 +432,12 @@ def load_config(path: Path | None = None, environ: Mapping[str, str] | None = No
                 for name, value in values.items()
                 if name.startswith("digest.")
             }
+        ),
+        schedule=ScheduleConfig(
+            sources=tuple(values["schedule.sources"]),
+            ingest_cron=values["schedule.ingest_cron"],
+            dispatch_minutes=values["schedule.dispatch_minutes"],
+            grace_hours=values["schedule.grace_hours"],
         ),
         source=path,
     )

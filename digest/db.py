@@ -40,6 +40,8 @@ from digest.models import (
     Delivery,
     Digest,
     DigestItem,
+    JobRun,
+    Lease,
     Paper,
     PaperSource,
     Subscriber,
@@ -473,3 +475,71 @@ def stats(session: Session) -> Stats:
         by_source=by_source,
         newest_first_seen=str(newest) if newest else None,
     )
+
+
+# --- leases and job runs (the scheduler) ---------------------------------------------
+
+
+def acquire_lease(
+    session: Session, name: str, holder: str, now: datetime, expires_at: datetime
+) -> bool:
+    """Take or renew lease `name` for `holder` unless another holder's lease is still valid."""
+    lease = session.get(Lease, name)
+    if lease is None:
+        try:
+            with session.begin_nested():
+                session.add(Lease(name=name, holder=holder, expires_at=expires_at))
+            return True
+        except IntegrityError:
+            return False
+    taken = session.execute(
+        update(Lease)
+        .where(Lease.name == name, (Lease.holder == holder) | (Lease.expires_at < now))
+        .values(holder=holder, expires_at=expires_at)
+    )
+    return bool(taken.rowcount)  # type: ignore[attr-defined]
+
+
+def release_lease(session: Session, name: str, holder: str) -> None:
+    lease = session.get(Lease, name)
+    if lease is not None and lease.holder == holder:
+        session.delete(lease)
+
+
+def current_lease(session: Session, name: str) -> Lease | None:
+    return session.get(Lease, name)
+
+
+def record_job_run(
+    session: Session,
+    job: str,
+    holder: str,
+    started_at: datetime,
+    finished_at: datetime,
+    ok: bool,
+    summary: str,
+) -> None:
+    session.add(
+        JobRun(
+            job=job,
+            holder=holder,
+            started_at=started_at,
+            finished_at=finished_at,
+            ok=ok,
+            summary=summary,
+        )
+    )
+
+
+def last_job_run(session: Session, job: str) -> JobRun | None:
+    return session.scalar(
+        select(JobRun).where(JobRun.job == job).order_by(JobRun.id.desc()).limit(1)
+    )
+
+
+def deliveries_with_status(session: Session, statuses: Sequence[str]) -> Sequence[Delivery]:
+    return session.scalars(
+        select(Delivery)
+        .where(Delivery.status.in_(statuses))
+        .order_by(Delivery.digest_date, Delivery.id)
+    ).all()

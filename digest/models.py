@@ -277,3 +277,27 @@ class Delivery(Base):
 
     subscriber: Mapped[Subscriber] = relationship()
     digest: Mapped[Digest | None] = relationship()
+
+
+class Lease(Base):
+    """A named lease held by one process until `expires_at` (e.g. the one dispatcher)."""
+
+    __tablename__ = "leases"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(200))
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class JobRun(Base):
+    """One run of a scheduled job (ingest, dispatch), for `digest status`."""
+
+    __tablename__ = "job_runs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job: Mapped[str] = mapped_column(String(32), index=True)
+    holder: Mapped[str] = mapped_column(String(200))
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    ok: Mapped[bool]
+    summary: Mapped[str] = mapped_column(Text)

@@ -1,0 +1,242 @@
+"""Schedule stage: `digest run`, a long-running APScheduler 3 process with two jobs.
+
+* **ingest** runs `digest.ingest.ingest_inputs` on the configured sources, on a
+  cron expression (UTC).
+* **dispatch** runs every few minutes, and once at start-up so a restart
+  catches up at once. It sends, through `digest.deliver.send_digests` (the same
+  code as `digest send`), the digest of every active subscriber whose local send
+  time has come today (weekly subscribers on their weekday), unless more than
+  the grace window has passed since: a missed digest is skipped, never sent
+  hours late as if fresh. Send times are computed with zoneinfo, so they follow
+  daylight saving: on the day an hour is skipped, a send hour inside the gap
+  fires at the transition; on the day an hour repeats, it fires once, at the
+  first occurrence.
+
+Only one dispatcher works at a time: each run first takes (or renews) a lease
+in the database; a second `digest run` waits and takes over when the lease of
+a dead one runs out. The ledger's unique row per subscriber and day is the
+guarantee beneath that. On SIGTERM or SIGINT the message in flight is finished
+and recorded, nothing new is started, and the process exits 0.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, time, timedelta
+from types import FrameType
+from zoneinfo import ZoneInfo
+
+from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.triggers.cron import CronTrigger
+from apscheduler.triggers.interval import IntervalTrigger
+from sqlalchemy.orm import Session, sessionmaker
+
+from digest import db
+from digest.config import DigestSettings, ScheduleConfig
+from digest.deliver import DueList, Sender, SendReport, send_digests
+from digest.ingest import InputSummary
+from digest.models import Subscriber
+
+log = logging.getLogger("digest.schedule")
+
+DISPATCH_LEASE = "dispatcher"
+
+
+def send_time(subscriber: Subscriber, day: date) -> datetime:
+    """The instant of the subscriber's send hour on their local `day` (DST-aware)."""
+    zone = ZoneInfo(subscriber.timezone)
+    local = datetime.combine(day, time(subscriber.send_hour), tzinfo=zone)
+    # fold=0: a repeated hour means its first occurrence; an hour skipped by DST maps,
+    # through the offset before the change, to the instant of the change itself.
+    return local.astimezone(UTC)
+
+
+def due_date(subscriber: Subscriber, now: datetime, grace: timedelta) -> date | None:
+    """The digest date whose send window [send time, + grace) holds `now`, if any."""
+    if subscriber.status != "active":
+        return None
+    today = now.astimezone(ZoneInfo(subscriber.timezone)).date()
+    for day in (today, today - timedelta(days=1)):
+        if subscriber.weekday is not None and day.weekday() != subscriber.weekday:
+            continue
+        start = send_time(subscriber, day)
+        if start <= now < start + grace:
+            return day
+    return None
+
+
+def due_subscribers(session: Session, now: datetime, grace: timedelta) -> DueList:
+    due = []
+    for subscriber in db.list_subscribers(session, "active"):
+        day = due_date(subscriber, now, grace)
+        if day is not None:
+            due.append((subscriber, day))
+    return due
+
+
+def due_within(
+    session: Session, now: datetime, window: timedelta
+) -> list[tuple[Subscriber, datetime]]:
+    """Active subscribers whose next send time falls in [now, now + window)."""
+    upcoming = []
+    for subscriber in db.list_subscribers(session, "active"):
+        today = now.astimezone(ZoneInfo(subscriber.timezone)).date()
+        for day in (today, today + timedelta(days=1)):
+            if subscriber.weekday is not None and day.weekday() != subscriber.weekday:
+                continue
+            at = send_time(subscriber, day)
+            if now <= at < now + window:
+                upcoming.append((subscriber, at))
+                break
+    return sorted(upcoming, key=lambda pair: pair[1])
+
+
+def skip_stale(session: Session, now: datetime, grace: timedelta) -> int:
+    """Queued or deferred rows whose send window has closed become `skipped`."""
+    skipped = 0
+    for delivery in db.deliveries_with_status(session, ("queued", "deferred")):
+        if now >= send_time(delivery.subscriber, delivery.digest_date) + grace:
+            delivery.status = "skipped"
+            delivery.last_reply = "missed: not sent within the grace window"
+            delivery.updated_at = now
+            skipped += 1
+    return skipped
+
+
+def default_holder() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}"
+
+
+@dataclass
+class Dispatcher:
+    """One dispatch run: take the lease, skip stale rows, send what is due."""
+
+    factory: sessionmaker[Session]
+    make_sender: Callable[[], Sender]
+    settings: DigestSettings
+    grace: timedelta
+    lease_for: timedelta
+    holder: str = field(default_factory=default_holder)
+
+    def run(self, now: datetime) -> SendReport | None:
+        """Send what is due at `now`; None if another dispatcher holds the lease."""
+        with db.transaction(self.factory) as session:
+            if not db.acquire_lease(
+                session, DISPATCH_LEASE, self.holder, now, now + self.lease_for
+            ):
+                return None
+            skip_stale(session, now, self.grace)
+        return send_digests(
+            self.make_sender(),
+            lambda session: due_subscribers(session, now, self.grace),
+            now=now,
+            settings=self.settings,
+        )
+
+    def release(self) -> None:
+        with db.transaction(self.factory) as session:
+            db.release_lease(session, DISPATCH_LEASE, self.holder)
+
+
+@dataclass
+class Service:
+    """The `digest run` process: a background scheduler, its two jobs and clean shutdown."""
+
+    factory: sessionmaker[Session]
+    schedule: ScheduleConfig
+    dispatcher: Dispatcher
+    ingest: Callable[[Sequence[str], datetime], list[InputSummary]]
+    clock: Callable[[], datetime]
+    stop: threading.Event = field(default_factory=threading.Event)
+    scheduler: BackgroundScheduler = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.scheduler = BackgroundScheduler(timezone=UTC)
+        misfire = int(self.schedule.grace_hours * 3600)
+        common = {"coalesce": True, "max_instances": 1, "misfire_grace_time": misfire}
+        if self.schedule.sources:
+            self.scheduler.add_job(
+                self.ingest_job,
+                CronTrigger.from_crontab(self.schedule.ingest_cron, timezone=UTC),
+                id="ingest",
+                name="ingest",
+                replace_existing=True,
+                **common,
+            )
+        self.scheduler.add_job(
+            self.dispatch_job,
+            IntervalTrigger(minutes=self.schedule.dispatch_minutes, timezone=UTC),
+            id="dispatch",
+            name="dispatch",
+            replace_existing=True,
+            next_run_time=self.clock(),  # once at start-up: catch up at once
+            **common,
+        )
+
+    def _record(self, job: str, started: datetime, ok: bool, summary: str) -> None:
+        log.info("%s: %s", job, summary)
+        with db.transaction(self.factory) as session:
+            db.record_job_run(
+                session, job, self.dispatcher.holder, started, self.clock(), ok, summary
+            )
+
+    def ingest_job(self) -> None:
+        started = self.clock()
+        summaries = self.ingest(self.schedule.sources, started)
+        failed = [s for s in summaries if not s.ok]
+        summary = (
+            f"{len(summaries)} inputs, {sum(s.new for s in summaries)} new, "
+            f"{sum(s.updated for s in summaries)} updated, {len(failed)} failed"
+        )
+        for bad in failed:
+            log.warning("ingest: %s", bad.line())
+        self._record("ingest", started, not failed, summary)
+
+    def dispatch_job(self) -> None:
+        if self.stop.is_set():
+            return
+        started = self.clock()
+        report = self.dispatcher.run(started)
+        if report is None:
+            log.info("dispatch: another dispatcher holds the lease; standing by")
+            return
+        summary = report.line() + (f"; stopped: {report.fatal}" if report.fatal else "")
+        self._record("dispatch", started, report.fatal is None, summary)
+
+    def install_signal_handlers(self) -> None:
+        def handle(signum: int, frame: FrameType | None) -> None:
+            log.info("received %s: finishing the message in flight", signal.Signals(signum).name)
+            self.stop.set()
+
+        signal.signal(signal.SIGTERM, handle)
+        signal.signal(signal.SIGINT, handle)
+
+    def run_forever(self) -> None:
+        """Run until SIGTERM or SIGINT; then let the job in hand finish and return."""
+        self.scheduler.start()
+        try:
+            while not self.stop.wait(1.0):
+                pass
+        finally:
+            self.scheduler.shutdown(wait=True)
+            self.dispatcher.release()
+            log.info("stopped")
+
+
+def next_runs(
+    schedule: ScheduleConfig, last_dispatch: datetime | None, now: datetime
+) -> dict[str, datetime | None]:
+    """When each job runs next, as `digest run` would schedule it."""
+    ingest = None
+    if schedule.sources:
+        trigger = CronTrigger.from_crontab(schedule.ingest_cron, timezone=UTC)
+        ingest = trigger.get_next_fire_time(None, now)
+    interval = timedelta(minutes=schedule.dispatch_minutes)
+    dispatch = max(now, last_dispatch + interval) if last_dispatch else None
+    return {"ingest": ingest, "dispatch": dispatch}

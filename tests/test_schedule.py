@@ -1,0 +1,381 @@
+"""The scheduler: local send times across timezones and DST, catch-up, grace, one dispatcher."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import defaultdict
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pytest
+from freezegun import freeze_time
+from sqlalchemy import select
+
+from digest import db
+from digest.config import DeliveryConfig, DigestSettings, MailConfig, ScheduleConfig
+from digest.deliver import DigestMailer, MemoryTransport, Sender
+from digest.models import Delivery, JobRun, Subscriber
+from digest.render import Renderer
+from digest.schedule import Dispatcher, Service, due_date, send_time, skip_stale
+from digest.subscribers import subscribe
+
+GRACE = timedelta(hours=6)
+SETTINGS = DigestSettings(send_empty=True)  # every due day sends, even with no papers
+
+
+def person(timezone: str, hour: int, weekday: int | None = None) -> Subscriber:
+    return Subscriber(timezone=timezone, send_hour=hour, weekday=weekday, status="active")
+
+
+@pytest.mark.parametrize(
+    ("timezone", "hour", "day", "expected_utc"),
+    [
+        ("Pacific/Auckland", 7, date(2026, 11, 25), datetime(2026, 11, 24, 18, 0)),  # NZDT +13
+        ("Pacific/Auckland", 7, date(2026, 6, 15), datetime(2026, 6, 14, 19, 0)),  # NZST +12
+        ("America/Los_Angeles", 7, date(2026, 11, 25), datetime(2026, 11, 25, 15, 0)),  # PST
+        ("Asia/Kolkata", 8, date(2026, 11, 25), datetime(2026, 11, 25, 2, 30)),  # +5:30
+        # Los Angeles springs forward on 8 March 2026: 02:00-03:00 does not exist,
+        # so a 2 o'clock digest goes at the change, 03:00 PDT = 10:00 UTC.
+        ("America/Los_Angeles", 2, date(2026, 3, 7), datetime(2026, 3, 7, 10, 0)),
+        ("America/Los_Angeles", 2, date(2026, 3, 8), datetime(2026, 3, 8, 10, 0)),
+        ("America/Los_Angeles", 2, date(2026, 3, 9), datetime(2026, 3, 9, 9, 0)),
+        # ...and falls back on 1 November 2026: 01:00 happens twice; the first counts.
+        ("America/Los_Angeles", 1, date(2026, 11, 1), datetime(2026, 11, 1, 8, 0)),
+        ("America/Los_Angeles", 1, date(2026, 11, 2), datetime(2026, 11, 2, 9, 0)),
+        # Auckland: DST ends 5 April (03:00 -> 02:00), starts 27 September (02:00 -> 03:00).
+        ("Pacific/Auckland", 2, date(2026, 4, 5), datetime(2026, 4, 4, 13, 0)),
+        ("Pacific/Auckland", 2, date(2026, 9, 27), datetime(2026, 9, 26, 14, 0)),
+    ],
+)
+def test_send_times_follow_local_clocks(timezone, hour, day, expected_utc) -> None:
+    assert send_time(person(timezone, hour), day) == expected_utc.replace(tzinfo=UTC)
+
+
+def test_due_dates_and_the_grace_window() -> None:
+    kolkata = person("Asia/Kolkata", 8)
+    sent_at = datetime(2026, 11, 25, 2, 30, tzinfo=UTC)
+    assert due_date(kolkata, sent_at - timedelta(minutes=1), GRACE) is None
+    assert due_date(kolkata, sent_at, GRACE) == date(2026, 11, 25)
+    assert due_date(kolkata, sent_at + GRACE - timedelta(seconds=1), GRACE) == date(2026, 11, 25)
+    assert due_date(kolkata, sent_at + GRACE, GRACE) is None
+    # A late-evening digest stays due past local midnight, for the day it belongs to.
+    late = person("UTC", 23)
+    assert due_date(late, datetime(2026, 11, 26, 2, 0, tzinfo=UTC), GRACE) == date(2026, 11, 25)
+    weekly = person("Europe/London", 9, weekday=0)  # Mondays
+    assert due_date(weekly, datetime(2026, 11, 23, 9, 30, tzinfo=UTC), GRACE) == date(2026, 11, 23)
+    assert due_date(weekly, datetime(2026, 11, 24, 9, 30, tzinfo=UTC), GRACE) is None
+    assert due_date(replace_status(kolkata, "unsubscribed"), sent_at, GRACE) is None
+
+
+def replace_status(subscriber: Subscriber, status: str) -> Subscriber:
+    return Subscriber(
+        timezone=subscriber.timezone,
+        send_hour=subscriber.send_hour,
+        weekday=subscriber.weekday,
+        status=status,
+    )
+
+
+class World:
+    """Subscribers in a real database and dispatchers driven by a simulated clock."""
+
+    def __init__(self, factory) -> None:
+        self.factory = factory
+        self.now = datetime(2026, 1, 1, tzinfo=UTC)
+        self.transport = MemoryTransport()
+
+    def add(self, email: str, timezone: str, hour: int, weekday: int | None = None) -> None:
+        with db.transaction(self.factory) as session:
+            subscribe(
+                session,
+                email,
+                ["*"],
+                now=self.now - timedelta(days=30),
+                timezone=timezone,
+                hour=hour,
+                weekday=weekday,
+            )
+
+    def sender(self) -> Sender:
+        mailer = DigestMailer(
+            Renderer(),
+            MailConfig("digest@papers.example.org", "Papers Digest", None, ""),
+            "https://digest.example.org",
+            "secret-key-0123456789",
+        )
+        return Sender(
+            factory=self.factory,
+            transport=self.transport,
+            mailer=mailer,
+            config=DeliveryConfig(),
+            clock=lambda: self.now,
+        )
+
+    def dispatcher(self, holder: str = "one") -> Dispatcher:
+        return Dispatcher(
+            factory=self.factory,
+            make_sender=self.sender,
+            settings=SETTINGS,
+            grace=GRACE,
+            lease_for=timedelta(minutes=15),
+            holder=holder,
+        )
+
+    def sent(self) -> dict[str, list[datetime]]:
+        out: dict[str, list[datetime]] = defaultdict(list)
+        for message in self.transport.messages:
+            out[str(message["To"])].append(message["Date"].datetime)
+        return out
+
+
+@pytest.fixture
+def world(factory) -> World:
+    return World(factory)
+
+
+def test_each_subscriber_gets_one_digest_at_their_local_hour_across_dst(world: World) -> None:
+    # Los Angeles falls back during these three days (1 November 2026).
+    world.add("auckland@example.org", "Pacific/Auckland", 7)
+    world.add("la-early@example.org", "America/Los_Angeles", 1)
+    world.add("la@example.org", "America/Los_Angeles", 7)
+    world.add("kolkata@example.org", "Asia/Kolkata", 8)
+    world.add("monday@example.org", "Europe/London", 9, weekday=0)
+    dispatcher = world.dispatcher()
+    start = datetime(2026, 10, 31, 0, 0, tzinfo=UTC)
+    for step in range(3 * 24 * 6):  # every 10 minutes for three days
+        world.now = start + timedelta(minutes=10 * step)
+        assert dispatcher.run(world.now) is not None
+    sent = world.sent()
+    for address, times in sent.items():
+        subscriber_zone = {
+            "auckland@example.org": ("Pacific/Auckland", 7),
+            "la-early@example.org": ("America/Los_Angeles", 1),
+            "la@example.org": ("America/Los_Angeles", 7),
+            "kolkata@example.org": ("Asia/Kolkata", 8),
+            "monday@example.org": ("Europe/London", 9),
+        }[address]
+        zone, hour = ZoneInfo(subscriber_zone[0]), subscriber_zone[1]
+        local = [t.astimezone(zone) for t in times]
+        # Exactly one per local day, within ten minutes after the local send hour.
+        assert len({t.date() for t in local}) == len(local), address
+        assert all(t.hour == hour and t.minute < 10 for t in local), (address, local)
+    assert [
+        t.astimezone(ZoneInfo("America/Los_Angeles")).date() for t in sent["la@example.org"]
+    ] == [
+        date(2026, 10, 31),
+        date(2026, 11, 1),
+        date(2026, 11, 2),
+    ]
+    # On the fall-back day, 01:00 came twice; the digest went once, at the first.
+    assert datetime(2026, 11, 1, 8, 0, tzinfo=UTC) in sent["la-early@example.org"]
+    assert datetime(2026, 11, 1, 9, 0, tzinfo=UTC) not in sent["la-early@example.org"]
+    assert len(sent["auckland@example.org"]) == 3
+    assert sent["monday@example.org"] == [datetime(2026, 11, 2, 9, 0, tzinfo=UTC)]
+
+
+def test_spring_forward_day_still_sends_once(world: World) -> None:
+    world.add("la@example.org", "America/Los_Angeles", 2)
+    dispatcher = world.dispatcher()
+    start = datetime(2026, 3, 7, 0, 0, tzinfo=UTC)
+    for step in range(3 * 24 * 6):
+        world.now = start + timedelta(minutes=10 * step)
+        dispatcher.run(world.now)
+    assert world.sent()["la@example.org"] == [
+        datetime(2026, 3, 7, 10, 0, tzinfo=UTC),  # 02:00 PST
+        datetime(2026, 3, 8, 10, 0, tzinfo=UTC),  # 02:00 does not exist: 03:00 PDT
+        datetime(2026, 3, 9, 9, 0, tzinfo=UTC),  # 02:00 PDT
+    ]
+
+
+def test_catch_up_after_downtime_within_the_grace_window_only(world: World) -> None:
+    world.add("seven@example.org", "UTC", 7)
+    world.add("one@example.org", "UTC", 1)
+    # The service was down from midnight until 09:00.
+    world.now = datetime(2026, 11, 25, 9, 0, tzinfo=UTC)
+    report = world.dispatcher().run(world.now)
+    assert report is not None and report.sent == 1
+    assert list(world.sent()) == ["seven@example.org"]  # 1 o'clock is 8 h ago: skipped
+    world.now = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
+    world.dispatcher().run(world.now)
+    assert list(world.sent()) == ["seven@example.org"]
+
+
+def test_a_planned_but_unsent_digest_is_skipped_once_stale(world: World) -> None:
+    world.add("seven@example.org", "UTC", 7)
+    world.now = datetime(2026, 11, 25, 7, 0, tzinfo=UTC)
+    world.transport = MemoryTransport()
+    report = world.dispatcher().run(world.now)
+    assert report is not None and report.sent == 1
+    with db.transaction(world.factory) as session:
+        row = session.scalars(select(Delivery)).one()
+        row.status = "queued"  # as if the process died right after planning
+    assert skip_stale_at(world, datetime(2026, 11, 25, 12, 59, tzinfo=UTC)) == 0
+    assert skip_stale_at(world, datetime(2026, 11, 25, 13, 0, tzinfo=UTC)) == 1
+    with world.factory() as session:
+        row = session.scalars(select(Delivery)).one()
+        assert (row.status, row.last_reply) == (
+            "skipped",
+            "missed: not sent within the grace window",
+        )
+
+
+def skip_stale_at(world: World, now: datetime) -> int:
+    with db.transaction(world.factory) as session:
+        return skip_stale(session, now, GRACE)
+
+
+def test_only_one_dispatcher_works_and_the_other_takes_over(world: World) -> None:
+    for n in range(4):
+        world.add(f"r{n}@example.org", "UTC", 7)
+    first, second = world.dispatcher("first"), world.dispatcher("second")
+    world.now = datetime(2026, 11, 25, 6, 50, tzinfo=UTC)
+    assert first.run(world.now) is not None
+    assert second.run(world.now) is None  # stands by
+    world.now += timedelta(minutes=10)
+    assert second.run(world.now) is None
+    assert first.run(world.now) is not None  # renews its lease, sends the 07:00 digests
+    assert len(world.transport.messages) == 4
+    # The first dies; after its lease (15 min) the second takes over.
+    world.now += timedelta(minutes=10)
+    assert second.run(world.now) is None
+    world.now += timedelta(minutes=6)
+    assert second.run(world.now) is not None
+    assert len(world.transport.messages) == 4
+
+
+def test_racing_dispatchers_in_threads_never_double_send(world: World) -> None:
+    for n in range(12):
+        world.add(f"r{n}@example.org", "UTC", 7)
+    world.now = datetime(2026, 11, 25, 7, 0, tzinfo=UTC)
+    dispatchers = [world.dispatcher(f"d{n}") for n in range(3)]
+    # Expired leases everywhere: each dispatcher is allowed to try at once.
+    for d in dispatchers:
+        d.lease_for = timedelta(seconds=-1)
+    threads = [threading.Thread(target=d.run, args=(world.now,)) for d in dispatchers]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    recipients = [str(m["To"]) for m in world.transport.messages]
+    assert sorted(recipients) == sorted(f"r{n}@example.org" for n in range(12))
+
+
+def test_service_jobs_are_configured_for_downtime(world: World) -> None:
+    schedule = ScheduleConfig(
+        sources=("seeds/",), ingest_cron="15 */3 * * *", dispatch_minutes=5, grace_hours=6
+    )
+    service = Service(
+        factory=world.factory,
+        schedule=schedule,
+        dispatcher=world.dispatcher(),
+        ingest=lambda sources, now: [],
+        clock=lambda: world.now,
+    )
+    jobs = {job.id: job for job in service.scheduler.get_jobs()}
+    assert set(jobs) == {"ingest", "dispatch"}
+    for job in jobs.values():
+        assert (job.coalesce, job.max_instances, job.misfire_grace_time) == (True, 1, 6 * 3600)
+    assert jobs["dispatch"].next_run_time == world.now  # runs once at start-up
+    assert str(jobs["ingest"].trigger).startswith("cron[")
+
+
+@freeze_time("2026-11-25 06:30:00")
+def test_status_shows_next_runs_last_results_due_and_problems(
+    cli, tmp_path: Path, monkeypatch
+) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text(
+        '[schedule]\nsources = ["seeds/"]\ningest_cron = "0 */3 * * *"\n', encoding="utf-8"
+    )
+    monkeypatch.setenv("DIGEST_CONFIG", str(config))
+    cli(
+        "subscribe",
+        "soon@example.org",
+        "--topic",
+        "*",
+        "--timezone",
+        "Asia/Kolkata",
+        "--hour",
+        "12",
+    )
+    cli("subscribe", "later@example.org", "--topic", "*", "--timezone", "UTC", "--hour", "9")
+    output = cli("status").output
+    assert "  ingest    2026-11-25T09:00+00:00" in output
+    assert "dispatcher: none running" in output
+    assert "  dispatch  never" in output
+    assert "due in the next hour: 1" in output
+    assert "  06:30 UTC  soon@example.org (12:00 Asia/Kolkata)" in output
+    assert "deferred, unknown or in flight: 0" in output
+
+
+# --- the real process -----------------------------------------------------------------------
+
+
+def test_sigterm_finishes_the_message_in_flight_and_exits_cleanly(
+    cli, seeds: Path, tmp_path: Path, smtp_server, monkeypatch
+) -> None:
+    hour = datetime.now(UTC).hour
+    config = tmp_path / "config.toml"
+    config.write_text(
+        f"""
+[smtp]
+host = "127.0.0.1"
+port = {smtp_server.port}
+starttls = false
+[site]
+secret_key = "test-secret-key-0123456789abcdef"
+[schedule]
+dispatch_minutes = 1
+""",
+        encoding="utf-8",
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DIGEST_")}
+    env.update(DIGEST_DATA_DIR=str(tmp_path / "data"), DIGEST_CONFIG=str(config))
+    monkeypatch.setenv("DIGEST_CONFIG", str(config))
+    cli("ingest", str(seeds))
+    for n in range(6):
+        cli(
+            "subscribe",
+            f"r{n}@example.org",
+            "--topic",
+            "*",
+            "--timezone",
+            "UTC",
+            "--hour",
+            str(hour),
+        )
+    smtp_server.handler.delay = 1.0
+    process = subprocess.Popen(
+        [sys.executable, "-m", "digest", "run"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    while not smtp_server.handler.messages:
+        assert time.monotonic() < deadline and process.poll() is None, process.communicate()
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 0, err
+    assert "received SIGTERM: finishing the message in flight" in err
+    assert "stopped" in err
+    engine = db.open_database(f"sqlite:///{tmp_path / 'data' / 'digest.sqlite3'}")
+    with db.session_factory(engine)() as session:
+        statuses = [d.status for d in session.scalars(select(Delivery))]
+        runs = session.scalars(select(JobRun)).all()
+        lease = db.current_lease(session, "dispatcher")
+    engine.dispose()
+    received = len(smtp_server.handler.messages)
+    assert 1 <= received < 6
+    assert statuses.count("sent") == received  # the message in flight was recorded
+    assert statuses.count("queued") == 6 - received and "sending" not in statuses
+    assert [r.job for r in runs] == ["dispatch"] and runs[0].summary.startswith(f"sent {received},")
+    assert lease is None  # released on the way out
