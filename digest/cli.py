@@ -8,6 +8,7 @@ stderr and a non-zero exit status, never a traceback.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -700,11 +701,21 @@ def run_send(
             if is_due_today(s, now)
         ]
 
-    with click.progressbar(
-        length=limit or 0, label="sending", file=sys.stderr, hidden=not sys.stderr.isatty()
-    ) as bar:
-        sender = app.sender()
-        sender.on_progress = lambda _email: bar.update(1)
+    sender = app.sender()
+    bars: list[Any] = []
+    with contextlib.ExitStack() as stack:
+
+        def start(total: int) -> None:
+            bar = click.progressbar(
+                length=max(total, 1),
+                label="sending",
+                file=sys.stderr,
+                hidden=not sys.stderr.isatty(),
+            )
+            bars.append(stack.enter_context(bar))
+
+        sender.on_start = start
+        sender.on_progress = lambda _email: bars[0].update(1) if bars else None
         report = send_digests(
             sender,
             due,

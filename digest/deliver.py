@@ -451,6 +451,7 @@ class Sender:
     clock: Callable[[], datetime]
     rng: random.Random = field(default_factory=random.Random)
     should_stop: Callable[[], bool] = lambda: False
+    on_start: Callable[[int], None] | None = None
     on_progress: Callable[[str], None] | None = None
 
     def _mark(self, delivery_id: int, **values: object) -> Delivery:
@@ -523,6 +524,11 @@ class Sender:
     def send_queued(self, dates: set[date], report: SendReport, limit: int | None) -> None:
         """Claim and send due rows of `dates` until none is left, the limit, or a stop."""
         lease = timedelta(seconds=self.config.lease_seconds)
+        if self.on_start is not None:
+            with self.factory() as session:
+                waiting = db.count_deliveries(session, dates)
+            total = waiting.get("queued", 0) + waiting.get("deferred", 0)
+            self.on_start(total if limit is None else min(limit, total))
         try:
             while not self.should_stop() and (limit is None or report.sent < limit):
                 now = self.clock()
