@@ -392,19 +392,10 @@ class Renderer:
         weekly: bool = False,
     ) -> RenderedDigest:
         """Render once; trim abstracts, then drop the last papers, until under budget."""
-        base = build_view(
-            items,
-            papers,
-            digest_date=digest_date,
-            weekly=weekly,
-            site_name=self.site_name,
-            postal_address=self.postal_address,
-        )
-        rendered = self._render(base)
-        if len(rendered.html.encode("utf-8")) <= self.budget:
-            return rendered
-        limit = len(items)
-        while True:
+        attempts = [(ABSTRACT_CHARS, None)] + [
+            (SHORT_ABSTRACT_CHARS, limit) for limit in range(len(items), 0, -1)
+        ]
+        for abstract_chars, limit in attempts:
             view = build_view(
                 items,
                 papers,
@@ -412,10 +403,10 @@ class Renderer:
                 weekly=weekly,
                 site_name=self.site_name,
                 postal_address=self.postal_address,
-                abstract_chars=SHORT_ABSTRACT_CHARS,
+                abstract_chars=abstract_chars,
                 limit=limit,
             )
             rendered = self._render(view)
-            if len(rendered.html.encode("utf-8")) <= self.budget or limit <= 1:
-                return rendered
-            limit -= 1
+            if len(rendered.html.encode("utf-8")) <= self.budget:
+                break
+        return rendered

@@ -356,17 +356,24 @@ def test_maildir_outbox(factory, readers, tmp_path: Path) -> None:
     assert all(m["Subject"] == "Daily Papers · Mon 2 Mar · 3 new in Diffusion" for m in messages)
 
 
-def test_header_injection_is_neutralized() -> None:
-    evil = replace(MAIL, from_name="Papers\r\nBcc: victim@evil.example")
-    message = build_message(
-        mail=evil,
+def simple_message(**changes):
+    fields = dict(
+        mail=MAIL,
         to="reader@example.org",
-        subject="Digest\r\nBcc: victim@evil.example\nX-Injected: 1",
-        html="<p>hi</p>",
-        text="hi",
+        subject="Daily Papers · Mon 2 Mar",
+        html="<p>hello</p>",
+        text="hello",
         msgid="<x@papers.example.org>",
         sent_at=NOW,
         unsubscribe_url="https://digest.example.org/u/abc",
+    )
+    return build_message(**(fields | changes))
+
+
+def test_header_injection_is_neutralized() -> None:
+    message = simple_message(
+        mail=replace(MAIL, from_name="Papers\r\nBcc: victim@evil.example"),
+        subject="Digest\r\nBcc: victim@evil.example\nX-Injected: 1",
     )
     raw = message.as_bytes()
     parsed = message_from_bytes(raw, policy=policy.default)
@@ -374,16 +381,7 @@ def test_header_injection_is_neutralized() -> None:
     assert parsed["Subject"] == "Digest Bcc: victim@evil.example X-Injected: 1"
     assert parsed["From"].addresses[0].addr_spec == "digest@papers.example.org"
     with pytest.raises(ValueError):
-        build_message(
-            mail=MAIL,
-            to="reader@example.org",
-            subject="ok",
-            html="",
-            text="",
-            msgid="<x@papers.example.org>\r\nBcc: a@b.c",
-            sent_at=NOW,
-            unsubscribe_url="https://digest.example.org/u/abc",
-        )
+        simple_message(msgid="<x@papers.example.org>\r\nBcc: a@b.c")
 
 
 def test_dkim_signature_verifies() -> None:
@@ -403,17 +401,7 @@ def test_dkim_signature_verifies() -> None:
     import base64
 
     record = b"v=DKIM1; k=rsa; p=" + base64.b64encode(public)
-    message = build_message(
-        mail=MAIL,
-        to="reader@example.org",
-        subject="Daily Papers · Mon 2 Mar",
-        html="<p>hello</p>",
-        text="hello",
-        msgid="<x@papers.example.org>",
-        sent_at=NOW,
-        unsubscribe_url="https://digest.example.org/u/abc",
-        dkim=Dkim("digest", "papers.example.org", private),
-    )
+    message = simple_message(dkim=Dkim("digest", "papers.example.org", private))
     raw = message.as_bytes()
     signature = message["DKIM-Signature"]
     signed = signature.split("h=")[1].split(";")[0].replace(" ", "").split(":")
