@@ -103,10 +103,14 @@ class App:
         try:
             if not path.exists():
                 path.parent.mkdir(parents=True, exist_ok=True)
-                with os.fdopen(
-                    os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w"
-                ) as f:
-                    f.write(secrets.token_urlsafe(32))
+                # Write a temporary file and link it in: a concurrent process either
+                # wins the race or reads the complete key, never a partial one.
+                temporary = path.with_name(f".secret_key.{os.getpid()}")
+                temporary.write_text(secrets.token_urlsafe(32), encoding="utf-8")
+                temporary.chmod(0o600)
+                with contextlib.suppress(FileExistsError):
+                    os.link(temporary, path)
+                temporary.unlink()
             return path.read_text(encoding="utf-8").strip()
         except OSError as exc:
             raise click.ClickException(f"cannot keep the signing key in {path}: {exc}") from None
