@@ -9,7 +9,7 @@ Backend-specific SQL (SQLite FTS5 today) lives here and nowhere else.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date, datetime
@@ -33,7 +33,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 from digest.models import (
     RECEIVED_STATUSES,
@@ -319,7 +319,9 @@ def find_subscriber(session: Session, email_key: str) -> Subscriber | None:
 
 
 def list_subscribers(session: Session, status: str | None = None) -> Sequence[Subscriber]:
-    statement = select(Subscriber).order_by(Subscriber.email_key)
+    statement = (
+        select(Subscriber).options(selectinload(Subscriber.topics)).order_by(Subscriber.email_key)
+    )
     if status is not None:
         statement = statement.where(Subscriber.status == status)
     return session.scalars(statement).all()
@@ -433,7 +435,11 @@ def count_deliveries(session: Session, dates: Iterable[date]) -> dict[str, int]:
 
 
 def get_or_create_digest(
-    session: Session, digest_date: date, content_hash: str, items: list[DigestItem], now: datetime
+    session: Session,
+    digest_date: date,
+    content_hash: str,
+    items: Callable[[], list[DigestItem]],
+    now: datetime,
 ) -> Digest:
     """The shared digest with this content, created if no subscriber got it yet."""
     statement = select(Digest).where(
@@ -445,7 +451,7 @@ def get_or_create_digest(
     try:
         with session.begin_nested():
             digest = Digest(
-                digest_date=digest_date, content_hash=content_hash, created_at=now, items=items
+                digest_date=digest_date, content_hash=content_hash, created_at=now, items=items()
             )
             session.add(digest)
         return digest

@@ -142,7 +142,8 @@ class SelectionRun:
         self.queries_run = 0
         self._matches: dict[str, dict[int, float]] = {}
         self._gains: dict[timedelta, dict[int, int]] = {}
-        self._papers: dict[int, Paper] = {}
+        # Per paper, read once per run: (first seen, age in hours, upvotes).
+        self._facts: dict[int, tuple[datetime, float, int | None]] = {}
 
     def matches(self, topic: str) -> dict[int, float]:
         """Eligible papers matching `topic`, with relevance normalized to (0, 1]."""
@@ -153,8 +154,10 @@ class SelectionRun:
             self._matches[topic] = {
                 paper_id: (score / best if best > 0 else 1.0) for paper_id, score in found
             }
-            missing = [pid for pid in self._matches[topic] if pid not in self._papers]
-            self._papers.update(db.papers_by_id(self.session, missing))
+            missing = [pid for pid in self._matches[topic] if pid not in self._facts]
+            for paper_id, paper in db.papers_by_id(self.session, missing).items():
+                age = paper_age_hours(paper, self.now)
+                self._facts[paper_id] = (paper.first_seen_at, age, paper.upvotes)
         return self._matches[topic]
 
     def gains(self, window: timedelta) -> dict[int, int]:
@@ -191,11 +194,10 @@ class SelectionRun:
         per_topic_new: list[list[SelectedItem]] = [[] for _ in subscriber.topics]
         trending: list[SelectedItem] = []
         for paper_id, (_, relevance, position) in best.items():
-            paper = self._papers[paper_id]
+            first_seen, age, upvotes = self._facts[paper_id]
             topic = subscriber.topics[position]
-            age = paper_age_hours(paper, self.now)
             gain = gains.get(paper_id, 0)
-            if new_since < paper.first_seen_at <= self.now:
+            if new_since < first_seen <= self.now:
                 kind, score = "new", new_score(relevance, age)
             elif gain >= settings.min_trending_gain:
                 kind, score = "trending", trending_score(gain, age, settings.gravity)
@@ -208,7 +210,7 @@ class SelectionRun:
                 topic_label=topic.label,
                 relevance=relevance,
                 score=score,
-                upvotes=paper.upvotes,
+                upvotes=upvotes,
                 upvote_gain=max(gain, 0),
             )
             (per_topic_new[position] if kind == "new" else trending).append(item)
@@ -263,20 +265,23 @@ def record_selection(
         return existing
     digest = None
     if selection.items or send_empty:
-        items = [
-            DigestItem(
-                position=position,
-                paper_id=item.paper_id,
-                kind=item.kind,
-                topic=item.topic,
-                topic_label=item.topic_label,
-                relevance=item.relevance,
-                score=item.score,
-                upvotes=item.upvotes,
-                upvote_gain=item.upvote_gain,
-            )
-            for position, item in enumerate(selection.items)
-        ]
+
+        def items() -> list[DigestItem]:
+            return [
+                DigestItem(
+                    position=position,
+                    paper_id=item.paper_id,
+                    kind=item.kind,
+                    topic=item.topic,
+                    topic_label=item.topic_label,
+                    relevance=item.relevance,
+                    score=item.score,
+                    upvotes=item.upvotes,
+                    upvote_gain=item.upvote_gain,
+                )
+                for position, item in enumerate(selection.items)
+            ]
+
         digest = db.get_or_create_digest(
             session, selection.digest_date, selection.content_hash, items, now
         )

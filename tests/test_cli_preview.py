@@ -80,3 +80,15 @@ def test_preview_errors(cli, tmp_path: Path) -> None:
     assert "Error: topic '-only': query only excludes words" in bad.output
     baddate = cli("preview", "--topic", "x", "--date", "25/11/2026")
     assert baddate.exit_code == 2
+
+
+def test_signing_key_is_generated_once_privately(cli, tmp_path: Path) -> None:
+    cli("preview", "--topic", "x", "--format", "eml", "--out", str(tmp_path / "a.eml"))
+    key_file = tmp_path / "data" / "secret_key"
+    key = key_file.read_text(encoding="utf-8")
+    assert len(key) >= 40 and key_file.stat().st_mode & 0o777 == 0o600
+    cli("preview", "--topic", "x", "--format", "eml", "--out", str(tmp_path / "b.eml"))
+    assert key_file.read_text(encoding="utf-8") == key
+    first = message_from_bytes((tmp_path / "a.eml").read_bytes(), policy=policy.default)
+    second = message_from_bytes((tmp_path / "b.eml").read_bytes(), policy=policy.default)
+    assert first["List-Unsubscribe"] == second["List-Unsubscribe"]  # same key, same link
