@@ -46,7 +46,6 @@ class SubscriberLinks:
     unsubscribe: str
     manage: str
     view: str
-    unsubscribe_mailto: str | None = None
 
 
 def subscriber_links(

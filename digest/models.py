@@ -241,16 +241,6 @@ class DigestItem(Base):
     paper: Mapped[Paper] = relationship()
 
 
-DELIVERY_STATUSES = (
-    "queued",
-    "sending",
-    "sent",
-    "deferred",
-    "failed",
-    "unknown",
-    "empty",
-    "skipped",
-)
 # Deliveries whose papers count as received: never send those papers again.
 RECEIVED_STATUSES = ("sending", "sent", "unknown")
 

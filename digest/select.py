@@ -139,7 +139,6 @@ class SelectionRun:
             observed_since=now - WEEK,
             until=now,
         )
-        self.queries_run = 0
         self._matches: dict[str, dict[int, float]] = {}
         self._gains: dict[timedelta, dict[int, int]] = {}
         # Per paper, read once per run: (first seen, age in hours, upvotes).
@@ -148,7 +147,6 @@ class SelectionRun:
     def matches(self, topic: str) -> dict[int, float]:
         """Eligible papers matching `topic`, with relevance normalized to (0, 1]."""
         if topic not in self._matches:
-            self.queries_run += 1
             found = db.match_papers(self.session, parse_query(topic), window=self.window)
             best = max((score for _, score in found), default=0.0)
             self._matches[topic] = {

@@ -370,6 +370,14 @@ def simple_message(**changes):
     return build_message(**(fields | changes))
 
 
+def test_list_unsubscribe_can_carry_a_mailto_too() -> None:
+    mail = replace(MAIL, unsubscribe_mailto="leave@papers.example.org")
+    message = message_from_bytes(simple_message(mail=mail).as_bytes(), policy=policy.default)
+    assert message["List-Unsubscribe"] == (
+        "<https://digest.example.org/u/abc>, <mailto:leave@papers.example.org?subject=unsubscribe>"
+    )
+
+
 def test_header_injection_is_neutralized() -> None:
     message = simple_message(
         mail=replace(MAIL, from_name="Papers\r\nBcc: victim@evil.example"),
