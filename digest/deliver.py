@@ -511,10 +511,15 @@ class Sender:
                 bounced.updated_at = self.clock()
             report.bounced.append(subscriber.email)
             return
-        except BaseException:
-            # Nothing was accepted (refused connection, authentication, interrupted
-            # before the reply): the row goes back to the queue untouched.
+        except FatalTransportError:
+            # Refused before the message was accepted (connection, TLS, login, policy):
+            # the row goes back to the queue untouched.
             self._mark(delivery_id, status="queued", attempts=delivery.attempts - 1)
+            raise
+        except BaseException as exc:
+            # Interrupted or failed in a way that says nothing about acceptance: the
+            # message may have arrived, so it is not resent automatically.
+            self._mark(delivery_id, status="unknown", last_reply=f"interrupted: {exc!r}"[:500])
             raise
         self._mark(delivery_id, status="sent", sent_at=self.clock(), last_reply=reply[:500])
         report.sent += 1

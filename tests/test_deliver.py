@@ -415,3 +415,15 @@ def test_dkim_signature_verifies() -> None:
     signed = signature.split("h=")[1].split(";")[0].replace(" ", "").split(":")
     assert signed == ["from", "to", "subject", "date", "list-unsubscribe", "list-unsubscribe-post"]
     assert dkim.verify(raw, dnsfunc=lambda name, timeout=5: record)
+
+
+class ExplodingTransport(MemoryTransport):
+    def send(self, message):
+        raise KeyboardInterrupt
+
+
+def test_an_interrupted_send_is_unknown_not_requeued(factory, readers) -> None:
+    with pytest.raises(KeyboardInterrupt):
+        send(make_sender(factory, ExplodingTransport()))
+    rows = ledger(factory)
+    assert sorted(rows.values()) == [("queued", 0)] * 4 + [("unknown", 1)]
