@@ -92,3 +92,33 @@ def test_signing_key_is_generated_once_privately(cli, tmp_path: Path) -> None:
     first = message_from_bytes((tmp_path / "a.eml").read_bytes(), policy=policy.default)
     second = message_from_bytes((tmp_path / "b.eml").read_bytes(), policy=policy.default)
     assert first["List-Unsubscribe"] == second["List-Unsubscribe"]  # same key, same link
+
+
+def test_configured_dkim_key_signs_the_message(cli, tmp_path: Path, monkeypatch) -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = tmp_path / "dkim.pem"
+    pem.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.TraditionalOpenSSL,
+            serialization.NoEncryption(),
+        )
+    )
+    config = tmp_path / "config.toml"
+    config.write_text(
+        f'[mail]\nfrom_address = "digest@papers.example.org"\ndkim_selector = "d1"\n'
+        f'dkim_key_file = "{pem}"\n',
+        encoding="utf-8",
+    )
+    monkeypatch.setenv("DIGEST_CONFIG", str(config))
+    out = tmp_path / "signed.eml"
+    assert cli("preview", "--topic", "x", "--format", "eml", "--out", str(out)).exit_code == 0
+    message = message_from_bytes(out.read_bytes(), policy=policy.default)
+    signature = message["DKIM-Signature"]
+    assert "d=papers.example.org" in signature and "s=d1" in signature
+    pem.unlink()
+    missing = cli("preview", "--topic", "x", "--format", "eml", "--out", str(out))
+    assert missing.exit_code == 1 and "Error: mail.dkim_key_file:" in missing.output

@@ -312,6 +312,31 @@ def test_status_shows_next_runs_last_results_due_and_problems(
     assert "due in the next hour: 1" in output
     assert "  06:30 UTC  soon@example.org (12:00 Asia/Kolkata)" in output
     assert "deferred, unknown or in flight: 0" in output
+    # After a dispatch that left a deferred row, status reports the run and the row.
+    engine = db.open_database(f"sqlite:///{tmp_path / 'data' / 'digest.sqlite3'}")
+    factory = db.session_factory(engine)
+    now = datetime(2026, 11, 25, 6, 30, tzinfo=UTC)
+    with db.transaction(factory) as session:
+        soon = db.find_subscriber(session, "soon@example.org")
+        session.add(
+            Delivery(
+                subscriber=soon,
+                digest_date=date(2026, 11, 25),
+                status="deferred",
+                selected_at=now,
+                attempts=2,
+                last_reply="451 4.3.0 try later",
+                created_at=now,
+                updated_at=now,
+            )
+        )
+        db.record_job_run(session, "dispatch", "host:1", now, now, True, "sent 0, empty 0")
+    engine.dispose()
+    output = cli("status").output
+    assert "  dispatch  2026-11-25T06:35+00:00" in output
+    assert "  dispatch  2026-11-25 06:30 UTC ok: sent 0, empty 0" in output
+    assert "deferred, unknown or in flight: 1" in output
+    assert "soon@example.org  2026-11-25  deferred  2         451 4.3.0 try later" in output
 
 
 # --- the real process -----------------------------------------------------------------------
