@@ -15,7 +15,7 @@ import re
 import secrets
 import sys
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from email.message import EmailMessage
@@ -25,7 +25,7 @@ from zoneinfo import ZoneInfo
 
 import click
 from sqlalchemy import Engine
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from digest import __version__, db
@@ -65,6 +65,19 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+@contextlib.contextmanager
+def database_errors() -> Iterator[None]:
+    """Turn failures to open or migrate the database into one-line errors."""
+    try:
+        yield
+    except db.SchemaOutOfDate as exc:
+        raise click.ClickException(str(exc)) from None
+    except DBAPIError as exc:
+        raise click.ClickException(f"cannot open the database: {exc.orig}") from None
+    except OSError as exc:
+        raise click.ClickException(f"cannot open the database: {exc}") from None
+
+
 @dataclass
 class App:
     """Lazily built config and database for one CLI invocation."""
@@ -84,12 +97,8 @@ class App:
 
     def engine(self) -> Engine:
         if self._engine is None:
-            try:
+            with database_errors():
                 self._engine = db.open_database(self.config.database_url)
-            except db.SchemaOutOfDate as exc:
-                raise click.ClickException(str(exc)) from None
-            except OperationalError as exc:
-                raise click.ClickException(f"cannot open the database: {exc.orig}") from None
         return self._engine
 
     def sessions(self) -> sessionmaker[Session]:
@@ -227,15 +236,15 @@ def db_upgrade(app: App) -> None:
     Example:
         DIGEST_DATABASE_URL=postgresql://digest@db/digest digest db upgrade
     """
-    engine = db.create_db_engine(app.config.database_url)
-    try:
-        before = db.current_revision(engine)
-        db.upgrade(engine)
-        click.echo(f"database at {db.current_revision(engine)} (was {before or 'empty'})")
-    except OperationalError as exc:
-        raise click.ClickException(f"cannot open the database: {exc.orig}") from None
-    finally:
-        engine.dispose()
+    with database_errors():
+        engine = db.create_db_engine(app.config.database_url)
+        try:
+            before = db.current_revision(engine)
+            db.upgrade(engine)
+            after = db.current_revision(engine)
+        finally:
+            engine.dispose()
+    click.echo(f"database at {after} (was {before or 'empty'})")
 
 
 @db_group.command("status")
@@ -247,13 +256,12 @@ def db_status(app: App) -> None:
     Example:
         digest db status
     """
-    engine = db.create_db_engine(app.config.database_url)
-    try:
-        current = db.current_revision(engine)
-    except OperationalError as exc:
-        raise click.ClickException(f"cannot open the database: {exc.orig}") from None
-    finally:
-        engine.dispose()
+    with database_errors():
+        engine = db.create_db_engine(app.config.database_url)
+        try:
+            current = db.current_revision(engine)
+        finally:
+            engine.dispose()
     head = db.head_revision()
     click.echo(f"database: {engine.url.render_as_string(hide_password=True)}")
     click.echo(f"schema:   {current or 'empty'} (needs {head})")

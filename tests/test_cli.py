@@ -123,3 +123,20 @@ def test_db_status_and_upgrade(cli, tmp_path: Path) -> None:
     upgrade = cli("db", "upgrade")
     assert upgrade.output.strip() == f"database at {head} (was empty)"
     assert "run `digest db upgrade`" not in cli("db", "status").output
+
+
+@pytest.mark.parametrize("command", [("stats",), ("db", "status"), ("db", "upgrade")])
+def test_unusable_databases_are_one_line_errors(cli, tmp_path: Path, monkeypatch, command) -> None:
+    corrupt = tmp_path / "corrupt.sqlite3"
+    corrupt.write_bytes(b"this is not a database, just text " * 200)
+    monkeypatch.setenv("DIGEST_DATABASE_URL", f"sqlite:///{corrupt}")
+    result = cli(*command)
+    assert result.exit_code == 1
+    assert result.output == "Error: cannot open the database: file is not a database\n"
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x", encoding="utf-8")
+    monkeypatch.setenv("DIGEST_DATABASE_URL", f"sqlite:///{blocker}/sub/digest.sqlite3")
+    result = cli(*command)
+    assert result.exit_code == 1
+    assert result.output.startswith("Error: cannot open the database: [Errno 20] Not a directory")
+    assert result.output.count("\n") == 1
