@@ -546,6 +546,7 @@ def last_job_run(session: Session, job: str) -> JobRun | None:
 def deliveries_with_status(session: Session, statuses: Sequence[str]) -> Sequence[Delivery]:
     return session.scalars(
         select(Delivery)
+        .options(selectinload(Delivery.subscriber))
         .where(Delivery.status.in_(statuses))
         .order_by(Delivery.digest_date, Delivery.id)
     ).all()

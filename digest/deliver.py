@@ -377,7 +377,6 @@ class DigestMailer:
 class SendReport:
     """What a `digest send` run did, and where the ledger stands for its dates."""
 
-    planned: int = 0
     sent: int = 0
     empty: int = 0
     deferred: int = 0
@@ -569,9 +568,7 @@ def send_digests(
         return _dry_run(sender, due, now=now, settings=settings)
     with db.transaction(sender.factory) as session:
         db.expire_leases(session, now)
-        dates, report.planned, _ = plan_deliveries(
-            session, due(session), now=now, settings=settings
-        )
+        dates, _, _ = plan_deliveries(session, due(session), now=now, settings=settings)
         if retry_unknown:
             db.requeue_unknown(session, now, dates)
     if dates:

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
@@ -255,28 +255,16 @@ def record_selection(
 ) -> Delivery:
     """Store the selection: its shared Digest (if any items) and the subscriber's Delivery.
 
-    An existing delivery for the date is returned unchanged: a digest is chosen
-    once per subscriber and day.
+    A digest is chosen once per subscriber and day: callers look for an existing
+    delivery first (`db.find_delivery`), and the unique constraint refuses a second.
     """
-    existing = db.find_delivery(session, subscriber.id, selection.digest_date)
-    if existing is not None:
-        return existing
     digest = None
     if selection.items or send_empty:
 
         def items() -> list[DigestItem]:
+            # A selected item's fields are exactly the stored item's columns.
             return [
-                DigestItem(
-                    position=position,
-                    paper_id=item.paper_id,
-                    kind=item.kind,
-                    topic=item.topic,
-                    topic_label=item.topic_label,
-                    relevance=item.relevance,
-                    score=item.score,
-                    upvotes=item.upvotes,
-                    upvote_gain=item.upvote_gain,
-                )
+                DigestItem(position=position, **asdict(item))
                 for position, item in enumerate(selection.items)
             ]
 

@@ -80,7 +80,9 @@ def run_day(
         run = SelectionRun(session, now, settings)
         for subscriber in db.list_subscribers(session, "active"):
             selection = run.select(subscriber, local_date(now, subscriber.timezone))
-            delivery = record_selection(session, subscriber, selection, now, settings.send_empty)
+            delivery = db.find_delivery(
+                session, subscriber.id, selection.digest_date
+            ) or record_selection(session, subscriber, selection, now, settings.send_empty)
             if delivery.status == "queued":
                 delivery.status = mark
             papers = db.papers_by_id(session, [item.paper_id for item in selection.items])
