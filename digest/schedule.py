@@ -42,6 +42,7 @@ from digest.config import DigestSettings, ScheduleConfig
 from digest.deliver import DueList, Sender, SendReport, send_digests
 from digest.ingest import InputSummary
 from digest.models import Subscriber
+from digest.select import local_date, sends_on
 
 log = logging.getLogger("digest.schedule")
 
@@ -61,9 +62,9 @@ def due_date(subscriber: Subscriber, now: datetime, grace: timedelta) -> date | 
     """The digest date whose send window [send time, + grace) holds `now`, if any."""
     if subscriber.status != "active":
         return None
-    today = now.astimezone(ZoneInfo(subscriber.timezone)).date()
+    today = local_date(now, subscriber.timezone)
     for day in (today, today - timedelta(days=1)):
-        if subscriber.weekday is not None and day.weekday() != subscriber.weekday:
+        if not sends_on(subscriber, day):
             continue
         start = send_time(subscriber, day)
         if start <= now < start + grace:
@@ -86,9 +87,9 @@ def due_within(
     """Active subscribers whose next send time falls in [now, now + window)."""
     upcoming = []
     for subscriber in db.list_subscribers(session, "active"):
-        today = now.astimezone(ZoneInfo(subscriber.timezone)).date()
+        today = local_date(now, subscriber.timezone)
         for day in (today, today + timedelta(days=1)):
-            if subscriber.weekday is not None and day.weekday() != subscriber.weekday:
+            if not sends_on(subscriber, day):
                 continue
             at = send_time(subscriber, day)
             if now <= at < now + window:

@@ -286,9 +286,13 @@ def record_selection(
     return delivery
 
 
+def sends_on(subscriber: Subscriber, day: date) -> bool:
+    """Whether `day` is one of the subscriber's digest days (every day, or their weekday)."""
+    return subscriber.weekday is None or day.weekday() == subscriber.weekday
+
+
 def is_due_today(subscriber: Subscriber, now: datetime) -> bool:
-    """Whether the subscriber gets a digest on their current local date (weekly: their day)."""
-    if subscriber.status != "active":
-        return False
-    local = now.astimezone(ZoneInfo(subscriber.timezone))
-    return subscriber.weekday is None or local.weekday() == subscriber.weekday
+    """Whether an active subscriber gets a digest on their current local date."""
+    return subscriber.status == "active" and sends_on(
+        subscriber, local_date(now, subscriber.timezone)
+    )
