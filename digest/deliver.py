@@ -39,8 +39,9 @@ from digest import db
 from digest.config import DeliveryConfig, DigestSettings, MailConfig, SmtpConfig
 from digest.links import subscriber_links
 from digest.models import Delivery, Paper, Subscriber
-from digest.render import ItemLike, Recipient, RenderedDigest, Renderer, one_line, topic_title
+from digest.render import ItemLike, Recipient, RenderedDigest, Renderer, topic_title
 from digest.select import SelectionRun, record_selection
+from digest.sources.records import one_line
 
 # Unfolded headers (RFC 5322 allows 998 characters) keep the unsubscribe URL on one line.
 MAIL_POLICY = policy.SMTP.clone(max_line_length=998)

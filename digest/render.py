@@ -26,7 +26,7 @@ from premailer import Premailer
 
 from digest.models import Paper
 from digest.resources import resource_dir
-from digest.sources.records import safe_http_url
+from digest.sources.records import one_line, safe_http_url
 
 HTML_BUDGET = 100_000  # bytes; Gmail clips messages at about 102 KB
 ABSTRACT_CHARS = 400
@@ -45,7 +45,6 @@ PLACEHOLDERS = {
 }
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(\[])")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f\u2028\u2029]+")
 
 
 class ItemLike(Protocol):
@@ -175,11 +174,6 @@ class DigestView:
             return "Nothing new matched your topics today."
         first = self.sections[0].papers[0].title
         return clip(f"{self.summary}: {first}", 140)
-
-
-def one_line(text: str) -> str:
-    """No CR, LF or other control characters: safe in headers and one-line fields."""
-    return " ".join(_CONTROL.sub(" ", text).split())
 
 
 def clip(text: str, limit: int) -> str:

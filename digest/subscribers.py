@@ -8,7 +8,6 @@ equivalent spellings are one topic evaluated once per run.
 
 from __future__ import annotations
 
-import re
 import secrets
 from dataclasses import dataclass
 from datetime import datetime
@@ -20,10 +19,10 @@ from sqlalchemy.orm import Session
 from digest import db
 from digest.models import WEEKDAYS, Subscriber, Topic
 from digest.query import QueryError, parse_query
+from digest.sources.records import CONTROL_CHARS
 
 MAX_TOPICS = 20
 MAX_LABEL = 100
-_CONTROL = re.compile(r"[\x00-\x1f\x7f\u2028\u2029]")
 
 
 class SubscriberError(ValueError):
@@ -38,7 +37,7 @@ class TopicSpec:
 
 def normalize_email(address: str) -> tuple[str, str]:
     """(normalized address, lookup key); SubscriberError if the syntax is invalid."""
-    if _CONTROL.search(address):
+    if CONTROL_CHARS.search(address):
         raise SubscriberError(f"invalid email address {address!r}: control characters")
     try:
         result = validate_email(address.strip(), check_deliverability=False)
@@ -73,7 +72,7 @@ def parse_topic(text: str) -> TopicSpec:
     head, sep, tail = text.partition("=")
     if sep and head.strip() and '"' not in head and ":" not in head:
         label, query_text = head.strip(), tail
-    if label is not None and (len(label) > MAX_LABEL or _CONTROL.search(label)):
+    if label is not None and (len(label) > MAX_LABEL or CONTROL_CHARS.search(label)):
         raise SubscriberError(f"topic label {label[:40]!r}: at most {MAX_LABEL} plain characters")
     try:
         query = parse_query(query_text)

@@ -49,9 +49,18 @@ class ParseResult:
     skipped: list[str] = field(default_factory=list)
 
 
+# Control characters, including CR and LF: never allowed in a one-line field or header.
+CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f\u2028\u2029]")
+
+
 def clean_text(value: str | None) -> str:
     """Collapse runs of whitespace (feeds wrap titles and abstracts) and trim."""
     return " ".join((value or "").split())
+
+
+def one_line(text: str) -> str:
+    """No CR, LF or other control characters: safe in headers and one-line fields."""
+    return clean_text(CONTROL_CHARS.sub(" ", text))
 
 
 def normalize_title(title: str) -> str:
