@@ -10,173 +10,37 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import re
-import secrets
 import sys
 import threading
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, time, timedelta
-from email.message import EmailMessage
+import traceback
+from collections.abc import Sequence
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
-from zoneinfo import ZoneInfo
 
 import click
-from sqlalchemy import Engine
-from sqlalchemy.exc import DBAPIError
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
 
 from digest import __version__, db
-from digest.config import Config, ConfigError, load_config
-from digest.deliver import (
-    MAIL_POLICY,
-    DigestMailer,
-    Dkim,
-    DueList,
-    MaildirTransport,
-    Sender,
-    SendReport,
-    SmtpTransport,
-    Transport,
-    send_digests,
-)
-from digest.fetch import HttpFetcher
-from digest.ingest import InputSummary, expand_inputs, ingest_inputs
-from digest.models import SUBSCRIBER_STATUSES, Paper, Subscriber, Topic
+from digest.app import App, database_error_message, database_errors, safe_url
+from digest.deliver import MAIL_POLICY, DueList, SendReport, send_digests
+from digest.config import ConfigError
+from digest.errors import DigestError
+from digest.ingest import InputSummary, expand_inputs
+from digest.models import SUBSCRIBER_STATUSES, Paper
 from digest.query import Query, QueryError, parse_query
-from digest.render import ItemLike, Renderer
 from digest.resources import resource_dir
-from digest.schedule import DISPATCH_LEASE, Dispatcher, Service, due_within, next_runs
-from digest.select import SelectionRun, is_due_today, local_date
+from digest.schedule import DISPATCH_LEASE, due_within, next_runs
+from digest.select import is_due_today, local_date
 from digest.subscribers import (
-    SubscriberError,
     normalize_email,
-    parse_topic,
     parse_weekday,
     subscribe,
+    transient_subscriber,
     unsubscribe,
 )
-
-
-def utc_now() -> datetime:
-    """The clock, read once per command at the edge."""
-    return datetime.now(UTC)
-
-
-@contextlib.contextmanager
-def database_errors() -> Iterator[None]:
-    """Turn failures to open or migrate the database into one-line errors."""
-    try:
-        yield
-    except db.SchemaOutOfDate as exc:
-        raise click.ClickException(str(exc)) from None
-    except DBAPIError as exc:
-        raise click.ClickException(f"cannot open the database: {exc.orig}") from None
-    except OSError as exc:
-        raise click.ClickException(f"cannot open the database: {exc}") from None
-
-
-@dataclass
-class App:
-    """Lazily built config and database for one CLI invocation."""
-
-    config_path: Path | None
-    _config: Config | None = None
-    _engine: Engine | None = field(default=None, repr=False)
-
-    @property
-    def config(self) -> Config:
-        if self._config is None:
-            try:
-                self._config = load_config(self.config_path)
-            except ConfigError as exc:
-                raise click.ClickException(f"config: {exc}") from None
-        return self._config
-
-    def engine(self) -> Engine:
-        if self._engine is None:
-            with database_errors():
-                self._engine = db.open_database(self.config.database_url)
-        return self._engine
-
-    def sessions(self) -> sessionmaker[Session]:
-        return db.session_factory(self.engine())
-
-    def secret_key(self) -> str:
-        """The configured signing key, else one generated once and kept in the data dir."""
-        if self.config.site.secret_key:
-            return self.config.site.secret_key
-        path = self.config.data_dir / "secret_key"
-        try:
-            if not path.exists():
-                path.parent.mkdir(parents=True, exist_ok=True)
-                # Write a temporary file and link it in: a concurrent process either
-                # wins the race or reads the complete key, never a partial one.
-                temporary = path.with_name(f".secret_key.{os.getpid()}")
-                temporary.write_text(secrets.token_urlsafe(32), encoding="utf-8")
-                temporary.chmod(0o600)
-                with contextlib.suppress(FileExistsError):
-                    os.link(temporary, path)
-                temporary.unlink()
-            return path.read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise click.ClickException(f"cannot keep the signing key in {path}: {exc}") from None
-
-    def mailer(self) -> DigestMailer:
-        config = self.config
-        dkim = None
-        if config.mail.dkim_key_file and config.mail.dkim_selector:
-            try:
-                key = config.mail.dkim_key_file.read_bytes()
-            except OSError as exc:
-                raise click.ClickException(f"mail.dkim_key_file: {exc}") from None
-            domain = config.mail.from_address.rpartition("@")[2]
-            dkim = Dkim(config.mail.dkim_selector, domain, key)
-        renderer = Renderer(
-            templates=config.site.templates_dir,
-            site_name=config.site.name,
-            postal_address=config.mail.postal_address,
-        )
-        return DigestMailer(
-            renderer=renderer,
-            mail=config.mail,
-            base_url=config.site.base_url,
-            secret_key=self.secret_key(),
-            dkim=dkim,
-        )
-
-    def transport(self) -> Transport:
-        delivery = self.config.delivery
-        if delivery.transport == "smtp":
-            return SmtpTransport(
-                self.config.smtp,
-                max_per_connection=delivery.max_per_connection,
-                rate=delivery.rate_limit or None,
-            )
-        return MaildirTransport(delivery.maildir)
-
-    def sender(self, should_stop: Callable[[], bool] = lambda: False) -> Sender:
-        return Sender(
-            factory=self.sessions(),
-            transport=self.transport(),
-            mailer=self.mailer(),
-            config=self.config.delivery,
-            clock=utc_now,
-            should_stop=should_stop,
-        )
-
-    def fetcher(self) -> HttpFetcher:
-        settings = self.config.ingest
-        return HttpFetcher(
-            timeout=settings.timeout,
-            retries=settings.retries,
-            backoff=settings.backoff,
-            host_delay=settings.host_delay,
-            max_bytes=settings.max_input_bytes,
-            user_agent=settings.user_agent,
-        )
 
 
 class DateTimeParam(click.ParamType):  # type: ignore[type-arg]
@@ -194,7 +58,37 @@ class DateTimeParam(click.ParamType):  # type: ignore[type-arg]
         return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class DigestGroup(click.Group):
+    """The CLI edge: every project error and database error ends as one line, exit 1.
+
+    With `digest -v` the full error (traceback, SQL) is printed as well.
+    """
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except ConfigError as exc:
+            self._explain(ctx)
+            raise click.ClickException(f"config: {exc}") from None
+        except DigestError as exc:
+            self._explain(ctx)
+            raise click.ClickException(str(exc)) from None
+        except SQLAlchemyError as exc:
+            self._explain(ctx)
+            app = ctx.find_object(App)
+            url = app.config.database_url if app is not None and app._config else "database"
+            raise click.ClickException(database_error_message(exc, url)) from None
+        except OSError as exc:
+            self._explain(ctx)
+            raise click.ClickException(str(exc)) from None
+
+    @staticmethod
+    def _explain(ctx: click.Context) -> None:
+        if ctx.meta.get("digest.verbose"):
+            traceback.print_exc()
+
+
+@click.group(cls=DigestGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="digest")
 @click.option(
     "--config",
@@ -203,14 +97,18 @@ class DateTimeParam(click.ParamType):  # type: ignore[type-arg]
     envvar="DIGEST_CONFIG",
     help="TOML config file (default: $DIGEST_CONFIG, else built-in defaults).",
 )
+@click.option(
+    "--verbose", "-v", is_flag=True, help="On an error, also print the full traceback and SQL."
+)
 @click.pass_context
-def main(ctx: click.Context, config_path: Path | None) -> None:
+def main(ctx: click.Context, config_path: Path | None, verbose: bool) -> None:
     """papers digest: a daily email of new and trending papers on your topics.
 
     \b
     Quick look at the bundled seed papers:
         digest demo
     """
+    ctx.meta["digest.verbose"] = verbose
     ctx.obj = App(config_path)
 
 
@@ -236,7 +134,7 @@ def db_upgrade(app: App) -> None:
     Example:
         DIGEST_DATABASE_URL=postgresql://digest@db/digest digest db upgrade
     """
-    with database_errors():
+    with database_errors(app.config.database_url):
         engine = db.create_db_engine(app.config.database_url)
         try:
             before = db.current_revision(engine)
@@ -256,7 +154,7 @@ def db_status(app: App) -> None:
     Example:
         digest db status
     """
-    with database_errors():
+    with database_errors(app.config.database_url):
         engine = db.create_db_engine(app.config.database_url)
         try:
             current = db.current_revision(engine)
@@ -274,14 +172,7 @@ def db_status(app: App) -> None:
 
 def run_ingest(app: App, inputs: Sequence[str], now: datetime) -> list[InputSummary]:
     """Ingest inputs with a progress bar and print one summary line per input."""
-    factory = app.sessions()
-    fetcher = app.fetcher()
-    summaries: list[InputSummary] = []
-
-    def report(summary: InputSummary) -> None:
-        summaries.append(summary)
-        bar.update(1)
-
+    app.engine()
     with click.progressbar(
         length=len(inputs),
         label="ingesting",
@@ -289,14 +180,7 @@ def run_ingest(app: App, inputs: Sequence[str], now: datetime) -> list[InputSumm
         show_pos=True,
         hidden=len(inputs) < 2 or not sys.stderr.isatty(),
     ) as bar:
-        ingest_inputs(
-            factory,
-            inputs,
-            now=now,
-            max_bytes=app.config.ingest.max_input_bytes,
-            fetcher=fetcher,
-            on_done=report,
-        )
+        summaries = app.ingest(inputs, now, on_done=lambda _summary: bar.update(1))
     for summary in summaries:
         click.echo(summary.line(), err=not summary.ok)
         for reason in summary.skipped:
@@ -325,7 +209,7 @@ def ingest_command(app: App, inputs: tuple[str, ...], as_of: datetime | None) ->
         digest ingest 'https://export.arxiv.org/api/query?search_query=cat:cs.CL'
         digest ingest capture.txt --as-of 2025-12-09T08:00
     """
-    summaries = run_ingest(app, expand_inputs(inputs), as_of or utc_now())
+    summaries = run_ingest(app, expand_inputs(inputs), as_of or app.clock())
     failed = [summary for summary in summaries if not summary.ok]
     if failed:
         raise click.ClickException(f"{len(failed)} of {len(summaries)} inputs failed")
@@ -382,7 +266,7 @@ def stats_command(app: App) -> None:
     """
     with app.sessions()() as session:
         summary = db.stats(session)
-    click.echo(f"database:       {app.config.database_url}")
+    click.echo(f"database:       {safe_url(app.config.database_url)}")
     click.echo(f"papers:         {summary.papers} ({summary.with_arxiv_id} with an arXiv id)")
     for source, count in sorted(summary.by_source.items()):
         click.echo(f"  from {source + ':':<10} {count}")
@@ -447,30 +331,27 @@ def subscribe_command(
     """
     if weekly and daily:
         raise click.UsageError("--weekly and --daily exclude each other")
-    now = utc_now()
+    now = app.clock()
     settings = app.config.digest
-    try:
-        weekday = parse_weekday(weekly) if weekly else None
-        with db.transaction(app.sessions()) as session:
-            subscriber, created = subscribe(
-                session,
-                email,
-                list(topics),
-                now=now,
-                timezone=timezone,
-                hour=hour,
-                weekday=weekday,
-                daily=daily,
-                default_timezone=settings.default_timezone,
-                default_hour=settings.default_hour,
-            )
-            summary = (
-                f"{'subscribed' if created else 'updated'} {subscriber.email}: "
-                f"{subscriber.frequency} at {subscriber.send_hour:02d}:00 {subscriber.timezone}; "
-                f"topics: {'; '.join(topic.title for topic in subscriber.topics)}"
-            )
-    except SubscriberError as exc:
-        raise click.ClickException(str(exc)) from None
+    weekday = parse_weekday(weekly) if weekly else None
+    with db.transaction(app.sessions()) as session:
+        subscriber, created = subscribe(
+            session,
+            email,
+            list(topics),
+            now=now,
+            timezone=timezone,
+            hour=hour,
+            weekday=weekday,
+            daily=daily,
+            default_timezone=settings.default_timezone,
+            default_hour=settings.default_hour,
+        )
+        summary = (
+            f"{'subscribed' if created else 'updated'} {subscriber.email}: "
+            f"{subscriber.frequency} at {subscriber.send_hour:02d}:00 {subscriber.timezone}; "
+            f"topics: {'; '.join(topic.title for topic in subscriber.topics)}"
+        )
     click.echo(summary)
 
 
@@ -484,12 +365,9 @@ def unsubscribe_command(app: App, email: str) -> None:
     Example:
         digest unsubscribe ada@example.org
     """
-    try:
-        with db.transaction(app.sessions()) as session:
-            subscriber = unsubscribe(session, email, utc_now())
-            address = subscriber.email
-    except SubscriberError as exc:
-        raise click.ClickException(str(exc)) from None
+    with db.transaction(app.sessions()) as session:
+        subscriber = unsubscribe(session, email, app.clock())
+        address = subscriber.email
     click.echo(f"unsubscribed {address}")
 
 
@@ -581,53 +459,6 @@ def print_table(header: Sequence[str], rows: Sequence[Sequence[str]], width: int
 # --- preview ----------------------------------------------------------------
 
 
-def _preview_subscriber(
-    app: App, session: Session, email: str | None, topics: Sequence[str]
-) -> Subscriber:
-    """The subscriber to preview: a stored one, or a transient one for ad hoc topics."""
-    try:
-        if email is not None:
-            subscriber = db.find_subscriber(session, normalize_email(email)[1])
-            if subscriber is None:
-                raise click.ClickException(f"no subscriber {email!r}")
-            return subscriber
-        specs = [parse_topic(topic) for topic in topics]
-    except SubscriberError as exc:
-        raise click.ClickException(str(exc)) from None
-    return Subscriber(
-        id=0,
-        email="preview@example.org",
-        secret="preview",
-        timezone=app.config.digest.default_timezone,
-        send_hour=app.config.digest.default_hour,
-        weekday=None,
-        topics=[
-            Topic(position=i, query=spec.query, label=spec.label) for i, spec in enumerate(specs)
-        ],
-    )
-
-
-def preview_message(
-    app: App, session: Session, subscriber: Subscriber, digest_date: date | None, now: datetime
-) -> tuple[EmailMessage, str, str]:
-    """(message, html, text) that `subscriber` would receive; writes nothing."""
-    day = digest_date or local_date(now, subscriber.timezone)
-    if digest_date is not None:
-        end = datetime.combine(day, time(23, 59, 59), tzinfo=ZoneInfo(subscriber.timezone))
-        now = min(now, end.astimezone(UTC))
-    delivery = db.find_delivery(session, subscriber.id, day) if subscriber.id else None
-    if delivery is not None and delivery.digest is not None:
-        items: Sequence[ItemLike] = delivery.digest.items
-        key = delivery.digest.content_hash
-    else:
-        selection = SelectionRun(session, now, app.config.digest).select(subscriber, day)
-        items, key = selection.items, selection.content_hash
-    mailer = app.mailer()
-    rendered = mailer.render_items(session, key, items, day, subscriber.weekday is not None)
-    html, text = rendered.personalize(mailer.recipient(subscriber, day))
-    return mailer.message(subscriber, rendered, day, now), html, text
-
-
 @main.command("preview")
 @click.option("--email", "-e", help="Preview what this subscriber would receive now.")
 @click.option(
@@ -669,11 +500,19 @@ def preview_command(
     """
     if bool(email) == bool(topics):
         raise click.UsageError("give either --email or at least one --topic")
-    now = utc_now()
+    now = app.clock()
+    settings = app.config.digest
     with app.sessions()() as session:
-        subscriber = _preview_subscriber(app, session, email, topics)
-        message, html, text = preview_message(
-            app, session, subscriber, digest_date.date() if digest_date else None, now
+        if email is not None:
+            subscriber = db.find_subscriber(session, normalize_email(email)[1])
+            if subscriber is None:
+                raise click.ClickException(f"no subscriber {email!r}")
+        else:
+            subscriber = transient_subscriber(
+                list(topics), settings.default_timezone, settings.default_hour
+            )
+        message, html, text = app.mailer().preview(
+            session, subscriber, digest_date.date() if digest_date else None, now, settings
         )
         session.rollback()
     body = {"html": html, "text": text, "eml": message.as_string(policy=MAIL_POLICY)}[fmt]
@@ -776,7 +615,7 @@ def send_command(
     """
     report = run_send(
         app,
-        utc_now(),
+        app.clock(),
         digest_date=digest_date.date() if digest_date else None,
         dry_run=dry_run,
         limit=limit,
@@ -817,33 +656,8 @@ def run_command(app: App, verbose: bool) -> None:
     )
     logging.getLogger("apscheduler").setLevel(logging.DEBUG if verbose else logging.WARNING)
     config = app.config
-    app.engine()
     stop = threading.Event()
-    dispatcher = Dispatcher(
-        factory=app.sessions(),
-        make_sender=lambda: app.sender(should_stop=stop.is_set),
-        settings=config.digest,
-        grace=timedelta(hours=config.schedule.grace_hours),
-        lease_for=timedelta(minutes=3 * config.schedule.dispatch_minutes),
-    )
-
-    def ingest(sources: Sequence[str], now: datetime) -> list[InputSummary]:
-        return ingest_inputs(
-            app.sessions(),
-            expand_inputs(sources),
-            now=now,
-            max_bytes=config.ingest.max_input_bytes,
-            fetcher=app.fetcher(),
-        )
-
-    service = Service(
-        factory=app.sessions(),
-        schedule=config.schedule,
-        dispatcher=dispatcher,
-        ingest=ingest,
-        clock=utc_now,
-        stop=stop,
-    )
+    service = app.service(stop)
     service.install_signal_handlers()
     click.echo(
         f"digest run: dispatching every {config.schedule.dispatch_minutes} min, "
@@ -866,7 +680,7 @@ def status_command(app: App) -> None:
     Example:
         digest status
     """
-    now = utc_now()
+    now = app.clock()
     config = app.config
     with app.sessions()() as session:
         last = {job: db.last_job_run(session, job) for job in ("ingest", "dispatch")}
@@ -930,7 +744,7 @@ def demo_command(app: App) -> None:
     Example:
         digest demo
     """
-    now = utc_now()
+    now = app.clock()
     summaries = run_ingest(app, expand_inputs([str(resource_dir("seeds"))]), now)
     if any(not summary.ok for summary in summaries):
         raise click.ClickException("the bundled seeds did not load")
@@ -948,7 +762,7 @@ def demo_command(app: App) -> None:
     with app.sessions()() as session:
         ada = db.find_subscriber(session, "ada@example.org")
         assert ada is not None
-        _, html, _ = preview_message(app, session, ada, None, now)
+        _, html, _ = app.mailer().preview(session, ada, None, now, app.config.digest)
     preview = app.config.data_dir / "previews" / "demo-ada.html"
     preview.parent.mkdir(parents=True, exist_ok=True)
     preview.write_text(html, encoding="utf-8")

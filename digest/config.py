@@ -9,7 +9,9 @@ A bad value raises `ConfigError` naming the key, e.g.
 
 from __future__ import annotations
 
+import functools
 import os
+import re
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -22,8 +24,10 @@ from email_validator import EmailNotValidError, validate_email
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+from digest.errors import DigestError
 
-class ConfigError(ValueError):
+
+class ConfigError(DigestError, ValueError):
     """A configuration value is missing, malformed or of the wrong type."""
 
 
@@ -80,12 +84,18 @@ def _opt_str(key: str, value: Any) -> str | None:
     return text or None
 
 
+def mask_password(url: str) -> str:
+    """`url` with any password in it replaced by ***, even when it does not parse."""
+    return re.sub(r"(://[^/@:]*:)[^@/]*@", r"\1***@", url)
+
+
 def _database_url(key: str, value: Any) -> str:
     text = _str(key, value).strip()
     try:
         url = make_url(text)
-    except ArgumentError:
-        raise ConfigError(f"{key}: not a database URL: {text!r}") from None
+        _ = url.port
+    except (ArgumentError, ValueError):
+        raise ConfigError(f"{key}: not a database URL: {mask_password(text)!r}") from None
     if url.get_backend_name() not in {"sqlite", "postgresql"}:
         raise ConfigError(f"{key}: unsupported database {url.drivername!r} (sqlite or postgresql)")
     return text
@@ -145,9 +155,23 @@ def _port(key: str, value: Any) -> int:
     return port
 
 
+# Names the tz database ships that are not zones a person lives in.
+_NOT_ZONES = {"localtime", "Factory", "posixrules"}
+
+
+@functools.cache
+def iana_timezones() -> frozenset[str]:
+    """The IANA zone names a subscriber may use (read once: the scan costs milliseconds)."""
+    return frozenset(
+        name
+        for name in available_timezones()
+        if name not in _NOT_ZONES and not name.startswith(("posix/", "right/"))
+    )
+
+
 def _timezone(key: str, value: Any) -> str:
     name = _str(key, value).strip()
-    if name not in available_timezones():
+    if name not in iana_timezones():
         raise ConfigError(f"{key}: unknown IANA timezone {name!r} (e.g. Europe/Paris)")
     return name
 

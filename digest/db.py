@@ -35,6 +35,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
+from digest.errors import DigestError
 from digest.models import (
     RECEIVED_STATUSES,
     Delivery,
@@ -55,7 +56,7 @@ from digest.resources import resource_dir
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 
 
-class SchemaOutOfDate(RuntimeError):
+class SchemaOutOfDate(DigestError):
     """The database schema is behind the code and must be upgraded first."""
 
 

@@ -40,7 +40,7 @@ from digest.config import DeliveryConfig, DigestSettings, MailConfig, SmtpConfig
 from digest.links import subscriber_links
 from digest.models import Delivery, Paper, Subscriber
 from digest.render import ItemLike, Recipient, RenderedDigest, Renderer, topic_title
-from digest.select import SelectionRun, record_selection
+from digest.select import SelectionRun, digest_content, record_selection
 from digest.sources.records import one_line
 
 # Unfolded headers (RFC 5322 allows 998 characters) keep the unsubscribe URL on one line.
@@ -335,6 +335,24 @@ class DigestMailer:
             subscriber.weekday is not None,
         )
         return self.message(subscriber, rendered, digest.digest_date, sent_at)
+
+    def preview(
+        self,
+        session: Session,
+        subscriber: Subscriber,
+        digest_date: date | None,
+        now: datetime,
+        settings: DigestSettings,
+    ) -> tuple[EmailMessage, str, str]:
+        """(message, html, text) that `subscriber` receives on `digest_date`; writes nothing.
+
+        `digest preview` and the web's preview pages show exactly this.
+        """
+        day, now, content = digest_content(session, subscriber, digest_date, now, settings)
+        weekly = subscriber.weekday is not None
+        rendered = self.render_items(session, content.key, content.items, day, weekly)
+        html, text = rendered.personalize(self.recipient(subscriber, day))
+        return self.message(subscriber, rendered, day, now), html, text
 
     def recipient(self, subscriber: Subscriber, digest_date: date) -> Recipient:
         links = subscriber_links(

@@ -20,6 +20,8 @@ import re
 import unicodedata
 from dataclasses import dataclass
 
+from digest.errors import DigestError
+
 FIELDS = {"title": "title", "author": "authors", "authors": "authors", "cat": "categories"}
 MAX_QUERY_LENGTH = 500
 MAX_TERMS = 32
@@ -35,7 +37,7 @@ _TOKEN = re.compile(
 _WORD = re.compile(r"[^\W_]+", re.UNICODE)
 
 
-class QueryError(ValueError):
+class QueryError(DigestError, ValueError):
     """A topic query that is empty, malformed or can match nothing."""
 
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
@@ -284,6 +285,44 @@ def record_selection(
     session.add(delivery)
     session.flush()
     return delivery
+
+
+@dataclass(frozen=True)
+class DigestContent:
+    """What a subscriber gets on a date: the items, and a key naming that content."""
+
+    items: Sequence[SelectedItem] | Sequence[DigestItem]
+    key: str
+
+
+def day_close(digest_date: date, timezone: str) -> datetime:
+    """The last instant of `digest_date` in `timezone`, in UTC."""
+    end = datetime.combine(digest_date, time(23, 59, 59), tzinfo=ZoneInfo(timezone))
+    return end.astimezone(UTC)
+
+
+def digest_content(
+    session: Session,
+    subscriber: Subscriber,
+    digest_date: date | None,
+    now: datetime,
+    settings: DigestSettings,
+) -> tuple[date, datetime, DigestContent]:
+    """What `subscriber` receives (or would) on `digest_date` (default: their local today).
+
+    The digest already planned for that date if there is one, else a fresh
+    selection; writes nothing. Returns the date, the effective `now` (a past
+    date is seen as of its end) and the content. `digest preview` and the
+    web's preview pages run exactly this.
+    """
+    day = digest_date or local_date(now, subscriber.timezone)
+    if digest_date is not None:
+        now = min(now, day_close(day, subscriber.timezone))
+    delivery = db.find_delivery(session, subscriber.id, day) if subscriber.id else None
+    if delivery is not None and delivery.digest is not None:
+        return day, now, DigestContent(delivery.digest.items, delivery.digest.content_hash)
+    selection = SelectionRun(session, now, settings).select(subscriber, day)
+    return day, now, DigestContent(selection.items, selection.content_hash)
 
 
 def sends_on(subscriber: Subscriber, day: date) -> bool:

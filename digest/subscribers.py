@@ -11,12 +11,13 @@ from __future__ import annotations
 import secrets
 from dataclasses import dataclass
 from datetime import datetime
-from zoneinfo import available_timezones
 
 from email_validator import EmailNotValidError, validate_email
 from sqlalchemy.orm import Session
 
 from digest import db
+from digest.config import iana_timezones
+from digest.errors import DigestError
 from digest.models import WEEKDAYS, Subscriber, Topic
 from digest.query import QueryError, parse_query
 from digest.sources.records import CONTROL_CHARS
@@ -25,7 +26,7 @@ MAX_TOPICS = 20
 MAX_LABEL = 100
 
 
-class SubscriberError(ValueError):
+class SubscriberError(DigestError, ValueError):
     """Invalid subscriber input: address, timezone, hour, weekday or topic."""
 
 
@@ -47,7 +48,7 @@ def normalize_email(address: str) -> tuple[str, str]:
 
 
 def check_timezone(name: str) -> str:
-    if name not in available_timezones():
+    if name not in iana_timezones():
         raise SubscriberError(f"unknown timezone {name!r}: use an IANA name such as Europe/Paris")
     return name
 
@@ -138,6 +139,23 @@ def subscribe(
     )
     session.flush()
     return subscriber, created
+
+
+def transient_subscriber(topics: list[str], timezone: str, hour: int) -> Subscriber:
+    """A subscriber to ad hoc topics, never stored: what `preview --topic` shows."""
+    specs = [parse_topic(topic) for topic in topics]
+    return Subscriber(
+        id=0,
+        email="preview@example.org",
+        secret="preview",
+        status="active",
+        timezone=check_timezone(timezone),
+        send_hour=check_hour(hour),
+        weekday=None,
+        topics=[
+            Topic(position=i, query=spec.query, label=spec.label) for i, spec in enumerate(specs)
+        ],
+    )
 
 
 def unsubscribe(session: Session, address: str, now: datetime) -> Subscriber:

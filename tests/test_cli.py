@@ -132,11 +132,15 @@ def test_unusable_databases_are_one_line_errors(cli, tmp_path: Path, monkeypatch
     monkeypatch.setenv("DIGEST_DATABASE_URL", f"sqlite:///{corrupt}")
     result = cli(*command)
     assert result.exit_code == 1
-    assert result.output == "Error: cannot open the database: file is not a database\n"
+    assert result.output == (
+        f"Error: database sqlite:///{corrupt} is corrupt (file is not a database): "
+        "restore it from a backup; `digest db check` reports what is damaged\n"
+    )
     blocker = tmp_path / "a-file"
     blocker.write_text("x", encoding="utf-8")
     monkeypatch.setenv("DIGEST_DATABASE_URL", f"sqlite:///{blocker}/sub/digest.sqlite3")
     result = cli(*command)
     assert result.exit_code == 1
-    assert result.output.startswith("Error: cannot open the database: [Errno 20] Not a directory")
+    assert result.output.startswith(f"Error: database sqlite:///{blocker}/sub/digest.sqlite3: ")
+    assert "Not a directory" in result.output
     assert result.output.count("\n") == 1

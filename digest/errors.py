@@ -1,0 +1,17 @@
+"""The project's own errors: problems a user or operator can act on.
+
+Every module raises a subclass of `DigestError` whose message is one line that
+names the file, key, record or field at fault. The entry points (the CLI, the
+scheduler jobs, the web app) turn them into a one-line message, an error page
+or a log line; none of them is ever shown as a traceback.
+"""
+
+from __future__ import annotations
+
+
+class DigestError(Exception):
+    """A problem with input, configuration or environment; `str()` is one line."""
+
+
+class DatabaseUnavailable(DigestError):
+    """The database cannot be opened, read or written (missing driver, corrupt, read-only...)."""
