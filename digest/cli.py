@@ -25,8 +25,8 @@ from sqlalchemy.orm import Session
 
 from digest import __version__, db
 from digest.app import App, database_error_message, database_errors, safe_url
-from digest.deliver import MAIL_POLICY, DueList, SendReport, send_digests
 from digest.config import ConfigError
+from digest.deliver import MAIL_POLICY, DueList, SendReport, send_digests
 from digest.errors import DigestError
 from digest.ingest import InputSummary, expand_inputs
 from digest.models import SUBSCRIBER_STATUSES, Paper
