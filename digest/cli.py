@@ -110,6 +110,7 @@ def main(ctx: click.Context, config_path: Path | None, verbose: bool) -> None:
     """
     ctx.meta["digest.verbose"] = verbose
     ctx.obj = App(config_path)
+    ctx.call_on_close(ctx.obj.dispose)  # close database connections when the command ends
 
 
 # --- database ---------------------------------------------------------------

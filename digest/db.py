@@ -3,7 +3,8 @@
 `open_database(url)` returns an engine on an up-to-date schema: the embedded
 SQLite default migrates itself, a server database that is behind raises
 `SchemaOutOfDate` telling the operator to run `digest db upgrade`.
-Backend-specific SQL (SQLite FTS5 today) lives here and nowhere else.
+Backend-specific SQL (SQLite FTS5, PostgreSQL tsvector, row claims) lives here
+and nowhere else.
 """
 
 from __future__ import annotations
@@ -31,12 +32,13 @@ from sqlalchemy import (
     text,
     update,
 )
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 from digest.errors import DigestError
 from digest.models import (
+    CLAIMABLE_SQL,
     RECEIVED_STATUSES,
     Delivery,
     Digest,
@@ -71,6 +73,12 @@ def _sqlite_pragmas(dbapi_connection: sqlite3.Connection, _record: Any) -> None:
     cursor.close()
 
 
+def _postgresql_session(dbapi_connection: Any, _record: Any) -> None:
+    # Timestamps are timestamptz and come back in UTC; raw SQL and casts see UTC too.
+    dbapi_connection.execute("SET TIME ZONE 'UTC'")
+    dbapi_connection.commit()
+
+
 def _sqlite_begin(connection: Connection) -> None:
     # A writer that begins IMMEDIATE takes the write lock up front, so two processes
     # never deadlock upgrading read locks (SQLite would fail one of them at once).
@@ -78,19 +86,30 @@ def _sqlite_begin(connection: Connection) -> None:
     connection.exec_driver_sql(f"BEGIN {mode}")
 
 
+def engine_url(url: str) -> URL:
+    """`url` with its driver: a plain `postgresql://` URL means psycopg 3, not psycopg2."""
+    parsed = make_url(url)
+    if parsed.drivername == "postgresql":
+        return parsed.set(drivername="postgresql+psycopg")
+    return parsed
+
+
 def create_db_engine(url: str) -> Engine:
     """An engine for `url`; for SQLite it creates the folder and sets WAL, FKs and timeouts."""
-    parsed = make_url(url)
+    parsed = engine_url(url)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(
-            url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}, future=True
+            parsed, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}, future=True
         )
         event.listen(engine, "connect", _sqlite_pragmas)
         event.listen(engine, "begin", _sqlite_begin)
         return engine
-    return create_engine(url, pool_pre_ping=True, future=True)
+    engine = create_engine(parsed, pool_pre_ping=True, future=True)
+    if engine.dialect.name == "postgresql":
+        event.listen(engine, "connect", _postgresql_session)
+    return engine
 
 
 def _alembic_config(connection: Connection) -> AlembicConfig:
@@ -218,6 +237,42 @@ def fts5_expression(query: Query) -> str:
     return expression
 
 
+# --- full-text matching: PostgreSQL tsvector ---------------------------------------------
+
+# The text search configuration of papers.search_vector (migration 0005 builds the
+# column; its labels: title A, abstract B, authors C, categories D).
+PG_TS_CONFIG = "english"
+PG_FIELD_WEIGHTS = {"title": "A", "authors": "C", "categories": "D"}
+# ts_rank_cd weights of the labels D, C, B, A: the FTS5 bm25 weights, scaled to 1.
+PG_RANK_WEIGHTS = "{0.4, 0.4, 0.1, 1.0}"
+
+
+def _tsquery_term(term: Term) -> str:
+    # Term words hold letters and digits only, so no quoted lexeme can break out.
+    weight = PG_FIELD_WEIGHTS[term.field] if term.field else ""
+    suffix = f":*{weight}" if term.prefix else (f":{weight}" if weight else "")
+    lexemes = " <-> ".join(f"'{word}'{suffix}" for word in term.words)
+    return f"({lexemes})" if len(term.words) > 1 else lexemes
+
+
+def tsquery_expression(query: Query) -> str:
+    """Compile a parsed topic query to `to_tsquery` input (not for `*`)."""
+    if query.everything:
+        raise ValueError("the * query matches everything and needs no full-text expression")
+    expression = " & ".join(
+        "(" + " | ".join(_tsquery_term(term) for term in group) + ")" for group in query.groups
+    )
+    for term in query.excluded:
+        expression += f" & !{_tsquery_term(term)}"
+    return expression
+
+
+_PG_MATCH = (
+    f"SELECT id, ts_rank_cd('{PG_RANK_WEIGHTS}', search_vector, query) AS relevance "
+    f"FROM papers, to_tsquery('{PG_TS_CONFIG}', :match) AS query WHERE search_vector @@ query"
+)
+
+
 @dataclass(frozen=True)
 class Window:
     """Papers eligible for a digest run: first seen since `new_since`, or with an upvote
@@ -243,10 +298,14 @@ def match_papers(
     Relevance is the negated bm25 score (higher is better; 0 for `*`). With a
     `window`, only the papers eligible for that run are considered.
     """
+    postgresql = session.get_bind().dialect.name == "postgresql"
     if query.everything:
         sql = "SELECT id, 0.0 AS relevance FROM papers"
         sql += f" WHERE id IN ({_CANDIDATES})" if window else ""
-        sql += " ORDER BY published_on DESC, id DESC"
+        sql += " ORDER BY published_on DESC NULLS LAST, id DESC"
+    elif postgresql:
+        sql = _PG_MATCH + (f" AND id IN ({_CANDIDATES})" if window else "")
+        sql += " ORDER BY relevance DESC, id DESC"
     else:
         sql = (
             f"SELECT rowid, -bm25(papers_fts, {BM25_WEIGHTS}) AS relevance FROM papers_fts "
@@ -259,7 +318,7 @@ def match_papers(
     statement = text(sql)
     params: dict[str, object] = {"limit": limit}
     if not query.everything:
-        params["match"] = fts5_expression(query)
+        params["match"] = tsquery_expression(query) if postgresql else fts5_expression(query)
     if window is not None:
         statement = statement.bindparams(
             bindparam("new_since", type_=UTCDateTime),
@@ -379,11 +438,16 @@ def find_delivery(session: Session, subscriber_id: int, digest_date: date) -> De
 def claim_delivery(
     session: Session, now: datetime, lease_until: datetime, dates: Iterable[date]
 ) -> int | None:
-    """Atomically move one due queued or deferred delivery to `sending`; its id, or None."""
+    """Atomically move one due queued or deferred delivery to `sending`; its id, or None.
+
+    The next row comes from the partial index on claimable rows, in id order, so a
+    claim costs the same however much of the day is already sent.
+    """
+    claimable = text(CLAIMABLE_SQL)
     due = (
         select(Delivery.id)
         .where(
-            Delivery.status.in_(("queued", "deferred")),
+            claimable,
             Delivery.digest_date.in_(list(dates)),
             (Delivery.next_attempt_at.is_(None)) | (Delivery.next_attempt_at <= now),
         )
@@ -394,7 +458,7 @@ def claim_delivery(
         due = due.with_for_update(skip_locked=True)
     claimed = session.execute(
         update(Delivery)
-        .where(Delivery.id == due.scalar_subquery(), Delivery.status.in_(("queued", "deferred")))
+        .where(Delivery.id == due.scalar_subquery(), claimable)
         .values(
             status="sending",
             lease_until=lease_until,

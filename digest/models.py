@@ -1,7 +1,7 @@
 """SQLAlchemy 2 typed models. The schema itself is created by the Alembic migrations.
 
-All timestamps are stored as naive UTC and returned as aware UTC datetimes
-(`UTCDateTime`), so SQLite and PostgreSQL behave alike.
+All timestamps are aware UTC datetimes in Python (`UTCDateTime`): `timestamptz`
+on PostgreSQL, naive UTC text on SQLite, so both backends behave alike.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -30,9 +31,9 @@ HF_SEARCH = "https://huggingface.co/papers?q="
 
 
 class UTCDateTime(TypeDecorator[datetime]):
-    """A timezone-aware datetime stored as naive UTC."""
+    """A timezone-aware datetime: `timestamptz` on PostgreSQL, naive UTC on SQLite."""
 
-    impl = DateTime
+    impl = DateTime(timezone=True)
     cache_ok = True
 
     def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
@@ -40,10 +41,13 @@ class UTCDateTime(TypeDecorator[datetime]):
             return None
         if value.tzinfo is None:
             raise ValueError(f"naive datetime {value!r}: pass an aware datetime")
-        return value.astimezone(UTC).replace(tzinfo=None)
+        utc = value.astimezone(UTC)
+        return utc if dialect.name == "postgresql" else utc.replace(tzinfo=None)
 
     def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        return None if value is None else value.replace(tzinfo=UTC)
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 class Base(DeclarativeBase):
@@ -144,7 +148,7 @@ class UpvoteObservation(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     paper_id: Mapped[int] = mapped_column(ForeignKey("papers.id", ondelete="CASCADE"))
-    observed_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    observed_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
     upvotes: Mapped[int] = mapped_column(Integer)
 
     paper: Mapped[Paper] = relationship(back_populates="observations")
@@ -245,13 +249,26 @@ class DigestItem(Base):
 
 # Deliveries whose papers count as received: never send those papers again.
 RECEIVED_STATUSES = ("sending", "sent", "unknown")
+# Deliveries a sender may claim (when due), as SQL: literal, so that the planners of
+# both backends can match it with the partial index on claimable rows.
+CLAIMABLE_STATUSES = ("queued", "deferred")
+CLAIMABLE_SQL = f"status IN ({', '.join(repr(status) for status in CLAIMABLE_STATUSES)})"
 
 
 class Delivery(Base):
     """The ledger: one row per subscriber per digest date, pointing at the shared digest."""
 
     __tablename__ = "deliveries"
-    __table_args__ = (UniqueConstraint("subscriber_id", "digest_date"),)
+    __table_args__ = (
+        UniqueConstraint("subscriber_id", "digest_date"),
+        # The rows a sender may claim, in claim order: the next one is the first entry.
+        Index(
+            "ix_deliveries_claimable",
+            "id",
+            sqlite_where=text(CLAIMABLE_SQL),
+            postgresql_where=text(CLAIMABLE_SQL),
+        ),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     subscriber_id: Mapped[int] = mapped_column(ForeignKey("subscribers.id", ondelete="CASCADE"))

@@ -16,8 +16,11 @@ target_metadata = Base.metadata
 def include_object(
     obj: object, name: str | None, type_: str, reflected: bool, compare_to: object
 ) -> bool:
-    """Leave the FTS5 index (created by raw SQL in 0001) out of autogenerate."""
-    return not (type_ == "table" and name is not None and name.startswith("papers_fts"))
+    """Leave the full-text indexes (FTS5 from 0001, PostgreSQL's search_vector from 0005,
+    both raw SQL) out of autogenerate."""
+    if type_ == "table" and name is not None and name.startswith("papers_fts"):
+        return False
+    return name not in {"search_vector", "ix_papers_search_vector"}
 
 
 def run_migrations_online() -> None:

@@ -116,7 +116,8 @@ def test_config_errors_are_one_line(cli, tmp_path: Path) -> None:
     assert result.output == "Error: config: smtp.port: expected an integer, got 'abc'\n"
 
 
-def test_db_status_and_upgrade(cli, tmp_path: Path) -> None:
+def test_db_status_and_upgrade(cli, empty_db_url: str, monkeypatch) -> None:
+    monkeypatch.setenv("DIGEST_DATABASE_URL", empty_db_url)
     head = db.head_revision()
     status = cli("db", "status")
     assert f"schema:   empty (needs {head})" in status.output
@@ -125,6 +126,7 @@ def test_db_status_and_upgrade(cli, tmp_path: Path) -> None:
     assert "run `digest db upgrade`" not in cli("db", "status").output
 
 
+@pytest.mark.sqlite
 @pytest.mark.parametrize("command", [("stats",), ("db", "status"), ("db", "upgrade")])
 def test_unusable_databases_are_one_line_errors(cli, tmp_path: Path, monkeypatch, command) -> None:
     corrupt = tmp_path / "corrupt.sqlite3"

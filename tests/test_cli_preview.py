@@ -7,14 +7,11 @@ from freezegun import freeze_time
 from sqlalchemy import func, select
 
 from digest import db
-from digest.config import load_config
 from digest.models import Delivery, Digest
 
 
-def count_rows(tmp_path: Path) -> tuple[int, int]:
-    engine = db.open_database(
-        load_config(None, {"DIGEST_DATA_DIR": str(tmp_path / "data")}).database_url
-    )
+def count_rows(db_url: str) -> tuple[int, int]:
+    engine = db.open_database(db_url)
     with db.session_factory(engine)() as session:
         counts = (
             session.scalar(select(func.count()).select_from(Delivery)),
@@ -48,7 +45,9 @@ def test_ad_hoc_topic_preview_in_every_format(cli, seeds: Path, tmp_path: Path) 
 
 
 @freeze_time("2026-11-25 07:00:00")
-def test_subscriber_preview_has_no_side_effects(cli, seeds: Path, tmp_path: Path) -> None:
+def test_subscriber_preview_has_no_side_effects(
+    cli, seeds: Path, tmp_path: Path, db_url: str
+) -> None:
     cli("ingest", str(seeds))
     cli("subscribe", "ada@example.org", "--topic", "Diffusion=diffusion", "--topic", "*")
     out = tmp_path / "ada.eml"
@@ -63,7 +62,7 @@ def test_subscriber_preview_has_no_side_effects(cli, seeds: Path, tmp_path: Path
         "ada@example.org follows Diffusion, All papers"
         in message.get_body(("plain",)).get_content()
     )
-    assert count_rows(tmp_path) == (0, 0)
+    assert count_rows(db_url) == (0, 0)
     again = cli("preview", "--email", "ada@example.org", "--format", "eml", "--out", str(out))
     assert again.output == first.output  # nothing was recorded, so nothing changed
 

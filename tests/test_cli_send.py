@@ -13,7 +13,6 @@ import pytest
 from sqlalchemy import select
 
 from digest import db
-from digest.config import load_config
 from digest.models import Delivery
 
 READERS = [f"reader{n:02d}@example.org" for n in range(30)]
@@ -42,9 +41,13 @@ from_address = "digest@papers.example.org"
     return config
 
 
-def environment(tmp_path: Path, config: Path) -> dict[str, str]:
+def environment(tmp_path: Path, config: Path, db_url: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("DIGEST_")}
-    env.update(DIGEST_DATA_DIR=str(tmp_path / "data"), DIGEST_CONFIG=str(config))
+    env.update(
+        DIGEST_DATA_DIR=str(tmp_path / "data"),
+        DIGEST_CONFIG=str(config),
+        DIGEST_DATABASE_URL=db_url,
+    )
     return env
 
 
@@ -58,9 +61,8 @@ def digest_process(env: dict[str, str], *args: str) -> subprocess.Popen[str]:
     )
 
 
-def ledger(tmp_path: Path, config: Path) -> dict[str, str]:
-    url = load_config(config, {"DIGEST_DATA_DIR": str(tmp_path / "data")}).database_url
-    engine = db.open_database(url)
+def ledger(db_url: str) -> dict[str, str]:
+    engine = db.open_database(db_url)
     with db.session_factory(engine)() as session:
         rows = {d.subscriber.email: d.status for d in session.scalars(select(Delivery))}
     engine.dispose()
@@ -68,17 +70,17 @@ def ledger(tmp_path: Path, config: Path) -> dict[str, str]:
 
 
 @pytest.fixture
-def setup(cli, seeds: Path, tmp_path: Path, smtp_server, monkeypatch):
+def setup(cli, seeds: Path, tmp_path: Path, smtp_server, monkeypatch, db_url: str):
     config = write_config(tmp_path, smtp_server.port)
     monkeypatch.setenv("DIGEST_CONFIG", str(config))
     assert cli("ingest", str(seeds)).exit_code == 0
     for address in READERS:
         assert cli("subscribe", address, "--topic", "*", "--topic", "diffusion").exit_code == 0
-    return config, environment(tmp_path, config)
+    return config, environment(tmp_path, config, db_url)
 
 
-def test_killed_sender_then_rerun_sends_no_duplicates(setup, smtp_server, tmp_path) -> None:
-    config, env = setup
+def test_killed_sender_then_rerun_sends_no_duplicates(setup, smtp_server, db_url) -> None:
+    _, env = setup
     victim = READERS[7]
     smtp_server.handler.hold[victim] = 120.0
     first = digest_process(env, "send")
@@ -89,7 +91,7 @@ def test_killed_sender_then_rerun_sends_no_duplicates(setup, smtp_server, tmp_pa
         time.sleep(0.05)
     first.kill()  # SIGKILL: the server accepted the victim's message, the row is unmarked
     first.communicate(timeout=30)
-    assert ledger(tmp_path, config)[victim] == "sending"
+    assert ledger(db_url)[victim] == "sending"
     del smtp_server.handler.hold[victim]
     time.sleep(2.5)  # the 2-second lease runs out
     rerun = digest_process(env, "send")
@@ -99,7 +101,7 @@ def test_killed_sender_then_rerun_sends_no_duplicates(setup, smtp_server, tmp_pa
     assert "Error: not every digest was delivered" in err
     counts = Counter(smtp_server.handler.recipients())
     assert set(counts) == set(READERS) and max(counts.values()) == 1
-    rows = ledger(tmp_path, config)
+    rows = ledger(db_url)
     assert rows[victim] == "unknown"
     assert Counter(rows.values()) == {"sent": 29, "unknown": 1}
     # A third run resends nothing; --retry-unknown resends the one in-flight message.
@@ -111,8 +113,8 @@ def test_killed_sender_then_rerun_sends_no_duplicates(setup, smtp_server, tmp_pa
     assert Counter(smtp_server.handler.recipients())[victim] == 2
 
 
-def test_two_senders_at_once_never_send_twice(setup, smtp_server, tmp_path) -> None:
-    config, env = setup
+def test_two_senders_at_once_never_send_twice(setup, smtp_server, db_url) -> None:
+    _, env = setup
     smtp_server.handler.delay = 0.03
     processes = [digest_process(env, "send"), digest_process(env, "send")]
     outputs = [p.communicate(timeout=180) for p in processes]
@@ -121,7 +123,7 @@ def test_two_senders_at_once_never_send_twice(setup, smtp_server, tmp_path) -> N
     assert sum(sent) == 30
     counts = Counter(smtp_server.handler.recipients())
     assert set(counts) == set(READERS) and max(counts.values()) == 1
-    assert set(ledger(tmp_path, config).values()) == {"sent"}
+    assert set(ledger(db_url).values()) == {"sent"}
 
 
 def test_send_into_the_maildir_outbox(cli, seeds: Path, tmp_path: Path) -> None:

@@ -8,14 +8,11 @@ from freezegun import freeze_time
 from sqlalchemy import select
 
 from digest import db
-from digest.config import load_config
 from digest.models import Subscriber
 
 
-def subscribers(tmp_path: Path) -> list[Subscriber]:
-    engine = db.open_database(
-        load_config(None, {"DIGEST_DATA_DIR": str(tmp_path / "data")}).database_url
-    )
+def subscribers(db_url: str) -> list[Subscriber]:
+    engine = db.open_database(db_url)
     with db.session_factory(engine)() as session:
         found = list(session.scalars(select(Subscriber).order_by(Subscriber.id)))
         for s in found:
@@ -25,7 +22,7 @@ def subscribers(tmp_path: Path) -> list[Subscriber]:
 
 
 @freeze_time("2026-11-25 09:30:00")
-def test_subscribe_update_and_unsubscribe(cli, tmp_path: Path) -> None:
+def test_subscribe_update_and_unsubscribe(cli, db_url: str) -> None:
     added = cli(
         "subscribe",
         "Ada.Lovelace@Example.ORG",
@@ -43,7 +40,7 @@ def test_subscribe_update_and_unsubscribe(cli, tmp_path: Path) -> None:
         "subscribed Ada.Lovelace@example.org: daily at 06:00 Pacific/Auckland; "
         "topics: Diffusion; rlhf OR dpo\n"
     )
-    [ada] = subscribers(tmp_path)
+    [ada] = subscribers(db_url)
     assert (ada.email, ada.email_key, ada.status) == (
         "Ada.Lovelace@example.org",
         "ada.lovelace@example.org",
@@ -61,14 +58,14 @@ def test_subscribe_update_and_unsubscribe(cli, tmp_path: Path) -> None:
     assert again.output == (
         "updated ada.lovelace@example.org: weekly (fri) at 06:00 Pacific/Auckland; topics: *\n"
     )
-    [updated] = subscribers(tmp_path)
+    [updated] = subscribers(db_url)
     assert (updated.id, updated.secret, updated.weekday) == (ada.id, ada.secret, 4)
     assert [t.query for t in updated.topics] == ["*"]
     back = cli("subscribe", "ada.lovelace@example.org", "--topic", "*", "--daily")
     assert "daily at 06:00" in back.output
     gone = cli("unsubscribe", "ADA.LOVELACE@example.org")
     assert gone.output == "unsubscribed ada.lovelace@example.org\n"
-    assert subscribers(tmp_path)[0].status == "unsubscribed"
+    assert subscribers(db_url)[0].status == "unsubscribed"
     table = cli("subscribers").output.splitlines()
     assert table[0].split() == ["email", "status", "frequency", "sends", "at", "topics"]
     assert table[1].split()[:3] == ["ada.lovelace@example.org", "unsubscribed", "daily"]
@@ -93,12 +90,12 @@ def test_subscribe_update_and_unsubscribe(cli, tmp_path: Path) -> None:
         (["a@example.org"], "Missing option '--topic'"),
     ],
 )
-def test_subscribe_rejects_bad_input(cli, tmp_path: Path, args: list[str], message: str) -> None:
+def test_subscribe_rejects_bad_input(cli, db_url: str, args: list[str], message: str) -> None:
     result = cli("subscribe", *args)
     assert result.exit_code != 0
     assert message in result.output
     assert "Traceback" not in result.output
-    assert subscribers(tmp_path) == []
+    assert subscribers(db_url) == []
 
 
 def test_unsubscribe_unknown_address(cli) -> None:

@@ -1,24 +1,30 @@
 """The database layer: migrations, SQLite settings, refusing a stale schema."""
 
-from pathlib import Path
-
 import pytest
-from sqlalchemy import inspect, text
+from sqlalchemy import inspect, select, text
 
 from digest import db
+from digest.models import Paper
+from digest.query import parse_query
 
 
-def test_migrations_apply_to_an_empty_database(tmp_path: Path) -> None:
-    engine = db.create_db_engine(f"sqlite:///{tmp_path / 'fresh' / 'x.sqlite3'}")
+def test_migrations_apply_to_an_empty_database(empty_db_url: str) -> None:
+    engine = db.create_db_engine(empty_db_url)
     assert db.current_revision(engine) is None
     db.upgrade(engine)
     assert db.current_revision(engine) == db.head_revision()
     tables = set(inspect(engine).get_table_names())
-    assert {"papers", "paper_sources", "upvote_observations", "papers_fts"} <= tables
+    assert {"papers", "paper_sources", "upvote_observations"} <= tables
+    full_text = "papers_fts" in tables
+    columns = {column["name"] for column in inspect(engine).get_columns("papers")}
+    assert (full_text, "search_vector" in columns) == (
+        (True, False) if engine.dialect.name == "sqlite" else (False, True)
+    )
     db.upgrade(engine)  # a second upgrade is a no-op
     engine.dispose()
 
 
+@pytest.mark.sqlite
 def test_embedded_sqlite_migrates_itself_with_wal_foreign_keys_and_busy_timeout(
     db_url: str,
 ) -> None:
@@ -31,8 +37,8 @@ def test_embedded_sqlite_migrates_itself_with_wal_foreign_keys_and_busy_timeout(
     engine.dispose()
 
 
-def test_an_out_of_date_server_schema_is_refused(db_url: str) -> None:
-    engine = db.create_db_engine(db_url)
+def test_an_out_of_date_server_schema_is_refused(empty_db_url: str) -> None:
+    engine = db.create_db_engine(empty_db_url)
     with pytest.raises(db.SchemaOutOfDate, match=r"run `digest db upgrade`"):
         db.require_current_schema(engine)
     db.upgrade(engine)
@@ -40,22 +46,29 @@ def test_an_out_of_date_server_schema_is_refused(db_url: str) -> None:
     engine.dispose()
 
 
-def test_upgrading_an_older_schema_keeps_the_papers(tmp_path: Path) -> None:
+def test_upgrading_an_older_schema_keeps_the_papers(empty_db_url: str) -> None:
     from datetime import UTC, datetime
 
     from digest.ingest import ingest_inputs
     from tests.conftest import SEEDS
 
-    engine = db.create_db_engine(f"sqlite:///{tmp_path / 'old.sqlite3'}")
+    engine = db.create_db_engine(empty_db_url)
     db.upgrade(engine, "0001")
     now = datetime(2026, 1, 1, tzinfo=UTC)
     factory = db.session_factory(engine)
     ingest_inputs(factory, [str(SEEDS / "000_5ed1fa5957327774.txt")], now=now, max_bytes=10**7)
     with pytest.raises(db.SchemaOutOfDate, match="schema is at 0001"):
         db.require_current_schema(engine)
+    if engine.dialect.name == "postgresql":
+        db.upgrade(engine)  # a server database is upgraded by `digest db upgrade`
     engine.dispose()
-    upgraded = db.open_database(f"sqlite:///{tmp_path / 'old.sqlite3'}")
+    upgraded = db.open_database(empty_db_url)
     with upgraded.connect() as connection:
         assert connection.execute(text("SELECT count(*) FROM papers")).scalar() == 34
         assert connection.execute(text("SELECT count(*) FROM subscribers")).scalar() == 0
+    with db.session_factory(upgraded)() as session:
+        seen = session.scalars(select(Paper.first_seen_at).distinct()).all()
+        assert seen == [now]  # the stored UTC instants survive the timestamptz conversion
+        found = db.matching_papers(session, parse_query("world model"))
+        assert len(found) == 8  # the full-text index covers papers stored before it existed
     upgraded.dispose()

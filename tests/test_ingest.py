@@ -205,14 +205,23 @@ def test_missing_file_is_reported(factory, tmp_path: Path) -> None:
 def test_a_database_failure_rolls_back_the_whole_input(factory, seeds: Path) -> None:
     ingest(factory, seeds / "000_5ed1fa5957327774.txt")
     before = dump(factory)
+    failing_trigger = {
+        "sqlite": [
+            "CREATE TRIGGER refuse_twelfth BEFORE INSERT ON papers "
+            "WHEN (SELECT count(*) FROM papers) >= 45 "
+            "BEGIN SELECT RAISE(ABORT, 'disk on fire'); END"
+        ],
+        "postgresql": [
+            "CREATE FUNCTION refuse_twelfth() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+            "IF (SELECT count(*) FROM papers) >= 45 THEN RAISE EXCEPTION 'disk on fire'; END IF; "
+            "RETURN NEW; END $$",
+            "CREATE TRIGGER refuse_twelfth BEFORE INSERT ON papers "
+            "FOR EACH ROW EXECUTE FUNCTION refuse_twelfth()",
+        ],
+    }
     with factory() as session, session.begin():
-        session.execute(
-            text(
-                "CREATE TRIGGER refuse_twelfth BEFORE INSERT ON papers "
-                "WHEN (SELECT count(*) FROM papers) >= 45 "
-                "BEGIN SELECT RAISE(ABORT, 'disk on fire'); END"
-            )
-        )
+        for statement in failing_trigger[session.get_bind().dialect.name]:
+            session.execute(text(statement))
     [summary] = ingest(factory, seeds / "002_584096cb3b27ec92.txt")
     assert "database error, nothing stored" in (summary.error or "")
     assert "disk on fire" in (summary.error or "")

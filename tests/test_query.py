@@ -1,5 +1,7 @@
 """The topic query language: parsing, canonical forms, FTS5 compilation, hostile input."""
 
+from collections.abc import Iterator
+
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -64,11 +66,14 @@ def test_bad_queries_are_rejected_clearly(text: str, message: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def seeded(tmp_path_factory) -> Session:
-    url = f"sqlite:///{tmp_path_factory.mktemp('q') / 'q.sqlite3'}"
-    factory = db.session_factory(db.open_database(url))
+def seeded(tmp_path_factory, databases) -> Iterator[Session]:
+    url = databases.new(tmp_path_factory.mktemp("q"))
+    engine = db.open_database(url)
+    factory = db.session_factory(engine)
     ingest_inputs(factory, [str(SEEDS)], now=NOW, max_bytes=10**7)
-    return factory()
+    with factory() as session:
+        yield session
+    engine.dispose()
 
 
 def matches(session: Session, text: str) -> list[str]:

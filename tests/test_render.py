@@ -68,10 +68,11 @@ def make_paper(pid: int, **fields) -> Paper:
 
 
 @pytest.fixture(scope="module")
-def seed_digest(tmp_path_factory):
+def seed_digest(tmp_path_factory, databases):
     """A digest selected from the real seed captures: (items, papers)."""
-    url = f"sqlite:///{tmp_path_factory.mktemp('r') / 'r.sqlite3'}"
-    factory = db.session_factory(db.open_database(url))
+    url = databases.new(tmp_path_factory.mktemp("r"))
+    engine = db.open_database(url)
+    factory = db.session_factory(engine)
     ingest_inputs(factory, [str(SEEDS)], now=NOW - timedelta(hours=1), max_bytes=10**7)
     session = factory()
     subscriber = Subscriber(
@@ -84,7 +85,9 @@ def seed_digest(tmp_path_factory):
     )
     selection = SelectionRun(session, NOW, DigestSettings()).select(subscriber, DAY)
     papers = db.papers_by_id(session, [item.paper_id for item in selection.items])
-    return selection.items, papers
+    yield selection.items, papers
+    session.close()
+    engine.dispose()
 
 
 def render(items, papers, **options):

@@ -287,7 +287,7 @@ def test_service_jobs_are_configured_for_downtime(world: World) -> None:
 
 @freeze_time("2026-11-25 06:30:00")
 def test_status_shows_next_runs_last_results_due_and_problems(
-    cli, tmp_path: Path, monkeypatch
+    cli, tmp_path: Path, monkeypatch, db_url: str
 ) -> None:
     config = tmp_path / "config.toml"
     config.write_text(
@@ -313,7 +313,7 @@ def test_status_shows_next_runs_last_results_due_and_problems(
     assert "  06:30 UTC  soon@example.org (12:00 Asia/Kolkata)" in output
     assert "deferred, unknown or in flight: 0" in output
     # After a dispatch that left a deferred row, status reports the run and the row.
-    engine = db.open_database(f"sqlite:///{tmp_path / 'data' / 'digest.sqlite3'}")
+    engine = db.open_database(db_url)
     factory = db.session_factory(engine)
     now = datetime(2026, 11, 25, 6, 30, tzinfo=UTC)
     with db.transaction(factory) as session:
@@ -343,7 +343,7 @@ def test_status_shows_next_runs_last_results_due_and_problems(
 
 
 def test_sigterm_finishes_the_message_in_flight_and_exits_cleanly(
-    cli, seeds: Path, tmp_path: Path, smtp_server, monkeypatch
+    cli, seeds: Path, tmp_path: Path, smtp_server, monkeypatch, db_url: str
 ) -> None:
     hour = datetime.now(UTC).hour
     config = tmp_path / "config.toml"
@@ -361,7 +361,11 @@ dispatch_minutes = 1
         encoding="utf-8",
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith("DIGEST_")}
-    env.update(DIGEST_DATA_DIR=str(tmp_path / "data"), DIGEST_CONFIG=str(config))
+    env.update(
+        DIGEST_DATA_DIR=str(tmp_path / "data"),
+        DIGEST_CONFIG=str(config),
+        DIGEST_DATABASE_URL=db_url,
+    )
     monkeypatch.setenv("DIGEST_CONFIG", str(config))
     cli("ingest", str(seeds))
     for n in range(6):
@@ -392,7 +396,7 @@ dispatch_minutes = 1
     assert process.returncode == 0, err
     assert "received SIGTERM: finishing the message in flight" in err
     assert "stopped" in err
-    engine = db.open_database(f"sqlite:///{tmp_path / 'data' / 'digest.sqlite3'}")
+    engine = db.open_database(db_url)
     with db.session_factory(engine)() as session:
         statuses = [d.status for d in session.scalars(select(Delivery))]
         runs = session.scalars(select(JobRun)).all()

@@ -281,7 +281,7 @@ def test_topic_queries_run_once_per_run_whatever_the_number_of_subscribers(
     fts_queries: list[str] = []
 
     def count(conn, cursor, statement, parameters, context, executemany) -> None:
-        if "papers_fts MATCH" in statement or "SELECT id, 0.0" in statement:
+        if any(m in statement for m in ("papers_fts MATCH", "search_vector @@", "SELECT id, 0.0")):
             fts_queries.append(statement)
 
     topics = [("graph",), ("speech", "vision"), ("*",), ("graph", "speech")]
