@@ -440,8 +440,9 @@ def claim_delivery(
 ) -> int | None:
     """Atomically move one due queued or deferred delivery to `sending`; its id, or None.
 
-    The next row comes from the partial index on claimable rows, in id order, so a
-    claim costs the same however much of the day is already sent.
+    Rows go out by date, then id. The next one is the first due entry of the partial
+    index on claimable rows, so a claim costs the same however much of the day
+    is already sent.
     """
     claimable = text(CLAIMABLE_SQL)
     due = (
@@ -451,7 +452,7 @@ def claim_delivery(
             Delivery.digest_date.in_(list(dates)),
             (Delivery.next_attempt_at.is_(None)) | (Delivery.next_attempt_at <= now),
         )
-        .order_by(Delivery.id)
+        .order_by(Delivery.digest_date, Delivery.id)
         .limit(1)
     )
     if session.get_bind().dialect.name == "postgresql":

@@ -264,6 +264,7 @@ class Delivery(Base):
         # The rows a sender may claim, in claim order: the next one is the first entry.
         Index(
             "ix_deliveries_claimable",
+            "digest_date",
             "id",
             sqlite_where=text(CLAIMABLE_SQL),
             postgresql_where=text(CLAIMABLE_SQL),
