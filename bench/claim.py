@@ -18,42 +18,18 @@ Run: .venv/bin/python bench/claim.py [--sizes 1000 10000] [--postgresql URL]
 from __future__ import annotations
 
 import argparse
-import contextlib
-import os
-import tempfile
 import time
-from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, insert, text, update
+from scratch import scratch_database
+from sqlalchemy import Engine, event, insert, text, update
 
 from digest import db
 from digest.models import Delivery, Digest, Subscriber
 
 NOW = datetime(2026, 11, 25, 7, tzinfo=UTC)
 DAY = date(2026, 11, 25)
-
-
-@contextlib.contextmanager
-def scratch_database(server: str | None) -> Iterator[str]:
-    """A URL of an empty database: a temporary SQLite file, or a database on the server."""
-    if server is None:
-        with tempfile.TemporaryDirectory() as folder:
-            yield f"sqlite:///{Path(folder) / 'claim.sqlite3'}"
-        return
-    base = db.engine_url(server)
-    name = f"digest_bench_claim_{os.getpid()}"
-    admin = create_engine(base, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(text(f"CREATE DATABASE {name}"))
-    try:
-        yield base.set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as connection:
-            connection.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-        admin.dispose()
 
 
 def fill(engine: Engine, size: int) -> None:

@@ -41,6 +41,7 @@ from digest.subscribers import (
     transient_subscriber,
     unsubscribe,
 )
+from digest.subscribers_csv import ImportInterrupted, export_subscribers, import_subscribers
 
 
 class DateTimeParam(click.ParamType):  # type: ignore[type-arg]
@@ -372,19 +373,27 @@ def unsubscribe_command(app: App, email: str) -> None:
     click.echo(f"unsubscribed {address}")
 
 
-@main.command("subscribers")
+@main.group("subscribers", invoke_without_command=True)
 @click.option(
     "--status", type=click.Choice(SUBSCRIBER_STATUSES), help="Only subscribers in this state."
 )
-@click.pass_obj
-def subscribers_command(app: App, status: str | None) -> None:
-    """List subscribers with their status, schedule and topics.
+@click.pass_context
+def subscribers_command(ctx: click.Context, status: str | None) -> None:
+    """List subscribers with their status, schedule and topics; import or export them as CSV.
 
     \b
     Examples:
         digest subscribers
         digest subscribers --status active
+        digest subscribers import people.csv
+        digest subscribers export --out people.csv
     """
+    if ctx.invoked_subcommand is not None:
+        if status is not None:
+            raise click.UsageError("--status goes after the subcommand it is for")
+        return
+    app = ctx.find_object(App)
+    assert app is not None
     with app.sessions()() as session:
         rows = [
             (
@@ -397,6 +406,84 @@ def subscribers_command(app: App, status: str | None) -> None:
             for s in db.list_subscribers(session, status)
         ]
     print_table(("email", "status", "frequency", "sends at", "topics"), rows)
+
+
+@subscribers_command.command("import")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--dry-run", is_flag=True, help="Check every row against the database, store nothing."
+)
+@click.pass_obj
+def subscribers_import_command(app: App, file: Path, dry_run: bool) -> None:
+    """Add or update subscribers from a CSV file, in batches of 1000 rows per transaction.
+
+    The header names the columns, in any order: email (required), topics
+    (separated by ';', each QUERY or LABEL=QUERY; required for new
+    subscribers), timezone, hour, frequency (daily, or weekly DAY), name and
+    status. Empty cells keep what a subscriber has (new ones get the defaults
+    and `active`). Each bad row is reported as FILE:LINE: reason and skipped;
+    the others are imported, and the command then exits 1. An unsubscribed or
+    bounced address is never made active again by an import.
+
+    \b
+    Examples:
+        digest subscribers import people.csv
+        digest subscribers import people.csv --dry-run
+    """
+    settings = app.config.digest
+    try:
+        report = import_subscribers(
+            app.sessions(),
+            file,
+            now=app.clock(),
+            default_timezone=settings.default_timezone,
+            default_hour=settings.default_hour,
+            dry_run=dry_run,
+        )
+    except ImportInterrupted as exc:
+        cause = database_error_message(exc.__cause__ or exc, app.config.database_url)
+        raise click.ClickException(
+            f"{file}: stopped at line {exc.first_line}, whose batch was not stored: {cause}; "
+            "the rows before it are imported, run the import again to finish"
+        ) from None
+    for line, reason in report.errors:
+        click.echo(f"{file}:{line}: {reason}", err=True)
+    click.echo(("checked, nothing stored: " if dry_run else "") + report.line())
+    if report.errors:
+        raise click.ClickException(f"{len(report.errors)} bad rows were skipped")
+
+
+@subscribers_command.command("export")
+@click.option(
+    "--status", type=click.Choice(SUBSCRIBER_STATUSES), help="Only subscribers in this state."
+)
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="File to write (default: stdout).",
+)
+@click.pass_obj
+def subscribers_export_command(app: App, status: str | None, out: Path | None) -> None:
+    """Write the subscribers as CSV in the format `digest subscribers import` reads.
+
+    \b
+    Examples:
+        digest subscribers export > people.csv
+        digest subscribers export --status active --out active.csv
+    """
+    with app.sessions()() as session:
+        if out is None:
+            export_subscribers(session, sys.stdout, status)
+            return
+        partial = out.with_name(f".{out.name}.partial")
+        try:
+            with partial.open("w", encoding="utf-8", newline="") as handle:
+                count = export_subscribers(session, handle, status)
+            partial.replace(out)
+        except OSError as exc:
+            partial.unlink(missing_ok=True)
+            raise click.ClickException(f"cannot write {out}: {exc.strerror or exc}") from None
+    click.echo(f"exported {count} subscribers to {out}", err=True)
 
 
 @main.command("topics")

@@ -10,7 +10,7 @@ and nowhere else.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date, datetime
@@ -26,8 +26,10 @@ from sqlalchemy import (
     Engine,
     bindparam,
     create_engine,
+    delete,
     event,
     func,
+    insert,
     select,
     text,
     update,
@@ -385,6 +387,62 @@ def list_subscribers(session: Session, status: str | None = None) -> Sequence[Su
     if status is not None:
         statement = statement.where(Subscriber.status == status)
     return session.scalars(statement).all()
+
+
+def subscribers_by_key(session: Session, keys: Iterable[str]) -> dict[str, Subscriber]:
+    """The stored subscribers among these email keys, with their topics."""
+    wanted = list(set(keys))
+    found: dict[str, Subscriber] = {}
+    for start in range(0, len(wanted), 500):
+        chunk = wanted[start : start + 500]
+        statement = (
+            select(Subscriber)
+            .options(selectinload(Subscriber.topics))
+            .where(Subscriber.email_key.in_(chunk))
+        )
+        found.update((s.email_key, s) for s in session.scalars(statement))
+    return found
+
+
+def insert_subscribers(session: Session, rows: Sequence[dict[str, Any]]) -> list[int]:
+    """Insert subscribers in bulk (column values); their new ids, in order."""
+    if not rows:
+        return []
+    # Core statements: the ORM's bulk insert would split the rows wherever a value is None.
+    table = Subscriber.metadata.tables["subscribers"]
+    statement = insert(table).returning(table.c.id, sort_by_parameter_order=True)
+    return list(session.connection().execute(statement, list(rows)).scalars())
+
+
+def replace_topics(
+    session: Session, topics: Mapping[int, Sequence[tuple[str, str | None]]]
+) -> None:
+    """Set the topics (query, label) of these subscribers in bulk, replacing theirs."""
+    ids = list(topics)
+    for start in range(0, len(ids), 500):
+        session.execute(delete(Topic).where(Topic.subscriber_id.in_(ids[start : start + 500])))
+    rows = [
+        {"subscriber_id": subscriber_id, "position": position, "query": query, "label": label}
+        for subscriber_id, specs in topics.items()
+        for position, (query, label) in enumerate(specs)
+    ]
+    if rows:
+        session.connection().execute(insert(Topic.metadata.tables["topics"]), rows)
+
+
+def iter_subscribers(
+    session: Session, status: str | None = None, batch: int = 1000
+) -> Iterator[Subscriber]:
+    """Every subscriber (in this state) with their topics, by email key, `batch` at a time."""
+    statement = (
+        select(Subscriber)
+        .options(selectinload(Subscriber.topics))
+        .order_by(Subscriber.email_key)
+        .execution_options(yield_per=batch)
+    )
+    if status is not None:
+        statement = statement.where(Subscriber.status == status)
+    yield from session.scalars(statement)
 
 
 def topic_subscriber_counts(session: Session) -> list[tuple[str, int]]:

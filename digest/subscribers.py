@@ -8,9 +8,12 @@ equivalent spellings are one topic evaluated once per run.
 
 from __future__ import annotations
 
+import functools
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from email_validator import EmailNotValidError, validate_email
 from sqlalchemy.orm import Session
@@ -24,6 +27,10 @@ from digest.sources.records import CONTROL_CHARS
 
 MAX_TOPICS = 20
 MAX_LABEL = 100
+MAX_NAME = 100
+# A cell starting with one of these runs as a formula when an exported CSV is opened
+# in a spreadsheet, so free-text names and labels may not.
+FORMULA_START = ("=", "+", "-", "@")
 
 
 class SubscriberError(DigestError, ValueError):
@@ -66,6 +73,28 @@ def parse_weekday(name: str) -> int:
     return WEEKDAYS.index(key)
 
 
+def parse_frequency(text: str) -> int | None:
+    """`daily` (None) or `weekly DAY`, also written `weekly (DAY)`: the weekday number."""
+    words = text.replace("(", " ").replace(")", " ").replace(":", " ").split()
+    if [word.casefold() for word in words] == ["daily"]:
+        return None
+    if len(words) == 2 and words[0].casefold() == "weekly":
+        return parse_weekday(words[1])
+    raise SubscriberError(f"frequency {text!r}: use daily or weekly DAY (mon..sun)")
+
+
+def check_name(name: str) -> str | None:
+    """A display name (None if blank); SubscriberError if it is not short plain text."""
+    name = name.strip()
+    if len(name) > MAX_NAME or CONTROL_CHARS.search(name) or name.startswith(FORMULA_START):
+        raise SubscriberError(
+            f"name {name[:40]!r}: at most {MAX_NAME} plain characters, not starting with "
+            + " ".join(FORMULA_START)
+        )
+    return name or None
+
+
+@functools.lru_cache(maxsize=4096)  # a bulk import repeats the same few topics
 def parse_topic(text: str) -> TopicSpec:
     """`QUERY` or `LABEL=QUERY`; SubscriberError if the query is empty or matches nothing."""
     label: str | None = None
@@ -73,8 +102,16 @@ def parse_topic(text: str) -> TopicSpec:
     head, sep, tail = text.partition("=")
     if sep and head.strip() and '"' not in head and ":" not in head:
         label, query_text = head.strip(), tail
-    if label is not None and (len(label) > MAX_LABEL or CONTROL_CHARS.search(label)):
-        raise SubscriberError(f"topic label {label[:40]!r}: at most {MAX_LABEL} plain characters")
+    if label is not None and (
+        len(label) > MAX_LABEL
+        or CONTROL_CHARS.search(label)
+        or ";" in label
+        or label.startswith(FORMULA_START)
+    ):
+        raise SubscriberError(
+            f"topic label {label[:40]!r}: at most {MAX_LABEL} plain characters, "
+            "no ';', not starting with " + " ".join(FORMULA_START)
+        )
     try:
         query = parse_query(query_text)
     except QueryError as exc:
@@ -100,11 +137,7 @@ def subscribe(
     Topics replace the old ones; options not given keep their values.
     """
     email, key = normalize_email(address)
-    if not topics:
-        raise SubscriberError("give at least one --topic")
-    if len(topics) > MAX_TOPICS:
-        raise SubscriberError(f"at most {MAX_TOPICS} topics per subscriber")
-    specs = list({spec.query: spec for spec in map(parse_topic, topics)}.values())
+    specs = topic_specs(topics, "give at least one --topic")
     if timezone is not None:
         check_timezone(timezone)
     if hour is not None:
@@ -112,22 +145,19 @@ def subscribe(
     subscriber = db.find_subscriber(session, key)
     created = subscriber is None
     if subscriber is None:
-        subscriber = Subscriber(
-            email=email,
-            email_key=key,
+        values = new_subscriber_values(
+            email,
+            key,
+            now=now,
             timezone=timezone or default_timezone,
-            send_hour=default_hour if hour is None else hour,
+            hour=default_hour if hour is None else hour,
             weekday=weekday,
-            secret=secrets.token_urlsafe(32),
-            created_at=now,
-            topics=[],
         )
+        subscriber = Subscriber(**values, topics=[])
         session.add(subscriber)
     else:
         subscriber.email = email
-        subscriber.timezone = timezone or subscriber.timezone
-        subscriber.send_hour = subscriber.send_hour if hour is None else hour
-        subscriber.weekday = None if daily else (subscriber.weekday if weekday is None else weekday)
+        change_schedule(subscriber, timezone=timezone, hour=hour, weekday=weekday, daily=daily)
     subscriber.status = "active"
     subscriber.confirmed_at = subscriber.confirmed_at or now
     subscriber.updated_at = now
@@ -139,6 +169,56 @@ def subscribe(
     )
     session.flush()
     return subscriber, created
+
+
+def topic_specs(topics: Sequence[str], none_given: str) -> list[TopicSpec]:
+    """Parsed topics without repeats; SubscriberError (`none_given`) if there are none."""
+    if not topics:
+        raise SubscriberError(none_given)
+    if len(topics) > MAX_TOPICS:
+        raise SubscriberError(f"at most {MAX_TOPICS} topics per subscriber")
+    return list({spec.query: spec for spec in map(parse_topic, topics)}.values())
+
+
+def new_subscriber_values(
+    email: str,
+    key: str,
+    *,
+    now: datetime,
+    timezone: str,
+    hour: int,
+    weekday: int | None,
+    name: str | None = None,
+    status: str = "active",
+) -> dict[str, Any]:
+    """The column values of a new subscriber, with a fresh secret for its signed links."""
+    return {
+        "email": email,
+        "email_key": key,
+        "name": name,
+        "status": status,
+        "timezone": timezone,
+        "send_hour": hour,
+        "weekday": weekday,
+        "secret": secrets.token_urlsafe(32),
+        "created_at": now,
+        "confirmed_at": now if status == "active" else None,
+        "updated_at": now,
+    }
+
+
+def change_schedule(
+    subscriber: Subscriber,
+    *,
+    timezone: str | None,
+    hour: int | None,
+    weekday: int | None,
+    daily: bool,
+) -> None:
+    """Apply the schedule options given (None: keep); `daily` drops a weekly day."""
+    subscriber.timezone = timezone or subscriber.timezone
+    subscriber.send_hour = subscriber.send_hour if hour is None else hour
+    subscriber.weekday = None if daily else (subscriber.weekday if weekday is None else weekday)
 
 
 def transient_subscriber(topics: list[str], timezone: str, hour: int) -> Subscriber:

@@ -1,0 +1,373 @@
+"""Bulk subscriber import and export as CSV (`digest subscribers import` / `export`).
+
+The file is UTF-8 CSV with a header row naming its columns, in any order:
+
+    email,topics,timezone,hour,frequency,name,status
+    ada@example.org,Diffusion=diffusion; rlhf OR dpo,Europe/London,7,daily,Ada,active
+
+`email` is required; a new subscriber also needs `topics` (separated by `;`,
+each `QUERY` or `LABEL=QUERY`). Every other cell may be empty: a new subscriber
+then gets the configured timezone and hour, daily digests and the `active`
+status; an existing one keeps what it has. Every value goes through the same
+validation as `digest subscribe` (digest.subscribers). An import never moves an
+unsubscribed or bounced address back to active or pending: that takes the
+person's own consent (`digest subscribe`, or the web front).
+
+Rows are read one by one; a bad row is reported with its line number and
+skipped, and the good rows are written in batches of BATCH_SIZE, one
+transaction each (new subscribers inserted together, existing ones updated).
+A file that cannot be read (not UTF-8, no email column, unknown columns)
+writes nothing. `export_subscribers` writes the same columns, so an export
+imports back unchanged. listmonk's CSV importer is the model.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import TextIO
+
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from digest import db
+from digest.errors import DigestError
+from digest.models import SUBSCRIBER_STATUSES, Subscriber
+from digest.subscribers import (
+    SubscriberError,
+    TopicSpec,
+    change_schedule,
+    check_hour,
+    check_name,
+    check_timezone,
+    new_subscriber_values,
+    normalize_email,
+    parse_frequency,
+    topic_specs,
+)
+
+COLUMNS = ("email", "topics", "timezone", "hour", "frequency", "name", "status")
+TOPIC_SEPARATOR = ";"
+BATCH_SIZE = 1000
+# Statuses an import may not leave for active or pending: the person said no.
+FINAL_STATUSES = ("unsubscribed", "bounced")
+
+
+class CsvFileError(DigestError):
+    """The file cannot be imported at all; nothing was written."""
+
+
+class ImportInterrupted(DigestError):
+    """A batch failed to store (the database error is the cause); those before it are in."""
+
+    def __init__(self, first_line: int) -> None:
+        super().__init__(f"stopped at line {first_line}")
+        self.first_line = first_line
+
+
+@dataclass(frozen=True)
+class Row:
+    """One validated CSV row; None means the cell was empty (keep, or the default)."""
+
+    line: int
+    email: str
+    key: str
+    topics: list[TopicSpec] | None
+    timezone: str | None
+    hour: int | None
+    weekday: int | None
+    daily: bool
+    name: str | None
+    status: str | None
+
+
+@dataclass
+class ImportReport:
+    added: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    errors: list[tuple[int, str]] = field(default_factory=list)
+
+    def line(self) -> str:
+        return (
+            f"added {self.added}, updated {self.updated}, unchanged {self.unchanged}, "
+            f"bad rows {len(self.errors)}"
+        )
+
+
+def _cell(values: dict[str, str], column: str) -> str | None:
+    value = values.get(column, "").strip()
+    return value or None
+
+
+def parse_row(line: int, values: dict[str, str]) -> Row:
+    """Validate one row's cells; SubscriberError names the bad field."""
+    email, key = normalize_email(values.get("email", ""))
+    topics_cell = _cell(values, "topics")
+    topics = None
+    if topics_cell is not None:
+        parts = [part for part in topics_cell.split(TOPIC_SEPARATOR) if part.strip()]
+        topics = topic_specs(parts, "topics: no topic between the separators")
+    timezone = _cell(values, "timezone")
+    if timezone is not None:
+        check_timezone(timezone)
+    hour_cell = _cell(values, "hour")
+    hour = None
+    if hour_cell is not None:
+        if not hour_cell.isdigit():
+            raise SubscriberError(f"hour must be between 0 and 23, got {hour_cell!r}")
+        hour = check_hour(int(hour_cell))
+    frequency = _cell(values, "frequency")
+    weekday = parse_frequency(frequency) if frequency is not None else None
+    status = _cell(values, "status")
+    if status is not None and status not in SUBSCRIBER_STATUSES:
+        raise SubscriberError(f"status {status!r}: use one of {', '.join(SUBSCRIBER_STATUSES)}")
+    return Row(
+        line=line,
+        email=email,
+        key=key,
+        topics=topics,
+        timezone=timezone,
+        hour=hour,
+        weekday=weekday,
+        daily=frequency is not None and weekday is None,
+        name=check_name(values.get("name", "")),
+        status=status,
+    )
+
+
+def read_rows(path: Path, report: ImportReport) -> Iterator[Row]:
+    """The valid rows of the CSV file, reporting each bad one in `report`.
+
+    Raises CsvFileError before yielding anything if the file cannot be imported.
+    """
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise CsvFileError(f"{path}: {exc.strerror or exc}") from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise CsvFileError(f"{path}: line {line}: not UTF-8 text") from None
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        header = [name.strip().casefold() for name in next(reader, [])]
+    except csv.Error as exc:
+        raise CsvFileError(f"{path}: line 1: not a CSV header ({exc})") from None
+    unknown = [name for name in header if name not in COLUMNS]
+    twice = sorted({name for name in header if header.count(name) > 1})
+    problem = (
+        f"unknown column {unknown[0]!r}"
+        if unknown
+        else f"column {twice[0]!r} appears twice"
+        if twice
+        else "no email column"
+        if "email" not in header
+        else None
+    )
+    if problem is not None:
+        raise CsvFileError(
+            f"{path}: line 1: {problem}; the header names some of: {', '.join(COLUMNS)}"
+        )
+    seen: dict[str, int] = {}
+    end = reader.line_num
+    while True:
+        start = end + 1
+        try:
+            cells = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            end = reader.line_num
+            report.errors.append((start, f"not valid CSV: {exc}"))
+            continue
+        end = reader.line_num
+        if not cells or cells == [""]:
+            continue
+        if len(cells) != len(header):
+            report.errors.append((start, f"{len(cells)} cells, the header has {len(header)}"))
+            continue
+        try:
+            row = parse_row(start, dict(zip(header, cells, strict=True)))
+        except SubscriberError as exc:
+            report.errors.append((start, str(exc)))
+            continue
+        if row.key in seen:
+            report.errors.append((start, f"{row.email} is already on line {seen[row.key]}"))
+            continue
+        seen[row.key] = start
+        yield row
+
+
+def _batches(rows: Iterator[Row], size: int) -> Iterator[list[Row]]:
+    batch: list[Row] = []
+    for row in rows:
+        batch.append(row)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _update(subscriber: Subscriber, row: Row, now: datetime) -> bool:
+    """Apply a row to a stored subscriber; whether anything changed (topics excepted)."""
+    before = (
+        subscriber.email,
+        subscriber.name,
+        subscriber.status,
+        subscriber.timezone,
+        subscriber.send_hour,
+        subscriber.weekday,
+    )
+    if (
+        row.status in ("active", "pending")
+        and subscriber.status in FINAL_STATUSES
+        and row.status != subscriber.status
+    ):
+        raise SubscriberError(
+            f"{subscriber.email} is {subscriber.status}: an import never resubscribes "
+            "(the person can, or `digest subscribe`)"
+        )
+    subscriber.email = row.email
+    subscriber.name = row.name or subscriber.name
+    if row.status is not None:
+        subscriber.status = row.status
+        if row.status == "active":
+            subscriber.confirmed_at = subscriber.confirmed_at or now
+    change_schedule(
+        subscriber, timezone=row.timezone, hour=row.hour, weekday=row.weekday, daily=row.daily
+    )
+    after = (
+        subscriber.email,
+        subscriber.name,
+        subscriber.status,
+        subscriber.timezone,
+        subscriber.send_hour,
+        subscriber.weekday,
+    )
+    return after != before
+
+
+def _store(
+    session: Session,
+    batch: Sequence[Row],
+    report: ImportReport,
+    *,
+    now: datetime,
+    default_timezone: str,
+    default_hour: int,
+) -> None:
+    """Add or update one batch of rows in `session`, in bulk statements."""
+    stored = db.subscribers_by_key(session, [row.key for row in batch])
+    added: list[Row] = []
+    topics: dict[int, list[tuple[str, str | None]]] = {}
+    for row in batch:
+        subscriber = stored.get(row.key)
+        if subscriber is None:
+            if row.topics is None:
+                report.errors.append((row.line, "topics: a new subscriber needs at least one"))
+            else:
+                added.append(row)
+            continue
+        try:
+            changed = _update(subscriber, row, now)
+        except SubscriberError as exc:
+            report.errors.append((row.line, str(exc)))
+            continue
+        wanted = [(spec.query, spec.label) for spec in row.topics or ()]
+        if wanted and wanted != [(topic.query, topic.label) for topic in subscriber.topics]:
+            topics[subscriber.id] = wanted
+            session.expire(subscriber, ["topics"])
+            changed = True
+        if changed:
+            subscriber.updated_at = now
+            report.updated += 1
+        else:
+            report.unchanged += 1
+    session.flush()
+    ids = db.insert_subscribers(
+        session,
+        [
+            new_subscriber_values(
+                row.email,
+                row.key,
+                now=now,
+                timezone=row.timezone or default_timezone,
+                hour=default_hour if row.hour is None else row.hour,
+                weekday=row.weekday,
+                name=row.name,
+                status=row.status or "active",
+            )
+            for row in added
+        ],
+    )
+    for subscriber_id, row in zip(ids, added, strict=True):
+        topics[subscriber_id] = [(spec.query, spec.label) for spec in row.topics or ()]
+    db.replace_topics(session, topics)
+    report.added += len(added)
+
+
+def import_subscribers(
+    factory: sessionmaker[Session],
+    path: Path,
+    *,
+    now: datetime,
+    default_timezone: str,
+    default_hour: int,
+    dry_run: bool = False,
+    batch_size: int = BATCH_SIZE,
+) -> ImportReport:
+    """Add or update the subscribers of a CSV file, one transaction per batch.
+
+    Bad rows are reported in the result (line, reason) and skipped. With
+    `dry_run`, every batch is checked against the database and rolled back.
+    """
+    report = ImportReport()
+    for batch in _batches(read_rows(path, report), batch_size):
+        try:
+            with db.transaction(factory, write=not dry_run) as session:
+                _store(
+                    session,
+                    batch,
+                    report,
+                    now=now,
+                    default_timezone=default_timezone,
+                    default_hour=default_hour,
+                )
+                if dry_run:
+                    session.rollback()
+        except SQLAlchemyError as exc:
+            raise ImportInterrupted(batch[0].line) from exc
+    report.errors.sort()
+    return report
+
+
+def export_subscribers(session: Session, out: TextIO, status: str | None = None) -> int:
+    """Write the subscribers (in this state) as import CSV; the number written."""
+    writer = csv.writer(out)
+    writer.writerow(COLUMNS)
+    count = 0
+    for subscriber in db.iter_subscribers(session, status):
+        topics = f"{TOPIC_SEPARATOR} ".join(
+            f"{topic.label}={topic.query}" if topic.label else topic.query
+            for topic in subscriber.topics
+        )
+        writer.writerow(
+            (
+                subscriber.email,
+                topics,
+                subscriber.timezone,
+                subscriber.send_hour,
+                subscriber.frequency,
+                subscriber.name or "",
+                subscriber.status,
+            )
+        )
+        count += 1
+    return count
