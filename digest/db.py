@@ -319,6 +319,14 @@ def find_subscriber(session: Session, email_key: str) -> Subscriber | None:
     return session.scalar(select(Subscriber).where(Subscriber.email_key == email_key))
 
 
+def stale_pending_subscribers(session: Session, cutoff: datetime) -> Sequence[Subscriber]:
+    """Pending subscribers whose last confirmation request (or creation) is before `cutoff`."""
+    requested = func.coalesce(Subscriber.confirm_sent_at, Subscriber.created_at)
+    return session.scalars(
+        select(Subscriber).where(Subscriber.status == "pending", requested < cutoff)
+    ).all()
+
+
 def list_subscribers(session: Session, status: str | None = None) -> Sequence[Subscriber]:
     statement = (
         select(Subscriber).options(selectinload(Subscriber.topics)).order_by(Subscriber.email_key)

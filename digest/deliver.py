@@ -334,7 +334,7 @@ class DigestMailer:
             digest.digest_date,
             subscriber.weekday is not None,
         )
-        return self.message(subscriber, rendered, digest.digest_date, sent_at)
+        return self.message(subscriber, rendered, digest.digest_date, sent_at, digest.id)
 
     def preview(
         self,
@@ -351,12 +351,12 @@ class DigestMailer:
         day, now, content = digest_content(session, subscriber, digest_date, now, settings)
         weekly = subscriber.weekday is not None
         rendered = self.render_items(session, content.key, content.items, day, weekly)
-        html, text = rendered.personalize(self.recipient(subscriber, day))
-        return self.message(subscriber, rendered, day, now), html, text
+        html, text = rendered.personalize(self.recipient(subscriber, content.digest_id))
+        return self.message(subscriber, rendered, day, now, content.digest_id), html, text
 
-    def recipient(self, subscriber: Subscriber, digest_date: date) -> Recipient:
+    def recipient(self, subscriber: Subscriber, digest_id: int | None = None) -> Recipient:
         links = subscriber_links(
-            self.base_url, self.secret_key, subscriber.id, subscriber.secret, digest_date
+            self.base_url, self.secret_key, subscriber.id, subscriber.secret, digest_id
         )
         return Recipient(
             email=subscriber.email,
@@ -372,8 +372,9 @@ class DigestMailer:
         rendered: RenderedDigest,
         digest_date: date,
         sent_at: datetime,
+        digest_id: int | None = None,
     ) -> EmailMessage:
-        recipient = self.recipient(subscriber, digest_date)
+        recipient = self.recipient(subscriber, digest_id)
         html, text = rendered.personalize(recipient)
         domain = self.mail.from_address.rpartition("@")[2]
         return build_message(

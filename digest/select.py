@@ -293,6 +293,7 @@ class DigestContent:
 
     items: Sequence[SelectedItem] | Sequence[DigestItem]
     key: str
+    digest_id: int | None = None  # the stored digest, once it was planned
 
 
 def day_close(digest_date: date, timezone: str) -> datetime:
@@ -320,7 +321,8 @@ def digest_content(
         now = min(now, day_close(day, subscriber.timezone))
     delivery = db.find_delivery(session, subscriber.id, day) if subscriber.id else None
     if delivery is not None and delivery.digest is not None:
-        return day, now, DigestContent(delivery.digest.items, delivery.digest.content_hash)
+        digest = delivery.digest
+        return day, now, DigestContent(digest.items, digest.content_hash, digest.id)
     selection = SelectionRun(session, now, settings).select(subscriber, day)
     return day, now, DigestContent(selection.items, selection.content_hash)
 
