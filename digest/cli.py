@@ -635,26 +635,43 @@ def send_command(
 # --- the service ------------------------------------------------------------
 
 
-@main.command("run")
-@click.option("--verbose", "-v", is_flag=True, help="Log every job at debug level.")
-@click.pass_obj
-def run_command(app: App, verbose: bool) -> None:
-    """Run the scheduler: ingest on a cron schedule, send each digest at its local hour.
-
-    The dispatcher runs at start-up and every [schedule] dispatch_minutes; a digest
-    not sent within grace_hours of its send time is skipped. Several `digest run`
-    processes may share a database: one dispatches, the others stand by. SIGTERM
-    or Ctrl-C finishes the message in flight and exits 0.
-
-    \b
-    Example:
-        DIGEST_CONFIG=/etc/papers-digest/config.toml digest run
-    """
+def setup_logging(verbose: bool) -> None:
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     logging.getLogger("apscheduler").setLevel(logging.DEBUG if verbose else logging.WARNING)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+
+
+def web_options(command: Any) -> Any:
+    """--host and --port of the web front (defaults from [web] host and port)."""
+    command = click.option("--port", type=click.IntRange(1, 65535), help="Port to listen on.")(
+        command
+    )
+    return click.option("--host", help="Address to listen on (default: [web] host).")(command)
+
+
+@main.command("run")
+@click.option("--verbose", "-v", is_flag=True, help="Log every job at debug level.")
+@click.option("--serve", is_flag=True, help="Also serve the web front (as `digest serve`).")
+@web_options
+@click.pass_obj
+def run_command(app: App, verbose: bool, serve: bool, host: str | None, port: int | None) -> None:
+    """Run the scheduler: ingest on a cron schedule, send each digest at its local hour.
+
+    The dispatcher runs at start-up and every [schedule] dispatch_minutes; a digest
+    not sent within grace_hours of its send time is skipped. Several `digest run`
+    processes may share a database: one dispatches, the others stand by. With
+    --serve the same process also serves the web front, so one command runs the
+    whole service. SIGTERM or Ctrl-C finishes the message in flight and exits 0.
+
+    \b
+    Examples:
+        DIGEST_CONFIG=/etc/papers-digest/config.toml digest run
+        digest run --serve --host 0.0.0.0 --port 8000
+    """
+    setup_logging(verbose)
     config = app.config
     stop = threading.Event()
     service = app.service(stop)
@@ -668,7 +685,63 @@ def run_command(app: App, verbose: bool) -> None:
         ),
         err=True,
     )
+    if not serve:
+        service.run_forever()
+        return
+    from digest.web import serve as serve_web
+
+    web = threading.Thread(
+        target=serve_web,
+        args=(app, host or config.web.host, port or config.web.port),
+        kwargs={"stop": stop},
+        name="digest-web",
+        daemon=True,
+    )
+    announce_web(app, host, port)
+    web.start()
     service.run_forever()
+    web.join(timeout=15)
+
+
+def announce_web(app: App, host: str | None, port: int | None) -> None:
+    config = app.config
+    address = f"http://{host or config.web.host}:{port or config.web.port}"
+    click.echo(
+        f"digest serve: listening on {address}; public address {config.site.base_url}/ "
+        "(the subscribe page)",
+        err=True,
+    )
+
+
+@main.command("serve")
+@web_options
+@click.option("--debug", is_flag=True, help="Use Flask's reloading debug server (development).")
+@click.option("--verbose", "-v", is_flag=True, help="Log at debug level.")
+@click.pass_obj
+def serve_command(app: App, host: str | None, port: int | None, debug: bool, verbose: bool) -> None:
+    """Serve the web front: subscribe, confirm, manage, unsubscribe, web copies of digests.
+
+    Runs under the waitress WSGI server (Flask's debug server only with --debug).
+    Put it behind a reverse proxy that terminates HTTPS and set site.base_url to
+    its public URL; people subscribe at that URL. `digest run --serve` runs it
+    together with the scheduler.
+
+    \b
+    Examples:
+        digest serve
+        digest serve --host 0.0.0.0 --port 8080
+    """
+    from digest.web import create_app, serve
+
+    setup_logging(verbose)
+    config = app.config
+    announce_web(app, host, port)
+    if debug:
+        create_app(wiring=app).run(
+            host=host or config.web.host, port=port or config.web.port, debug=True
+        )
+        return
+    serve(app, host or config.web.host, port or config.web.port)
 
 
 @main.command("status")

@@ -384,6 +384,18 @@ def find_delivery(session: Session, subscriber_id: int, digest_date: date) -> De
     )
 
 
+def digest_is_weekly(session: Session, digest_id: int) -> bool:
+    """Whether a stored digest went to weekly subscribers (it is then titled "Weekly")."""
+    weekday = session.scalar(
+        select(Subscriber.weekday)
+        .join(Delivery, Delivery.subscriber_id == Subscriber.id)
+        .where(Delivery.digest_id == digest_id)
+        .order_by(Delivery.id)
+        .limit(1)
+    )
+    return weekday is not None
+
+
 def claim_delivery(
     session: Session, now: datetime, lease_until: datetime, dates: Iterable[date]
 ) -> int | None:

@@ -16,6 +16,7 @@ import contextlib
 import hashlib
 import mailbox
 import random
+import secrets
 import smtplib
 import ssl
 import time
@@ -39,8 +40,8 @@ from digest import db
 from digest.config import DeliveryConfig, DigestSettings, MailConfig, SmtpConfig
 from digest.links import subscriber_links
 from digest.models import Delivery, Paper, Subscriber
-from digest.render import ItemLike, Recipient, RenderedDigest, Renderer, topic_title
-from digest.select import SelectionRun, digest_content, record_selection
+from digest.render import ItemLike, Notice, Recipient, RenderedDigest, Renderer, topic_title
+from digest.select import DigestContent, SelectionRun, digest_content, record_selection
 from digest.sources.records import one_line
 
 # Unfolded headers (RFC 5322 allows 998 characters) keep the unsubscribe URL on one line.
@@ -336,6 +337,23 @@ class DigestMailer:
         )
         return self.message(subscriber, rendered, digest.digest_date, sent_at, digest.id)
 
+    def rendered_for(
+        self,
+        session: Session,
+        subscriber: Subscriber,
+        digest_date: date | None,
+        now: datetime,
+        settings: DigestSettings,
+    ) -> tuple[DigestContent, RenderedDigest, date, datetime]:
+        """What `subscriber` receives on `digest_date` (default: their local today), rendered.
+
+        Writes nothing. `digest preview` and the web's preview pages show exactly this.
+        """
+        day, now, content = digest_content(session, subscriber, digest_date, now, settings)
+        weekly = subscriber.weekday is not None
+        rendered = self.render_items(session, content.key, content.items, day, weekly)
+        return content, rendered, day, now
+
     def preview(
         self,
         session: Session,
@@ -344,15 +362,31 @@ class DigestMailer:
         now: datetime,
         settings: DigestSettings,
     ) -> tuple[EmailMessage, str, str]:
-        """(message, html, text) that `subscriber` receives on `digest_date`; writes nothing.
-
-        `digest preview` and the web's preview pages show exactly this.
-        """
-        day, now, content = digest_content(session, subscriber, digest_date, now, settings)
-        weekly = subscriber.weekday is not None
-        rendered = self.render_items(session, content.key, content.items, day, weekly)
+        """(message, html, text) that `subscriber` receives on `digest_date`; writes nothing."""
+        content, rendered, day, now = self.rendered_for(
+            session, subscriber, digest_date, now, settings
+        )
         html, text = rendered.personalize(self.recipient(subscriber, content.digest_id))
         return self.message(subscriber, rendered, day, now, content.digest_id), html, text
+
+    def notice_message(
+        self, subscriber: Subscriber, notice: Notice, sent_at: datetime
+    ) -> EmailMessage:
+        """A one-off email to `subscriber` (a confirmation request...), signed like a digest."""
+        html, text = self.renderer.render_notice(notice)
+        domain = self.mail.from_address.rpartition("@")[2]
+        stamp = f"{sent_at:%Y%m%d%H%M%S}"
+        return build_message(
+            mail=self.mail,
+            to=subscriber.email,
+            subject=notice.subject,
+            html=html,
+            text=text,
+            msgid=f"<notice.{stamp}.{subscriber.id}.{secrets.token_hex(4)}@{domain}>",
+            sent_at=sent_at,
+            unsubscribe_url=self.recipient(subscriber).unsubscribe_url,
+            dkim=self.dkim,
+        )
 
     def recipient(self, subscriber: Subscriber, digest_id: int | None = None) -> Recipient:
         links = subscriber_links(

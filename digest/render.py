@@ -16,7 +16,7 @@ from __future__ import annotations
 import html
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date
 from pathlib import Path
 from typing import Protocol
@@ -348,6 +348,34 @@ class RenderedDigest:
         return markup, text
 
 
+@dataclass(frozen=True)
+class Notice:
+    """A one-off email to one person (confirm your subscription...): text and one action."""
+
+    subject: str
+    heading: str
+    paragraphs: tuple[str, ...]
+    action_label: str = ""
+    action_url: str = ""
+    footnote: str = ""
+    site_name: str = ""
+    postal_address: str = ""
+
+
+def inline_css(markup: str) -> str:
+    """Inline the CSS of `markup` (premailer), keeping the @media rules in a style block."""
+    return str(
+        Premailer(
+            markup,
+            keep_style_tags=True,
+            strip_important=False,
+            remove_classes=False,
+            cssutils_logging_level="CRITICAL",
+            disable_validation=True,
+        ).transform()
+    )
+
+
 @dataclass
 class Renderer:
     """Renders digests with the bundled templates, or an operator's override folder."""
@@ -366,14 +394,7 @@ class Renderer:
     def _render(self, view: DigestView) -> RenderedDigest:
         context = {"digest": view, **PLACEHOLDERS}
         raw_html = self._html.get_template("digest.html.j2").render(context)
-        inlined = Premailer(
-            raw_html,
-            keep_style_tags=True,
-            strip_important=False,
-            remove_classes=False,
-            cssutils_logging_level="CRITICAL",
-            disable_validation=True,
-        ).transform()
+        inlined = inline_css(raw_html)
         text = self._text.get_template("digest.txt.j2").render(context)
         return RenderedDigest(subject=view.subject, html=inlined, text=text, view=view)
 
@@ -404,3 +425,15 @@ class Renderer:
             if len(rendered.html.encode("utf-8")) <= self.budget:
                 break
         return rendered
+
+    def render_notice(self, notice: Notice) -> tuple[str, str]:
+        """(html, text) of a one-off email such as a subscription confirmation."""
+        notice = replace(
+            notice,
+            site_name=one_line(self.site_name),
+            postal_address=one_line(self.postal_address),
+            action_url=safe_http_url(notice.action_url) or "",
+        )
+        html_part = inline_css(self._html.get_template("notice.html.j2").render(notice=notice))
+        text = self._text.get_template("notice.txt.j2").render(notice=notice)
+        return html_part, text

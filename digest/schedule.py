@@ -81,21 +81,28 @@ def due_subscribers(session: Session, now: datetime, grace: timedelta) -> DueLis
     return due
 
 
+def next_send_time(subscriber: Subscriber, now: datetime) -> datetime:
+    """The first send time of the subscriber at or after `now` (their next digest day)."""
+    today = local_date(now, subscriber.timezone)
+    for offset in range(8):
+        day = today + timedelta(days=offset)
+        if sends_on(subscriber, day) and (at := send_time(subscriber, day)) >= now:
+            return at
+    raise AssertionError("every subscriber sends at least once a week")
+
+
 def due_within(
     session: Session, now: datetime, window: timedelta
 ) -> list[tuple[Subscriber, datetime]]:
     """Active subscribers whose next send time falls in [now, now + window)."""
-    upcoming = []
-    for subscriber in db.list_subscribers(session, "active"):
-        today = local_date(now, subscriber.timezone)
-        for day in (today, today + timedelta(days=1)):
-            if not sends_on(subscriber, day):
-                continue
-            at = send_time(subscriber, day)
-            if now <= at < now + window:
-                upcoming.append((subscriber, at))
-                break
-    return sorted(upcoming, key=lambda pair: pair[1])
+    upcoming = [
+        (subscriber, next_send_time(subscriber, now))
+        for subscriber in db.list_subscribers(session, "active")
+    ]
+    return sorted(
+        [(subscriber, at) for subscriber, at in upcoming if at < now + window],
+        key=lambda pair: pair[1],
+    )
 
 
 def skip_stale(session: Session, now: datetime, grace: timedelta) -> int:
