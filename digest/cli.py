@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
+import signal
 import sys
 import threading
 import traceback
@@ -29,6 +30,7 @@ from digest.config import ConfigError
 from digest.deliver import MAIL_POLICY, DueList, SendReport, send_digests
 from digest.errors import DigestError
 from digest.ingest import InputSummary, expand_inputs
+from digest.links import insecure_base_url
 from digest.models import SUBSCRIBER_STATUSES, Paper
 from digest.query import Query, QueryError, parse_query
 from digest.resources import resource_dir
@@ -741,7 +743,10 @@ def serve_command(app: App, host: str | None, port: int | None, debug: bool, ver
             host=host or config.web.host, port=port or config.web.port, debug=True
         )
         return
-    serve(app, host or config.web.host, port or config.web.port)
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda _signum, _frame: stop.set())
+    serve(app, host or config.web.host, port or config.web.port, stop=stop)
 
 
 @main.command("status")
@@ -755,6 +760,8 @@ def status_command(app: App) -> None:
     """
     now = app.clock()
     config = app.config
+    if warning := insecure_base_url(config.site.base_url):
+        click.echo(f"warning: {warning}")
     with app.sessions()() as session:
         last = {job: db.last_job_run(session, job) for job in ("ingest", "dispatch")}
         lease = db.current_lease(session, DISPATCH_LEASE)

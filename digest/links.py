@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
+from urllib.parse import urlsplit
 
 from itsdangerous import BadSignature, Signer, URLSafeSerializer
 
@@ -124,3 +125,17 @@ def subscriber_links(
         manage=manage,
         view=f"{base}/digest/{digest_ref(site_key, digest_id)}" if digest_id else manage,
     )
+
+
+def insecure_base_url(base_url: str) -> str | None:
+    """A warning when links would be plain http on a public host (RFC 8058 wants HTTPS)."""
+    parts = urlsplit(base_url)
+    local = (parts.hostname or "") in {"localhost", "127.0.0.1", "::1"} or (
+        parts.hostname or ""
+    ).endswith(".localhost")
+    if parts.scheme != "https" and not local:
+        return (
+            f"site.base_url {base_url} is not https: mail providers expect an HTTPS "
+            "one-click unsubscribe link (RFC 8058); serve it behind a TLS reverse proxy"
+        )
+    return None

@@ -43,6 +43,7 @@ from digest.deliver import DueList, Sender, SendReport, send_digests
 from digest.ingest import InputSummary
 from digest.models import Subscriber
 from digest.select import local_date, sends_on
+from digest.subscribers import purge_pending
 
 log = logging.getLogger("digest.schedule")
 
@@ -123,13 +124,14 @@ def default_holder() -> str:
 
 @dataclass
 class Dispatcher:
-    """One dispatch run: take the lease, skip stale rows, send what is due."""
+    """One dispatch run: take the lease, skip stale rows, forget unconfirmed requests, send."""
 
     factory: sessionmaker[Session]
     make_sender: Callable[[], Sender]
     settings: DigestSettings
     grace: timedelta
     lease_for: timedelta
+    pending_for: timedelta = timedelta(days=7)
     holder: str = field(default_factory=default_holder)
 
     def run(self, now: datetime) -> SendReport | None:
@@ -140,6 +142,7 @@ class Dispatcher:
             ):
                 return None
             skip_stale(session, now, self.grace)
+            purge_pending(session, now, self.pending_for)
         return send_digests(
             self.make_sender(),
             lambda session: due_subscribers(session, now, self.grace),

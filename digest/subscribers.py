@@ -153,7 +153,7 @@ def apply_preferences(
     session.flush()
 
 
-def _find_or_new(
+def find_or_create(
     session: Session,
     address: str,
     now: datetime,
@@ -204,7 +204,7 @@ def subscribe(
     preferences = parse_preferences(
         topics, timezone=timezone, hour=hour, weekday=weekday, daily=daily, name=name
     )
-    subscriber, created = _find_or_new(session, address, now, default_timezone, default_hour)
+    subscriber, created = find_or_create(session, address, now, default_timezone, default_hour)
     subscriber.email = normalize_email(address)[0]
     subscriber.status = "active"
     subscriber.confirmed_at = subscriber.confirmed_at or now
@@ -236,7 +236,7 @@ def request_subscription(
     to send (`CONFIRM`, `ALREADY`), or None when one went to this address less
     than `resend_after` ago: the form cannot be used to flood an inbox.
     """
-    subscriber, _ = _find_or_new(session, address, now, default_timezone, default_hour)
+    subscriber, _ = find_or_create(session, address, now, default_timezone, default_hour)
     if subscriber.status == "active":
         kind = ALREADY
     else:

@@ -301,22 +301,6 @@ def status_text(subscriber: Subscriber) -> str:
     }.get(subscriber.status, subscriber.status)
 
 
-def insecure_base_url(base_url: str) -> str | None:
-    """A warning when links would be plain http on a public host (RFC 8058 wants HTTPS)."""
-    from urllib.parse import urlsplit
-
-    parts = urlsplit(base_url)
-    local = (parts.hostname or "") in {"localhost", "127.0.0.1", "::1"} or (
-        parts.hostname or ""
-    ).endswith(".localhost")
-    if parts.scheme != "https" and not local:
-        return (
-            f"site.base_url {base_url} is not https: mail providers expect an HTTPS "
-            "one-click unsubscribe link (RFC 8058); serve it behind a TLS reverse proxy"
-        )
-    return None
-
-
 def create_app(config: Config | None = None, *, wiring: App | None = None) -> Flask:
     """The web front, built from `config` (default: loaded as the CLI loads it)."""
     wiring = wiring or (App.from_config(config) if config is not None else App())
@@ -357,7 +341,7 @@ def create_app(config: Config | None = None, *, wiring: App | None = None) -> Fl
     ]
     confirm_for = timedelta(hours=web.confirm_hours)
 
-    if warning := insecure_base_url(settings.site.base_url):
+    if warning := links.insecure_base_url(settings.site.base_url):
         log.warning("%s", warning)
 
     @app.before_request

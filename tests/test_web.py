@@ -20,10 +20,11 @@ from digest import db, links
 from digest.app import App
 from digest.config import load_config
 from digest.deliver import send_digests
+from digest.links import insecure_base_url
 from digest.models import Delivery, Subscriber
 from digest.schedule import due_subscribers
 from digest.subscribers import subscribe
-from digest.web import create_app, insecure_base_url
+from digest.web import create_app
 
 NOW = datetime(2026, 11, 25, 8, 0, tzinfo=UTC)
 KEY = "test-site-key-that-is-long-enough-0123456789"
