@@ -1,4 +1,4 @@
-"""`digest serve` and `digest run --serve` as real processes: they answer, warn, and stop cleanly."""
+"""`digest serve` and `digest run --serve` as processes: they answer, warn, stop cleanly."""
 
 from __future__ import annotations
 
@@ -47,7 +47,7 @@ def test_run_serve_runs_scheduler_and_web_and_stops_on_sigterm(tmp_path: Path) -
     with urllib.request.urlopen(address + "/api/match?q=diffusion", timeout=5) as response:
         assert response.status == 200
     process.send_signal(signal.SIGTERM)
-    out, err = process.communicate(timeout=30)
+    _, err = process.communicate(timeout=30)
     assert process.returncode == 0, err
     assert "digest run: dispatching every 5 min" in err
     assert "digest serve: listening on http://127.0.0.1:" in err
