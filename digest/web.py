@@ -37,7 +37,9 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import queue
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
@@ -190,7 +192,7 @@ def check_form(values: FormValues) -> tuple[Preferences | None, dict[str, str]]:
 
 @dataclass
 class Postman:
-    """Sends one-off emails (confirmations) from one background thread.
+    """Sends one-off emails (confirmations) from one background thread, in order.
 
     The request that asks for one answers at once, and in the same time whether
     or not an email is due. A send that fails is logged and clears the
@@ -198,44 +200,52 @@ class Postman:
     """
 
     wiring: App
-    _pending: int = 0
-    _idle: threading.Condition = field(default_factory=threading.Condition)
+    _queue: queue.Queue[tuple[int, str, datetime]] = field(default_factory=queue.Queue)
+    _worker: threading.Thread | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def post(self, subscriber_id: int, kind: str, now: datetime) -> None:
-        with self._idle:
-            self._pending += 1
-        threading.Thread(
-            target=self._deliver,
-            args=(subscriber_id, kind, now),
-            name="digest-postman",
-            daemon=True,
-        ).start()
+        self._queue.put((subscriber_id, kind, now))
+        with self._lock:
+            if self._worker is None:
+                self._worker = threading.Thread(
+                    target=self._work, name="digest-postman", daemon=True
+                )
+                self._worker.start()
 
     def drain(self, timeout: float = 30.0) -> bool:
-        """Wait until every posted email was handed to the transport (for tests, shutdown)."""
-        with self._idle:
-            return self._idle.wait_for(lambda: self._pending == 0, timeout)
+        """Wait until every posted email was handed to the transport (tests, shutdown)."""
+        deadline = time.monotonic() + timeout
+        while self._queue.unfinished_tasks:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.01)
+        return True
+
+    def _work(self) -> None:
+        while True:
+            subscriber_id, kind, now = self._queue.get()
+            try:
+                self._deliver(subscriber_id, kind, now)
+            finally:
+                self._queue.task_done()
 
     def _deliver(self, subscriber_id: int, kind: str, now: datetime) -> None:
         try:
-            with _MAIL_LOCK, self.wiring.sessions()() as session:
+            with self.wiring.sessions()() as session:
                 subscriber = session.get(Subscriber, subscriber_id)
                 if subscriber is None:
                     return
                 mailer = self.wiring.mailer()
                 message = mailer.notice_message(subscriber, self.notice(subscriber, kind, now), now)
-                transport = self.wiring.transport()
-                try:
-                    transport.send(message)
-                finally:
-                    transport.close()
+            transport = self.wiring.transport()
+            try:
+                transport.send(message)
+            finally:
+                transport.close()
         except Exception:
             log.exception("could not send the %s email to subscriber %s", kind, subscriber_id)
             self._forget(subscriber_id)
-        finally:
-            with self._idle:
-                self._pending -= 1
-                self._idle.notify_all()
 
     def _forget(self, subscriber_id: int) -> None:
         try:
@@ -281,10 +291,6 @@ class Postman:
             action_label="Manage your subscription",
             action_url=manage,
         )
-
-
-# SQLite has one writer: one email at a time keeps the postman out of the forms' way.
-_MAIL_LOCK = threading.Lock()
 
 
 def frequency(subscriber: Subscriber) -> str:
