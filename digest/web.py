@@ -429,8 +429,13 @@ def create_app(config: Config | None = None, *, wiring: App | None = None) -> Fl
         ).manage
 
     def next_digest_view(session: Session, subscriber: Subscriber) -> DigestView:
+        """The digest `subscriber` gets next (today's if not sent yet), as of now."""
+        day = None
+        if subscriber.id:
+            upcoming = next_send_time(subscriber, g.now)
+            day = upcoming.astimezone(ZoneInfo(subscriber.timezone)).date()
         mailer = wiring.mailer()
-        return mailer.rendered_for(session, subscriber, None, g.now, settings.digest)[1].view
+        return mailer.rendered_for(session, subscriber, day, g.now, settings.digest)[1].view
 
     # --- subscribe --------------------------------------------------------------------
 

@@ -472,6 +472,10 @@ def test_web_copy_of_a_sent_digest_has_no_personal_data(site: Site) -> None:
     assert all(title.replace("'", "&#39;").split("$")[0] in body for title in titles)
     assert "ada@example.org" not in body and "/manage/" not in body and "/unsubscribe/" not in body
     assert site.client().get(view[:-3] + "xyz").status_code == 404
+    # The preferences page previews the next digest: nothing already sent shows again.
+    manage = site.client().get(link_in(message, "manage")).get_data(as_text=True)
+    assert "Your next digest, as of now" in manage
+    assert not any(title.replace("'", "&#39;").split("$")[0] in manage for title in titles)
     # Older per-subscriber view links redirect to the shared copy.
     ada = site.subscriber("ada@example.org")
     assert ada is not None
