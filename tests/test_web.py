@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import mailbox
 import re
+import urllib.parse
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email import message_from_bytes, policy
@@ -12,6 +13,8 @@ from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import func, select
@@ -517,3 +520,22 @@ def test_insecure_base_url_warning() -> None:
     assert insecure_base_url("http://127.0.0.1:8000") is None
     warning = insecure_base_url("http://digest.example.org")
     assert warning is not None and "not https" in warning and "RFC 8058" in warning
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    path=st.sampled_from(["manage", "unsubscribe", "u", "confirm", "digest", "view"]),
+    token=st.one_of(
+        st.text(alphabet=st.characters(blacklist_categories=["Cs"]), min_size=1, max_size=300),
+        st.builds(
+            lambda payload: links.make_token(KEY, "guessed-secret", "manage", payload),
+            st.one_of(st.integers(), st.text(), st.lists(st.integers()), st.none()),
+        ),
+    ),
+)
+def test_any_token_is_a_404_never_an_error(site: Site, path: str, token: str) -> None:
+    client = site.client()
+    quoted = urllib.parse.quote(token, safe="")
+    for method in ("get", "post"):
+        response = getattr(client, method)(f"/{path}/{quoted}")
+        assert response.status_code in (404, 400, 405), (path, token, response.status_code)
