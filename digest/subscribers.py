@@ -8,6 +8,7 @@ equivalent spellings are one topic evaluated once per run.
 
 from __future__ import annotations
 
+import re
 import secrets
 from dataclasses import dataclass
 from datetime import datetime
@@ -20,10 +21,14 @@ from digest.config import iana_timezones
 from digest.errors import DigestError
 from digest.models import WEEKDAYS, Subscriber, Topic
 from digest.query import QueryError, parse_query
-from digest.sources.records import CONTROL_CHARS
+from digest.sources.records import CONTROL_CHARS, one_line
 
 MAX_TOPICS = 20
 MAX_LABEL = 100
+MAX_NAME = 100
+# C1 controls and the bidirectional controls that can reorder what a reader sees
+# (the "Trojan Source" characters); CONTROL_CHARS covers C0, DEL and line breaks.
+HIDDEN_CHARS = re.compile("[\x80-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 
 
 class SubscriberError(DigestError, ValueError):
@@ -73,13 +78,34 @@ def parse_topic(text: str) -> TopicSpec:
     head, sep, tail = text.partition("=")
     if sep and head.strip() and '"' not in head and ":" not in head:
         label, query_text = head.strip(), tail
-    if label is not None and (len(label) > MAX_LABEL or CONTROL_CHARS.search(label)):
+    if label is not None and (len(label) > MAX_LABEL or not is_plain(label)):
         raise SubscriberError(f"topic label {label[:40]!r}: at most {MAX_LABEL} plain characters")
     try:
         query = parse_query(query_text)
     except QueryError as exc:
         raise SubscriberError(f"topic {text!r}: {exc}") from None
-    return TopicSpec(query=query.canonical(), label=label)
+    canonical = query.canonical()
+    typed = one_line(query_text)
+    if label is None and typed != canonical and len(typed) <= MAX_LABEL and is_plain(typed):
+        label = typed  # shown as the subscriber typed it: "3D", not "3d"
+    return TopicSpec(query=canonical, label=label)
+
+
+def is_plain(text: str) -> bool:
+    """No control, line-breaking or bidirectional characters: safe to show anywhere."""
+    return not (CONTROL_CHARS.search(text) or HIDDEN_CHARS.search(text))
+
+
+def check_name(name: str) -> str | None:
+    """A display name for the greeting, trimmed; None when empty. SubscriberError if unfit."""
+    text = name.strip()
+    if not is_plain(text):
+        raise SubscriberError(
+            f"name {name[:40]!r}: one line of text, without control or direction characters"
+        )
+    if len(text) > MAX_NAME:
+        raise SubscriberError(f"name: at most {MAX_NAME} characters, got {len(text)}")
+    return text or None
 
 
 def subscribe(
@@ -92,14 +118,17 @@ def subscribe(
     hour: int | None = None,
     weekday: int | None = None,
     daily: bool = False,
+    name: str | None = None,
     default_timezone: str = "UTC",
     default_hour: int = 7,
 ) -> tuple[Subscriber, bool]:
     """Add an active subscriber, or update an existing one; return it and whether it is new.
 
-    Topics replace the old ones; options not given keep their values.
+    Topics replace the old ones; options not given (None) keep their values. A
+    `name` is used in the greeting; an empty one removes it.
     """
     email, key = normalize_email(address)
+    display_name = check_name(name) if name is not None else None
     if not topics:
         raise SubscriberError("give at least one --topic")
     if len(topics) > MAX_TOPICS:
@@ -118,6 +147,7 @@ def subscribe(
             timezone=timezone or default_timezone,
             send_hour=default_hour if hour is None else hour,
             weekday=weekday,
+            name=display_name,
             secret=secrets.token_urlsafe(32),
             created_at=now,
             topics=[],
@@ -128,6 +158,7 @@ def subscribe(
         subscriber.timezone = timezone or subscriber.timezone
         subscriber.send_hour = subscriber.send_hour if hour is None else hour
         subscriber.weekday = None if daily else (subscriber.weekday if weekday is None else weekday)
+        subscriber.name = subscriber.name if name is None else display_name
     subscriber.status = "active"
     subscriber.confirmed_at = subscriber.confirmed_at or now
     subscriber.updated_at = now
