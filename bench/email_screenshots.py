@@ -4,8 +4,8 @@ Usage: python bench/email_screenshots.py DIGEST.html OUT_DIR
 
 Needs Playwright for Python (`pip install playwright`) and a Chromium on PATH
 (`apt-get install chromium`); `playwright install` is not needed. Writes
-OUT_DIR/{600,375,600-dark,375-dark}.png (full page) and NAME-top.png (the
-first 1100 px, easier to look at) and prints their paths.
+OUT_DIR/{800,600,375,600-dark,375-dark}.png (full page), NAME-top.png (the
+first 1100 px) and NAME-end.png (the last 900 px), and prints their paths.
 The CSS-less variant OUT_DIR/600-nostyle.png drops every <style> block, as
 Gmail's mobile webmail does, to show what the inlined styles alone give.
 """
@@ -20,6 +20,7 @@ from pathlib import Path
 from playwright.sync_api import sync_playwright
 
 VARIANTS = [
+    ("800", 800, "light", False),
     ("600", 600, "light", False),
     ("375", 375, "light", False),
     ("600-dark", 600, "dark", False),
@@ -47,9 +48,20 @@ def main(html_path: str, out_dir: str) -> None:
                     viewport={"width": width, "height": 1100}, color_scheme=scheme
                 )
                 page.set_content(without_style if strip else markup, wait_until="load")
-                for suffix, full in (("", True), ("-top", False)):
+                height = page.evaluate("document.documentElement.scrollHeight")
+                end = {
+                    "x": 0,
+                    "y": max(0, height - 900),
+                    "width": width,
+                    "height": min(900, height),
+                }
+                for suffix, options in (
+                    ("", {"full_page": True}),
+                    ("-top", {}),
+                    ("-end", {"full_page": True, "clip": end}),
+                ):
                     path = out / f"{name}{suffix}.png"
-                    page.screenshot(path=str(path), full_page=full)
+                    page.screenshot(path=str(path), **options)
                     print(path)
                 page.close()
         finally:

@@ -251,8 +251,13 @@ def check_dkim(mail: MailConfig) -> tuple[list[Finding], DkimKey | None]:
         )
     elif key.algorithm == "rsa" and key.bits < STRONG_DKIM_BITS:
         found.append(warn(f"the DKIM key is {key.bits}-bit RSA: use 2048 bits"))
-    if not dkim_signs(key):
-        found.append(warn(f"mail.dkim_key_file {path}: a message signed with it does not verify"))
+    try:
+        verifies = dkim_signs(key)
+    except Exception as exc:  # dkimpy's errors have no common base (e.g. no PyNaCl for ed25519)
+        found.append(warn(f"mail.dkim_key_file {path}: dkimpy cannot sign with it ({exc})"))
+    else:
+        if not verifies:
+            found.append(warn(f"mail.dkim_key_file {path}: a signed message does not verify"))
     if not found:
         found.append(
             ok(f"DKIM key {path}: {key.algorithm} {key.bits}-bit, selector {key.selector}")

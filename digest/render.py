@@ -389,7 +389,7 @@ def paper_links(paper: Paper) -> tuple[str, tuple[Link, ...]]:
 def paper_view(paper: Paper, item: ItemLike, abstract_chars: int, weekly: bool) -> PaperView:
     abstract, trimmed = trim_abstract(latex_to_text(paper.abstract), abstract_chars)
     votes = ""
-    if item.upvotes is not None:
+    if item.upvotes:  # no count, or none yet: nothing to show
         period = "this week" if weekly else "today"
         votes = f"▲\u00a0{item.upvotes}" + (
             f" (+{item.upvote_gain} {period})" if item.upvote_gain > 0 else ""

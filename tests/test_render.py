@@ -283,6 +283,11 @@ def test_gains_and_the_everything_topic_read_naturally() -> None:
     )
     assert meta.startswith("NEW ▲ 12 · Ada Lovelace")
     assert "(+" not in text
+    _, html, text = render([Item(1, upvotes=0, upvote_gain=0)], {1: papers[1]})
+    meta = " ".join(
+        lxml.html.fromstring(html).xpath("//p[@class='meta']")[0].text_content().split()
+    )
+    assert meta.startswith("NEW · Ada Lovelace") and "▲" not in text
     # One paper is "1 paper"; the everything topic is "Today's top papers", with no reason line.
     rendered, html, text = render([Item(1)], {1: papers[1]})
     assert lxml.html.fromstring(html).xpath("//h1/text()") == ["1 paper on diffusion"]
