@@ -35,6 +35,7 @@ ABSTRACT_CHARS = 400
 SHORT_ABSTRACT_CHARS = 180
 MAX_SUBJECT = 78
 AUTHORS_SHOWN = 3
+SEARCH_LABEL = "Search on Hugging Face"
 TEXT_WIDTH = 78  # columns of the plain-text part; only a URL or an address may exceed it
 
 # Per-recipient fields, rendered as these tokens and substituted by `personalize`.
@@ -201,6 +202,12 @@ class PaperView:
     abstract: str
     trimmed: bool
     links: tuple[Link, ...]
+
+    @property
+    def read_more(self) -> str | None:
+        """Where the rest of a trimmed abstract is: the paper's page, never a search."""
+        known = bool(self.links) and self.links[0].label != SEARCH_LABEL
+        return self.url if self.trimmed and known else None
 
     @property
     def badge(self) -> str:
@@ -382,7 +389,7 @@ def paper_links(paper: Paper) -> tuple[str, tuple[Link, ...]]:
     ]
     links = [Link(label, safe) for label, value in candidates if (safe := safe_http_url(value))]
     if not any(link.label in ("Hugging Face", "Abstract", "arXiv") for link in links):
-        links.insert(0, Link("Search on Hugging Face", paper.search_url))
+        links.insert(0, Link(SEARCH_LABEL, paper.search_url))
     return links[0].url, tuple(links)
 
 

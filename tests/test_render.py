@@ -250,9 +250,18 @@ def test_paper_details() -> None:
 
 
 def test_authors_as_a_count_and_papers_without_arxiv_ids() -> None:
-    paper = make_paper(2, arxiv_id=None, authors="", author_count=1, organization=None)
+    paper = make_paper(
+        2,
+        arxiv_id=None,
+        authors="",
+        author_count=1,
+        organization=None,
+        abstract="A long sentence. " * 40,
+    )
     _, html, text = render([Item(2, upvotes=None, upvote_gain=0)], {2: paper})
     tree = lxml.html.fromstring(html)
+    # A trimmed abstract offers "Read more" only where there is more to read, not a search.
+    assert tree.xpath("//p[@class='abstract']/a") == []
     assert " ".join(tree.xpath("//p[@class='meta']")[0].text_content().split()) == (
         "NEW · 1 author · 20 Nov 2026"
     )

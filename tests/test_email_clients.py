@@ -1,0 +1,54 @@
+"""Email-client support of the seed digest (bench/email_clients.sh, doiuse-email).
+
+Runs only where node and the npm package doiuse-email are installed (set
+DOIUSE_EMAIL to its folder, or `npm install --no-save doiuse-email` in the
+repository); the README lists every error that remains and why.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+DOIUSE = Path(os.environ.get("DOIUSE_EMAIL") or ROOT / "node_modules" / "doiuse-email")
+
+# The errors each client may still report: what the README explains.
+ALLOWED = {
+    "gmail.desktop-webmail": set(),
+    "apple-mail.macos": set(),
+    "apple-mail.ios": set(),
+    "outlook.macos": set(),
+    "outlook.windows": {"@media", "border-radius"},
+    "gmail.mobile-webmail": {"@media", "display:none"},
+}
+
+
+@pytest.mark.skipif(
+    shutil.which("node") is None or not (DOIUSE / "bin" / "cli.js").exists(),
+    reason="needs node and doiuse-email (DOIUSE_EMAIL=... or npm install doiuse-email)",
+)
+def test_seed_digest_meets_the_client_targets(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DIGEST_")}
+    env.update(DOIUSE_EMAIL=str(DOIUSE), CLIENTS="gmail.* outlook.* apple-mail.*")
+    result = subprocess.run(
+        [str(ROOT / "bench" / "email_clients.sh")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=True,
+    )
+    rows = {}
+    for line in result.stdout.splitlines()[1:]:
+        client, errors, _warnings, *features = line.split(maxsplit=3)
+        rows[client] = (int(errors), set(features[0].split(", ")) if features else set())
+    assert set(rows) >= set(ALLOWED) and len(rows) == 11
+    for client, allowed in ALLOWED.items():
+        errors, features = rows[client]
+        assert features <= allowed, (client, features)
+        assert (errors == 0) == (not allowed), (client, errors)
