@@ -44,7 +44,7 @@ import { getEmailClientsFromOptions } from '$doiuse/utils/email-clients.js';
 console.log(getEmailClientsFromOptions({ emailClients: ['$glob'] }).join(' '));
 "); do
         node "$doiuse/bin/cli.js" -e "$client" "$html" >"$work/out.json"
-        "$python" - "$client" "$work/out.json" <<'PY'
+        "$python" - "$client" "$work/out.json" <<'PY' | tee -a "$work/rows"
 import json, re, sys
 client, path = sys.argv[1], sys.argv[2]
 result = json.load(open(path, encoding="utf-8"))
@@ -54,3 +54,13 @@ print(f"{client:<26} {len(errors):>6} {len(result.get('warnings', [])):>8}  {', 
 PY
     done
 done
+
+# Per family: the range of error counts over its clients.
+echo
+awk '{ split($1, part, "."); family = part[1] ".*"
+       if (!(family in low)) { order[++n] = family; low[family] = $2; high[family] = $2 }
+       if ($2 < low[family]) low[family] = $2
+       if ($2 > high[family]) high[family] = $2 }
+     END { for (i = 1; i <= n; i++) { f = order[i]
+           range = (low[f] == high[f]) ? low[f] : low[f] "-" high[f]
+           printf "%-26s %6s errors\n", f, range } }' "$work/rows"
