@@ -9,6 +9,11 @@ Jinja or premailer again. Every string from a feed is escaped by Jinja's
 autoescape; every link passes `safe_http_url`, so `javascript:` and relative
 links are dropped. The HTML stays under `HTML_BUDGET` bytes by trimming
 abstracts and, if that is not enough, dropping the lowest-ranked papers.
+
+What the reader sees is prepared here, once: LaTeX in titles, abstracts and
+authors becomes Unicode (`latex_to_text`), each paper's links and reason
+(`PaperView.reason`), plurals and the name of the `*` topic; the text part is
+wrapped at TEXT_WIDTH columns with each URL on its own line (`wrap_prose`).
 """
 
 from __future__ import annotations
@@ -115,7 +120,7 @@ def _latex_fragment(match: re.Match[str]) -> str:
         source = _SCRIPT.sub(_scripts, source)
     try:
         text = str(_latex_converter().latex_to_text(source, tolerant_parsing=False))
-    except Exception:  # pylatexenc is tolerant, but a feed may hold anything
+    except Exception:  # strict parsing raises on malformed LaTeX: keep it as it was
         return match.group(0)
     if not text.strip() and re.fullmatch(r"\\[A-Za-z]+(?:\{\})?", source):
         return source.strip("\\{}")  # a bare macro with no text of its own: \LaTeX
