@@ -24,7 +24,7 @@ import click
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from digest import __version__, db
+from digest import __version__, db, doctor
 from digest.app import App, database_error_message, database_errors, safe_url
 from digest.config import ConfigError
 from digest.deliver import MAIL_POLICY, DueList, SendReport, send_digests
@@ -301,6 +301,10 @@ def parse_cli_query(text: str) -> Query:
 @click.option("--hour", type=click.IntRange(0, 23), help="Local hour to send at, 0-23.")
 @click.option("--weekly", metavar="DAY", help="Send weekly on this day (mon..sun) instead.")
 @click.option("--daily", is_flag=True, help="Switch a weekly subscriber back to daily.")
+@click.option(
+    "--name",
+    help="Name to greet them by (\"Hello Ada,\"); --name '' removes it. Default: no greeting.",
+)
 @click.pass_obj
 def subscribe_command(
     app: App,
@@ -310,6 +314,7 @@ def subscribe_command(
     hour: int | None,
     weekly: str | None,
     daily: bool,
+    name: str | None,
 ) -> None:
     """Add EMAIL as an active subscriber to topics, or update an existing subscriber.
 
@@ -327,7 +332,7 @@ def subscribe_command(
 
     \b
     Examples:
-        digest subscribe ada@example.org --topic diffusion --topic 'RLHF=rlhf OR dpo'
+        digest subscribe ada@example.org --name Ada --topic diffusion --topic 'RLHF=rlhf OR dpo'
         digest subscribe bob@example.org --topic '*' --timezone Asia/Kolkata --hour 8
         digest subscribe eve@example.org --topic 'cat:cs.CL "machine translation"' --weekly mon
     """
@@ -346,6 +351,7 @@ def subscribe_command(
             hour=hour,
             weekday=weekday,
             daily=daily,
+            name=name,
             default_timezone=settings.default_timezone,
             default_hour=settings.default_hour,
         )
@@ -615,6 +621,7 @@ def send_command(
         digest send --dry-run
         digest send --retry-unknown
     """
+    print_config_warnings(app)
     report = run_send(
         app,
         app.clock(),
@@ -632,6 +639,68 @@ def send_command(
         raise click.ClickException("not every digest was delivered; see `digest status`")
     if app.config.delivery.transport == "maildir" and report.sent and not dry_run:
         click.echo(f"outbox: {app.config.delivery.maildir}")
+
+
+# --- deliverability ---------------------------------------------------------
+
+
+def print_config_warnings(app: App) -> None:
+    """The deliverability warnings, once at the start of a real (SMTP) send or run."""
+    if app.config.delivery.transport != "smtp":
+        return
+    for message in doctor.warnings(doctor.config_findings(app.config)):
+        click.echo(f"warning: {message}", err=True)
+
+
+@main.command("check")
+@click.option(
+    "--dns/--no-dns",
+    default=True,
+    show_default=True,
+    help="Look up the SPF, DMARC and DKIM records (skipped when no DNS server answers).",
+)
+@click.option(
+    "--smtp/--no-smtp",
+    default=True,
+    show_default=True,
+    help="Connect to the SMTP server, when one is configured.",
+)
+@click.pass_obj
+def check_command(app: App, dns: bool, smtp: bool) -> None:
+    """Check what a real sender needs for digests to arrive; exit 1 if anything warns.
+
+    Checks that the From domain is a real one, mail.postal_address is set,
+    site.base_url is public https, a DKIM key is configured, readable, strong
+    and signs (its DNS TXT record is printed to publish), the link-signing key
+    is strong, and the SMTP server answers with STARTTLS or TLS. `digest send`
+    and `digest run` print the same configuration warnings when they start.
+
+    \b
+    Examples:
+        digest check
+        digest --config /etc/papers-digest/config.toml check --no-dns
+    """
+    config = app.config
+    findings, dkim_key = doctor.config_check(config)
+    if dns:
+        domain = config.mail.from_address.rpartition("@")[2]
+        findings += doctor.check_dns(domain, dkim_key, doctor.resolver_lookup())
+    if config.delivery.transport == "smtp":
+        if smtp:
+            findings += doctor.check_smtp(config.smtp)
+    else:
+        findings.append(
+            doctor.info(
+                f"digests go to the Maildir outbox {config.delivery.maildir}; "
+                "set smtp.host to send them"
+            )
+        )
+    for level, message in findings:
+        click.echo(f"{level:<4}  {message}")
+    count = len(doctor.warnings(findings))
+    if count:
+        click.echo(f"{count} warning{'s' if count != 1 else ''}")
+        raise click.exceptions.Exit(1)
 
 
 # --- the service ------------------------------------------------------------
@@ -675,6 +744,7 @@ def run_command(app: App, verbose: bool, serve: bool, host: str | None, port: in
     """
     setup_logging(verbose)
     config = app.config
+    print_config_warnings(app)
     stop = threading.Event()
     service = app.service(stop)
     service.install_signal_handlers()
@@ -805,8 +875,8 @@ def status_command(app: App) -> None:
 
 
 DEMO_SUBSCRIBERS = {
-    "ada@example.org": (["Diffusion=diffusion", "LLM=language model"], "Europe/London"),
-    "grace@example.org": (["*"], "America/Los_Angeles"),
+    "ada@example.org": ("Ada", ["Diffusion=diffusion", "LLM=language model"], "Europe/London"),
+    "grace@example.org": ("Grace", ["*"], "America/Los_Angeles"),
 }
 
 
@@ -829,9 +899,9 @@ def demo_command(app: App) -> None:
     if any(not summary.ok for summary in summaries):
         raise click.ClickException("the bundled seeds did not load")
     with db.transaction(app.sessions()) as session:
-        for address, (topics, timezone) in DEMO_SUBSCRIBERS.items():
+        for address, (name, topics, timezone) in DEMO_SUBSCRIBERS.items():
             if db.find_subscriber(session, address) is None:
-                subscribe(session, address, topics, now=now, timezone=timezone, hour=7)
+                subscribe(session, address, topics, now=now, timezone=timezone, hour=7, name=name)
     click.echo("")
     click.get_current_context().invoke(stats_command)
     click.echo("")

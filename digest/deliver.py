@@ -392,12 +392,14 @@ class DigestMailer:
         links = subscriber_links(
             self.base_url, self.secret_key, subscriber.id, subscriber.secret, digest_id
         )
+        weekly = subscriber.weekday is not None
         return Recipient(
             email=subscriber.email,
-            topics=[topic_title(t.query, t.label) for t in subscriber.topics],
+            topics=[topic_title(t.query, t.label, weekly) for t in subscriber.topics],
             unsubscribe_url=links.unsubscribe,
             manage_url=links.manage,
             view_url=links.view,
+            name=subscriber.name,
         )
 
     def message(

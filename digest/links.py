@@ -45,9 +45,12 @@ def token_subscriber_id(token: str) -> int | None:
     payload = token_payload(token)
     if isinstance(payload, list) and payload:
         payload = payload[0]
-    if isinstance(payload, int) and not isinstance(payload, bool) and payload > 0:
-        return payload
-    return None
+    return payload if is_row_id(payload) else None
+
+
+def is_row_id(value: object) -> bool:
+    """Whether `value` can be a database row id (a positive 64-bit integer)."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 < value < 2**63
 
 
 def verify_token(site_key: str, subscriber_secret: str, purpose: str, token: str) -> Any:
@@ -92,7 +95,8 @@ def digest_id_from_ref(site_key: str, ref: str) -> int | None:
         value = _digest_signer(site_key).unsign(ref).decode()
     except BadSignature:
         return None
-    return int(value) if value.isdigit() else None
+    number = int(value) if value.isdigit() and len(value) < 20 else None
+    return number if is_row_id(number) else None
 
 
 @dataclass(frozen=True)

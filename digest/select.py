@@ -13,8 +13,8 @@ digest_date)` then assembles one subscriber's digest from the cached matches:
   (1 day, or 7 for weekly subscribers), ranked Hacker-News style by
   ``trending_score = gain / (age_hours + 2) ** gravity``, where ``gain`` is the
   latest observed count minus the latest count observed before the window
-  (0 before the first observation) and ``age_hours`` runs from publication
-  (or first sight when the date is unknown).
+  (or the first one in it: a first observation is no gain) and ``age_hours``
+  runs from publication (or first sight when the date is unknown).
 
 A paper appears once per digest, under the topic it matches best, and never
 again once a digest holding it was sent (or may have been) to this subscriber.
@@ -98,15 +98,20 @@ def trend_window(subscriber: Subscriber) -> timedelta:
 
 
 def upvote_gain(history: list[tuple[datetime, int]], start: datetime, end: datetime) -> int:
-    """Latest count at or before `end` minus the latest at or before `start` (0 if none)."""
-    before = 0
-    latest = 0
+    """Latest count at or before `end` minus the latest at or before `start`.
+
+    A gain needs two observations: with none before `start`, the baseline is the
+    first one in the window, so a paper's first count is never a gain.
+    """
+    before: int | None = None
+    latest: int | None = None
     for observed_at, upvotes in history:
-        if observed_at <= start:
+        if observed_at > end:
+            break
+        if observed_at <= start or before is None:
             before = upvotes
-        if observed_at <= end:
-            latest = upvotes
-    return latest - before
+        latest = upvotes
+    return 0 if latest is None or before is None else latest - before
 
 
 def paper_age_hours(paper: Paper, now: datetime) -> float:

@@ -8,6 +8,7 @@ equivalent spellings are one topic evaluated once per run.
 
 from __future__ import annotations
 
+import re
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -20,11 +21,14 @@ from digest.config import iana_timezones
 from digest.errors import DigestError
 from digest.models import WEEKDAYS, Subscriber, Topic
 from digest.query import QueryError, parse_query
-from digest.sources.records import BIDI_CHARS, CONTROL_CHARS
+from digest.sources.records import CONTROL_CHARS, one_line
 
 MAX_TOPICS = 20
 MAX_LABEL = 100
 MAX_NAME = 100
+# C1 controls and the bidirectional controls that can reorder what a reader sees
+# (the "Trojan Source" characters); CONTROL_CHARS covers C0, DEL and line breaks.
+HIDDEN_CHARS = re.compile("[\x80-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 
 
 class SubscriberError(DigestError, ValueError):
@@ -74,13 +78,34 @@ def parse_topic(text: str) -> TopicSpec:
     head, sep, tail = text.partition("=")
     if sep and head.strip() and '"' not in head and ":" not in head:
         label, query_text = head.strip(), tail
-    if label is not None and (len(label) > MAX_LABEL or CONTROL_CHARS.search(label)):
+    if label is not None and (len(label) > MAX_LABEL or not is_plain(label)):
         raise SubscriberError(f"topic label {label[:40]!r}: at most {MAX_LABEL} plain characters")
     try:
         query = parse_query(query_text)
     except QueryError as exc:
         raise SubscriberError(f"topic {text!r}: {exc}") from None
-    return TopicSpec(query=query.canonical(), label=label)
+    canonical = query.canonical()
+    typed = one_line(query_text)
+    if label is None and typed != canonical and len(typed) <= MAX_LABEL and is_plain(typed):
+        label = typed  # shown as the subscriber typed it: "3D", not "3d"
+    return TopicSpec(query=canonical, label=label)
+
+
+def is_plain(text: str) -> bool:
+    """No control, line-breaking or bidirectional characters: safe to show anywhere."""
+    return not (CONTROL_CHARS.search(text) or HIDDEN_CHARS.search(text))
+
+
+def check_name(name: str) -> str | None:
+    """A display name for the greeting, trimmed; None when empty. SubscriberError if unfit."""
+    text = name.strip()
+    if not is_plain(text):
+        raise SubscriberError(
+            f"name {name[:40]!r}: one line of text, without control or direction characters"
+        )
+    if len(text) > MAX_NAME:
+        raise SubscriberError(f"name: at most {MAX_NAME} characters, got {len(text)}")
+    return text or None
 
 
 @dataclass(frozen=True)
@@ -92,17 +117,7 @@ class Preferences:
     hour: int | None = None
     weekday: int | None = None
     daily: bool = False
-    name: str | None = None
-
-
-def check_name(name: str | None) -> str | None:
-    """A display name for the greeting: one plain line of at most MAX_NAME characters."""
-    if name is None or not name.strip():
-        return None
-    cleaned = " ".join(name.split())
-    if len(cleaned) > MAX_NAME or CONTROL_CHARS.search(cleaned) or BIDI_CHARS.search(cleaned):
-        raise SubscriberError(f"name: at most {MAX_NAME} plain characters")
-    return cleaned
+    name: str | None = None  # None keeps the current name, "" removes it
 
 
 def parse_preferences(
@@ -126,7 +141,7 @@ def parse_preferences(
         hour=None if hour is None else check_hour(hour),
         weekday=weekday,
         daily=daily,
-        name=check_name(name),
+        name=None if name is None else (check_name(name) or ""),
     )
 
 
@@ -142,7 +157,7 @@ def apply_preferences(
     elif preferences.weekday is not None:
         subscriber.weekday = preferences.weekday
     if preferences.name is not None:
-        subscriber.name = preferences.name
+        subscriber.name = preferences.name or None
     subscriber.updated_at = now
     subscriber.topics.clear()
     session.flush()
@@ -198,14 +213,15 @@ def subscribe(
     """Add an active subscriber, or update an existing one; return it and whether it is new.
 
     This is the operator's path (`digest subscribe`): no confirmation. Topics
-    replace the old ones; options not given keep their values.
+    replace the old ones; options not given (None) keep their values. A `name`
+    is used in the greeting; an empty one removes it.
     """
-    normalize_email(address)
+    email, _ = normalize_email(address)
     preferences = parse_preferences(
         topics, timezone=timezone, hour=hour, weekday=weekday, daily=daily, name=name
     )
     subscriber, created = find_or_create(session, address, now, default_timezone, default_hour)
-    subscriber.email = normalize_email(address)[0]
+    subscriber.email = email
     subscriber.status = "active"
     subscriber.confirmed_at = subscriber.confirmed_at or now
     apply_preferences(session, subscriber, preferences, now)

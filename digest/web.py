@@ -62,7 +62,7 @@ from digest.app import App
 from digest.config import Config, iana_timezones
 from digest.models import WEEKDAYS, Delivery, Digest, Subscriber
 from digest.query import QueryError, parse_query
-from digest.render import DigestView, Notice, topic_title
+from digest.render import DigestView, Notice, paper_title, topic_title
 from digest.resources import resource_dir
 from digest.schedule import next_send_time
 from digest.subscribers import (
@@ -502,7 +502,7 @@ def create_app(config: Config | None = None, *, wiring: App | None = None) -> Fl
         with sessions() as session:
             found = db.match_papers(session, query)
             papers = db.papers_by_id(session, [pid for pid, _ in found[:MATCH_EXAMPLES]])
-            examples = [papers[pid].title for pid, _ in found[:MATCH_EXAMPLES]]
+            examples = [paper_title(papers[pid]) for pid, _ in found[:MATCH_EXAMPLES]]
         return {
             "query": query.canonical(),
             "count": len(found),

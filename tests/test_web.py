@@ -13,10 +13,10 @@ from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 from flask import Flask
 from flask.testing import FlaskClient
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from sqlalchemy import func, select
 
 from digest import db, links
@@ -25,6 +25,7 @@ from digest.config import load_config
 from digest.deliver import send_digests
 from digest.links import insecure_base_url
 from digest.models import Delivery, Subscriber
+from digest.render import paper_title
 from digest.schedule import due_subscribers
 from digest.subscribers import subscribe
 from digest.web import create_app
@@ -285,7 +286,7 @@ def test_match_api_counts_and_examples(site: Site) -> None:
 
         found = db.matching_papers(session, parse_query("diffusion"))
     assert body["count"] == len(found) > 3
-    assert body["examples"] == [paper.title for paper, _ in found[:3]]
+    assert body["examples"] == [paper_title(paper) for paper, _ in found[:3]]
     assert body["query"] == "diffusion" and body["error"] is None
     bad = client.get('/api/match?q=title:"').get_json()
     assert bad["count"] == 0 and bad["error"]
@@ -522,7 +523,9 @@ def test_insecure_base_url_warning() -> None:
     assert warning is not None and "not https" in warning and "RFC 8058" in warning
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(
     path=st.sampled_from(["manage", "unsubscribe", "u", "confirm", "digest", "view"]),
     token=st.one_of(

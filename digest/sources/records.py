@@ -51,8 +51,6 @@ class ParseResult:
 
 # Control characters, including CR and LF: never allowed in a one-line field or header.
 CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f\u2028\u2029]")
-# Bidirectional controls reorder what a reader sees (U+202E makes "gpj.exe" read "exe.jpg").
-BIDI_CHARS = re.compile(r"[\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 
 
 def clean_text(value: str | None) -> str:
