@@ -29,10 +29,11 @@ if TYPE_CHECKING:
     from sqlalchemy import Engine
     from sqlalchemy.orm import Session, sessionmaker
 
-    from digest.deliver import DigestMailer, Sender, Transport
+    from digest.deliver import DigestMailer, Sender
     from digest.fetch import HttpFetcher
     from digest.ingest import InputSummary
     from digest.schedule import Service
+    from digest.transport import Transport
 
 # Links are signed with this key; shorter keys can be brute-forced offline.
 MIN_SECRET_KEY_BYTES = 32
@@ -218,7 +219,7 @@ class App:
         )
 
     def transport(self) -> Transport:
-        from digest.deliver import MaildirTransport, SmtpTransport
+        from digest.transport import MaildirTransport, SmtpTransport
 
         delivery = self.config.delivery
         if delivery.transport == "smtp":

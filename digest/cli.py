@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session
 from digest import __version__, db
 from digest.app import App, database_error_message, database_errors, safe_url
 from digest.config import ConfigError
-from digest.deliver import MAIL_POLICY, DueList, SendReport, send_digests
+from digest.deliver import DueList, SendReport, send_digests
 from digest.errors import DigestError
 from digest.ingest import InputSummary, expand_inputs
 from digest.models import SUBSCRIBER_STATUSES, Paper
@@ -515,7 +515,7 @@ def preview_command(
             session, subscriber, digest_date.date() if digest_date else None, now, settings
         )
         session.rollback()
-    body = {"html": html, "text": text, "eml": message.as_string(policy=MAIL_POLICY)}[fmt]
+    body = {"html": html, "text": text, "eml": message.as_string()}[fmt]
     if out is None:
         slug = re.sub(r"[^a-z0-9]+", "-", (email or "-".join(topics)).casefold()).strip("-")[:40]
         ext = {"html": "html", "text": "txt", "eml": "eml"}[fmt]

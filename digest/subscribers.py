@@ -12,7 +12,7 @@ import secrets
 from dataclasses import dataclass
 from datetime import datetime
 
-from email_validator import EmailNotValidError, validate_email
+from email_validator import EmailNotValidError, ValidatedEmail, validate_email
 from sqlalchemy.orm import Session
 
 from digest import db
@@ -36,15 +36,34 @@ class TopicSpec:
     label: str | None
 
 
-def normalize_email(address: str) -> tuple[str, str]:
-    """(normalized address, lookup key); SubscriberError if the syntax is invalid."""
+def _validated(address: str) -> ValidatedEmail:
     if CONTROL_CHARS.search(address):
         raise SubscriberError(f"invalid email address {address!r}: control characters")
     try:
-        result = validate_email(address.strip(), check_deliverability=False)
+        return validate_email(address.strip(), check_deliverability=False)
     except EmailNotValidError as exc:
         raise SubscriberError(f"invalid email address {address!r}: {exc}") from None
+
+
+def normalize_email(address: str) -> tuple[str, str]:
+    """(normalized address, lookup key); SubscriberError if the syntax is invalid.
+
+    Internationalized addresses are accepted: the domain is kept in Unicode here
+    and sent in punycode; a non-ASCII local part is sent with SMTPUTF8.
+    """
+    result = _validated(address)
     return result.normalized, result.normalized.casefold()
+
+
+def sendable_address(address: str) -> str:
+    """`address` as it goes on the wire: the domain in ASCII (punycode, RFC 5891).
+
+    An ASCII local part then makes an all-ASCII address that any server takes;
+    a non-ASCII local part stays as it is and needs a server offering SMTPUTF8.
+    SubscriberError if the address is not valid.
+    """
+    result = _validated(address)
+    return result.ascii_email or result.normalized
 
 
 def check_timezone(name: str) -> str:

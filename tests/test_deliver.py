@@ -17,21 +17,13 @@ from sqlalchemy import select
 
 from digest import db
 from digest.config import DeliveryConfig, DigestSettings, MailConfig, SmtpConfig
-from digest.deliver import (
-    DigestMailer,
-    Dkim,
-    MaildirTransport,
-    MemoryTransport,
-    Sender,
-    SmtpTransport,
-    build_message,
-    send_digests,
-)
+from digest.deliver import DigestMailer, Dkim, Sender, build_message, send_digests
 from digest.ingest import ingest_inputs
 from digest.links import token_payload, verify_token
 from digest.models import Delivery, Subscriber
 from digest.render import Renderer
 from digest.subscribers import subscribe
+from digest.transport import MaildirTransport, MemoryTransport, SmtpTransport
 from tests.smtp_server import SmtpServer
 
 NOW = datetime(2026, 3, 2, 7, 0, tzinfo=UTC)
@@ -208,7 +200,10 @@ def test_refused_connection_is_one_clear_error(factory, readers) -> None:
 def test_policy_refusal_stops_the_run(factory, readers, smtp_server) -> None:
     smtp_server.handler.mail_reply = "550 5.7.1 Sender not authorized"
     report = send(make_sender(factory, SmtpTransport(smtp_settings(smtp_server))))
-    assert report.fatal == "SMTP policy or authentication refusal: 550 5.7.1 Sender not authorized"
+    assert report.fatal == (
+        f"SMTP server 127.0.0.1:{smtp_server.port} refused the sender "
+        "digest@papers.example.org: 550 5.7.1 Sender not authorized"
+    )
     assert smtp_server.handler.mails == 1  # it did not burn through every subscriber
     assert ledger(factory) == {address: ("queued", 0) for address in EMAILS}
 
@@ -240,7 +235,7 @@ def test_temporary_failure_is_deferred_then_retried(factory, readers, smtp_serve
 
 
 def test_temporary_failures_give_up_when_the_day_is_over(factory, readers, smtp_server) -> None:
-    smtp_server.handler.rcpt_replies["reader2@example.org"] = "421 4.7.0 Try again later"
+    smtp_server.handler.rcpt_replies["reader2@example.org"] = "451 4.7.0 Try again later"
     late = datetime(2026, 3, 2, 23, 59, 30, tzinfo=UTC)
     report = send(
         make_sender(factory, SmtpTransport(smtp_settings(smtp_server)), Clock(late)), late
@@ -248,7 +243,7 @@ def test_temporary_failures_give_up_when_the_day_is_over(factory, readers, smtp_
     assert report.failed == 1
     with factory() as session:
         row = session.scalars(select(Delivery).where(Delivery.status == "failed")).one()
-        assert row.last_reply == "gave up, the day is over: 421 4.7.0 Try again later"
+        assert row.last_reply == "gave up, the day is over: 451 4.7.0 Try again later"
 
 
 def test_permanent_failure_bounces_the_subscriber(factory, readers, smtp_server) -> None:

@@ -19,11 +19,12 @@ from sqlalchemy import select
 
 from digest import db
 from digest.config import DeliveryConfig, DigestSettings, MailConfig, ScheduleConfig
-from digest.deliver import DigestMailer, MemoryTransport, Sender
+from digest.deliver import DigestMailer, Sender
 from digest.models import Delivery, JobRun, Subscriber
 from digest.render import Renderer
 from digest.schedule import Dispatcher, Service, due_date, send_time, skip_stale
 from digest.subscribers import subscribe
+from digest.transport import MemoryTransport
 
 GRACE = timedelta(hours=6)
 SETTINGS = DigestSettings(send_empty=True)  # every due day sends, even with no papers
