@@ -62,8 +62,10 @@ def database_error_message(exc: BaseException, url: str) -> str:
     The SQL statement and its parameters are never part of it (they may hold
     addresses and secrets); `digest -v` shows the full error.
     """
+    from digest.db import error_detail
+
     where = safe_url(url)
-    detail = str(getattr(exc, "orig", None) or exc).splitlines()[0] if str(exc) else repr(exc)
+    detail = error_detail(exc)
     lowered = detail.casefold()
     if isinstance(exc, ModuleNotFoundError) or "no module named" in lowered:
         return (
@@ -149,8 +151,19 @@ class App:
         if self._engine is None:
             from digest import db
 
-            with database_errors(self.config.database_url):
-                self._engine = db.open_database(self.config.database_url)
+            url = self.config.database_url
+            with database_errors(url):
+                engine = db.open_database(url)
+                # SQLite's quick check reads every page (about 0.3 s per 100 MB): a
+                # damaged file is refused before anything is written into it.
+                problems = db.integrity_problems(engine)
+            if problems:
+                engine.dispose()
+                raise DatabaseUnavailable(
+                    f"database {safe_url(url)} is corrupt (quick check: {problems[0]}): "
+                    "restore it from a backup; `digest db check` lists the damage"
+                )
+            self._engine = engine
         return self._engine
 
     def sessions(self) -> sessionmaker[Session]:

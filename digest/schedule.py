@@ -21,12 +21,13 @@ and recorded, nothing new is started, and the process exits 0.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
 import socket
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from types import FrameType
@@ -211,10 +212,9 @@ class Service:
         self._record("dispatch", started, report.fatal is None, summary)
 
     def install_signal_handlers(self) -> None:
-        def handle(signum: int, frame: FrameType | None) -> None:
-            log.info("received %s: finishing the message in flight", signal.Signals(signum).name)
-            self.stop.set()
-
+        handle = stop_handler(
+            self.stop, lambda name: log.info("received %s: finishing the message in flight", name)
+        )
         signal.signal(signal.SIGTERM, handle)
         signal.signal(signal.SIGINT, handle)
 
@@ -228,6 +228,36 @@ class Service:
             self.scheduler.shutdown(wait=True)
             self.dispatcher.release()
             log.info("stopped")
+
+
+def stop_handler(
+    stop: threading.Event, announce: Callable[[str], None]
+) -> Callable[[int, FrameType | None], None]:
+    """A SIGTERM/SIGINT handler: the first signal sets `stop` (the message in flight is
+    finished and recorded, nothing new starts); a second one interrupts at once."""
+
+    def handle(signum: int, frame: FrameType | None) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        announce(signal.Signals(signum).name)
+        stop.set()
+
+    return handle
+
+
+@contextlib.contextmanager
+def stopping_on_signals(stop: threading.Event, announce: Callable[[str], None]) -> Iterator[None]:
+    """`stop_handler` on SIGTERM and SIGINT for the block (main thread only), then the old ones."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    handle = stop_handler(stop, announce)
+    previous = {signum: signal.signal(signum, handle) for signum in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for signum, old in previous.items():
+            signal.signal(signum, old)
 
 
 def next_runs(

@@ -93,7 +93,10 @@ def parse_topic(text: str) -> TopicSpec:
     if sep and head.strip() and '"' not in head and ":" not in head:
         label, query_text = head.strip(), tail
     if label is not None and (len(label) > MAX_LABEL or CONTROL_CHARS.search(label)):
-        raise SubscriberError(f"topic label {label[:40]!r}: at most {MAX_LABEL} plain characters")
+        raise SubscriberError(
+            f"topic label {label[:40]!r}: at most {MAX_LABEL} characters, "
+            "without control or bidirectional-override characters"
+        )
     try:
         query = parse_query(query_text)
     except QueryError as exc:
@@ -137,7 +140,7 @@ def subscribe(
             timezone=timezone or default_timezone,
             send_hour=default_hour if hour is None else hour,
             weekday=weekday,
-            secret=secrets.token_urlsafe(32),
+            secret=new_secret(),
             created_at=now,
             topics=[],
         )
@@ -177,12 +180,30 @@ def transient_subscriber(topics: list[str], timezone: str, hour: int) -> Subscri
     )
 
 
-def unsubscribe(session: Session, address: str, now: datetime) -> Subscriber:
-    """Mark a subscriber unsubscribed (kept for the sent history); error if unknown."""
+def existing_subscriber(session: Session, address: str) -> Subscriber:
+    """The subscriber with this address (any case); SubscriberError if there is none."""
     _, key = normalize_email(address)
     subscriber = db.find_subscriber(session, key)
     if subscriber is None:
         raise SubscriberError(f"no subscriber {address!r}")
+    return subscriber
+
+
+def unsubscribe(session: Session, address: str, now: datetime) -> Subscriber:
+    """Mark a subscriber unsubscribed (kept for the sent history); error if unknown."""
+    subscriber = existing_subscriber(session, address)
     subscriber.status = "unsubscribed"
     subscriber.updated_at = now
     return subscriber
+
+
+def rotate_secret(session: Session, address: str, now: datetime) -> Subscriber:
+    """Give a subscriber a new link secret: every link in the emails sent so far stops working."""
+    subscriber = existing_subscriber(session, address)
+    subscriber.secret = new_secret()
+    subscriber.updated_at = now
+    return subscriber
+
+
+def new_secret() -> str:
+    return secrets.token_urlsafe(32)

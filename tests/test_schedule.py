@@ -312,7 +312,7 @@ def test_status_shows_next_runs_last_results_due_and_problems(
     assert "  dispatch  never" in output
     assert "due in the next hour: 1" in output
     assert "  06:30 UTC  soon@example.org (12:00 Asia/Kolkata)" in output
-    assert "deferred, unknown or in flight: 0" in output
+    assert "deferred, unknown, in flight, or failed in the last 24 h: 0" in output
     # After a dispatch that left a deferred row, status reports the run and the row.
     engine = db.open_database(f"sqlite:///{tmp_path / 'data' / 'digest.sqlite3'}")
     factory = db.session_factory(engine)
@@ -331,13 +331,54 @@ def test_status_shows_next_runs_last_results_due_and_problems(
                 updated_at=now,
             )
         )
+        later = db.find_subscriber(session, "later@example.org")
+        later.status = "bounced"
+        for day, reply in (
+            (date(2026, 11, 25), "550 5.1.1 no such user"),
+            (date(2026, 11, 22), ""),
+        ):
+            session.add(
+                Delivery(
+                    subscriber=later,
+                    digest_date=day,
+                    status="failed",
+                    selected_at=now,
+                    attempts=1,
+                    last_reply=reply or "an old failure, not listed",
+                    created_at=now,
+                    updated_at=datetime.combine(day, datetime.min.time(), UTC),
+                )
+            )
         db.record_job_run(session, "dispatch", "host:1", now, now, True, "sent 0, empty 0")
     engine.dispose()
     output = cli("status").output
     assert "  dispatch  2026-11-25T06:35+00:00" in output
     assert "  dispatch  2026-11-25 06:30 UTC ok: sent 0, empty 0" in output
-    assert "deferred, unknown or in flight: 1" in output
-    assert "soon@example.org  2026-11-25  deferred  2         451 4.3.0 try later" in output
+    assert "deferred, unknown, in flight, or failed in the last 24 h: 2" in output
+    rows = output.splitlines()[-2:]
+    assert rows[0].split() == [
+        "soon@example.org",
+        "2026-11-25",
+        "deferred",
+        "2",
+        "451",
+        "4.3.0",
+        "try",
+        "later",
+    ]
+    assert rows[1].split() == [
+        "later@example.org",
+        "2026-11-25",
+        "failed,",
+        "bounced",
+        "1",
+        "550",
+        "5.1.1",
+        "no",
+        "such",
+        "user",
+    ]
+    assert "an old failure" not in output
 
 
 # --- the real process -----------------------------------------------------------------------
