@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import time
 from collections import Counter
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -15,6 +14,8 @@ from sqlalchemy import select
 from digest import db
 from digest.config import load_config
 from digest.models import Delivery
+from digest.subscribers import subscribe
+from tests.processes import DigestProcess
 
 READERS = [f"reader{n:02d}@example.org" for n in range(30)]
 
@@ -48,16 +49,6 @@ def environment(tmp_path: Path, config: Path) -> dict[str, str]:
     return env
 
 
-def digest_process(env: dict[str, str], *args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "digest", *args],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
 def ledger(tmp_path: Path, config: Path) -> dict[str, str]:
     url = load_config(config, {"DIGEST_DATA_DIR": str(tmp_path / "data")}).database_url
     engine = db.open_database(url)
@@ -71,9 +62,14 @@ def ledger(tmp_path: Path, config: Path) -> dict[str, str]:
 def setup(cli, seeds: Path, tmp_path: Path, smtp_server, monkeypatch):
     config = write_config(tmp_path, smtp_server.port)
     monkeypatch.setenv("DIGEST_CONFIG", str(config))
-    assert cli("ingest", str(seeds)).exit_code == 0
-    for address in READERS:
-        assert cli("subscribe", address, "--topic", "*", "--topic", "diffusion").exit_code == 0
+    assert cli("ingest", str(seeds / "000_5ed1fa5957327774.txt")).exit_code == 0
+    engine = db.open_database(
+        load_config(config, {"DIGEST_DATA_DIR": str(tmp_path / "data")}).database_url
+    )
+    with db.transaction(db.session_factory(engine)) as session:
+        for address in READERS:
+            subscribe(session, address, ["*", "diffusion"], now=datetime.now(UTC))
+    engine.dispose()
     return config, environment(tmp_path, config)
 
 
@@ -81,43 +77,41 @@ def test_killed_sender_then_rerun_sends_no_duplicates(setup, smtp_server, tmp_pa
     config, env = setup
     victim = READERS[7]
     smtp_server.handler.hold[victim] = 120.0
-    first = digest_process(env, "send")
+    first = DigestProcess.start(env, tmp_path / "first.log", "send")
     deadline = time.monotonic() + 60
     while victim not in smtp_server.handler.recipients():
         assert time.monotonic() < deadline, "the sender never reached the victim"
-        assert first.poll() is None, first.communicate()
-        time.sleep(0.05)
+        assert first.alive(), first.output()
+        time.sleep(0.01)
     first.kill()  # SIGKILL: the server accepted the victim's message, the row is unmarked
-    first.communicate(timeout=30)
     assert ledger(tmp_path, config)[victim] == "sending"
     del smtp_server.handler.hold[victim]
-    time.sleep(2.5)  # the 2-second lease runs out
-    rerun = digest_process(env, "send")
-    out, err = rerun.communicate(timeout=120)
-    assert rerun.returncode == 1
-    assert out.splitlines()[0] == "sent 22, empty 0, deferred 0, failed 0, unknown 1"
-    assert "Error: not every digest was delivered" in err
+    time.sleep(2.1)  # the 2-second lease runs out
+    rerun = DigestProcess.start(env, tmp_path / "rerun.log", "send")
+    assert rerun.wait() == 1
+    assert "sent 22, empty 0, deferred 0, failed 0, unknown 1\n" in rerun.output()
+    assert "Error: not every digest was delivered" in rerun.output()
     counts = Counter(smtp_server.handler.recipients())
     assert set(counts) == set(READERS) and max(counts.values()) == 1
     rows = ledger(tmp_path, config)
     assert rows[victim] == "unknown"
     assert Counter(rows.values()) == {"sent": 29, "unknown": 1}
     # A third run resends nothing; --retry-unknown resends the one in-flight message.
-    third = digest_process(env, "send")
-    assert third.communicate(timeout=60)[0].startswith("sent 0,")
-    retry = digest_process(env, "send", "--retry-unknown")
-    out, _ = retry.communicate(timeout=60)
-    assert retry.returncode == 0 and out.startswith("sent 1,")
+    third = DigestProcess.start(env, tmp_path / "third.log", "send")
+    third.wait()
+    assert third.output().startswith("sent 0,")
+    retry = DigestProcess.start(env, tmp_path / "retry.log", "send", "--retry-unknown")
+    assert retry.wait() == 0 and retry.output().startswith("sent 1,")
     assert Counter(smtp_server.handler.recipients())[victim] == 2
 
 
 def test_two_senders_at_once_never_send_twice(setup, smtp_server, tmp_path) -> None:
     config, env = setup
     smtp_server.handler.delay = 0.03
-    processes = [digest_process(env, "send"), digest_process(env, "send")]
-    outputs = [p.communicate(timeout=180) for p in processes]
-    assert [p.returncode for p in processes] == [0, 0], outputs
-    sent = [int(out.split(",")[0].split()[1]) for out, _ in outputs]
+    processes = [DigestProcess.start(env, tmp_path / f"{n}.log", "send") for n in range(2)]
+    codes = [p.wait(180) for p in processes]
+    assert codes == [0, 0], [p.output() for p in processes]
+    sent = [int(p.output().split(",")[0].split()[1]) for p in processes]
     assert sum(sent) == 30
     counts = Counter(smtp_server.handler.recipients())
     assert set(counts) == set(READERS) and max(counts.values()) == 1
