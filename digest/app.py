@@ -116,6 +116,24 @@ def check_secret_key(key: str, where: str) -> str:
     return key
 
 
+def read_dkim_key(path: Path) -> bytes:
+    """The PEM private key DKIM signs with, checked once rather than failing every message."""
+    from dkim.crypto import UnparsableKeyError, parse_pem_private_key
+
+    try:
+        key = path.read_bytes()
+        parse_pem_private_key(key)
+    except OSError as exc:
+        raise DigestError(f"mail.dkim_key_file: {exc}") from None
+    except (UnparsableKeyError, ValueError, IndexError):
+        # The key's bytes are a secret: never repeated in the message.
+        raise DigestError(
+            f"mail.dkim_key_file: {path} is not a PEM RSA private key "
+            "(make one with: openssl genrsa -out dkim.pem 2048)"
+        ) from None
+    return key
+
+
 @dataclass
 class App:
     """Config, database, signing key, mailer and transport for one process, built lazily."""
@@ -161,7 +179,7 @@ class App:
                 engine.dispose()
                 raise DatabaseUnavailable(
                     f"database {safe_url(url)} is corrupt (quick check: {problems[0]}): "
-                    "restore it from a backup; `digest db check` lists the damage"
+                    "restore it from a backup; `digest db check` reports what is damaged"
                 )
             self._engine = engine
         return self._engine
@@ -212,12 +230,11 @@ class App:
         config = self.config
         dkim = None
         if config.mail.dkim_key_file and config.mail.dkim_selector:
-            try:
-                key = config.mail.dkim_key_file.read_bytes()
-            except OSError as exc:
-                raise DigestError(f"mail.dkim_key_file: {exc}") from None
-            domain = config.mail.from_address.rpartition("@")[2]
-            dkim = Dkim(config.mail.dkim_selector, domain, key)
+            dkim = Dkim(
+                config.mail.dkim_selector,
+                config.mail.from_address.rpartition("@")[2],
+                read_dkim_key(config.mail.dkim_key_file),
+            )
         renderer = Renderer(
             templates=config.site.templates_dir,
             site_name=config.site.name,

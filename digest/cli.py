@@ -170,7 +170,7 @@ def db_status(app: App) -> None:
     if problems:
         raise click.ClickException(
             f"database {safe_url(app.config.database_url)} is damaged (quick check: "
-            f"{problems[0]}): restore it from a backup; `digest db check` lists the damage"
+            f"{problems[0]}): restore it from a backup; `digest db check` reports what is damaged"
         )
     click.echo("quick check: ok")
 

@@ -81,10 +81,7 @@ def _float(key: str, value: Any) -> float:
 def _secret(key: str, value: Any) -> str | None:
     """A password or key: like a string, but its value is never repeated in an error."""
     if not isinstance(value, str):
-        raise ConfigError(
-            f"{key}: expected a string in quotes, got a {type(value).__name__} "
-            "(the value is secret and not shown)"
-        )
+        raise ConfigError(f"{key}: expected a string in quotes (the value is secret: not shown)")
     return value.strip() or None
 
 
