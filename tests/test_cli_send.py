@@ -132,3 +132,41 @@ def test_send_into_the_maildir_outbox(cli, seeds: Path, tmp_path: Path) -> None:
     ]
     assert len(list((tmp_path / "data" / "outbox" / "new").iterdir())) == 1
     assert cli("send").output.startswith("sent 0, empty 1,")
+
+
+def test_internationalized_addresses_into_the_outbox(cli, seeds: Path, tmp_path: Path) -> None:
+    """The issue's poison message: a UTF-8 local part and an IDN domain, then everyone else."""
+    cli("ingest", str(seeds / "000_5ed1fa5957327774.txt"))
+    for address in ("josé@exämple.org", "bob@exämple.org", "ada@example.org"):
+        assert cli("subscribe", address, "--topic", "*").exit_code == 0
+    result = cli("send")
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("sent 3, empty 0, deferred 0, failed 0, unknown 0\n")
+    raws = [path.read_bytes() for path in (tmp_path / "data" / "outbox" / "new").iterdir()]
+    to = sorted(line for raw in raws for line in raw.split(b"\r\n") if line.startswith(b"To:"))
+    assert to == [
+        b"To: ada@example.org",
+        b"To: bob@xn--exmple-cua.org",
+        "To: josé@exämple.org".encode(),
+    ]
+    preview = cli("preview", "--email", "josé@exämple.org", "--format", "eml")
+    assert preview.exit_code == 0, preview.output
+    eml = Path(preview.output.splitlines()[1]).read_text(encoding="utf-8")
+    assert "\nTo: josé@exämple.org\n" in eml
+
+
+def test_data_dir_created_privately_when_first_needed(
+    cli, seeds: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """DIGEST_DATA_DIR not there yet, the database elsewhere: created 0700 for the outbox."""
+    monkeypatch.setenv("DIGEST_DATABASE_URL", f"sqlite:///{tmp_path / 'db' / 'digest.sqlite3'}")
+    monkeypatch.setenv("DIGEST_DATA_DIR", str(tmp_path / "not" / "yet" / "data"))
+    monkeypatch.setenv("DIGEST_SECRET_KEY", "a-signing-key-of-at-least-32-bytes-000")
+    cli("ingest", str(seeds / "000_5ed1fa5957327774.txt"))
+    cli("subscribe", "ada@example.org", "--topic", "*")
+    result = cli("send")
+    assert result.exit_code == 0, result.output
+    data = tmp_path / "not" / "yet" / "data"
+    assert data.stat().st_mode & 0o777 == 0o700
+    assert len(list((data / "outbox" / "new").iterdir())) == 1
+    assert (tmp_path / "db" / "digest.sqlite3").stat().st_mode & 0o777 == 0o600

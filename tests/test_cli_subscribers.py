@@ -9,6 +9,7 @@ from sqlalchemy import select
 
 from digest import db
 from digest.config import load_config
+from digest.links import make_token, verify_token
 from digest.models import Subscriber
 
 
@@ -127,3 +128,23 @@ def test_topics_and_match_on_the_seed_data(cli, seeds: Path) -> None:
     bad = cli("match", "--", "-survey")
     assert bad.exit_code == 2
     assert "Invalid value for QUERY: query only excludes words" in bad.output
+
+
+def test_rotate_secret_revokes_the_old_links(cli, tmp_path: Path) -> None:
+    cli("subscribe", "ada@example.org", "--topic", "x")
+    engine = db.open_database(f"sqlite:///{tmp_path / 'data' / 'digest.sqlite3'}")
+    factory = db.session_factory(engine)
+    with factory() as session:
+        old = db.find_subscriber(session, "ada@example.org").secret
+    token = make_token("site-key", old, "unsubscribe", 1)
+    result = cli("rotate-secret", "ADA@example.org")
+    assert result.exit_code == 0
+    assert result.output == (
+        "new link secret for ada@example.org: the links in earlier emails no longer work\n"
+    )
+    with factory() as session:
+        new = db.find_subscriber(session, "ada@example.org").secret
+    engine.dispose()
+    assert new != old and len(new) == len(old)
+    assert verify_token("site-key", new, "unsubscribe", token) is None
+    assert verify_token("site-key", old, "unsubscribe", token) == 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import mailbox
 import random
@@ -387,8 +388,8 @@ def test_header_injection_is_neutralized() -> None:
         simple_message(msgid="<x@papers.example.org>\r\nBcc: a@b.c")
 
 
-def test_dkim_signature_verifies() -> None:
-    import dkim
+def dkim_key() -> tuple[bytes, bytes]:
+    """(PEM private key, the DNS TXT record publishing its public half)."""
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import rsa
 
@@ -401,15 +402,58 @@ def test_dkim_signature_verifies() -> None:
     public = key.public_key().public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
-    import base64
+    return private, b"v=DKIM1; k=rsa; p=" + base64.b64encode(public)
 
-    record = b"v=DKIM1; k=rsa; p=" + base64.b64encode(public)
-    message = simple_message(dkim=Dkim("digest", "papers.example.org", private))
+
+@pytest.mark.parametrize("to", ["reader@example.org", "josé@exämple.org"])
+def test_dkim_signature_verifies(to: str) -> None:
+    import dkim
+
+    private, record = dkim_key()
+    message = simple_message(to=to, dkim=Dkim("digest", "papers.example.org", private))
     raw = message.as_bytes()
     signature = message["DKIM-Signature"]
     signed = signature.split("h=")[1].split(";")[0].replace(" ", "").split(":")
     assert signed == ["from", "to", "subject", "date", "list-unsubscribe", "list-unsubscribe-post"]
     assert dkim.verify(raw, dnsfunc=lambda name, timeout=5: record)
+
+
+@pytest.mark.parametrize(
+    ("to", "header", "utf8"),
+    [
+        ("Reader@Example.ORG", b"To: Reader@example.org", False),
+        ("bob@exämple.org", b"To: bob@xn--exmple-cua.org", False),  # IDN domain: punycode
+        ("bob@xn--exmple-cua.org", b"To: bob@xn--exmple-cua.org", False),
+        ("josé@exämple.org", "To: josé@exämple.org".encode(), True),  # needs SMTPUTF8
+    ],
+)
+def test_recipient_addresses_on_the_wire(to: str, header: bytes, utf8: bool) -> None:
+    message = simple_message(to=to)
+    raw = message.as_bytes()
+    assert header in raw.split(b"\r\n")
+    assert message.policy.utf8 is utf8
+    assert raw.isascii() is not utf8
+
+
+@pytest.mark.parametrize("to", ["a..b@example.org", "a@b", "x@example.org\r\nBcc: y@evil.org"])
+def test_an_invalid_recipient_address_is_refused(to: str) -> None:
+    with pytest.raises(ValueError, match="invalid email address"):
+        simple_message(to=to)
+
+
+def test_bidirectional_controls_never_reach_a_header() -> None:
+    message = simple_message(subject="Daily \u202eseirolaM\u202c in \u2066Diffusion\u2069")
+    assert message["Subject"] == "Daily seirolaM in Diffusion"
+    assert "\u202e" not in message.as_string()
+
+
+def test_the_maildir_outbox_and_its_missing_parents_are_created(tmp_path: Path) -> None:
+    outbox = tmp_path / "not" / "there" / "outbox"
+    reply = MaildirTransport(outbox).send(simple_message(to="josé@exämple.org"))
+    [stored] = (outbox / "new").iterdir()
+    assert reply == f"250 stored in {stored}"
+    assert "To: josé@exämple.org".encode() in stored.read_bytes()
+    assert (outbox.stat().st_mode & 0o777, outbox.parent.stat().st_mode & 0o777) == (0o700, 0o700)
 
 
 class ExplodingTransport(MemoryTransport):
@@ -422,3 +466,22 @@ def test_an_interrupted_send_is_unknown_not_requeued(factory, readers) -> None:
         send(make_sender(factory, ExplodingTransport()))
     rows = ledger(factory)
     assert sorted(rows.values()) == [("queued", 0)] * 4 + [("unknown", 1)]
+
+
+class InterruptedAtRcpt(SmtpTransport):
+    """Ctrl-C while the server has not yet seen the message (at RCPT)."""
+
+    commands = 0
+
+    def _command(self, call):
+        self.commands += 1
+        if self.commands == 2:  # MAIL went through; RCPT is interrupted
+            raise KeyboardInterrupt
+        return super()._command(call)
+
+
+def test_an_interrupt_before_the_message_was_sent_requeues(factory, readers, smtp_server) -> None:
+    with pytest.raises(KeyboardInterrupt):
+        send(make_sender(factory, InterruptedAtRcpt(smtp_settings(smtp_server))))
+    assert sorted(ledger(factory).values()) == [("queued", 0)] * 5
+    assert smtp_server.handler.messages == []
