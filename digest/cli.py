@@ -38,6 +38,7 @@ from digest.subscribers import (
     existing_subscriber,
     parse_weekday,
     rotate_secret,
+    sendable,
     subscribe,
     transient_subscriber,
     unsubscribe,
@@ -563,6 +564,11 @@ def preview_command(
     with app.sessions()() as session:
         if email is not None:
             subscriber = existing_subscriber(session, email)
+            if not sendable([subscriber]):
+                raise click.ClickException(
+                    f"{subscriber.email} has an unknown timezone {subscriber.timezone!r}: "
+                    f"fix it with digest subscribe {subscriber.email} --topic ... --timezone ZONE"
+                )
         else:
             subscriber = transient_subscriber(
                 list(topics), settings.default_timezone, settings.default_hour
@@ -606,11 +612,15 @@ def run_send(
     and starts no other.
     """
 
+    left_out = 0
+
     def due(session: Session) -> DueList:
+        nonlocal left_out
+        active = db.list_subscribers(session, "active")
+        kept = sendable(active, lambda warning: click.echo(warning, err=True))
+        left_out = len(active) - len(kept)
         return [
-            (s, digest_date or local_date(now, s.timezone))
-            for s in db.list_subscribers(session, "active")
-            if is_due_today(s, now)
+            (s, digest_date or local_date(now, s.timezone)) for s in kept if is_due_today(s, now)
         ]
 
     sender = app.sender(should_stop=stop.is_set) if stop is not None else app.sender()
@@ -637,6 +647,7 @@ def run_send(
             limit=limit,
             retry_unknown=retry_unknown,
         )
+    report.left_out = left_out
     return report
 
 

@@ -287,13 +287,15 @@ class SendReport:
     unknown: int = 0
     skipped: int = 0
     queued: int = 0
+    left_out: int = 0  # active subscribers that cannot be planned (an unknown timezone)
     bounced: list[str] = field(default_factory=list)
     fatal: str | None = None
     dry_run: bool = False
 
     @property
     def ok(self) -> bool:
-        return self.fatal is None and not (self.failed or self.unknown or self.deferred)
+        problems = self.failed or self.unknown or self.deferred or self.left_out
+        return self.fatal is None and not problems
 
     def line(self) -> str:
         verb = "would send" if self.dry_run else "sent"
@@ -302,6 +304,7 @@ class SendReport:
             f"failed {self.failed}, unknown {self.unknown}"
             + (f", skipped {self.skipped}" if self.skipped else "")
             + (f", still queued {self.queued}" if self.queued else "")
+            + (f", left out {self.left_out}" if self.left_out else "")
         )
 
 

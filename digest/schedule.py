@@ -36,14 +36,17 @@ from zoneinfo import ZoneInfo
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from digest import db
 from digest.config import DigestSettings, ScheduleConfig
 from digest.deliver import DueList, Sender, SendReport, send_digests
+from digest.errors import DigestError
 from digest.ingest import InputSummary
 from digest.models import Subscriber
 from digest.select import local_date, sends_on
+from digest.subscribers import sendable
 
 log = logging.getLogger("digest.schedule")
 
@@ -75,7 +78,7 @@ def due_date(subscriber: Subscriber, now: datetime, grace: timedelta) -> date | 
 
 def due_subscribers(session: Session, now: datetime, grace: timedelta) -> DueList:
     due = []
-    for subscriber in db.list_subscribers(session, "active"):
+    for subscriber in sendable(db.list_subscribers(session, "active"), log.warning):
         day = due_date(subscriber, now, grace)
         if day is not None:
             due.append((subscriber, day))
@@ -87,7 +90,7 @@ def due_within(
 ) -> list[tuple[Subscriber, datetime]]:
     """Active subscribers whose next send time falls in [now, now + window)."""
     upcoming = []
-    for subscriber in db.list_subscribers(session, "active"):
+    for subscriber in sendable(db.list_subscribers(session, "active")):
         today = local_date(now, subscriber.timezone)
         for day in (today, today + timedelta(days=1)):
             if not sends_on(subscriber, day):
@@ -182,14 +185,30 @@ class Service:
         )
 
     def _record(self, job: str, started: datetime, ok: bool, summary: str) -> None:
-        log.info("%s: %s", job, summary)
+        log.log(logging.INFO if ok else logging.WARNING, "%s: %s", job, summary)
         with db.transaction(self.factory) as session:
             db.record_job_run(
                 session, job, self.dispatcher.holder, started, self.clock(), ok, summary
             )
 
+    @contextlib.contextmanager
+    def _failures(self, job: str, started: datetime) -> Iterator[None]:
+        """A job stopped by the database or the environment: one log line, a failed run."""
+        try:
+            yield
+        except (DigestError, SQLAlchemyError, OSError) as exc:
+            reason = db.error_detail(exc) if isinstance(exc, SQLAlchemyError) else str(exc)
+            try:
+                self._record(job, started, False, f"failed: {reason}")
+            except SQLAlchemyError:
+                log.error("%s: failed: %s (and the run could not be recorded)", job, reason)
+
     def ingest_job(self) -> None:
         started = self.clock()
+        with self._failures("ingest", started):
+            self._ingest(started)
+
+    def _ingest(self, started: datetime) -> None:
         summaries = self.ingest(self.schedule.sources, started)
         failed = [s for s in summaries if not s.ok]
         summary = (
@@ -204,6 +223,10 @@ class Service:
         if self.stop.is_set():
             return
         started = self.clock()
+        with self._failures("dispatch", started):
+            self._dispatch(started)
+
+    def _dispatch(self, started: datetime) -> None:
         report = self.dispatcher.run(started)
         if report is None:
             log.info("dispatch: another dispatcher holds the lease; standing by")

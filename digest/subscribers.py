@@ -9,8 +9,10 @@ equivalent spellings are one topic evaluated once per run.
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from email_validator import EmailNotValidError, ValidatedEmail, validate_email
 from sqlalchemy.orm import Session
@@ -70,6 +72,29 @@ def check_timezone(name: str) -> str:
     if name not in iana_timezones():
         raise SubscriberError(f"unknown timezone {name!r}: use an IANA name such as Europe/Paris")
     return name
+
+
+def sendable(
+    subscribers: Iterable[Subscriber], warn: Callable[[str], None] = lambda _: None
+) -> list[Subscriber]:
+    """The subscribers whose stored timezone loads; `warn` hears about each other one.
+
+    Subscribe validates timezones, but a row written by an older version, by hand
+    or before a tzdata update must not stop everyone else's digest.
+    """
+    kept = []
+    for subscriber in subscribers:
+        try:
+            ZoneInfo(subscriber.timezone)
+        except (ZoneInfoNotFoundError, ValueError):
+            warn(
+                f"{subscriber.email} left out: unknown timezone {subscriber.timezone!r} "
+                f"(fix it with: digest subscribe {subscriber.email} --topic ... "
+                "--timezone Europe/Paris)"
+            )
+            continue
+        kept.append(subscriber)
+    return kept
 
 
 def check_hour(hour: int) -> int:

@@ -170,3 +170,31 @@ def test_data_dir_created_privately_when_first_needed(
     assert data.stat().st_mode & 0o777 == 0o700
     assert len(list((data / "outbox" / "new").iterdir())) == 1
     assert (tmp_path / "db" / "digest.sqlite3").stat().st_mode & 0o777 == 0o600
+
+
+def test_a_stored_timezone_that_no_longer_loads_leaves_out_that_subscriber_only(
+    cli, seeds: Path, tmp_path: Path
+) -> None:
+    """Written by hand or an older version: it must not stop everyone else's digest."""
+    cli("ingest", str(seeds / "000_5ed1fa5957327774.txt"))
+    for address in ("mars@example.org", "ada@example.org"):
+        cli("subscribe", address, "--topic", "*")
+    engine = db.open_database(f"sqlite:///{tmp_path / 'data' / 'digest.sqlite3'}")
+    with engine.begin() as connection:
+        connection.exec_driver_sql(
+            "UPDATE subscribers SET timezone = 'Mars/Olympus' WHERE email = 'mars@example.org'"
+        )
+    engine.dispose()
+    result = cli("send")
+    assert result.exit_code == 1
+    assert result.stdout.splitlines()[0] == (
+        "sent 1, empty 0, deferred 0, failed 0, unknown 0, left out 1"
+    )
+    assert result.stderr.splitlines() == [
+        "mars@example.org left out: unknown timezone 'Mars/Olympus' (fix it with: digest "
+        "subscribe mars@example.org --topic ... --timezone Europe/Paris)",
+        "Error: not every digest was delivered; see `digest status`",
+    ]
+    assert cli("status").exit_code == 0
+    preview = cli("preview", "--email", "mars@example.org")
+    assert preview.exit_code == 1 and "unknown timezone 'Mars/Olympus'" in preview.stderr

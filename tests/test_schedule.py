@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -20,6 +21,7 @@ from sqlalchemy import select
 from digest import db
 from digest.config import DeliveryConfig, DigestSettings, MailConfig, ScheduleConfig
 from digest.deliver import DigestMailer, Sender
+from digest.errors import DatabaseUnavailable
 from digest.models import Delivery, JobRun, Subscriber
 from digest.render import Renderer
 from digest.schedule import Dispatcher, Service, due_date, send_time, skip_stale
@@ -284,6 +286,46 @@ def test_service_jobs_are_configured_for_downtime(world: World) -> None:
         assert (job.coalesce, job.max_instances, job.misfire_grace_time) == (True, 1, 6 * 3600)
     assert jobs["dispatch"].next_run_time == world.now  # runs once at start-up
     assert str(jobs["ingest"].trigger).startswith("cron[")
+
+
+def test_a_job_stopped_by_the_database_logs_one_line_and_is_recorded(world: World, caplog) -> None:
+    def read_only(sources, now):
+        raise DatabaseUnavailable("database sqlite:///x is read-only (attempt to write)")
+
+    service = Service(
+        factory=world.factory,
+        schedule=ScheduleConfig(sources=("seeds/",)),
+        dispatcher=world.dispatcher(),
+        ingest=read_only,
+        clock=lambda: world.now,
+    )
+    with caplog.at_level(logging.INFO, logger="digest.schedule"):
+        service.ingest_job()
+    assert [(r.levelname, r.getMessage()) for r in caplog.records] == [
+        ("WARNING", "ingest: failed: database sqlite:///x is read-only (attempt to write)")
+    ]
+    with world.factory() as session:
+        run = db.last_job_run(session, "ingest")
+    assert run is not None and not run.ok
+    assert run.summary == "failed: database sqlite:///x is read-only (attempt to write)"
+
+
+def test_a_subscriber_whose_timezone_no_longer_loads_is_left_out_alone(
+    world: World, caplog
+) -> None:
+    world.add("mars@example.org", "UTC", 7)
+    world.add("ada@example.org", "UTC", 7)
+    with db.transaction(world.factory) as session:
+        db.find_subscriber(session, "mars@example.org").timezone = "Mars/Olympus"
+    world.now = datetime(2026, 1, 1, 7, 5, tzinfo=UTC)
+    with caplog.at_level(logging.WARNING, logger="digest.schedule"):
+        report = world.dispatcher().run(world.now)
+    assert report is not None and report.sent == 1
+    assert list(world.sent()) == ["ada@example.org"]
+    assert [r.getMessage() for r in caplog.records] == [
+        "mars@example.org left out: unknown timezone 'Mars/Olympus' (fix it with: digest "
+        "subscribe mars@example.org --topic ... --timezone Europe/Paris)"
+    ]
 
 
 @freeze_time("2026-11-25 06:30:00")
