@@ -33,6 +33,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from digest import db
 from digest.config import DeliveryConfig, DigestSettings, MailConfig
+from digest.errors import DigestError
 from digest.links import subscriber_links
 from digest.models import Delivery, Paper, Subscriber
 from digest.render import ItemLike, Recipient, RenderedDigest, Renderer, topic_title
@@ -195,8 +196,9 @@ class DigestMailer:
         Database errors pass through.
         """
         digest = delivery.digest
-        assert digest is not None, "an empty delivery has no message"
         subscriber = delivery.subscriber
+        if digest is None:
+            raise Unsendable("the delivery has no digest to send", retry=False)
         try:
             rendered = self.render_items(
                 session,
@@ -332,9 +334,15 @@ def plan_deliveries(
         dates.add(day)
         if db.find_delivery(session, subscriber.id, day) is not None:
             continue
-        selection = run.select(subscriber, day)
         try:
             with session.begin_nested():
+                try:
+                    selection = run.select(subscriber, day)
+                except DigestError as exc:
+                    # This subscriber's stored data (e.g. a topic query an older version
+                    # accepted) cannot be used: their row fails, everyone else goes on.
+                    session.add(unplannable(subscriber.id, day, now, f"not planned: {exc}"))
+                    continue
                 delivery = record_selection(
                     session, subscriber, selection, now, settings.send_empty
                 )
@@ -345,6 +353,20 @@ def plan_deliveries(
         else:
             queued += 1
     return dates, queued, empty
+
+
+def unplannable(subscriber_id: int, day: date, now: datetime, reason: str) -> Delivery:
+    """A failed ledger row for a subscriber whose digest cannot even be chosen."""
+    return Delivery(
+        subscriber_id=subscriber_id,
+        digest_date=day,
+        status="failed",
+        selected_at=now,
+        attempts=0,
+        last_reply=one_line(reason)[:500],
+        created_at=now,
+        updated_at=now,
+    )
 
 
 @dataclass

@@ -198,3 +198,25 @@ def test_a_stored_timezone_that_no_longer_loads_leaves_out_that_subscriber_only(
     assert cli("status").exit_code == 0
     preview = cli("preview", "--email", "mars@example.org")
     assert preview.exit_code == 1 and "unknown timezone 'Mars/Olympus'" in preview.stderr
+
+
+def test_a_stored_topic_that_no_longer_parses_fails_that_subscriber_only(
+    cli, seeds: Path, tmp_path: Path
+) -> None:
+    cli("ingest", str(seeds / "000_5ed1fa5957327774.txt"))
+    for address in ("old@example.org", "ada@example.org"):
+        cli("subscribe", address, "--topic", "*")
+    engine = db.open_database(f"sqlite:///{tmp_path / 'data' / 'digest.sqlite3'}")
+    with engine.begin() as connection:
+        connection.exec_driver_sql(
+            "UPDATE topics SET query = 'title:' WHERE subscriber_id = "
+            "(SELECT id FROM subscribers WHERE email = 'old@example.org')"
+        )
+    engine.dispose()
+    result = cli("send")
+    assert result.exit_code == 1
+    assert result.stdout.splitlines()[0] == "sent 1, empty 0, deferred 0, failed 1, unknown 0"
+    status = cli("status").output.splitlines()
+    assert status[-1].split()[:4] == ["old@example.org", status[-1].split()[1], "failed", "0"]
+    assert "  not planned: 'title:' needs a word or" in status[-1]
+    assert cli("send").stdout.startswith("sent 0, empty 0, deferred 0, failed 1,")
