@@ -172,7 +172,7 @@ class App:
             url = self.config.database_url
             with database_errors(url):
                 engine = db.open_database(url)
-                # SQLite's quick check reads every page (about 0.3 s per 100 MB): a
+                # SQLite's quick check reads every page (bench/quick_check.py): a
                 # damaged file is refused before anything is written into it.
                 problems = db.integrity_problems(engine)
             if problems:
