@@ -66,44 +66,42 @@ class _Watchdog:
             timer.cancel()
 
 
-class _WatchedHTTPConnection(http.client.HTTPConnection):
+class _Watched:
+    """Mixed into a connection class: its socket is handed to the attempt's watchdog."""
+
+    sock: socket.socket
+
     def __init__(self, *args: Any, watchdog: _Watchdog, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.watchdog = watchdog
 
     def connect(self) -> None:
-        super().connect()
+        super().connect()  # type: ignore[misc]
         self.watchdog.watch(self.sock)
 
 
-class _WatchedHTTPSConnection(http.client.HTTPSConnection):
-    def __init__(self, *args: Any, watchdog: _Watchdog, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.watchdog = watchdog
-
-    def connect(self) -> None:
-        super().connect()
-        self.watchdog.watch(self.sock)
+class _WatchedHTTPConnection(_Watched, http.client.HTTPConnection):
+    pass
 
 
-class _WatchedHTTPHandler(urllib.request.HTTPHandler):
-    def __init__(self, watchdog: _Watchdog) -> None:
-        super().__init__()
-        self.watchdog = watchdog
-
-    def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
-        connection = functools.partial(_WatchedHTTPConnection, watchdog=self.watchdog)
-        return self.do_open(connection, req)
+class _WatchedHTTPSConnection(_Watched, http.client.HTTPSConnection):
+    pass
 
 
-class _WatchedHTTPSHandler(urllib.request.HTTPSHandler):
-    def __init__(self, watchdog: _Watchdog) -> None:
-        super().__init__()
-        self.watchdog = watchdog
+def _watched_opener(watchdog: _Watchdog) -> urllib.request.OpenerDirector:
+    """An opener whose http and https connections report their sockets to `watchdog`."""
 
-    def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
-        connection = functools.partial(_WatchedHTTPSConnection, watchdog=self.watchdog)
-        return self.do_open(connection, req)
+    class HTTPHandler(urllib.request.HTTPHandler):
+        def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+            connection = functools.partial(_WatchedHTTPConnection, watchdog=watchdog)
+            return self.do_open(connection, req)
+
+    class HTTPSHandler(urllib.request.HTTPSHandler):
+        def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+            connection = functools.partial(_WatchedHTTPSConnection, watchdog=watchdog)
+            return self.do_open(connection, req)
+
+    return urllib.request.build_opener(HTTPHandler(), HTTPSHandler())
 
 
 @dataclass
@@ -132,9 +130,7 @@ class HttpFetcher:
         """One attempt, from connecting to the last byte, within `timeout` seconds."""
         request = urllib.request.Request(url, headers={"User-Agent": self.user_agent})
         watchdog = _Watchdog()
-        opener = urllib.request.build_opener(
-            _WatchedHTTPHandler(watchdog), _WatchedHTTPSHandler(watchdog)
-        )
+        opener = _watched_opener(watchdog)
         try:
             with watchdog.running(self.timeout), opener.open(request, timeout=self.timeout) as r:
                 length = r.headers.get("Content-Length")

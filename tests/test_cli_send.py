@@ -20,7 +20,8 @@ from tests.processes import DigestProcess
 READERS = [f"reader{n:02d}@example.org" for n in range(30)]
 
 
-def write_config(tmp_path: Path, port: int) -> Path:
+def write_config(tmp_path: Path, port: int, lease_seconds: int = 2) -> Path:
+    """SMTP to the test server on `port`, short leases, a signing key."""
     config = tmp_path / "config.toml"
     config.write_text(
         f"""
@@ -31,7 +32,7 @@ starttls = false
 timeout = 10
 [delivery]
 transport = "smtp"
-lease_seconds = 2
+lease_seconds = {lease_seconds}
 [site]
 secret_key = "test-secret-key-0123456789abcdef"
 base_url = "https://digest.example.org"
@@ -172,19 +173,27 @@ def test_data_dir_created_privately_when_first_needed(
     assert (tmp_path / "db" / "digest.sqlite3").stat().st_mode & 0o777 == 0o600
 
 
-def test_a_stored_timezone_that_no_longer_loads_leaves_out_that_subscriber_only(
-    cli, seeds: Path, tmp_path: Path
-) -> None:
-    """Written by hand or an older version: it must not stop everyone else's digest."""
+def broken_and_ada(cli, seeds: Path, tmp_path: Path, breakage: str) -> None:
+    """Papers, mars@ and ada@ following everything, then `breakage` (SQL) behind the app's back."""
     cli("ingest", str(seeds / "000_5ed1fa5957327774.txt"))
     for address in ("mars@example.org", "ada@example.org"):
         cli("subscribe", address, "--topic", "*")
     engine = db.open_database(f"sqlite:///{tmp_path / 'data' / 'digest.sqlite3'}")
     with engine.begin() as connection:
-        connection.exec_driver_sql(
-            "UPDATE subscribers SET timezone = 'Mars/Olympus' WHERE email = 'mars@example.org'"
-        )
+        connection.exec_driver_sql(breakage)
     engine.dispose()
+
+
+def test_a_stored_timezone_that_no_longer_loads_leaves_out_that_subscriber_only(
+    cli, seeds: Path, tmp_path: Path
+) -> None:
+    """Written by hand or an older version: it must not stop everyone else's digest."""
+    broken_and_ada(
+        cli,
+        seeds,
+        tmp_path,
+        "UPDATE subscribers SET timezone = 'Mars/Olympus' WHERE email = 'mars@example.org'",
+    )
     result = cli("send")
     assert result.exit_code == 1
     assert result.stdout.splitlines()[0] == (
@@ -203,20 +212,17 @@ def test_a_stored_timezone_that_no_longer_loads_leaves_out_that_subscriber_only(
 def test_a_stored_topic_that_no_longer_parses_fails_that_subscriber_only(
     cli, seeds: Path, tmp_path: Path
 ) -> None:
-    cli("ingest", str(seeds / "000_5ed1fa5957327774.txt"))
-    for address in ("old@example.org", "ada@example.org"):
-        cli("subscribe", address, "--topic", "*")
-    engine = db.open_database(f"sqlite:///{tmp_path / 'data' / 'digest.sqlite3'}")
-    with engine.begin() as connection:
-        connection.exec_driver_sql(
-            "UPDATE topics SET query = 'title:' WHERE subscriber_id = "
-            "(SELECT id FROM subscribers WHERE email = 'old@example.org')"
-        )
-    engine.dispose()
+    broken_and_ada(
+        cli,
+        seeds,
+        tmp_path,
+        "UPDATE topics SET query = 'title:' WHERE subscriber_id = "
+        "(SELECT id FROM subscribers WHERE email = 'mars@example.org')",
+    )
     result = cli("send")
     assert result.exit_code == 1
     assert result.stdout.splitlines()[0] == "sent 1, empty 0, deferred 0, failed 1, unknown 0"
     status = cli("status").output.splitlines()
-    assert status[-1].split()[:4] == ["old@example.org", status[-1].split()[1], "failed", "0"]
+    assert status[-1].split()[:4] == ["mars@example.org", status[-1].split()[1], "failed", "0"]
     assert "  not planned: 'title:' needs a word or" in status[-1]
     assert cli("send").stdout.startswith("sent 0, empty 0, deferred 0, failed 1,")

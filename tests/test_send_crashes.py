@@ -25,6 +25,7 @@ from digest.models import Delivery
 from digest.subscribers import subscribe
 from tests.processes import DigestProcess
 from tests.smtp_server import SmtpServer
+from tests.test_cli_send import environment, write_config
 
 READERS = [f"reader{n:02d}@example.org" for n in range(40)]
 KILLS = 20
@@ -51,25 +52,8 @@ def world(tmp_path: Path, smtp_server: SmtpServer) -> tuple[dict[str, str], str]
         for address in READERS:
             subscribe(session, address, ["diffusion"], now=now - timedelta(days=1))
     engine.dispose()
-    config = tmp_path / "config.toml"
-    config.write_text(
-        f"""
-[smtp]
-host = "127.0.0.1"
-port = {smtp_server.port}
-starttls = false
-timeout = 10
-[delivery]
-lease_seconds = 1
-[site]
-secret_key = "test-secret-key-0123456789abcdef"
-[mail]
-from_address = "digest@papers.example.org"
-""",
-        encoding="utf-8",
-    )
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DIGEST_")}
-    return env | {"DIGEST_DATA_DIR": str(data), "DIGEST_CONFIG": str(config)}, url
+    config = write_config(tmp_path, smtp_server.port, lease_seconds=1)
+    return environment(tmp_path, config), url
 
 
 def ledger(url: str) -> dict[str, str]:
