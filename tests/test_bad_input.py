@@ -26,6 +26,7 @@ from pathlib import Path
 import pytest
 
 from digest import db
+from digest.app import database_error_message, safe_url
 from digest.config import DeliveryConfig, DigestSettings, MailConfig
 from digest.deliver import DigestMailer, Sender, send_digests
 from digest.ingest import ingest_inputs
@@ -284,11 +285,14 @@ CASES = [
         "config: digest.default_timezone: unknown IANA timezone 'localtime'",
         config="[digest]\ndefault_timezone = 'localtime'\n",
     ),
-    Case(
-        "localtime as a subscriber's timezone",
-        ("subscribe", "eve@example.org", "--topic", "x", "--timezone", "localtime"),
-        "unknown timezone 'localtime': use an IANA name such as Europe/Paris",
-    ),
+    *[
+        Case(
+            f"{zone} as a subscriber's timezone",
+            ("subscribe", "eve@example.org", "--topic", "x", "--timezone", zone),
+            f"unknown timezone '{zone}': use an IANA name such as Europe/Paris",
+        )
+        for zone in ("localtime", "Factory", "posixrules", "posix/Europe/Paris")
+    ],
     Case(
         "a DKIM selector without a key file",
         ("send",),
@@ -462,3 +466,39 @@ def test_a_full_maildir_folder_stops_the_send_and_keeps_every_row_queued(
     ).fetchall()
     connection.close()
     assert sorted(rows) == [("queued", 0, 3), ("sent", 1, 3)]
+
+
+def test_a_locked_database_is_one_line_and_changes_nothing(
+    cli, template: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """Another process holds the write lock longer than the busy timeout (cut to 0.2 s)."""
+    data = tmp_path / "data"
+    data.mkdir(mode=0o700)
+    database = data / "digest.sqlite3"
+    shutil.copy(template, database)
+    monkeypatch.setattr(db, "SQLITE_BUSY_TIMEOUT_MS", 200)
+    before = snapshot(database, byte_for_byte=False)
+    holder = sqlite3.connect(database, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        result = cli("subscribe", "eve@example.org", "--topic", "x")
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert result.exit_code == 1
+    assert result.stderr == (
+        f"Error: database sqlite:///{database} is locked by another process "
+        "(database is locked): try again\n"
+    )
+    assert snapshot(database, byte_for_byte=False) == before
+
+
+def test_database_urls_are_printed_without_their_password() -> None:
+    assert safe_url(f"postgresql://digest:{SECRET}@db:5432/digest") == (
+        "postgresql://digest:***@db:5432/digest"
+    )
+    assert safe_url(f"postgresql://digest:{SECRET}@db:port/digest") == (
+        "postgresql://digest:***@db:port/digest"
+    )
+    message = database_error_message(ValueError("boom"), f"postgresql://u:{SECRET}@h/d")
+    assert message == "database postgresql://u:***@h/d: boom"
