@@ -378,6 +378,7 @@ class Outcome:
     status: str
     reply: str = ""
     hint: str | None = None
+    refused: bool = False  # failed on a refusal that a block of the whole session explains
 
 
 @dataclass
@@ -485,16 +486,25 @@ class Sender:
             self._mark(delivery_id, status="failed", last_reply=exc.reply)
             if exc.bounce:
                 self._bounce(subscriber, report)
-            return Outcome(delivery, subscriber, "failed", exc.reply, exc.hint)
+            return Outcome(delivery, subscriber, "failed", exc.reply, exc.hint, refused=True)
         except UnknownOutcome as exc:
             self._mark(delivery_id, status="unknown", last_reply=exc.reply)
             return Outcome(delivery, subscriber, "unknown", exc.reply, exc.hint)
         except FatalTransportError:
             self._release(delivery_id)
             raise
+        except Exception as exc:
+            # Unexpected, and maybe about this message only: once it may have reached the
+            # server it is unknown, else retried later; the run goes on (or stops on a streak).
+            reason = f"could not be sent: {describe(exc)}"
+            if self.transport.in_doubt():
+                self._mark(delivery_id, status="unknown", last_reply=reason)
+                return Outcome(delivery, subscriber, "unknown", reason, reason)
+            status = self._retry_or_fail(delivery, subscriber, reason)
+            return Outcome(delivery, subscriber, status, reason, reason)
         except BaseException as exc:
-            # Interrupted (Ctrl-C) or an unexpected error: once the message may have
-            # reached the server, it is not resent automatically.
+            # Interrupted (Ctrl-C): once the message may have reached the server, it is
+            # not resent automatically; before that, it goes back to the queue.
             if self.transport.in_doubt():
                 self._mark(delivery_id, status="unknown", last_reply=f"interrupted: {exc!r}"[:500])
             else:
@@ -509,7 +519,7 @@ class Sender:
     def _session_blocked(self, streak: list[Outcome]) -> str:
         """Stop after a streak of identical failures; refused rows are retried later instead."""
         for outcome in streak:
-            if outcome.status == "failed":
+            if outcome.refused:
                 self._retry_or_fail(outcome.delivery, outcome.subscriber, outcome.reply)
         return (
             f"{len(streak)} recipients in a row failed the same way, so the server or the "

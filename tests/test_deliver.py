@@ -485,3 +485,27 @@ def test_an_interrupt_before_the_message_was_sent_requeues(factory, readers, smt
         send(make_sender(factory, InterruptedAtRcpt(smtp_settings(smtp_server))))
     assert sorted(ledger(factory).values()) == [("queued", 0)] * 5
     assert smtp_server.handler.messages == []
+
+
+class BrokenForOne(MemoryTransport):
+    """A transport with a bug that only one recipient's message triggers."""
+
+    def send(self, message):
+        if message["To"].addresses[0].addr_spec == "reader2@example.org":
+            raise RuntimeError("bug in the transport")
+        return super().send(message)
+
+    def in_doubt(self) -> bool:
+        return False
+
+
+def test_an_unexpected_error_for_one_message_defers_it_and_the_run_goes_on(
+    factory, readers
+) -> None:
+    transport = BrokenForOne()
+    report = send(make_sender(factory, transport))
+    assert (report.sent, report.deferred, report.fatal) == (4, 1, None)
+    assert ledger(factory)["reader2@example.org"] == ("deferred", 1)
+    with factory() as session:
+        row = session.scalars(select(Delivery).where(Delivery.status == "deferred")).one()
+    assert row.last_reply == "could not be sent: RuntimeError: bug in the transport"
