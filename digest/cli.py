@@ -23,20 +23,23 @@ import click
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from digest import __version__, db
+from digest import __version__, db, doctor
 from digest.app import App, database_error_message, database_errors, safe_url
 from digest.config import ConfigError
-from digest.deliver import MAIL_POLICY, DueList, SendReport, send_digests
+from digest.deliver import DueList, SendReport, send_digests
 from digest.errors import DigestError
 from digest.ingest import InputSummary, expand_inputs
+from digest.links import insecure_base_url
 from digest.models import SUBSCRIBER_STATUSES, Paper
 from digest.query import Query, QueryError, parse_query
 from digest.resources import resource_dir
-from digest.schedule import DISPATCH_LEASE, due_within, next_runs
+from digest.schedule import DISPATCH_LEASE, due_within, next_runs, stopping_on_signals
 from digest.select import is_due_today, local_date
 from digest.subscribers import (
-    normalize_email,
+    existing_subscriber,
     parse_weekday,
+    rotate_secret,
+    sendable,
     subscribe,
     transient_subscriber,
     unsubscribe,
@@ -160,13 +163,52 @@ def db_status(app: App) -> None:
         engine = db.create_db_engine(app.config.database_url)
         try:
             current = db.current_revision(engine)
+            problems = db.integrity_problems(engine)
         finally:
             engine.dispose()
     head = db.head_revision()
-    click.echo(f"database: {engine.url.render_as_string(hide_password=True)}")
+    click.echo(f"database: {safe_url(app.config.database_url)}")
     click.echo(f"schema:   {current or 'empty'} (needs {head})")
     if current != head:
         click.echo("run `digest db upgrade` to bring it up to date")
+    if problems:
+        raise click.ClickException(
+            f"database {safe_url(app.config.database_url)} is damaged (quick check: "
+            f"{problems[0]}): restore it from a backup; `digest db check` reports what is damaged"
+        )
+    click.echo("quick check: ok")
+
+
+@db_group.command("check")
+@click.pass_obj
+def db_check(app: App) -> None:
+    """Check the whole SQLite file: every page and index, foreign keys, the full-text index.
+
+    Prints what is damaged and exits 1, or prints "ok". It reads every page, so
+    it takes a while on a large database; `digest db status` runs the quick check.
+
+    \b
+    Example:
+        digest db check
+    """
+    with database_errors(app.config.database_url):
+        engine = db.create_db_engine(app.config.database_url)
+        try:
+            problems = db.integrity_problems(engine, full=True)
+        finally:
+            engine.dispose()
+    where = safe_url(app.config.database_url)
+    if engine.dialect.name != "sqlite":
+        click.echo(f"{where}: a server database checks itself; nothing to do here")
+        return
+    for problem in problems:
+        click.echo(f"  {problem}")
+    if problems:
+        raise click.ClickException(
+            f"database {where} is damaged ({len(problems)} problems listed above): "
+            "restore it from a backup"
+        )
+    click.echo(f"{where}: ok")
 
 
 # --- ingest -----------------------------------------------------------------
@@ -301,6 +343,10 @@ def parse_cli_query(text: str) -> Query:
 @click.option("--hour", type=click.IntRange(0, 23), help="Local hour to send at, 0-23.")
 @click.option("--weekly", metavar="DAY", help="Send weekly on this day (mon..sun) instead.")
 @click.option("--daily", is_flag=True, help="Switch a weekly subscriber back to daily.")
+@click.option(
+    "--name",
+    help="Name to greet them by (\"Hello Ada,\"); --name '' removes it. Default: no greeting.",
+)
 @click.pass_obj
 def subscribe_command(
     app: App,
@@ -310,6 +356,7 @@ def subscribe_command(
     hour: int | None,
     weekly: str | None,
     daily: bool,
+    name: str | None,
 ) -> None:
     """Add EMAIL as an active subscriber to topics, or update an existing subscriber.
 
@@ -327,7 +374,7 @@ def subscribe_command(
 
     \b
     Examples:
-        digest subscribe ada@example.org --topic diffusion --topic 'RLHF=rlhf OR dpo'
+        digest subscribe ada@example.org --name Ada --topic diffusion --topic 'RLHF=rlhf OR dpo'
         digest subscribe bob@example.org --topic '*' --timezone Asia/Kolkata --hour 8
         digest subscribe eve@example.org --topic 'cat:cs.CL "machine translation"' --weekly mon
     """
@@ -346,6 +393,7 @@ def subscribe_command(
             hour=hour,
             weekday=weekday,
             daily=daily,
+            name=name,
             default_timezone=settings.default_timezone,
             default_hour=settings.default_hour,
         )
@@ -371,6 +419,24 @@ def unsubscribe_command(app: App, email: str) -> None:
         subscriber = unsubscribe(session, email, app.clock())
         address = subscriber.email
     click.echo(f"unsubscribed {address}")
+
+
+@main.command("rotate-secret")
+@click.argument("email")
+@click.pass_obj
+def rotate_secret_command(app: App, email: str) -> None:
+    """Give EMAIL a new link secret, so every link in the emails sent so far stops working.
+
+    Use it when someone's unsubscribe or preferences links were forwarded or leaked.
+    The next digest carries working links again.
+
+    \b
+    Example:
+        digest rotate-secret ada@example.org
+    """
+    with db.transaction(app.sessions()) as session:
+        address = rotate_secret(session, email, app.clock()).email
+    click.echo(f"new link secret for {address}: the links in earlier emails no longer work")
 
 
 @main.group("subscribers", invoke_without_command=True)
@@ -592,9 +658,12 @@ def preview_command(
     settings = app.config.digest
     with app.sessions()() as session:
         if email is not None:
-            subscriber = db.find_subscriber(session, normalize_email(email)[1])
-            if subscriber is None:
-                raise click.ClickException(f"no subscriber {email!r}")
+            subscriber = existing_subscriber(session, email)
+            if not sendable([subscriber]):
+                raise click.ClickException(
+                    f"{subscriber.email} has an unknown timezone {subscriber.timezone!r}: "
+                    f"fix it with digest subscribe {subscriber.email} --topic ... --timezone ZONE"
+                )
         else:
             subscriber = transient_subscriber(
                 list(topics), settings.default_timezone, settings.default_hour
@@ -603,11 +672,11 @@ def preview_command(
             session, subscriber, digest_date.date() if digest_date else None, now, settings
         )
         session.rollback()
-    body = {"html": html, "text": text, "eml": message.as_string(policy=MAIL_POLICY)}[fmt]
+    body = {"html": html, "text": text, "eml": message.as_string()}[fmt]
     if out is None:
         slug = re.sub(r"[^a-z0-9]+", "-", (email or "-".join(topics)).casefold()).strip("-")[:40]
         ext = {"html": "html", "text": "txt", "eml": "eml"}[fmt]
-        out = app.config.data_dir / "previews" / f"preview-{slug or 'all'}.{ext}"
+        out = app.data_dir() / "previews" / f"preview-{slug or 'all'}.{ext}"
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(body, encoding="utf-8")
@@ -630,17 +699,26 @@ def run_send(
     dry_run: bool = False,
     limit: int | None = None,
     retry_unknown: bool = False,
+    stop: threading.Event | None = None,
 ) -> SendReport:
-    """Send today's digest to every active subscriber who is due, with a progress bar."""
+    """Send today's digest to every active subscriber who is due, with a progress bar.
+
+    Setting `stop` (SIGTERM) lets the message in flight finish and be recorded,
+    and starts no other.
+    """
+
+    left_out = 0
 
     def due(session: Session) -> DueList:
+        nonlocal left_out
+        active = db.list_subscribers(session, "active")
+        kept = sendable(active, lambda warning: click.echo(warning, err=True))
+        left_out = len(active) - len(kept)
         return [
-            (s, digest_date or local_date(now, s.timezone))
-            for s in db.list_subscribers(session, "active")
-            if is_due_today(s, now)
+            (s, digest_date or local_date(now, s.timezone)) for s in kept if is_due_today(s, now)
         ]
 
-    sender = app.sender()
+    sender = app.sender(should_stop=stop.is_set) if stop is not None else app.sender()
     bars: list[Any] = []
     with contextlib.ExitStack() as stack:
 
@@ -664,6 +742,7 @@ def run_send(
             limit=limit,
             retry_unknown=retry_unknown,
         )
+    report.left_out = left_out
     return report
 
 
@@ -701,49 +780,148 @@ def send_command(
         digest send --dry-run
         digest send --retry-unknown
     """
-    report = run_send(
-        app,
-        app.clock(),
-        digest_date=digest_date.date() if digest_date else None,
-        dry_run=dry_run,
-        limit=limit,
-        retry_unknown=retry_unknown,
-    )
+    print_config_warnings(app)
+    now = app.clock()
+    day = digest_date.date() if digest_date else None
+    if day is not None and abs((day - now.date()).days) > 366:
+        raise click.BadParameter("must be within a year of today", param_hint="'--date'")
+    stop = threading.Event()
+    signals: list[str] = []
+
+    def announce(name: str) -> None:
+        signals.append(name)
+        click.echo(f"received {name}: finishing the message in flight", err=True)
+
+    with stopping_on_signals(stop, announce):
+        report = run_send(
+            app,
+            now,
+            digest_date=day,
+            dry_run=dry_run,
+            limit=limit,
+            retry_unknown=retry_unknown,
+            stop=stop,
+        )
     click.echo(report.line())
     for address in report.bounced:
         click.echo(f"bounced: {address}", err=True)
     if report.fatal:
         raise click.ClickException(report.fatal)
+    if signals:
+        raise click.ClickException(
+            f"stopped by {signals[0]}: the message in flight was recorded; "
+            f"{report.queued} digests wait for the next run"
+        )
     if not report.ok:
         raise click.ClickException("not every digest was delivered; see `digest status`")
     if app.config.delivery.transport == "maildir" and report.sent and not dry_run:
         click.echo(f"outbox: {app.config.delivery.maildir}")
 
 
+# --- deliverability ---------------------------------------------------------
+
+
+def print_config_warnings(app: App) -> None:
+    """The deliverability warnings, once at the start of a real (SMTP) send or run."""
+    if app.config.delivery.transport != "smtp":
+        return
+    for message in doctor.warnings(doctor.config_findings(app.config)):
+        click.echo(f"warning: {message}", err=True)
+
+
+@main.command("check")
+@click.option(
+    "--dns/--no-dns",
+    default=True,
+    show_default=True,
+    help="Look up the SPF, DMARC and DKIM records (skipped when no DNS server answers).",
+)
+@click.option(
+    "--smtp/--no-smtp",
+    default=True,
+    show_default=True,
+    help="Connect to the SMTP server, when one is configured.",
+)
+@click.pass_obj
+def check_command(app: App, dns: bool, smtp: bool) -> None:
+    """Check what a real sender needs for digests to arrive; exit 1 if anything warns.
+
+    Checks that the From domain is a real one, mail.postal_address is set,
+    site.base_url is public https, a DKIM key is configured, readable, strong
+    and signs (its DNS TXT record is printed to publish), the link-signing key
+    is strong, and the SMTP server answers with STARTTLS or TLS. `digest send`
+    and `digest run` print the same configuration warnings when they start.
+
+    \b
+    Examples:
+        digest check
+        digest --config /etc/papers-digest/config.toml check --no-dns
+    """
+    config = app.config
+    findings, dkim_key = doctor.config_check(config)
+    if dns:
+        domain = config.mail.from_address.rpartition("@")[2]
+        findings += doctor.check_dns(domain, dkim_key, doctor.resolver_lookup())
+    if config.delivery.transport == "smtp":
+        if smtp:
+            findings += doctor.check_smtp(config.smtp)
+    else:
+        findings.append(
+            doctor.info(
+                f"digests go to the Maildir outbox {config.delivery.maildir}; "
+                "set smtp.host to send them"
+            )
+        )
+    for level, message in findings:
+        click.echo(f"{level:<4}  {message}")
+    count = len(doctor.warnings(findings))
+    if count:
+        click.echo(f"{count} warning{'s' if count != 1 else ''}")
+        raise click.exceptions.Exit(1)
+
+
 # --- the service ------------------------------------------------------------
 
 
-@main.command("run")
-@click.option("--verbose", "-v", is_flag=True, help="Log every job at debug level.")
-@click.pass_obj
-def run_command(app: App, verbose: bool) -> None:
-    """Run the scheduler: ingest on a cron schedule, send each digest at its local hour.
-
-    The dispatcher runs at start-up and every [schedule] dispatch_minutes; a digest
-    not sent within grace_hours of its send time is skipped. Several `digest run`
-    processes may share a database: one dispatches, the others stand by. SIGTERM
-    or Ctrl-C finishes the message in flight and exits 0.
-
-    \b
-    Example:
-        DIGEST_CONFIG=/etc/papers-digest/config.toml digest run
-    """
+def setup_logging(verbose: bool) -> None:
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     logging.getLogger("apscheduler").setLevel(logging.DEBUG if verbose else logging.WARNING)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+
+
+def web_options(command: Any) -> Any:
+    """--host and --port of the web front (defaults from [web] host and port)."""
+    command = click.option("--port", type=click.IntRange(1, 65535), help="Port to listen on.")(
+        command
+    )
+    return click.option("--host", help="Address to listen on (default: [web] host).")(command)
+
+
+@main.command("run")
+@click.option("--verbose", "-v", is_flag=True, help="Log every job at debug level.")
+@click.option("--serve", is_flag=True, help="Also serve the web front (as `digest serve`).")
+@web_options
+@click.pass_obj
+def run_command(app: App, verbose: bool, serve: bool, host: str | None, port: int | None) -> None:
+    """Run the scheduler: ingest on a cron schedule, send each digest at its local hour.
+
+    The dispatcher runs at start-up and every [schedule] dispatch_minutes; a digest
+    not sent within grace_hours of its send time is skipped. Several `digest run`
+    processes may share a database: one dispatches, the others stand by. With
+    --serve the same process also serves the web front, so one command runs the
+    whole service. SIGTERM or Ctrl-C finishes the message in flight and exits 0.
+
+    \b
+    Examples:
+        DIGEST_CONFIG=/etc/papers-digest/config.toml digest run
+        digest run --serve --host 0.0.0.0 --port 8000
+    """
+    setup_logging(verbose)
     config = app.config
+    print_config_warnings(app)
     stop = threading.Event()
     service = app.service(stop)
     service.install_signal_handlers()
@@ -756,7 +934,65 @@ def run_command(app: App, verbose: bool) -> None:
         ),
         err=True,
     )
+    if not serve:
+        service.run_forever()
+        return
+    from digest.web import serve as serve_web
+
+    web = threading.Thread(
+        target=serve_web,
+        args=(app, host or config.web.host, port or config.web.port),
+        kwargs={"stop": stop},
+        name="digest-web",
+        daemon=True,
+    )
+    announce_web(app, host, port)
+    web.start()
     service.run_forever()
+    web.join(timeout=15)
+
+
+def announce_web(app: App, host: str | None, port: int | None) -> None:
+    config = app.config
+    address = f"http://{host or config.web.host}:{port or config.web.port}"
+    click.echo(
+        f"digest serve: listening on {address}; public address {config.site.base_url}/ "
+        "(the subscribe page)",
+        err=True,
+    )
+
+
+@main.command("serve")
+@web_options
+@click.option("--debug", is_flag=True, help="Use Flask's reloading debug server (development).")
+@click.option("--verbose", "-v", is_flag=True, help="Log at debug level.")
+@click.pass_obj
+def serve_command(app: App, host: str | None, port: int | None, debug: bool, verbose: bool) -> None:
+    """Serve the web front: subscribe, confirm, manage, unsubscribe, web copies of digests.
+
+    Runs under the waitress WSGI server (Flask's debug server only with --debug).
+    Put it behind a reverse proxy that terminates HTTPS and set site.base_url to
+    its public URL; people subscribe at that URL. `digest run --serve` runs it
+    together with the scheduler.
+
+    \b
+    Examples:
+        digest serve
+        digest serve --host 0.0.0.0 --port 8080
+    """
+    from digest.web import create_app, serve
+
+    setup_logging(verbose)
+    config = app.config
+    announce_web(app, host, port)
+    if debug:
+        create_app(wiring=app).run(
+            host=host or config.web.host, port=port or config.web.port, debug=True
+        )
+        return
+    stop = threading.Event()
+    with stopping_on_signals(stop, lambda name: click.echo(f"received {name}: stopping", err=True)):
+        serve(app, host or config.web.host, port or config.web.port, stop=stop)
 
 
 @main.command("status")
@@ -764,19 +1000,33 @@ def run_command(app: App, verbose: bool) -> None:
 def status_command(app: App) -> None:
     """Show the scheduler's next runs, the last results, who is due soon, and problems.
 
+    Problems are deliveries deferred, unknown or in flight, and those that failed
+    (with the reply and whether the address bounced) in the last 24 hours.
+
     \b
     Example:
         digest status
     """
     now = app.clock()
     config = app.config
+    if warning := insecure_base_url(config.site.base_url):
+        click.echo(f"warning: {warning}")
     with app.sessions()() as session:
         last = {job: db.last_job_run(session, job) for job in ("ingest", "dispatch")}
         lease = db.current_lease(session, DISPATCH_LEASE)
         upcoming = due_within(session, now, timedelta(hours=1))
-        problems = db.deliveries_with_status(session, ("deferred", "unknown", "sending"))
+        problems = [
+            *db.deliveries_with_status(session, ("deferred", "unknown", "sending")),
+            *db.deliveries_with_status(session, ("failed",), now - timedelta(days=1)),
+        ]
         problem_rows = [
-            (d.subscriber.email, str(d.digest_date), d.status, str(d.attempts), d.last_reply or "")
+            (
+                d.subscriber.email,
+                str(d.digest_date),
+                d.status + (", bounced" if d.subscriber.status == "bounced" else ""),
+                str(d.attempts),
+                d.last_reply or "",
+            )
             for d in problems
         ]
     last_dispatch = last["dispatch"].started_at if last["dispatch"] else None
@@ -804,7 +1054,7 @@ def status_command(app: App) -> None:
             f"  {at:%H:%M} UTC  {subscriber.email} "
             f"({subscriber.send_hour:02d}:00 {subscriber.timezone})"
         )
-    click.echo(f"deferred, unknown or in flight: {len(problem_rows)}")
+    click.echo(f"deferred, unknown, in flight, or failed in the last 24 h: {len(problem_rows)}")
     if problem_rows:
         print_table(("email", "date", "status", "attempts", "last reply"), problem_rows)
 
@@ -813,8 +1063,8 @@ def status_command(app: App) -> None:
 
 
 DEMO_SUBSCRIBERS = {
-    "ada@example.org": (["Diffusion=diffusion", "LLM=language model"], "Europe/London"),
-    "grace@example.org": (["*"], "America/Los_Angeles"),
+    "ada@example.org": ("Ada", ["Diffusion=diffusion", "LLM=language model"], "Europe/London"),
+    "grace@example.org": ("Grace", ["*"], "America/Los_Angeles"),
 }
 
 
@@ -837,9 +1087,9 @@ def demo_command(app: App) -> None:
     if any(not summary.ok for summary in summaries):
         raise click.ClickException("the bundled seeds did not load")
     with db.transaction(app.sessions()) as session:
-        for address, (topics, timezone) in DEMO_SUBSCRIBERS.items():
+        for address, (name, topics, timezone) in DEMO_SUBSCRIBERS.items():
             if db.find_subscriber(session, address) is None:
-                subscribe(session, address, topics, now=now, timezone=timezone, hour=7)
+                subscribe(session, address, topics, now=now, timezone=timezone, hour=7, name=name)
     click.echo("")
     click.get_current_context().invoke(stats_command)
     click.echo("")

@@ -121,9 +121,14 @@ class Paper(Base):
         return f"{ARXIV_PDF}{self.arxiv_id}" if self.arxiv_id else self.pdf_link
 
     @property
+    def search_url(self) -> str:
+        """A Hugging Face search for the title as stored (LaTeX and all): the last resort."""
+        return f"{HF_SEARCH}{quote(self.title)}"
+
+    @property
     def page_url(self) -> str:
         """The page a title links to: HF, else arXiv abs, else the source, else an HF search."""
-        return self.hf_url or self.abs_url or f"{HF_SEARCH}{quote(self.title)}"
+        return self.hf_url or self.abs_url or self.search_url
 
 
 class PaperSource(Base):
@@ -261,10 +266,13 @@ class Delivery(Base):
     __tablename__ = "deliveries"
     __table_args__ = (
         UniqueConstraint("subscriber_id", "digest_date"),
-        # The rows a sender may claim, in claim order: the next one is the first entry.
+        # The rows a sender may claim, in claim order (db.claim_delivery): the next
+        # one is the first due entry.
         Index(
             "ix_deliveries_claimable",
             "digest_date",
+            text("(next_attempt_at IS NOT NULL)"),
+            "next_attempt_at",
             "id",
             sqlite_where=text(CLAIMABLE_SQL),
             postgresql_where=text(CLAIMABLE_SQL),

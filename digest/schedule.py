@@ -21,12 +21,13 @@ and recorded, nothing new is started, and the process exits 0.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
 import socket
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from types import FrameType
@@ -35,14 +36,17 @@ from zoneinfo import ZoneInfo
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from digest import db
 from digest.config import DigestSettings, ScheduleConfig
 from digest.deliver import DueList, Sender, SendReport, send_digests
+from digest.errors import DigestError
 from digest.ingest import InputSummary
 from digest.models import Subscriber
 from digest.select import local_date, sends_on
+from digest.subscribers import purge_pending, sendable
 
 log = logging.getLogger("digest.schedule")
 
@@ -74,28 +78,35 @@ def due_date(subscriber: Subscriber, now: datetime, grace: timedelta) -> date | 
 
 def due_subscribers(session: Session, now: datetime, grace: timedelta) -> DueList:
     due = []
-    for subscriber in db.list_subscribers(session, "active"):
+    for subscriber in sendable(db.list_subscribers(session, "active"), log.warning):
         day = due_date(subscriber, now, grace)
         if day is not None:
             due.append((subscriber, day))
     return due
 
 
+def next_send_time(subscriber: Subscriber, now: datetime) -> datetime:
+    """The first send time of the subscriber at or after `now` (their next digest day)."""
+    today = local_date(now, subscriber.timezone)
+    for offset in range(8):
+        day = today + timedelta(days=offset)
+        if sends_on(subscriber, day) and (at := send_time(subscriber, day)) >= now:
+            return at
+    raise AssertionError("every subscriber sends at least once a week")
+
+
 def due_within(
     session: Session, now: datetime, window: timedelta
 ) -> list[tuple[Subscriber, datetime]]:
     """Active subscribers whose next send time falls in [now, now + window)."""
-    upcoming = []
-    for subscriber in db.list_subscribers(session, "active"):
-        today = local_date(now, subscriber.timezone)
-        for day in (today, today + timedelta(days=1)):
-            if not sends_on(subscriber, day):
-                continue
-            at = send_time(subscriber, day)
-            if now <= at < now + window:
-                upcoming.append((subscriber, at))
-                break
-    return sorted(upcoming, key=lambda pair: pair[1])
+    upcoming = [
+        (subscriber, next_send_time(subscriber, now))
+        for subscriber in sendable(db.list_subscribers(session, "active"))
+    ]
+    return sorted(
+        [(subscriber, at) for subscriber, at in upcoming if at < now + window],
+        key=lambda pair: pair[1],
+    )
 
 
 def skip_stale(session: Session, now: datetime, grace: timedelta) -> int:
@@ -116,13 +127,14 @@ def default_holder() -> str:
 
 @dataclass
 class Dispatcher:
-    """One dispatch run: take the lease, skip stale rows, send what is due."""
+    """One dispatch run: take the lease, skip stale rows, forget unconfirmed requests, send."""
 
     factory: sessionmaker[Session]
     make_sender: Callable[[], Sender]
     settings: DigestSettings
     grace: timedelta
     lease_for: timedelta
+    pending_for: timedelta = timedelta(days=7)
     holder: str = field(default_factory=default_holder)
 
     def run(self, now: datetime) -> SendReport | None:
@@ -133,6 +145,7 @@ class Dispatcher:
             ):
                 return None
             skip_stale(session, now, self.grace)
+            purge_pending(session, now, self.pending_for)
         return send_digests(
             self.make_sender(),
             lambda session: due_subscribers(session, now, self.grace),
@@ -181,14 +194,30 @@ class Service:
         )
 
     def _record(self, job: str, started: datetime, ok: bool, summary: str) -> None:
-        log.info("%s: %s", job, summary)
+        log.log(logging.INFO if ok else logging.WARNING, "%s: %s", job, summary)
         with db.transaction(self.factory) as session:
             db.record_job_run(
                 session, job, self.dispatcher.holder, started, self.clock(), ok, summary
             )
 
+    @contextlib.contextmanager
+    def _failures(self, job: str, started: datetime) -> Iterator[None]:
+        """A job stopped by the database or the environment: one log line, a failed run."""
+        try:
+            yield
+        except (DigestError, SQLAlchemyError, OSError) as exc:
+            reason = db.error_detail(exc) if isinstance(exc, SQLAlchemyError) else str(exc)
+            try:
+                self._record(job, started, False, f"failed: {reason}")
+            except SQLAlchemyError:
+                log.error("%s: failed: %s (and the run could not be recorded)", job, reason)
+
     def ingest_job(self) -> None:
         started = self.clock()
+        with self._failures("ingest", started):
+            self._ingest(started)
+
+    def _ingest(self, started: datetime) -> None:
         summaries = self.ingest(self.schedule.sources, started)
         failed = [s for s in summaries if not s.ok]
         summary = (
@@ -203,6 +232,10 @@ class Service:
         if self.stop.is_set():
             return
         started = self.clock()
+        with self._failures("dispatch", started):
+            self._dispatch(started)
+
+    def _dispatch(self, started: datetime) -> None:
         report = self.dispatcher.run(started)
         if report is None:
             log.info("dispatch: another dispatcher holds the lease; standing by")
@@ -211,10 +244,9 @@ class Service:
         self._record("dispatch", started, report.fatal is None, summary)
 
     def install_signal_handlers(self) -> None:
-        def handle(signum: int, frame: FrameType | None) -> None:
-            log.info("received %s: finishing the message in flight", signal.Signals(signum).name)
-            self.stop.set()
-
+        handle = stop_handler(
+            self.stop, lambda name: log.info("received %s: finishing the message in flight", name)
+        )
         signal.signal(signal.SIGTERM, handle)
         signal.signal(signal.SIGINT, handle)
 
@@ -228,6 +260,36 @@ class Service:
             self.scheduler.shutdown(wait=True)
             self.dispatcher.release()
             log.info("stopped")
+
+
+def stop_handler(
+    stop: threading.Event, announce: Callable[[str], None]
+) -> Callable[[int, FrameType | None], None]:
+    """A SIGTERM/SIGINT handler: the first signal sets `stop` (the message in flight is
+    finished and recorded, nothing new starts); a second one interrupts at once."""
+
+    def handle(signum: int, frame: FrameType | None) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        announce(signal.Signals(signum).name)
+        stop.set()
+
+    return handle
+
+
+@contextlib.contextmanager
+def stopping_on_signals(stop: threading.Event, announce: Callable[[str], None]) -> Iterator[None]:
+    """`stop_handler` on SIGTERM and SIGINT for the block (main thread only), then the old ones."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    handle = stop_handler(stop, announce)
+    previous = {signum: signal.signal(signum, handle) for signum in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for signum, old in previous.items():
+            signal.signal(signum, old)
 
 
 def next_runs(

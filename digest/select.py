@@ -13,8 +13,8 @@ digest_date)` then assembles one subscriber's digest from the cached matches:
   (1 day, or 7 for weekly subscribers), ranked Hacker-News style by
   ``trending_score = gain / (age_hours + 2) ** gravity``, where ``gain`` is the
   latest observed count minus the latest count observed before the window
-  (0 before the first observation) and ``age_hours`` runs from publication
-  (or first sight when the date is unknown).
+  (or the first one in it: a first observation is no gain) and ``age_hours``
+  runs from publication (or first sight when the date is unknown).
 
 A paper appears once per digest, under the topic it matches best, and never
 again once a digest holding it was sent (or may have been) to this subscriber.
@@ -98,15 +98,20 @@ def trend_window(subscriber: Subscriber) -> timedelta:
 
 
 def upvote_gain(history: list[tuple[datetime, int]], start: datetime, end: datetime) -> int:
-    """Latest count at or before `end` minus the latest at or before `start` (0 if none)."""
-    before = 0
-    latest = 0
+    """Latest count at or before `end` minus the latest at or before `start`.
+
+    A gain needs two observations: with none before `start`, the baseline is the
+    first one in the window, so a paper's first count is never a gain.
+    """
+    before: int | None = None
+    latest: int | None = None
     for observed_at, upvotes in history:
-        if observed_at <= start:
+        if observed_at > end:
+            break
+        if observed_at <= start or before is None:
             before = upvotes
-        if observed_at <= end:
-            latest = upvotes
-    return latest - before
+        latest = upvotes
+    return 0 if latest is None or before is None else latest - before
 
 
 def paper_age_hours(paper: Paper, now: datetime) -> float:
@@ -293,6 +298,7 @@ class DigestContent:
 
     items: Sequence[SelectedItem] | Sequence[DigestItem]
     key: str
+    digest_id: int | None = None  # the stored digest, once it was planned
 
 
 def day_close(digest_date: date, timezone: str) -> datetime:
@@ -320,7 +326,8 @@ def digest_content(
         now = min(now, day_close(day, subscriber.timezone))
     delivery = db.find_delivery(session, subscriber.id, day) if subscriber.id else None
     if delivery is not None and delivery.digest is not None:
-        return day, now, DigestContent(delivery.digest.items, delivery.digest.content_hash)
+        digest = delivery.digest
+        return day, now, DigestContent(digest.items, digest.content_hash, digest.id)
     selection = SelectionRun(session, now, settings).select(subscriber, day)
     return day, now, DigestContent(selection.items, selection.content_hash)
 

@@ -8,14 +8,13 @@ equivalent spellings are one topic evaluated once per run.
 
 from __future__ import annotations
 
-import functools
 import secrets
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import datetime
-from typing import Any
+from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from email_validator import EmailNotValidError, validate_email
+from email_validator import EmailNotValidError, ValidatedEmail, validate_email
 from sqlalchemy.orm import Session
 
 from digest import db
@@ -23,14 +22,11 @@ from digest.config import iana_timezones
 from digest.errors import DigestError
 from digest.models import WEEKDAYS, Subscriber, Topic
 from digest.query import QueryError, parse_query
-from digest.sources.records import CONTROL_CHARS
+from digest.sources.records import CONTROL_CHARS, one_line
 
 MAX_TOPICS = 20
 MAX_LABEL = 100
 MAX_NAME = 100
-# A cell starting with one of these runs as a formula when an exported CSV is opened
-# in a spreadsheet, so free-text names and labels may not.
-FORMULA_START = ("=", "+", "-", "@")
 
 
 class SubscriberError(DigestError, ValueError):
@@ -43,21 +39,63 @@ class TopicSpec:
     label: str | None
 
 
-def normalize_email(address: str) -> tuple[str, str]:
-    """(normalized address, lookup key); SubscriberError if the syntax is invalid."""
+def _validated(address: str) -> ValidatedEmail:
     if CONTROL_CHARS.search(address):
         raise SubscriberError(f"invalid email address {address!r}: control characters")
     try:
-        result = validate_email(address.strip(), check_deliverability=False)
+        return validate_email(address.strip(), check_deliverability=False)
     except EmailNotValidError as exc:
         raise SubscriberError(f"invalid email address {address!r}: {exc}") from None
+
+
+def normalize_email(address: str) -> tuple[str, str]:
+    """(normalized address, lookup key); SubscriberError if the syntax is invalid.
+
+    Internationalized addresses are accepted: the domain is kept in Unicode here
+    and sent in punycode; a non-ASCII local part is sent with SMTPUTF8.
+    """
+    result = _validated(address)
     return result.normalized, result.normalized.casefold()
+
+
+def sendable_address(address: str) -> str:
+    """`address` as it goes on the wire: the domain in ASCII (punycode, RFC 5891).
+
+    An ASCII local part then makes an all-ASCII address that any server takes;
+    a non-ASCII local part stays as it is and needs a server offering SMTPUTF8.
+    SubscriberError if the address is not valid.
+    """
+    result = _validated(address)
+    return result.ascii_email or result.normalized
 
 
 def check_timezone(name: str) -> str:
     if name not in iana_timezones():
         raise SubscriberError(f"unknown timezone {name!r}: use an IANA name such as Europe/Paris")
     return name
+
+
+def sendable(
+    subscribers: Iterable[Subscriber], warn: Callable[[str], None] = lambda _: None
+) -> list[Subscriber]:
+    """The subscribers whose stored timezone loads; `warn` hears about each other one.
+
+    Subscribe validates timezones, but a row written by an older version, by hand
+    or before a tzdata update must not stop everyone else's digest.
+    """
+    kept = []
+    for subscriber in subscribers:
+        try:
+            ZoneInfo(subscriber.timezone)
+        except (ZoneInfoNotFoundError, ValueError):
+            warn(
+                f"{subscriber.email} left out: unknown timezone {subscriber.timezone!r} "
+                f"(fix it with: digest subscribe {subscriber.email} --topic ... "
+                "--timezone Europe/Paris)"
+            )
+            continue
+        kept.append(subscriber)
+    return kept
 
 
 def check_hour(hour: int) -> int:
@@ -75,7 +113,7 @@ def parse_weekday(name: str) -> int:
 
 def parse_frequency(text: str) -> int | None:
     """`daily` (None) or `weekly DAY`, also written `weekly (DAY)`: the weekday number."""
-    words = text.replace("(", " ").replace(")", " ").replace(":", " ").split()
+    words = text.replace("(", " ").replace(")", " ").split()
     if [word.casefold() for word in words] == ["daily"]:
         return None
     if len(words) == 2 and words[0].casefold() == "weekly":
@@ -83,18 +121,6 @@ def parse_frequency(text: str) -> int | None:
     raise SubscriberError(f"frequency {text!r}: use daily or weekly DAY (mon..sun)")
 
 
-def check_name(name: str) -> str | None:
-    """A display name (None if blank); SubscriberError if it is not short plain text."""
-    name = name.strip()
-    if len(name) > MAX_NAME or CONTROL_CHARS.search(name) or name.startswith(FORMULA_START):
-        raise SubscriberError(
-            f"name {name[:40]!r}: at most {MAX_NAME} plain characters, not starting with "
-            + " ".join(FORMULA_START)
-        )
-    return name or None
-
-
-@functools.lru_cache(maxsize=4096)  # a bulk import repeats the same few topics
 def parse_topic(text: str) -> TopicSpec:
     """`QUERY` or `LABEL=QUERY`; SubscriberError if the query is empty or matches nothing."""
     label: str | None = None
@@ -102,21 +128,130 @@ def parse_topic(text: str) -> TopicSpec:
     head, sep, tail = text.partition("=")
     if sep and head.strip() and '"' not in head and ":" not in head:
         label, query_text = head.strip(), tail
-    if label is not None and (
-        len(label) > MAX_LABEL
-        or CONTROL_CHARS.search(label)
-        or ";" in label
-        or label.startswith(FORMULA_START)
-    ):
+    if label is not None and (len(label) > MAX_LABEL or not is_plain(label)):
         raise SubscriberError(
-            f"topic label {label[:40]!r}: at most {MAX_LABEL} plain characters, "
-            "no ';', not starting with " + " ".join(FORMULA_START)
+            f"topic label {label[:40]!r}: at most {MAX_LABEL} characters, "
+            "without control or bidirectional-override characters"
         )
     try:
         query = parse_query(query_text)
     except QueryError as exc:
         raise SubscriberError(f"topic {text!r}: {exc}") from None
-    return TopicSpec(query=query.canonical(), label=label)
+    canonical = query.canonical()
+    typed = one_line(query_text)
+    if label is None and typed != canonical and len(typed) <= MAX_LABEL and is_plain(typed):
+        label = typed  # shown as the subscriber typed it: "3D", not "3d"
+    return TopicSpec(query=canonical, label=label)
+
+
+def is_plain(text: str) -> bool:
+    """No control, line-breaking or bidirectional characters: safe to show anywhere."""
+    return not CONTROL_CHARS.search(text)
+
+
+def check_name(name: str) -> str | None:
+    """A display name for the greeting, trimmed; None when empty. SubscriberError if unfit."""
+    text = name.strip()
+    if not is_plain(text):
+        raise SubscriberError(
+            f"name {name[:40]!r}: one line of text, without control or direction characters"
+        )
+    if len(text) > MAX_NAME:
+        raise SubscriberError(f"name: at most {MAX_NAME} characters, got {len(text)}")
+    return text or None
+
+
+@dataclass(frozen=True)
+class Preferences:
+    """Validated subscription settings; None (and `daily=False`) keeps the current value."""
+
+    topics: tuple[TopicSpec, ...]
+    timezone: str | None = None
+    hour: int | None = None
+    weekday: int | None = None
+    daily: bool = False
+    name: str | None = None  # None keeps the current name, "" removes it
+
+
+def parse_preferences(
+    topics: list[str],
+    *,
+    timezone: str | None = None,
+    hour: int | None = None,
+    weekday: int | None = None,
+    daily: bool = False,
+    name: str | None = None,
+) -> Preferences:
+    """Validate everything a subscriber chooses; SubscriberError names the first bad field."""
+    if not topics:
+        raise SubscriberError("give at least one topic")
+    if len(topics) > MAX_TOPICS:
+        raise SubscriberError(f"at most {MAX_TOPICS} topics per subscriber")
+    specs = tuple({spec.query: spec for spec in map(parse_topic, topics)}.values())
+    return Preferences(
+        topics=specs,
+        timezone=None if timezone is None else check_timezone(timezone),
+        hour=None if hour is None else check_hour(hour),
+        weekday=weekday,
+        daily=daily,
+        name=None if name is None else (check_name(name) or ""),
+    )
+
+
+def apply_preferences(
+    session: Session, subscriber: Subscriber, preferences: Preferences, now: datetime
+) -> None:
+    """Give `subscriber` these preferences; topics replace the old ones."""
+    apply_settings(subscriber, preferences)
+    subscriber.updated_at = now
+    subscriber.topics.clear()
+    session.flush()
+    subscriber.topics.extend(
+        Topic(position=position, query=spec.query, label=spec.label)
+        for position, spec in enumerate(preferences.topics)
+    )
+    session.flush()
+
+
+def apply_settings(subscriber: Subscriber, preferences: Preferences) -> None:
+    """The preferences other than topics: schedule and name (None keeps a value)."""
+    subscriber.timezone = preferences.timezone or subscriber.timezone
+    if preferences.hour is not None:
+        subscriber.send_hour = preferences.hour
+    if preferences.daily:
+        subscriber.weekday = None
+    elif preferences.weekday is not None:
+        subscriber.weekday = preferences.weekday
+    if preferences.name is not None:
+        subscriber.name = preferences.name or None
+
+
+def find_or_create(
+    session: Session,
+    address: str,
+    now: datetime,
+    default_timezone: str,
+    default_hour: int,
+) -> tuple[Subscriber, bool]:
+    """The subscriber with this address, or a new one (added to the session, no topics yet)."""
+    email, key = normalize_email(address)
+    subscriber = db.find_subscriber(session, key)
+    if subscriber is not None:
+        return subscriber, False
+    subscriber = Subscriber(
+        email=email,
+        email_key=key,
+        status="pending",
+        timezone=default_timezone,
+        send_hour=default_hour,
+        weekday=None,
+        secret=new_secret(),
+        created_at=now,
+        updated_at=now,
+        topics=[],
+    )
+    session.add(subscriber)
+    return subscriber, True
 
 
 def subscribe(
@@ -129,96 +264,94 @@ def subscribe(
     hour: int | None = None,
     weekday: int | None = None,
     daily: bool = False,
+    name: str | None = None,
     default_timezone: str = "UTC",
     default_hour: int = 7,
 ) -> tuple[Subscriber, bool]:
     """Add an active subscriber, or update an existing one; return it and whether it is new.
 
-    Topics replace the old ones; options not given keep their values.
+    This is the operator's path (`digest subscribe`): no confirmation. Topics
+    replace the old ones; options not given (None) keep their values. A `name`
+    is used in the greeting; an empty one removes it.
     """
-    email, key = normalize_email(address)
-    specs = topic_specs(topics, "give at least one --topic")
-    if timezone is not None:
-        check_timezone(timezone)
-    if hour is not None:
-        check_hour(hour)
-    subscriber = db.find_subscriber(session, key)
-    created = subscriber is None
-    if subscriber is None:
-        values = new_subscriber_values(
-            email,
-            key,
-            now=now,
-            timezone=timezone or default_timezone,
-            hour=default_hour if hour is None else hour,
-            weekday=weekday,
-        )
-        subscriber = Subscriber(**values, topics=[])
-        session.add(subscriber)
-    else:
-        subscriber.email = email
-        change_schedule(subscriber, timezone=timezone, hour=hour, weekday=weekday, daily=daily)
+    email, _ = normalize_email(address)
+    preferences = parse_preferences(
+        topics, timezone=timezone, hour=hour, weekday=weekday, daily=daily, name=name
+    )
+    subscriber, created = find_or_create(session, address, now, default_timezone, default_hour)
+    subscriber.email = email
     subscriber.status = "active"
     subscriber.confirmed_at = subscriber.confirmed_at or now
-    subscriber.updated_at = now
-    subscriber.topics.clear()
-    session.flush()
-    subscriber.topics.extend(
-        Topic(position=position, query=spec.query, label=spec.label)
-        for position, spec in enumerate(specs)
-    )
-    session.flush()
+    apply_preferences(session, subscriber, preferences, now)
     return subscriber, created
 
 
-def topic_specs(topics: Sequence[str], none_given: str) -> list[TopicSpec]:
-    """Parsed topics without repeats; SubscriberError (`none_given`) if there are none."""
-    if not topics:
-        raise SubscriberError(none_given)
-    if len(topics) > MAX_TOPICS:
-        raise SubscriberError(f"at most {MAX_TOPICS} topics per subscriber")
-    return list({spec.query: spec for spec in map(parse_topic, topics)}.values())
+# What the subscribe form sends to the address it was given.
+CONFIRM = "confirm"  # a link that activates the (pending) subscription
+ALREADY = "already"  # the address already receives digests: a link to manage them
 
 
-def new_subscriber_values(
-    email: str,
-    key: str,
+def request_subscription(
+    session: Session,
+    address: str,
+    preferences: Preferences,
     *,
     now: datetime,
-    timezone: str,
-    hour: int,
-    weekday: int | None,
-    name: str | None = None,
-    status: str = "active",
-) -> dict[str, Any]:
-    """The column values of a new subscriber, with a fresh secret for its signed links."""
-    return {
-        "email": email,
-        "email_key": key,
-        "name": name,
-        "status": status,
-        "timezone": timezone,
-        "send_hour": hour,
-        "weekday": weekday,
-        "secret": secrets.token_urlsafe(32),
-        "created_at": now,
-        "confirmed_at": now if status == "active" else None,
-        "updated_at": now,
-    }
+    resend_after: timedelta,
+    default_timezone: str = "UTC",
+    default_hour: int = 7,
+) -> tuple[Subscriber, str | None]:
+    """The double opt-in path (the web form, `digest subscribe --confirm`).
+
+    A new, pending, unsubscribed or bounced address becomes `pending` with these
+    preferences and gets a confirmation email; an active subscriber's settings
+    are left alone (whoever typed the address may not own it) and the owner is
+    sent a link to manage them instead. Returns the subscriber and which email
+    to send (`CONFIRM`, `ALREADY`), or None when one went to this address less
+    than `resend_after` ago: the form cannot be used to flood an inbox.
+    """
+    subscriber, _ = find_or_create(session, address, now, default_timezone, default_hour)
+    if subscriber.status == "active":
+        kind = ALREADY
+    else:
+        subscriber.status = "pending"
+        apply_preferences(session, subscriber, preferences, now)
+        kind = CONFIRM
+    last = subscriber.confirm_sent_at
+    if last is not None and now - last < resend_after:
+        return subscriber, None
+    subscriber.confirm_sent_at = now
+    session.flush()
+    return subscriber, kind
 
 
-def change_schedule(
-    subscriber: Subscriber,
-    *,
-    timezone: str | None,
-    hour: int | None,
-    weekday: int | None,
-    daily: bool,
-) -> None:
-    """Apply the schedule options given (None: keep); `daily` drops a weekly day."""
-    subscriber.timezone = timezone or subscriber.timezone
-    subscriber.send_hour = subscriber.send_hour if hour is None else hour
-    subscriber.weekday = None if daily else (subscriber.weekday if weekday is None else weekday)
+def confirm(session: Session, subscriber: Subscriber, now: datetime) -> bool:
+    """Activate a pending subscriber; True if it is (now) active, False if it left since."""
+    if subscriber.status == "pending":
+        subscriber.status = "active"
+        subscriber.confirmed_at = now
+        subscriber.updated_at = now
+        session.flush()
+    return subscriber.status == "active"
+
+
+def purge_pending(session: Session, now: datetime, older_than: timedelta) -> int:
+    """Forget subscription requests nobody confirmed within `older_than`.
+
+    A pending address that was never confirmed is deleted; one that had been a
+    subscriber before (it has a sent history to keep) goes back to `unsubscribed`.
+    """
+    cutoff = now - older_than
+    purged = 0
+    for subscriber in db.stale_pending_subscribers(session, cutoff):
+        if subscriber.confirmed_at is None:
+            session.delete(subscriber)
+        else:
+            subscriber.status = "unsubscribed"
+            subscriber.updated_at = now
+        purged += 1
+    session.flush()
+    return purged
 
 
 def transient_subscriber(topics: list[str], timezone: str, hour: int) -> Subscriber:
@@ -238,12 +371,30 @@ def transient_subscriber(topics: list[str], timezone: str, hour: int) -> Subscri
     )
 
 
-def unsubscribe(session: Session, address: str, now: datetime) -> Subscriber:
-    """Mark a subscriber unsubscribed (kept for the sent history); error if unknown."""
+def existing_subscriber(session: Session, address: str) -> Subscriber:
+    """The subscriber with this address (any case); SubscriberError if there is none."""
     _, key = normalize_email(address)
     subscriber = db.find_subscriber(session, key)
     if subscriber is None:
         raise SubscriberError(f"no subscriber {address!r}")
+    return subscriber
+
+
+def unsubscribe(session: Session, address: str, now: datetime) -> Subscriber:
+    """Mark a subscriber unsubscribed (kept for the sent history); error if unknown."""
+    subscriber = existing_subscriber(session, address)
     subscriber.status = "unsubscribed"
     subscriber.updated_at = now
     return subscriber
+
+
+def rotate_secret(session: Session, address: str, now: datetime) -> Subscriber:
+    """Give a subscriber a new link secret: every link in the emails sent so far stops working."""
+    subscriber = existing_subscriber(session, address)
+    subscriber.secret = new_secret()
+    subscriber.updated_at = now
+    return subscriber
+
+
+def new_secret() -> str:
+    return secrets.token_urlsafe(32)

@@ -5,11 +5,13 @@ The file is UTF-8 CSV with a header row naming its columns, in any order:
     email,topics,timezone,hour,frequency,name,status
     ada@example.org,Diffusion=diffusion; rlhf OR dpo,Europe/London,7,daily,Ada,active
 
-`email` is required; a new subscriber also needs `topics` (separated by `;`,
-each `QUERY` or `LABEL=QUERY`). Every other cell may be empty: a new subscriber
-then gets the configured timezone and hour, daily digests and the `active`
-status; an existing one keeps what it has. Every value goes through the same
-validation as `digest subscribe` (digest.subscribers). An import never moves an
+`email` and `topics` (separated by `;`, each `QUERY` or `LABEL=QUERY`; they
+replace a subscriber's topics) are required. Every other cell may be empty: a
+new subscriber then gets the configured timezone and hour, daily digests and
+the `active` status; an existing one keeps what it has. Every value goes
+through the same validation as `digest subscribe` (digest.subscribers), and a
+cell that a spreadsheet would run as a formula is exported behind a `'`, which
+the import takes off. An import never moves an
 unsubscribed or bounced address back to active or pending: that takes the
 person's own consent (`digest subscribe`, or the web front).
 
@@ -38,16 +40,16 @@ from digest import db
 from digest.errors import DigestError
 from digest.models import SUBSCRIBER_STATUSES, Subscriber
 from digest.subscribers import (
+    Preferences,
     SubscriberError,
     TopicSpec,
-    change_schedule,
+    apply_settings,
     check_hour,
-    check_name,
-    check_timezone,
-    new_subscriber_values,
+    new_secret,
     normalize_email,
     parse_frequency,
-    topic_specs,
+    parse_preferences,
+    parse_topic,
 )
 
 COLUMNS = ("email", "topics", "timezone", "hour", "frequency", "name", "status")
@@ -71,17 +73,12 @@ class ImportInterrupted(DigestError):
 
 @dataclass(frozen=True)
 class Row:
-    """One validated CSV row; None means the cell was empty (keep, or the default)."""
+    """One validated CSV row; a None status means the cell was empty."""
 
     line: int
     email: str
     key: str
-    topics: list[TopicSpec] | None
-    timezone: str | None
-    hour: int | None
-    weekday: int | None
-    daily: bool
-    name: str | None
+    preferences: Preferences
     status: str | None
 
 
@@ -99,45 +96,39 @@ class ImportReport:
         )
 
 
+# A cell starting with one of these runs as a formula when the file is opened in a
+# spreadsheet: the export writes it behind a quote, which the import takes off.
+FORMULA_START = ("=", "+", "-", "@")
+
+
 def _cell(values: dict[str, str], column: str) -> str | None:
     value = values.get(column, "").strip()
+    if value.startswith("'") and value[1:].startswith(FORMULA_START):
+        value = value[1:]
     return value or None
 
 
 def parse_row(line: int, values: dict[str, str]) -> Row:
     """Validate one row's cells; SubscriberError names the bad field."""
-    email, key = normalize_email(values.get("email", ""))
-    topics_cell = _cell(values, "topics")
-    topics = None
-    if topics_cell is not None:
-        parts = [part for part in topics_cell.split(TOPIC_SEPARATOR) if part.strip()]
-        topics = topic_specs(parts, "topics: no topic between the separators")
-    timezone = _cell(values, "timezone")
-    if timezone is not None:
-        check_timezone(timezone)
-    hour_cell = _cell(values, "hour")
-    hour = None
-    if hour_cell is not None:
-        if not hour_cell.isdigit():
-            raise SubscriberError(f"hour must be between 0 and 23, got {hour_cell!r}")
-        hour = check_hour(int(hour_cell))
+    email, key = normalize_email(_cell(values, "email") or "")
+    topics = [part for part in (_cell(values, "topics") or "").split(TOPIC_SEPARATOR)]
+    hour = _cell(values, "hour")
+    if hour is not None and not hour.isdigit():
+        raise SubscriberError(f"hour must be between 0 and 23, got {hour!r}")
     frequency = _cell(values, "frequency")
-    weekday = parse_frequency(frequency) if frequency is not None else None
+    weekday = None if frequency is None else parse_frequency(frequency)
+    preferences = parse_preferences(
+        [topic for topic in topics if topic.strip()],
+        timezone=_cell(values, "timezone"),
+        hour=None if hour is None else check_hour(int(hour)),
+        weekday=weekday,
+        daily=frequency is not None and weekday is None,
+        name=_cell(values, "name"),
+    )
     status = _cell(values, "status")
     if status is not None and status not in SUBSCRIBER_STATUSES:
         raise SubscriberError(f"status {status!r}: use one of {', '.join(SUBSCRIBER_STATUSES)}")
-    return Row(
-        line=line,
-        email=email,
-        key=key,
-        topics=topics,
-        timezone=timezone,
-        hour=hour,
-        weekday=weekday,
-        daily=frequency is not None and weekday is None,
-        name=check_name(values.get("name", "")),
-        status=status,
-    )
+    return Row(line=line, email=email, key=key, preferences=preferences, status=status)
 
 
 def read_rows(path: Path, report: ImportReport) -> Iterator[Row]:
@@ -215,9 +206,8 @@ def _batches(rows: Iterator[Row], size: int) -> Iterator[list[Row]]:
         yield batch
 
 
-def _update(subscriber: Subscriber, row: Row, now: datetime) -> bool:
-    """Apply a row to a stored subscriber; whether anything changed (topics excepted)."""
-    before = (
+def _settings(subscriber: Subscriber) -> tuple[object, ...]:
+    return (
         subscriber.email,
         subscriber.name,
         subscriber.status,
@@ -225,6 +215,10 @@ def _update(subscriber: Subscriber, row: Row, now: datetime) -> bool:
         subscriber.send_hour,
         subscriber.weekday,
     )
+
+
+def _update(subscriber: Subscriber, row: Row, now: datetime) -> bool:
+    """Apply a row to a stored subscriber; whether anything changed (topics excepted)."""
     if (
         row.status in ("active", "pending")
         and subscriber.status in FINAL_STATUSES
@@ -234,24 +228,14 @@ def _update(subscriber: Subscriber, row: Row, now: datetime) -> bool:
             f"{subscriber.email} is {subscriber.status}: an import never resubscribes "
             "(the person can, or `digest subscribe`)"
         )
+    before = _settings(subscriber)
     subscriber.email = row.email
-    subscriber.name = row.name or subscriber.name
+    apply_settings(subscriber, row.preferences)
     if row.status is not None:
         subscriber.status = row.status
         if row.status == "active":
             subscriber.confirmed_at = subscriber.confirmed_at or now
-    change_schedule(
-        subscriber, timezone=row.timezone, hour=row.hour, weekday=row.weekday, daily=row.daily
-    )
-    after = (
-        subscriber.email,
-        subscriber.name,
-        subscriber.status,
-        subscriber.timezone,
-        subscriber.send_hour,
-        subscriber.weekday,
-    )
-    return after != before
+    return _settings(subscriber) != before
 
 
 def _store(
@@ -270,18 +254,15 @@ def _store(
     for row in batch:
         subscriber = stored.get(row.key)
         if subscriber is None:
-            if row.topics is None:
-                report.errors.append((row.line, "topics: a new subscriber needs at least one"))
-            else:
-                added.append(row)
+            added.append(row)
             continue
         try:
             changed = _update(subscriber, row, now)
         except SubscriberError as exc:
             report.errors.append((row.line, str(exc)))
             continue
-        wanted = [(spec.query, spec.label) for spec in row.topics or ()]
-        if wanted and wanted != [(topic.query, topic.label) for topic in subscriber.topics]:
+        wanted = [(spec.query, spec.label) for spec in row.preferences.topics]
+        if wanted != [(topic.query, topic.label) for topic in subscriber.topics]:
             topics[subscriber.id] = wanted
             session.expire(subscriber, ["topics"])
             changed = True
@@ -292,25 +273,33 @@ def _store(
             report.unchanged += 1
     session.flush()
     ids = db.insert_subscribers(
-        session,
-        [
-            new_subscriber_values(
-                row.email,
-                row.key,
-                now=now,
-                timezone=row.timezone or default_timezone,
-                hour=default_hour if row.hour is None else row.hour,
-                weekday=row.weekday,
-                name=row.name,
-                status=row.status or "active",
-            )
-            for row in added
-        ],
+        session, [_new_subscriber(row, now, default_timezone, default_hour) for row in added]
     )
     for subscriber_id, row in zip(ids, added, strict=True):
-        topics[subscriber_id] = [(spec.query, spec.label) for spec in row.topics or ()]
+        topics[subscriber_id] = [(spec.query, spec.label) for spec in row.preferences.topics]
     db.replace_topics(session, topics)
     report.added += len(added)
+
+
+def _new_subscriber(
+    row: Row, now: datetime, default_timezone: str, default_hour: int
+) -> dict[str, object]:
+    """The column values of a subscriber added by a row (`status` active unless given)."""
+    preferences = row.preferences
+    status = row.status or "active"
+    return {
+        "email": row.email,
+        "email_key": row.key,
+        "name": preferences.name or None,
+        "status": status,
+        "timezone": preferences.timezone or default_timezone,
+        "send_hour": default_hour if preferences.hour is None else preferences.hour,
+        "weekday": preferences.weekday,
+        "secret": new_secret(),
+        "created_at": now,
+        "confirmed_at": now if status == "active" else None,
+        "updated_at": now,
+    }
 
 
 def import_subscribers(
@@ -348,6 +337,27 @@ def import_subscribers(
     return report
 
 
+def topic_text(query: str, label: str | None) -> str:
+    """A stored topic as the import reads it back: `QUERY`, the typed form, or `LABEL=QUERY`.
+
+    A label that would not come back the same (or holds the separator) is left out.
+    """
+    spec = TopicSpec(query=query, label=label)
+    for text in (label or query, f"{label}={query}"):
+        if TOPIC_SEPARATOR in text:
+            continue
+        try:
+            if parse_topic(text) == spec:
+                return text
+        except SubscriberError:
+            continue
+    return query
+
+
+def _spreadsheet_safe(value: str) -> str:
+    return f"'{value}" if value.startswith(FORMULA_START) else value
+
+
 def export_subscribers(session: Session, out: TextIO, status: str | None = None) -> int:
     """Write the subscribers (in this state) as import CSV; the number written."""
     writer = csv.writer(out)
@@ -355,19 +365,17 @@ def export_subscribers(session: Session, out: TextIO, status: str | None = None)
     count = 0
     for subscriber in db.iter_subscribers(session, status):
         topics = f"{TOPIC_SEPARATOR} ".join(
-            f"{topic.label}={topic.query}" if topic.label else topic.query
-            for topic in subscriber.topics
+            topic_text(topic.query, topic.label) for topic in subscriber.topics
         )
-        writer.writerow(
-            (
-                subscriber.email,
-                topics,
-                subscriber.timezone,
-                subscriber.send_hour,
-                subscriber.frequency,
-                subscriber.name or "",
-                subscriber.status,
-            )
+        cells = (
+            subscriber.email,
+            topics,
+            subscriber.timezone,
+            str(subscriber.send_hour),
+            subscriber.frequency,
+            subscriber.name or "",
+            subscriber.status,
         )
+        writer.writerow([_spreadsheet_safe(cell) for cell in cells])
         count += 1
     return count

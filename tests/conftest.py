@@ -80,7 +80,7 @@ class Databases:
         return self.server.set(database=name).render_as_string(hide_password=False)
 
     def _create(self, template: str) -> str:
-        if template != "template0" and self.template is None:
+        if template == f"{self.prefix}_template" and self.template is None:
             self.template = template
             self._execute(f"CREATE DATABASE {template} TEMPLATE template0")
             engine = db.create_db_engine(self._url(template))
@@ -107,6 +107,15 @@ class Databases:
         ready = self.spare or self.worker.submit(self._create, f"{self.prefix}_template")
         self.spare = self.worker.submit(self._create, f"{self.prefix}_template")
         return ready.result()
+
+    def clone(self, url: str, folder: Path) -> str:
+        """A new database holding a copy of the one at `url` (no one may be connected to it)."""
+        if self.server is None:
+            copy = folder / "digest.sqlite3"
+            folder.mkdir(parents=True, exist_ok=True)
+            shutil.copy(url.removeprefix("sqlite:///"), copy)
+            return f"sqlite:///{copy}"
+        return self.worker.submit(self._create, url.rsplit("/", 1)[1]).result()
 
     def drop(self, url: str) -> None:
         if self.server is not None:

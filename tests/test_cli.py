@@ -7,6 +7,7 @@ import click
 import pytest
 
 from digest import db
+from digest.app import safe_url
 from digest.cli import main
 from tests.conftest import DATA
 
@@ -123,7 +124,13 @@ def test_db_status_and_upgrade(cli, empty_db_url: str, monkeypatch) -> None:
     assert f"schema:   empty (needs {head})" in status.output
     upgrade = cli("db", "upgrade")
     assert upgrade.output.strip() == f"database at {head} (was empty)"
-    assert "run `digest db upgrade`" not in cli("db", "status").output
+    status = cli("db", "status")
+    assert "run `digest db upgrade`" not in status.output
+    assert status.output.splitlines()[-1] == "quick check: ok"
+    check = cli("db", "check")
+    assert check.exit_code == 0
+    done = "ok" if empty_db_url.startswith("sqlite") else "a server database checks itself"
+    assert check.output.startswith(f"{safe_url(empty_db_url)}: {done}")
 
 
 @pytest.mark.sqlite

@@ -8,6 +8,7 @@ from freezegun import freeze_time
 from sqlalchemy import select
 
 from digest import db
+from digest.links import make_token, verify_token
 from digest.models import Subscriber
 
 
@@ -88,6 +89,11 @@ def test_subscribe_update_and_unsubscribe(cli, db_url: str) -> None:
         (["a@example.org", "--topic", "x", "--weekly", "someday"], "unknown weekday 'someday'"),
         (["a@example.org", "--topic", "x", "--weekly", "mon", "--daily"], "exclude each other"),
         (["a@example.org"], "Missing option '--topic'"),
+        (["a@example.org", "--topic", "x", "--name", "Ada\nBcc: x"], "Error: name 'Ada\\nBcc: x'"),
+        (["a@example.org", "--topic", "x", "--name", "Ada\u202eecalevoL"], "direction characters"),
+        (["a@example.org", "--topic", "x", "--name", "Ada\x85Lovelace"], "direction characters"),
+        (["a@example.org", "--topic", "x", "--name", "A" * 101], "at most 100 characters, got 101"),
+        (["a@example.org", "--topic", "RLHF\u2066=rlhf"], "without control or bidirectional"),
     ],
 )
 def test_subscribe_rejects_bad_input(cli, db_url: str, args: list[str], message: str) -> None:
@@ -124,3 +130,60 @@ def test_topics_and_match_on_the_seed_data(cli, seeds: Path) -> None:
     bad = cli("match", "--", "-survey")
     assert bad.exit_code == 2
     assert "Invalid value for QUERY: query only excludes words" in bad.output
+
+
+@freeze_time("2026-11-25 09:30:00")
+def test_greeting_name_and_topics_as_typed(cli, db_url: str) -> None:
+    added = cli(
+        "subscribe",
+        "ada@example.org",
+        "--name",
+        "  Ada Lovelace ",
+        "--topic",
+        "3D",
+        "--topic",
+        "Diffusion Models",
+        "--topic",
+        "cat:cs.CL",
+        "--topic",
+        "rlhf",
+    )
+    assert added.exit_code == 0, added.output
+    assert added.output.endswith("topics: 3D; Diffusion Models; cat:cs.CL; rlhf\n")
+    [ada] = subscribers(db_url)
+    assert ada.name == "Ada Lovelace"
+    # The query is stored in canonical form (one evaluation for "3D" and "3d"), the
+    # subscriber's own spelling as the label the emails show.
+    assert [(t.query, t.label) for t in ada.topics] == [
+        ("3d", "3D"),
+        ("diffusion models", "Diffusion Models"),
+        ('cat:"cs cl"', "cat:cs.CL"),
+        ("rlhf", None),
+    ]
+    # Re-subscribing without --name keeps it; --name '' removes it.
+    cli("subscribe", "ada@example.org", "--topic", "3d")
+    [kept] = subscribers(db_url)
+    assert kept.name == "Ada Lovelace"
+    assert [(t.query, t.label) for t in kept.topics] == [("3d", None)]
+    cli("subscribe", "ada@example.org", "--topic", "3d", "--name", "")
+    assert subscribers(db_url)[0].name is None
+
+
+def test_rotate_secret_revokes_the_old_links(cli, db_url: str) -> None:
+    cli("subscribe", "ada@example.org", "--topic", "x")
+    engine = db.open_database(db_url)
+    factory = db.session_factory(engine)
+    with factory() as session:
+        old = db.find_subscriber(session, "ada@example.org").secret
+    token = make_token("site-key", old, "unsubscribe", 1)
+    result = cli("rotate-secret", "ADA@example.org")
+    assert result.exit_code == 0
+    assert result.output == (
+        "new link secret for ada@example.org: the links in earlier emails no longer work\n"
+    )
+    with factory() as session:
+        new = db.find_subscriber(session, "ada@example.org").secret
+    engine.dispose()
+    assert new != old and len(new) == len(old)
+    assert verify_token("site-key", new, "unsubscribe", token) is None
+    assert verify_token("site-key", old, "unsubscribe", token) == 1

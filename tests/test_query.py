@@ -31,6 +31,7 @@ from tests.conftest import NOW, SEEDS
         ("cat:cs.CL", 'cat:"cs cl"', '(categories : "cs cl")'),
         ("diffus*", "diffus*", '("diffus" *)'),
         ("GPT-4", '"gpt 4"', '("gpt 4")'),
+        ("re: diffusion", "re diffusion", '("re") AND ("diffusion")'),  # not a field name
     ],
 )
 def test_parse_and_compile(text: str, canonical: str, fts: str) -> None:
@@ -58,6 +59,10 @@ def test_star_is_everything() -> None:
         ("venue:neurips", "unknown field 'venue:'"),
         ("x" * 501, "longer than 500 characters"),
         (" ".join(f"w{i}" for i in range(40)), "more than 32 terms"),
+        ("title:", "'title:' needs a word or \"phrase\" right after it, e.g. title:agents"),
+        ("agents author:", "'author:' needs a word"),
+        ("title: agents", "'title:' needs a word"),  # not the word "title" and then "agents"
+        ("-cat:", "'cat:' needs a word"),
     ],
 )
 def test_bad_queries_are_rejected_clearly(text: str, message: str) -> None:

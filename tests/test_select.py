@@ -102,9 +102,10 @@ def test_new_and_trending_over_three_days(factory, feed: Feed) -> None:
         [("2603.00001", "Diffusion Transformers", 1), ("2603.00002", "Robot Diffusion", 3)],
     )
     day1 = run_day(factory, DAY1)
+    # First sight of a count is not a gain: 3 and 1 upvotes, gained 0.
     assert day1["ada@example.org"] == [
-        ("2603.00002", "new", "diffusion", 3),
-        ("2603.00001", "new", "diffusion", 1),
+        ("2603.00002", "new", "diffusion", 0),
+        ("2603.00001", "new", "diffusion", 0),
     ]
     # Day 2: a new paper arrives; the old one and a day-1 paper gain upvotes.
     feed.ingest(
@@ -305,7 +306,10 @@ def test_trending_formula() -> None:
         (t0 - timedelta(hours=2), 20),
     ]
     assert upvote_gain(history, t0 - timedelta(days=1), t0) == 11
-    assert upvote_gain(history, t0 - timedelta(days=7), t0) == 20  # no observation before: 0
+    # No observation before the window: the first one in it is the baseline.
+    assert upvote_gain(history, t0 - timedelta(days=7), t0) == 15
+    assert upvote_gain(history[2:], t0 - timedelta(days=1), t0) == 0  # one observation
+    assert upvote_gain([], t0 - timedelta(days=1), t0) == 0
     assert upvote_gain(history, t0 - timedelta(hours=1), t0) == 0
     assert trending_score(10, 0, 1.8) == pytest.approx(10 / 2**1.8)
     # Older papers need more upvotes for the same score.

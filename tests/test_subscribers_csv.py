@@ -74,7 +74,7 @@ def test_import_adds_then_updates_and_export_round_trips(cli, tmp_path: Path, db
             "Asia/Kolkata",
             8,
             0,
-            [(None, 'cat:"cs cl"'), (None, '"machine translation"')],
+            [("cat:cs.CL", 'cat:"cs cl"'), (None, '"machine translation"')],
         ),
     }
     exported = cli("subscribers", "export")
@@ -83,7 +83,7 @@ def test_import_adds_then_updates_and_export_round_trips(cli, tmp_path: Path, db
         "Ada@example.org,Diffusion=diffusion models -survey; rlhf OR dpo,Europe/London,6,"
         "daily,Ada Lovelace,active",
         "bob@example.org,*,UTC,7,weekly (fri),,pending",
-        'carol@example.org,"cat:""cs cl""; ""machine translation""",Asia/Kolkata,8,'
+        'carol@example.org,"cat:cs.CL; ""machine translation""",Asia/Kolkata,8,'
         'weekly (mon),"Carol, PhD",unsubscribed',
     ]
     # The export imports back unchanged, into this database or an empty one.
@@ -119,7 +119,7 @@ def test_each_bad_row_is_one_line_and_the_rest_is_imported(cli, tmp_path: Path, 
         "status@example.org,graph,,,,,vip\n"
         "topic@example.org,-survey,,,,,\n"
         "none@example.org,,,,,,\n"
-        "formula@example.org,graph,,,,=HYPERLINK(1),\n"
+        "bidi@example.org,graph,,,,Ada\u202eecalevol,\n"
         'multi@example.org,"graph;\nspeech",,,,,\n'
         "cells@example.org,graph,,,,\n"
         "OK1@example.org,speech,,,,,\n"
@@ -137,9 +137,9 @@ def test_each_bad_row_is_one_line_and_the_rest_is_imported(cli, tmp_path: Path, 
         f"{people}:8: status 'vip': use one of pending, active, unsubscribed, bounced",
         f"{people}:9: topic '-survey': query only excludes words; add at least one word to "
         "look for",
-        f"{people}:10: topics: a new subscriber needs at least one",
-        f"{people}:11: name '=HYPERLINK(1)': at most 100 plain characters, not starting "
-        "with = + - @",
+        f"{people}:10: give at least one topic",
+        f"{people}:11: name 'Ada\\u202eecalevol': one line of text, without control or "
+        "direction characters",
         f"{people}:14: 6 cells, the header has 7",
         f"{people}:15: OK1@example.org is already on line 2",
         "added 3, updated 0, unchanged 0, bad rows 11",
@@ -187,7 +187,7 @@ def test_an_import_never_resubscribes_but_may_unsubscribe(cli, tmp_path: Path, d
         tmp_path,
         HEADER + "gone@example.org,graph,,,,,active\n"
         "kept@example.org,speech,,,,,\n"
-        "stay@example.org,,,,,,unsubscribed\n",
+        "stay@example.org,graph,,,,,unsubscribed\n",
     )
     result = cli("subscribers", "import", str(people))
     assert result.output.splitlines()[0] == (
@@ -195,6 +195,9 @@ def test_an_import_never_resubscribes_but_may_unsubscribe(cli, tmp_path: Path, d
         "(the person can, or `digest subscribe`)"
     )
     assert "added 0, updated 2, unchanged 0, bad rows 1" in result.output
+    assert cli("subscribers", "import", str(people)).output.splitlines()[1] == (
+        "added 0, updated 0, unchanged 2, bad rows 1"
+    )
     rows = stored(db_url)
     assert (rows["gone@example.org"][2], rows["gone@example.org"][6]) == (
         "unsubscribed",
@@ -281,3 +284,29 @@ def test_export_to_a_file_by_status_and_listing_stays_the_default(cli, tmp_path:
     misplaced = cli("subscribers", "--status", "active", "export")
     assert misplaced.exit_code == 2
     assert "--status goes after the subcommand it is for" in misplaced.output
+
+
+def test_cells_a_spreadsheet_would_run_are_exported_behind_a_quote(
+    cli, tmp_path: Path, db_url
+) -> None:
+    people = write(
+        tmp_path,
+        "email,topics,name\n"
+        '-ada@example.org,+rlhf,=HYPERLINK("http://x")\n'
+        "bob@example.org,graph,'@bob\n",
+    )
+    assert cli("subscribers", "import", str(people)).output.startswith("added 2,")
+    rows = stored(db_url)
+    assert (rows["-ada@example.org"][1], rows["-ada@example.org"][6]) == (
+        '=HYPERLINK("http://x")',
+        [("+rlhf", "rlhf")],
+    )
+    assert rows["bob@example.org"][1] == "@bob"
+    exported = cli("subscribers", "export").output
+    assert exported.splitlines()[1:] == [
+        """'-ada@example.org,'+rlhf,UTC,7,daily,"'=HYPERLINK(""http://x"")",active""",
+        "bob@example.org,graph,UTC,7,daily,'@bob,active",
+    ]
+    again = write(tmp_path, exported, "again.csv")
+    assert cli("subscribers", "import", str(again)).output.startswith("added 0, updated 0,")
+    assert stored(db_url) == rows

@@ -4,8 +4,9 @@ On PostgreSQL: every timestamp becomes `timestamptz` (the stored values were
 naive UTC), and papers get `search_vector`, a weighted `tsvector` generated
 from the searchable columns, with a GIN index. On both backends: an index on
 `upvote_observations.observed_at` (the trending window), and a partial index
-on the claimable deliveries in claim order (date, id), so claiming the next row
-jumps to it instead of sorting or walking the day's ledger.
+on the claimable deliveries in claim order (date, fresh before retries, retry
+time, id), so claiming the next row jumps to it instead of sorting or walking
+the day's ledger.
 
 Revision ID: 0005_pgscale
 Revises: 0004
@@ -74,7 +75,7 @@ def upgrade() -> None:
     op.create_index(
         "ix_deliveries_claimable",
         "deliveries",
-        ["digest_date", "id"],
+        ["digest_date", sa.text("(next_attempt_at IS NOT NULL)"), "next_attempt_at", "id"],
         sqlite_where=sa.text("status IN ('queued', 'deferred')"),
         postgresql_where=sa.text("status IN ('queued', 'deferred')"),
     )
