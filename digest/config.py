@@ -138,6 +138,13 @@ def _positive(check: Callable[[str, Any], Any]) -> Callable[[str, Any], Any]:
     return wrapped
 
 
+def _fraction(key: str, value: Any) -> float:
+    number = _float(key, value)
+    if not 0 <= number <= 1:
+        raise ConfigError(f"{key}: must be between 0 and 1, got {value!r}")
+    return number
+
+
 def _non_negative(check: Callable[[str, Any], Any]) -> Callable[[str, Any], Any]:
     def wrapped(key: str, value: Any) -> Any:
         number = check(key, value)
@@ -244,6 +251,7 @@ KEYS: dict[str, Key] = {
     "digest.max_trending": Key(_non_negative(_int), 5),
     "digest.min_trending_gain": Key(_positive(_int), 1),
     "digest.gravity": Key(_positive(_float), 1.8),
+    "digest.min_relevance": Key(_fraction, 0.1),
     "digest.send_empty": Key(_bool, False),
     "digest.default_timezone": Key(_timezone, "UTC"),
     "digest.default_hour": Key(_hour, 7),
@@ -313,6 +321,7 @@ class DigestSettings:
     max_trending: int = 5
     min_trending_gain: int = 1
     gravity: float = 1.8
+    min_relevance: float = 0.1
     send_empty: bool = False
     default_timezone: str = "UTC"
     default_hour: int = 7

@@ -28,9 +28,8 @@ import socket
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import UTC, date, datetime, timedelta
 from types import FrameType
-from zoneinfo import ZoneInfo
 
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.cron import CronTrigger
@@ -42,20 +41,11 @@ from digest.config import DigestSettings, ScheduleConfig
 from digest.deliver import DueList, Sender, SendReport, send_digests
 from digest.ingest import InputSummary
 from digest.models import Subscriber
-from digest.select import local_date, sends_on
+from digest.select import local_date, send_time, sends_on
 
 log = logging.getLogger("digest.schedule")
 
 DISPATCH_LEASE = "dispatcher"
-
-
-def send_time(subscriber: Subscriber, day: date) -> datetime:
-    """The instant of the subscriber's send hour on their local `day` (DST-aware)."""
-    zone = ZoneInfo(subscriber.timezone)
-    local = datetime.combine(day, time(subscriber.send_hour), tzinfo=zone)
-    # fold=0: a repeated hour means its first occurrence; an hour skipped by DST maps,
-    # through the offset before the change, to the instant of the change itself.
-    return local.astimezone(UTC)
 
 
 def due_date(subscriber: Subscriber, now: datetime, grace: timedelta) -> date | None:
