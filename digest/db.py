@@ -363,7 +363,7 @@ def corpus_size(session: Session) -> CorpusSize:
 def acronym_expansions(session: Session, term: str) -> list[tuple[str, str, int]]:
     """What the acronym index term `term` stands for: (expansion terms, words, papers)."""
     rows = session.execute(
-        select(Acronym.expansion_terms, func.min(Acronym.expansion), func.count())
+        select(Acronym.expansion_terms, func.max(Acronym.expansion), func.count())
         .where(Acronym.term == term)
         .group_by(Acronym.expansion_terms)
         .order_by(func.count().desc(), Acronym.expansion_terms)

@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import mailbox
 import random
 import smtplib
 import ssl
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from datetime import time as dtime
@@ -39,8 +40,9 @@ from digest import db
 from digest.config import DeliveryConfig, DigestSettings, MailConfig, SmtpConfig
 from digest.links import subscriber_links
 from digest.models import Delivery, Paper, Subscriber
+from digest.relevance import Corpus
 from digest.render import ItemLike, Recipient, RenderedDigest, Renderer, topic_title
-from digest.select import SelectionRun, digest_content, record_selection
+from digest.select import SelectionRun, digest_content, record_selection, selection_time
 from digest.sources.records import one_line
 
 # Unfolded headers (RFC 5322 allows 998 characters) keep the unsubscribe URL on one line.
@@ -302,23 +304,35 @@ class DigestMailer:
         papers: dict[int, Paper],
         digest_date: date,
         weekly: bool,
+        more: Mapping[str, int] | None = None,
     ) -> RenderedDigest:
         """The rendering of content `key` (e.g. the digest's content hash), made once."""
         if (key, weekly) not in self._cache:
             self.renders += 1
             self._cache[key, weekly] = self.renderer.render(
-                items, papers, digest_date=digest_date, weekly=weekly
+                items,
+                papers,
+                digest_date=digest_date,
+                weekly=weekly,
+                more=more,
+                base_url=self.base_url,
             )
         return self._cache[key, weekly]
 
     def render_items(
-        self, session: Session, key: str, items: Sequence[ItemLike], digest_date: date, weekly: bool
+        self,
+        session: Session,
+        key: str,
+        items: Sequence[ItemLike],
+        digest_date: date,
+        weekly: bool,
+        more: Mapping[str, int] | None = None,
     ) -> RenderedDigest:
         """Load the items' papers and render them (once per content `key`)."""
         if (key, weekly) in self._cache:
             return self._cache[key, weekly]
         papers = db.papers_by_id(session, [item.paper_id for item in items])
-        return self.rendered(key, items, papers, digest_date, weekly)
+        return self.rendered(key, items, papers, digest_date, weekly, more)
 
     def delivery_message(
         self, session: Session, delivery: Delivery, sent_at: datetime
@@ -333,6 +347,7 @@ class DigestMailer:
             list(digest.items),
             digest.digest_date,
             subscriber.weekday is not None,
+            json.loads(digest.more_matched or "{}"),
         )
         return self.message(subscriber, rendered, digest.digest_date, sent_at)
 
@@ -350,7 +365,7 @@ class DigestMailer:
         """
         day, now, content = digest_content(session, subscriber, digest_date, now, settings)
         weekly = subscriber.weekday is not None
-        rendered = self.render_items(session, content.key, content.items, day, weekly)
+        rendered = self.render_items(session, content.key, content.items, day, weekly, content.more)
         html, text = rendered.personalize(self.recipient(subscriber, day))
         return self.message(subscriber, rendered, day, now), html, text
 
@@ -436,14 +451,20 @@ def plan_deliveries(
     Each subscriber is planned in a savepoint, so a row another process planned
     first (the unique constraint) is simply left to it.
     """
-    run = SelectionRun(session, now, settings)
+    # Each digest is chosen as of its send time (now, if that is still ahead), so a past
+    # date or a late catch-up never sees later papers or upvotes; runs share the corpus.
+    runs: dict[datetime, SelectionRun] = {}
+    corpus = Corpus(session)
     dates: set[date] = set()
     queued = empty = 0
     for subscriber, day in due:
         dates.add(day)
         if db.find_delivery(session, subscriber.id, day) is not None:
             continue
-        selection = run.select(subscriber, day)
+        as_of = selection_time(subscriber, day, now)
+        if as_of not in runs:
+            runs[as_of] = SelectionRun(session, as_of, settings, corpus)
+        selection = runs[as_of].select(subscriber, day)
         try:
             with session.begin_nested():
                 delivery = record_selection(

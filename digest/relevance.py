@@ -31,9 +31,9 @@ the title weighs three times the abstract. Then pseudo-relevance feedback: the
 tf-idf centroid of the 5 best papers by `lexical` (weighted by it) describes
 what the topic is about here, and
 
-    relevance(d) = lexical(d) / max lexical * cosine(d, centroid) / max cosine
+    relevance(d) = lexical(d) * cosine(d, centroid), divided by its maximum
 
-in (0, 1]: papers that merely mention the words, far from what the best
+in (0, 1], the best match scoring 1: papers that merely mention the words, far from what the best
 matches are about, fall behind (and below the selection's cutoff).
 """
 
@@ -163,7 +163,6 @@ class Plan:
     # The query's words in order (each a set of single terms), scored as a phrase and
     # for proximity when there are several; `whole` are acronyms standing for all of them.
     sequence: tuple[frozenset[str], ...] = ()
-    phrase: tuple[str, ...] = ()
     whole: tuple[str, ...] = ()
     like: dict[str, float] = field(default_factory=dict)
     like_ids: tuple[int, ...] = ()
@@ -213,6 +212,7 @@ def plan_query(session: Session, query: Query, corpus: Corpus) -> Plan:
             for word, index_term in zip(term.words, phrase.terms, strict=False):
                 written.setdefault(index_term, word)
         groups.append(phrases)
+    typed = [len(phrases) for phrases in groups]  # before any expansion
 
     # A lowercase word the corpus mostly writes as an acronym (rag, moe) means the acronym.
     singles = {p.terms[0]: p for g in groups for p in g if len(p.terms) == 1 and p.field is None}
@@ -229,9 +229,10 @@ def plan_query(session: Session, query: Query, corpus: Corpus) -> Plan:
             acronym = acronyms.get(phrase.terms[0])
             if acronym and df[acronym] > df[phrase.terms[0]]:
                 phrases.append(Phrase((acronym,)))
-                written[acronym] = written.get(phrase.terms[0], phrase.terms[0]).upper()
+                written[acronym] = written.get(phrase.terms[0], phrase.terms[0])
 
     # Acronym -> its definitions (those at least a quarter as common as the most common).
+    expanded: set[Phrase] = set()
     for phrases in groups:
         for phrase in list(phrases):
             if len(phrase.terms) == 1 and phrase.terms[0].startswith(ACRONYM_MARK):
@@ -241,7 +242,9 @@ def plan_query(session: Session, query: Query, corpus: Corpus) -> Plan:
                 top = found[0][2] if found else 0
                 for terms, words, count in found:
                     if count * 4 >= top:
-                        phrases.append(Phrase(tuple(terms.split()), phrase.field))
+                        expansion = Phrase(tuple(terms.split()), phrase.field)
+                        phrases.append(expansion)
+                        expanded.add(expansion)
                         expansions.append(f"{_show(phrase, written)} → {words}")
 
     # Words -> the acronym they define: a quoted phrase, or a run of plain words.
@@ -249,12 +252,15 @@ def plan_query(session: Session, query: Query, corpus: Corpus) -> Plan:
     single_run = [
         i
         for i, phrases in enumerate(groups)
-        if len(phrases) == 1 and phrases[0].field is None and not phrases[0].prefix
+        if typed[i] == 1
+        and len(phrases[0].terms) == 1
+        and phrases[0].field is None
+        and not phrases[0].prefix
     ]
     runs: dict[str, list[int]] = {}
     for i, phrases in enumerate(groups):
         for phrase in phrases:
-            if len(phrase.terms) > 1 and phrase.field is None:
+            if len(phrase.terms) > 1 and phrase.field is None and phrase not in expanded:
                 runs.setdefault(" ".join(phrase.terms), [i])
     for start in range(len(single_run)):
         for end in range(start + 2, len(single_run) + 1):
@@ -284,15 +290,14 @@ def plan_query(session: Session, query: Query, corpus: Corpus) -> Plan:
             missing.append(reference)
             continue
         like_ids.append(paper.id)
-        for term, weight in like_terms(paper, corpus).items():
-            like[term] = max(like.get(term, 0.0), weight)
-            expansions.append(f"like:{reference} → {term.removeprefix(ACRONYM_MARK)}")
+        for like_term, weight in like_terms(paper, corpus).items():
+            like[like_term] = max(like.get(like_term, 0.0), weight)
+            expansions.append(f"like:{reference} → {like_term.removeprefix(ACRONYM_MARK)}")
     excluded = tuple(_phrase(term) for term in query.excluded)
     return Plan(
         groups=tuple(Group(tuple(dict.fromkeys(phrases))) for phrases in groups),
         excluded=excluded,
         sequence=sequence if len(sequence) > 1 else (),
-        phrase=tuple(groups[i][0].terms[0] for i in single_run) if len(sequence) > 1 else (),
         whole=tuple(whole),
         like=like,
         like_ids=tuple(like_ids),
@@ -360,22 +365,30 @@ def _field_counts(paper: _Indexed, phrases: Iterable[Phrase]) -> tuple[int, int,
     return title, abstract, other
 
 
-def _sequence_counts(positions: dict[str, list[int]], plan: Plan) -> tuple[int, int]:
-    """Occurrences of the query's words as an exact phrase, and within NEAR_WINDOW words."""
-    spots = [sorted({i for t in terms for i in positions.get(t, ())}) for terms in plan.sequence]
-    exact = sum(len(positions.get(t, ())) for t in plan.whole)
+def _sequence_counts(
+    terms: list[str], positions: dict[str, list[int]], plan: Plan
+) -> tuple[int, int, tuple[str, ...] | None]:
+    """Occurrences of the query's words as an exact phrase and within NEAR_WINDOW words,
+    and the terms of the first exact occurrence."""
+    spots = [sorted({i for t in words for i in positions.get(t, ())}) for words in plan.sequence]
+    wholes = [i for t in plan.whole for i in positions.get(t, ())]
+    first: tuple[str, ...] | None = (terms[min(wholes)],) if wholes else None
+    exact = len(wholes)
     if any(not s for s in spots):
-        return exact, exact
+        return exact, exact, first
     sets = [set(s) for s in spots]
-    exact += sum(1 for i in spots[0] if all(i + j in sets[j] for j in range(1, len(sets))))
-    content = [s for s, terms in zip(spots, plan.sequence, strict=True) if terms - STOP_WORDS]
+    starts = [i for i in spots[0] if all(i + j in sets[j] for j in range(1, len(sets)))]
+    exact += len(starts)
+    if starts:
+        first = tuple(terms[starts[0] : starts[0] + len(sets)])
+    content = [s for s, words in zip(spots, plan.sequence, strict=True) if words - STOP_WORDS]
     anchor = min(content or spots, key=len)
     near = sum(
         1
         for i in anchor
         if all(any(abs(j - i) <= NEAR_WINDOW for j in s) for s in (content or spots))
     )
-    return exact, max(near, exact)
+    return exact, max(near, exact), first
 
 
 class _Scorer:
@@ -475,11 +488,12 @@ def _lexical(
             return 0.0, []
         score += similar
     if plan.sequence:
-        title = _sequence_counts(paper.fields["title"], plan)
-        abstract = _sequence_counts(paper.fields["abstract"], plan)
+        title = _sequence_counts(paper.title, paper.fields["title"], plan)
+        abstract = _sequence_counts(paper.abstract, paper.fields["abstract"], plan)
         score += PHRASE_WEIGHT * scorer.bm25f(paper, (title[0], abstract[0], 0), sequence_idf)
-        if title[0] or abstract[0]:
-            found.insert(0, plan.phrase)
+        phrase = title[2] or abstract[2]
+        if phrase:
+            found.insert(0, phrase)
         score += NEAR_WEIGHT * scorer.bm25f(paper, (title[1], abstract[1], 0), sequence_idf)
     return score, list(dict.fromkeys(t for t in found if t[0] not in STOP_WORDS))
 
@@ -487,23 +501,25 @@ def _lexical(
 def _feedback(
     lexical: dict[int, float], papers: dict[int, _Indexed], corpus: Corpus
 ) -> dict[int, float]:
-    """relevance = lexical / best * cosine to the best papers' centroid / best cosine."""
+    """relevance = lexical * cosine to the best papers' centroid, relative to the best."""
     best = max(lexical.values())
     if len(lexical) == 1:
         return dict.fromkeys(lexical, 1.0)
     top = sorted(lexical, key=lambda pid: (-lexical[pid], -pid))[:FEEDBACK_PAPERS]
-    centroid: Counter[str] = Counter()
+    centroid: dict[str, float] = {}
     for pid in top:
         for term, weight in corpus.vector(pid, papers[pid]).items():
-            centroid[term] += weight * lexical[pid] / best
+            centroid[term] = centroid.get(term, 0.0) + weight * lexical[pid] / best
     similarity = {
         pid: sum(w * centroid.get(t, 0.0) for t, w in corpus.vector(pid, papers[pid]).items())
         for pid in lexical
     }
-    closest = max(similarity.values())
-    if closest <= 0:
+    combined = {pid: lexical[pid] * max(similarity[pid], 0.0) for pid in lexical}
+    top_score = max(combined.values())
+    if top_score <= 0:
         return {pid: score / best for pid, score in lexical.items()}
-    return {pid: lexical[pid] / best * similarity[pid] / closest for pid in lexical}
+    # Relative to the best match, which scores 1.
+    return {pid: score / top_score for pid, score in combined.items()}
 
 
 def written_words(paper: Paper, matched: Sequence[tuple[str, ...]]) -> list[str]:

@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import html
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
 from typing import Protocol
+from urllib.parse import quote
 
 import jinja2
 from premailer import Premailer
@@ -64,6 +65,8 @@ class ItemLike(Protocol):
     def upvotes(self) -> int | None: ...
     @property
     def upvote_gain(self) -> int: ...
+    @property
+    def matched(self) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -73,12 +76,32 @@ class Link:
 
 
 @dataclass(frozen=True)
+class Reason:
+    """Why a paper is in the digest: its topic, the words that matched (highlighted in
+    HTML) and, for a trending paper, its upvote gain. Jinja's autoescape renders
+    `__html__`; the text part renders `str`."""
+
+    topic: str
+    words: tuple[str, ...]
+    gain: str = ""
+
+    def __str__(self) -> str:
+        matched = ": " + ", ".join(f"“{word}”" for word in self.words) if self.words else ""
+        return f"Matched {self.topic}{matched}" + (f" · {self.gain}" if self.gain else "")
+
+    def __html__(self) -> str:
+        words = ", ".join(f"<mark>{html.escape(word)}</mark>" for word in self.words)
+        text = f"Matched {html.escape(self.topic)}" + (f": {words}" if words else "")
+        return text + (f" · {html.escape(self.gain)}" if self.gain else "")
+
+
+@dataclass(frozen=True)
 class PaperView:
     title: str
     url: str | None
     kind: str
     topic: str
-    relevance: str | None
+    matched: tuple[str, ...]
     upvotes: int | None
     gain: int
     votes: str
@@ -87,6 +110,7 @@ class PaperView:
     abstract: str
     trimmed: bool
     links: tuple[Link, ...]
+    period: str = "today"
 
     @property
     def facts(self) -> str:
@@ -95,14 +119,17 @@ class PaperView:
         return " · ".join(part for part in parts if part)
 
     @property
-    def reason(self) -> str:
-        return f"Matched “{self.topic}”" + (f" ({self.relevance})" if self.relevance else "")
+    def reason(self) -> Reason:
+        gain = f"▲ +{self.gain} {self.period}" if self.kind == "trending" and self.gain else ""
+        return Reason(f"“{self.topic}”", self.matched, gain)
 
 
 @dataclass(frozen=True)
 class Section:
     title: str
     papers: tuple[PaperView, ...]
+    more: int = 0  # papers that matched beyond the caps
+    more_url: str | None = None  # where to see them all
 
 
 @dataclass(frozen=True)
@@ -246,7 +273,7 @@ def paper_view(paper: Paper, item: ItemLike, abstract_chars: int, period: str) -
         url=url,
         kind=item.kind,
         topic=topic_title(item.topic, item.topic_label),
-        relevance=None if item.topic == "*" else f"score {item.relevance:.2f}",
+        matched=tuple(word for word in item.matched.split(", ") if word),
         upvotes=item.upvotes,
         gain=item.upvote_gain,
         votes=votes,
@@ -255,6 +282,7 @@ def paper_view(paper: Paper, item: ItemLike, abstract_chars: int, period: str) -
         abstract=abstract,
         trimmed=trimmed,
         links=links,
+        period=period,
     )
 
 
@@ -268,23 +296,38 @@ def build_view(
     postal_address: str,
     abstract_chars: int = ABSTRACT_CHARS,
     limit: int | None = None,
+    more: Mapping[str, int] | None = None,
+    base_url: str | None = None,
 ) -> DigestView:
-    """Group items by topic, in their order, into what the templates show."""
+    """Group items by topic, in their order, into what the templates show.
+
+    `more` counts, per topic query, the papers that matched beyond the caps; with a
+    `base_url` their section links to the site's preview of that topic.
+    """
     chosen = list(items)
     omitted = 0
     if limit is not None and len(chosen) > limit:
         omitted = len(chosen) - limit
         chosen = chosen[:limit]
     sections: dict[str, list[PaperView]] = {}
+    queries: dict[str, str] = {}
     for item in chosen:
         view = paper_view(
             papers[item.paper_id], item, abstract_chars, "this week" if weekly else "today"
         )
         sections.setdefault(view.topic, []).append(view)
+        queries.setdefault(view.topic, item.topic)
+
+    def section(title: str, views: list[PaperView]) -> Section:
+        query = queries[title]
+        extra = (more or {}).get(query, 0)
+        url = f"{base_url.rstrip('/')}/preview?topic={quote(query)}" if base_url else None
+        return Section(title, tuple(views), extra, safe_http_url(url) if extra else None)
+
     return DigestView(
         digest_date=digest_date,
         weekly=weekly,
-        sections=tuple(Section(title, tuple(views)) for title, views in sections.items()),
+        sections=tuple(section(title, views) for title, views in sections.items()),
         site_name=one_line(site_name),
         postal_address=one_line(postal_address),
         new_count=sum(1 for item in chosen if item.kind == "new"),
@@ -384,8 +427,13 @@ class Renderer:
         *,
         digest_date: date,
         weekly: bool = False,
+        more: Mapping[str, int] | None = None,
+        base_url: str | None = None,
     ) -> RenderedDigest:
-        """Render once; trim abstracts, then drop the last papers, until under budget."""
+        """Render once; trim abstracts, then drop the last papers, until under budget.
+
+        `more` and `base_url` make each topic's "N more matched" line and link.
+        """
         attempts = [(ABSTRACT_CHARS, None)] + [
             (SHORT_ABSTRACT_CHARS, limit) for limit in range(len(items), 0, -1)
         ]
@@ -399,6 +447,8 @@ class Renderer:
                 postal_address=self.postal_address,
                 abstract_chars=abstract_chars,
                 limit=limit,
+                more=more,
+                base_url=base_url,
             )
             rendered = self._render(view)
             if len(rendered.html.encode("utf-8")) <= self.budget:

@@ -40,22 +40,70 @@ def test_an_out_of_date_server_schema_is_refused(db_url: str) -> None:
     engine.dispose()
 
 
-def test_upgrading_an_older_schema_keeps_the_papers(tmp_path: Path) -> None:
-    from datetime import UTC, datetime
+def test_upgrading_an_older_schema_keeps_the_papers_and_reindexes_them(tmp_path: Path) -> None:
+    from digest import relevance
+    from digest.query import parse_query
 
-    from digest.ingest import ingest_inputs
-    from tests.conftest import SEEDS
-
-    engine = db.create_db_engine(f"sqlite:///{tmp_path / 'old.sqlite3'}")
-    db.upgrade(engine, "0001")
-    now = datetime(2026, 1, 1, tzinfo=UTC)
-    factory = db.session_factory(engine)
-    ingest_inputs(factory, [str(SEEDS / "000_5ed1fa5957327774.txt")], now=now, max_bytes=10**7)
-    with pytest.raises(db.SchemaOutOfDate, match="schema is at 0001"):
+    url = f"sqlite:///{tmp_path / 'old.sqlite3'}"
+    engine = db.create_db_engine(url)
+    db.upgrade(engine, "0004")
+    insert = text(
+        "INSERT INTO papers (key, title_key, title, abstract, authors, categories, "
+        "first_seen_at, updated_at) VALUES (:key, :key, :title, :abstract, '', '', "
+        "'2026-01-01 00:00:00', '2026-01-01 00:00:00')"
+    )
+    with engine.begin() as connection:
+        for key, title, abstract in [
+            ("a", "Sparse Experts", "We scale a Mixture-of-Experts (MoE) language model."),
+            ("b", "CoDE: Deepfake Detection", "Contrastive Deepfake Embeddings (CoDE) spot fakes."),
+            ("c", "Code Generation Models", "Models that write code."),
+        ]:
+            connection.execute(insert, {"key": key, "title": title, "abstract": abstract})
+    with pytest.raises(db.SchemaOutOfDate, match="schema is at 0004"):
         db.require_current_schema(engine)
     engine.dispose()
-    upgraded = db.open_database(f"sqlite:///{tmp_path / 'old.sqlite3'}")
+    upgraded = db.open_database(url)
     with upgraded.connect() as connection:
-        assert connection.execute(text("SELECT count(*) FROM papers")).scalar() == 34
-        assert connection.execute(text("SELECT count(*) FROM subscribers")).scalar() == 0
+        assert connection.execute(text("SELECT count(*) FROM papers")).scalar() == 3
+        assert connection.execute(
+            text("SELECT title_terms, abstract_terms FROM papers WHERE key = 'b'")
+        ).one() == ("qqcode deepfak detect", "contrast deepfak embed qqcode spot fake")
+        acronyms = connection.execute(
+            text("SELECT acronym, expansion FROM acronyms ORDER BY acronym")
+        ).all()
+        assert acronyms == [
+            ("CoDE", "contrastive deepfake embeddings"),
+            ("MoE", "mixture of experts"),
+        ]
+    with db.session_factory(upgraded)() as session:
+        corpus = relevance.Corpus(session)
+
+        def titles(query: str) -> list[str]:
+            plan = relevance.plan_query(session, parse_query(query), corpus)
+            found = relevance.rank(session, plan, corpus)
+            papers = db.papers_by_id(session, [m.paper_id for m in found])
+            return [papers[m.paper_id].title for m in found]
+
+        # The rebuilt index: code is not CoDE, and the mined MoE expands both ways.
+        assert titles("code") == ["Code Generation Models"]
+        assert titles("CoDE") == ["CoDE: Deepfake Detection"]
+        assert titles("mixture of experts") == ["Sparse Experts"]
+        assert titles("moe") == ["Sparse Experts"]
     upgraded.dispose()
+
+
+def test_downgrading_the_relevance_revision_restores_the_old_index(tmp_path: Path) -> None:
+    engine = db.open_database(f"sqlite:///{tmp_path / 'down.sqlite3'}")
+    with engine.begin() as connection:
+        command_config = db._alembic_config(connection)
+        from alembic import command
+
+        command.downgrade(command_config, "0004")
+    with engine.begin() as connection:
+        columns = {row[1] for row in connection.execute(text("PRAGMA table_info(papers)"))}
+        assert "title_terms" not in columns
+        fts = connection.execute(
+            text("SELECT sql FROM sqlite_master WHERE name = 'papers_fts'")
+        ).scalar()
+        assert "porter" in fts
+    engine.dispose()
