@@ -24,7 +24,7 @@ import argparse
 import math
 import statistics
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -118,10 +118,15 @@ def main() -> None:
     parser.add_argument("folder", nargs="?", type=Path, default=JUDGED)
     parser.add_argument("--as-of", default="2026-11-25T08:00", help="ingest and preview time (UTC)")
     parser.add_argument("--split", action="store_true", help="also report tuning/held-out halves")
+    parser.add_argument(
+        "--min-relevance", type=float, help="digest.min_relevance to measure (default: built-in)"
+    )
     args = parser.parse_args()
     now = datetime.fromisoformat(args.as_of).replace(tzinfo=UTC)
     judged = [read_judged(path) for path in sorted(args.folder.glob("*.tsv"))]
     settings = DigestSettings()
+    if args.min_relevance is not None:
+        settings = replace(settings, min_relevance=args.min_relevance)
     with tempfile.TemporaryDirectory() as folder:
         engine = db.open_database(f"sqlite:///{Path(folder) / 'relevance.sqlite3'}")
         factory = db.session_factory(engine)

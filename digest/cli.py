@@ -630,6 +630,8 @@ def run_send(
             dry_run=dry_run,
             limit=limit,
             retry_unknown=retry_unknown,
+            # Today's digests as of now; a past date's as of its send time.
+            at_send_time=digest_date is not None,
         )
     return report
 

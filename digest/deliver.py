@@ -443,7 +443,12 @@ DueList = Sequence[tuple[Subscriber, date]]
 
 
 def plan_deliveries(
-    session: Session, due: DueList, *, now: datetime, settings: DigestSettings
+    session: Session,
+    due: DueList,
+    *,
+    now: datetime,
+    settings: DigestSettings,
+    at_send_time: bool = True,
 ) -> tuple[set[date], int, int]:
     """Choose the digest of each (subscriber, digest date) that has none yet.
 
@@ -451,8 +456,10 @@ def plan_deliveries(
     Each subscriber is planned in a savepoint, so a row another process planned
     first (the unique constraint) is simply left to it.
     """
-    # Each digest is chosen as of its send time (now, if that is still ahead), so a past
-    # date or a late catch-up never sees later papers or upvotes; runs share the corpus.
+    # With `at_send_time`, each digest is chosen as of its send time (now, if that is
+    # still ahead), so a past date or a late catch-up never sees later papers or upvotes;
+    # without, as of now (`digest send` for today). Runs at different instants share the
+    # corpus statistics.
     runs: dict[datetime, SelectionRun] = {}
     corpus = Corpus(session)
     dates: set[date] = set()
@@ -461,7 +468,7 @@ def plan_deliveries(
         dates.add(day)
         if db.find_delivery(session, subscriber.id, day) is not None:
             continue
-        as_of = selection_time(subscriber, day, now)
+        as_of = selection_time(subscriber, day, now) if at_send_time else now
         if as_of not in runs:
             runs[as_of] = SelectionRun(session, as_of, settings, corpus)
         selection = runs[as_of].select(subscriber, day)
@@ -598,17 +605,21 @@ def send_digests(
     dry_run: bool = False,
     limit: int | None = None,
     retry_unknown: bool = False,
+    at_send_time: bool = True,
 ) -> SendReport:
     """Plan the digests of the `due` (subscriber, date) pairs and send every queued one.
 
-    `digest send` and the scheduler's dispatcher both run exactly this.
+    `digest send` and the scheduler's dispatcher both run exactly this. Digests are
+    chosen as of their send time unless `at_send_time` is false (then as of `now`).
     """
     report = SendReport(dry_run=dry_run)
     if dry_run:
-        return _dry_run(sender, due, now=now, settings=settings)
+        return _dry_run(sender, due, now=now, settings=settings, at_send_time=at_send_time)
     with db.transaction(sender.factory) as session:
         db.expire_leases(session, now)
-        dates, _, _ = plan_deliveries(session, due(session), now=now, settings=settings)
+        dates, _, _ = plan_deliveries(
+            session, due(session), now=now, settings=settings, at_send_time=at_send_time
+        )
         if retry_unknown:
             db.requeue_unknown(session, now, dates)
     if dates:
@@ -623,12 +634,19 @@ def send_digests(
 
 
 def _dry_run(
-    sender: Sender, due: Callable[[Session], DueList], *, now: datetime, settings: DigestSettings
+    sender: Sender,
+    due: Callable[[Session], DueList],
+    *,
+    now: datetime,
+    settings: DigestSettings,
+    at_send_time: bool,
 ) -> SendReport:
     """Plan and render everything that would be sent; write and send nothing."""
     report = SendReport(dry_run=True)
     with sender.factory() as session:
-        dates, _, report.empty = plan_deliveries(session, due(session), now=now, settings=settings)
+        dates, _, report.empty = plan_deliveries(
+            session, due(session), now=now, settings=settings, at_send_time=at_send_time
+        )
         queued = session.scalars(
             select(Delivery).where(
                 Delivery.digest_date.in_(list(dates)), Delivery.status.in_(("queued", "deferred"))

@@ -28,8 +28,8 @@ Scoring (`rank`), for a candidate paper d:
 
 so an exact phrase beats words close together, which beat words anywhere, and
 the title weighs three times the abstract. Then pseudo-relevance feedback: the
-tf-idf centroid of the 5 best papers by `lexical` (weighted by it) describes
-what the topic is about here, and
+tf-idf centroid of the 10 best papers by `lexical` (weighted by it; each of
+them compared with the other nine) describes what the topic is about here, and
 
     relevance(d) = lexical(d) * cosine(d, centroid), divided by its maximum
 
@@ -69,7 +69,8 @@ ABSTRACT_B = 0.75
 PHRASE_WEIGHT = 2.0
 NEAR_WEIGHT = 1.0
 NEAR_WINDOW = 5
-FEEDBACK_PAPERS = 5
+FEEDBACK_PAPERS = 10
+FEEDBACK_EXPONENT = 1.0
 LIKE_TERMS = 10
 CANDIDATE_LIMIT = 400  # candidates rescored per query, the index's best first
 
@@ -117,7 +118,7 @@ class Corpus:
             counts = Counter(
                 term
                 for term in [*paper.title, *paper.title, *paper.abstract]
-                if term not in STOP_WORDS
+                if term not in STOP_WORDS and not term.isdigit()
             )
             df = self.df(counts)
             weights = {t: (1 + math.log(n)) * self.idf(df[t]) for t, n in counts.items()}
@@ -514,7 +515,13 @@ def _feedback(
         pid: sum(w * centroid.get(t, 0.0) for t, w in corpus.vector(pid, papers[pid]).items())
         for pid in lexical
     }
-    combined = {pid: lexical[pid] * max(similarity[pid], 0.0) for pid in lexical}
+    # Leave one out: a feedback paper is compared with the others, not with itself
+    # (its own contribution to its similarity is its weight, its vector being unit length).
+    for pid in top:
+        similarity[pid] -= lexical[pid] / best
+    combined = {
+        pid: lexical[pid] * max(similarity[pid], 0.0) ** FEEDBACK_EXPONENT for pid in lexical
+    }
     top_score = max(combined.values())
     if top_score <= 0:
         return {pid: score / best for pid, score in lexical.items()}

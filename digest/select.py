@@ -84,6 +84,7 @@ class Selection:
     digest_date: date
     new_since: datetime
     items: list[SelectedItem] = field(default_factory=list)
+    as_of: datetime | None = None  # the instant it was chosen as of (the run's now)
     more: dict[str, int] = field(default_factory=dict)  # topic query -> matches left out
 
     @property
@@ -307,7 +308,9 @@ class SelectionRun:
             for topic, queue in zip(subscriber.topics, queues, strict=True)
             if queue
         }
-        return Selection(digest_date=digest_date, new_since=new_since, items=items, more=more)
+        return Selection(
+            digest_date=digest_date, new_since=new_since, items=items, more=more, as_of=self.now
+        )
 
 
 def _explained(item: SelectedItem, paper: Paper, match: relevance.Match) -> SelectedItem:
@@ -350,7 +353,8 @@ def record_selection(
         digest_date=selection.digest_date,
         digest=digest,
         status="queued" if digest is not None else "empty",
-        selected_at=now,
+        # The next digest's new papers start where this one's knowledge ended.
+        selected_at=selection.as_of or now,
         attempts=0,
         created_at=now,
         updated_at=now,
