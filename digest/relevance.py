@@ -515,10 +515,13 @@ def _feedback(
         pid: sum(w * centroid.get(t, 0.0) for t, w in corpus.vector(pid, papers[pid]).items())
         for pid in lexical
     }
-    # Leave one out: a feedback paper is compared with the others, not with itself
-    # (its own contribution to its similarity is its weight, its vector being unit length).
-    for pid in top:
-        similarity[pid] -= lexical[pid] / best
+    # Leave one out: a feedback paper is compared with the others, not with itself (its own
+    # contribution is its weight, its vector being unit length); every similarity is then
+    # the weighted mean over the papers it was compared with.
+    total = sum(lexical[pid] / best for pid in top)
+    for pid in lexical:
+        own = lexical[pid] / best if pid in top else 0.0
+        similarity[pid] = (similarity[pid] - own) / ((total - own) or 1.0)
     combined = {
         pid: lexical[pid] * max(similarity[pid], 0.0) ** FEEDBACK_EXPONENT for pid in lexical
     }
