@@ -30,6 +30,7 @@ from digest.resources import resource_dir
 from digest.sources.records import one_line, safe_http_url
 
 HTML_BUDGET = 100_000  # bytes; Gmail clips messages at about 102 KB
+PERSONAL_ROOM = 1_000  # bytes kept for what `personalize` substitutes (address, links)
 ABSTRACT_CHARS = 400
 SHORT_ABSTRACT_CHARS = 180
 MAX_SUBJECT = 78
@@ -451,6 +452,6 @@ class Renderer:
                 base_url=base_url,
             )
             rendered = self._render(view)
-            if len(rendered.html.encode("utf-8")) <= self.budget:
+            if len(rendered.html.encode("utf-8")) <= self.budget - PERSONAL_ROOM:
                 break
         return rendered

@@ -55,7 +55,7 @@ def test_subscriber_preview_has_no_side_effects(cli, seeds: Path, tmp_path: Path
     first = cli("preview", "--email", "ADA@example.org", "--format", "eml", "--out", str(out))
     assert first.exit_code == 0, first.output
     assert first.output.splitlines()[0] == (
-        "Daily Papers · Wed 25 Nov · 20 new in Diffusion, All papers"
+        "Daily Papers · Wed 25 Nov · 16 new, 4 trending in Diffusion, All papers"
     )
     message = message_from_bytes(out.read_bytes(), policy=policy.default)
     assert message["To"] == "ada@example.org"

@@ -45,6 +45,7 @@ class Item:
     relevance: float = 0.9
     upvotes: int | None = 12
     upvote_gain: int = 3
+    matched: str = ""
 
 
 def make_paper(pid: int, **fields) -> Paper:
@@ -114,7 +115,7 @@ def test_html_follows_email_practice(seed_digest) -> None:
     assert not tree.xpath("//link[@rel='stylesheet']") and "@import" not in style
     preheader = tree.xpath("//div[@class='preheader']")[0]
     assert "display:none" in preheader.get("style").replace(" ", "")
-    assert preheader.text_content().startswith("20 new")
+    assert preheader.text_content().startswith("16 new, 4 trending")
     assert all(img.get("alt") for img in tree.xpath("//img"))
     # Header: date and topics; footer: why, links, postal line.
     assert tree.xpath("//h1/text()") == ["20 papers on Diffusion, All papers"]
@@ -124,7 +125,9 @@ def test_html_follows_email_practice(seed_digest) -> None:
     hrefs = tree.xpath("//a/@href")
     assert {RECIPIENT.unsubscribe_url, RECIPIENT.manage_url, RECIPIENT.view_url} <= set(hrefs)
     assert all(href.startswith(("https://", "http://")) for href in hrefs)
-    assert rendered.subject == "Daily Papers · Wed 25 Nov · 20 new in Diffusion, All papers"
+    assert rendered.subject == (
+        "Daily Papers · Wed 25 Nov · 16 new, 4 trending in Diffusion, All papers"
+    )
 
 
 def test_text_part_carries_the_same_papers(seed_digest) -> None:
@@ -149,7 +152,13 @@ def test_paper_details() -> None:
         project_url="https://engine.example.org",
     )
     item = Item(
-        1, kind="trending", upvotes=40, upvote_gain=25, topic="diffusion", topic_label="Diff"
+        1,
+        kind="trending",
+        upvotes=40,
+        upvote_gain=25,
+        topic="diffusion",
+        topic_label="Diff",
+        matched="Diffusion Models, <b>",
     )
     _, html, text = render([item], {1: paper})
     tree = lxml.html.fromstring(html)
@@ -177,7 +186,11 @@ def test_paper_details() -> None:
     assert abstract.endswith("We propose a method. Read more")
     assert len(abstract) < 420
     assert "  [TRENDING] · ▲ 40 (+25 today) · Ada Lovelace" in text
-    assert "  Matched “Diff” (score 0.90)" in text
+    # Why it is here: the matched words (highlighted, escaped) and the upvote gain.
+    assert "  Matched “Diff”: “Diffusion Models”, “<b>” · ▲ +25 today" in text
+    reason = tree.xpath("//p[@class='links']")[0]
+    assert [mark.text for mark in reason.xpath("mark")] == ["Diffusion Models", "<b>"]
+    assert reason.text_content().endswith("Matched “Diff”: Diffusion Models, <b> · ▲ +25 today")
 
 
 def test_authors_as_a_count_and_papers_without_arxiv_ids() -> None:
