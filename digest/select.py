@@ -46,7 +46,7 @@ import hashlib
 import json
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
@@ -199,6 +199,7 @@ class SelectionRun:
         self._matches: dict[str, dict[int, relevance.Match]] = {}
         self._gains: dict[timedelta, dict[int, int]] = {}
         self._facts: dict[int, _Facts] = {}
+        self._words: dict[tuple[str, int], str] = {}
 
     def matches(self, topic: str) -> dict[int, relevance.Match]:
         """Eligible papers matching `topic` above the cutoff, with relevance in (0, 1]."""
@@ -214,6 +215,16 @@ class SelectionRun:
                     paper.first_seen_at, paper_age_hours(paper, self.now), upvotes.get(paper_id)
                 )
         return self._matches[topic]
+
+    def _explained(self, item: SelectedItem) -> SelectedItem:
+        """The item with the words that matched, as the paper writes them (once per run)."""
+        key = (item.topic, item.paper_id)
+        if key not in self._words:
+            paper = self.session.get(Paper, item.paper_id)
+            assert paper is not None
+            matched = self.matches(item.topic)[item.paper_id].matched
+            self._words[key] = ", ".join(relevance.written_words(paper, matched))
+        return replace(item, matched=self._words[key])
 
     def gains(self, window: timedelta) -> dict[int, int]:
         if window not in self._gains:
@@ -297,12 +308,7 @@ class SelectionRun:
                     taken[position].append(queue.pop(0))
                     total += 1
 
-        papers = db.papers_by_id(self.session, [i.paper_id for group in taken for i in group])
-        items = [
-            _explained(item, papers[item.paper_id], self.matches(item.topic)[item.paper_id])
-            for group in taken
-            for item in group
-        ]
+        items = [self._explained(item) for group in taken for item in group]
         more = {
             topic.query: len(queue)
             for topic, queue in zip(subscriber.topics, queues, strict=True)
@@ -311,11 +317,6 @@ class SelectionRun:
         return Selection(
             digest_date=digest_date, new_since=new_since, items=items, more=more, as_of=self.now
         )
-
-
-def _explained(item: SelectedItem, paper: Paper, match: relevance.Match) -> SelectedItem:
-    words = ", ".join(relevance.written_words(paper, match.matched))
-    return SelectedItem(**{**asdict(item), "matched": words})
 
 
 def record_selection(
