@@ -306,7 +306,9 @@ def test_match_and_preview_show_the_same_papers(cli, seeds, query) -> None:
     preview = cli("preview", "--topic", query, "--format", "text").output.splitlines()
     text = Path(preview[-1]).read_text(encoding="utf-8")
     header = next(i for i, line in enumerate(listed) if line.startswith("id "))
-    rows = [line for line in listed[header + 1 :] if float(line.split()[1]) >= 0.25]
+    rows = [
+        line for line in listed[header + 1 :] if float(line.split()[1]) >= SETTINGS.min_relevance
+    ]
     # Each paper match lists above the cutoff is in the preview, with its matched words.
     assert rows
     for row in rows[:10]:

@@ -345,7 +345,9 @@ def test_status_shows_next_runs_last_results_due_and_problems(
 def test_sigterm_finishes_the_message_in_flight_and_exits_cleanly(
     cli, seeds: Path, tmp_path: Path, smtp_server, monkeypatch
 ) -> None:
-    hour = datetime.now(UTC).hour
+    # Papers are seen by the send time (the top of this hour): a digest is chosen as of it.
+    started = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+    hour = started.hour
     config = tmp_path / "config.toml"
     config.write_text(
         f"""
@@ -363,7 +365,7 @@ dispatch_minutes = 1
     env = {k: v for k, v in os.environ.items() if not k.startswith("DIGEST_")}
     env.update(DIGEST_DATA_DIR=str(tmp_path / "data"), DIGEST_CONFIG=str(config))
     monkeypatch.setenv("DIGEST_CONFIG", str(config))
-    cli("ingest", str(seeds))
+    cli("ingest", str(seeds), "--as-of", started.isoformat())
     for n in range(6):
         cli(
             "subscribe",
