@@ -77,13 +77,13 @@ def main() -> None:
             m = mailer()
             rendered = m.rendered("content", selection.items, papers, DAY, False)
             for subscriber in recipients:
-                rendered.personalize(m.recipient(subscriber, DAY))
+                rendered.personalize(m.recipient(subscriber))
 
         def render_only() -> None:
             m = mailer()
             for subscriber in recipients:
                 m.renderer.render(selection.items, papers, digest_date=DAY).personalize(
-                    m.recipient(subscriber, DAY)
+                    m.recipient(subscriber)
                 )
 
         jobs = {

@@ -285,6 +285,7 @@ class App:
             settings=config.digest,
             grace=timedelta(hours=config.schedule.grace_hours),
             lease_for=timedelta(minutes=3 * config.schedule.dispatch_minutes),
+            pending_for=timedelta(days=config.web.pending_days),
         )
         return Service(
             factory=self.sessions(),

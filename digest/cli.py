@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
+import signal
 import sys
 import threading
 import traceback
@@ -24,12 +25,13 @@ import click
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from digest import __version__, db, relevance
+from digest import __version__, db, doctor, relevance
 from digest.app import App, database_error_message, database_errors, safe_url
 from digest.config import ConfigError
 from digest.deliver import MAIL_POLICY, DueList, SendReport, send_digests
 from digest.errors import DigestError
 from digest.ingest import InputSummary, expand_inputs
+from digest.links import insecure_base_url
 from digest.models import SUBSCRIBER_STATUSES, Paper
 from digest.query import Query, QueryError, parse_query
 from digest.resources import resource_dir
@@ -309,6 +311,10 @@ def parse_cli_query(text: str) -> Query:
 @click.option("--hour", type=click.IntRange(0, 23), help="Local hour to send at, 0-23.")
 @click.option("--weekly", metavar="DAY", help="Send weekly on this day (mon..sun) instead.")
 @click.option("--daily", is_flag=True, help="Switch a weekly subscriber back to daily.")
+@click.option(
+    "--name",
+    help="Name to greet them by (\"Hello Ada,\"); --name '' removes it. Default: no greeting.",
+)
 @click.pass_obj
 def subscribe_command(
     app: App,
@@ -318,6 +324,7 @@ def subscribe_command(
     hour: int | None,
     weekly: str | None,
     daily: bool,
+    name: str | None,
 ) -> None:
     """Add EMAIL as an active subscriber to topics, or update an existing subscriber.
 
@@ -335,7 +342,7 @@ def subscribe_command(
 
     \b
     Examples:
-        digest subscribe ada@example.org --topic diffusion --topic 'RLHF=rlhf OR dpo'
+        digest subscribe ada@example.org --name Ada --topic diffusion --topic 'RLHF=rlhf OR dpo'
         digest subscribe bob@example.org --topic '*' --timezone Asia/Kolkata --hour 8
         digest subscribe eve@example.org --topic 'cat:cs.CL "machine translation"' --weekly mon
     """
@@ -354,6 +361,7 @@ def subscribe_command(
             hour=hour,
             weekday=weekday,
             daily=daily,
+            name=name,
             default_timezone=settings.default_timezone,
             default_hour=settings.default_hour,
         )
@@ -489,9 +497,8 @@ class MatchResult:
 
 def run_match(session: Session, query: Query, limit: int) -> MatchResult:
     """What `query` matches in the whole database, the best `limit` first."""
-    corpus = relevance.Corpus(session)
-    plan = relevance.plan_query(session, query, corpus)
-    found = relevance.rank(session, plan, corpus)[:limit]
+    plan, found = relevance.search(session, query)
+    found = found[:limit]
     papers = db.papers_by_id(session, [match.paper_id for match in found])
     return MatchResult(plan, [(papers[match.paper_id], match) for match in found])
 
@@ -670,6 +677,7 @@ def send_command(
         digest send --dry-run
         digest send --retry-unknown
     """
+    print_config_warnings(app)
     report = run_send(
         app,
         app.clock(),
@@ -689,30 +697,110 @@ def send_command(
         click.echo(f"outbox: {app.config.delivery.maildir}")
 
 
+# --- deliverability ---------------------------------------------------------
+
+
+def print_config_warnings(app: App) -> None:
+    """The deliverability warnings, once at the start of a real (SMTP) send or run."""
+    if app.config.delivery.transport != "smtp":
+        return
+    for message in doctor.warnings(doctor.config_findings(app.config)):
+        click.echo(f"warning: {message}", err=True)
+
+
+@main.command("check")
+@click.option(
+    "--dns/--no-dns",
+    default=True,
+    show_default=True,
+    help="Look up the SPF, DMARC and DKIM records (skipped when no DNS server answers).",
+)
+@click.option(
+    "--smtp/--no-smtp",
+    default=True,
+    show_default=True,
+    help="Connect to the SMTP server, when one is configured.",
+)
+@click.pass_obj
+def check_command(app: App, dns: bool, smtp: bool) -> None:
+    """Check what a real sender needs for digests to arrive; exit 1 if anything warns.
+
+    Checks that the From domain is a real one, mail.postal_address is set,
+    site.base_url is public https, a DKIM key is configured, readable, strong
+    and signs (its DNS TXT record is printed to publish), the link-signing key
+    is strong, and the SMTP server answers with STARTTLS or TLS. `digest send`
+    and `digest run` print the same configuration warnings when they start.
+
+    \b
+    Examples:
+        digest check
+        digest --config /etc/papers-digest/config.toml check --no-dns
+    """
+    config = app.config
+    findings, dkim_key = doctor.config_check(config)
+    if dns:
+        domain = config.mail.from_address.rpartition("@")[2]
+        findings += doctor.check_dns(domain, dkim_key, doctor.resolver_lookup())
+    if config.delivery.transport == "smtp":
+        if smtp:
+            findings += doctor.check_smtp(config.smtp)
+    else:
+        findings.append(
+            doctor.info(
+                f"digests go to the Maildir outbox {config.delivery.maildir}; "
+                "set smtp.host to send them"
+            )
+        )
+    for level, message in findings:
+        click.echo(f"{level:<4}  {message}")
+    count = len(doctor.warnings(findings))
+    if count:
+        click.echo(f"{count} warning{'s' if count != 1 else ''}")
+        raise click.exceptions.Exit(1)
+
+
 # --- the service ------------------------------------------------------------
 
 
-@main.command("run")
-@click.option("--verbose", "-v", is_flag=True, help="Log every job at debug level.")
-@click.pass_obj
-def run_command(app: App, verbose: bool) -> None:
-    """Run the scheduler: ingest on a cron schedule, send each digest at its local hour.
-
-    The dispatcher runs at start-up and every [schedule] dispatch_minutes; a digest
-    not sent within grace_hours of its send time is skipped. Several `digest run`
-    processes may share a database: one dispatches, the others stand by. SIGTERM
-    or Ctrl-C finishes the message in flight and exits 0.
-
-    \b
-    Example:
-        DIGEST_CONFIG=/etc/papers-digest/config.toml digest run
-    """
+def setup_logging(verbose: bool) -> None:
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     logging.getLogger("apscheduler").setLevel(logging.DEBUG if verbose else logging.WARNING)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+
+
+def web_options(command: Any) -> Any:
+    """--host and --port of the web front (defaults from [web] host and port)."""
+    command = click.option("--port", type=click.IntRange(1, 65535), help="Port to listen on.")(
+        command
+    )
+    return click.option("--host", help="Address to listen on (default: [web] host).")(command)
+
+
+@main.command("run")
+@click.option("--verbose", "-v", is_flag=True, help="Log every job at debug level.")
+@click.option("--serve", is_flag=True, help="Also serve the web front (as `digest serve`).")
+@web_options
+@click.pass_obj
+def run_command(app: App, verbose: bool, serve: bool, host: str | None, port: int | None) -> None:
+    """Run the scheduler: ingest on a cron schedule, send each digest at its local hour.
+
+    The dispatcher runs at start-up and every [schedule] dispatch_minutes; a digest
+    not sent within grace_hours of its send time is skipped. Several `digest run`
+    processes may share a database: one dispatches, the others stand by. With
+    --serve the same process also serves the web front, so one command runs the
+    whole service. SIGTERM or Ctrl-C finishes the message in flight and exits 0.
+
+    \b
+    Examples:
+        DIGEST_CONFIG=/etc/papers-digest/config.toml digest run
+        digest run --serve --host 0.0.0.0 --port 8000
+    """
+    setup_logging(verbose)
     config = app.config
+    print_config_warnings(app)
     stop = threading.Event()
     service = app.service(stop)
     service.install_signal_handlers()
@@ -725,7 +813,66 @@ def run_command(app: App, verbose: bool) -> None:
         ),
         err=True,
     )
+    if not serve:
+        service.run_forever()
+        return
+    from digest.web import serve as serve_web
+
+    web = threading.Thread(
+        target=serve_web,
+        args=(app, host or config.web.host, port or config.web.port),
+        kwargs={"stop": stop},
+        name="digest-web",
+        daemon=True,
+    )
+    announce_web(app, host, port)
+    web.start()
     service.run_forever()
+    web.join(timeout=15)
+
+
+def announce_web(app: App, host: str | None, port: int | None) -> None:
+    config = app.config
+    address = f"http://{host or config.web.host}:{port or config.web.port}"
+    click.echo(
+        f"digest serve: listening on {address}; public address {config.site.base_url}/ "
+        "(the subscribe page)",
+        err=True,
+    )
+
+
+@main.command("serve")
+@web_options
+@click.option("--debug", is_flag=True, help="Use Flask's reloading debug server (development).")
+@click.option("--verbose", "-v", is_flag=True, help="Log at debug level.")
+@click.pass_obj
+def serve_command(app: App, host: str | None, port: int | None, debug: bool, verbose: bool) -> None:
+    """Serve the web front: subscribe, confirm, manage, unsubscribe, web copies of digests.
+
+    Runs under the waitress WSGI server (Flask's debug server only with --debug).
+    Put it behind a reverse proxy that terminates HTTPS and set site.base_url to
+    its public URL; people subscribe at that URL. `digest run --serve` runs it
+    together with the scheduler.
+
+    \b
+    Examples:
+        digest serve
+        digest serve --host 0.0.0.0 --port 8080
+    """
+    from digest.web import create_app, serve
+
+    setup_logging(verbose)
+    config = app.config
+    announce_web(app, host, port)
+    if debug:
+        create_app(wiring=app).run(
+            host=host or config.web.host, port=port or config.web.port, debug=True
+        )
+        return
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda _signum, _frame: stop.set())
+    serve(app, host or config.web.host, port or config.web.port, stop=stop)
 
 
 @main.command("status")
@@ -739,6 +886,8 @@ def status_command(app: App) -> None:
     """
     now = app.clock()
     config = app.config
+    if warning := insecure_base_url(config.site.base_url):
+        click.echo(f"warning: {warning}")
     with app.sessions()() as session:
         last = {job: db.last_job_run(session, job) for job in ("ingest", "dispatch")}
         lease = db.current_lease(session, DISPATCH_LEASE)
@@ -782,8 +931,8 @@ def status_command(app: App) -> None:
 
 
 DEMO_SUBSCRIBERS = {
-    "ada@example.org": (["Diffusion=diffusion", "LLM=language model"], "Europe/London"),
-    "grace@example.org": (["*"], "America/Los_Angeles"),
+    "ada@example.org": ("Ada", ["Diffusion=diffusion", "LLM=language model"], "Europe/London"),
+    "grace@example.org": ("Grace", ["*"], "America/Los_Angeles"),
 }
 
 
@@ -806,9 +955,9 @@ def demo_command(app: App) -> None:
     if any(not summary.ok for summary in summaries):
         raise click.ClickException("the bundled seeds did not load")
     with db.transaction(app.sessions()) as session:
-        for address, (topics, timezone) in DEMO_SUBSCRIBERS.items():
+        for address, (name, topics, timezone) in DEMO_SUBSCRIBERS.items():
             if db.find_subscriber(session, address) is None:
-                subscribe(session, address, topics, now=now, timezone=timezone, hour=7)
+                subscribe(session, address, topics, now=now, timezone=timezone, hour=7, name=name)
     click.echo("")
     click.get_current_context().invoke(stats_command)
     click.echo("")

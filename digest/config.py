@@ -209,6 +209,18 @@ def _cron(key: str, value: Any) -> str:
     return text
 
 
+def _rate_limit(key: str, value: Any) -> str:
+    """A Flask-Limiter rate string such as "10 per hour;3 per minute"."""
+    from limits import parse_many
+
+    text = _str(key, value).strip()
+    try:
+        parse_many(text)
+    except ValueError as exc:
+        raise ConfigError(f"{key}: not a rate limit like '10 per hour': {text!r} ({exc})") from None
+    return text
+
+
 @dataclass(frozen=True)
 class Key:
     """One configuration key: its parser, default and overriding env variable."""
@@ -265,6 +277,15 @@ KEYS: dict[str, Key] = {
     "ingest.backoff": Key(_non_negative(_float), 2.0),
     "ingest.host_delay": Key(_non_negative(_float), 3.0),
     "ingest.user_agent": Key(_str, "papers-digest/0.1 (+self-hosted)"),
+    "web.host": Key(_str, "127.0.0.1", "DIGEST_WEB_HOST"),
+    "web.port": Key(_port, 8000, "DIGEST_WEB_PORT"),
+    "web.threads": Key(_positive(_int), 8),
+    "web.proxy_hops": Key(_non_negative(_int), 0),
+    "web.confirm_hours": Key(_positive(_float), 48.0),
+    "web.pending_days": Key(_positive(_float), 7.0),
+    "web.resend_minutes": Key(_non_negative(_float), 60.0),
+    "web.subscribe_rate_limit": Key(_rate_limit, "10 per hour;3 per minute"),
+    "web.api_rate_limit": Key(_rate_limit, "120 per minute"),
 }
 
 
@@ -299,6 +320,21 @@ class ScheduleConfig:
     ingest_cron: str = "0 */3 * * *"
     dispatch_minutes: int = 5
     grace_hours: float = 6.0
+
+
+@dataclass(frozen=True)
+class WebConfig:
+    """The web front (`digest serve`); see the [web] section of config.example.toml."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    threads: int = 8
+    proxy_hops: int = 0
+    confirm_hours: float = 48.0
+    pending_days: float = 7.0
+    resend_minutes: float = 60.0
+    subscribe_rate_limit: str = "10 per hour;3 per minute"
+    api_rate_limit: str = "120 per minute"
 
 
 @dataclass(frozen=True)
@@ -357,6 +393,7 @@ class Config:
     ingest: IngestConfig
     digest: DigestSettings
     schedule: ScheduleConfig = ScheduleConfig()
+    web: WebConfig = WebConfig()
     source: Path | None = None
 
     @property
@@ -471,6 +508,13 @@ def load_config(path: Path | None = None, environ: Mapping[str, str] | None = No
             ingest_cron=values["schedule.ingest_cron"],
             dispatch_minutes=values["schedule.dispatch_minutes"],
             grace_hours=values["schedule.grace_hours"],
+        ),
+        web=WebConfig(
+            **{
+                name.split(".", 1)[1]: value
+                for name, value in values.items()
+                if name.startswith("web.")
+            }
         ),
         source=path,
     )

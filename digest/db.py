@@ -440,6 +440,14 @@ def find_subscriber(session: Session, email_key: str) -> Subscriber | None:
     return session.scalar(select(Subscriber).where(Subscriber.email_key == email_key))
 
 
+def stale_pending_subscribers(session: Session, cutoff: datetime) -> Sequence[Subscriber]:
+    """Pending subscribers whose last confirmation request (or creation) is before `cutoff`."""
+    requested = func.coalesce(Subscriber.confirm_sent_at, Subscriber.created_at)
+    return session.scalars(
+        select(Subscriber).where(Subscriber.status == "pending", requested < cutoff)
+    ).all()
+
+
 def list_subscribers(session: Session, status: str | None = None) -> Sequence[Subscriber]:
     statement = (
         select(Subscriber).options(selectinload(Subscriber.topics)).order_by(Subscriber.email_key)
@@ -495,6 +503,18 @@ def find_delivery(session: Session, subscriber_id: int, digest_date: date) -> De
             Delivery.subscriber_id == subscriber_id, Delivery.digest_date == digest_date
         )
     )
+
+
+def digest_is_weekly(session: Session, digest_id: int) -> bool:
+    """Whether a stored digest went to weekly subscribers (it is then titled "Weekly")."""
+    weekday = session.scalar(
+        select(Subscriber.weekday)
+        .join(Delivery, Delivery.subscriber_id == Subscriber.id)
+        .where(Delivery.digest_id == digest_id)
+        .order_by(Delivery.id)
+        .limit(1)
+    )
+    return weekday is not None
 
 
 def claim_delivery(

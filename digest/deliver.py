@@ -17,6 +17,7 @@ import hashlib
 import json
 import mailbox
 import random
+import secrets
 import smtplib
 import ssl
 import time
@@ -41,8 +42,14 @@ from digest.config import DeliveryConfig, DigestSettings, MailConfig, SmtpConfig
 from digest.links import subscriber_links
 from digest.models import Delivery, Paper, Subscriber
 from digest.relevance import Corpus
-from digest.render import ItemLike, Recipient, RenderedDigest, Renderer, topic_title
-from digest.select import SelectionRun, digest_content, record_selection, selection_time
+from digest.render import ItemLike, Notice, Recipient, RenderedDigest, Renderer, topic_title
+from digest.select import (
+    DigestContent,
+    SelectionRun,
+    digest_content,
+    record_selection,
+    selection_time,
+)
 from digest.sources.records import one_line
 
 # Unfolded headers (RFC 5322 allows 998 characters) keep the unsubscribe URL on one line.
@@ -349,7 +356,24 @@ class DigestMailer:
             subscriber.weekday is not None,
             json.loads(digest.more_matched or "{}"),
         )
-        return self.message(subscriber, rendered, digest.digest_date, sent_at)
+        return self.message(subscriber, rendered, digest.digest_date, sent_at, digest.id)
+
+    def rendered_for(
+        self,
+        session: Session,
+        subscriber: Subscriber,
+        digest_date: date | None,
+        now: datetime,
+        settings: DigestSettings,
+    ) -> tuple[DigestContent, RenderedDigest, date, datetime]:
+        """What `subscriber` receives on `digest_date` (default: their local today), rendered.
+
+        Writes nothing. `digest preview` and the web's preview pages show exactly this.
+        """
+        day, now, content = digest_content(session, subscriber, digest_date, now, settings)
+        weekly = subscriber.weekday is not None
+        rendered = self.render_items(session, content.key, content.items, day, weekly, content.more)
+        return content, rendered, day, now
 
     def preview(
         self,
@@ -359,26 +383,44 @@ class DigestMailer:
         now: datetime,
         settings: DigestSettings,
     ) -> tuple[EmailMessage, str, str]:
-        """(message, html, text) that `subscriber` receives on `digest_date`; writes nothing.
-
-        `digest preview` and the web's preview pages show exactly this.
-        """
-        day, now, content = digest_content(session, subscriber, digest_date, now, settings)
-        weekly = subscriber.weekday is not None
-        rendered = self.render_items(session, content.key, content.items, day, weekly, content.more)
-        html, text = rendered.personalize(self.recipient(subscriber, day))
-        return self.message(subscriber, rendered, day, now), html, text
-
-    def recipient(self, subscriber: Subscriber, digest_date: date) -> Recipient:
-        links = subscriber_links(
-            self.base_url, self.secret_key, subscriber.id, subscriber.secret, digest_date
+        """(message, html, text) that `subscriber` receives on `digest_date`; writes nothing."""
+        content, rendered, day, now = self.rendered_for(
+            session, subscriber, digest_date, now, settings
         )
+        html, text = rendered.personalize(self.recipient(subscriber, content.digest_id))
+        return self.message(subscriber, rendered, day, now, content.digest_id), html, text
+
+    def notice_message(
+        self, subscriber: Subscriber, notice: Notice, sent_at: datetime
+    ) -> EmailMessage:
+        """A one-off email to `subscriber` (a confirmation request...), signed like a digest."""
+        html, text = self.renderer.render_notice(notice)
+        domain = self.mail.from_address.rpartition("@")[2]
+        stamp = f"{sent_at:%Y%m%d%H%M%S}"
+        return build_message(
+            mail=self.mail,
+            to=subscriber.email,
+            subject=notice.subject,
+            html=html,
+            text=text,
+            msgid=f"<notice.{stamp}.{subscriber.id}.{secrets.token_hex(4)}@{domain}>",
+            sent_at=sent_at,
+            unsubscribe_url=self.recipient(subscriber).unsubscribe_url,
+            dkim=self.dkim,
+        )
+
+    def recipient(self, subscriber: Subscriber, digest_id: int | None = None) -> Recipient:
+        links = subscriber_links(
+            self.base_url, self.secret_key, subscriber.id, subscriber.secret, digest_id
+        )
+        weekly = subscriber.weekday is not None
         return Recipient(
             email=subscriber.email,
-            topics=[topic_title(t.query, t.label) for t in subscriber.topics],
+            topics=[topic_title(t.query, t.label, weekly) for t in subscriber.topics],
             unsubscribe_url=links.unsubscribe,
             manage_url=links.manage,
             view_url=links.view,
+            name=subscriber.name,
         )
 
     def message(
@@ -387,8 +429,9 @@ class DigestMailer:
         rendered: RenderedDigest,
         digest_date: date,
         sent_at: datetime,
+        digest_id: int | None = None,
     ) -> EmailMessage:
-        recipient = self.recipient(subscriber, digest_date)
+        recipient = self.recipient(subscriber, digest_id)
         html, text = rendered.personalize(recipient)
         domain = self.mail.from_address.rpartition("@")[2]
         return build_message(

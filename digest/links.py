@@ -1,20 +1,27 @@
-"""Signed per-subscriber links: unsubscribe, manage preferences, view in browser.
+"""Signed links: per-subscriber (confirm, unsubscribe, manage) and per-digest (the web copy).
 
-A token is the subscriber id (and for view links the digest date), signed
-with itsdangerous under a key made of the site's secret key and the
-subscriber's own secret, so a token is short, cannot be forged or moved to
-another subscriber, and is revoked by rotating that subscriber's secret.
+A subscriber token is the subscriber id (plus, for confirmations, the time it
+was issued; for old view links, the digest date), signed with itsdangerous
+under a key made of the site's secret key and the subscriber's own secret, so
+a token is short, cannot be forged or moved to another subscriber, and is
+revoked by rotating that subscriber's secret. Confirmation tokens expire;
+unsubscribe and manage tokens do not, so a link in an old email keeps working.
+
+A digest's web copy (`/digest/<ref>`) shows no personal data and is shared by
+every recipient of that content; its reference is the digest id signed with
+the site key alone, so digests cannot be enumerated.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import date
+from datetime import datetime, timedelta
 from typing import Any
+from urllib.parse import urlsplit
 
-from itsdangerous import BadSignature, URLSafeSerializer
+from itsdangerous import BadSignature, Signer, URLSafeSerializer
 
-PURPOSES = ("unsubscribe", "manage", "view")
+PURPOSES = ("unsubscribe", "manage", "view", "confirm")
 
 
 def _serializer(site_key: str, subscriber_secret: str, purpose: str) -> URLSafeSerializer:
@@ -33,12 +40,63 @@ def token_payload(token: str) -> Any:
     return payload
 
 
+def token_subscriber_id(token: str) -> int | None:
+    """The subscriber id a token claims (unchecked), or None if it holds none."""
+    payload = token_payload(token)
+    if isinstance(payload, list) and payload:
+        payload = payload[0]
+    return payload if is_row_id(payload) else None
+
+
+def is_row_id(value: object) -> bool:
+    """Whether `value` can be a database row id (a positive 64-bit integer)."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 < value < 2**63
+
+
 def verify_token(site_key: str, subscriber_secret: str, purpose: str, token: str) -> Any:
     """The payload if the signature holds for this subscriber and purpose, else None."""
     try:
         return _serializer(site_key, subscriber_secret, purpose).loads(token)
     except BadSignature:
         return None
+
+
+def confirm_token(site_key: str, subscriber_secret: str, subscriber_id: int, now: datetime) -> str:
+    """A confirmation token issued at `now`."""
+    return make_token(site_key, subscriber_secret, "confirm", [subscriber_id, int(now.timestamp())])
+
+
+def verify_confirm_token(
+    site_key: str, subscriber_secret: str, token: str, now: datetime, max_age: timedelta
+) -> int | None:
+    """The subscriber id of a confirmation token issued at most `max_age` before `now`."""
+    payload = verify_token(site_key, subscriber_secret, "confirm", token)
+    if not (isinstance(payload, list) and len(payload) == 2):
+        return None
+    subscriber_id, issued = payload
+    if not isinstance(subscriber_id, int) or not isinstance(issued, int):
+        return None
+    age = now.timestamp() - issued
+    # A minute of tolerance for clocks of several hosts that disagree slightly.
+    return subscriber_id if -60 <= age <= max_age.total_seconds() else None
+
+
+def _digest_signer(site_key: str) -> Signer:
+    return Signer(site_key, salt="digest-page")
+
+
+def digest_ref(site_key: str, digest_id: int) -> str:
+    """The public reference of a stored digest: its id, signed."""
+    return _digest_signer(site_key).sign(str(digest_id)).decode()
+
+
+def digest_id_from_ref(site_key: str, ref: str) -> int | None:
+    try:
+        value = _digest_signer(site_key).unsign(ref).decode()
+    except BadSignature:
+        return None
+    number = int(value) if value.isdigit() and len(value) < 20 else None
+    return number if is_row_id(number) else None
 
 
 @dataclass(frozen=True)
@@ -53,16 +111,35 @@ def subscriber_links(
     site_key: str,
     subscriber_id: int,
     subscriber_secret: str,
-    digest_date: date,
+    digest_id: int | None = None,
 ) -> SubscriberLinks:
-    """Absolute, signed URLs for one subscriber's digest of `digest_date`."""
+    """Absolute, signed URLs for one subscriber's digest.
+
+    "View in browser" opens the digest's public web copy; a digest not stored
+    yet (a preview) has none, so the link opens the subscriber's preferences
+    page, which previews the next digest.
+    """
     base = base_url.rstrip("/")
-
-    def token(purpose: str, payload: Any) -> str:
-        return make_token(site_key, subscriber_secret, purpose, payload)
-
+    manage = f"{base}/manage/{make_token(site_key, subscriber_secret, 'manage', subscriber_id)}"
     return SubscriberLinks(
-        unsubscribe=f"{base}/u/{token('unsubscribe', subscriber_id)}",
-        manage=f"{base}/manage/{token('manage', subscriber_id)}",
-        view=f"{base}/view/{token('view', [subscriber_id, digest_date.isoformat()])}",
+        unsubscribe=(
+            f"{base}/unsubscribe/"
+            f"{make_token(site_key, subscriber_secret, 'unsubscribe', subscriber_id)}"
+        ),
+        manage=manage,
+        view=f"{base}/digest/{digest_ref(site_key, digest_id)}" if digest_id else manage,
     )
+
+
+def insecure_base_url(base_url: str) -> str | None:
+    """A warning when links would be plain http on a public host (RFC 8058 wants HTTPS)."""
+    parts = urlsplit(base_url)
+    local = (parts.hostname or "") in {"localhost", "127.0.0.1", "::1"} or (
+        parts.hostname or ""
+    ).endswith(".localhost")
+    if parts.scheme != "https" and not local:
+        return (
+            f"site.base_url {base_url} is not https: mail providers expect an HTTPS "
+            "one-click unsubscribe link (RFC 8058); serve it behind a TLS reverse proxy"
+        )
+    return None

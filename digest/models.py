@@ -123,9 +123,14 @@ class Paper(Base):
         return f"{ARXIV_PDF}{self.arxiv_id}" if self.arxiv_id else self.pdf_link
 
     @property
+    def search_url(self) -> str:
+        """A Hugging Face search for the title as stored (LaTeX and all): the last resort."""
+        return f"{HF_SEARCH}{quote(self.title)}"
+
+    @property
     def page_url(self) -> str:
         """The page a title links to: HF, else arXiv abs, else the source, else an HF search."""
-        return self.hf_url or self.abs_url or f"{HF_SEARCH}{quote(self.title)}"
+        return self.hf_url or self.abs_url or self.search_url
 
 
 class Acronym(Base):

@@ -532,6 +532,13 @@ def _feedback(
     return {pid: score / top_score for pid, score in combined.items()}
 
 
+def search(session: Session, query: Query) -> tuple[Plan, list[Match]]:
+    """What `query` matches in the whole database, the most relevant first (no cutoff)."""
+    corpus = Corpus(session)
+    plan = plan_query(session, query, corpus)
+    return plan, rank(session, plan, corpus)
+
+
 def written_words(paper: Paper, matched: Sequence[tuple[str, ...]]) -> list[str]:
     """The matched terms as the paper writes them ("Video Generation", "RAG"), title first."""
     sources = []

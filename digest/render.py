@@ -9,14 +9,20 @@ Jinja or premailer again. Every string from a feed is escaped by Jinja's
 autoescape; every link passes `safe_http_url`, so `javascript:` and relative
 links are dropped. The HTML stays under `HTML_BUDGET` bytes by trimming
 abstracts and, if that is not enough, dropping the lowest-ranked papers.
+
+What the reader sees is prepared here, once: LaTeX in titles, abstracts and
+authors becomes Unicode (`latex_to_text`), each paper's links and reason
+(`PaperView.reason`), plurals and the name of the `*` topic; the text part is
+wrapped at TEXT_WIDTH columns with each URL on its own line (`wrap_prose`).
 """
 
 from __future__ import annotations
 
+import functools
 import html
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date
 from pathlib import Path
 from typing import Protocol
@@ -24,6 +30,7 @@ from urllib.parse import quote
 
 import jinja2
 from premailer import Premailer
+from pylatexenc.latex2text import LatexNodes2Text
 
 from digest.models import Paper
 from digest.resources import resource_dir
@@ -35,6 +42,8 @@ ABSTRACT_CHARS = 400
 SHORT_ABSTRACT_CHARS = 180
 MAX_SUBJECT = 78
 AUTHORS_SHOWN = 3
+SEARCH_LABEL = "Search on Hugging Face"
+TEXT_WIDTH = 78  # columns of the plain-text part; only a URL or an address may exceed it
 
 # Per-recipient fields, rendered as these tokens and substituted by `personalize`.
 PLACEHOLDERS = {
@@ -45,8 +54,33 @@ PLACEHOLDERS = {
     "manage_url": "PDXMANAGEXPD",
     "view_url": "PDXVIEWXPD",
 }
+# With no name there is no greeting at all: its paragraph (HTML) or line (text) goes.
+_NO_GREETING_HTML = re.compile(rf"<p\b[^>]*>{PLACEHOLDERS['greeting']}</p>\s*")
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(\[])")
+
+# LaTeX in titles and abstracts: inline math (pandoc's rule: no space inside the
+# dollars, no digit right after the closing one, so "$5 and $10" is not math),
+# \(...\), commands with their braced arguments, accents and escaped specials.
+_LATEX = re.compile(
+    r"""
+    (?<![\\$])\$(?=[^\s$])(?:[^$\\]|\\.)+?(?<=[^\s\\])\$(?![\d$])
+    | \\\(.+?\\\)
+    | \{\\[`'"^~=.]\\?[A-Za-z]\}
+    | \\[`'"^~=.](?:\{\\?[A-Za-z]\}|\\?[A-Za-z])
+    | \\[A-Za-z]+\*?(?:\{(?:[^{}]|\{[^{}]*\})*\})*(?:\{\})?
+    | \\[%&_\#$]
+    | \\'(?![A-Za-z{\\])
+    """,
+    re.VERBOSE,
+)
+_TIE = re.compile(r"(?<=\w)~(?=[\w\\%(\[])")
+_SUPERSCRIPTS = str.maketrans("0123456789+-=()n", "⁰¹²³⁴⁵⁶⁷⁸⁹⁺⁻⁼⁽⁾ⁿ")
+_SUBSCRIPTS = str.maketrans("0123456789+-=()", "₀₁₂₃₄₅₆₇₈₉₊₋₌₍₎")
+_SCRIPT = re.compile(r"([\^_])(?:\{([0-9+\-=()n]+)\}|([0-9n]))")
+_URL = re.compile(r"https?://", re.IGNORECASE)  # a word holding a URL is never cut
+_ADDRESS = re.compile(r"^\S+@\S+$")
+_SPACES = re.compile(r"[ \t\n]+")  # not the no-break space: it binds "et al."
 
 
 class ItemLike(Protocol):
@@ -70,30 +104,122 @@ class ItemLike(Protocol):
     def matched(self) -> str: ...
 
 
+@functools.cache
+def _latex_converter() -> LatexNodes2Text:
+    return LatexNodes2Text(math_mode="text")
+
+
+def _scripts(match: re.Match[str]) -> str:
+    digits = match.group(2) or match.group(3)
+    if match.group(1) == "_" and "n" in digits:
+        return match.group(0)
+    return digits.translate(_SUPERSCRIPTS if match.group(1) == "^" else _SUBSCRIPTS)
+
+
+def _latex_fragment(match: re.Match[str]) -> str:
+    source = match.group(0)
+    if len(source) == 2 and source[1] in "%&_#$'":  # an escaped character: itself
+        return source[1]
+    if source.startswith("$"):
+        source = _SCRIPT.sub(_scripts, source)
+    try:
+        text = str(_latex_converter().latex_to_text(source, tolerant_parsing=False))
+    except Exception:  # strict parsing raises on malformed LaTeX: keep it as it was
+        return match.group(0)
+    if not text.strip() and re.fullmatch(r"\\[A-Za-z]+(?:\{\})?", source):
+        return source.strip("\\{}")  # a bare macro with no text of its own: \LaTeX
+    return text
+
+
+def latex_to_text(text: str) -> str:
+    """Readable Unicode for the LaTeX in a title or abstract; other text is left alone.
+
+    Only recognisable LaTeX is converted (inline math, commands, accents), so a
+    "91%" or "$5" in prose survives, and malformed LaTeX stays as it was.
+    """
+    if "$" not in text and "\\" not in text and "~" not in text:
+        return text
+    converted = _LATEX.sub(_latex_fragment, text)
+    # A tie (~) right after a word is a space in LaTeX; elsewhere ("~10x") it stays.
+    return _TIE.sub(" ", converted)
+
+
+def wrap_prose(text: str, indent: str = "", first: str | None = None) -> str:
+    """`text` wrapped at TEXT_WIDTH columns for the plain-text part.
+
+    Lines start with `indent` (the first with `first`, if given). A URL goes
+    alone on its own line and may be longer; so may an email address that does
+    not fit; any other word that is too long is cut.
+    """
+    lines: list[str] = []
+    prefix = indent if first is None else first
+    line = ""
+
+    def flush() -> None:
+        nonlocal line, prefix
+        if line:
+            lines.append(prefix + line)
+            prefix, line = indent, ""
+
+    for word in _SPACES.split(text.strip()):
+        if not word:
+            continue
+        if _URL.search(word):
+            flush()
+            line = word
+            flush()
+            continue
+        while len(word) > TEXT_WIDTH - len(indent) and not _ADDRESS.match(word):
+            flush()
+            room = TEXT_WIDTH - len(prefix)
+            line, word = word[:room], word[room:]
+        if line and len(prefix) + len(line) + 1 + len(word) > TEXT_WIDTH:
+            flush()
+        line = f"{line} {word}" if line else word
+    flush()
+    return "\n".join(lines)
+
+
+def link_line(label: str, url: str, indent: str = "  ") -> str:
+    """'label: url' on one line when it fits in TEXT_WIDTH, else the URL on the next line."""
+    line = f"{indent}{label}: {url}"
+    return line if len(line) <= TEXT_WIDTH else f"{indent}{label}:\n{indent}{url}"
+
+
+def plural(count: int, word: str) -> str:
+    return f"{count} {word}{'' if count == 1 else 's'}"
+
+
 @dataclass(frozen=True)
 class Link:
     label: str
     url: str
 
 
-@dataclass(frozen=True)
-class Reason:
-    """Why a paper is in the digest: its topic, the words that matched (highlighted in
-    HTML) and, for a trending paper, its upvote gain. Jinja's autoescape renders
-    `__html__`; the text part renders `str`."""
+class Reason(str):
+    """Why a paper is in the digest: the topic, the words that matched and, for a
+    trending paper, its upvote gain. As a string it is the plain text; Jinja's
+    autoescape renders `__html__`, where the matched words are highlighted."""
 
-    topic: str
-    words: tuple[str, ...]
-    gain: str = ""
+    html_text: str
 
-    def __str__(self) -> str:
-        matched = ": " + ", ".join(f"“{word}”" for word in self.words) if self.words else ""
-        return f"Matched {self.topic}{matched}" + (f" · {self.gain}" if self.gain else "")
+    def __new__(cls, topic: str, words: tuple[str, ...], gain: str = "") -> Reason:
+        plain: list[str] = []
+        marked: list[str] = []
+        if topic:
+            listed = ", ".join(f"“{word}”" for word in words)
+            plain.append(f"Matched {topic}" + (f": {listed}" if words else ""))
+            highlighted = ", ".join(f"<mark>{html.escape(word)}</mark>" for word in words)
+            marked.append(f"Matched {html.escape(topic)}" + (f": {highlighted}" if words else ""))
+        if gain:
+            plain.append(gain)
+            marked.append(html.escape(gain))
+        reason = super().__new__(cls, " · ".join(plain))
+        reason.html_text = " · ".join(marked)
+        return reason
 
     def __html__(self) -> str:
-        words = ", ".join(f"<mark>{html.escape(word)}</mark>" for word in self.words)
-        text = f"Matched {html.escape(self.topic)}" + (f": {words}" if words else "")
-        return text + (f" · {html.escape(self.gain)}" if self.gain else "")
+        return self.html_text
 
 
 @dataclass(frozen=True)
@@ -103,6 +229,7 @@ class PaperView:
     kind: str
     topic: str
     matched: tuple[str, ...]
+    everything: bool
     upvotes: int | None
     gain: int
     votes: str
@@ -114,21 +241,34 @@ class PaperView:
     period: str = "today"
 
     @property
+    def read_more(self) -> str | None:
+        """Where the rest of a trimmed abstract is: the paper's page, never a search."""
+        known = bool(self.links) and self.links[0].label != SEARCH_LABEL
+        return self.url if self.trimmed and known else None
+
+    @property
+    def badge(self) -> str:
+        return self.kind.upper()
+
+    @property
     def facts(self) -> str:
         """Badge, votes, authors and date on one line, for the text part."""
-        parts = [f"[{self.kind.upper()}]", self.votes, self.byline, self.date]
+        parts = [f"[{self.badge}]", self.votes, self.byline, self.date]
         return " · ".join(part for part in parts if part)
 
     @property
     def reason(self) -> Reason:
+        """Why the paper is here: the topic and the words it matched (the everything topic
+        has none) and, for a trending paper, its upvote gain."""
         gain = f"▲ +{self.gain} {self.period}" if self.kind == "trending" and self.gain else ""
-        return Reason(f"“{self.topic}”", self.matched, gain)
+        return Reason("" if self.everything else f"“{self.topic}”", self.matched, gain)
 
 
 @dataclass(frozen=True)
 class Section:
     title: str
     papers: tuple[PaperView, ...]
+    everything: bool = False
     more: int = 0  # papers that matched beyond the caps
     more_url: str | None = None  # where to see them all
 
@@ -166,11 +306,21 @@ class DigestView:
     def date_long(self) -> str:
         return f"{self.digest_date:%A} {self.digest_date.day} {self.digest_date:%B %Y}"
 
+    def _named_titles(self) -> list[str]:
+        return [section.title for section in self.sections if not section.everything]
+
     @property
     def heading(self) -> str:
         if not self.sections:
-            return "Nothing new today"
-        return f"{self.paper_count} papers on {join_titles(self.topic_titles, 60)}"
+            return f"Nothing new {self.gain_period}"
+        named = self._named_titles()
+        count = self.paper_count
+        if not named:  # only the everything topic
+            top = "top paper" if count == 1 else f"top {count} papers"
+            return f"{'This week' if self.weekly else 'Today'}'s {top}"
+        everything = len(named) < len(self.sections)
+        tail = f" and {self.gain_period}'s top papers" if everything else ""
+        return f"{plural(count, 'paper')} on {join_titles(named, 60 - len(tail))}{tail}"
 
     @property
     def paper_count(self) -> int:
@@ -193,13 +343,18 @@ class DigestView:
         counts = f"{self.new_count} new" if self.new_count else ""
         if self.trending_count:
             counts += (", " if counts else "") + f"{self.trending_count} trending"
+        named = self._named_titles()
+        if not named:
+            return f"{head} · {counts}"
+        if len(named) < len(self.sections):
+            named.append("top papers")
         prefix = f"{head} · {counts} in "
-        return prefix + join_titles(self.topic_titles, MAX_SUBJECT - len(prefix))
+        return prefix + join_titles(named, MAX_SUBJECT - len(prefix))
 
     @property
     def preheader(self) -> str:
         if not self.sections:
-            return "Nothing new matched your topics today."
+            return f"Nothing new matched your topics {self.gain_period}."
         first = self.sections[0].papers[0].title
         return clip(f"{self.summary}: {first}", 140)
 
@@ -236,45 +391,70 @@ def trim_abstract(text: str, limit: int = ABSTRACT_CHARS) -> tuple[str, bool]:
 
 
 def byline(paper: Paper) -> str:
-    names = paper.author_names
+    names = [one_line(latex_to_text(name)) for name in paper.author_names]
     if names:
         shown = ", ".join(names[:AUTHORS_SHOWN])
-        people = shown + (" et al." if len(names) > AUTHORS_SHOWN else "")
+        people = shown + (" et\u00a0al." if len(names) > AUTHORS_SHOWN else "")
     elif paper.author_count:
-        people = f"{paper.author_count} author{'s' if paper.author_count != 1 else ''}"
+        people = plural(paper.author_count, "author")
     else:
         people = ""
     return " · ".join(part for part in (people, paper.organization or "") if part)
 
 
-def topic_title(query: str, label: str | None) -> str:
-    """How a topic is shown: its label, else its query; `*` is 'All papers'."""
-    return one_line(label or ("All papers" if query == "*" else query))
+def everything_title(weekly: bool = False) -> str:
+    """The name of the `*` topic: every paper, best first."""
+    return "This week's top papers" if weekly else "Today's top papers"
 
 
-def paper_view(paper: Paper, item: ItemLike, abstract_chars: int, period: str) -> PaperView:
-    abstract, trimmed = trim_abstract(paper.abstract, abstract_chars)
-    votes = ""
-    if item.upvotes is not None:
-        votes = f"▲ {item.upvotes}" + (
-            f" (+{item.upvote_gain} {period})" if item.upvote_gain else ""
-        )
-    url = safe_http_url(paper.page_url)
+def topic_title(query: str, label: str | None, weekly: bool = False) -> str:
+    """How a topic is shown: its label (the query as typed), else its query; `*` is named."""
+    if label:
+        return one_line(label)
+    return everything_title(weekly) if query == "*" else one_line(query)
+
+
+def paper_links(paper: Paper) -> tuple[str, tuple[Link, ...]]:
+    """Where the title links to, and every link shown under the paper.
+
+    With an arXiv id: the Hugging Face page, the arXiv abstract and the PDF;
+    always the code and project pages when known; a search for the title only
+    when nothing else leads to the paper.
+    """
     candidates = [
+        ("Hugging Face", paper.hf_url),
+        ("arXiv" if paper.arxiv_id else "Abstract", paper.abs_url),
         ("PDF", paper.pdf_url),
-        ("arXiv", paper.abs_url if paper.hf_url else None),
         ("Code", paper.github_url),
         ("Project", paper.project_url),
     ]
-    links = tuple(
-        Link(label, safe) for label, value in candidates if (safe := safe_http_url(value))
-    )
+    links = [Link(label, safe) for label, value in candidates if (safe := safe_http_url(value))]
+    if not any(link.label in ("Hugging Face", "Abstract", "arXiv") for link in links):
+        links.insert(0, Link(SEARCH_LABEL, paper.search_url))
+    return links[0].url, tuple(links)
+
+
+def paper_title(paper: Paper) -> str:
+    """The title as a reader sees it: LaTeX as text, on one line."""
+    return one_line(latex_to_text(paper.title))
+
+
+def paper_view(paper: Paper, item: ItemLike, abstract_chars: int, weekly: bool) -> PaperView:
+    abstract, trimmed = trim_abstract(latex_to_text(paper.abstract), abstract_chars)
+    votes = ""
+    period = "this week" if weekly else "today"
+    if item.upvotes:  # no count, or none yet: nothing to show
+        votes = f"▲\u00a0{item.upvotes}" + (
+            f" (+{item.upvote_gain} {period})" if item.upvote_gain > 0 else ""
+        )
+    url, links = paper_links(paper)
     return PaperView(
-        title=one_line(paper.title),
+        title=paper_title(paper),
         url=url,
         kind=item.kind,
-        topic=topic_title(item.topic, item.topic_label),
+        topic=topic_title(item.topic, item.topic_label, weekly),
         matched=tuple(word for word in item.matched.split(", ") if word),
+        everything=item.topic == "*" and not item.topic_label,
         upvotes=item.upvotes,
         gain=item.upvote_gain,
         votes=votes,
@@ -312,18 +492,21 @@ def build_view(
         chosen = chosen[:limit]
     sections: dict[str, list[PaperView]] = {}
     queries: dict[str, str] = {}
+    everything: set[str] = set()
     for item in chosen:
-        view = paper_view(
-            papers[item.paper_id], item, abstract_chars, "this week" if weekly else "today"
-        )
+        view = paper_view(papers[item.paper_id], item, abstract_chars, weekly)
         sections.setdefault(view.topic, []).append(view)
         queries.setdefault(view.topic, item.topic)
+        if view.everything:
+            everything.add(view.topic)
 
     def section(title: str, views: list[PaperView]) -> Section:
         query = queries[title]
         extra = (more or {}).get(query, 0)
         url = f"{base_url.rstrip('/')}/preview?topic={quote(query)}" if base_url else None
-        return Section(title, tuple(views), extra, safe_http_url(url) if extra else None)
+        return Section(
+            title, tuple(views), title in everything, extra, safe_http_url(url) if extra else None
+        )
 
     return DigestView(
         digest_date=digest_date,
@@ -338,10 +521,14 @@ def build_view(
 
 
 def template_environment(override: Path | None = None, *, html_mode: bool) -> jinja2.Environment:
-    """Jinja with StrictUndefined; autoescape for HTML. An override folder is searched first."""
+    """Jinja with StrictUndefined; autoescape for HTML. An override folder is searched first.
+
+    Text templates wrap prose with the `wrap(indent, first)` filter and write
+    links with `link_line(label, url)`, keeping lines within TEXT_WIDTH.
+    """
     folders = [str(override)] if override else []
     folders.append(str(resource_dir("templates")))
-    return jinja2.Environment(
+    environment = jinja2.Environment(
         loader=jinja2.FileSystemLoader(folders),
         autoescape=html_mode,
         undefined=jinja2.StrictUndefined,
@@ -349,6 +536,9 @@ def template_environment(override: Path | None = None, *, html_mode: bool) -> ji
         trim_blocks=True,
         lstrip_blocks=True,
     )
+    environment.filters["wrap"] = wrap_prose
+    environment.globals["link_line"] = link_line
+    return environment
 
 
 @dataclass(frozen=True)
@@ -360,11 +550,12 @@ class Recipient:
     unsubscribe_url: str
     manage_url: str
     view_url: str
-    greeting: str = ""
+    name: str | None = None
 
     def values(self) -> dict[str, str]:
+        name = one_line(self.name or "")
         return {
-            "greeting": one_line(self.greeting or f"Hello {self.email},"),
+            "greeting": f"Hello {name}," if name else "",
             "email": one_line(self.email),
             "topics": one_line(join_titles(list(self.topics), 300)),
             "unsubscribe_url": safe_http_url(self.unsubscribe_url) or "",
@@ -382,14 +573,76 @@ class RenderedDigest:
     text: str
     view: DigestView = field(repr=False)
 
+    @functools.cached_property
+    def _text_lines(self) -> tuple[list[str], list[int]]:
+        """The text part's lines, and which of them hold a placeholder."""
+        lines = self.text.split("\n")
+        tokens = PLACEHOLDERS.values()
+        return lines, [i for i, line in enumerate(lines) if any(t in line for t in tokens)]
+
     def personalize(self, recipient: Recipient) -> tuple[str, str]:
-        """(html, text) for one recipient: plain substitutions, no Jinja, no premailer."""
-        markup, text = self.html, self.text
-        for name, value in recipient.values().items():
-            token = PLACEHOLDERS[name]
-            markup = markup.replace(token, html.escape(value, quote=True))
-            text = text.replace(token, value)
+        """(html, text) for one recipient: plain substitutions, no Jinja, no premailer.
+
+        A text line that grows past TEXT_WIDTH with the recipient's values is
+        wrapped again; with no name, the greeting's paragraph and line go.
+        """
+        values = recipient.values()
+        markup = self.html
+        if not values["greeting"]:
+            markup = _NO_GREETING_HTML.sub("", markup, count=1)
+        for name, value in values.items():
+            markup = markup.replace(PLACEHOLDERS[name], html.escape(value, quote=True))
+        lines, personal = self._text_lines
+        lines = list(lines)
+        dropped: set[int] = set()
+        for index in personal:
+            line = lines[index]
+            if line == PLACEHOLDERS["greeting"] and not values["greeting"]:
+                dropped.add(index)
+                if lines[index + 1 : index + 2] == [""]:
+                    dropped.add(index + 1)  # and the blank line after it
+                continue
+            for name, value in values.items():
+                line = line.replace(PLACEHOLDERS[name], value)
+            if len(line) > TEXT_WIDTH:
+                indent = line[: len(line) - len(line.lstrip())]
+                line = wrap_prose(line, indent)
+            lines[index] = line
+        text = "\n".join(line for index, line in enumerate(lines) if index not in dropped)
         return markup, text
+
+
+@dataclass(frozen=True)
+class Notice:
+    """A one-off email to one person (confirm your subscription...): text and one action."""
+
+    subject: str
+    heading: str
+    paragraphs: tuple[str, ...]
+    action_label: str = ""
+    action_url: str = ""
+    footnote: str = ""
+    site_name: str = ""
+    postal_address: str = ""
+
+
+def inline_css(markup: str) -> str:
+    """Inline the CSS of `markup` (premailer) and drop its <style> blocks.
+
+    The layout never depends on a <style> block, which Gmail's mobile webmail
+    and others remove; progressive enhancements (dark mode, phones) live in a
+    `<style data-premailer="ignore">` block, which stays as written.
+    """
+    return str(
+        Premailer(
+            markup,
+            keep_style_tags=False,
+            strip_important=False,
+            remove_classes=False,
+            cssutils_logging_level="CRITICAL",
+            disable_validation=True,
+        ).transform()
+    )
 
 
 @dataclass
@@ -410,14 +663,7 @@ class Renderer:
     def _render(self, view: DigestView) -> RenderedDigest:
         context = {"digest": view, **PLACEHOLDERS}
         raw_html = self._html.get_template("digest.html.j2").render(context)
-        inlined = Premailer(
-            raw_html,
-            keep_style_tags=True,
-            strip_important=False,
-            remove_classes=False,
-            cssutils_logging_level="CRITICAL",
-            disable_validation=True,
-        ).transform()
+        inlined = inline_css(raw_html)
         text = self._text.get_template("digest.txt.j2").render(context)
         return RenderedDigest(subject=view.subject, html=inlined, text=text, view=view)
 
@@ -455,3 +701,15 @@ class Renderer:
             if len(rendered.html.encode("utf-8")) <= self.budget - PERSONAL_ROOM:
                 break
         return rendered
+
+    def render_notice(self, notice: Notice) -> tuple[str, str]:
+        """(html, text) of a one-off email such as a subscription confirmation."""
+        notice = replace(
+            notice,
+            site_name=one_line(self.site_name),
+            postal_address=one_line(self.postal_address),
+            action_url=safe_http_url(notice.action_url) or "",
+        )
+        html_part = inline_css(self._html.get_template("notice.html.j2").render(notice=notice))
+        text = self._text.get_template("notice.txt.j2").render(notice=notice)
+        return html_part, text

@@ -42,6 +42,7 @@ from digest.deliver import DueList, Sender, SendReport, send_digests
 from digest.ingest import InputSummary
 from digest.models import Subscriber
 from digest.select import local_date, send_time, sends_on
+from digest.subscribers import purge_pending
 
 log = logging.getLogger("digest.schedule")
 
@@ -71,21 +72,28 @@ def due_subscribers(session: Session, now: datetime, grace: timedelta) -> DueLis
     return due
 
 
+def next_send_time(subscriber: Subscriber, now: datetime) -> datetime:
+    """The first send time of the subscriber at or after `now` (their next digest day)."""
+    today = local_date(now, subscriber.timezone)
+    for offset in range(8):
+        day = today + timedelta(days=offset)
+        if sends_on(subscriber, day) and (at := send_time(subscriber, day)) >= now:
+            return at
+    raise AssertionError("every subscriber sends at least once a week")
+
+
 def due_within(
     session: Session, now: datetime, window: timedelta
 ) -> list[tuple[Subscriber, datetime]]:
     """Active subscribers whose next send time falls in [now, now + window)."""
-    upcoming = []
-    for subscriber in db.list_subscribers(session, "active"):
-        today = local_date(now, subscriber.timezone)
-        for day in (today, today + timedelta(days=1)):
-            if not sends_on(subscriber, day):
-                continue
-            at = send_time(subscriber, day)
-            if now <= at < now + window:
-                upcoming.append((subscriber, at))
-                break
-    return sorted(upcoming, key=lambda pair: pair[1])
+    upcoming = [
+        (subscriber, next_send_time(subscriber, now))
+        for subscriber in db.list_subscribers(session, "active")
+    ]
+    return sorted(
+        [(subscriber, at) for subscriber, at in upcoming if at < now + window],
+        key=lambda pair: pair[1],
+    )
 
 
 def skip_stale(session: Session, now: datetime, grace: timedelta) -> int:
@@ -106,13 +114,14 @@ def default_holder() -> str:
 
 @dataclass
 class Dispatcher:
-    """One dispatch run: take the lease, skip stale rows, send what is due."""
+    """One dispatch run: take the lease, skip stale rows, forget unconfirmed requests, send."""
 
     factory: sessionmaker[Session]
     make_sender: Callable[[], Sender]
     settings: DigestSettings
     grace: timedelta
     lease_for: timedelta
+    pending_for: timedelta = timedelta(days=7)
     holder: str = field(default_factory=default_holder)
 
     def run(self, now: datetime) -> SendReport | None:
@@ -123,6 +132,7 @@ class Dispatcher:
             ):
                 return None
             skip_stale(session, now, self.grace)
+            purge_pending(session, now, self.pending_for)
         return send_digests(
             self.make_sender(),
             lambda session: due_subscribers(session, now, self.grace),

@@ -17,7 +17,8 @@ never been sent to this subscriber, and are either
   `lookback_days` back; a first digest or a preview looks back the whole window), or
 * **trending**: gained at least `min_trending_gain` upvotes in the subscriber's
   period (1 day, or 7 for weekly subscribers): ``gain`` is the latest count at
-  `now` minus the latest before the period (0 before the first observation). The
+  `now` minus the latest before the period (or the first one in it: a first
+  observation is no gain). The
   `max_trending` papers with the highest Hacker News score
   ``gain / (age_hours + 2) ** gravity`` are shown as trending, new or not (so first
   digests and previews show them too); other new papers show as new, and other old
@@ -34,7 +35,7 @@ period's papers by upvotes (the Hugging Face view) and may fill the whole digest
 
 A paper appears once per digest, under the topic it matches best. Caps:
 `max_per_topic` per topic (`max_items` for `*`) and `max_items` in all, shared
-round-robin between topics; how many more papers matched each topic is kept
+round-robin between topics, trending papers taking their places first; how many more papers matched each topic is kept
 (`Selection.more`) for the email's "N more matched" line. `record_selection`
 stores the content as a `Digest` shared by every subscriber with the same items,
 plus this subscriber's `Delivery` row for the date.
@@ -136,15 +137,20 @@ def trend_window(subscriber: Subscriber) -> timedelta:
 
 
 def upvote_gain(history: list[tuple[datetime, int]], start: datetime, end: datetime) -> int:
-    """Latest count at or before `end` minus the latest at or before `start` (0 if none)."""
-    before = 0
-    latest = 0
+    """Latest count at or before `end` minus the latest at or before `start`.
+
+    A gain needs two observations: with none before `start`, the baseline is the
+    first one in the window, so a paper's first count is never a gain.
+    """
+    before: int | None = None
+    latest: int | None = None
     for observed_at, upvotes in history:
-        if observed_at <= start:
+        if observed_at > end:
+            break
+        if observed_at <= start or before is None:
             before = upvotes
-        if observed_at <= end:
-            latest = upvotes
-    return latest - before
+        latest = upvotes
+    return 0 if latest is None or before is None else latest - before
 
 
 def paper_age_hours(paper: Paper, now: datetime) -> float:
@@ -292,7 +298,11 @@ class SelectionRun:
         def rank(item: SelectedItem) -> tuple[float, int, int]:
             return (-item.score, -(item.upvotes or 0), -item.paper_id)
 
-        queues = [sorted(items, key=rank) for items in per_topic]
+        # Trending papers take their places first (they are few: max_trending), then
+        # the others by score; each topic is shown in score order.
+        queues = [
+            sorted(items, key=lambda i: (i.kind != "trending", *rank(i))) for items in per_topic
+        ]
         caps = [
             settings.max_items if topic.query == "*" else settings.max_per_topic
             for topic in subscriber.topics
@@ -308,7 +318,7 @@ class SelectionRun:
                     taken[position].append(queue.pop(0))
                     total += 1
 
-        items = [self._explained(item) for group in taken for item in group]
+        items = [self._explained(item) for group in taken for item in sorted(group, key=rank)]
         more = {
             topic.query: len(queue)
             for topic, queue in zip(subscriber.topics, queues, strict=True)
@@ -373,6 +383,7 @@ class DigestContent:
     items: Sequence[SelectedItem] | Sequence[DigestItem]
     key: str
     more: Mapping[str, int] = field(default_factory=dict)
+    digest_id: int | None = None  # the stored digest, once it was planned
 
 
 def digest_content(
@@ -396,7 +407,7 @@ def digest_content(
     if delivery is not None and delivery.digest is not None:
         stored = delivery.digest
         more = json.loads(stored.more_matched or "{}")
-        return day, now, DigestContent(stored.items, stored.content_hash, more)
+        return day, now, DigestContent(stored.items, stored.content_hash, more, stored.id)
     selection = SelectionRun(session, now, settings).select(subscriber, day)
     return day, now, DigestContent(selection.items, selection.content_hash, selection.more)
 

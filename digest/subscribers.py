@@ -8,9 +8,10 @@ equivalent spellings are one topic evaluated once per run.
 
 from __future__ import annotations
 
+import re
 import secrets
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from email_validator import EmailNotValidError, validate_email
 from sqlalchemy.orm import Session
@@ -20,10 +21,14 @@ from digest.config import iana_timezones
 from digest.errors import DigestError
 from digest.models import WEEKDAYS, Subscriber, Topic
 from digest.query import QueryError, parse_query
-from digest.sources.records import CONTROL_CHARS
+from digest.sources.records import CONTROL_CHARS, one_line
 
 MAX_TOPICS = 20
 MAX_LABEL = 100
+MAX_NAME = 100
+# C1 controls and the bidirectional controls that can reorder what a reader sees
+# (the "Trojan Source" characters); CONTROL_CHARS covers C0, DEL and line breaks.
+HIDDEN_CHARS = re.compile("[\x80-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 
 
 class SubscriberError(DigestError, ValueError):
@@ -73,13 +78,122 @@ def parse_topic(text: str) -> TopicSpec:
     head, sep, tail = text.partition("=")
     if sep and head.strip() and '"' not in head and ":" not in head:
         label, query_text = head.strip(), tail
-    if label is not None and (len(label) > MAX_LABEL or CONTROL_CHARS.search(label)):
+    if label is not None and (len(label) > MAX_LABEL or not is_plain(label)):
         raise SubscriberError(f"topic label {label[:40]!r}: at most {MAX_LABEL} plain characters")
     try:
         query = parse_query(query_text)
     except QueryError as exc:
         raise SubscriberError(f"topic {text!r}: {exc}") from None
-    return TopicSpec(query=query.canonical(), label=label)
+    canonical = query.canonical()
+    typed = one_line(query_text)
+    if label is None and typed != canonical and len(typed) <= MAX_LABEL and is_plain(typed):
+        label = typed  # shown as the subscriber typed it: "3D", not "3d"
+    return TopicSpec(query=canonical, label=label)
+
+
+def is_plain(text: str) -> bool:
+    """No control, line-breaking or bidirectional characters: safe to show anywhere."""
+    return not (CONTROL_CHARS.search(text) or HIDDEN_CHARS.search(text))
+
+
+def check_name(name: str) -> str | None:
+    """A display name for the greeting, trimmed; None when empty. SubscriberError if unfit."""
+    text = name.strip()
+    if not is_plain(text):
+        raise SubscriberError(
+            f"name {name[:40]!r}: one line of text, without control or direction characters"
+        )
+    if len(text) > MAX_NAME:
+        raise SubscriberError(f"name: at most {MAX_NAME} characters, got {len(text)}")
+    return text or None
+
+
+@dataclass(frozen=True)
+class Preferences:
+    """Validated subscription settings; None (and `daily=False`) keeps the current value."""
+
+    topics: tuple[TopicSpec, ...]
+    timezone: str | None = None
+    hour: int | None = None
+    weekday: int | None = None
+    daily: bool = False
+    name: str | None = None  # None keeps the current name, "" removes it
+
+
+def parse_preferences(
+    topics: list[str],
+    *,
+    timezone: str | None = None,
+    hour: int | None = None,
+    weekday: int | None = None,
+    daily: bool = False,
+    name: str | None = None,
+) -> Preferences:
+    """Validate everything a subscriber chooses; SubscriberError names the first bad field."""
+    if not topics:
+        raise SubscriberError("give at least one topic")
+    if len(topics) > MAX_TOPICS:
+        raise SubscriberError(f"at most {MAX_TOPICS} topics per subscriber")
+    specs = tuple({spec.query: spec for spec in map(parse_topic, topics)}.values())
+    return Preferences(
+        topics=specs,
+        timezone=None if timezone is None else check_timezone(timezone),
+        hour=None if hour is None else check_hour(hour),
+        weekday=weekday,
+        daily=daily,
+        name=None if name is None else (check_name(name) or ""),
+    )
+
+
+def apply_preferences(
+    session: Session, subscriber: Subscriber, preferences: Preferences, now: datetime
+) -> None:
+    """Give `subscriber` these preferences; topics replace the old ones."""
+    subscriber.timezone = preferences.timezone or subscriber.timezone
+    if preferences.hour is not None:
+        subscriber.send_hour = preferences.hour
+    if preferences.daily:
+        subscriber.weekday = None
+    elif preferences.weekday is not None:
+        subscriber.weekday = preferences.weekday
+    if preferences.name is not None:
+        subscriber.name = preferences.name or None
+    subscriber.updated_at = now
+    subscriber.topics.clear()
+    session.flush()
+    subscriber.topics.extend(
+        Topic(position=position, query=spec.query, label=spec.label)
+        for position, spec in enumerate(preferences.topics)
+    )
+    session.flush()
+
+
+def find_or_create(
+    session: Session,
+    address: str,
+    now: datetime,
+    default_timezone: str,
+    default_hour: int,
+) -> tuple[Subscriber, bool]:
+    """The subscriber with this address, or a new one (added to the session, no topics yet)."""
+    email, key = normalize_email(address)
+    subscriber = db.find_subscriber(session, key)
+    if subscriber is not None:
+        return subscriber, False
+    subscriber = Subscriber(
+        email=email,
+        email_key=key,
+        status="pending",
+        timezone=default_timezone,
+        send_hour=default_hour,
+        weekday=None,
+        secret=secrets.token_urlsafe(32),
+        created_at=now,
+        updated_at=now,
+        topics=[],
+    )
+    session.add(subscriber)
+    return subscriber, True
 
 
 def subscribe(
@@ -92,53 +206,94 @@ def subscribe(
     hour: int | None = None,
     weekday: int | None = None,
     daily: bool = False,
+    name: str | None = None,
     default_timezone: str = "UTC",
     default_hour: int = 7,
 ) -> tuple[Subscriber, bool]:
     """Add an active subscriber, or update an existing one; return it and whether it is new.
 
-    Topics replace the old ones; options not given keep their values.
+    This is the operator's path (`digest subscribe`): no confirmation. Topics
+    replace the old ones; options not given (None) keep their values. A `name`
+    is used in the greeting; an empty one removes it.
     """
-    email, key = normalize_email(address)
-    if not topics:
-        raise SubscriberError("give at least one --topic")
-    if len(topics) > MAX_TOPICS:
-        raise SubscriberError(f"at most {MAX_TOPICS} topics per subscriber")
-    specs = list({spec.query: spec for spec in map(parse_topic, topics)}.values())
-    if timezone is not None:
-        check_timezone(timezone)
-    if hour is not None:
-        check_hour(hour)
-    subscriber = db.find_subscriber(session, key)
-    created = subscriber is None
-    if subscriber is None:
-        subscriber = Subscriber(
-            email=email,
-            email_key=key,
-            timezone=timezone or default_timezone,
-            send_hour=default_hour if hour is None else hour,
-            weekday=weekday,
-            secret=secrets.token_urlsafe(32),
-            created_at=now,
-            topics=[],
-        )
-        session.add(subscriber)
-    else:
-        subscriber.email = email
-        subscriber.timezone = timezone or subscriber.timezone
-        subscriber.send_hour = subscriber.send_hour if hour is None else hour
-        subscriber.weekday = None if daily else (subscriber.weekday if weekday is None else weekday)
+    email, _ = normalize_email(address)
+    preferences = parse_preferences(
+        topics, timezone=timezone, hour=hour, weekday=weekday, daily=daily, name=name
+    )
+    subscriber, created = find_or_create(session, address, now, default_timezone, default_hour)
+    subscriber.email = email
     subscriber.status = "active"
     subscriber.confirmed_at = subscriber.confirmed_at or now
-    subscriber.updated_at = now
-    subscriber.topics.clear()
-    session.flush()
-    subscriber.topics.extend(
-        Topic(position=position, query=spec.query, label=spec.label)
-        for position, spec in enumerate(specs)
-    )
-    session.flush()
+    apply_preferences(session, subscriber, preferences, now)
     return subscriber, created
+
+
+# What the subscribe form sends to the address it was given.
+CONFIRM = "confirm"  # a link that activates the (pending) subscription
+ALREADY = "already"  # the address already receives digests: a link to manage them
+
+
+def request_subscription(
+    session: Session,
+    address: str,
+    preferences: Preferences,
+    *,
+    now: datetime,
+    resend_after: timedelta,
+    default_timezone: str = "UTC",
+    default_hour: int = 7,
+) -> tuple[Subscriber, str | None]:
+    """The double opt-in path (the web form, `digest subscribe --confirm`).
+
+    A new, pending, unsubscribed or bounced address becomes `pending` with these
+    preferences and gets a confirmation email; an active subscriber's settings
+    are left alone (whoever typed the address may not own it) and the owner is
+    sent a link to manage them instead. Returns the subscriber and which email
+    to send (`CONFIRM`, `ALREADY`), or None when one went to this address less
+    than `resend_after` ago: the form cannot be used to flood an inbox.
+    """
+    subscriber, _ = find_or_create(session, address, now, default_timezone, default_hour)
+    if subscriber.status == "active":
+        kind = ALREADY
+    else:
+        subscriber.status = "pending"
+        apply_preferences(session, subscriber, preferences, now)
+        kind = CONFIRM
+    last = subscriber.confirm_sent_at
+    if last is not None and now - last < resend_after:
+        return subscriber, None
+    subscriber.confirm_sent_at = now
+    session.flush()
+    return subscriber, kind
+
+
+def confirm(session: Session, subscriber: Subscriber, now: datetime) -> bool:
+    """Activate a pending subscriber; True if it is (now) active, False if it left since."""
+    if subscriber.status == "pending":
+        subscriber.status = "active"
+        subscriber.confirmed_at = now
+        subscriber.updated_at = now
+        session.flush()
+    return subscriber.status == "active"
+
+
+def purge_pending(session: Session, now: datetime, older_than: timedelta) -> int:
+    """Forget subscription requests nobody confirmed within `older_than`.
+
+    A pending address that was never confirmed is deleted; one that had been a
+    subscriber before (it has a sent history to keep) goes back to `unsubscribed`.
+    """
+    cutoff = now - older_than
+    purged = 0
+    for subscriber in db.stale_pending_subscribers(session, cutoff):
+        if subscriber.confirmed_at is None:
+            session.delete(subscriber)
+        else:
+            subscriber.status = "unsubscribed"
+            subscriber.updated_at = now
+        purged += 1
+    session.flush()
+    return purged
 
 
 def transient_subscriber(topics: list[str], timezone: str, hour: int) -> Subscriber:

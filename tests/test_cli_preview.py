@@ -50,19 +50,19 @@ def test_ad_hoc_topic_preview_in_every_format(cli, seeds: Path, tmp_path: Path) 
 @freeze_time("2026-11-25 07:00:00")
 def test_subscriber_preview_has_no_side_effects(cli, seeds: Path, tmp_path: Path) -> None:
     cli("ingest", str(seeds))
-    cli("subscribe", "ada@example.org", "--topic", "Diffusion=diffusion", "--topic", "*")
+    cli("subscribe", "ada@example.org", "--name", "Ada", "--topic", "diffusion", "--topic", "*")
     out = tmp_path / "ada.eml"
     first = cli("preview", "--email", "ADA@example.org", "--format", "eml", "--out", str(out))
     assert first.exit_code == 0, first.output
     assert first.output.splitlines()[0] == (
-        "Daily Papers · Wed 25 Nov · 16 new, 4 trending in Diffusion, All papers"
+        "Daily Papers · Wed 25 Nov · 20 new in diffusion, top papers"
     )
     message = message_from_bytes(out.read_bytes(), policy=policy.default)
     assert message["To"] == "ada@example.org"
-    assert (
-        "ada@example.org follows Diffusion, All papers"
-        in message.get_body(("plain",)).get_content()
-    )
+    plain = message.get_body(("plain",)).get_content().replace("\r\n", "\n")
+    assert "\n\nHello Ada,\n\n== diffusion ==\n" in plain
+    assert ">Hello Ada,</p>" in message.get_body(("html",)).get_content()
+    assert "ada@example.org follows diffusion, Today's top papers" in " ".join(plain.split())
     assert count_rows(tmp_path) == (0, 0)
     again = cli("preview", "--email", "ada@example.org", "--format", "eml", "--out", str(out))
     assert again.output == first.output  # nothing was recorded, so nothing changed

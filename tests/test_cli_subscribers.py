@@ -91,6 +91,11 @@ def test_subscribe_update_and_unsubscribe(cli, tmp_path: Path) -> None:
         (["a@example.org", "--topic", "x", "--weekly", "someday"], "unknown weekday 'someday'"),
         (["a@example.org", "--topic", "x", "--weekly", "mon", "--daily"], "exclude each other"),
         (["a@example.org"], "Missing option '--topic'"),
+        (["a@example.org", "--topic", "x", "--name", "Ada\nBcc: x"], "Error: name 'Ada\\nBcc: x'"),
+        (["a@example.org", "--topic", "x", "--name", "Ada\u202eecalevoL"], "direction characters"),
+        (["a@example.org", "--topic", "x", "--name", "Ada\x85Lovelace"], "direction characters"),
+        (["a@example.org", "--topic", "x", "--name", "A" * 101], "at most 100 characters, got 101"),
+        (["a@example.org", "--topic", "RLHF\u2066=rlhf"], "at most 100 plain characters"),
     ],
 )
 def test_subscribe_rejects_bad_input(cli, tmp_path: Path, args: list[str], message: str) -> None:
@@ -132,3 +137,40 @@ def test_topics_and_match_on_the_seed_data(cli, seeds: Path) -> None:
     bad = cli("match", "--", "-survey")
     assert bad.exit_code == 2
     assert "Invalid value for QUERY: query only excludes words" in bad.output
+
+
+@freeze_time("2026-11-25 09:30:00")
+def test_greeting_name_and_topics_as_typed(cli, tmp_path: Path) -> None:
+    added = cli(
+        "subscribe",
+        "ada@example.org",
+        "--name",
+        "  Ada Lovelace ",
+        "--topic",
+        "3D",
+        "--topic",
+        "Diffusion Models",
+        "--topic",
+        "cat:cs.CL",
+        "--topic",
+        "rlhf",
+    )
+    assert added.exit_code == 0, added.output
+    assert added.output.endswith("topics: 3D; Diffusion Models; cat:cs.CL; rlhf\n")
+    [ada] = subscribers(tmp_path)
+    assert ada.name == "Ada Lovelace"
+    # The query is stored in canonical form (one evaluation for "3D" and "3d"), the
+    # subscriber's own spelling as the label the emails show.
+    assert [(t.query, t.label) for t in ada.topics] == [
+        ("3d", "3D"),
+        ("diffusion models", "Diffusion Models"),
+        ('cat:"cs cl"', "cat:cs.CL"),
+        ("rlhf", None),
+    ]
+    # Re-subscribing without --name keeps it; --name '' removes it.
+    cli("subscribe", "ada@example.org", "--topic", "3d")
+    [kept] = subscribers(tmp_path)
+    assert kept.name == "Ada Lovelace"
+    assert [(t.query, t.label) for t in kept.topics] == [("3d", None)]
+    cli("subscribe", "ada@example.org", "--topic", "3d", "--name", "")
+    assert subscribers(tmp_path)[0].name is None

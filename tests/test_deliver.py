@@ -136,16 +136,15 @@ def test_each_subscriber_gets_one_well_formed_digest(factory, readers, smtp_serv
         assert raw_rcpts == [to]
         assert message["From"] == "Papers Digest <digest@papers.example.org>"
         assert message["Reply-To"] == "team@papers.example.org"
-        assert message["Subject"] == "Daily Papers · Mon 2 Mar · 1 new, 2 trending in Diffusion"
+        assert message["Subject"] == "Daily Papers · Mon 2 Mar · 3 new in Diffusion"
         assert message["Date"] == "Mon, 02 Mar 2026 07:00:00 +0000"
         assert message["Message-ID"].startswith(f"<digest.20260302.{ids[to]}.")
         assert message["Message-ID"].endswith("@papers.example.org>")
         assert message["List-Id"] == "Papers Digest <digest.papers.example.org>"
         assert message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
         unsubscribe = message["List-Unsubscribe"]
-        assert unsubscribe.startswith("<https://digest.example.org/u/") and unsubscribe.endswith(
-            ">"
-        )
+        assert unsubscribe.startswith("<https://digest.example.org/unsubscribe/")
+        assert unsubscribe.endswith(">")
         token = unsubscribe[1:-1].rsplit("/", 1)[1]
         assert token_payload(token) == ids[to]
         assert verify_token(SECRET, secrets[to], "unsubscribe", token) == ids[to]
@@ -353,10 +352,7 @@ def test_maildir_outbox(factory, readers, tmp_path: Path) -> None:
         message_from_bytes(box.get_bytes(key), policy=policy.default) for key in box.iterkeys()
     ]
     assert sorted(m["To"] for m in messages) == sorted(EMAILS)
-    assert all(
-        m["Subject"] == "Daily Papers · Mon 2 Mar · 1 new, 2 trending in Diffusion"
-        for m in messages
-    )
+    assert all(m["Subject"] == "Daily Papers · Mon 2 Mar · 3 new in Diffusion" for m in messages)
 
 
 def simple_message(**changes):

@@ -14,6 +14,8 @@ from pathlib import Path
 import jinja2
 import lxml.html
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from premailer import Premailer
 
 from digest import db
@@ -21,7 +23,15 @@ from digest.config import DigestSettings, MailConfig
 from digest.deliver import DigestMailer, build_message
 from digest.ingest import ingest_inputs
 from digest.models import Paper, Subscriber, Topic
-from digest.render import HTML_BUDGET, Recipient, Renderer, trim_abstract
+from digest.render import (
+    HTML_BUDGET,
+    Recipient,
+    Renderer,
+    latex_to_text,
+    link_line,
+    trim_abstract,
+    wrap_prose,
+)
 from digest.select import SelectionRun
 from tests.conftest import SEEDS
 
@@ -29,7 +39,7 @@ DAY = date(2026, 11, 25)
 NOW = datetime(2026, 11, 25, 7, 0, tzinfo=UTC)
 RECIPIENT = Recipient(
     email="ada@example.org",
-    topics=["Diffusion", "All papers"],
+    topics=["Diffusion", "Today's top papers"],
     unsubscribe_url="https://digest.example.org/u/TOKEN",
     manage_url="https://digest.example.org/manage/TOKEN",
     view_url="https://digest.example.org/view/TOKEN",
@@ -106,28 +116,62 @@ def test_html_follows_email_practice(seed_digest) -> None:
     assert tree.xpath("//meta[@name='viewport']")
     tables = tree.xpath("//table")
     assert tables and all(t.get("role") == "presentation" for t in tables)
-    assert tree.xpath("//table[@class='container']/@width") == ["600"]
-    assert "max-width:600px" in tree.xpath("//table[@class='container']/@style")[0].replace(" ", "")
-    # CSS is inlined, the @media rules survive in the <style> block, nothing is external.
+    # Fluid to 600 px, and a fixed 600 px ghost table for Outlook on Windows.
+    container = tree.xpath("//table[@class='container']")[0]
+    assert container.get("width") == "100%"
+    assert "max-width:600px" in container.get("style").replace(" ", "")
+    assert '<!--[if mso]><table role="presentation" width="600"' in html
+    assert html.count("<!--[if mso]>") == 3 and html.count("<![endif]-->") == 3
+    # Everything is inlined; the one <style> left holds only the @media rules
+    # (dark mode, phones), which clients without <style> can do without.
     assert tree.xpath("//p[@class='title']/@style")
-    style = "".join(tree.xpath("//style/text()"))
+    [style] = tree.xpath("//style/text()")
     assert "@media (prefers-color-scheme: dark)" in style and "max-width: 620px" in style
+    outside_media = re.sub(r"@media[^{]*\{(?:[^{}]*\{[^{}]*\})*[^{}]*\}", "", style)
+    assert outside_media.split() == [
+        ":root",
+        "{",
+        "color-scheme:",
+        "light",
+        "dark;",
+        "supported-color-schemes:",
+        "light",
+        "dark;",
+        "}",
+    ]
     assert not tree.xpath("//link[@rel='stylesheet']") and "@import" not in style
+    # Outlook ignores opacity and overflow: nothing relies on them.
+    assert "opacity" not in html and "overflow" not in html
     preheader = tree.xpath("//div[@class='preheader']")[0]
-    assert "display:none" in preheader.get("style").replace(" ", "")
-    assert preheader.text_content().startswith("16 new, 4 trending")
+    assert preheader.get("style").replace(" ", "") == "display:none;mso-hide:all"
+    assert preheader.text_content().startswith("20 new: ")
     assert all(img.get("alt") for img in tree.xpath("//img"))
-    # Header: date and topics; footer: why, links, postal line.
-    assert tree.xpath("//h1/text()") == ["20 papers on Diffusion, All papers"]
+    # Header: date and topics, no greeting without a name; footer: why, links, postal line.
+    assert tree.xpath("//h1/text()") == ["20 papers on Diffusion and today's top papers"]
+    assert [" ".join(h.text_content().split()) for h in tree.xpath("//h2")] == [
+        "Diffusion",
+        "Today's top papers",
+    ]
+    assert (
+        "Hello" not in html
+        and RECIPIENT.email not in tree.xpath("//td[@class='pad']")[0].text_content()
+    )
     footer = tree.xpath("//td[@class='footer']")[0].text_content()
-    assert "because ada@example.org follows Diffusion, All papers" in footer
+    assert "because ada@example.org follows Diffusion, Today's top papers" in footer
     assert "Papers Digest, 1 Rue Example, Paris" in footer
     hrefs = tree.xpath("//a/@href")
     assert {RECIPIENT.unsubscribe_url, RECIPIENT.manage_url, RECIPIENT.view_url} <= set(hrefs)
     assert all(href.startswith(("https://", "http://")) for href in hrefs)
-    assert rendered.subject == (
-        "Daily Papers · Wed 25 Nov · 16 new, 4 trending in Diffusion, All papers"
-    )
+    assert rendered.subject == "Daily Papers · Wed 25 Nov · 20 new in Diffusion, top papers"
+
+
+def long_lines(text: str) -> list[str]:
+    """Lines over 78 columns that are not a URL alone (the only thing allowed to be)."""
+    return [
+        line
+        for line in text.splitlines()
+        if len(line) > 78 and not re.fullmatch(r"\s*https?://\S+", line)
+    ]
 
 
 def test_text_part_carries_the_same_papers(seed_digest) -> None:
@@ -135,13 +179,23 @@ def test_text_part_carries_the_same_papers(seed_digest) -> None:
     _, html, text = render(items, papers)
     tree = lxml.html.fromstring(html)
     html_titles = [" ".join(p.text_content().split()) for p in tree.xpath("//p[@class='title']")]
-    text_titles = [line[2:] for line in text.splitlines() if line.startswith("* ")]
-    assert html_titles == text_titles == [papers[i.paper_id].title for i in items]
+    entries = re.findall(r"^\* (.*?)\n  \[", text, flags=re.MULTILINE | re.DOTALL)
+    text_titles = [" ".join(entry.split()) for entry in entries]
+    assert html_titles == text_titles
+    assert len(text_titles) == 20
+    # Prose is wrapped at 78 columns; each URL sits on a line of its own.
+    assert long_lines(text) == []
+    assert max(len(line) for line in text.splitlines()) > 78  # long search URLs stay whole
     for paper in (papers[i.paper_id] for i in items):
-        assert paper.page_url in text
+        assert f"\n  {paper.search_url}\n" in text  # seed papers have no arXiv id
     assert "Unsubscribe: https://digest.example.org/u/TOKEN" in text
     assert "Papers Digest, 1 Rue Example, Paris" in text
-    assert "== Diffusion ==" in text and "== All papers ==" in text
+    assert "== Diffusion ==" in text and "== Today's top papers ==" in text
+    assert "Hello" not in text and "\n\n\n" not in text
+    assert text.startswith(
+        "Daily Papers: 20 papers on Diffusion and today's top papers\n"
+        "Wednesday 25 November 2026 · 20 new\n\n== Diffusion ==\n"
+    )
 
 
 def test_paper_details() -> None:
@@ -163,46 +217,111 @@ def test_paper_details() -> None:
     _, html, text = render([item], {1: paper})
     tree = lxml.html.fromstring(html)
     assert tree.xpath("//p[@class='title']/a/@href") == ["https://huggingface.co/papers/2611.00001"]
-    assert tree.xpath("//span[contains(@class,'badge')]/text()") == ["trending"]
+    assert tree.xpath("//span[contains(@class,'badge')]/text()") == ["TRENDING"]
     meta = " ".join(tree.xpath("//p[@class='meta']")[0].text_content().split())
     assert meta == (
-        "trending ▲ 40 (+25 today) · Ada Lovelace, Alan Turing, Grace Hopper et al. · "
+        "TRENDING ▲ 40 (+25 today) · Ada Lovelace, Alan Turing, Grace Hopper et al. · "
         "Analytical Engines Ltd · 20 Nov 2026"
     )
-    links = dict(
+    links = list(
         zip(
             tree.xpath("//p[@class='links']/a/text()"),
             tree.xpath("//p[@class='links']/a/@href"),
             strict=True,
         )
     )
-    assert links == {
-        "PDF": "https://arxiv.org/pdf/2611.00001",
-        "arXiv": "https://arxiv.org/abs/2611.00001",
-        "Code": "https://github.com/ada/engine",
-        "Project": "https://engine.example.org",
-    }
+    assert links == [
+        ("Hugging Face", "https://huggingface.co/papers/2611.00001"),
+        ("arXiv", "https://arxiv.org/abs/2611.00001"),
+        ("PDF", "https://arxiv.org/pdf/2611.00001"),
+        ("Code", "https://github.com/ada/engine"),
+        ("Project", "https://engine.example.org"),
+    ]
+    # Why it is here: the matched words (highlighted, escaped) and the upvote gain.
+    reason = tree.xpath("//p[@class='reason']")[0]
+    assert [mark.text for mark in reason.xpath("mark")] == ["Diffusion Models", "<b>"]
+    assert reason.text_content() == "Matched “Diff”: Diffusion Models, <b> · ▲ +25 today"
     abstract = tree.xpath("//p[@class='abstract']")[0].text_content()
     assert abstract.endswith("We propose a method. Read more")
     assert len(abstract) < 420
-    assert "  [TRENDING] · ▲ 40 (+25 today) · Ada Lovelace" in text
-    # Why it is here: the matched words (highlighted, escaped) and the upvote gain.
-    assert "  Matched “Diff”: “Diffusion Models”, “<b>” · ▲ +25 today" in text
-    reason = tree.xpath("//p[@class='links']")[0]
-    assert [mark.text for mark in reason.xpath("mark")] == ["Diffusion Models", "<b>"]
-    assert reason.text_content().endswith("Matched “Diff”: Diffusion Models, <b> · ▲ +25 today")
+    assert (
+        "  [TRENDING] · ▲\u00a040 (+25 today) · Ada Lovelace, Alan Turing, Grace Hopper\n"
+        "  et\u00a0al. · Analytical Engines Ltd · 20 Nov 2026\n"
+    ) in text
+    assert "\n  Matched “Diff”: “Diffusion Models”, “<b>” · ▲ +25 today\n" in text
+    assert "score" not in text and "score" not in html
+    assert (
+        "  Hugging Face: https://huggingface.co/papers/2611.00001\n"
+        "  arXiv: https://arxiv.org/abs/2611.00001\n"
+        "  PDF: https://arxiv.org/pdf/2611.00001\n"
+        "  Code: https://github.com/ada/engine\n"
+        "  Project: https://engine.example.org\n"
+    ) in text
 
 
 def test_authors_as_a_count_and_papers_without_arxiv_ids() -> None:
-    paper = make_paper(2, arxiv_id=None, authors="", author_count=7, organization=None)
-    _, html, _ = render([Item(2, upvotes=None, upvote_gain=0)], {2: paper})
-    tree = lxml.html.fromstring(html)
-    assert " ".join(tree.xpath("//p[@class='meta']")[0].text_content().split()) == (
-        "new · 7 authors · 20 Nov 2026"
+    paper = make_paper(
+        2,
+        arxiv_id=None,
+        authors="",
+        author_count=1,
+        organization=None,
+        abstract="A long sentence. " * 40,
     )
-    assert tree.xpath("//p[@class='title']/a/@href") == [
-        "https://huggingface.co/papers?q=Paper%20number%202"
-    ]
+    _, html, text = render([Item(2, upvotes=None, upvote_gain=0)], {2: paper})
+    tree = lxml.html.fromstring(html)
+    # A trimmed abstract offers "Read more" only where there is more to read, not a search.
+    assert tree.xpath("//p[@class='abstract']/a") == []
+    assert " ".join(tree.xpath("//p[@class='meta']")[0].text_content().split()) == (
+        "NEW · 1 author · 20 Nov 2026"
+    )
+    search = "https://huggingface.co/papers?q=Paper%20number%202"
+    assert tree.xpath("//p[@class='title']/a/@href") == [search]
+    assert tree.xpath("//p[@class='links']/a/text()") == ["Search on Hugging Face"]
+    assert f"  Search on Hugging Face:\n  {search}\n" not in text  # it fits on one line
+    assert f"  Search on Hugging Face: {search}\n" in text
+    # Known source pages (an arXiv listing without an id, a PDF) come before any search.
+    listed = make_paper(
+        3,
+        arxiv_id=None,
+        source_url="https://journal.example.org/paper/3",
+        pdf_link="https://journal.example.org/paper/3.pdf",
+    )
+    _, html, _ = render([Item(3)], {3: listed})
+    tree = lxml.html.fromstring(html)
+    assert tree.xpath("//p[@class='title']/a/@href") == ["https://journal.example.org/paper/3"]
+    assert tree.xpath("//p[@class='links']/a/text()") == ["Abstract", "PDF"]
+
+
+def test_gains_and_the_everything_topic_read_naturally() -> None:
+    papers = {i: make_paper(i) for i in (1, 2, 3)}
+    # A first observation is no gain: the count shows, with no "+N today".
+    _, html, text = render([Item(1, upvotes=12, upvote_gain=0)], {1: papers[1]})
+    meta = " ".join(
+        lxml.html.fromstring(html).xpath("//p[@class='meta']")[0].text_content().split()
+    )
+    assert meta.startswith("NEW ▲ 12 · Ada Lovelace")
+    assert "(+" not in text
+    _, html, text = render([Item(1, upvotes=0, upvote_gain=0)], {1: papers[1]})
+    meta = " ".join(
+        lxml.html.fromstring(html).xpath("//p[@class='meta']")[0].text_content().split()
+    )
+    assert meta.startswith("NEW · Ada Lovelace") and "▲" not in text
+    # One paper is "1 paper"; the everything topic is "Today's top papers", with no reason line.
+    rendered, html, text = render([Item(1)], {1: papers[1]})
+    assert lxml.html.fromstring(html).xpath("//h1/text()") == ["1 paper on diffusion"]
+    everything = [Item(i, topic="*") for i in (1, 2, 3)]
+    rendered, html, text = render(everything, papers)
+    tree = lxml.html.fromstring(html)
+    assert tree.xpath("//h1/text()") == ["Today's top 3 papers"]
+    assert tree.xpath("//h2/text()") == ["Today's top papers"]
+    assert tree.xpath("//p[@class='reason']") == []
+    assert rendered.subject == "Daily Papers · Wed 25 Nov · 3 new"
+    assert "== Today's top papers ==" in text and "Matched" not in text
+    weekly = Renderer().render(everything[:1], papers, digest_date=DAY, weekly=True)
+    assert weekly.subject == "Weekly Papers · Wed 25 Nov · 1 new"
+    assert "Weekly Papers: This week's top paper\n" in weekly.text
+    assert "== This week's top papers ==" in weekly.text
 
 
 @pytest.mark.parametrize(
@@ -343,3 +462,107 @@ def test_rendered_digest_scores_low_with_spamassassin(seed_digest, tmp_path: Pat
     report = result.stdout.decode("utf-8", "replace")
     score = float(re.search(r"Content analysis details:\s+\((-?[\d.]+) points", report).group(1))
     assert score < 1.0, report[report.find("Content analysis") :]
+
+
+@pytest.mark.parametrize(
+    ("latex", "text"),
+    [
+        (r"DORSal: Scenes $\textit{et al.}$", "DORSal: Scenes et al."),
+        (r"points in $\mathbb{R}^3$ in $O(n^2)$ time", "points in ℝ³ in O(n²) time"),
+        (r"an $\alpha$-divergence and $10^{-3}$", "an α-divergence and 10⁻³"),
+        (r"T\"ULU 3 is na\"{\i}ve", "TÜLU 3 is naïve"),
+        (r"less than 1\% of Evo\textbf{Lved Sign}", "less than 1% of EvoLved Sign"),
+        (r"wav2vec~2.0 shows~5\% to~10\%", "wav2vec 2.0 shows 5% to 10%"),
+        (r"the models\' decisions", "the models' decisions"),
+        (r"We propose \method, a framework", "We propose method, a framework"),
+        # Prose that only looks like LaTeX is left alone.
+        ("costs $5 and $10, 91% of ~10x", "costs $5 and $10, 91% of ~10x"),
+        # Malformed LaTeX never fails: it stays as it was.
+        (r"broken $\frac{1}{ and \textit{open", r"broken $\frac{1}{ and \textit{open"),
+        (r"\sqrt", r"\sqrt"),
+    ],
+)
+def test_latex_becomes_readable_text(latex: str, text: str) -> None:
+    assert latex_to_text(latex) == text
+
+
+@given(st.text(alphabet=st.sampled_from("$\\{}^_~%&#'\"` abcxR2()=.-")))
+def test_latex_conversion_never_fails(text: str) -> None:
+    assert isinstance(latex_to_text(text), str)
+
+
+def test_latex_in_titles_abstracts_and_authors_is_converted_but_search_keeps_it() -> None:
+    title = r"DORSal: Diffusion in $\mathbb{R}^3$ $\textit{et al.}$"
+    paper = make_paper(
+        4,
+        arxiv_id=None,
+        title=title,
+        abstract=r"We improve by 12\% on $\mathcal{O}(\log n)$ tasks.",
+        authors='Kurt G\\"odel',
+    )
+    _, html, text = render([Item(4)], {4: paper})
+    tree = lxml.html.fromstring(html)
+    assert tree.xpath("//p[@class='title']/a/text()") == ["DORSal: Diffusion in ℝ³ et al."]
+    assert tree.xpath("//p[@class='abstract']/text()") == ["We improve by 12% on 𝒪(log n) tasks."]
+    assert "Kurt Gödel" in tree.xpath("//p[@class='meta']")[0].text_content()
+    assert "* DORSal: Diffusion in ℝ³ et al.\n" in text
+    assert tree.xpath("//div[@class='preheader']/text()") == [
+        "1 new: DORSal: Diffusion in ℝ³ et al."
+    ]
+    assert "\\" not in html and "$" not in tree.text_content()
+    # The search link looks for the title as it is stored.
+    assert tree.xpath("//p[@class='title']/a/@href") == [
+        "https://huggingface.co/papers?q=DORSal%3A%20Diffusion%20in%20%24%5Cmathbb%7BR%7D%5E3"
+        "%24%20%24%5Ctextit%7Bet%20al.%7D%24"
+    ]
+
+
+def test_wrap_prose_keeps_urls_whole_and_lines_short() -> None:
+    url = "https://github.com/" + "a" * 80
+    wrapped = wrap_prose(f"Code is at ({url}). " + "word " * 30 + "x" * 100, "  ", "* ")
+    lines = wrapped.splitlines()
+    assert lines[0] == "* Code is at"
+    assert lines[1] == f"  ({url})."
+    assert all(len(line) <= 78 for line in lines if url not in line)
+    assert lines[-2:] == ["  " + "x" * 76, "  xxxxxxxxxxxxxxxxxxxxxxxx"]
+    assert wrapped.split().count("word") == 30
+    # A no-break space binds; an address is never cut.
+    assert wrap_prose("Grace Hopper et\u00a0al.", "", None) == "Grace Hopper et\u00a0al."
+    address = "someone." + "x" * 80 + "@example.org"
+    assert wrap_prose(f"sent to {address} today") == f"sent to\n{address}\ntoday"
+    assert link_line("PDF", "https://arxiv.org/pdf/2611.00001") == (
+        "  PDF: https://arxiv.org/pdf/2611.00001"
+    )
+    assert link_line("PDF", url) == f"  PDF:\n  {url}"
+
+
+def test_greeting_by_name_and_long_values_wrap_per_recipient(seed_digest) -> None:
+    items, papers = seed_digest
+    rendered = Renderer().render(items, papers, digest_date=DAY)
+    named = Recipient(
+        email="a.very.long.address.of.someone@department.university.example.org",
+        topics=["Diffusion", "Today's top papers", "A rather long topic title for wrapping"],
+        unsubscribe_url="https://digest.example.org/u/" + "T" * 90,
+        manage_url=RECIPIENT.manage_url,
+        view_url=RECIPIENT.view_url,
+        name='Ada <b>"Countess"</b> Lovelace',
+    )
+    html, text = rendered.personalize(named)
+    tree = lxml.html.fromstring(html)
+    greeting = 'Hello Ada <b>"Countess"</b> Lovelace,'
+    assert tree.xpath("//td[@class='pad']/p[@class='sub']/text()")[-1] == greeting
+    assert not tree.xpath("//td[@class='pad']//b")
+    assert f"\n\n{greeting}\n\n== Diffusion ==\n" in text
+    assert long_lines(text) == []
+    assert f"Unsubscribe:\nhttps://digest.example.org/u/{'T' * 90}\n" in text
+    footer = text[text.index("\n--\n") :]
+    assert " ".join(footer.split()).startswith(
+        "-- You receive this daily digest because "
+        "a.very.long.address.of.someone@department.university.example.org follows "
+        "Diffusion, Today's top papers, A rather long topic title for wrapping on papers digest."
+    )
+    # Without a name: no greeting at all, never the address, and no gap where it was.
+    html, text = rendered.personalize(RECIPIENT)
+    assert "Hello" not in html and "Hello" not in text
+    assert "\n\n\n" not in text
+    assert html.count('class="sub"') == 1

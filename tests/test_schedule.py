@@ -23,7 +23,7 @@ from digest.deliver import DigestMailer, MemoryTransport, Sender
 from digest.models import Delivery, JobRun, Subscriber
 from digest.render import Renderer
 from digest.schedule import Dispatcher, Service, due_date, send_time, skip_stale
-from digest.subscribers import subscribe
+from digest.subscribers import find_or_create, subscribe
 
 GRACE = timedelta(hours=6)
 SETTINGS = DigestSettings(send_empty=True)  # every due day sends, even with no papers
@@ -228,6 +228,18 @@ def test_a_planned_but_unsent_digest_is_skipped_once_stale(world: World) -> None
 def skip_stale_at(world: World, now: datetime) -> int:
     with db.transaction(world.factory) as session:
         return skip_stale(session, now, GRACE)
+
+
+def test_dispatch_forgets_unconfirmed_subscription_requests(world: World) -> None:
+    with db.transaction(world.factory) as session:
+        for email, age in (("stale@example.org", 8), ("fresh@example.org", 2)):
+            subscriber, _ = find_or_create(
+                session, email, world.now - timedelta(days=age), "UTC", 7
+            )
+            assert subscriber.status == "pending"
+    world.dispatcher().run(world.now)
+    with world.factory() as session:
+        assert [s.email for s in db.list_subscribers(session, "pending")] == ["fresh@example.org"]
 
 
 def test_only_one_dispatcher_works_and_the_other_takes_over(world: World) -> None:

@@ -102,10 +102,11 @@ def test_new_and_trending_over_three_days(factory, feed: Feed) -> None:
         [("2603.00001", "Diffusion Transformers", 1), ("2603.00002", "Robot Diffusion", 3)],
     )
     day1 = run_day(factory, DAY1)
-    # First seen with upvotes: they gained them today, so they trend (on a first digest too).
+    # First sight of a count is not a gain: 3 and 1 upvotes, gained 0; equally relevant,
+    # the more upvoted first.
     assert day1["ada@example.org"] == [
-        ("2603.00002", "trending", "diffusion", 3),
-        ("2603.00001", "trending", "diffusion", 1),
+        ("2603.00002", "new", "diffusion", 0),
+        ("2603.00001", "new", "diffusion", 0),
     ]
     # Day 2: a new paper arrives; the old one and a day-1 paper gain upvotes.
     feed.ingest(
@@ -185,30 +186,34 @@ def test_a_paper_matching_two_topics_appears_once_under_the_best(factory, feed: 
 def test_caps_per_topic_in_total_and_for_trending(factory, feed: Feed) -> None:
     feed.ingest(
         DAY1 - timedelta(days=20),
-        [(f"2601.{i:05d}", f"Old Graph Paper {i}", 1) for i in range(6)],
+        [(f"2601.{i:05d}", f"Graph Paper {i}", 1) for i in range(6)],
     )
     feed.ingest(
         DAY1 - timedelta(hours=1),
         [(f"2603.{i:05d}", f"Graph Paper {i}", i) for i in range(100, 130)]
         + [(f"2603.{i:05d}", f"Speech Paper {i}", i) for i in range(200, 205)]
-        + [(f"2601.{i:05d}", f"Old Graph Paper {i}", 10 + i) for i in range(6)],
+        + [(f"2601.{i:05d}", f"Graph Paper {i}", 10 + i) for i in range(6)],
     )
     add(factory, "ada@example.org", "graph", "speech")
     # Per-topic cap: graph stops at 8 of its 36, speech has only 5.
     roomy = replace(SETTINGS, max_items=20, max_per_topic=8, max_trending=2)
     items = run_day(factory, DAY1, roomy)["ada@example.org"]
     assert [topic for _, _, topic, _ in items] == ["graph"] * 8 + ["speech"] * 5
-    # Trending: the 2 best Hacker News scores (the speech papers gained the most, the old
-    # graph papers are too old); equally relevant papers go by upvotes.
-    assert [(p, kind) for p, kind, _, _ in items if kind == "trending"] == [
-        ("2603.00204", "trending"),
-        ("2603.00203", "trending"),
+    # Trending: the 2 best Hacker News scores among the papers that gained (the old graph
+    # papers; a first count is no gain); they take their places first, then the new
+    # papers by score (equally relevant: by upvotes), each topic shown in score order.
+    assert [(p, gain) for p, kind, _, gain in items if kind == "trending"] == [
+        ("2601.00005", 14),
+        ("2601.00004", 13),
     ]
-    assert [p for p, *_ in items[:8]] == [f"2603.{i:05d}" for i in range(129, 121, -1)]
+    assert [p for p, *_ in items[:8]] == [f"2603.{i:05d}" for i in range(129, 123, -1)] + [
+        "2601.00005",
+        "2601.00004",
+    ]
     with factory() as session:
         digest = session.scalars(select(Digest)).one()
-        # 30 new graph papers, 8 shown; the 6 old ones are neither new nor trending.
-        assert json.loads(digest.more_matched) == {"graph": 22}
+        # 30 new and 2 trending graph papers, 8 shown; 4 old ones are neither.
+        assert json.loads(digest.more_matched) == {"graph": 24}
     # Total cap: 10 items, shared round-robin so speech is not crowded out.
     tight = replace(SETTINGS, max_items=10, max_per_topic=8, max_trending=2)
     items = run_day(factory, DAY1, tight)["ada@example.org"]
@@ -315,7 +320,10 @@ def test_trending_formula() -> None:
         (t0 - timedelta(hours=2), 20),
     ]
     assert upvote_gain(history, t0 - timedelta(days=1), t0) == 11
-    assert upvote_gain(history, t0 - timedelta(days=7), t0) == 20  # no observation before: 0
+    # No observation before the window: the first one in it is the baseline.
+    assert upvote_gain(history, t0 - timedelta(days=7), t0) == 15
+    assert upvote_gain(history[2:], t0 - timedelta(days=1), t0) == 0  # one observation
+    assert upvote_gain([], t0 - timedelta(days=1), t0) == 0
     assert upvote_gain(history, t0 - timedelta(hours=1), t0) == 0
     assert trending_score(10, 0, 1.8) == pytest.approx(10 / 2**1.8)
     # Older papers need more upvotes for the same score.

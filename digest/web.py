@@ -1,0 +1,694 @@
+"""Web stage: the Flask app behind every link in a digest, and the subscribe form.
+
+`create_app(config=None)` builds the app from the same wiring as the CLI and
+the scheduler (`digest.app.App`); `digest serve` runs it under waitress.
+Pages (Jinja templates in templates/web/, with the email's look):
+
+* `/` subscribe: email, optional name, topics (the query syntax of the CLI, with
+  match counts and example titles from `/api/match` as you type), timezone
+  (detected in the browser), send hour, daily or weekly. Submitting makes the
+  address *pending* and emails a confirmation link; the answer is the same page
+  whatever the address's state, so addresses cannot be enumerated.
+* `/confirm/<token>` (expires after `web.confirm_hours`): a button that activates
+  the subscription. Opening a link never changes anything: mail scanners fetch
+  links with GET.
+* `/manage/<token>`: topics, timezone, hour, frequency, a preview of the next
+  digest, and unsubscribe (or subscribe again).
+* `/unsubscribe/<token>` (and the older `/u/<token>`): GET asks, POST does it;
+  the RFC 8058 one-click POST (`List-Unsubscribe=One-Click`, no cookie, no CSRF
+  token) unsubscribes and answers 200.
+* `/digest/<ref>`: the web copy of a sent digest, with no personal data (the
+  older per-subscriber `/view/<token>` links redirect there).
+* `/preview?topic=...`: an ad hoc topic's digest as of now (`digest preview --topic`).
+
+Security: tokens signed with itsdangerous and each subscriber's secret (see
+`digest.links`); a bad, expired or revoked token gets the same friendly 404
+whether or not the address exists; CSRF tokens on every form but the
+one-click POST; per-IP rate limits (Flask-Limiter) and at most one email per
+address per `web.resend_minutes`; a strict Content-Security-Policy (scripts
+and styles only from /static), `X-Frame-Options: DENY`, `nosniff`,
+`Referrer-Policy: no-referrer` (links carry tokens) and `no-store` caching.
+Emails go out from a background thread, so a form answers at once and in the
+same time whether or not it sent one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from flask import Flask, Response, abort, g, redirect, render_template, request, url_for
+from flask.typing import ResponseReturnValue
+from flask_limiter import Limiter
+from flask_limiter.util import get_remote_address
+from flask_wtf.csrf import CSRFError, CSRFProtect, validate_csrf
+from sqlalchemy.orm import Session
+from werkzeug.datastructures import MultiDict
+from werkzeug.exceptions import HTTPException
+from werkzeug.middleware.proxy_fix import ProxyFix
+from wtforms import ValidationError
+
+from digest import db, links, relevance
+from digest.app import App
+from digest.config import Config, iana_timezones
+from digest.models import WEEKDAYS, Delivery, Digest, Subscriber
+from digest.query import QueryError, parse_query
+from digest.render import DigestView, Notice, paper_title, topic_title
+from digest.resources import resource_dir
+from digest.schedule import next_send_time
+from digest.subscribers import (
+    CONFIRM,
+    Preferences,
+    SubscriberError,
+    apply_preferences,
+    check_hour,
+    check_name,
+    check_timezone,
+    confirm,
+    normalize_email,
+    parse_preferences,
+    parse_topic,
+    parse_weekday,
+    purge_pending,
+    request_subscription,
+    transient_subscriber,
+)
+
+log = logging.getLogger("digest.web")
+
+TOPIC_FIELDS = 6  # topic inputs on a form (a subscriber may have more via the CLI)
+MATCH_EXAMPLES = 3
+MAX_FORM_BYTES = 64 * 1024
+WEEKDAY_NAMES = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
+CONTENT_SECURITY_POLICY = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+)
+NOT_FOUND = (
+    "Link not valid",
+    "This link is not valid any more: it may be incomplete, expired, or replaced by a newer "
+    "one. The most recent email you received has working links.",
+)
+
+
+@dataclass
+class FormValues:
+    """What a preferences form shows: the submitted values, or a subscriber's settings."""
+
+    email: str = ""
+    name: str = ""
+    topics: list[str] = field(default_factory=list)
+    timezone: str = "UTC"
+    timezone_chosen: bool = False
+    hour: int = 7
+    frequency: str = "daily"
+    weekday: str = "mon"
+
+    def padded(self) -> FormValues:
+        """The same values with empty topic fields up to TOPIC_FIELDS."""
+        extra = max(TOPIC_FIELDS - len(self.topics), 1 if len(self.topics) >= TOPIC_FIELDS else 0)
+        return FormValues(**{**self.__dict__, "topics": [*self.topics, *([""] * extra)]})
+
+
+def form_from_request(form: MultiDict[str, str], default_timezone: str) -> FormValues:
+    hour = form.get("hour", "")
+    return FormValues(
+        email=form.get("email", "").strip()[:320],
+        name=form.get("name", "").strip()[:100],
+        topics=[topic.strip() for topic in form.getlist("topic") if topic.strip()][:50],
+        timezone=form.get("timezone", default_timezone)[:64],
+        timezone_chosen=True,
+        hour=int(hour) if hour.isdigit() and len(hour) <= 2 else -1,
+        frequency="weekly" if form.get("frequency") == "weekly" else "daily",
+        weekday=form.get("weekday", "mon")[:3],
+    )
+
+
+def form_from_subscriber(subscriber: Subscriber) -> FormValues:
+    return FormValues(
+        email=subscriber.email,
+        name=subscriber.name or "",
+        topics=[
+            f"{topic.label}={topic.query}" if topic.label else topic.query
+            for topic in subscriber.topics
+        ],
+        timezone=subscriber.timezone,
+        timezone_chosen=True,
+        hour=subscriber.send_hour,
+        frequency="daily" if subscriber.weekday is None else "weekly",
+        weekday=WEEKDAYS[subscriber.weekday or 0],
+    )
+
+
+def check_form(values: FormValues) -> tuple[Preferences | None, dict[str, str]]:
+    """Validate a preferences form field by field: (preferences, {} ) or (None, errors)."""
+    errors: dict[str, str] = {}
+
+    def check(name: str, test: Callable[[], object]) -> None:
+        try:
+            test()
+        except SubscriberError as exc:
+            errors[name] = str(exc)
+
+    if not values.topics:
+        errors["topics"] = "Give at least one topic."
+    for position, topic in enumerate(values.topics, 1):
+        try:
+            parse_topic(topic)
+        except SubscriberError as exc:
+            errors["topics"] = f"Topic {position}: {exc}"
+            break
+    check("timezone", lambda: check_timezone(values.timezone))
+    check("hour", lambda: check_hour(values.hour))
+    check("name", lambda: check_name(values.name))
+    weekly = values.frequency == "weekly"
+    check("frequency", lambda: parse_weekday(values.weekday) if weekly else None)
+    if errors:
+        return None, errors
+    try:
+        return (
+            parse_preferences(
+                values.topics,
+                timezone=values.timezone,
+                hour=values.hour,
+                weekday=parse_weekday(values.weekday) if weekly else None,
+                daily=not weekly,
+                name=values.name,
+            ),
+            {},
+        )
+    except SubscriberError as exc:
+        return None, {"topics": str(exc)}
+
+
+@dataclass
+class Postman:
+    """Sends one-off emails (confirmations) from one background thread, in order.
+
+    The request that asks for one answers at once, and in the same time whether
+    or not an email is due. A send that fails is logged and clears the
+    address's resend mark, so asking again works.
+    """
+
+    wiring: App
+    _queue: queue.Queue[tuple[int, str, datetime]] = field(default_factory=queue.Queue)
+    _worker: threading.Thread | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def post(self, subscriber_id: int, kind: str, now: datetime) -> None:
+        self._queue.put((subscriber_id, kind, now))
+        with self._lock:
+            if self._worker is None:
+                self._worker = threading.Thread(
+                    target=self._work, name="digest-postman", daemon=True
+                )
+                self._worker.start()
+
+    def drain(self, timeout: float = 30.0) -> bool:
+        """Wait until every posted email was handed to the transport (tests, shutdown)."""
+        deadline = time.monotonic() + timeout
+        while self._queue.unfinished_tasks:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.01)
+        return True
+
+    def _work(self) -> None:
+        while True:
+            subscriber_id, kind, now = self._queue.get()
+            try:
+                self._deliver(subscriber_id, kind, now)
+            finally:
+                self._queue.task_done()
+
+    def _deliver(self, subscriber_id: int, kind: str, now: datetime) -> None:
+        try:
+            with self.wiring.sessions()() as session:
+                subscriber = session.get(Subscriber, subscriber_id)
+                if subscriber is None:
+                    return
+                mailer = self.wiring.mailer()
+                message = mailer.notice_message(subscriber, self.notice(subscriber, kind, now), now)
+            transport = self.wiring.transport()
+            try:
+                transport.send(message)
+            finally:
+                transport.close()
+        except Exception:
+            log.exception("could not send the %s email to subscriber %s", kind, subscriber_id)
+            self._forget(subscriber_id)
+
+    def _forget(self, subscriber_id: int) -> None:
+        try:
+            with db.transaction(self.wiring.sessions()) as session:
+                subscriber = session.get(Subscriber, subscriber_id)
+                if subscriber is not None:
+                    subscriber.confirm_sent_at = None
+        except Exception:
+            log.exception("could not clear the resend mark of subscriber %s", subscriber_id)
+
+    def notice(self, subscriber: Subscriber, kind: str, now: datetime) -> Notice:
+        config = self.wiring.config
+        key = self.wiring.secret_key()
+        base = config.site.base_url
+        site = config.site.name
+        topics = "; ".join(topic_title(t.query, t.label) for t in subscriber.topics)
+        if kind == CONFIRM:
+            token = links.confirm_token(key, subscriber.secret, subscriber.id, now)
+            hours = f"{config.web.confirm_hours:g}"
+            return Notice(
+                subject=f"Confirm your subscription to {site}",
+                heading="Confirm your subscription",
+                paragraphs=(
+                    f"Someone, hopefully you, asked to receive the {frequency(subscriber)} "
+                    f"{site} digest at this address, on: {topics}.",
+                    "Nothing will be sent until you confirm.",
+                ),
+                action_label="Confirm subscription",
+                action_url=f"{base}/confirm/{token}",
+                footnote=f"The link works for {hours} hours. Didn't ask for this? "
+                "Ignore this email and the request is forgotten.",
+            )
+        manage = links.subscriber_links(base, key, subscriber.id, subscriber.secret).manage
+        return Notice(
+            subject=f"You already receive {site}",
+            heading="You're already subscribed",
+            paragraphs=(
+                f"Someone, hopefully you, asked to subscribe this address to {site}. "
+                f"It already receives the {frequency(subscriber)} digest, on: {topics}.",
+                "Nothing was changed. To change your topics or schedule, or to unsubscribe, "
+                "use the link below.",
+            ),
+            action_label="Manage your subscription",
+            action_url=manage,
+        )
+
+
+def frequency(subscriber: Subscriber) -> str:
+    return (
+        "daily" if subscriber.weekday is None else f"weekly ({WEEKDAY_NAMES[subscriber.weekday]})"
+    )
+
+
+def status_text(subscriber: Subscriber) -> str:
+    return {
+        "unsubscribed": "you unsubscribed",
+        "bounced": "your mail server refused our last email",
+        "pending": "waiting for confirmation",
+    }.get(subscriber.status, subscriber.status)
+
+
+def create_app(config: Config | None = None, *, wiring: App | None = None) -> Flask:
+    """The web front, built from `config` (default: loaded as the CLI loads it)."""
+    wiring = wiring or (App.from_config(config) if config is not None else App())
+    settings = wiring.config
+    web = settings.web
+    site_key = wiring.secret_key()
+    wiring.engine()  # fail at start-up, not on the first request
+
+    folder = resource_dir("templates") / "web"
+    app = Flask(__name__, template_folder=str(folder), static_folder=str(folder / "static"))
+    app.config.update(
+        SECRET_KEY=hmac.new(site_key.encode(), b"flask-session", hashlib.sha256).hexdigest(),
+        SESSION_COOKIE_NAME="digest_session",
+        SESSION_COOKIE_SAMESITE="Lax",
+        SESSION_COOKIE_SECURE=settings.site.base_url.startswith("https://"),
+        MAX_CONTENT_LENGTH=MAX_FORM_BYTES,
+        WTF_CSRF_TIME_LIMIT=None,  # the token lives as long as the session cookie
+        TEMPLATES_AUTO_RELOAD=False,
+    )
+    if web.proxy_hops:
+        app.wsgi_app = ProxyFix(  # type: ignore[method-assign]
+            app.wsgi_app, x_for=web.proxy_hops, x_proto=web.proxy_hops, x_host=web.proxy_hops
+        )
+    csrf = CSRFProtect(app)
+    limiter = Limiter(
+        get_remote_address,
+        app=app,
+        storage_uri="memory://",
+        default_limits=[],
+        headers_enabled=True,
+    )
+    postman = Postman(wiring)
+    app.extensions["digest"] = wiring
+    app.extensions["digest.postman"] = postman
+    timezones = sorted(iana_timezones())
+    weekdays = [
+        {"key": key, "name": name} for key, name in zip(WEEKDAYS, WEEKDAY_NAMES, strict=True)
+    ]
+    confirm_for = timedelta(hours=web.confirm_hours)
+
+    if warning := links.insecure_base_url(settings.site.base_url):
+        log.warning("%s", warning)
+
+    @app.before_request
+    def read_clock() -> None:
+        g.now = wiring.clock()
+
+    @app.context_processor
+    def site() -> dict[str, Any]:
+        return {"site_name": settings.site.name, "postal_address": settings.mail.postal_address}
+
+    @app.after_request
+    def secure(response: Response) -> Response:
+        response.headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
+        response.headers["X-Frame-Options"] = "DENY"
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        response.headers["Referrer-Policy"] = "no-referrer"
+        response.headers["Cross-Origin-Opener-Policy"] = "same-origin"
+        if request.endpoint != "static":
+            response.headers["Cache-Control"] = "no-store"
+        return response
+
+    def page(template: str, http_status: int = 200, **context: Any) -> ResponseReturnValue:
+        return render_template(template, **context), http_status
+
+    def error_page(status: int, title: str, message: str) -> ResponseReturnValue:
+        if request.path.startswith("/api/"):
+            return {"error": message}, status
+        return page("error.html", status, title=title, message=message)
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException) -> ResponseReturnValue:
+        status = exc.code or 500
+        if status == 404:
+            return error_page(404, *NOT_FOUND)
+        if status == 429:
+            return error_page(429, "Too many requests", "Please wait a little and try again.")
+        if status == 413:
+            return error_page(413, "Too large", "That form is far larger than it can be.")
+        return error_page(status, exc.name, exc.description or exc.name)
+
+    @app.errorhandler(CSRFError)
+    def csrf_error(exc: CSRFError) -> ResponseReturnValue:
+        return error_page(
+            400,
+            "Form expired",
+            "This form was open too long or came from elsewhere. Go back, reload the page "
+            "and send it again.",
+        )
+
+    @app.errorhandler(Exception)
+    def unexpected(exc: Exception) -> ResponseReturnValue:
+        log.exception("unexpected error on %s %s", request.method, request.path)
+        return error_page(
+            500, "Something went wrong", "Sorry, that did not work. Please try again later."
+        )
+
+    def sessions() -> Session:
+        return wiring.sessions()()
+
+    def find(session: Session, token: str, purpose: str) -> Subscriber | None:
+        """The subscriber a token is for, if its signature holds (unknown ids look the same)."""
+        subscriber_id = links.token_subscriber_id(token)
+        subscriber = session.get(Subscriber, subscriber_id) if subscriber_id else None
+        if subscriber is None:
+            return None
+        if purpose == "confirm":
+            valid = links.verify_confirm_token(
+                site_key, subscriber.secret, token, g.now, confirm_for
+            )
+        elif links.verify_token(site_key, subscriber.secret, purpose, token) is not None:
+            valid = subscriber_id
+        else:
+            valid = None
+        return subscriber if valid == subscriber.id else None
+
+    def manage_url(subscriber: Subscriber) -> str:
+        return links.subscriber_links(
+            settings.site.base_url, site_key, subscriber.id, subscriber.secret
+        ).manage
+
+    def next_digest_view(session: Session, subscriber: Subscriber) -> DigestView:
+        """The digest `subscriber` gets next (today's if not sent yet), as of now."""
+        day = None
+        if subscriber.id:
+            upcoming = next_send_time(subscriber, g.now)
+            day = upcoming.astimezone(ZoneInfo(subscriber.timezone)).date()
+        mailer = wiring.mailer()
+        return mailer.rendered_for(session, subscriber, day, g.now, settings.digest)[1].view
+
+    # --- subscribe --------------------------------------------------------------------
+
+    def subscribe_form(
+        values: FormValues, errors: dict[str, str], status: int
+    ) -> ResponseReturnValue:
+        return page(
+            "subscribe.html",
+            status,
+            form=values.padded(),
+            errors=errors,
+            timezones=timezones,
+            weekdays=weekdays,
+        )
+
+    @app.get("/")
+    def subscribe_page() -> ResponseReturnValue:
+        values = FormValues(
+            topics=[t.strip() for t in request.args.getlist("topic") if t.strip()][:TOPIC_FIELDS],
+            timezone=settings.digest.default_timezone,
+            hour=settings.digest.default_hour,
+        )
+        return subscribe_form(values, {}, 200)
+
+    @app.post("/")
+    @limiter.limit(web.subscribe_rate_limit)
+    def subscribe_submit() -> ResponseReturnValue:
+        values = form_from_request(request.form, settings.digest.default_timezone)
+        preferences, errors = check_form(values)
+        try:
+            normalize_email(values.email)
+        except SubscriberError:
+            errors["email"] = "Enter a valid email address, like ada@example.org."
+        if preferences is None or errors:
+            return subscribe_form(values, errors, 400)
+        with db.transaction(wiring.sessions()) as session:
+            purge_pending(session, g.now, timedelta(days=web.pending_days))
+            subscriber, kind = request_subscription(
+                session,
+                values.email,
+                preferences,
+                now=g.now,
+                resend_after=timedelta(minutes=web.resend_minutes),
+                default_timezone=settings.digest.default_timezone,
+                default_hour=settings.digest.default_hour,
+            )
+            subscriber_id = subscriber.id
+        if kind is not None:
+            postman.post(subscriber_id, kind, g.now)
+        return page(
+            "check_inbox.html",
+            confirm_hours=f"{web.confirm_hours:g}",
+            resend_minutes=f"{web.resend_minutes:g}",
+        )
+
+    @app.get("/api/match")
+    @limiter.limit(web.api_rate_limit)
+    def match_api() -> ResponseReturnValue:
+        text = request.args.get("q", "")
+        try:
+            query = parse_query(text)
+        except QueryError as exc:
+            return {"query": None, "count": 0, "examples": [], "error": str(exc)}, 200
+        with sessions() as session:
+            _, found = relevance.search(session, query)
+            shown = [match.paper_id for match in found[:MATCH_EXAMPLES]]
+            papers = db.papers_by_id(session, shown)
+            examples = [paper_title(papers[pid]) for pid in shown]
+        return {
+            "query": query.canonical(),
+            "count": len(found),
+            "examples": examples,
+            "error": None,
+        }
+
+    # --- confirm ----------------------------------------------------------------------
+
+    def confirm_page(session: Session, subscriber: Subscriber) -> ResponseReturnValue:
+        state = "pending" if subscriber.status == "pending" else "active"
+        next_send = (
+            next_send_time(subscriber, g.now).astimezone(ZoneInfo(subscriber.timezone))
+            if state == "active"
+            else None
+        )
+        return page(
+            "confirm.html",
+            state=state,
+            email=subscriber.email,
+            frequency=frequency(subscriber),
+            topics="; ".join(topic_title(t.query, t.label) for t in subscriber.topics),
+            next_send=f"{next_send:%H:%M on %A %d %B} ({subscriber.timezone})" if next_send else "",
+            manage_url=manage_url(subscriber),
+        )
+
+    @app.route("/confirm/<token>", methods=["GET", "POST"])
+    def confirm_link(token: str) -> ResponseReturnValue:
+        with db.transaction(wiring.sessions(), write=request.method == "POST") as session:
+            subscriber = find(session, token, "confirm")
+            if subscriber is None or subscriber.status not in ("pending", "active"):
+                abort(404)
+            if request.method == "POST":
+                confirm(session, subscriber, g.now)
+            return confirm_page(session, subscriber)
+
+    # --- manage -----------------------------------------------------------------------
+
+    @app.route("/manage/<token>", methods=["GET", "POST"])
+    def manage_page(token: str) -> ResponseReturnValue:
+        errors: dict[str, str] = {}
+        saved = request.args.get("saved") == "1"
+        if request.method == "POST":
+            with db.transaction(wiring.sessions()) as session:
+                subscriber = find(session, token, "manage")
+                if subscriber is None:
+                    abort(404)
+                if request.form.get("action") == "resubscribe":
+                    if subscriber.status in ("unsubscribed", "bounced", "pending"):
+                        subscriber.status = "active"
+                        subscriber.confirmed_at = subscriber.confirmed_at or g.now
+                        subscriber.updated_at = g.now
+                    return redirect(url_for("manage_page", token=token, saved=1), 303)
+                values = form_from_request(request.form, subscriber.timezone)
+                values.email = subscriber.email
+                preferences, errors = check_form(values)
+                if preferences is not None:
+                    apply_preferences(session, subscriber, preferences, g.now)
+                    return redirect(url_for("manage_page", token=token, saved=1), 303)
+        with sessions() as session:
+            subscriber = find(session, token, "manage")
+            if subscriber is None:
+                abort(404)
+            if errors:
+                values.email = subscriber.email
+            else:
+                values = form_from_subscriber(subscriber)
+            view = next_digest_view(session, subscriber) if subscriber.topics else None
+            unsubscribe = links.subscriber_links(
+                settings.site.base_url, site_key, subscriber.id, subscriber.secret
+            ).unsubscribe
+            return page(
+                "manage.html",
+                400 if errors else 200,
+                form=values.padded(),
+                errors=errors,
+                saved=saved and not errors,
+                timezones=timezones,
+                weekdays=weekdays,
+                email=subscriber.email,
+                status=subscriber.status,
+                status_text=status_text(subscriber),
+                frequency=frequency(subscriber),
+                view=view,
+                unsubscribe_url=unsubscribe,
+            )
+
+    # --- unsubscribe ------------------------------------------------------------------
+
+    @app.route("/unsubscribe/<token>", methods=["GET", "POST"])
+    @app.route("/u/<token>", methods=["GET", "POST"])
+    def unsubscribe_link(token: str) -> ResponseReturnValue:
+        one_click = request.method == "POST" and (
+            request.form.get("List-Unsubscribe") == "One-Click"
+        )
+        if request.method == "POST" and not one_click:
+            try:
+                validate_csrf(request.form.get("csrf_token"))
+            except ValidationError:
+                return csrf_error(CSRFError())
+        with db.transaction(wiring.sessions(), write=request.method == "POST") as session:
+            subscriber = find(session, token, "unsubscribe")
+            if subscriber is None:
+                abort(404)
+            if request.method == "POST" and subscriber.status in ("active", "pending"):
+                subscriber.status = "unsubscribed"
+                subscriber.updated_at = g.now
+            if one_click:
+                return Response("unsubscribed\n", 200, mimetype="text/plain")
+            return page(
+                "unsubscribe.html",
+                done=request.method == "POST" or subscriber.status == "unsubscribed",
+                email=subscriber.email,
+                frequency=frequency(subscriber),
+                manage_url=manage_url(subscriber),
+            )
+
+    csrf.exempt(unsubscribe_link)  # RFC 8058: the one-click POST carries no token
+
+    # --- digests ----------------------------------------------------------------------
+
+    @app.get("/digest/<ref>")
+    def digest_page(ref: str) -> ResponseReturnValue:
+        digest_id = links.digest_id_from_ref(site_key, ref)
+        with sessions() as session:
+            digest = session.get(Digest, digest_id) if digest_id else None
+            if digest is None:
+                abort(404)
+            weekly = db.digest_is_weekly(session, digest.id)
+            rendered = wiring.mailer().render_items(
+                session, digest.content_hash, list(digest.items), digest.digest_date, weekly
+            )
+            return page("digest.html", view=rendered.view)
+
+    @app.get("/view/<token>")
+    def old_view_link(token: str) -> ResponseReturnValue:
+        with sessions() as session:
+            subscriber = find(session, token, "view")
+            payload = links.token_payload(token)
+            if subscriber is None or not isinstance(payload, list) or len(payload) != 2:
+                abort(404)
+            try:
+                day = date.fromisoformat(str(payload[1]))
+            except ValueError:
+                abort(404)
+            delivery: Delivery | None = db.find_delivery(session, subscriber.id, day)
+            if delivery is None or delivery.digest_id is None:
+                abort(404)
+            ref = links.digest_ref(site_key, delivery.digest_id)
+        return redirect(url_for("digest_page", ref=ref), 301)
+
+    @app.get("/preview")
+    @limiter.limit(web.api_rate_limit)
+    def preview_page() -> ResponseReturnValue:
+        topics = [t.strip() for t in request.args.getlist("topic") if t.strip()][:TOPIC_FIELDS]
+        if not topics:
+            return page("preview.html", topics=[], view=None, error=None)
+        try:
+            subscriber = transient_subscriber(
+                topics, settings.digest.default_timezone, settings.digest.default_hour
+            )
+        except SubscriberError as exc:
+            return page("preview.html", 400, topics=topics, view=None, error=str(exc))
+        with sessions() as session:
+            view = next_digest_view(session, subscriber)
+            session.rollback()
+        return page("preview.html", topics=topics, view=view, error=None)
+
+    return app
+
+
+def serve(wiring: App, host: str, port: int, *, stop: threading.Event | None = None) -> None:
+    """Serve the web front with waitress until interrupted (or `stop` is set)."""
+    from waitress.server import create_server
+
+    app = create_app(wiring=wiring)
+    server = create_server(app, host=host, port=port, threads=wiring.config.web.threads)
+    if stop is not None:
+        threading.Thread(
+            target=lambda: (stop.wait(), server.close()), name="digest-web-stop", daemon=True
+        ).start()
+    try:
+        server.run()
+    except (OSError, ValueError):
+        if stop is None or not stop.is_set():
+            raise
+    finally:
+        app.extensions["digest.postman"].drain(10)

@@ -1,0 +1,547 @@
+"""The web front through Flask's test client, on a real SQLite file and a real Maildir outbox:
+double opt-in, tokens, enumeration resistance, rate limits, CSRF, headers, one-click unsubscribe."""
+
+from __future__ import annotations
+
+import mailbox
+import re
+import urllib.parse
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from email import message_from_bytes, policy
+from email.message import EmailMessage
+from pathlib import Path
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sqlalchemy import func, select
+
+from digest import db, links
+from digest.app import App
+from digest.config import load_config
+from digest.deliver import send_digests
+from digest.links import insecure_base_url
+from digest.models import Delivery, Subscriber
+from digest.render import paper_title
+from digest.schedule import due_subscribers
+from digest.subscribers import subscribe
+from digest.web import create_app
+
+NOW = datetime(2026, 11, 25, 8, 0, tzinfo=UTC)
+KEY = "test-site-key-that-is-long-enough-0123456789"
+BASE = "https://digest.example.org"
+
+
+class Clock:
+    def __init__(self, now: datetime) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+@dataclass
+class Site:
+    app: Flask
+    wiring: App
+    clock: Clock
+    outbox: Path
+
+    def client(self) -> FlaskClient:
+        return self.app.test_client()
+
+    def mail(self) -> list[EmailMessage]:
+        """Every message in the outbox, oldest first, once the background sends are done."""
+        assert self.app.extensions["digest.postman"].drain()
+        if not self.outbox.exists():
+            return []
+        box = mailbox.Maildir(self.outbox, create=False)
+        raw = sorted((msg.get_date(), bytes(msg)) for msg in box)
+        return [message_from_bytes(data, policy=policy.default) for _, data in raw]  # type: ignore[misc]
+
+    def subscriber(self, email: str) -> Subscriber | None:
+        with self.wiring.sessions()() as session:
+            subscriber = db.find_subscriber(session, email.casefold())
+            if subscriber is not None:
+                list(subscriber.topics)
+            return subscriber
+
+    def count(self) -> int:
+        with self.wiring.sessions()() as session:
+            return session.scalar(select(func.count()).select_from(Subscriber)) or 0
+
+
+def make_site(tmp_path: Path, seeds: Path, **web: object) -> Site:
+    env = {
+        "DIGEST_DATA_DIR": str(tmp_path / "data"),
+        "DIGEST_SECRET_KEY": KEY,
+        "DIGEST_BASE_URL": BASE,
+    }
+    config_file = tmp_path / "config.toml"
+    lines = ["[web]"] + [f"{key} = {value!r}" for key, value in web.items()]
+    config_file.write_text("\n".join(lines).replace("'", '"') + "\n", encoding="utf-8")
+    config = load_config(config_file, env)
+    clock = Clock(NOW)
+    wiring = App.from_config(config, clock=clock)
+    summaries = wiring.ingest([str(seeds)], NOW - timedelta(hours=2))
+    assert all(summary.ok for summary in summaries)
+    return Site(create_app(wiring=wiring), wiring, clock, config.delivery.maildir)
+
+
+@pytest.fixture
+def site(tmp_path: Path, seeds: Path) -> Site:
+    # Generous limits: the rate limit test sets its own.
+    return make_site(tmp_path, seeds, subscribe_rate_limit="1000 per minute")
+
+
+def csrf_token(client: FlaskClient, path: str = "/") -> str:
+    page = client.get(path).get_data(as_text=True)
+    found = re.search(r'name="csrf_token" value="([^"]+)"', page)
+    assert found, f"no CSRF token on {path}"
+    return found.group(1)
+
+
+def subscribe_form(client: FlaskClient, email: str, *topics: str, **fields: str) -> dict:
+    return {
+        "csrf_token": csrf_token(client),
+        "email": email,
+        "topic": list(topics),
+        "timezone": "Europe/Paris",
+        "hour": "6",
+        "frequency": "daily",
+        "weekday": "mon",
+        **fields,
+    }
+
+
+def link_in(message: EmailMessage, path: str) -> str:
+    text = message.get_body(("plain",)).get_content()
+    found = re.search(rf"{re.escape(BASE)}/{path}/\S+", text)
+    assert found, f"no /{path}/ link in:\n{text}"
+    return found.group(0).removeprefix(BASE)
+
+
+def confirm_via_email(site: Site, email: str, *topics: str) -> EmailMessage:
+    client = site.client()
+    response = client.post("/", data=subscribe_form(client, email, *topics))
+    assert response.status_code == 200
+    message = site.mail()[-1]
+    path = link_in(message, "confirm")
+    form = client.get(path)
+    token = re.search(r'name="csrf_token" value="([^"]+)"', form.get_data(as_text=True))
+    assert token
+    assert client.post(path, data={"csrf_token": token.group(1)}).status_code == 200
+    return message
+
+
+def test_subscribe_confirm_is_double_opt_in(site: Site) -> None:
+    client = site.client()
+    page = client.get("/").get_data(as_text=True)
+    assert 'name="email"' in page and 'name="topic"' in page and 'name="timezone"' in page
+    form = subscribe_form(client, "Ada@Example.org", "diffusion model", "RLHF=rlhf OR dpo")
+    response = client.post("/", data=form)
+    assert response.status_code == 200
+    assert "Check your inbox" in response.get_data(as_text=True)
+
+    pending = site.subscriber("ada@example.org")
+    assert pending is not None and pending.status == "pending"
+    assert [t.query for t in pending.topics] == ["diffusion model", "rlhf OR dpo"]
+    assert (pending.timezone, pending.send_hour, pending.weekday) == ("Europe/Paris", 6, None)
+
+    [message] = site.mail()
+    assert message["To"] == "Ada@example.org"
+    assert message["Subject"] == "Confirm your subscription to papers digest"
+    path = link_in(message, "confirm")
+
+    # A pending subscriber is never sent a digest.
+    report = send_digests(
+        site.wiring.sender(),
+        lambda session: due_subscribers(session, NOW.replace(hour=6), timedelta(hours=6)),
+        now=NOW.replace(hour=6),
+        settings=site.wiring.config.digest,
+    )
+    assert report.sent == 0
+
+    # Opening the link (GET, as a mail scanner would) changes nothing; the button does.
+    page = client.get(path)
+    assert page.status_code == 200 and "Confirm subscription" in page.get_data(as_text=True)
+    assert site.subscriber("ada@example.org").status == "pending"  # type: ignore[union-attr]
+    token = csrf_token(client, path)
+    done = client.post(path, data={"csrf_token": token})
+    assert done.status_code == 200 and "You're subscribed" in done.get_data(as_text=True)
+    active = site.subscriber("ada@example.org")
+    assert active is not None and active.status == "active" and active.confirmed_at == NOW
+
+
+def test_the_form_answers_alike_whatever_the_address(site: Site) -> None:
+    with db.transaction(site.wiring.sessions()) as session:
+        subscribe(session, "active@example.org", ["diffusion"], now=NOW)
+        gone, _ = subscribe(session, "gone@example.org", ["diffusion"], now=NOW)
+        gone.status = "unsubscribed"
+
+    def answer(email: str) -> tuple[int, bytes]:
+        client = site.client()
+        response = client.post("/", data=subscribe_form(client, email, "robotics"))
+        body = re.sub(rb'name="csrf_token" value="[^"]+"', b"", response.get_data())
+        return response.status_code, body
+
+    new = answer("new@example.org")
+    assert answer("active@example.org") == new
+    assert answer("gone@example.org") == new
+    assert answer("new@example.org") == new  # now pending
+    # The active subscriber's topics were not touched by whoever typed the address...
+    active = site.subscriber("active@example.org")
+    assert active is not None and [t.query for t in active.topics] == ["diffusion"]
+    # ...but its owner was told, with a link to manage the subscription.
+    subjects = {m["To"]: m["Subject"] for m in site.mail()}
+    assert subjects == {
+        "new@example.org": "Confirm your subscription to papers digest",
+        "active@example.org": "You already receive papers digest",
+        "gone@example.org": "Confirm your subscription to papers digest",
+    }
+
+
+def test_at_most_one_email_per_address_per_resend_window(site: Site) -> None:
+    for _ in range(2):
+        client = site.client()
+        assert (
+            client.post("/", data=subscribe_form(client, "eve@example.org", "nlp")).status_code
+            == 200
+        )
+    assert len(site.mail()) == 1
+    site.clock.now = NOW + timedelta(minutes=61)
+    client = site.client()
+    assert (
+        client.post("/", data=subscribe_form(client, "eve@example.org", "nlp")).status_code == 200
+    )
+    assert len(site.mail()) == 2
+
+
+def test_form_errors_name_the_field_and_keep_the_input(site: Site) -> None:
+    client = site.client()
+    response = client.post(
+        "/",
+        data=subscribe_form(
+            client, "not-an-address", "ok topic", "-only -exclusions", timezone="localtime"
+        ),
+    )
+    assert response.status_code == 400
+    page = response.get_data(as_text=True)
+    assert "Enter a valid email address" in page
+    assert "Topic 2: topic &#39;-only -exclusions&#39;: query only excludes words" in page
+    assert "unknown timezone &#39;localtime&#39;" in page
+    assert 'value="ok topic"' in page
+    assert site.count() == 0 and site.mail() == []
+
+
+def test_hostile_input_is_escaped_or_refused(site: Site) -> None:
+    client = site.client()
+    attack = "<script>alert(1)</script>"
+    response = client.post("/", data=subscribe_form(client, "x@example.org\r\nBcc: y@evil", attack))
+    assert response.status_code == 400
+    page = response.get_data(as_text=True)
+    assert "<script>alert(1)</script>" not in page and "&lt;script&gt;" in page
+    huge = client.post("/", data={"email": "a@example.org", "topic": "x" * 100_000})
+    assert huge.status_code == 413
+    assert site.count() == 0
+
+
+def test_csrf_is_required_on_forms(site: Site) -> None:
+    client = site.client()
+    form = subscribe_form(client, "mallory@example.org", "diffusion")
+    form["csrf_token"] = "forged"
+    response = client.post("/", data=form)
+    assert response.status_code == 400 and "Form expired" in response.get_data(as_text=True)
+    assert site.count() == 0
+
+
+def test_subscribe_and_lookup_rate_limits(tmp_path: Path, seeds: Path) -> None:
+    site = make_site(
+        tmp_path, seeds, subscribe_rate_limit="2 per minute", api_rate_limit="3 per minute"
+    )
+    client = site.client()
+    codes = [
+        client.post("/", data=subscribe_form(client, f"r{n}@example.org", "gan")).status_code
+        for n in range(3)
+    ]
+    assert codes == [200, 200, 429]
+    lookups = [client.get("/api/match?q=gan").status_code for _ in range(4)]
+    assert lookups == [200, 200, 200, 429]
+    assert client.get("/api/match?q=gan").get_json() == {
+        "error": "Please wait a little and try again."
+    }
+    # Another client IP is not limited by the first one's requests.
+    other = client.get("/api/match?q=gan", environ_base={"REMOTE_ADDR": "10.0.0.9"})
+    assert other.status_code == 200
+
+
+def test_match_api_counts_and_examples(site: Site) -> None:
+    client = site.client()
+    body = client.get("/api/match?q=diffusion").get_json()
+    with site.wiring.sessions()() as session:
+        from digest import relevance
+        from digest.query import parse_query
+
+        _, found = relevance.search(session, parse_query("diffusion"))
+        papers = db.papers_by_id(session, [match.paper_id for match in found[:3]])
+        examples = [paper_title(papers[match.paper_id]) for match in found[:3]]
+    assert body["count"] == len(found) > 3
+    assert body["examples"] == examples
+    assert body["query"] == "diffusion" and body["error"] is None
+    bad = client.get('/api/match?q=title:"').get_json()
+    assert bad["count"] == 0 and bad["error"]
+
+
+def test_security_headers_on_every_kind_of_response(site: Site) -> None:
+    client = site.client()
+    for path in ("/", "/api/match?q=gan", "/manage/not-a-token", "/static/site.css"):
+        response = client.get(path)
+        response.close()
+        assert response.headers["X-Frame-Options"] == "DENY"
+        assert response.headers["X-Content-Type-Options"] == "nosniff"
+        assert response.headers["Referrer-Policy"] == "no-referrer"
+        policy_header = response.headers["Content-Security-Policy"]
+        assert "script-src 'self'" in policy_header and "'unsafe-inline'" not in policy_header
+        assert "frame-ancestors 'none'" in policy_header
+    assert client.get("/").headers["Cache-Control"] == "no-store"
+    page = client.get("/").get_data(as_text=True)
+    assert "<script>" not in page and " style=" not in page  # nothing inline for the CSP to block
+
+
+def active_subscriber(site: Site, email: str = "ada@example.org") -> Subscriber:
+    with db.transaction(site.wiring.sessions()) as session:
+        subscriber, _ = subscribe(session, email, ["diffusion"], now=NOW, timezone="UTC")
+        list(subscriber.topics)
+    return subscriber
+
+
+def token_links(site: Site, subscriber: Subscriber) -> links.SubscriberLinks:
+    found = links.subscriber_links(BASE, KEY, subscriber.id, subscriber.secret)
+    return links.SubscriberLinks(
+        unsubscribe=found.unsubscribe.removeprefix(BASE),
+        manage=found.manage.removeprefix(BASE),
+        view=found.view.removeprefix(BASE),
+    )
+
+
+def test_bad_tokens_get_the_same_friendly_404(site: Site) -> None:
+    ada = active_subscriber(site)
+    bob = active_subscriber(site, "bob@example.org")
+    good = token_links(site, ada)
+    client = site.client()
+    assert client.get(good.manage).status_code == 200
+    tampered = good.manage[:-2] + ("AA" if not good.manage.endswith("AA") else "BB")
+    # Bob's id signed with Ada's secret: moving a token to another subscriber fails.
+    moved = "/manage/" + links.make_token(KEY, ada.secret, "manage", bob.id)
+    unknown = "/manage/" + links.make_token(KEY, ada.secret, "manage", 9999)
+    wrong_purpose = "/manage/" + good.unsubscribe.rsplit("/", 1)[1]
+    bodies = set()
+    for path in (tampered, moved, unknown, wrong_purpose, "/manage/garbage", "/unsubscribe/x.y"):
+        response = client.get(path)
+        assert response.status_code == 404, path
+        assert "This link is not valid any more" in response.get_data(as_text=True)
+        bodies.add(re.sub(rb'value="[^"]+"', b"", response.get_data()))
+    assert len(bodies) == 1
+
+
+def test_confirmation_links_expire(site: Site) -> None:
+    client = site.client()
+    client.post("/", data=subscribe_form(client, "late@example.org", "diffusion"))
+    path = link_in(site.mail()[0], "confirm")
+    site.clock.now = NOW + timedelta(hours=47)
+    assert client.get(path).status_code == 200
+    site.clock.now = NOW + timedelta(hours=49)
+    assert client.get(path).status_code == 404
+    assert client.post(path, data={"csrf_token": csrf_token(client)}).status_code == 404
+    assert site.subscriber("late@example.org").status == "pending"  # type: ignore[union-attr]
+
+
+def test_rotating_a_secret_revokes_old_links(site: Site) -> None:
+    ada = active_subscriber(site)
+    old = token_links(site, ada)
+    with db.transaction(site.wiring.sessions()) as session:
+        stored = session.get(Subscriber, ada.id)
+        assert stored is not None
+        stored.secret = "a-brand-new-secret-for-ada-0123456789"
+    assert site.client().get(old.manage).status_code == 404
+    assert (
+        site.client().post(old.unsubscribe, data={"List-Unsubscribe": "One-Click"}).status_code
+        == 404
+    )
+
+
+def test_unsubscribe_get_asks_post_does_and_one_click_works(site: Site) -> None:
+    ada = active_subscriber(site)
+    paths = token_links(site, ada)
+    client = site.client()
+    page = client.get(paths.unsubscribe)
+    assert page.status_code == 200 and "Unsubscribe?" in page.get_data(as_text=True)
+    assert site.subscriber("ada@example.org").status == "active"  # type: ignore[union-attr]
+    # A form POST without the CSRF token is refused.
+    assert client.post(paths.unsubscribe, data={}).status_code == 400
+    assert site.subscriber("ada@example.org").status == "active"  # type: ignore[union-attr]
+    done = client.post(
+        paths.unsubscribe, data={"csrf_token": csrf_token(client, paths.unsubscribe)}
+    )
+    assert done.status_code == 200 and "You're unsubscribed" in done.get_data(as_text=True)
+    assert site.subscriber("ada@example.org").status == "unsubscribed"  # type: ignore[union-attr]
+
+    # RFC 8058: a fresh client (no cookie, no CSRF token) POSTs the one-click body.
+    bob = active_subscriber(site, "bob@example.org")
+    one_click = token_links(site, bob).unsubscribe
+    fresh = site.app.test_client(use_cookies=False)
+    response = fresh.post(
+        one_click,
+        data="List-Unsubscribe=One-Click",
+        content_type="application/x-www-form-urlencoded",
+    )
+    assert response.status_code == 200
+    assert site.subscriber("bob@example.org").status == "unsubscribed"  # type: ignore[union-attr]
+    # The older /u/ path of earlier emails works the same way.
+    carol = active_subscriber(site, "carol@example.org")
+    old_path = token_links(site, carol).unsubscribe.replace("/unsubscribe/", "/u/")
+    assert fresh.post(old_path, data={"List-Unsubscribe": "One-Click"}).status_code == 200
+    assert site.subscriber("carol@example.org").status == "unsubscribed"  # type: ignore[union-attr]
+
+
+def test_manage_edits_preferences_and_previews(site: Site) -> None:
+    ada = active_subscriber(site)
+    path = token_links(site, ada).manage
+    client = site.client()
+    page = client.get(path).get_data(as_text=True)
+    assert "ada@example.org receives the daily digest" in page
+    assert 'value="diffusion"' in page and "Your next digest, as of now" in page
+    token = csrf_token(client, path)
+    bad = client.post(
+        path,
+        data={
+            "csrf_token": token,
+            "action": "save",
+            "topic": ["-survey"],
+            "timezone": "UTC",
+            "hour": "7",
+            "frequency": "daily",
+        },
+    )
+    assert bad.status_code == 400 and "Nothing was saved" in bad.get_data(as_text=True)
+    saved = client.post(
+        path,
+        data={
+            "csrf_token": token,
+            "action": "save",
+            "topic": ["robot", "Agents=llm agents"],
+            "timezone": "Asia/Tokyo",
+            "hour": "21",
+            "frequency": "weekly",
+            "weekday": "fri",
+            "name": "Ada",
+        },
+    )
+    assert saved.status_code == 303
+    assert "Saved." in client.get(saved.headers["Location"]).get_data(as_text=True)
+    after = site.subscriber("ada@example.org")
+    assert after is not None
+    assert [(t.label, t.query) for t in after.topics] == [(None, "robot"), ("Agents", "llm agents")]
+    assert (after.timezone, after.send_hour, after.weekday, after.name) == (
+        "Asia/Tokyo",
+        21,
+        4,
+        "Ada",
+    )
+    # After unsubscribing, the page offers to come back.
+    client.post(token_links(site, ada).unsubscribe, data={"List-Unsubscribe": "One-Click"})
+    assert "Subscribe again" in client.get(path).get_data(as_text=True)
+    client.post(path, data={"csrf_token": token, "action": "resubscribe"})
+    assert site.subscriber("ada@example.org").status == "active"  # type: ignore[union-attr]
+
+
+def test_web_copy_of_a_sent_digest_has_no_personal_data(site: Site) -> None:
+    active_subscriber(site)
+    site.clock.now = NOW.replace(hour=7, minute=30)
+    report = send_digests(
+        site.wiring.sender(),
+        lambda session: due_subscribers(session, site.clock.now, timedelta(hours=6)),
+        now=site.clock.now,
+        settings=site.wiring.config.digest,
+    )
+    assert report.sent == 1
+    [message] = site.mail()
+    view = link_in(message, "digest")
+    page = site.client().get(view)
+    assert page.status_code == 200
+    body = page.get_data(as_text=True)
+    with site.wiring.sessions()() as session:
+        delivery = session.scalars(select(Delivery)).one()
+        titles = [item.paper.title for item in delivery.digest.items]  # type: ignore[union-attr]
+    assert all(title.replace("'", "&#39;").split("$")[0] in body for title in titles)
+    assert "ada@example.org" not in body and "/manage/" not in body and "/unsubscribe/" not in body
+    assert site.client().get(view[:-3] + "xyz").status_code == 404
+    # The preferences page previews the next digest: nothing already sent shows again.
+    manage = site.client().get(link_in(message, "manage")).get_data(as_text=True)
+    assert "Your next digest, as of now" in manage
+    assert not any(title.replace("'", "&#39;").split("$")[0] in manage for title in titles)
+    # Older per-subscriber view links redirect to the shared copy.
+    ada = site.subscriber("ada@example.org")
+    assert ada is not None
+    old = "/view/" + links.make_token(KEY, ada.secret, "view", [ada.id, "2026-11-25"])
+    redirect = site.client().get(old)
+    assert redirect.status_code == 301 and redirect.headers["Location"].endswith(view)
+
+
+def test_preview_page_shows_an_ad_hoc_topic(site: Site) -> None:
+    client = site.client()
+    page = client.get("/preview?topic=diffusion")
+    assert page.status_code == 200
+    body = page.get_data(as_text=True)
+    assert "papers on diffusion" in body and body.count('class="paper"') >= 3
+    bad = client.get("/preview?topic=-survey")
+    assert bad.status_code == 400 and "only excludes words" in bad.get_data(as_text=True)
+
+
+def test_unconfirmed_requests_are_forgotten(site: Site) -> None:
+    client = site.client()
+    client.post("/", data=subscribe_form(client, "never@example.org", "gan"))
+    former = active_subscriber(site, "former@example.org")
+    with db.transaction(site.wiring.sessions()) as session:
+        stored = session.get(Subscriber, former.id)
+        assert stored is not None
+        stored.status = "unsubscribed"
+    client.post("/", data=subscribe_form(client, "former@example.org", "gan"))
+    assert site.subscriber("former@example.org").status == "pending"  # type: ignore[union-attr]
+    site.clock.now = NOW + timedelta(days=8)
+    client.post("/", data=subscribe_form(client, "someone@example.org", "gan"))
+    assert site.subscriber("never@example.org") is None
+    # Someone with a history goes back to unsubscribed (the history stays, so nothing repeats).
+    assert site.subscriber("former@example.org").status == "unsubscribed"  # type: ignore[union-attr]
+
+
+def test_insecure_base_url_warning() -> None:
+    assert insecure_base_url("https://digest.example.org") is None
+    assert insecure_base_url("http://localhost:8000") is None
+    assert insecure_base_url("http://127.0.0.1:8000") is None
+    warning = insecure_base_url("http://digest.example.org")
+    assert warning is not None and "not https" in warning and "RFC 8058" in warning
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    path=st.sampled_from(["manage", "unsubscribe", "u", "confirm", "digest", "view"]),
+    token=st.one_of(
+        st.text(alphabet=st.characters(blacklist_categories=["Cs"]), min_size=1, max_size=300),
+        st.builds(
+            lambda payload: links.make_token(KEY, "guessed-secret", "manage", payload),
+            st.one_of(st.integers(), st.text(), st.lists(st.integers()), st.none()),
+        ),
+    ),
+)
+def test_any_token_is_a_404_never_an_error(site: Site, path: str, token: str) -> None:
+    client = site.client()
+    quoted = urllib.parse.quote(token, safe="")
+    for method in ("get", "post"):
+        response = getattr(client, method)(f"/{path}/{quoted}")
+        assert response.status_code in (404, 400, 405), (path, token, response.status_code)

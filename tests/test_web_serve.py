@@ -1,0 +1,63 @@
+"""`digest serve` and `digest run --serve` as processes: they answer, warn, stop cleanly."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from tests.smtp_server import free_port
+
+
+def start(tmp_path: Path, *args: str, base_url: str) -> tuple[subprocess.Popen[str], str]:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DIGEST_")}
+    env.update(
+        DIGEST_DATA_DIR=str(tmp_path / "data"),
+        DIGEST_BASE_URL=base_url,
+        DIGEST_SECRET_KEY="serve-test-key-0123456789abcdefghijklmnop",
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-m", "digest", *args, "--port", str(port)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    address = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            with urllib.request.urlopen(address + "/", timeout=2) as response:
+                assert response.status == 200
+            return process, address
+        except (urllib.error.URLError, ConnectionError):
+            assert process.poll() is None, process.communicate()
+            assert time.monotonic() < deadline, "the web front did not come up"
+            time.sleep(0.2)
+
+
+def test_run_serve_runs_scheduler_and_web_and_stops_on_sigterm(tmp_path: Path) -> None:
+    process, address = start(tmp_path, "run", "--serve", base_url="http://digest.example.org")
+    with urllib.request.urlopen(address + "/api/match?q=diffusion", timeout=5) as response:
+        assert response.status == 200
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=30)
+    assert process.returncode == 0, err
+    assert "digest run: dispatching every 5 min" in err
+    assert "digest serve: listening on http://127.0.0.1:" in err
+    # A public http base URL breaks RFC 8058 one-click unsubscribe: say so at start-up.
+    assert "site.base_url http://digest.example.org is not https" in err
+
+
+def test_serve_on_a_local_base_url_does_not_warn(tmp_path: Path) -> None:
+    process, _ = start(tmp_path, "serve", base_url="http://localhost:8000")
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=30)
+    assert process.returncode == 0, err
+    assert "not https" not in err
