@@ -35,8 +35,9 @@ period's papers by upvotes (the Hugging Face view) and may fill the whole digest
 
 A paper appears once per digest, under the topic it matches best. Caps:
 `max_per_topic` per topic (`max_items` for `*`) and `max_items` in all, shared
-round-robin between topics, trending papers taking their places first; how many more papers matched each topic is kept
-(`Selection.more`) for the email's "N more matched" line. `record_selection`
+round-robin between topics, trending papers taking their places first; how
+many more papers matched each topic is kept (`Selection.more`) for the email's
+"N more matched" line. `record_selection`
 stores the content as a `Digest` shared by every subscriber with the same items,
 plus this subscriber's `Delivery` row for the date.
 """
