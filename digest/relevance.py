@@ -19,7 +19,7 @@ Query analysis (`plan_query`):
 Scoring (`rank`), for a candidate paper d:
 
     lexical(d) = sum over the query's word groups of BM25F(group)
-                 + 2 * BM25F(the whole query as a phrase) + BM25F(its words within 5 words)
+                 + BM25F(the whole query as a phrase) + 0.5 * BM25F(its words within 10 words)
     BM25F(x)   = idf(x) * tf * (k1 + 1) / (tf + k1),  k1 = 1.2
     tf         = 3 * tf_title / (0.5 + 0.5 * len_title / avg_title)
                  + tf_abstract / (0.25 + 0.75 * len_abstract / avg_abstract)
@@ -66,9 +66,9 @@ K1 = 1.2
 TITLE_WEIGHT = 3.0
 TITLE_B = 0.5
 ABSTRACT_B = 0.75
-PHRASE_WEIGHT = 2.0
-NEAR_WEIGHT = 1.0
-NEAR_WINDOW = 5
+PHRASE_WEIGHT = 1.0
+NEAR_WEIGHT = 0.5
+NEAR_WINDOW = 10
 FEEDBACK_PAPERS = 10
 FEEDBACK_EXPONENT = 1.0
 LIKE_TERMS = 10

@@ -147,7 +147,7 @@ def test_phrase_beats_proximity_beats_anywhere_and_title_beats_abstract(factory,
         assert titles(session, "video generation") == [
             "Video Generation at Scale",  # the phrase, in the title
             "Another Study",  # the phrase, in the abstract
-            "A Study",  # the words within five words of each other
+            "A Study",  # the words within ten words of each other
             "A Third Study",  # the words far apart
         ]
 
