@@ -29,10 +29,11 @@ if TYPE_CHECKING:
     from sqlalchemy import Engine
     from sqlalchemy.orm import Session, sessionmaker
 
-    from digest.deliver import DigestMailer, Sender, Transport
+    from digest.deliver import DigestMailer, Sender
     from digest.fetch import HttpFetcher
     from digest.ingest import InputSummary
     from digest.schedule import Service
+    from digest.transport import Transport
 
 # Links are signed with this key; shorter keys can be brute-forced offline.
 MIN_SECRET_KEY_BYTES = 32
@@ -61,8 +62,10 @@ def database_error_message(exc: BaseException, url: str) -> str:
     The SQL statement and its parameters are never part of it (they may hold
     addresses and secrets); `digest -v` shows the full error.
     """
+    from digest.db import error_detail
+
     where = safe_url(url)
-    detail = str(getattr(exc, "orig", None) or exc).splitlines()[0] if str(exc) else repr(exc)
+    detail = error_detail(exc)
     lowered = detail.casefold()
     if isinstance(exc, ModuleNotFoundError) or "no module named" in lowered:
         return (
@@ -113,6 +116,24 @@ def check_secret_key(key: str, where: str) -> str:
     return key
 
 
+def read_dkim_key(path: Path) -> bytes:
+    """The PEM private key DKIM signs with, checked once rather than failing every message."""
+    from dkim.crypto import UnparsableKeyError, parse_pem_private_key
+
+    try:
+        key = path.read_bytes()
+        parse_pem_private_key(key)
+    except OSError as exc:
+        raise DigestError(f"mail.dkim_key_file: {exc}") from None
+    except (UnparsableKeyError, ValueError, IndexError):
+        # The key's bytes are a secret: never repeated in the message.
+        raise DigestError(
+            f"mail.dkim_key_file: {path} is not a PEM RSA private key "
+            "(make one with: openssl genrsa -out dkim.pem 2048)"
+        ) from None
+    return key
+
+
 @dataclass
 class App:
     """Config, database, signing key, mailer and transport for one process, built lazily."""
@@ -148,8 +169,19 @@ class App:
         if self._engine is None:
             from digest import db
 
-            with database_errors(self.config.database_url):
-                self._engine = db.open_database(self.config.database_url)
+            url = self.config.database_url
+            with database_errors(url):
+                engine = db.open_database(url)
+                # SQLite's quick check reads every page (bench/quick_check.py): a
+                # damaged file is refused before anything is written into it.
+                problems = db.integrity_problems(engine)
+            if problems:
+                engine.dispose()
+                raise DatabaseUnavailable(
+                    f"database {safe_url(url)} is corrupt (quick check: {problems[0]}): "
+                    "restore it from a backup; `digest db check` reports what is damaged"
+                )
+            self._engine = engine
         return self._engine
 
     def sessions(self) -> sessionmaker[Session]:
@@ -198,12 +230,11 @@ class App:
         config = self.config
         dkim = None
         if config.mail.dkim_key_file and config.mail.dkim_selector:
-            try:
-                key = config.mail.dkim_key_file.read_bytes()
-            except OSError as exc:
-                raise DigestError(f"mail.dkim_key_file: {exc}") from None
-            domain = config.mail.from_address.rpartition("@")[2]
-            dkim = Dkim(config.mail.dkim_selector, domain, key)
+            dkim = Dkim(
+                config.mail.dkim_selector,
+                config.mail.from_address.rpartition("@")[2],
+                read_dkim_key(config.mail.dkim_key_file),
+            )
         renderer = Renderer(
             templates=config.site.templates_dir,
             site_name=config.site.name,
@@ -218,7 +249,7 @@ class App:
         )
 
     def transport(self) -> Transport:
-        from digest.deliver import MaildirTransport, SmtpTransport
+        from digest.transport import MaildirTransport, SmtpTransport
 
         delivery = self.config.delivery
         if delivery.transport == "smtp":

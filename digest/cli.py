@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
-import signal
 import sys
 import threading
 import traceback
@@ -28,18 +27,20 @@ from sqlalchemy.orm import Session
 from digest import __version__, db, doctor, relevance
 from digest.app import App, database_error_message, database_errors, safe_url
 from digest.config import ConfigError
-from digest.deliver import MAIL_POLICY, DueList, SendReport, send_digests
+from digest.deliver import DueList, SendReport, send_digests
 from digest.errors import DigestError
 from digest.ingest import InputSummary, expand_inputs
 from digest.links import insecure_base_url
 from digest.models import SUBSCRIBER_STATUSES, Paper
 from digest.query import Query, QueryError, parse_query
 from digest.resources import resource_dir
-from digest.schedule import DISPATCH_LEASE, due_within, next_runs
+from digest.schedule import DISPATCH_LEASE, due_within, next_runs, stopping_on_signals
 from digest.select import is_due_today, local_date
 from digest.subscribers import (
-    normalize_email,
+    existing_subscriber,
     parse_weekday,
+    rotate_secret,
+    sendable,
     subscribe,
     transient_subscriber,
     unsubscribe,
@@ -161,13 +162,52 @@ def db_status(app: App) -> None:
         engine = db.create_db_engine(app.config.database_url)
         try:
             current = db.current_revision(engine)
+            problems = db.integrity_problems(engine)
         finally:
             engine.dispose()
     head = db.head_revision()
-    click.echo(f"database: {engine.url.render_as_string(hide_password=True)}")
+    click.echo(f"database: {safe_url(app.config.database_url)}")
     click.echo(f"schema:   {current or 'empty'} (needs {head})")
     if current != head:
         click.echo("run `digest db upgrade` to bring it up to date")
+    if problems:
+        raise click.ClickException(
+            f"database {safe_url(app.config.database_url)} is damaged (quick check: "
+            f"{problems[0]}): restore it from a backup; `digest db check` reports what is damaged"
+        )
+    click.echo("quick check: ok")
+
+
+@db_group.command("check")
+@click.pass_obj
+def db_check(app: App) -> None:
+    """Check the whole SQLite file: every page and index, foreign keys, the full-text index.
+
+    Prints what is damaged and exits 1, or prints "ok". It reads every page, so
+    it takes a while on a large database; `digest db status` runs the quick check.
+
+    \b
+    Example:
+        digest db check
+    """
+    with database_errors(app.config.database_url):
+        engine = db.create_db_engine(app.config.database_url)
+        try:
+            problems = db.integrity_problems(engine, full=True)
+        finally:
+            engine.dispose()
+    where = safe_url(app.config.database_url)
+    if engine.dialect.name != "sqlite":
+        click.echo(f"{where}: a server database checks itself; nothing to do here")
+        return
+    for problem in problems:
+        click.echo(f"  {problem}")
+    if problems:
+        raise click.ClickException(
+            f"database {where} is damaged ({len(problems)} problems listed above): "
+            "restore it from a backup"
+        )
+    click.echo(f"{where}: ok")
 
 
 # --- ingest -----------------------------------------------------------------
@@ -389,6 +429,24 @@ def unsubscribe_command(app: App, email: str) -> None:
     click.echo(f"unsubscribed {address}")
 
 
+@main.command("rotate-secret")
+@click.argument("email")
+@click.pass_obj
+def rotate_secret_command(app: App, email: str) -> None:
+    """Give EMAIL a new link secret, so every link in the emails sent so far stops working.
+
+    Use it when someone's unsubscribe or preferences links were forwarded or leaked.
+    The next digest carries working links again.
+
+    \b
+    Example:
+        digest rotate-secret ada@example.org
+    """
+    with db.transaction(app.sessions()) as session:
+        address = rotate_secret(session, email, app.clock()).email
+    click.echo(f"new link secret for {address}: the links in earlier emails no longer work")
+
+
 @main.command("subscribers")
 @click.option(
     "--status", type=click.Choice(SUBSCRIBER_STATUSES), help="Only subscribers in this state."
@@ -566,9 +624,12 @@ def preview_command(
     settings = app.config.digest
     with app.sessions()() as session:
         if email is not None:
-            subscriber = db.find_subscriber(session, normalize_email(email)[1])
-            if subscriber is None:
-                raise click.ClickException(f"no subscriber {email!r}")
+            subscriber = existing_subscriber(session, email)
+            if not sendable([subscriber]):
+                raise click.ClickException(
+                    f"{subscriber.email} has an unknown timezone {subscriber.timezone!r}: "
+                    f"fix it with digest subscribe {subscriber.email} --topic ... --timezone ZONE"
+                )
         else:
             subscriber = transient_subscriber(
                 list(topics), settings.default_timezone, settings.default_hour
@@ -577,11 +638,11 @@ def preview_command(
             session, subscriber, digest_date.date() if digest_date else None, now, settings
         )
         session.rollback()
-    body = {"html": html, "text": text, "eml": message.as_string(policy=MAIL_POLICY)}[fmt]
+    body = {"html": html, "text": text, "eml": message.as_string()}[fmt]
     if out is None:
         slug = re.sub(r"[^a-z0-9]+", "-", (email or "-".join(topics)).casefold()).strip("-")[:40]
         ext = {"html": "html", "text": "txt", "eml": "eml"}[fmt]
-        out = app.config.data_dir / "previews" / f"preview-{slug or 'all'}.{ext}"
+        out = app.data_dir() / "previews" / f"preview-{slug or 'all'}.{ext}"
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(body, encoding="utf-8")
@@ -604,17 +665,26 @@ def run_send(
     dry_run: bool = False,
     limit: int | None = None,
     retry_unknown: bool = False,
+    stop: threading.Event | None = None,
 ) -> SendReport:
-    """Send today's digest to every active subscriber who is due, with a progress bar."""
+    """Send today's digest to every active subscriber who is due, with a progress bar.
+
+    Setting `stop` (SIGTERM) lets the message in flight finish and be recorded,
+    and starts no other.
+    """
+
+    left_out = 0
 
     def due(session: Session) -> DueList:
+        nonlocal left_out
+        active = db.list_subscribers(session, "active")
+        kept = sendable(active, lambda warning: click.echo(warning, err=True))
+        left_out = len(active) - len(kept)
         return [
-            (s, digest_date or local_date(now, s.timezone))
-            for s in db.list_subscribers(session, "active")
-            if is_due_today(s, now)
+            (s, digest_date or local_date(now, s.timezone)) for s in kept if is_due_today(s, now)
         ]
 
-    sender = app.sender()
+    sender = app.sender(should_stop=stop.is_set) if stop is not None else app.sender()
     bars: list[Any] = []
     with contextlib.ExitStack() as stack:
 
@@ -640,6 +710,7 @@ def run_send(
             # Today's digests as of now; a past date's as of its send time.
             at_send_time=digest_date is not None,
         )
+    report.left_out = left_out
     return report
 
 
@@ -678,19 +749,37 @@ def send_command(
         digest send --retry-unknown
     """
     print_config_warnings(app)
-    report = run_send(
-        app,
-        app.clock(),
-        digest_date=digest_date.date() if digest_date else None,
-        dry_run=dry_run,
-        limit=limit,
-        retry_unknown=retry_unknown,
-    )
+    now = app.clock()
+    day = digest_date.date() if digest_date else None
+    if day is not None and abs((day - now.date()).days) > 366:
+        raise click.BadParameter("must be within a year of today", param_hint="'--date'")
+    stop = threading.Event()
+    signals: list[str] = []
+
+    def announce(name: str) -> None:
+        signals.append(name)
+        click.echo(f"received {name}: finishing the message in flight", err=True)
+
+    with stopping_on_signals(stop, announce):
+        report = run_send(
+            app,
+            now,
+            digest_date=day,
+            dry_run=dry_run,
+            limit=limit,
+            retry_unknown=retry_unknown,
+            stop=stop,
+        )
     click.echo(report.line())
     for address in report.bounced:
         click.echo(f"bounced: {address}", err=True)
     if report.fatal:
         raise click.ClickException(report.fatal)
+    if signals:
+        raise click.ClickException(
+            f"stopped by {signals[0]}: the message in flight was recorded; "
+            f"{report.queued} digests wait for the next run"
+        )
     if not report.ok:
         raise click.ClickException("not every digest was delivered; see `digest status`")
     if app.config.delivery.transport == "maildir" and report.sent and not dry_run:
@@ -870,15 +959,17 @@ def serve_command(app: App, host: str | None, port: int | None, debug: bool, ver
         )
         return
     stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda _signum, _frame: stop.set())
-    serve(app, host or config.web.host, port or config.web.port, stop=stop)
+    with stopping_on_signals(stop, lambda name: click.echo(f"received {name}: stopping", err=True)):
+        serve(app, host or config.web.host, port or config.web.port, stop=stop)
 
 
 @main.command("status")
 @click.pass_obj
 def status_command(app: App) -> None:
     """Show the scheduler's next runs, the last results, who is due soon, and problems.
+
+    Problems are deliveries deferred, unknown or in flight, and those that failed
+    (with the reply and whether the address bounced) in the last 24 hours.
 
     \b
     Example:
@@ -892,9 +983,18 @@ def status_command(app: App) -> None:
         last = {job: db.last_job_run(session, job) for job in ("ingest", "dispatch")}
         lease = db.current_lease(session, DISPATCH_LEASE)
         upcoming = due_within(session, now, timedelta(hours=1))
-        problems = db.deliveries_with_status(session, ("deferred", "unknown", "sending"))
+        problems = [
+            *db.deliveries_with_status(session, ("deferred", "unknown", "sending")),
+            *db.deliveries_with_status(session, ("failed",), now - timedelta(days=1)),
+        ]
         problem_rows = [
-            (d.subscriber.email, str(d.digest_date), d.status, str(d.attempts), d.last_reply or "")
+            (
+                d.subscriber.email,
+                str(d.digest_date),
+                d.status + (", bounced" if d.subscriber.status == "bounced" else ""),
+                str(d.attempts),
+                d.last_reply or "",
+            )
             for d in problems
         ]
     last_dispatch = last["dispatch"].started_at if last["dispatch"] else None
@@ -922,7 +1022,7 @@ def status_command(app: App) -> None:
             f"  {at:%H:%M} UTC  {subscriber.email} "
             f"({subscriber.send_hour:02d}:00 {subscriber.timezone})"
         )
-    click.echo(f"deferred, unknown or in flight: {len(problem_rows)}")
+    click.echo(f"deferred, unknown, in flight, or failed in the last 24 h: {len(problem_rows)}")
     if problem_rows:
         print_table(("email", "date", "status", "attempts", "last reply"), problem_rows)
 

@@ -10,6 +10,7 @@ A bad value raises `ConfigError` naming the key, e.g.
 from __future__ import annotations
 
 import functools
+import math
 import os
 import re
 import tomllib
@@ -43,16 +44,22 @@ def _str(key: str, value: Any) -> str:
     return value
 
 
+# No count or size in this program needs more; larger ones overflow timers and SQL.
+MAX_INT = 2**31 - 1
+
+
 def _int(key: str, value: Any) -> int:
     if isinstance(value, bool):
         raise ConfigError(f"{key}: expected an integer, got {value!r}")
     if isinstance(value, str):
         try:
-            return int(value.strip())
+            value = int(value.strip())
         except ValueError:
             raise ConfigError(f"{key}: expected an integer, got {value!r}") from None
     if not isinstance(value, int):
         raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    if abs(value) > MAX_INT:
+        raise ConfigError(f"{key}: {value} is too large (at most {MAX_INT})")
     return value
 
 
@@ -61,12 +68,21 @@ def _float(key: str, value: Any) -> float:
         raise ConfigError(f"{key}: expected a number, got {value!r}")
     if isinstance(value, str):
         try:
-            return float(value.strip())
+            value = float(value.strip())
         except ValueError:
             raise ConfigError(f"{key}: expected a number, got {value!r}") from None
     if not isinstance(value, int | float):
         raise ConfigError(f"{key}: expected a number, got {value!r}")
+    if not math.isfinite(value):
+        raise ConfigError(f"{key}: expected a finite number, got {value!r}")
     return float(value)
+
+
+def _secret(key: str, value: Any) -> str | None:
+    """A password or key: like a string, but its value is never repeated in an error."""
+    if not isinstance(value, str):
+        raise ConfigError(f"{key}: expected a string in quotes (the value is secret: not shown)")
+    return value.strip() or None
 
 
 def _bool(key: str, value: Any) -> bool:
@@ -98,7 +114,23 @@ def _database_url(key: str, value: Any) -> str:
         raise ConfigError(f"{key}: not a database URL: {mask_password(text)!r}") from None
     if url.get_backend_name() not in {"sqlite", "postgresql"}:
         raise ConfigError(f"{key}: unsupported database {url.drivername!r} (sqlite or postgresql)")
+    if url.get_backend_name() == "sqlite" and _in_memory(url.database, url.query):
+        raise ConfigError(
+            f"{key}: an in-memory SQLite database ({mask_password(text)!r}) loses everything "
+            "when the command ends; give a file, e.g. sqlite:////var/lib/papers-digest/digest.sqlite3"
+        )
     return text
+
+
+def _in_memory(database: str | None, query: Mapping[str, Any]) -> bool:
+    # Tests that want one open it with db.open_database("sqlite://"), not through the config.
+    name = (database or "").strip()
+    return (
+        name in ("", ":memory:")
+        or name.startswith("file::memory:")
+        or query.get("mode") == "memory"
+        or "mode=memory" in name
+    )
 
 
 def _http_url(key: str, value: Any) -> str:
@@ -110,11 +142,15 @@ def _http_url(key: str, value: Any) -> str:
 
 
 def _email(key: str, value: Any) -> str:
+    """A sender-side address, in ASCII: an IDN domain becomes punycode."""
     text = _str(key, value).strip()
     try:
-        return validate_email(text, check_deliverability=False).normalized
+        valid = validate_email(text, check_deliverability=False)
     except EmailNotValidError as exc:
         raise ConfigError(f"{key}: not an email address: {text!r} ({exc})") from None
+    if valid.ascii_email is None:
+        raise ConfigError(f"{key}: {text!r}: use an address whose part before the @ is ASCII")
+    return valid.ascii_email
 
 
 def _opt_email(key: str, value: Any) -> str | None:
@@ -128,31 +164,42 @@ def _transport(key: str, value: Any) -> str:
     return text
 
 
-def _positive(check: Callable[[str, Any], Any]) -> Callable[[str, Any], Any]:
+def _positive(
+    check: Callable[[str, Any], Any], at_most: float | None = None
+) -> Callable[[str, Any], Any]:
     def wrapped(key: str, value: Any) -> Any:
         number = check(key, value)
         if number <= 0:
             raise ConfigError(f"{key}: must be greater than 0, got {value!r}")
-        return number
+        return _at_most(key, number, at_most)
 
     return wrapped
 
 
-def _fraction(key: str, value: Any) -> float:
-    number = _float(key, value)
-    if not 0 <= number <= 1:
-        raise ConfigError(f"{key}: must be between 0 and 1, got {value!r}")
-    return number
-
-
-def _non_negative(check: Callable[[str, Any], Any]) -> Callable[[str, Any], Any]:
+def _non_negative(
+    check: Callable[[str, Any], Any], at_most: float | None = None
+) -> Callable[[str, Any], Any]:
     def wrapped(key: str, value: Any) -> Any:
         number = check(key, value)
         if number < 0:
             raise ConfigError(f"{key}: must not be negative, got {value!r}")
-        return number
+        return _at_most(key, number, at_most)
 
     return wrapped
+
+
+def _at_most(key: str, number: Any, limit: float | None) -> Any:
+    if limit is not None and number > limit:
+        raise ConfigError(f"{key}: must be at most {limit:g}, got {number!r}")
+    return number
+
+
+def _dkim_selector(key: str, value: Any) -> str | None:
+    text = _opt_str(key, value)
+    label = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?")
+    if text is not None and not all(label.fullmatch(part) for part in text.split(".")):
+        raise ConfigError(f"{key}: not a DNS name such as 'digest': {text!r}")
+    return text
 
 
 def _port(key: str, value: Any) -> int:
@@ -230,52 +277,55 @@ class Key:
     env: str | None = None
 
 
+HOUR = 3600
+DAY = 86_400
+
 KEYS: dict[str, Key] = {
     "data_dir": Key(_opt_str, None, "DIGEST_DATA_DIR"),
     "database.url": Key(_database_url, None, "DIGEST_DATABASE_URL"),
     "smtp.host": Key(_opt_str, None, "DIGEST_SMTP_HOST"),
     "smtp.port": Key(_port, 587, "DIGEST_SMTP_PORT"),
     "smtp.username": Key(_opt_str, None, "DIGEST_SMTP_USERNAME"),
-    "smtp.password": Key(_opt_str, None, "DIGEST_SMTP_PASSWORD"),
+    "smtp.password": Key(_secret, None, "DIGEST_SMTP_PASSWORD"),
     "smtp.starttls": Key(_bool, True),
     "smtp.ssl": Key(_bool, False),
-    "smtp.timeout": Key(_positive(_float), 30.0),
+    "smtp.timeout": Key(_positive(_float, HOUR), 30.0),
     "delivery.transport": Key(_transport, None, "DIGEST_TRANSPORT"),
     "delivery.maildir": Key(_opt_str, None),
     "delivery.max_per_connection": Key(_positive(_int), 100),
-    "delivery.rate_limit": Key(_non_negative(_float), 0.0),
-    "delivery.lease_seconds": Key(_positive(_int), 600),
-    "delivery.retry_base_seconds": Key(_positive(_int), 60),
+    "delivery.rate_limit": Key(_non_negative(_float, 1e6), 0.0),
+    "delivery.lease_seconds": Key(_positive(_int, DAY), 600),
+    "delivery.retry_base_seconds": Key(_positive(_int, DAY), 60),
     "mail.from_address": Key(_email, "digest@localhost.localdomain"),
     "mail.from_name": Key(_str, "Papers Digest"),
     "mail.reply_to": Key(_opt_email, None),
     "mail.postal_address": Key(_str, ""),
     "mail.unsubscribe_mailto": Key(_opt_email, None),
-    "mail.dkim_selector": Key(_opt_str, None),
+    "mail.dkim_selector": Key(_dkim_selector, None),
     "mail.dkim_key_file": Key(_opt_str, None, "DIGEST_DKIM_KEY_FILE"),
     "site.base_url": Key(_http_url, "http://localhost:8000", "DIGEST_BASE_URL"),
-    "site.secret_key": Key(_opt_str, None, "DIGEST_SECRET_KEY"),
+    "site.secret_key": Key(_secret, None, "DIGEST_SECRET_KEY"),
     "site.name": Key(_str, "papers digest"),
     "site.templates_dir": Key(_opt_str, None),
-    "digest.lookback_days": Key(_positive(_int), 7),
+    "digest.lookback_days": Key(_positive(_int, 3660), 7),
     "digest.max_items": Key(_positive(_int), 20),
     "digest.max_per_topic": Key(_positive(_int), 10),
     "digest.max_trending": Key(_non_negative(_int), 5),
     "digest.min_trending_gain": Key(_positive(_int), 1),
-    "digest.gravity": Key(_positive(_float), 1.8),
-    "digest.min_relevance": Key(_fraction, 0.3),
+    "digest.gravity": Key(_positive(_float, 10), 1.8),
+    "digest.min_relevance": Key(_non_negative(_float, 1), 0.3),
     "digest.send_empty": Key(_bool, False),
     "digest.default_timezone": Key(_timezone, "UTC"),
     "digest.default_hour": Key(_hour, 7),
     "schedule.sources": Key(_str_list, []),
     "schedule.ingest_cron": Key(_cron, "0 */3 * * *"),
-    "schedule.dispatch_minutes": Key(_positive(_int), 5),
-    "schedule.grace_hours": Key(_positive(_float), 6.0),
-    "ingest.max_input_bytes": Key(_positive(_int), 20 * 1024 * 1024),
-    "ingest.timeout": Key(_positive(_float), 30.0),
-    "ingest.retries": Key(_non_negative(_int), 3),
-    "ingest.backoff": Key(_non_negative(_float), 2.0),
-    "ingest.host_delay": Key(_non_negative(_float), 3.0),
+    "schedule.dispatch_minutes": Key(_positive(_int, 1440), 5),
+    "schedule.grace_hours": Key(_positive(_float, 48), 6.0),
+    "ingest.max_input_bytes": Key(_positive(_int, 2**30), 20 * 1024 * 1024),
+    "ingest.timeout": Key(_positive(_float, HOUR), 30.0),
+    "ingest.retries": Key(_non_negative(_int, 20), 3),
+    "ingest.backoff": Key(_non_negative(_float, HOUR), 2.0),
+    "ingest.host_delay": Key(_non_negative(_float, HOUR), 3.0),
     "ingest.user_agent": Key(_str, "papers-digest/0.1 (+self-hosted)"),
     "web.host": Key(_str, "127.0.0.1", "DIGEST_WEB_HOST"),
     "web.port": Key(_port, 8000, "DIGEST_WEB_PORT"),
@@ -449,6 +499,8 @@ def load_config(path: Path | None = None, environ: Mapping[str, str] | None = No
     database_url = values["database.url"] or f"sqlite:///{data_dir / 'digest.sqlite3'}"
     if values["smtp.ssl"] and values["smtp.starttls"] and "smtp.starttls" in raw:
         raise ConfigError("smtp.starttls: cannot be combined with smtp.ssl (implicit TLS)")
+    if bool(values["mail.dkim_selector"]) != bool(values["mail.dkim_key_file"]):
+        raise ConfigError("mail.dkim_selector and mail.dkim_key_file: set both to sign, or neither")
     transport = values["delivery.transport"] or ("smtp" if values["smtp.host"] else "maildir")
     if transport == "smtp" and not values["smtp.host"]:
         raise ConfigError("smtp.host: required when delivery.transport is 'smtp'")

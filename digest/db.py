@@ -8,6 +8,8 @@ Backend-specific SQL (SQLite FTS5 today) lives here and nowhere else.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -32,7 +34,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DatabaseError, IntegrityError
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 from digest.errors import DigestError
@@ -79,12 +81,24 @@ def _sqlite_begin(connection: Connection) -> None:
     connection.exec_driver_sql(f"BEGIN {mode}")
 
 
+def _create_private(path: Path) -> None:
+    """Create the SQLite file 0600 (and its folder 0700) before SQLite would, with 0644.
+
+    It holds every subscriber's address and secret; SQLite gives the -wal and
+    -shm files the mode of the database file.
+    """
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+
+
 def create_db_engine(url: str) -> Engine:
-    """An engine for `url`; for SQLite it creates the folder and sets WAL, FKs and timeouts."""
+    """An engine for `url`; for SQLite it creates the file privately, sets WAL, FKs, timeouts."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
-        if parsed.database and parsed.database != ":memory:":
-            Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        uri = parsed.query.get("uri") in ("true", "1")
+        if parsed.database and parsed.database != ":memory:" and not uri:
+            _create_private(Path(parsed.database).expanduser())
         engine = create_engine(
             url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}, future=True
         )
@@ -140,6 +154,56 @@ def open_database(url: str) -> Engine:
         engine.dispose()
         raise
     return engine
+
+
+def integrity_problems(engine: Engine, *, full: bool = False, limit: int = 20) -> list[str]:
+    """What SQLite finds damaged in the database file; [] when it is sound.
+
+    `PRAGMA quick_check` by default (`digest db status`); `full` runs
+    `integrity_check`, the foreign-key check and the full-text index's own check
+    (`digest db check`). Server databases check themselves: [] there.
+    """
+    if engine.dialect.name != "sqlite":
+        return []
+    pragma = "integrity_check" if full else "quick_check"
+    with engine.connect() as connection:
+        try:
+            rows = connection.exec_driver_sql(f"PRAGMA {pragma}({limit})").scalars().all()
+        except DatabaseError as exc:
+            if not full:
+                raise
+            return [error_detail(exc)]
+        lines = [line for row in rows for line in str(row).splitlines()]
+        problems = [line for line in lines if line != "ok" and not line.startswith("*** ")]
+        if full:
+            problems += _deep_checks(connection)
+    return problems
+
+
+def _deep_checks(connection: Connection) -> list[str]:
+    """Foreign keys and the full-text index's own check (after integrity_check)."""
+    problems: list[str] = []
+    try:
+        problems += [
+            f"foreign key: {row[0]} row {row[1]} points to a missing {row[2]} row"
+            for row in connection.exec_driver_sql("PRAGMA foreign_key_check")
+        ]
+        fts = connection.exec_driver_sql("SELECT 1 FROM sqlite_master WHERE name = 'papers_fts'")
+        if fts.first():
+            connection.exec_driver_sql(
+                "INSERT INTO papers_fts(papers_fts) VALUES ('integrity-check')"
+            )
+    except DatabaseError as exc:
+        problems.append(error_detail(exc))
+    finally:
+        connection.rollback()
+    return problems
+
+
+def error_detail(exc: BaseException) -> str:
+    """The driver's message of a database error on one line, without SQL or parameters."""
+    text = str(getattr(exc, "orig", None) or exc)
+    return text.splitlines()[0] if text.strip() else type(exc).__name__
 
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:
@@ -528,7 +592,8 @@ def claim_delivery(
             Delivery.digest_date.in_(list(dates)),
             (Delivery.next_attempt_at.is_(None)) | (Delivery.next_attempt_at <= now),
         )
-        .order_by(Delivery.id)
+        # Fresh rows before retries, so rows that keep failing never hold up the rest.
+        .order_by(Delivery.next_attempt_at.is_not(None), Delivery.next_attempt_at, Delivery.id)
         .limit(1)
     )
     if session.get_bind().dialect.name == "postgresql":
@@ -690,10 +755,15 @@ def last_job_run(session: Session, job: str) -> JobRun | None:
     )
 
 
-def deliveries_with_status(session: Session, statuses: Sequence[str]) -> Sequence[Delivery]:
-    return session.scalars(
+def deliveries_with_status(
+    session: Session, statuses: Sequence[str], updated_since: datetime | None = None
+) -> Sequence[Delivery]:
+    statement = (
         select(Delivery)
         .options(selectinload(Delivery.subscriber))
         .where(Delivery.status.in_(statuses))
         .order_by(Delivery.digest_date, Delivery.id)
-    ).all()
+    )
+    if updated_since is not None:
+        statement = statement.where(Delivery.updated_at >= updated_since)
+    return session.scalars(statement).all()

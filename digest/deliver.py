@@ -6,21 +6,19 @@
   display name, Reply-To, To, Subject, Date, a deterministic Message-ID per
   subscriber and date, List-Id, List-Unsubscribe (+ One-Click POST, RFC 8058)
   and optional DKIM. No header can be injected: CR/LF never reach one.
-* Transports share one small interface (`send(message) -> reply`, `close()`):
-  `SmtpTransport`, `MaildirTransport` (the default outbox) and `MemoryTransport`.
+* `Sender` claims each queued delivery, sends it through a transport
+  (`digest.transport`: SMTP, the Maildir outbox, memory) and records the
+  outcome in the ledger. One recipient's failure (a message that cannot be
+  built, a refusal) is recorded on that recipient's row and the run goes on;
+  only a failure of the whole session stops it.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-import mailbox
 import random
 import secrets
-import smtplib
-import ssl
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
@@ -29,16 +27,15 @@ from email import policy
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import format_datetime
-from pathlib import Path
-from typing import Protocol
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from digest import db
-from digest.config import DeliveryConfig, DigestSettings, MailConfig, SmtpConfig
+from digest.config import DeliveryConfig, DigestSettings, MailConfig
+from digest.errors import DigestError
 from digest.links import subscriber_links
 from digest.models import Delivery, Paper, Subscriber
 from digest.relevance import Corpus
@@ -51,181 +48,40 @@ from digest.select import (
     selection_time,
 )
 from digest.sources.records import one_line
+from digest.subscribers import sendable_address
+from digest.transport import (
+    FatalTransportError,
+    PermanentFailure,
+    TemporaryFailure,
+    Transport,
+    UnknownOutcome,
+)
 
 # Unfolded headers (RFC 5322 allows 998 characters) keep the unsubscribe URL on one line.
 MAIL_POLICY = policy.SMTP.clone(max_line_length=998)
+# For a recipient whose local part is not ASCII: UTF-8 headers, sent with SMTPUTF8 (RFC 6531).
+MAIL_POLICY_UTF8 = MAIL_POLICY.clone(utf8=True)
 DKIM_HEADERS = (b"from", b"to", b"subject", b"date", b"list-unsubscribe", b"list-unsubscribe-post")
-
-
-class DeliveryError(Exception):
-    """A message was not delivered. `reply` is the server's answer, when there was one."""
-
-    def __init__(self, message: str, reply: str | None = None) -> None:
-        super().__init__(message)
-        self.reply = reply or message
-
-
-class TemporaryFailure(DeliveryError):
-    """A 4xx reply or a dropped connection: try this recipient again later."""
-
-
-class PermanentFailure(DeliveryError):
-    """A 5xx reply for this recipient: do not try again, mark the address bounced."""
-
-
-class FatalTransportError(DeliveryError):
-    """The sender's problem (refused connection, TLS, authentication, policy): stop the run."""
-
-
-class Transport(Protocol):
-    def send(self, message: EmailMessage) -> str: ...
-
-    def close(self) -> None: ...
-
-
-@dataclass
-class MemoryTransport:
-    """Keeps messages in a list; for tests and dry runs."""
-
-    messages: list[EmailMessage] = field(default_factory=list)
-
-    def send(self, message: EmailMessage) -> str:
-        self.messages.append(message)
-        return "250 stored in memory"
-
-    def close(self) -> None:
-        pass
-
-
-@dataclass
-class MaildirTransport:
-    """Delivers into a standard Maildir (cur/new/tmp) that any mail client can open."""
-
-    path: Path
-
-    def send(self, message: EmailMessage) -> str:
-        box = mailbox.Maildir(self.path, create=True)
-        key = box.add(message.as_bytes(policy=MAIL_POLICY))
-        return f"250 stored in {self.path / 'new' / key}"
-
-    def close(self) -> None:
-        pass
-
-
-def _reply_text(code: int, text: bytes | str) -> str:
-    body = text.decode("utf-8", "replace") if isinstance(text, bytes) else text
-    return one_line(f"{code} {body}")
-
-
-def classify(code: int, text: bytes | str) -> DeliveryError:
-    """The error for an SMTP reply: 5.7.x (policy, auth) is fatal, 4xx temporary, 5xx permanent."""
-    reply = _reply_text(code, text)
-    enhanced = reply.split(" ", 2)[1] if " " in reply else ""
-    if enhanced.startswith("5.7") or code in (530, 535, 538):
-        return FatalTransportError(f"SMTP policy or authentication refusal: {reply}", reply)
-    if 400 <= code < 500:
-        return TemporaryFailure("temporary failure", reply)
-    return PermanentFailure("rejected", reply)
-
-
-@dataclass
-class SmtpTransport:
-    """SMTP with implicit TLS or STARTTLS, AUTH, timeouts, connection reuse and a rate limit.
-
-    One connection carries up to `max_per_connection` messages; a connection
-    that drops is reopened once for the message in hand.
-    """
-
-    settings: SmtpConfig
-    max_per_connection: int = 100
-    rate: float | None = None  # messages per second
-    ssl_context: ssl.SSLContext | None = None
-    monotonic: Callable[[], float] = time.monotonic
-    sleep: Callable[[float], None] = time.sleep
-    _client: smtplib.SMTP | None = field(default=None, init=False, repr=False)
-    _sent_on_connection: int = field(default=0, init=False)
-    _last_send: float | None = field(default=None, init=False)
-
-    def _connect(self) -> smtplib.SMTP:
-        s = self.settings
-        assert s.host, "SMTP transport without a host"
-        context = self.ssl_context or ssl.create_default_context()
-        client: smtplib.SMTP | None = None
-        try:
-            if s.ssl:
-                client = smtplib.SMTP_SSL(s.host, s.port, timeout=s.timeout, context=context)
-            else:
-                client = smtplib.SMTP(s.host, s.port, timeout=s.timeout)
-                if s.starttls:
-                    client.starttls(context=context)
-            if s.username:
-                client.login(s.username, s.password or "")
-        except Exception as exc:
-            if client is not None:
-                client.close()
-            raise self._connect_error(exc) from None
-        self._sent_on_connection = 0
-        return client
-
-    def _connect_error(self, exc: Exception) -> FatalTransportError:
-        where = f"{self.settings.host}:{self.settings.port}"
-        if isinstance(exc, smtplib.SMTPAuthenticationError):
-            reply = _reply_text(exc.smtp_code, exc.smtp_error)
-            return FatalTransportError(f"SMTP authentication failed: {reply}")
-        if isinstance(exc, smtplib.SMTPNotSupportedError):
-            return FatalTransportError(f"SMTP server {where} does not support {exc}")
-        if isinstance(exc, ssl.SSLError | ssl.CertificateError):
-            return FatalTransportError(f"TLS with {where} failed: {exc}")
-        if isinstance(exc, smtplib.SMTPResponseException):
-            reply = _reply_text(exc.smtp_code, exc.smtp_error)
-            return FatalTransportError(f"SMTP server {where} refused us: {reply}")
-        return FatalTransportError(f"cannot connect to SMTP {where}: {exc}")
-
-    def _pace(self) -> None:
-        if self.rate and self._last_send is not None:
-            wait = 1.0 / self.rate - (self.monotonic() - self._last_send)
-            if wait > 0:
-                self.sleep(wait)
-        self._last_send = self.monotonic()
-
-    def _deliver(self, message: EmailMessage) -> str:
-        if self._client is None or self._sent_on_connection >= self.max_per_connection:
-            self.close()
-            self._client = self._connect()
-        refused = self._client.send_message(message)
-        self._sent_on_connection += 1
-        if refused:
-            code, text = next(iter(refused.values()))
-            raise classify(code, text)
-        return "250 accepted"
-
-    def send(self, message: EmailMessage) -> str:
-        self._pace()
-        for attempt in (1, 2):
-            try:
-                return self._deliver(message)
-            except (TimeoutError, smtplib.SMTPServerDisconnected, ConnectionError) as exc:
-                self._client = None
-                if attempt == 2:
-                    raise TemporaryFailure(f"connection lost: {exc}") from None
-            except smtplib.SMTPRecipientsRefused as exc:
-                code, text = next(iter(exc.recipients.values()))
-                raise classify(code, text) from None
-            except smtplib.SMTPResponseException as exc:
-                raise classify(exc.smtp_code, exc.smtp_error) from None
-        raise AssertionError("unreachable")
-
-    def close(self) -> None:
-        if self._client is not None:
-            with contextlib.suppress(smtplib.SMTPException, OSError):
-                self._client.quit()
-            self._client = None
 
 
 def message_id(subscriber: Subscriber, digest_date: date, domain: str) -> str:
     """Deterministic per subscriber and date, so a duplicate is traceable."""
     tag = hashlib.sha256(f"{subscriber.id}:{subscriber.secret}".encode()).hexdigest()[:10]
     return f"<digest.{digest_date:%Y%m%d}.{subscriber.id}.{tag}@{domain}>"
+
+
+def describe(exc: BaseException) -> str:
+    """An exception as one short line for the ledger: `ValueError: bad address`."""
+    return one_line(f"{type(exc).__name__}: {exc}")[:300]
+
+
+class Unsendable(Exception):
+    """A delivery whose message cannot be made; `retry` when the cause may go away."""
+
+    def __init__(self, reason: str, retry: bool) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.retry = retry
 
 
 @dataclass(frozen=True)
@@ -249,14 +105,23 @@ def build_message(
     unsubscribe_url: str,
     dkim: Dkim | None = None,
 ) -> EmailMessage:
-    """The complete multipart/alternative message for one recipient."""
+    """The complete multipart/alternative message for one recipient.
+
+    The recipient's domain is written in ASCII (punycode); an address whose local
+    part is not ASCII makes a UTF-8 message (`MAIL_POLICY_UTF8`) that needs SMTPUTF8.
+    ValueError if `to` is not a valid address.
+    """
     domain = mail.from_address.rpartition("@")[2]
+    address = sendable_address(to)
     # Bodies are encoded under the SMTP policy (quoted-printable lines of at most 76
     # characters); headers are then generated unfolded under MAIL_POLICY.
     message = EmailMessage(policy=policy.SMTP)
     sender = Address(display_name=one_line(mail.from_name), addr_spec=mail.from_address)
     message["From"] = sender
-    message["To"] = Address(addr_spec=one_line(to))
+    if address.isascii():
+        message["To"] = Address(addr_spec=address)
+    else:
+        message["To"] = address  # validated, so no CR/LF; Address() refuses non-ASCII
     if mail.reply_to:
         message["Reply-To"] = Address(addr_spec=mail.reply_to)
     message["Subject"] = one_line(subject)
@@ -271,7 +136,7 @@ def build_message(
     message["Auto-Submitted"] = "auto-generated"
     message.set_content(text, charset="utf-8", cte="quoted-printable")
     message.add_alternative(html, subtype="html", charset="utf-8", cte="quoted-printable")
-    message.policy = MAIL_POLICY
+    message.policy = MAIL_POLICY if address.isascii() else MAIL_POLICY_UTF8
     if dkim is not None:
         sign_dkim(message, dkim)
     return message
@@ -282,7 +147,7 @@ def sign_dkim(message: EmailMessage, key: Dkim) -> None:
     import dkim as dkimpy
 
     signature = dkimpy.sign(
-        message.as_bytes(policy=MAIL_POLICY),
+        message.as_bytes(),
         key.selector.encode(),
         key.domain.encode(),
         key.private_key,
@@ -344,19 +209,36 @@ class DigestMailer:
     def delivery_message(
         self, session: Session, delivery: Delivery, sent_at: datetime
     ) -> EmailMessage:
-        """The message of a planned delivery, for its subscriber."""
+        """The message of a planned delivery, for its subscriber.
+
+        `Unsendable` if the digest cannot be rendered (shared by everyone who gets
+        the same content: worth retrying once the cause is fixed) or this
+        recipient's message cannot be built (e.g. an address no longer valid).
+        Database errors pass through.
+        """
         digest = delivery.digest
-        assert digest is not None, "an empty delivery has no message"
         subscriber = delivery.subscriber
-        rendered = self.render_items(
-            session,
-            digest.content_hash,
-            list(digest.items),
-            digest.digest_date,
-            subscriber.weekday is not None,
-            json.loads(digest.more_matched or "{}"),
-        )
-        return self.message(subscriber, rendered, digest.digest_date, sent_at, digest.id)
+        if digest is None:
+            raise Unsendable("the delivery has no digest to send", retry=False)
+        try:
+            rendered = self.render_items(
+                session,
+                digest.content_hash,
+                list(digest.items),
+                digest.digest_date,
+                subscriber.weekday is not None,
+                json.loads(digest.more_matched or "{}"),
+            )
+        except SQLAlchemyError:
+            raise
+        except Exception as exc:
+            reason = f"the digest could not be rendered: {describe(exc)}"
+            raise Unsendable(reason, retry=True) from exc
+        try:
+            return self.message(subscriber, rendered, digest.digest_date, sent_at, digest.id)
+        except Exception as exc:
+            reason = f"the message could not be built: {describe(exc)}"
+            raise Unsendable(reason, retry=False) from exc
 
     def rendered_for(
         self,
@@ -449,6 +331,10 @@ class DigestMailer:
 
 # --- the ledger: plan, claim, send, mark ------------------------------------------------
 
+# This many recipients in a row failing the same way (the same hint) is the session's
+# problem, not theirs: the run stops rather than burn through the whole queue.
+SESSION_STREAK = 3
+
 
 @dataclass
 class SendReport:
@@ -460,13 +346,16 @@ class SendReport:
     failed: int = 0
     unknown: int = 0
     skipped: int = 0
+    queued: int = 0
+    left_out: int = 0  # active subscribers that cannot be planned (an unknown timezone)
     bounced: list[str] = field(default_factory=list)
     fatal: str | None = None
     dry_run: bool = False
 
     @property
     def ok(self) -> bool:
-        return self.fatal is None and not (self.failed or self.unknown or self.deferred)
+        problems = self.failed or self.unknown or self.deferred or self.left_out
+        return self.fatal is None and not problems
 
     def line(self) -> str:
         verb = "would send" if self.dry_run else "sent"
@@ -474,6 +363,8 @@ class SendReport:
             f"{verb} {self.sent}, empty {self.empty}, deferred {self.deferred}, "
             f"failed {self.failed}, unknown {self.unknown}"
             + (f", skipped {self.skipped}" if self.skipped else "")
+            + (f", still queued {self.queued}" if self.queued else "")
+            + (f", left out {self.left_out}" if self.left_out else "")
         )
 
 
@@ -514,9 +405,15 @@ def plan_deliveries(
         as_of = selection_time(subscriber, day, now) if at_send_time else now
         if as_of not in runs:
             runs[as_of] = SelectionRun(session, as_of, settings, corpus)
-        selection = runs[as_of].select(subscriber, day)
         try:
             with session.begin_nested():
+                try:
+                    selection = runs[as_of].select(subscriber, day)
+                except DigestError as exc:
+                    # This subscriber's stored data (e.g. a topic query an older version
+                    # accepted) cannot be used: their row fails, everyone else goes on.
+                    session.add(unplannable(subscriber.id, day, now, f"not planned: {exc}"))
+                    continue
                 delivery = record_selection(
                     session, subscriber, selection, now, settings.send_empty
                 )
@@ -527,6 +424,32 @@ def plan_deliveries(
         else:
             queued += 1
     return dates, queued, empty
+
+
+def unplannable(subscriber_id: int, day: date, now: datetime, reason: str) -> Delivery:
+    """A failed ledger row for a subscriber whose digest cannot even be chosen."""
+    return Delivery(
+        subscriber_id=subscriber_id,
+        digest_date=day,
+        status="failed",
+        selected_at=now,
+        attempts=0,
+        last_reply=one_line(reason)[:500],
+        created_at=now,
+        updated_at=now,
+    )
+
+
+@dataclass
+class Outcome:
+    """How one claimed delivery ended, and the hint of its failure (see `digest.transport`)."""
+
+    delivery: Delivery
+    subscriber: Subscriber
+    status: str
+    reply: str = ""
+    hint: str | None = None
+    refused: bool = False  # failed on a refusal that a block of the whole session explains
 
 
 @dataclass
@@ -553,15 +476,34 @@ class Sender:
             delivery.lease_until = None
             return delivery
 
-    def _compose(self, delivery_id: int) -> tuple[EmailMessage | None, Subscriber, Delivery]:
+    def _release(self, delivery_id: int) -> None:
+        """Back to the queue as claimed: nothing of it can have been delivered."""
+        with db.transaction(self.factory) as session:
+            delivery = session.get(Delivery, delivery_id)
+            assert delivery is not None
+            delivery.status = "queued"
+            delivery.attempts = max(0, delivery.attempts - 1)
+            delivery.lease_until = None
+            delivery.updated_at = self.clock()
+
+    def _compose(
+        self, delivery_id: int
+    ) -> tuple[Delivery, Subscriber, EmailMessage | Unsendable | None]:
+        """The claimed row, its subscriber and its message (None: no longer active)."""
         with self.factory() as session:
             delivery = session.get(Delivery, delivery_id)
             assert delivery is not None
             subscriber = delivery.subscriber
             if subscriber.status != "active":
-                return None, subscriber, delivery
-            message = self.mailer.delivery_message(session, delivery, self.clock())
-            return message, subscriber, delivery
+                return delivery, subscriber, None
+            try:
+                return (
+                    delivery,
+                    subscriber,
+                    self.mailer.delivery_message(session, delivery, self.clock()),
+                )
+            except Unsendable as exc:
+                return delivery, subscriber, exc
 
     def _retry_or_fail(self, delivery: Delivery, subscriber: Subscriber, reply: str) -> str:
         now = self.clock()
@@ -569,51 +511,91 @@ class Sender:
         retry_at = now + timedelta(seconds=delay * (1 + self.rng.uniform(0, 0.5)))
         if retry_at >= day_end(delivery.digest_date, subscriber.timezone):
             self._mark(
-                delivery.id, status="failed", last_reply=f"gave up, the day is over: {reply}"
+                delivery.id, status="failed", last_reply=f"gave up, the day is over: {reply}"[:500]
             )
             return "failed"
         self._mark(delivery.id, status="deferred", next_attempt_at=retry_at, last_reply=reply)
         return "deferred"
 
-    def send_one(self, delivery_id: int, report: SendReport) -> None:
-        """Send a claimed delivery and record the outcome in the ledger."""
+    def _bounce(self, subscriber: Subscriber, report: SendReport) -> None:
+        with db.transaction(self.factory) as session:
+            bounced = session.get(Subscriber, subscriber.id)
+            assert bounced is not None
+            bounced.status = "bounced"
+            bounced.updated_at = self.clock()
+        report.bounced.append(subscriber.email)
+
+    def send_one(self, delivery_id: int, report: SendReport) -> Outcome:
+        """Send a claimed delivery and record the outcome in the ledger.
+
+        A failure of this recipient (its message, a refusal, an unknown outcome)
+        is recorded on its row; a failure of the session (FatalTransportError) or
+        of the database puts the row back in the queue and is raised.
+        """
         try:
-            message, subscriber, delivery = self._compose(delivery_id)
-        except Exception:
-            self._mark(delivery_id, status="queued")
+            delivery, subscriber, message = self._compose(delivery_id)
+        except BaseException:
+            self._release(delivery_id)
             raise
         if message is None:
-            self._mark(delivery_id, status="skipped", last_reply=f"subscriber {subscriber.status}")
+            reason = f"subscriber {subscriber.status}"
+            self._mark(delivery_id, status="skipped", last_reply=reason)
             report.skipped += 1
-            return
+            return Outcome(delivery, subscriber, "skipped", reason)
+        if isinstance(message, Unsendable):
+            if message.retry:  # the shared rendering failed: maybe fixed by a later run
+                status = self._retry_or_fail(delivery, subscriber, message.reason)
+                return Outcome(delivery, subscriber, status, message.reason, message.reason)
+            self._mark(delivery_id, status="failed", last_reply=message.reason)
+            return Outcome(delivery, subscriber, "failed", message.reason)
         try:
             reply = self.transport.send(message)
         except TemporaryFailure as exc:
-            self._retry_or_fail(delivery, subscriber, exc.reply)
-            return
+            status = self._retry_or_fail(delivery, subscriber, exc.reply)
+            return Outcome(delivery, subscriber, status, exc.reply, exc.hint)
         except PermanentFailure as exc:
             self._mark(delivery_id, status="failed", last_reply=exc.reply)
-            with db.transaction(self.factory) as session:
-                bounced = session.get(Subscriber, subscriber.id)
-                assert bounced is not None
-                bounced.status = "bounced"
-                bounced.updated_at = self.clock()
-            report.bounced.append(subscriber.email)
-            return
+            if exc.bounce:
+                self._bounce(subscriber, report)
+            return Outcome(delivery, subscriber, "failed", exc.reply, exc.hint, refused=True)
+        except UnknownOutcome as exc:
+            self._mark(delivery_id, status="unknown", last_reply=exc.reply)
+            return Outcome(delivery, subscriber, "unknown", exc.reply, exc.hint)
         except FatalTransportError:
-            # Refused before the message was accepted (connection, TLS, login, policy):
-            # the row goes back to the queue untouched.
-            self._mark(delivery_id, status="queued", attempts=delivery.attempts - 1)
+            self._release(delivery_id)
             raise
+        except Exception as exc:
+            # Unexpected, and maybe about this message only: once it may have reached the
+            # server it is unknown, else retried later; the run goes on (or stops on a streak).
+            reason = f"could not be sent: {describe(exc)}"
+            if self.transport.in_doubt():
+                self._mark(delivery_id, status="unknown", last_reply=reason)
+                return Outcome(delivery, subscriber, "unknown", reason, reason)
+            status = self._retry_or_fail(delivery, subscriber, reason)
+            return Outcome(delivery, subscriber, status, reason, reason)
         except BaseException as exc:
-            # Interrupted or failed in a way that says nothing about acceptance: the
-            # message may have arrived, so it is not resent automatically.
-            self._mark(delivery_id, status="unknown", last_reply=f"interrupted: {exc!r}"[:500])
+            # Interrupted (Ctrl-C): once the message may have reached the server, it is
+            # not resent automatically; before that, it goes back to the queue.
+            if self.transport.in_doubt():
+                self._mark(delivery_id, status="unknown", last_reply=f"interrupted: {exc!r}"[:500])
+            else:
+                self._release(delivery_id)
             raise
         self._mark(delivery_id, status="sent", sent_at=self.clock(), last_reply=reply[:500])
         report.sent += 1
         if self.on_progress is not None:
             self.on_progress(subscriber.email)
+        return Outcome(delivery, subscriber, "sent", reply)
+
+    def _session_blocked(self, streak: list[Outcome]) -> str:
+        """Stop after a streak of identical failures; refused rows are retried later instead."""
+        for outcome in streak:
+            if outcome.refused:
+                self._retry_or_fail(outcome.delivery, outcome.subscriber, outcome.reply)
+        return (
+            f"{len(streak)} recipients in a row failed the same way, so the server or the "
+            f"sender is at fault, not the recipients; stopped: {streak[-1].hint}"
+        )
 
     def send_queued(self, dates: set[date], report: SendReport, limit: int | None) -> None:
         """Claim and send due rows of `dates` until none is left, the limit, or a stop."""
@@ -623,6 +605,7 @@ class Sender:
                 waiting = db.count_deliveries(session, dates)
             total = waiting.get("queued", 0) + waiting.get("deferred", 0)
             self.on_start(total if limit is None else min(limit, total))
+        streak: list[Outcome] = []
         try:
             while not self.should_stop() and (limit is None or report.sent < limit):
                 now = self.clock()
@@ -631,9 +614,16 @@ class Sender:
                 if claimed is None:
                     break
                 try:
-                    self.send_one(claimed, report)
+                    outcome = self.send_one(claimed, report)
                 except FatalTransportError as exc:
                     report.fatal = str(exc)
+                    break
+                if outcome.hint is None or (streak and streak[-1].hint != outcome.hint):
+                    streak = []
+                if outcome.hint is not None:
+                    streak.append(outcome)
+                if len(streak) >= SESSION_STREAK:
+                    report.fatal = self._session_blocked(streak)
                     break
         finally:
             self.transport.close()
@@ -673,6 +663,7 @@ def send_digests(
         report.deferred = counts.get("deferred", 0)
         report.failed = counts.get("failed", 0)
         report.unknown = counts.get("unknown", 0)
+        report.queued = counts.get("queued", 0)
     return report
 
 
@@ -696,7 +687,10 @@ def _dry_run(
             )
         ).all()
         for delivery in queued:
-            sender.mailer.delivery_message(session, delivery, now)
-            report.sent += 1
+            try:
+                sender.mailer.delivery_message(session, delivery, now)
+                report.sent += 1
+            except Unsendable:
+                report.failed += 1
         session.rollback()
     return report

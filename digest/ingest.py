@@ -24,7 +24,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Protocol
 
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DataError, IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from digest import db, text
@@ -288,8 +288,10 @@ def ingest_data(
         with db.transaction(factory) as session:
             for record in result.records:
                 counts[store_record(session, record, now)] += 1
-    except SQLAlchemyError as exc:
-        summary.error = f"database error, nothing stored: {exc.__class__.__name__}: {exc}"
+    except (IntegrityError, DataError) as exc:
+        # This input's data broke a rule; a database that cannot be written at all
+        # (read-only, corrupt, locked) raises instead, and stops the command.
+        summary.error = f"database error, nothing stored: {db.error_detail(exc)}"
         return summary
     summary.new, summary.updated, summary.unchanged = (
         counts["new"],

@@ -143,6 +143,8 @@ def parse_query(text: str) -> Query:
         if word == "OR" and not match.group("neg") and not match.group("field"):
             join_next = bool(groups)
             continue
+        if word and word.endswith(":") and word[:-1].lstrip("-").casefold() in FIELDS:
+            raise QueryError(f'{word!r} needs a word or "phrase" right after it, e.g. title:agents')
         phrase = match.group("phrase")
         if (match.group("field") or "").casefold() == "like":
             if match.group("neg"):

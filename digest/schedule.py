@@ -21,12 +21,13 @@ and recorded, nothing new is started, and the process exits 0.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
 import socket
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from types import FrameType
@@ -34,15 +35,17 @@ from types import FrameType
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from digest import db
 from digest.config import DigestSettings, ScheduleConfig
 from digest.deliver import DueList, Sender, SendReport, send_digests
+from digest.errors import DigestError
 from digest.ingest import InputSummary
 from digest.models import Subscriber
 from digest.select import local_date, send_time, sends_on
-from digest.subscribers import purge_pending
+from digest.subscribers import purge_pending, sendable
 
 log = logging.getLogger("digest.schedule")
 
@@ -65,7 +68,7 @@ def due_date(subscriber: Subscriber, now: datetime, grace: timedelta) -> date | 
 
 def due_subscribers(session: Session, now: datetime, grace: timedelta) -> DueList:
     due = []
-    for subscriber in db.list_subscribers(session, "active"):
+    for subscriber in sendable(db.list_subscribers(session, "active"), log.warning):
         day = due_date(subscriber, now, grace)
         if day is not None:
             due.append((subscriber, day))
@@ -88,7 +91,7 @@ def due_within(
     """Active subscribers whose next send time falls in [now, now + window)."""
     upcoming = [
         (subscriber, next_send_time(subscriber, now))
-        for subscriber in db.list_subscribers(session, "active")
+        for subscriber in sendable(db.list_subscribers(session, "active"))
     ]
     return sorted(
         [(subscriber, at) for subscriber, at in upcoming if at < now + window],
@@ -181,14 +184,30 @@ class Service:
         )
 
     def _record(self, job: str, started: datetime, ok: bool, summary: str) -> None:
-        log.info("%s: %s", job, summary)
+        log.log(logging.INFO if ok else logging.WARNING, "%s: %s", job, summary)
         with db.transaction(self.factory) as session:
             db.record_job_run(
                 session, job, self.dispatcher.holder, started, self.clock(), ok, summary
             )
 
+    @contextlib.contextmanager
+    def _failures(self, job: str, started: datetime) -> Iterator[None]:
+        """A job stopped by the database or the environment: one log line, a failed run."""
+        try:
+            yield
+        except (DigestError, SQLAlchemyError, OSError) as exc:
+            reason = db.error_detail(exc) if isinstance(exc, SQLAlchemyError) else str(exc)
+            try:
+                self._record(job, started, False, f"failed: {reason}")
+            except SQLAlchemyError:
+                log.error("%s: failed: %s (and the run could not be recorded)", job, reason)
+
     def ingest_job(self) -> None:
         started = self.clock()
+        with self._failures("ingest", started):
+            self._ingest(started)
+
+    def _ingest(self, started: datetime) -> None:
         summaries = self.ingest(self.schedule.sources, started)
         failed = [s for s in summaries if not s.ok]
         summary = (
@@ -203,6 +222,10 @@ class Service:
         if self.stop.is_set():
             return
         started = self.clock()
+        with self._failures("dispatch", started):
+            self._dispatch(started)
+
+    def _dispatch(self, started: datetime) -> None:
         report = self.dispatcher.run(started)
         if report is None:
             log.info("dispatch: another dispatcher holds the lease; standing by")
@@ -211,10 +234,9 @@ class Service:
         self._record("dispatch", started, report.fatal is None, summary)
 
     def install_signal_handlers(self) -> None:
-        def handle(signum: int, frame: FrameType | None) -> None:
-            log.info("received %s: finishing the message in flight", signal.Signals(signum).name)
-            self.stop.set()
-
+        handle = stop_handler(
+            self.stop, lambda name: log.info("received %s: finishing the message in flight", name)
+        )
         signal.signal(signal.SIGTERM, handle)
         signal.signal(signal.SIGINT, handle)
 
@@ -228,6 +250,36 @@ class Service:
             self.scheduler.shutdown(wait=True)
             self.dispatcher.release()
             log.info("stopped")
+
+
+def stop_handler(
+    stop: threading.Event, announce: Callable[[str], None]
+) -> Callable[[int, FrameType | None], None]:
+    """A SIGTERM/SIGINT handler: the first signal sets `stop` (the message in flight is
+    finished and recorded, nothing new starts); a second one interrupts at once."""
+
+    def handle(signum: int, frame: FrameType | None) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        announce(signal.Signals(signum).name)
+        stop.set()
+
+    return handle
+
+
+@contextlib.contextmanager
+def stopping_on_signals(stop: threading.Event, announce: Callable[[str], None]) -> Iterator[None]:
+    """`stop_handler` on SIGTERM and SIGINT for the block (main thread only), then the old ones."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    handle = stop_handler(stop, announce)
+    previous = {signum: signal.signal(signum, handle) for signum in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for signum, old in previous.items():
+            signal.signal(signum, old)
 
 
 def next_runs(

@@ -8,12 +8,13 @@ equivalent spellings are one topic evaluated once per run.
 
 from __future__ import annotations
 
-import re
 import secrets
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from email_validator import EmailNotValidError, validate_email
+from email_validator import EmailNotValidError, ValidatedEmail, validate_email
 from sqlalchemy.orm import Session
 
 from digest import db
@@ -26,9 +27,6 @@ from digest.sources.records import CONTROL_CHARS, one_line
 MAX_TOPICS = 20
 MAX_LABEL = 100
 MAX_NAME = 100
-# C1 controls and the bidirectional controls that can reorder what a reader sees
-# (the "Trojan Source" characters); CONTROL_CHARS covers C0, DEL and line breaks.
-HIDDEN_CHARS = re.compile("[\x80-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 
 
 class SubscriberError(DigestError, ValueError):
@@ -41,21 +39,63 @@ class TopicSpec:
     label: str | None
 
 
-def normalize_email(address: str) -> tuple[str, str]:
-    """(normalized address, lookup key); SubscriberError if the syntax is invalid."""
+def _validated(address: str) -> ValidatedEmail:
     if CONTROL_CHARS.search(address):
         raise SubscriberError(f"invalid email address {address!r}: control characters")
     try:
-        result = validate_email(address.strip(), check_deliverability=False)
+        return validate_email(address.strip(), check_deliverability=False)
     except EmailNotValidError as exc:
         raise SubscriberError(f"invalid email address {address!r}: {exc}") from None
+
+
+def normalize_email(address: str) -> tuple[str, str]:
+    """(normalized address, lookup key); SubscriberError if the syntax is invalid.
+
+    Internationalized addresses are accepted: the domain is kept in Unicode here
+    and sent in punycode; a non-ASCII local part is sent with SMTPUTF8.
+    """
+    result = _validated(address)
     return result.normalized, result.normalized.casefold()
+
+
+def sendable_address(address: str) -> str:
+    """`address` as it goes on the wire: the domain in ASCII (punycode, RFC 5891).
+
+    An ASCII local part then makes an all-ASCII address that any server takes;
+    a non-ASCII local part stays as it is and needs a server offering SMTPUTF8.
+    SubscriberError if the address is not valid.
+    """
+    result = _validated(address)
+    return result.ascii_email or result.normalized
 
 
 def check_timezone(name: str) -> str:
     if name not in iana_timezones():
         raise SubscriberError(f"unknown timezone {name!r}: use an IANA name such as Europe/Paris")
     return name
+
+
+def sendable(
+    subscribers: Iterable[Subscriber], warn: Callable[[str], None] = lambda _: None
+) -> list[Subscriber]:
+    """The subscribers whose stored timezone loads; `warn` hears about each other one.
+
+    Subscribe validates timezones, but a row written by an older version, by hand
+    or before a tzdata update must not stop everyone else's digest.
+    """
+    kept = []
+    for subscriber in subscribers:
+        try:
+            ZoneInfo(subscriber.timezone)
+        except (ZoneInfoNotFoundError, ValueError):
+            warn(
+                f"{subscriber.email} left out: unknown timezone {subscriber.timezone!r} "
+                f"(fix it with: digest subscribe {subscriber.email} --topic ... "
+                "--timezone Europe/Paris)"
+            )
+            continue
+        kept.append(subscriber)
+    return kept
 
 
 def check_hour(hour: int) -> int:
@@ -79,7 +119,10 @@ def parse_topic(text: str) -> TopicSpec:
     if sep and head.strip() and '"' not in head and ":" not in head:
         label, query_text = head.strip(), tail
     if label is not None and (len(label) > MAX_LABEL or not is_plain(label)):
-        raise SubscriberError(f"topic label {label[:40]!r}: at most {MAX_LABEL} plain characters")
+        raise SubscriberError(
+            f"topic label {label[:40]!r}: at most {MAX_LABEL} characters, "
+            "without control or bidirectional-override characters"
+        )
     try:
         query = parse_query(query_text)
     except QueryError as exc:
@@ -93,7 +136,7 @@ def parse_topic(text: str) -> TopicSpec:
 
 def is_plain(text: str) -> bool:
     """No control, line-breaking or bidirectional characters: safe to show anywhere."""
-    return not (CONTROL_CHARS.search(text) or HIDDEN_CHARS.search(text))
+    return not CONTROL_CHARS.search(text)
 
 
 def check_name(name: str) -> str | None:
@@ -187,7 +230,7 @@ def find_or_create(
         timezone=default_timezone,
         send_hour=default_hour,
         weekday=None,
-        secret=secrets.token_urlsafe(32),
+        secret=new_secret(),
         created_at=now,
         updated_at=now,
         topics=[],
@@ -313,12 +356,30 @@ def transient_subscriber(topics: list[str], timezone: str, hour: int) -> Subscri
     )
 
 
-def unsubscribe(session: Session, address: str, now: datetime) -> Subscriber:
-    """Mark a subscriber unsubscribed (kept for the sent history); error if unknown."""
+def existing_subscriber(session: Session, address: str) -> Subscriber:
+    """The subscriber with this address (any case); SubscriberError if there is none."""
     _, key = normalize_email(address)
     subscriber = db.find_subscriber(session, key)
     if subscriber is None:
         raise SubscriberError(f"no subscriber {address!r}")
+    return subscriber
+
+
+def unsubscribe(session: Session, address: str, now: datetime) -> Subscriber:
+    """Mark a subscriber unsubscribed (kept for the sent history); error if unknown."""
+    subscriber = existing_subscriber(session, address)
     subscriber.status = "unsubscribed"
     subscriber.updated_at = now
     return subscriber
+
+
+def rotate_secret(session: Session, address: str, now: datetime) -> Subscriber:
+    """Give a subscriber a new link secret: every link in the emails sent so far stops working."""
+    subscriber = existing_subscriber(session, address)
+    subscriber.secret = new_secret()
+    subscriber.updated_at = now
+    return subscriber
+
+
+def new_secret() -> str:
+    return secrets.token_urlsafe(32)

@@ -122,7 +122,12 @@ def test_db_status_and_upgrade(cli, tmp_path: Path) -> None:
     assert f"schema:   empty (needs {head})" in status.output
     upgrade = cli("db", "upgrade")
     assert upgrade.output.strip() == f"database at {head} (was empty)"
-    assert "run `digest db upgrade`" not in cli("db", "status").output
+    status = cli("db", "status")
+    assert "run `digest db upgrade`" not in status.output
+    assert status.output.splitlines()[-1] == "quick check: ok"
+    check = cli("db", "check")
+    assert check.exit_code == 0
+    assert check.output == f"sqlite:///{tmp_path / 'data' / 'digest.sqlite3'}: ok\n"
 
 
 @pytest.mark.parametrize("command", [("stats",), ("db", "status"), ("db", "upgrade")])

@@ -83,11 +83,68 @@ def test_digest_config_environment_variable_picks_the_file(tmp_path: Path) -> No
         ("[ingest]\nretries = -2\n", {}, "ingest.retries: must not be negative"),
         ("[smtp]\nhots = 'typo'\n", {}, "unknown key 'smtp.hots'"),
         ("[smtp\nhost = 1\n", {}, "invalid TOML"),
+        ("[smtp]\ntimeout = 1e400\n", {}, "smtp.timeout: expected a finite number, got inf"),
+        ("[delivery]\nrate_limit = nan\n", {}, "delivery.rate_limit: expected a finite number"),
+        ("[ingest]\ntimeout = 'inf'\n", {}, "ingest.timeout: expected a finite number, got inf"),
+        ("[smtp]\ntimeout = 86400\n", {}, "smtp.timeout: must be at most 3600, got 86400.0"),
+        ("[delivery]\nlease_seconds = 10000000\n", {}, "must be at most 86400, got 10000000"),
+        ("", {"DIGEST_SMTP_PORT": "9" * 30}, f"smtp.port: {'9' * 30} is too large"),
+        ("[digest]\nlookback_days = 100000\n", {}, "digest.lookback_days: must be at most 3660"),
+        ("[schedule]\ngrace_hours = 1e9\n", {}, "schedule.grace_hours: must be at most 48"),
+        ("", {"DIGEST_DATABASE_URL": "sqlite://"}, "an in-memory SQLite database ('sqlite://')"),
+        ("", {"DIGEST_DATABASE_URL": "sqlite:///:memory:"}, "an in-memory SQLite database"),
+        (
+            "",
+            {"DIGEST_DATABASE_URL": "sqlite:///file::memory:?cache=shared&uri=true"},
+            "an in-memory SQLite database",
+        ),
+        (
+            "",
+            {"DIGEST_DATABASE_URL": "sqlite:///file:x?mode=memory&uri=true"},
+            "an in-memory SQLite database",
+        ),
+        (
+            "[smtp]\npassword = 98765432101\n",
+            {},
+            "smtp.password: expected a string in quotes (the value is secret: not shown)",
+        ),
+        ("[site]\nsecret_key = ['k']\n", {}, "site.secret_key: expected a string in quotes"),
+        (
+            "[mail]\nfrom_address = 'josé@exämple.org'\n",
+            {},
+            "mail.from_address: 'josé@exämple.org': use an address whose part before the @ is",
+        ),
+        ("[mail]\ndkim_key_file = '/k.pem'\n", {}, "set both to sign, or neither"),
+        (
+            "[mail]\ndkim_selector = 'a b'\ndkim_key_file = '/k.pem'\n",
+            {},
+            "mail.dkim_selector: not a DNS name such as 'digest': 'a b'",
+        ),
     ],
 )
 def test_bad_values_name_the_key(tmp_path: Path, body: str, env: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
         load_config(write(tmp_path, body), env)
+
+
+def test_secret_values_never_appear_in_errors(tmp_path: Path) -> None:
+    for body in ("[smtp]\npassword = 98765432101\n", "[site]\nsecret_key = 98765432101\n"):
+        with pytest.raises(ConfigError) as error:
+            load_config(write(tmp_path, body), {})
+        assert "98765432101" not in str(error.value)
+    url = "postgresql://digest:hunter2@db:notaport/digest"
+    with pytest.raises(ConfigError) as error:
+        load_config(None, {"DIGEST_DATABASE_URL": url})
+    assert "hunter2" not in str(error.value) and "digest:***@db:notaport" in str(error.value)
+
+
+def test_sender_addresses_are_kept_in_ascii(tmp_path: Path) -> None:
+    path = write(
+        tmp_path, "[mail]\nfrom_address = 'digest@exämple.org'\nreply_to = 'Team@exämple.org'\n"
+    )
+    config = load_config(path, {})
+    assert config.mail.from_address == "digest@xn--exmple-cua.org"
+    assert config.mail.reply_to == "Team@xn--exmple-cua.org"
 
 
 def test_missing_config_file(tmp_path: Path) -> None:

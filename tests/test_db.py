@@ -1,11 +1,15 @@
 """The database layer: migrations, SQLite settings, refusing a stale schema."""
 
+import random
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from sqlalchemy import inspect, text
 
 from digest import db
+from digest.ingest import ingest_inputs
+from tests.conftest import SEEDS
 
 
 def test_migrations_apply_to_an_empty_database(tmp_path: Path) -> None:
@@ -107,3 +111,40 @@ def test_downgrading_the_relevance_revision_restores_the_old_index(tmp_path: Pat
         ).scalar()
         assert "porter" in fts
     engine.dispose()
+
+
+def test_the_sqlite_file_and_its_wal_and_shm_are_private(tmp_path: Path) -> None:
+    """It holds every subscriber's address and secret: 0600, in a 0700 folder."""
+    path = tmp_path / "new" / "digest.sqlite3"
+    engine = db.open_database(f"sqlite:///{path}")
+    with engine.begin() as connection:
+        connection.execute(
+            text("INSERT INTO leases (name, holder, expires_at) VALUES ('x', 'y', '2026-01-01')")
+        )
+        modes = {
+            suffix: (path.parent / f"digest.sqlite3{suffix}").stat().st_mode & 0o777
+            for suffix in ("", "-wal", "-shm")
+        }
+    engine.dispose()
+    assert modes == {"": 0o600, "-wal": 0o600, "-shm": 0o600}
+    assert path.parent.stat().st_mode & 0o777 == 0o700
+
+
+def test_integrity_checks_find_damage(tmp_path: Path) -> None:
+    path = tmp_path / "x.sqlite3"
+    engine = db.open_database(f"sqlite:///{path}")
+    factory = db.session_factory(engine)
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    ingest_inputs(factory, [str(SEEDS / "000_5ed1fa5957327774.txt")], now=now, max_bytes=10**7)
+    assert db.integrity_problems(engine) == []
+    assert db.integrity_problems(engine, full=True) == []
+    engine.dispose()
+    pages = path.stat().st_size // 4096
+    with path.open("r+b") as handle:  # the last page: papers' rows or the full-text index
+        handle.seek(4096 * (pages - 1))
+        handle.write(random.Random(1).randbytes(4096))
+    engine = db.create_db_engine(f"sqlite:///{path}")
+    problems = db.integrity_problems(engine, full=True)
+    engine.dispose()
+    assert problems and all("\n" not in problem for problem in problems)
+    assert not any(problem.startswith("*** ") for problem in problems)

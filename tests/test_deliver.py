@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import mailbox
 import random
@@ -17,21 +18,13 @@ from sqlalchemy import select
 
 from digest import db
 from digest.config import DeliveryConfig, DigestSettings, MailConfig, SmtpConfig
-from digest.deliver import (
-    DigestMailer,
-    Dkim,
-    MaildirTransport,
-    MemoryTransport,
-    Sender,
-    SmtpTransport,
-    build_message,
-    send_digests,
-)
+from digest.deliver import DigestMailer, Dkim, Sender, build_message, send_digests
 from digest.ingest import ingest_inputs
 from digest.links import token_payload, verify_token
 from digest.models import Delivery, Subscriber
 from digest.render import Renderer
 from digest.subscribers import subscribe
+from digest.transport import MaildirTransport, MemoryTransport, SmtpTransport
 from tests.smtp_server import SmtpServer
 
 NOW = datetime(2026, 3, 2, 7, 0, tzinfo=UTC)
@@ -207,7 +200,10 @@ def test_refused_connection_is_one_clear_error(factory, readers) -> None:
 def test_policy_refusal_stops_the_run(factory, readers, smtp_server) -> None:
     smtp_server.handler.mail_reply = "550 5.7.1 Sender not authorized"
     report = send(make_sender(factory, SmtpTransport(smtp_settings(smtp_server))))
-    assert report.fatal == "SMTP policy or authentication refusal: 550 5.7.1 Sender not authorized"
+    assert report.fatal == (
+        f"SMTP server 127.0.0.1:{smtp_server.port} refused the sender "
+        "digest@papers.example.org: 550 5.7.1 Sender not authorized"
+    )
     assert smtp_server.handler.mails == 1  # it did not burn through every subscriber
     assert ledger(factory) == {address: ("queued", 0) for address in EMAILS}
 
@@ -239,7 +235,7 @@ def test_temporary_failure_is_deferred_then_retried(factory, readers, smtp_serve
 
 
 def test_temporary_failures_give_up_when_the_day_is_over(factory, readers, smtp_server) -> None:
-    smtp_server.handler.rcpt_replies["reader2@example.org"] = "421 4.7.0 Try again later"
+    smtp_server.handler.rcpt_replies["reader2@example.org"] = "451 4.7.0 Try again later"
     late = datetime(2026, 3, 2, 23, 59, 30, tzinfo=UTC)
     report = send(
         make_sender(factory, SmtpTransport(smtp_settings(smtp_server)), Clock(late)), late
@@ -247,7 +243,7 @@ def test_temporary_failures_give_up_when_the_day_is_over(factory, readers, smtp_
     assert report.failed == 1
     with factory() as session:
         row = session.scalars(select(Delivery).where(Delivery.status == "failed")).one()
-        assert row.last_reply == "gave up, the day is over: 421 4.7.0 Try again later"
+        assert row.last_reply == "gave up, the day is over: 451 4.7.0 Try again later"
 
 
 def test_permanent_failure_bounces_the_subscriber(factory, readers, smtp_server) -> None:
@@ -391,8 +387,8 @@ def test_header_injection_is_neutralized() -> None:
         simple_message(msgid="<x@papers.example.org>\r\nBcc: a@b.c")
 
 
-def test_dkim_signature_verifies() -> None:
-    import dkim
+def dkim_key() -> tuple[bytes, bytes]:
+    """(PEM private key, the DNS TXT record publishing its public half)."""
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import rsa
 
@@ -405,15 +401,58 @@ def test_dkim_signature_verifies() -> None:
     public = key.public_key().public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
-    import base64
+    return private, b"v=DKIM1; k=rsa; p=" + base64.b64encode(public)
 
-    record = b"v=DKIM1; k=rsa; p=" + base64.b64encode(public)
-    message = simple_message(dkim=Dkim("digest", "papers.example.org", private))
+
+@pytest.mark.parametrize("to", ["reader@example.org", "josé@exämple.org"])
+def test_dkim_signature_verifies(to: str) -> None:
+    import dkim
+
+    private, record = dkim_key()
+    message = simple_message(to=to, dkim=Dkim("digest", "papers.example.org", private))
     raw = message.as_bytes()
     signature = message["DKIM-Signature"]
     signed = signature.split("h=")[1].split(";")[0].replace(" ", "").split(":")
     assert signed == ["from", "to", "subject", "date", "list-unsubscribe", "list-unsubscribe-post"]
     assert dkim.verify(raw, dnsfunc=lambda name, timeout=5: record)
+
+
+@pytest.mark.parametrize(
+    ("to", "header", "utf8"),
+    [
+        ("Reader@Example.ORG", b"To: Reader@example.org", False),
+        ("bob@exämple.org", b"To: bob@xn--exmple-cua.org", False),  # IDN domain: punycode
+        ("bob@xn--exmple-cua.org", b"To: bob@xn--exmple-cua.org", False),
+        ("josé@exämple.org", "To: josé@exämple.org".encode(), True),  # needs SMTPUTF8
+    ],
+)
+def test_recipient_addresses_on_the_wire(to: str, header: bytes, utf8: bool) -> None:
+    message = simple_message(to=to)
+    raw = message.as_bytes()
+    assert header in raw.split(b"\r\n")
+    assert message.policy.utf8 is utf8
+    assert raw.isascii() is not utf8
+
+
+@pytest.mark.parametrize("to", ["a..b@example.org", "a@b", "x@example.org\r\nBcc: y@evil.org"])
+def test_an_invalid_recipient_address_is_refused(to: str) -> None:
+    with pytest.raises(ValueError, match="invalid email address"):
+        simple_message(to=to)
+
+
+def test_bidirectional_controls_never_reach_a_header() -> None:
+    message = simple_message(subject="Daily \u202eseirolaM\u202c in \u2066Diffusion\u2069")
+    assert message["Subject"] == "Daily seirolaM in Diffusion"
+    assert "\u202e" not in message.as_string()
+
+
+def test_the_maildir_outbox_and_its_missing_parents_are_created(tmp_path: Path) -> None:
+    outbox = tmp_path / "not" / "there" / "outbox"
+    reply = MaildirTransport(outbox).send(simple_message(to="josé@exämple.org"))
+    [stored] = (outbox / "new").iterdir()
+    assert reply == f"250 stored in {stored}"
+    assert "To: josé@exämple.org".encode() in stored.read_bytes()
+    assert (outbox.stat().st_mode & 0o777, outbox.parent.stat().st_mode & 0o777) == (0o700, 0o700)
 
 
 class ExplodingTransport(MemoryTransport):
@@ -426,3 +465,46 @@ def test_an_interrupted_send_is_unknown_not_requeued(factory, readers) -> None:
         send(make_sender(factory, ExplodingTransport()))
     rows = ledger(factory)
     assert sorted(rows.values()) == [("queued", 0)] * 4 + [("unknown", 1)]
+
+
+class InterruptedAtRcpt(SmtpTransport):
+    """Ctrl-C while the server has not yet seen the message (at RCPT)."""
+
+    commands = 0
+
+    def _command(self, call):
+        self.commands += 1
+        if self.commands == 2:  # MAIL went through; RCPT is interrupted
+            raise KeyboardInterrupt
+        return super()._command(call)
+
+
+def test_an_interrupt_before_the_message_was_sent_requeues(factory, readers, smtp_server) -> None:
+    with pytest.raises(KeyboardInterrupt):
+        send(make_sender(factory, InterruptedAtRcpt(smtp_settings(smtp_server))))
+    assert sorted(ledger(factory).values()) == [("queued", 0)] * 5
+    assert smtp_server.handler.messages == []
+
+
+class BrokenForOne(MemoryTransport):
+    """A transport with a bug that only one recipient's message triggers."""
+
+    def send(self, message):
+        if message["To"].addresses[0].addr_spec == "reader2@example.org":
+            raise RuntimeError("bug in the transport")
+        return super().send(message)
+
+    def in_doubt(self) -> bool:
+        return False
+
+
+def test_an_unexpected_error_for_one_message_defers_it_and_the_run_goes_on(
+    factory, readers
+) -> None:
+    transport = BrokenForOne()
+    report = send(make_sender(factory, transport))
+    assert (report.sent, report.deferred, report.fatal) == (4, 1, None)
+    assert ledger(factory)["reader2@example.org"] == ("deferred", 1)
+    with factory() as session:
+        row = session.scalars(select(Delivery).where(Delivery.status == "deferred")).one()
+    assert row.last_reply == "could not be sent: RuntimeError: bug in the transport"

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import socket
 import threading
+import time
 from collections.abc import Iterator
 from datetime import date, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -17,6 +19,7 @@ from digest.fetch import HttpFetcher
 from digest.ingest import ingest_inputs
 from digest.models import Paper
 from digest.query import parse_query
+from digest.sources.records import InputError
 from tests.conftest import DATA, NOW
 
 LIMIT = 1_000_000
@@ -329,3 +332,44 @@ def test_downloads_over_the_size_limit_are_refused(factory, server: str) -> None
     fetcher = HttpFetcher(host_delay=0, max_bytes=1000)
     [summary] = ingest(factory, f"{server}/arxiv_api_query.xml", fetcher=fetcher)
     assert (summary.error or "").startswith("larger than the 1000 byte limit")
+
+
+@pytest.fixture
+def dripping_server() -> Iterator[tuple[str, list[str]]]:
+    """A server that sends its response one byte every 50 ms (over a minute in all)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    parts = ["headers", "body"]
+
+    def serve() -> None:
+        for part in parts:
+            connection, _ = listener.accept()
+            with connection:
+                connection.recv(4096)
+                head = b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n"
+                data = (
+                    head + b"x" * 1000 if part == "body" else b"HTTP/1.1 200 OK\r\nX: " + b"y" * 999
+                )
+                try:
+                    for byte in data:
+                        connection.send(bytes([byte]))
+                        time.sleep(0.05)
+                except OSError:
+                    pass  # the client gave up: what the test wants
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{listener.getsockname()[1]}", parts
+    listener.close()
+
+
+def test_the_timeout_bounds_the_whole_download(dripping_server) -> None:
+    """ingest.timeout is a deadline for the download, not for each read of a byte."""
+    url, parts = dripping_server
+    fetcher = HttpFetcher(timeout=1.0, retries=0, host_delay=0)
+    for part in parts:  # a server dripping its headers, then one dripping its body
+        started = time.monotonic()
+        with pytest.raises(
+            InputError, match=r"fetch failed after 1 attempts: not complete within 1 s"
+        ):
+            fetcher.fetch(f"{url}/{part}")
+        assert time.monotonic() - started < 3.0, part

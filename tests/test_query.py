@@ -50,6 +50,7 @@ def empty(factory) -> Session:
         ("RAG", "RAG", '("qqrag")'),
         ("CoDE generation", "CoDE generation", '("qqcode") AND ("generat")'),
         ("like:2602.23229v2 -survey", "like:2602.23229 -survey", ""),
+        ("re: diffusion", "re diffusion", '("re") AND ("diffus")'),  # not a field name
     ],
 )
 def test_parse_and_compile(empty: Session, text: str, canonical: str, fts: str) -> None:
@@ -82,6 +83,10 @@ def test_star_is_everything() -> None:
         ("-like:12 x", "like: cannot be excluded"),
         ("x" * 501, "longer than 500 characters"),
         (" ".join(f"w{i}" for i in range(40)), "more than 32 terms"),
+        ("title:", "'title:' needs a word or \"phrase\" right after it, e.g. title:agents"),
+        ("agents author:", "'author:' needs a word"),
+        ("title: agents", "'title:' needs a word"),  # not the word "title" and then "agents"
+        ("-cat:", "'cat:' needs a word"),
     ],
 )
 def test_bad_queries_are_rejected_clearly(text: str, message: str) -> None:

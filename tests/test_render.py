@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import email
+import os
 import re
 import shutil
 import subprocess
@@ -441,7 +442,10 @@ def test_personalization_does_not_rerun_premailer(monkeypatch, seed_digest) -> N
 
 
 def test_rendered_digest_scores_low_with_spamassassin(seed_digest, tmp_path: Path) -> None:
-    assert shutil.which("spamassassin"), "spamassassin must be installed (.ci/run installs it)"
+    if not shutil.which("spamassassin"):
+        # CI (.ci/run sets CI=1 and installs it) must run this check; a fresh machine may not.
+        assert not os.environ.get("CI"), "spamassassin must be installed in CI (.ci/run does)"
+        pytest.skip("spamassassin is not installed (apt-get install spamassassin); CI runs this")
     items, papers = seed_digest
     rendered, html, text = render(items, papers)
     message = build_message(

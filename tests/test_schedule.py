@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -19,11 +20,13 @@ from sqlalchemy import select
 
 from digest import db
 from digest.config import DeliveryConfig, DigestSettings, MailConfig, ScheduleConfig
-from digest.deliver import DigestMailer, MemoryTransport, Sender
+from digest.deliver import DigestMailer, Sender
+from digest.errors import DatabaseUnavailable
 from digest.models import Delivery, JobRun, Subscriber
 from digest.render import Renderer
 from digest.schedule import Dispatcher, Service, due_date, send_time, skip_stale
 from digest.subscribers import find_or_create, subscribe
+from digest.transport import MemoryTransport
 
 GRACE = timedelta(hours=6)
 SETTINGS = DigestSettings(send_empty=True)  # every due day sends, even with no papers
@@ -297,6 +300,46 @@ def test_service_jobs_are_configured_for_downtime(world: World) -> None:
     assert str(jobs["ingest"].trigger).startswith("cron[")
 
 
+def test_a_job_stopped_by_the_database_logs_one_line_and_is_recorded(world: World, caplog) -> None:
+    def read_only(sources, now):
+        raise DatabaseUnavailable("database sqlite:///x is read-only (attempt to write)")
+
+    service = Service(
+        factory=world.factory,
+        schedule=ScheduleConfig(sources=("seeds/",)),
+        dispatcher=world.dispatcher(),
+        ingest=read_only,
+        clock=lambda: world.now,
+    )
+    with caplog.at_level(logging.INFO, logger="digest.schedule"):
+        service.ingest_job()
+    assert [(r.levelname, r.getMessage()) for r in caplog.records] == [
+        ("WARNING", "ingest: failed: database sqlite:///x is read-only (attempt to write)")
+    ]
+    with world.factory() as session:
+        run = db.last_job_run(session, "ingest")
+    assert run is not None and not run.ok
+    assert run.summary == "failed: database sqlite:///x is read-only (attempt to write)"
+
+
+def test_a_subscriber_whose_timezone_no_longer_loads_is_left_out_alone(
+    world: World, caplog
+) -> None:
+    world.add("mars@example.org", "UTC", 7)
+    world.add("ada@example.org", "UTC", 7)
+    with db.transaction(world.factory) as session:
+        db.find_subscriber(session, "mars@example.org").timezone = "Mars/Olympus"
+    world.now = datetime(2026, 1, 1, 7, 5, tzinfo=UTC)
+    with caplog.at_level(logging.WARNING, logger="digest.schedule"):
+        report = world.dispatcher().run(world.now)
+    assert report is not None and report.sent == 1
+    assert list(world.sent()) == ["ada@example.org"]
+    assert [r.getMessage() for r in caplog.records] == [
+        "mars@example.org left out: unknown timezone 'Mars/Olympus' (fix it with: digest "
+        "subscribe mars@example.org --topic ... --timezone Europe/Paris)"
+    ]
+
+
 @freeze_time("2026-11-25 06:30:00")
 def test_status_shows_next_runs_last_results_due_and_problems(
     cli, tmp_path: Path, monkeypatch
@@ -323,7 +366,7 @@ def test_status_shows_next_runs_last_results_due_and_problems(
     assert "  dispatch  never" in output
     assert "due in the next hour: 1" in output
     assert "  06:30 UTC  soon@example.org (12:00 Asia/Kolkata)" in output
-    assert "deferred, unknown or in flight: 0" in output
+    assert "deferred, unknown, in flight, or failed in the last 24 h: 0" in output
     # After a dispatch that left a deferred row, status reports the run and the row.
     engine = db.open_database(f"sqlite:///{tmp_path / 'data' / 'digest.sqlite3'}")
     factory = db.session_factory(engine)
@@ -342,13 +385,54 @@ def test_status_shows_next_runs_last_results_due_and_problems(
                 updated_at=now,
             )
         )
+        later = db.find_subscriber(session, "later@example.org")
+        later.status = "bounced"
+        for day, reply in (
+            (date(2026, 11, 25), "550 5.1.1 no such user"),
+            (date(2026, 11, 22), ""),
+        ):
+            session.add(
+                Delivery(
+                    subscriber=later,
+                    digest_date=day,
+                    status="failed",
+                    selected_at=now,
+                    attempts=1,
+                    last_reply=reply or "an old failure, not listed",
+                    created_at=now,
+                    updated_at=datetime.combine(day, datetime.min.time(), UTC),
+                )
+            )
         db.record_job_run(session, "dispatch", "host:1", now, now, True, "sent 0, empty 0")
     engine.dispose()
     output = cli("status").output
     assert "  dispatch  2026-11-25T06:35+00:00" in output
     assert "  dispatch  2026-11-25 06:30 UTC ok: sent 0, empty 0" in output
-    assert "deferred, unknown or in flight: 1" in output
-    assert "soon@example.org  2026-11-25  deferred  2         451 4.3.0 try later" in output
+    assert "deferred, unknown, in flight, or failed in the last 24 h: 2" in output
+    rows = output.splitlines()[-2:]
+    assert rows[0].split() == [
+        "soon@example.org",
+        "2026-11-25",
+        "deferred",
+        "2",
+        "451",
+        "4.3.0",
+        "try",
+        "later",
+    ]
+    assert rows[1].split() == [
+        "later@example.org",
+        "2026-11-25",
+        "failed,",
+        "bounced",
+        "1",
+        "550",
+        "5.1.1",
+        "no",
+        "such",
+        "user",
+    ]
+    assert "an old failure" not in output
 
 
 # --- the real process -----------------------------------------------------------------------

@@ -49,8 +49,13 @@ class ParseResult:
     skipped: list[str] = field(default_factory=list)
 
 
-# Control characters, including CR and LF: never allowed in a one-line field or header.
-CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f\u2028\u2029]")
+# Bidirectional marks, embeddings, overrides and isolates: U+202E can reverse a Subject
+# on screen. Dropped from one-line fields, refused where a person types a label.
+BIDI_CONTROLS = "\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069"
+_BIDI = re.compile(f"[{BIDI_CONTROLS}]")
+# Control characters, including CR and LF, C1 controls, line and paragraph separators and
+# the bidirectional controls: never allowed in a one-line field or header.
+CONTROL_CHARS = re.compile(f"[\x00-\x1f\x7f-\x9f\u2028\u2029{BIDI_CONTROLS}]")
 
 
 def clean_text(value: str | None) -> str:
@@ -60,7 +65,7 @@ def clean_text(value: str | None) -> str:
 
 def one_line(text: str) -> str:
     """No CR, LF or other control characters: safe in headers and one-line fields."""
-    return clean_text(CONTROL_CHARS.sub(" ", text))
+    return clean_text(CONTROL_CHARS.sub(" ", _BIDI.sub("", text)))
 
 
 def normalize_title(title: str) -> str:
