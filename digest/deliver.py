@@ -382,7 +382,7 @@ def plan_deliveries(
     *,
     now: datetime,
     settings: DigestSettings,
-    at_send_time: bool = True,
+    at_send_time: bool = False,
 ) -> tuple[set[date], int, int]:
     """Choose the digest of each (subscriber, digest date) that has none yet.
 
@@ -638,12 +638,13 @@ def send_digests(
     dry_run: bool = False,
     limit: int | None = None,
     retry_unknown: bool = False,
-    at_send_time: bool = True,
+    at_send_time: bool = False,
 ) -> SendReport:
     """Plan the digests of the `due` (subscriber, date) pairs and send every queued one.
 
     `digest send` and the scheduler's dispatcher both run exactly this. Digests are
-    chosen as of their send time unless `at_send_time` is false (then as of `now`).
+    chosen as of `now`, or with `at_send_time` as of their send time (the scheduler,
+    and `digest send --date`).
     """
     report = SendReport(dry_run=dry_run)
     if dry_run:

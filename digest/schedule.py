@@ -141,6 +141,8 @@ class Dispatcher:
             lambda session: due_subscribers(session, now, self.grace),
             now=now,
             settings=self.settings,
+            # A late (catch-up) dispatch chooses each digest as of its send time.
+            at_send_time=True,
         )
 
     def release(self) -> None:

@@ -283,7 +283,9 @@ def test_a_past_dates_digest_sees_only_what_was_known_at_its_send_time(factory, 
         _, as_of, content = digest_content(session, subscriber, date(2026, 3, 2), now, SETTINGS)
         assert as_of == datetime(2026, 3, 2, 7, 0, tzinfo=UTC)
         assert [(i.upvotes, i.upvote_gain) for i in content.items] == [(5, 0)]
-        plan_deliveries(session, [(subscriber, date(2026, 3, 2))], now=now, settings=SETTINGS)
+        plan_deliveries(
+            session, [(subscriber, date(2026, 3, 2))], now=now, settings=SETTINGS, at_send_time=True
+        )
         delivery = session.scalars(select(Delivery)).one()
         assert delivery.selected_at == as_of
         assert delivery.digest is not None
@@ -291,7 +293,9 @@ def test_a_past_dates_digest_sees_only_what_was_known_at_its_send_time(factory, 
         # Day 2's digest then has the day-2 paper, and the first one's 90 new upvotes are
         # not shown again (it was sent on day 1).
         delivery.status = "sent"
-        plan_deliveries(session, [(subscriber, date(2026, 3, 3))], now=now, settings=SETTINGS)
+        plan_deliveries(
+            session, [(subscriber, date(2026, 3, 3))], now=now, settings=SETTINGS, at_send_time=True
+        )
         day2 = db.find_delivery(session, subscriber.id, date(2026, 3, 3))
         assert day2 is not None and day2.digest is not None
         shown = db.papers_by_id(session, [i.paper_id for i in day2.digest.items])

@@ -570,3 +570,28 @@ def test_greeting_by_name_and_long_values_wrap_per_recipient(seed_digest) -> Non
     assert "Hello" not in html and "Hello" not in text
     assert "\n\n\n" not in text
     assert html.count('class="sub"') == 1
+
+
+def test_topics_say_how_many_more_matched_and_link_to_their_preview() -> None:
+    papers = {i: make_paper(i) for i in range(1, 4)}
+    items = [Item(1), Item(2), Item(3, topic='"LLM agents" -survey', topic_label="Agents")]
+    rendered = Renderer().render(
+        items,
+        papers,
+        digest_date=DAY,
+        more={"diffusion": 7, '"LLM agents" -survey': 1},
+        base_url="https://digest.example.org/",
+    )
+    html, text = rendered.personalize(RECIPIENT)
+    tree = lxml.html.fromstring(html)
+    links = [
+        (a.text_content(), a.get("href")) for a in tree.xpath("//a") if "more" in a.text_content()
+    ]
+    assert links == [
+        ("7 more matched", "https://digest.example.org/preview?topic=diffusion"),
+        ("1 more matched", "https://digest.example.org/preview?topic=%22LLM%20agents%22%20-survey"),
+    ]
+    assert "\n7 more matched: https://digest.example.org/preview?topic=diffusion\n" in text
+    # Without a site address, the count alone.
+    plain = Renderer().render(items, papers, digest_date=DAY, more={"diffusion": 7})
+    assert "7 more matched" in plain.text and "/preview?" not in plain.text
