@@ -97,7 +97,7 @@ class Corpus:
 
     def df(self, terms: Iterable[str]) -> dict[str, int]:
         wanted = set(terms)
-        missing = wanted - self._df.keys()
+        missing = [term for term in wanted if term not in self._df]
         if missing:
             self._df.update(db.document_frequencies(self.session, missing))
         return {term: self._df[term] for term in wanted}
@@ -111,6 +111,11 @@ class Corpus:
         for paper_id, indexed in db.indexed_papers(self.session, missing).items():
             self._papers[paper_id] = _Indexed(indexed)
         return {paper_id: self._papers[paper_id] for paper_id in ids if paper_id in self._papers}
+
+    def prepare_vectors(self, papers: dict[int, _Indexed]) -> None:
+        """Fetch, in one go, the document frequencies the papers' vectors need."""
+        missing = [pid for pid in papers if pid not in self._vectors]
+        self.df({t for pid in missing for t in (*papers[pid].title, *papers[pid].abstract)})
 
     def vector(self, paper_id: int, paper: _Indexed) -> dict[str, float]:
         """The paper's normalized tf-idf vector (title counted twice, no stop words)."""
@@ -507,6 +512,7 @@ def _feedback(
     if len(lexical) == 1:
         return dict.fromkeys(lexical, 1.0)
     top = sorted(lexical, key=lambda pid: (-lexical[pid], -pid))[:FEEDBACK_PAPERS]
+    corpus.prepare_vectors({pid: papers[pid] for pid in lexical})
     centroid: dict[str, float] = {}
     for pid in top:
         for term, weight in corpus.vector(pid, papers[pid]).items():
