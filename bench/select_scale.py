@@ -63,7 +63,8 @@ def run(size: int) -> tuple[float, int, int]:
             "before_cursor_execute",
             lambda c, cur, statement, *a: (
                 queries.append(1)
-                if "papers_fts MATCH" in statement or "SELECT id, 0.0" in statement
+                if "papers_fts MATCH" in statement
+                or statement.startswith("SELECT id FROM papers WHERE")
                 else None
             ),
         )

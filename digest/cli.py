@@ -15,6 +15,7 @@ import sys
 import threading
 import traceback
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ import click
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from digest import __version__, db, doctor
+from digest import __version__, db, doctor, relevance
 from digest.app import App, database_error_message, database_errors, safe_url
 from digest.config import ConfigError
 from digest.deliver import DueList, SendReport, send_digests
@@ -272,9 +273,17 @@ def _votes(paper: Paper) -> str:
 
 def print_papers(papers: Sequence[Paper]) -> None:
     rows = [
-        (_published(p), _votes(p), ",".join(s.source for s in p.sources), p.title) for p in papers
+        (
+            str(p.id),
+            p.arxiv_id or "-",
+            _published(p),
+            _votes(p),
+            ",".join(s.source for s in p.sources),
+            p.title,
+        )
+        for p in papers
     ]
-    print_table(("published", "votes", "sources", "title"), rows)
+    print_table(("id", "arxiv", "published", "votes", "sources", "title"), rows)
 
 
 @main.command("papers")
@@ -282,9 +291,10 @@ def print_papers(papers: Sequence[Paper]) -> None:
 @click.option("--limit", "-n", type=click.IntRange(1, 10_000), default=20, show_default=True)
 @click.pass_obj
 def papers_command(app: App, search: str | None, limit: int) -> None:
-    """List papers with their date, upvotes and sources, newest or best match first.
+    """List papers with their ids, date, upvotes and sources, newest or best match first.
 
-    --search takes the topic query syntax of `digest subscribe --help`.
+    --search takes the topic query syntax of `digest subscribe --help`; the id
+    (or the arXiv id) names a paper in a `like:ID` topic.
 
     \b
     Examples:
@@ -295,8 +305,8 @@ def papers_command(app: App, search: str | None, limit: int) -> None:
         if search is None:
             print_papers(db.list_papers(session, limit))
             return
-        found = db.matching_papers(session, parse_cli_query(search), limit)
-        print_papers([paper for paper, _ in found])
+        result = run_match(session, parse_cli_query(search), limit)
+        print_papers([paper for paper, _ in result.papers])
 
 
 @main.command("stats")
@@ -563,8 +573,21 @@ def topics_command(app: App) -> None:
         digest topics
     """
     with app.sessions()() as session:
+        corpus = relevance.Corpus(session)
         rows = [
-            (query, str(count), str(len(db.match_papers(session, parse_query(query)))))
+            (
+                query,
+                str(count),
+                str(
+                    len(
+                        relevance.rank(
+                            session,
+                            relevance.plan_query(session, parse_query(query), corpus),
+                            corpus,
+                        )
+                    )
+                ),
+            )
             for query, count in db.topic_subscriber_counts(session)
         ]
     print_table(("topic", "subscribers", "papers"), rows)
@@ -575,24 +598,55 @@ def topics_command(app: App) -> None:
 @click.option("--limit", "-n", type=click.IntRange(1, 1000), default=20, show_default=True)
 @click.pass_obj
 def match_command(app: App, query: str, limit: int) -> None:
-    """Show the papers a topic QUERY matches, best first, with their relevance scores.
+    """Show the papers a topic QUERY matches, best first, with their relevance and the
+    words that matched.
 
-    Use it to tune a topic before subscribing; the syntax is in `digest subscribe --help`.
-    A query that starts with "-" goes after "--": digest match -- '-survey llm'.
+    Relevance is relative to the best match (1.00); a digest leaves out papers
+    below `digest.min_relevance`. The acronym expansions and like:ID terms used
+    are listed first. Use it to tune a topic before subscribing; the syntax is in
+    `digest subscribe --help`. A query that starts with "-" goes after "--":
+    digest match -- '-survey llm'.
 
     \b
     Examples:
         digest match "diffusion model"
+        digest match moe
+        digest match 'like:2602.23229 -survey'
         digest match 'title:"language model" -survey' --limit 5
     """
     parsed = parse_cli_query(query)
     with app.sessions()() as session:
+        result = run_match(session, parsed, limit)
         rows = [
-            (f"{score:.2f}", _published(paper), _votes(paper), paper.title)
-            for paper, score in db.matching_papers(session, parsed, limit)
+            (
+                str(paper.id),
+                f"{match.relevance:.2f}",
+                _votes(paper),
+                ", ".join(relevance.written_words(paper, match.matched)) or "-",
+                paper.title,
+            )
+            for paper, match in result.papers
         ]
     click.echo(f"query: {parsed.canonical()}")
-    print_table(("score", "published", "votes", "title"), rows)
+    for expansion in result.plan.expansions:
+        click.echo(f"expanded: {expansion}")
+    for reference in result.plan.missing:
+        click.echo(f"like:{reference}: no such paper (see `digest papers`)", err=True)
+    print_table(("id", "relevance", "votes", "matched", "title"), rows)
+
+
+@dataclass(frozen=True)
+class MatchResult:
+    plan: relevance.Plan
+    papers: list[tuple[Paper, relevance.Match]]
+
+
+def run_match(session: Session, query: Query, limit: int) -> MatchResult:
+    """What `query` matches in the whole database, the best `limit` first."""
+    plan, found = relevance.search(session, query)
+    found = found[:limit]
+    papers = db.papers_by_id(session, [match.paper_id for match in found])
+    return MatchResult(plan, [(papers[match.paper_id], match) for match in found])
 
 
 def print_table(header: Sequence[str], rows: Sequence[Sequence[str]], width: int = 70) -> None:
@@ -741,6 +795,8 @@ def run_send(
             dry_run=dry_run,
             limit=limit,
             retry_unknown=retry_unknown,
+            # Today's digests as of now; a past date's as of its send time.
+            at_send_time=digest_date is not None,
         )
     report.left_out = left_out
     return report

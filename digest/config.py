@@ -313,6 +313,7 @@ KEYS: dict[str, Key] = {
     "digest.max_trending": Key(_non_negative(_int), 5),
     "digest.min_trending_gain": Key(_positive(_int), 1),
     "digest.gravity": Key(_positive(_float, 10), 1.8),
+    "digest.min_relevance": Key(_non_negative(_float, 1), 0.3),
     "digest.send_empty": Key(_bool, False),
     "digest.default_timezone": Key(_timezone, "UTC"),
     "digest.default_hour": Key(_hour, 7),
@@ -406,6 +407,7 @@ class DigestSettings:
     max_trending: int = 5
     min_trending_gain: int = 1
     gravity: float = 1.8
+    min_relevance: float = 0.3
     send_empty: bool = False
     default_timezone: str = "UTC"
     default_hour: int = 7

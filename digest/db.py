@@ -44,6 +44,7 @@ from digest.errors import DigestError
 from digest.models import (
     CLAIMABLE_SQL,
     RECEIVED_STATUSES,
+    Acronym,
     Delivery,
     Digest,
     DigestItem,
@@ -56,8 +57,8 @@ from digest.models import (
     UpvoteObservation,
     UTCDateTime,
 )
-from digest.query import Query, Term
 from digest.resources import resource_dir
+from digest.text import Phrase
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 
@@ -133,6 +134,16 @@ def _alembic_config(connection: Connection) -> AlembicConfig:
     config.set_main_option("script_location", str(resource_dir("migrations")))
     config.attributes["connection"] = connection
     return config
+
+
+def include_object(
+    obj: object, name: str | None, type_: str, reflected: bool, compare_to: object
+) -> bool:
+    """What Alembic's autogenerate compares: not the full-text indexes (SQLite's FTS5 and
+    fts5vocab tables, PostgreSQL's search_vector), which migrations create in raw SQL."""
+    if type_ == "table" and name is not None and name.startswith(("papers_fts", "papers_vocab")):
+        return False
+    return name not in {"search_vector", "ix_papers_search_vector"}
 
 
 def head_revision() -> str:
@@ -279,64 +290,75 @@ def list_papers(session: Session, limit: int = 20) -> Sequence[Paper]:
     ).all()
 
 
-# --- full-text matching: SQLite FTS5 -------------------------------------------------
+# --- full-text matching: SQLite FTS5 over the analysed terms ----------------------------
 
-# bm25 weights of the papers_fts columns: title, abstract, authors, categories.
-BM25_WEIGHTS = "10.0, 1.0, 4.0, 4.0"
+# FTS5 columns by query field; an unfielded phrase searches every column.
+FTS_COLUMNS = {
+    "title": "title_terms",
+    "abstract": "abstract_terms",
+    "authors": "author_terms",
+    "categories": "category_terms",
+}
+# bm25 weights of the papers_fts columns (title, abstract, authors, categories), used only
+# to choose which candidates to rescore when a match is not limited to a window.
+BM25_WEIGHTS = "3.0, 1.0, 1.0, 1.0"
 
 
-def _fts5_term(term: Term) -> str:
-    # Term words hold letters and digits only, so the quoted string cannot break out.
-    text = '"' + " ".join(term.words) + '"' + (" *" if term.prefix else "")
-    return f"{term.field} : {text}" if term.field else text
+def _check_terms(phrase: Phrase) -> None:
+    # Index terms hold letters and digits only (digest.text), so a quoted string cannot
+    # break out; anything else is refused rather than compiled.
+    if not phrase.terms or not all(term.isalnum() for term in phrase.terms):
+        raise ValueError(f"not index terms: {phrase.terms!r}")
 
 
-def fts5_expression(query: Query) -> str:
-    """Compile a parsed topic query to an FTS5 MATCH expression (not for `*`)."""
-    if query.everything:
-        raise ValueError("the * query matches everything and needs no full-text expression")
+def _fts5_phrase(phrase: Phrase) -> str:
+    _check_terms(phrase)
+    quoted = '"' + " ".join(phrase.terms) + '"' + (" *" if phrase.prefix else "")
+    return f"{FTS_COLUMNS[phrase.field]} : {quoted}" if phrase.field else quoted
+
+
+def fts5_expression(groups: Sequence[Sequence[Phrase]], excluded: Sequence[Phrase] = ()) -> str:
+    """An FTS5 MATCH expression: every group (any of its phrases), none of `excluded`."""
     expression = " AND ".join(
-        "(" + " OR ".join(_fts5_term(term) for term in group) + ")" for group in query.groups
+        "(" + " OR ".join(_fts5_phrase(phrase) for phrase in group) + ")" for group in groups
     )
-    for term in query.excluded:
-        expression = f"({expression}) NOT {_fts5_term(term)}"
+    for phrase in excluded:
+        expression = f"({expression}) NOT {_fts5_phrase(phrase)}"
     return expression
 
 
-# --- full-text matching: PostgreSQL tsvector ---------------------------------------------
+# --- full-text matching: PostgreSQL tsvector over the analysed terms -----------------------
 
-# The text search configuration of papers.search_vector (migration 0005 builds the
-# column; its labels: title A, abstract B, authors C, categories D).
-PG_TS_CONFIG = "english"
-PG_FIELD_WEIGHTS = {"title": "A", "authors": "C", "categories": "D"}
-# ts_rank_cd weights of the labels D, C, B, A: the FTS5 bm25 weights, scaled to 1.
-PG_RANK_WEIGHTS = "{0.4, 0.4, 0.1, 1.0}"
-
-
-def _tsquery_term(term: Term) -> str:
-    # Term words hold letters and digits only, so no quoted lexeme can break out.
-    weight = PG_FIELD_WEIGHTS[term.field] if term.field else ""
-    suffix = f":*{weight}" if term.prefix else (f":{weight}" if weight else "")
-    lexemes = " <-> ".join(f"'{word}'{suffix}" for word in term.words)
-    return f"({lexemes})" if len(term.words) > 1 else lexemes
+# papers.search_vector (migration 0006_pgscale) indexes the same analysed terms as FTS5,
+# with the `simple` configuration (the terms are already analysed: it only splits them),
+# labelled by field: title A, abstract B, authors C, categories D.
+PG_TS_CONFIG = "simple"
+PG_FIELD_WEIGHTS = {"title": "A", "abstract": "B", "authors": "C", "categories": "D"}
+# ts_rank_cd weights of the labels D, C, B, A: BM25_WEIGHTS, scaled to 1.
+PG_RANK_WEIGHTS = "{0.333, 0.333, 0.333, 1.0}"
 
 
-def tsquery_expression(query: Query) -> str:
-    """Compile a parsed topic query to `to_tsquery` input (not for `*`)."""
-    if query.everything:
-        raise ValueError("the * query matches everything and needs no full-text expression")
+def _tsquery_phrase(phrase: Phrase) -> str:
+    _check_terms(phrase)  # letters and digits only: no quoted lexeme can break out
+    weight = PG_FIELD_WEIGHTS[phrase.field] if phrase.field else ""
+    lexemes = [f"'{term}'" + (f":{weight}" if weight else "") for term in phrase.terms]
+    if phrase.prefix:
+        lexemes[-1] = f"'{phrase.terms[-1]}':*{weight}"
+    joined = " <-> ".join(lexemes)
+    return f"({joined})" if len(lexemes) > 1 else joined
+
+
+def tsquery_expression(groups: Sequence[Sequence[Phrase]], excluded: Sequence[Phrase] = ()) -> str:
+    """`to_tsquery` input: every group (any of its phrases), none of `excluded`."""
     expression = " & ".join(
-        "(" + " | ".join(_tsquery_term(term) for term in group) + ")" for group in query.groups
+        "(" + " | ".join(_tsquery_phrase(phrase) for phrase in group) + ")" for group in groups
     )
-    for term in query.excluded:
-        expression += f" & !{_tsquery_term(term)}"
+    for phrase in excluded:
+        expression += f" & !{_tsquery_phrase(phrase)}"
     return expression
 
 
-_PG_MATCH = (
-    f"SELECT id, ts_rank_cd('{PG_RANK_WEIGHTS}', search_vector, query) AS relevance "
-    f"FROM papers, to_tsquery('{PG_TS_CONFIG}', :match) AS query WHERE search_vector @@ query"
-)
+_PG_QUERY = f"to_tsquery('{PG_TS_CONFIG}', :match)"
 
 
 @dataclass(frozen=True)
@@ -356,56 +378,177 @@ _CANDIDATES = (
 )
 
 
-def match_papers(
-    session: Session, query: Query, *, window: Window | None = None, limit: int | None = None
-) -> list[tuple[int, float]]:
-    """(paper id, relevance) for the papers `query` matches, best first.
-
-    Relevance is the negated bm25 score (higher is better; 0 for `*`). With a
-    `window`, only the papers eligible for that run are considered.
-    """
-    postgresql = session.get_bind().dialect.name == "postgresql"
-    if query.everything:
-        sql = "SELECT id, 0.0 AS relevance FROM papers"
-        sql += f" WHERE id IN ({_CANDIDATES})" if window else ""
-        sql += " ORDER BY published_on DESC NULLS LAST, id DESC"
-    elif postgresql:
-        sql = _PG_MATCH + (f" AND id IN ({_CANDIDATES})" if window else "")
-        sql += " ORDER BY relevance DESC, id DESC"
-    else:
-        sql = (
-            f"SELECT rowid, -bm25(papers_fts, {BM25_WEIGHTS}) AS relevance FROM papers_fts "
-            "WHERE papers_fts MATCH :match"
-        )
-        sql += f" AND rowid IN ({_CANDIDATES})" if window else ""
-        sql += " ORDER BY relevance DESC, rowid DESC"
-    if limit is not None:
-        sql += " LIMIT :limit"
+def _window_statement(sql: str, window: Window | None) -> tuple[Any, dict[str, object]]:
     statement = text(sql)
-    params: dict[str, object] = {"limit": limit}
-    if not query.everything:
-        params["match"] = tsquery_expression(query) if postgresql else fts5_expression(query)
-    if window is not None:
-        statement = statement.bindparams(
-            bindparam("new_since", type_=UTCDateTime),
-            bindparam("observed_since", type_=UTCDateTime),
-            bindparam("until", type_=UTCDateTime),
+    if window is None:
+        return statement, {}
+    statement = statement.bindparams(
+        bindparam("new_since", type_=UTCDateTime),
+        bindparam("observed_since", type_=UTCDateTime),
+        bindparam("until", type_=UTCDateTime),
+    )
+    return statement, {
+        "new_since": window.new_since,
+        "observed_since": window.observed_since,
+        "until": window.until,
+    }
+
+
+def match_candidates(
+    session: Session,
+    groups: Sequence[Sequence[Phrase]],
+    excluded: Sequence[Phrase] = (),
+    *,
+    window: Window | None = None,
+    limit: int | None = None,
+) -> list[int]:
+    """Ids of the papers with every group and none of `excluded`, through the index.
+
+    With a `window`, only the papers eligible for that run; the window is applied
+    outside the MATCH (`+rowid`), so it never turns into one index lookup per paper.
+    With a `limit`, the best that many by the index's own bm25.
+    """
+    if session.get_bind().dialect.name == "postgresql":
+        sql = f"SELECT id FROM papers WHERE search_vector @@ {_PG_QUERY}"
+        sql += f" AND id IN ({_CANDIDATES})" if window else ""
+        if limit is not None:
+            rank = f"ts_rank_cd('{PG_RANK_WEIGHTS}', search_vector, {_PG_QUERY})"
+            sql += f" ORDER BY {rank} DESC, id DESC LIMIT :limit"
+        match = tsquery_expression(groups, excluded)
+    else:
+        sql = "SELECT rowid FROM papers_fts WHERE papers_fts MATCH :match"
+        sql += f" AND +rowid IN ({_CANDIDATES})" if window else ""
+        if limit is not None:
+            sql += f" ORDER BY bm25(papers_fts, {BM25_WEIGHTS}), rowid DESC LIMIT :limit"
+        match = fts5_expression(groups, excluded)
+    statement, params = _window_statement(sql, window)
+    params |= {"match": match, "limit": limit}
+    return [row[0] for row in session.execute(statement, params)]
+
+
+def window_papers(session: Session, window: Window | None = None) -> list[int]:
+    """Ids of every paper eligible in `window` (all papers without one): the `*` topic."""
+    sql = "SELECT id FROM papers" + (f" WHERE id IN ({_CANDIDATES})" if window else "")
+    statement, params = _window_statement(sql + " ORDER BY id", window)
+    return [row[0] for row in session.execute(statement, params)]
+
+
+@dataclass(frozen=True)
+class IndexedPaper:
+    """A paper's analysed fields, as lists of index terms."""
+
+    title: list[str]
+    abstract: list[str]
+    other: list[str]  # authors and categories
+
+
+def indexed_papers(session: Session, ids: Iterable[int]) -> dict[int, IndexedPaper]:
+    wanted = list(set(ids))
+    found: dict[int, IndexedPaper] = {}
+    columns = (
+        Paper.id,
+        Paper.title_terms,
+        Paper.abstract_terms,
+        Paper.author_terms,
+        Paper.category_terms,
+    )
+    for start in range(0, len(wanted), 500):
+        chunk = wanted[start : start + 500]
+        for paper_id, title, abstract, authors, categories in session.execute(
+            select(*columns).where(Paper.id.in_(chunk))
+        ):
+            found[paper_id] = IndexedPaper(
+                title.split(), abstract.split(), authors.split() + categories.split()
+            )
+    return found
+
+
+def document_frequencies(session: Session, terms: Iterable[str]) -> dict[str, int]:
+    """How many papers contain each index term (0 for terms no paper has)."""
+    wanted = sorted(set(terms))
+    counts = dict.fromkeys(wanted, 0)
+    if session.get_bind().dialect.name == "postgresql":
+        # One GIN lookup per term; plainto_tsquery reads any text as words, never syntax.
+        statement = text(
+            "SELECT t.term, (SELECT count(*) FROM papers WHERE search_vector @@ "
+            f"plainto_tsquery('{PG_TS_CONFIG}', t.term)) "
+            "FROM unnest(CAST(:terms AS text[])) AS t(term)"
         )
-        params |= {
-            "new_since": window.new_since,
-            "observed_since": window.observed_since,
-            "until": window.until,
-        }
-    return [(row[0], float(row[1])) for row in session.execute(statement, params)]
+    else:
+        statement = text("SELECT term, doc FROM papers_vocab WHERE term IN :terms").bindparams(
+            bindparam("terms", expanding=True)
+        )
+    for start in range(0, len(wanted), 500):
+        rows = session.execute(statement, {"terms": wanted[start : start + 500]})
+        counts.update((term, int(doc)) for term, doc in rows)
+    return counts
 
 
-def matching_papers(
-    session: Session, query: Query, limit: int | None = None
-) -> list[tuple[Paper, float]]:
-    """The papers `query` matches, best first, with their relevance."""
-    found = match_papers(session, query, limit=limit)
-    papers = papers_by_id(session, [paper_id for paper_id, _ in found])
-    return [(papers[paper_id], score) for paper_id, score in found]
+@dataclass(frozen=True)
+class CorpusSize:
+    papers: int
+    title_terms: float  # average length
+    abstract_terms: float
+
+
+def corpus_size(session: Session) -> CorpusSize:
+    """The number of papers and the average length of their analysed title and abstract."""
+
+    def length(column: Any) -> Any:
+        return func.length(column) - func.length(func.replace(column, " ", "")) + 1
+
+    count, title, abstract = session.execute(
+        select(
+            func.count(),
+            func.avg(length(Paper.title_terms)),
+            func.avg(length(Paper.abstract_terms)),
+        )
+    ).one()
+    return CorpusSize(int(count or 0), float(title or 1.0), float(abstract or 1.0))
+
+
+def acronym_expansions(session: Session, term: str) -> list[tuple[str, str, int]]:
+    """What the acronym index term `term` stands for: (expansion terms, words, papers)."""
+    rows = session.execute(
+        select(Acronym.expansion_terms, func.max(Acronym.expansion), func.count())
+        .where(Acronym.term == term)
+        .group_by(Acronym.expansion_terms)
+        .order_by(func.count().desc(), Acronym.expansion_terms)
+    )
+    return [(terms, words, count) for terms, words, count in rows]
+
+
+def acronyms_for(session: Session, expansion_terms: str) -> list[tuple[str, str, int]]:
+    """The acronyms defined as these expansion terms: (acronym term, as written, papers)."""
+    rows = session.execute(
+        select(Acronym.term, func.min(Acronym.acronym), func.count())
+        .where(Acronym.expansion_terms == expansion_terms)
+        .group_by(Acronym.term)
+        .order_by(func.count().desc(), Acronym.term)
+    )
+    return [(term, written, count) for term, written, count in rows]
+
+
+def find_paper_by_reference(session: Session, reference: str) -> Paper | None:
+    """The paper with this id (as `digest papers` shows) or this arXiv id."""
+    if reference.isdigit():
+        return session.get(Paper, int(reference))
+    return session.scalar(select(Paper).where(Paper.arxiv_id == reference))
+
+
+def upvotes_as_of(session: Session, ids: Iterable[int], until: datetime) -> dict[int, int]:
+    """Each paper's latest upvote count observed at or before `until` (if any)."""
+    wanted = list(set(ids))
+    found: dict[int, int] = {}
+    for start in range(0, len(wanted), 500):
+        chunk = wanted[start : start + 500]
+        rows = session.execute(
+            select(UpvoteObservation.paper_id, UpvoteObservation.upvotes)
+            .where(UpvoteObservation.paper_id.in_(chunk), UpvoteObservation.observed_at <= until)
+            .order_by(UpvoteObservation.observed_at, UpvoteObservation.id)
+        )
+        found.update((paper_id, upvotes) for paper_id, upvotes in rows)
+    return found
 
 
 def papers_by_id(session: Session, ids: Iterable[int]) -> dict[int, Paper]:
@@ -654,6 +797,7 @@ def get_or_create_digest(
     content_hash: str,
     items: Callable[[], list[DigestItem]],
     now: datetime,
+    more_matched: str = "{}",
 ) -> Digest:
     """The shared digest with this content, created if no subscriber got it yet."""
     statement = select(Digest).where(
@@ -665,7 +809,11 @@ def get_or_create_digest(
     try:
         with session.begin_nested():
             digest = Digest(
-                digest_date=digest_date, content_hash=content_hash, created_at=now, items=items()
+                digest_date=digest_date,
+                content_hash=content_hash,
+                created_at=now,
+                items=items(),
+                more_matched=more_matched,
             )
             session.add(digest)
         return digest

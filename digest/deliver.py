@@ -16,9 +16,10 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import random
 import secrets
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from datetime import time as dtime
@@ -37,8 +38,15 @@ from digest.config import DeliveryConfig, DigestSettings, MailConfig
 from digest.errors import DigestError
 from digest.links import subscriber_links
 from digest.models import Delivery, Paper, Subscriber
+from digest.relevance import Corpus
 from digest.render import ItemLike, Notice, Recipient, RenderedDigest, Renderer, topic_title
-from digest.select import DigestContent, SelectionRun, digest_content, record_selection
+from digest.select import (
+    DigestContent,
+    SelectionRun,
+    digest_content,
+    record_selection,
+    selection_time,
+)
 from digest.sources.records import one_line
 from digest.subscribers import sendable_address
 from digest.transport import (
@@ -168,23 +176,35 @@ class DigestMailer:
         papers: dict[int, Paper],
         digest_date: date,
         weekly: bool,
+        more: Mapping[str, int] | None = None,
     ) -> RenderedDigest:
         """The rendering of content `key` (e.g. the digest's content hash), made once."""
         if (key, weekly) not in self._cache:
             self.renders += 1
             self._cache[key, weekly] = self.renderer.render(
-                items, papers, digest_date=digest_date, weekly=weekly
+                items,
+                papers,
+                digest_date=digest_date,
+                weekly=weekly,
+                more=more,
+                base_url=self.base_url,
             )
         return self._cache[key, weekly]
 
     def render_items(
-        self, session: Session, key: str, items: Sequence[ItemLike], digest_date: date, weekly: bool
+        self,
+        session: Session,
+        key: str,
+        items: Sequence[ItemLike],
+        digest_date: date,
+        weekly: bool,
+        more: Mapping[str, int] | None = None,
     ) -> RenderedDigest:
         """Load the items' papers and render them (once per content `key`)."""
         if (key, weekly) in self._cache:
             return self._cache[key, weekly]
         papers = db.papers_by_id(session, [item.paper_id for item in items])
-        return self.rendered(key, items, papers, digest_date, weekly)
+        return self.rendered(key, items, papers, digest_date, weekly, more)
 
     def delivery_message(
         self, session: Session, delivery: Delivery, sent_at: datetime
@@ -207,6 +227,7 @@ class DigestMailer:
                 list(digest.items),
                 digest.digest_date,
                 subscriber.weekday is not None,
+                json.loads(digest.more_matched or "{}"),
             )
         except SQLAlchemyError:
             raise
@@ -233,7 +254,7 @@ class DigestMailer:
         """
         day, now, content = digest_content(session, subscriber, digest_date, now, settings)
         weekly = subscriber.weekday is not None
-        rendered = self.render_items(session, content.key, content.items, day, weekly)
+        rendered = self.render_items(session, content.key, content.items, day, weekly, content.more)
         return content, rendered, day, now
 
     def preview(
@@ -356,7 +377,12 @@ DueList = Sequence[tuple[Subscriber, date]]
 
 
 def plan_deliveries(
-    session: Session, due: DueList, *, now: datetime, settings: DigestSettings
+    session: Session,
+    due: DueList,
+    *,
+    now: datetime,
+    settings: DigestSettings,
+    at_send_time: bool = False,
 ) -> tuple[set[date], int, int]:
     """Choose the digest of each (subscriber, digest date) that has none yet.
 
@@ -364,17 +390,25 @@ def plan_deliveries(
     Each subscriber is planned in a savepoint, so a row another process planned
     first (the unique constraint) is simply left to it.
     """
-    run = SelectionRun(session, now, settings)
+    # With `at_send_time`, each digest is chosen as of its send time (now, if that is
+    # still ahead), so a past date or a late catch-up never sees later papers or upvotes;
+    # without, as of now (`digest send` for today). Runs at different instants share the
+    # corpus statistics.
+    runs: dict[datetime, SelectionRun] = {}
+    corpus = Corpus(session)
     dates: set[date] = set()
     queued = empty = 0
     for subscriber, day in due:
         dates.add(day)
         if db.find_delivery(session, subscriber.id, day) is not None:
             continue
+        as_of = selection_time(subscriber, day, now) if at_send_time else now
+        if as_of not in runs:
+            runs[as_of] = SelectionRun(session, as_of, settings, corpus)
         try:
             with session.begin_nested():
                 try:
-                    selection = run.select(subscriber, day)
+                    selection = runs[as_of].select(subscriber, day)
                 except DigestError as exc:
                     # This subscriber's stored data (e.g. a topic query an older version
                     # accepted) cannot be used: their row fails, everyone else goes on.
@@ -604,17 +638,22 @@ def send_digests(
     dry_run: bool = False,
     limit: int | None = None,
     retry_unknown: bool = False,
+    at_send_time: bool = False,
 ) -> SendReport:
     """Plan the digests of the `due` (subscriber, date) pairs and send every queued one.
 
-    `digest send` and the scheduler's dispatcher both run exactly this.
+    `digest send` and the scheduler's dispatcher both run exactly this. Digests are
+    chosen as of `now`, or with `at_send_time` as of their send time (the scheduler,
+    and `digest send --date`).
     """
     report = SendReport(dry_run=dry_run)
     if dry_run:
-        return _dry_run(sender, due, now=now, settings=settings)
+        return _dry_run(sender, due, now=now, settings=settings, at_send_time=at_send_time)
     with db.transaction(sender.factory) as session:
         db.expire_leases(session, now)
-        dates, _, _ = plan_deliveries(session, due(session), now=now, settings=settings)
+        dates, _, _ = plan_deliveries(
+            session, due(session), now=now, settings=settings, at_send_time=at_send_time
+        )
         if retry_unknown:
             db.requeue_unknown(session, now, dates)
     if dates:
@@ -630,12 +669,19 @@ def send_digests(
 
 
 def _dry_run(
-    sender: Sender, due: Callable[[Session], DueList], *, now: datetime, settings: DigestSettings
+    sender: Sender,
+    due: Callable[[Session], DueList],
+    *,
+    now: datetime,
+    settings: DigestSettings,
+    at_send_time: bool,
 ) -> SendReport:
     """Plan and render everything that would be sent; write and send nothing."""
     report = SendReport(dry_run=True)
     with sender.factory() as session:
-        dates, _, report.empty = plan_deliveries(session, due(session), now=now, settings=settings)
+        dates, _, report.empty = plan_deliveries(
+            session, due(session), now=now, settings=settings, at_send_time=at_send_time
+        )
         queued = session.scalars(
             select(Delivery).where(
                 Delivery.digest_date.in_(list(dates)), Delivery.status.in_(("queued", "deferred"))

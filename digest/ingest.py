@@ -10,6 +10,10 @@ replaced when the new source ranks higher (`SOURCE_PRIORITY`: arXiv API >
 arXiv listing > HF API > HF page); author names beat a bare count; categories
 are united. An upvote count that differs from the paper's latest observation
 is recorded with the ingest time, which is what trending is computed from.
+
+Each stored paper also gets its analysed terms (`digest.text`), which the
+full-text index reads, and the acronyms its abstract defines ("Mixture-of-Experts
+(MoE)"), which expand queries both ways.
 """
 
 from __future__ import annotations
@@ -23,8 +27,8 @@ from typing import Protocol
 from sqlalchemy.exc import DataError, IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from digest import db
-from digest.models import Paper, PaperSource, UpvoteObservation
+from digest import db, text
+from digest.models import Acronym, Paper, PaperSource, UpvoteObservation
 from digest.sources import InputError, PaperRecord, parse_input
 from digest.sources.records import SOURCE_PRIORITY, normalize_title
 
@@ -134,6 +138,11 @@ def _new_paper(record: PaperRecord, now: datetime) -> Paper:
         updated_at=now,
         sources=[],
         observations=[],
+        acronyms=[],
+        title_terms="",
+        abstract_terms="",
+        author_terms="",
+        category_terms="",
     )
 
 
@@ -184,6 +193,52 @@ def _observe(session: Session, paper: Paper, upvotes: int, now: datetime) -> boo
     return True
 
 
+def paper_terms(title: str, abstract: str, authors: str, categories: str) -> dict[str, str]:
+    """The analysed columns of a paper, as the full-text index reads them."""
+    return {
+        "title_terms": text.joined(text.terms(title)),
+        "abstract_terms": text.joined(text.terms(abstract)),
+        "author_terms": text.joined(text.plain_terms(authors)),
+        "category_terms": text.joined(text.plain_terms(categories)),
+    }
+
+
+def acronym_rows(paper_id: int | None, title: str, abstract: str) -> list[dict[str, object]]:
+    """The acronym definitions in a paper's title and abstract, one row each."""
+    rows: dict[tuple[str, str], dict[str, object]] = {}
+    for found in text.acronym_definitions(f"{title}. {abstract}"):
+        key = (found.term, " ".join(found.expansion_terms))
+        rows.setdefault(
+            key,
+            {
+                "paper_id": paper_id,
+                "term": key[0][:64],
+                "expansion_terms": key[1][:300],
+                "acronym": found.acronym[:64],
+                "expansion": found.expansion[:300],
+            },
+        )
+    return list(rows.values())
+
+
+def _index(paper: Paper) -> None:
+    """Refresh the paper's analysed terms and acronyms after its text changed."""
+    values = paper_terms(paper.title, paper.abstract, paper.authors, paper.categories)
+    if all(getattr(paper, column) == value for column, value in values.items()):
+        return
+    for column, value in values.items():
+        setattr(paper, column, value)
+    existing = {(a.term, a.expansion_terms): a for a in paper.acronyms}
+    kept = []
+    for row in acronym_rows(None, paper.title, paper.abstract):
+        key = (str(row["term"]), str(row["expansion_terms"]))
+        # Reuse a stored row with the same key: a delete plus insert would collide.
+        kept.append(
+            existing.get(key) or Acronym(**{k: v for k, v in row.items() if k != "paper_id"})
+        )
+    paper.acronyms = kept
+
+
 def _snapshot(paper: Paper) -> tuple[object, ...]:
     return tuple(getattr(paper, column.key) for column in Paper.__table__.columns)
 
@@ -201,6 +256,7 @@ def store_record(session: Session, record: PaperRecord, now: datetime) -> str:
         _merge(paper, record)
         if _snapshot(paper) != before:
             outcome = "updated"
+    _index(paper)
     grew = False
     if not any(source.source == record.source for source in paper.sources):
         paper.sources.append(PaperSource(source=record.source, first_seen_at=now))

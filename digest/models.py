@@ -66,8 +66,9 @@ class Paper(Base):
 
     `key` is the stable identity: the arXiv id without version when known,
     otherwise ``title:`` plus the normalized title. `authors` holds one name
-    per line and `categories` is space-separated, so the full-text index can
-    read both columns directly.
+    per line and `categories` is space-separated. The `*_terms` columns hold
+    the same fields analysed by `digest.text` (space-separated index terms),
+    which is what the full-text index reads.
     """
 
     __tablename__ = "papers"
@@ -90,6 +91,10 @@ class Paper(Base):
     upvotes: Mapped[int | None] = mapped_column(Integer)
     first_seen_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    title_terms: Mapped[str] = mapped_column(Text, default="")
+    abstract_terms: Mapped[str] = mapped_column(Text, default="")
+    author_terms: Mapped[str] = mapped_column(Text, default="")
+    category_terms: Mapped[str] = mapped_column(Text, default="")
 
     sources: Mapped[list[PaperSource]] = relationship(
         back_populates="paper", cascade="all, delete-orphan", order_by="PaperSource.source"
@@ -99,6 +104,7 @@ class Paper(Base):
         cascade="all, delete-orphan",
         order_by="UpvoteObservation.observed_at",
     )
+    acronyms: Mapped[list[Acronym]] = relationship(cascade="all, delete-orphan")
 
     @property
     def author_names(self) -> list[str]:
@@ -129,6 +135,20 @@ class Paper(Base):
     def page_url(self) -> str:
         """The page a title links to: HF, else arXiv abs, else the source, else an HF search."""
         return self.hf_url or self.abs_url or self.search_url
+
+
+class Acronym(Base):
+    """An acronym a paper's abstract defines: "Mixture-of-Experts (MoE)"."""
+
+    __tablename__ = "acronyms"
+
+    paper_id: Mapped[int] = mapped_column(
+        ForeignKey("papers.id", ondelete="CASCADE"), primary_key=True
+    )
+    term: Mapped[str] = mapped_column(String(64), primary_key=True, index=True)  # qqmoe
+    expansion_terms: Mapped[str] = mapped_column(String(300), primary_key=True, index=True)
+    acronym: Mapped[str] = mapped_column(String(64))  # as written: MoE
+    expansion: Mapped[str] = mapped_column(String(300))  # mixture of experts
 
 
 class PaperSource(Base):
@@ -224,6 +244,8 @@ class Digest(Base):
     digest_date: Mapped[date]
     content_hash: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    # JSON {topic query: papers that matched beyond the caps}, for "N more matched".
+    more_matched: Mapped[str] = mapped_column(Text, default="{}")
 
     items: Mapped[list[DigestItem]] = relationship(
         back_populates="digest", cascade="all, delete-orphan", order_by="DigestItem.position"
@@ -247,6 +269,7 @@ class DigestItem(Base):
     score: Mapped[float]
     upvotes: Mapped[int | None] = mapped_column(Integer)
     upvote_gain: Mapped[int] = mapped_column(Integer)
+    matched: Mapped[str] = mapped_column(Text, default="")  # the words that matched, ", "-joined
 
     digest: Mapped[Digest] = relationship(back_populates="items")
     paper: Mapped[Paper] = relationship()

@@ -7,11 +7,14 @@
     title:agents  author:hinton  cat:cs.CL   restrict a term to a field
     diffus*                    a word prefix
     *                          everything: the global daily digest
+    like:2602.23229  like:42   papers like this one (arXiv id, or id in `digest papers`)
 
 `parse_query(text)` returns a `Query`; anything a user can type either parses
-or raises `QueryError` with a clear message, and no character of the input
-ever reaches the full-text engine except as a quoted token (see
-`digest.db.fts5_expression`, which compiles a `Query` for SQLite FTS5).
+or raises `QueryError` with a clear message. Words are kept as typed only when
+typed as acronyms (``RAG``, ``CoDE``), otherwise case-folded; `digest.text`
+turns them into index terms and `digest.relevance` matches and ranks them. No
+character of the input ever reaches the full-text engine except as a quoted
+term of letters and digits (see `digest.db.fts5_expression`).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import unicodedata
 from dataclasses import dataclass
 
 from digest.errors import DigestError
+from digest.text import fold, is_acronym
 
 FIELDS = {"title": "title", "author": "authors", "authors": "authors", "cat": "categories"}
 MAX_QUERY_LENGTH = 500
@@ -35,6 +39,9 @@ _TOKEN = re.compile(
     re.VERBOSE,
 )
 _WORD = re.compile(r"[^\W_]+", re.UNICODE)
+# A paper for like:ID: its id in `digest papers`, or an arXiv id (new or old style).
+_PAPER_ID = re.compile(r"\d{1,12}|\d{4}\.\d{4,5}|[a-z][a-z.-]{1,30}/\d{7}", re.IGNORECASE)
+_VERSION = re.compile(r"v\d+$")
 
 
 class QueryError(DigestError, ValueError):
@@ -64,36 +71,58 @@ def _field_name(column: str | None) -> str:
 class Query:
     """All `groups` must match (each group: any of its terms), none of `excluded` may.
 
-    `everything` is the `*` query, which matches every paper.
+    `everything` is the `*` query, which matches every paper. `likes` are the
+    papers (arXiv ids or database ids) whose most distinctive terms the query
+    also looks for (`digest.relevance` resolves them).
     """
 
     groups: tuple[tuple[Term, ...], ...] = ()
     excluded: tuple[Term, ...] = ()
     everything: bool = False
+    likes: tuple[str, ...] = ()
 
     def canonical(self) -> str:
         """A normal form, so equivalent spellings count as one topic."""
         if self.everything:
             return "*"
-        parts = [" OR ".join(term.canonical() for term in group) for group in self.groups]
+        parts = [f"like:{paper}" for paper in self.likes]
+        parts += [" OR ".join(term.canonical() for term in group) for group in self.groups]
         parts += [f"-{term.canonical()}" for term in self.excluded]
         return " ".join(parts)
 
 
+def _word(word: str, field: str | None) -> str:
+    # Acronyms keep their case (RAG is not rag) in titles and abstracts; the rest is folded,
+    # so the words extracted are stable when reparsed.
+    return word if field in (None, "title") and is_acronym(word) else fold(word)
+
+
 def _term(field: str | None, text: str, prefix: bool) -> Term | None:
-    # Case-fold and normalize first, so the words extracted are stable when reparsed.
-    folded = unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", text).casefold())
-    words = tuple(_WORD.findall(folded))
-    if not words:
-        return None
     if field is not None:
         column = FIELDS.get(field.casefold())
         if column is None:
             raise QueryError(
-                f"unknown field {field + ':'!r}; use title:, author: or cat: (e.g. cat:cs.CL)"
+                f"unknown field {field + ':'!r}; use title:, author:, cat: or like: "
+                "(e.g. cat:cs.CL)"
             )
         field = column
+    normalized = unicodedata.normalize("NFKC", text)
+    words = tuple(_word(word, field) for word in _WORD.findall(normalized))
+    words = tuple(word for word in words if word)
+    if not words:
+        return None
     return Term(words=words, field=field, prefix=prefix and len(words) == 1)
+
+
+def _paper_id(text: str) -> str:
+    """The paper a like: operator names: an arXiv id without version, or a database id."""
+    value = _VERSION.sub("", text.strip())
+    if not _PAPER_ID.fullmatch(value):
+        raise QueryError(
+            f"like: takes a paper id as shown by `digest papers` or an arXiv id "
+            f"(like:2602.23229), not {text[:40]!r}"
+        )
+    return value.lower() if not value.isdigit() else str(int(value))
 
 
 def parse_query(text: str) -> Query:
@@ -107,6 +136,7 @@ def parse_query(text: str) -> Query:
         raise QueryError("query is empty")
     groups: list[list[Term]] = []
     excluded: list[Term] = []
+    likes: list[str] = []
     join_next = False
     for match in _TOKEN.finditer(stripped):
         word = match.group("word")
@@ -116,6 +146,14 @@ def parse_query(text: str) -> Query:
         if word and word.endswith(":") and word[:-1].lstrip("-").casefold() in FIELDS:
             raise QueryError(f'{word!r} needs a word or "phrase" right after it, e.g. title:agents')
         phrase = match.group("phrase")
+        if (match.group("field") or "").casefold() == "like":
+            if match.group("neg"):
+                raise QueryError("like: cannot be excluded; exclude words instead")
+            paper = _paper_id(phrase if phrase is not None else word)
+            if paper not in likes:
+                likes.append(paper)
+            join_next = False
+            continue
         raw = phrase if phrase is not None else word
         prefix = phrase is None and raw.endswith("*")
         term = _term(match.group("field"), raw, prefix)
@@ -129,15 +167,19 @@ def parse_query(text: str) -> Query:
             join_next = False
         else:
             groups.append([term])
-    if not groups:
+    if not groups and not likes:
         if excluded:
             raise QueryError("query only excludes words; add at least one word to look for")
         raise QueryError("query has no words to look for")
-    if len(excluded) + sum(len(group) for group in groups) > MAX_TERMS:
+    if len(likes) + len(excluded) + sum(len(group) for group in groups) > MAX_TERMS:
         raise QueryError(f"query has more than {MAX_TERMS} terms")
     for group in groups:
         if all(term in excluded for term in group):
             raise QueryError(
                 f"query requires and excludes {group[0].canonical()!r}, so it can match nothing"
             )
-    return Query(groups=tuple(tuple(group) for group in groups), excluded=tuple(excluded))
+    return Query(
+        groups=tuple(tuple(group) for group in groups),
+        excluded=tuple(excluded),
+        likes=tuple(likes),
+    )

@@ -21,11 +21,12 @@ from __future__ import annotations
 import functools
 import html
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import date
 from pathlib import Path
 from typing import Protocol
+from urllib.parse import quote
 
 import jinja2
 from premailer import Premailer
@@ -36,6 +37,7 @@ from digest.resources import resource_dir
 from digest.sources.records import one_line, safe_http_url
 
 HTML_BUDGET = 100_000  # bytes; Gmail clips messages at about 102 KB
+PERSONAL_ROOM = 1_000  # bytes kept for what `personalize` substitutes (address, links)
 ABSTRACT_CHARS = 400
 SHORT_ABSTRACT_CHARS = 180
 MAX_SUBJECT = 78
@@ -98,6 +100,8 @@ class ItemLike(Protocol):
     def upvotes(self) -> int | None: ...
     @property
     def upvote_gain(self) -> int: ...
+    @property
+    def matched(self) -> str: ...
 
 
 @functools.cache
@@ -192,12 +196,39 @@ class Link:
     url: str
 
 
+class Reason(str):
+    """Why a paper is in the digest: the topic, the words that matched and, for a
+    trending paper, its upvote gain. As a string it is the plain text; Jinja's
+    autoescape renders `__html__`, where the matched words are highlighted."""
+
+    html_text: str
+
+    def __new__(cls, topic: str, words: tuple[str, ...], gain: str = "") -> Reason:
+        plain: list[str] = []
+        marked: list[str] = []
+        if topic:
+            listed = ", ".join(f"“{word}”" for word in words)
+            plain.append(f"Matched {topic}" + (f": {listed}" if words else ""))
+            highlighted = ", ".join(f"<mark>{html.escape(word)}</mark>" for word in words)
+            marked.append(f"Matched {html.escape(topic)}" + (f": {highlighted}" if words else ""))
+        if gain:
+            plain.append(gain)
+            marked.append(html.escape(gain))
+        reason = super().__new__(cls, " · ".join(plain))
+        reason.html_text = " · ".join(marked)
+        return reason
+
+    def __html__(self) -> str:
+        return self.html_text
+
+
 @dataclass(frozen=True)
 class PaperView:
     title: str
     url: str | None
     kind: str
     topic: str
+    matched: tuple[str, ...]
     everything: bool
     upvotes: int | None
     gain: int
@@ -207,6 +238,7 @@ class PaperView:
     abstract: str
     trimmed: bool
     links: tuple[Link, ...]
+    period: str = "today"
 
     @property
     def read_more(self) -> str | None:
@@ -225,9 +257,11 @@ class PaperView:
         return " · ".join(part for part in parts if part)
 
     @property
-    def reason(self) -> str:
-        """Why the paper is here: the topic it matched (nothing for the everything topic)."""
-        return "" if self.everything else f"Matched “{self.topic}”"
+    def reason(self) -> Reason:
+        """Why the paper is here: the topic and the words it matched (the everything topic
+        has none) and, for a trending paper, its upvote gain."""
+        gain = f"▲ +{self.gain} {self.period}" if self.kind == "trending" and self.gain else ""
+        return Reason("" if self.everything else f"“{self.topic}”", self.matched, gain)
 
 
 @dataclass(frozen=True)
@@ -235,6 +269,8 @@ class Section:
     title: str
     papers: tuple[PaperView, ...]
     everything: bool = False
+    more: int = 0  # papers that matched beyond the caps
+    more_url: str | None = None  # where to see them all
 
 
 @dataclass(frozen=True)
@@ -406,8 +442,8 @@ def paper_title(paper: Paper) -> str:
 def paper_view(paper: Paper, item: ItemLike, abstract_chars: int, weekly: bool) -> PaperView:
     abstract, trimmed = trim_abstract(latex_to_text(paper.abstract), abstract_chars)
     votes = ""
+    period = "this week" if weekly else "today"
     if item.upvotes:  # no count, or none yet: nothing to show
-        period = "this week" if weekly else "today"
         votes = f"▲\u00a0{item.upvotes}" + (
             f" (+{item.upvote_gain} {period})" if item.upvote_gain > 0 else ""
         )
@@ -417,6 +453,7 @@ def paper_view(paper: Paper, item: ItemLike, abstract_chars: int, weekly: bool) 
         url=url,
         kind=item.kind,
         topic=topic_title(item.topic, item.topic_label, weekly),
+        matched=tuple(word for word in item.matched.split(", ") if word),
         everything=item.topic == "*" and not item.topic_label,
         upvotes=item.upvotes,
         gain=item.upvote_gain,
@@ -426,6 +463,7 @@ def paper_view(paper: Paper, item: ItemLike, abstract_chars: int, weekly: bool) 
         abstract=abstract,
         trimmed=trimmed,
         links=links,
+        period=period,
     )
 
 
@@ -439,26 +477,41 @@ def build_view(
     postal_address: str,
     abstract_chars: int = ABSTRACT_CHARS,
     limit: int | None = None,
+    more: Mapping[str, int] | None = None,
+    base_url: str | None = None,
 ) -> DigestView:
-    """Group items by topic, in their order, into what the templates show."""
+    """Group items by topic, in their order, into what the templates show.
+
+    `more` counts, per topic query, the papers that matched beyond the caps; with a
+    `base_url` their section links to the site's preview of that topic.
+    """
     chosen = list(items)
     omitted = 0
     if limit is not None and len(chosen) > limit:
         omitted = len(chosen) - limit
         chosen = chosen[:limit]
     sections: dict[str, list[PaperView]] = {}
+    queries: dict[str, str] = {}
     everything: set[str] = set()
     for item in chosen:
         view = paper_view(papers[item.paper_id], item, abstract_chars, weekly)
         sections.setdefault(view.topic, []).append(view)
+        queries.setdefault(view.topic, item.topic)
         if view.everything:
             everything.add(view.topic)
+
+    def section(title: str, views: list[PaperView]) -> Section:
+        query = queries[title]
+        extra = (more or {}).get(query, 0)
+        url = f"{base_url.rstrip('/')}/preview?topic={quote(query)}" if base_url else None
+        return Section(
+            title, tuple(views), title in everything, extra, safe_http_url(url) if extra else None
+        )
+
     return DigestView(
         digest_date=digest_date,
         weekly=weekly,
-        sections=tuple(
-            Section(title, tuple(views), title in everything) for title, views in sections.items()
-        ),
+        sections=tuple(section(title, views) for title, views in sections.items()),
         site_name=one_line(site_name),
         postal_address=one_line(postal_address),
         new_count=sum(1 for item in chosen if item.kind == "new"),
@@ -621,8 +674,13 @@ class Renderer:
         *,
         digest_date: date,
         weekly: bool = False,
+        more: Mapping[str, int] | None = None,
+        base_url: str | None = None,
     ) -> RenderedDigest:
-        """Render once; trim abstracts, then drop the last papers, until under budget."""
+        """Render once; trim abstracts, then drop the last papers, until under budget.
+
+        `more` and `base_url` make each topic's "N more matched" line and link.
+        """
         attempts = [(ABSTRACT_CHARS, None)] + [
             (SHORT_ABSTRACT_CHARS, limit) for limit in range(len(items), 0, -1)
         ]
@@ -636,9 +694,11 @@ class Renderer:
                 postal_address=self.postal_address,
                 abstract_chars=abstract_chars,
                 limit=limit,
+                more=more,
+                base_url=base_url,
             )
             rendered = self._render(view)
-            if len(rendered.html.encode("utf-8")) <= self.budget:
+            if len(rendered.html.encode("utf-8")) <= self.budget - PERSONAL_ROOM:
                 break
         return rendered
 

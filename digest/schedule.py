@@ -29,9 +29,8 @@ import socket
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import UTC, date, datetime, timedelta
 from types import FrameType
-from zoneinfo import ZoneInfo
 
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.cron import CronTrigger
@@ -45,21 +44,12 @@ from digest.deliver import DueList, Sender, SendReport, send_digests
 from digest.errors import DigestError
 from digest.ingest import InputSummary
 from digest.models import Subscriber
-from digest.select import local_date, sends_on
+from digest.select import local_date, send_time, sends_on
 from digest.subscribers import purge_pending, sendable
 
 log = logging.getLogger("digest.schedule")
 
 DISPATCH_LEASE = "dispatcher"
-
-
-def send_time(subscriber: Subscriber, day: date) -> datetime:
-    """The instant of the subscriber's send hour on their local `day` (DST-aware)."""
-    zone = ZoneInfo(subscriber.timezone)
-    local = datetime.combine(day, time(subscriber.send_hour), tzinfo=zone)
-    # fold=0: a repeated hour means its first occurrence; an hour skipped by DST maps,
-    # through the offset before the change, to the instant of the change itself.
-    return local.astimezone(UTC)
 
 
 def due_date(subscriber: Subscriber, now: datetime, grace: timedelta) -> date | None:
@@ -151,6 +141,8 @@ class Dispatcher:
             lambda session: due_subscribers(session, now, self.grace),
             now=now,
             settings=self.settings,
+            # A late (catch-up) dispatch chooses each digest as of its send time.
+            at_send_time=True,
         )
 
     def release(self) -> None:

@@ -1,44 +1,65 @@
 """Select stage: which papers each subscriber gets in the digest of a given local date.
 
-A `SelectionRun` is made once per run (one `now`) and evaluates each distinct
-topic query once, however many subscribers follow it; `run.select(subscriber,
-digest_date)` then assembles one subscriber's digest from the cached matches:
+A `SelectionRun` is made once per run and point in time (`now`) and evaluates
+each distinct topic query once, however many subscribers follow it;
+`run.select(subscriber, digest_date)` then assembles one subscriber's digest
+from the cached matches. A run sees only what was known at its `now`: papers
+first seen by then and upvote observations made by then, so the digest of a
+past date (`digest send --date`, the scheduler's catch-up) is chosen as of
+that digest's send time (`selection_time`).
 
-* **New**: papers first seen after the subscriber's previous digest (at most
-  `lookback_days` back; a first digest looks back the whole window) that match
-  a topic, ranked by ``relevance * (0.5 + 0.5 * recency)``, where relevance is
-  the bm25 score divided by the topic's best score in this run and
-  ``recency = 0.5 ** (age_days / 7)``.
-* **Trending**: matching papers that gained upvotes in the subscriber's period
-  (1 day, or 7 for weekly subscribers), ranked Hacker-News style by
-  ``trending_score = gain / (age_hours + 2) ** gravity``, where ``gain`` is the
-  latest observed count minus the latest count observed before the window
-  (or the first one in it: a first observation is no gain) and ``age_hours``
-  runs from publication (or first sight when the date is unknown).
+Eligible papers match a topic (`digest.relevance`, which documents the
+relevance formula) with ``relevance >= min_relevance`` (a cutoff relative to
+the topic's best match in the run, so weak matches don't pad a topic), have
+never been sent to this subscriber, and are either
 
-A paper appears once per digest, under the topic it matches best, and never
-again once a digest holding it was sent (or may have been) to this subscriber.
-`record_selection` stores the content as a `Digest` shared by every subscriber
-with the same items, plus this subscriber's `Delivery` row for the date.
+* **new**: first seen after the subscriber's previous digest (at most
+  `lookback_days` back; a first digest or a preview looks back the whole window), or
+* **trending**: gained at least `min_trending_gain` upvotes in the subscriber's
+  period (1 day, or 7 for weekly subscribers): ``gain`` is the latest count at
+  `now` minus the latest before the period (or the first one in it: a first
+  observation is no gain). The
+  `max_trending` papers with the highest Hacker News score
+  ``gain / (age_hours + 2) ** gravity`` are shown as trending, new or not (so first
+  digests and previews show them too); other new papers show as new, and other old
+  ones are left out.
+
+Each topic's papers are ordered by
+
+    score = relevance * (1 + 0.1 * log2(1 + upvotes + gain))
+
+(`upvotes` as of `now`), the community's signal raising the papers people
+upvote without letting it beat relevance: the publication date plays no part.
+The `*` topic matches every eligible paper with relevance 1, so it is the
+period's papers by upvotes (the Hugging Face view) and may fill the whole digest.
+
+A paper appears once per digest, under the topic it matches best. Caps:
+`max_per_topic` per topic (`max_items` for `*`) and `max_items` in all, shared
+round-robin between topics, trending papers taking their places first; how
+many more papers matched each topic is kept (`Selection.more`) for the email's
+"N more matched" line. `record_selection`
+stores the content as a `Digest` shared by every subscriber with the same items,
+plus this subscriber's `Delivery` row for the date.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
 from sqlalchemy.orm import Session
 
-from digest import db
+from digest import db, relevance
 from digest.config import DigestSettings
 from digest.models import Delivery, DigestItem, Paper, Subscriber
 from digest.query import parse_query
 
-RECENCY_HALF_LIFE_DAYS = 7.0
+POPULARITY_WEIGHT = 0.1
 DAY = timedelta(days=1)
 WEEK = timedelta(days=7)
 
@@ -55,6 +76,7 @@ class SelectedItem:
     score: float
     upvotes: int | None
     upvote_gain: int
+    matched: str = ""  # the words that matched, as the paper writes them, ", "-joined
 
 
 @dataclass
@@ -64,6 +86,8 @@ class Selection:
     digest_date: date
     new_since: datetime
     items: list[SelectedItem] = field(default_factory=list)
+    as_of: datetime | None = None  # the instant it was chosen as of (the run's now)
+    more: dict[str, int] = field(default_factory=dict)  # topic query -> matches left out
 
     @property
     def content_hash(self) -> str:
@@ -80,9 +104,11 @@ class Selection:
                     round(item.score, 6),
                     item.upvotes,
                     item.upvote_gain,
+                    item.matched,
                 ]
                 for item in self.items
             ],
+            sorted(self.more.items()),
         ]
         encoded = json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
         return hashlib.sha256(encoded.encode("utf-8")).hexdigest()
@@ -91,6 +117,20 @@ class Selection:
 def local_date(now: datetime, timezone: str) -> date:
     """The subscriber's calendar date at `now`."""
     return now.astimezone(ZoneInfo(timezone)).date()
+
+
+def send_time(subscriber: Subscriber, day: date) -> datetime:
+    """The instant of the subscriber's send hour on their local `day` (DST-aware)."""
+    zone = ZoneInfo(subscriber.timezone)
+    local = datetime.combine(day, time(subscriber.send_hour), tzinfo=zone)
+    # fold=0: a repeated hour means its first occurrence; an hour skipped by DST maps,
+    # through the offset before the change, to the instant of the change itself.
+    return local.astimezone(UTC)
+
+
+def selection_time(subscriber: Subscriber, day: date, now: datetime) -> datetime:
+    """The instant a digest is chosen as of: its send time, or now if that is still ahead."""
+    return min(now, send_time(subscriber, day))
 
 
 def trend_window(subscriber: Subscriber) -> timedelta:
@@ -128,41 +168,70 @@ def trending_score(gain: int, age_hours: float, gravity: float) -> float:
     return float(gain / (age_hours + 2.0) ** gravity)
 
 
-def new_score(relevance: float, age_hours: float) -> float:
-    recency = 0.5 ** (age_hours / 24 / RECENCY_HALF_LIFE_DAYS)
-    return float(relevance * (0.5 + 0.5 * recency))
+def ranking_score(relevance: float, upvotes: int | None, gain: int) -> float:
+    """Relevance raised by the upvote signal: count and recent gain."""
+    votes = max(0, upvotes or 0) + max(0, gain)
+    return float(relevance * (1 + POPULARITY_WEIGHT * math.log2(1 + votes)))
+
+
+@dataclass(frozen=True)
+class _Facts:
+    first_seen: datetime
+    age_hours: float
+    upvotes: int | None  # as of the run's now
 
 
 class SelectionRun:
-    """Selection for many subscribers at one `now`, evaluating each topic query once."""
+    """Selection for many subscribers at one `now`, evaluating each topic query once.
 
-    def __init__(self, session: Session, now: datetime, settings: DigestSettings) -> None:
+    Runs at different instants may share one `corpus` (its statistics and analysed papers).
+    """
+
+    def __init__(
+        self,
+        session: Session,
+        now: datetime,
+        settings: DigestSettings,
+        corpus: relevance.Corpus | None = None,
+    ) -> None:
         self.session = session
         self.now = now
         self.settings = settings
+        self.corpus = corpus or relevance.Corpus(session)
         self.window = db.Window(
             new_since=now - timedelta(days=settings.lookback_days),
             observed_since=now - WEEK,
             until=now,
         )
-        self._matches: dict[str, dict[int, float]] = {}
+        self._matches: dict[str, dict[int, relevance.Match]] = {}
         self._gains: dict[timedelta, dict[int, int]] = {}
-        # Per paper, read once per run: (first seen, age in hours, upvotes).
-        self._facts: dict[int, tuple[datetime, float, int | None]] = {}
+        self._facts: dict[int, _Facts] = {}
+        self._words: dict[tuple[str, int], str] = {}
 
-    def matches(self, topic: str) -> dict[int, float]:
-        """Eligible papers matching `topic`, with relevance normalized to (0, 1]."""
+    def matches(self, topic: str) -> dict[int, relevance.Match]:
+        """Eligible papers matching `topic` above the cutoff, with relevance in (0, 1]."""
         if topic not in self._matches:
-            found = db.match_papers(self.session, parse_query(topic), window=self.window)
-            best = max((score for _, score in found), default=0.0)
-            self._matches[topic] = {
-                paper_id: (score / best if best > 0 else 1.0) for paper_id, score in found
-            }
+            plan = relevance.plan_query(self.session, parse_query(topic), self.corpus)
+            found = relevance.rank(self.session, plan, self.corpus, window=self.window)
+            cutoff = self.settings.min_relevance
+            self._matches[topic] = {m.paper_id: m for m in found if m.relevance >= cutoff}
             missing = [pid for pid in self._matches[topic] if pid not in self._facts]
+            upvotes = db.upvotes_as_of(self.session, missing, self.now)
             for paper_id, paper in db.papers_by_id(self.session, missing).items():
-                age = paper_age_hours(paper, self.now)
-                self._facts[paper_id] = (paper.first_seen_at, age, paper.upvotes)
+                self._facts[paper_id] = _Facts(
+                    paper.first_seen_at, paper_age_hours(paper, self.now), upvotes.get(paper_id)
+                )
         return self._matches[topic]
+
+    def _explained(self, item: SelectedItem) -> SelectedItem:
+        """The item with the words that matched, as the paper writes them (once per run)."""
+        key = (item.topic, item.paper_id)
+        if key not in self._words:
+            paper = self.session.get(Paper, item.paper_id)
+            assert paper is not None
+            matched = self.matches(item.topic)[item.paper_id].matched
+            self._words[key] = ", ".join(relevance.written_words(paper, matched))
+        return replace(item, matched=self._words[key])
 
     def gains(self, window: timedelta) -> dict[int, int]:
         if window not in self._gains:
@@ -180,7 +249,7 @@ class SelectionRun:
         received = db.received_paper_ids(self.session, subscriber.id, digest_date)
         previous = db.previous_delivery(self.session, subscriber.id, digest_date)
         new_since = self.window.new_since
-        if previous is not None and previous.selected_at > new_since:
+        if previous is not None and new_since < previous.selected_at <= self.now:
             new_since = previous.selected_at
         gains = self.gains(trend_window(subscriber))
 
@@ -189,67 +258,76 @@ class SelectionRun:
         best: dict[int, tuple[bool, float, int]] = {}
         for position, topic in enumerate(subscriber.topics):
             specific = topic.query != "*"
-            for paper_id, relevance in self.matches(topic.query).items():
+            for paper_id, match in self.matches(topic.query).items():
                 if paper_id in received:
                     continue
-                if paper_id not in best or (specific, relevance) > best[paper_id][:2]:
-                    best[paper_id] = (specific, relevance, position)
+                if paper_id not in best or (specific, match.relevance) > best[paper_id][:2]:
+                    best[paper_id] = (specific, match.relevance, position)
 
-        per_topic_new: list[list[SelectedItem]] = [[] for _ in subscriber.topics]
-        trending: list[SelectedItem] = []
-        for paper_id, (_, relevance, position) in best.items():
-            first_seen, age, upvotes = self._facts[paper_id]
-            topic = subscriber.topics[position]
-            gain = gains.get(paper_id, 0)
-            if new_since < first_seen <= self.now:
-                kind, score = "new", new_score(relevance, age)
-            elif gain >= settings.min_trending_gain:
-                kind, score = "trending", trending_score(gain, age, settings.gravity)
-            else:
+        # The papers shown as trending: the best `max_trending` by Hacker News score.
+        rising = sorted(
+            (
+                (trending_score(gains[pid], self._facts[pid].age_hours, settings.gravity), pid)
+                for pid in best
+                if gains.get(pid, 0) >= settings.min_trending_gain
+            ),
+            reverse=True,
+        )
+        trending = {pid for _, pid in rising[: min(settings.max_trending, settings.max_items)]}
+
+        per_topic: list[list[SelectedItem]] = [[] for _ in subscriber.topics]
+        for paper_id, (_, rel, position) in best.items():
+            facts = self._facts[paper_id]
+            is_new = new_since < facts.first_seen <= self.now
+            if paper_id not in trending and not is_new:
                 continue
-            item = SelectedItem(
-                paper_id=paper_id,
-                kind=kind,
-                topic=topic.query,
-                topic_label=topic.label,
-                relevance=relevance,
-                score=score,
-                upvotes=upvotes,
-                upvote_gain=max(gain, 0),
+            topic = subscriber.topics[position]
+            gain = max(gains.get(paper_id, 0), 0)
+            per_topic[position].append(
+                SelectedItem(
+                    paper_id=paper_id,
+                    kind="trending" if paper_id in trending else "new",
+                    topic=topic.query,
+                    topic_label=topic.label,
+                    relevance=rel,
+                    score=ranking_score(rel, facts.upvotes, gain),
+                    upvotes=facts.upvotes,
+                    upvote_gain=gain,
+                )
             )
-            (per_topic_new[position] if kind == "new" else trending).append(item)
 
         def rank(item: SelectedItem) -> tuple[float, int, int]:
             return (-item.score, -(item.upvotes or 0), -item.paper_id)
 
-        taken: list[list[SelectedItem]] = [[] for _ in subscriber.topics]
-        positions = {topic.query: position for position, topic in enumerate(subscriber.topics)}
-        total = 0
-        for item in sorted(trending, key=rank):
-            position = positions[item.topic]
-            if total >= min(settings.max_trending, settings.max_items):
-                break
-            if len(taken[position]) < settings.max_per_topic:
-                taken[position].append(item)
-                total += 1
-        queues = [sorted(items, key=rank) for items in per_topic_new]
-        # Round-robin over the topics so one busy topic cannot crowd out the others.
-        while total < settings.max_items and any(queues):
-            for position, queue in enumerate(queues):
-                if not queue or total >= settings.max_items:
-                    continue
-                if len(taken[position]) >= settings.max_per_topic:
-                    queue.clear()
-                    continue
-                taken[position].append(queue.pop(0))
-                total += 1
-
-        items = [
-            item
-            for group in taken
-            for item in sorted(group, key=lambda i: (i.kind != "new", *rank(i)))
+        # Trending papers take their places first (they are few: max_trending), then
+        # the others by score; each topic is shown in score order.
+        queues = [
+            sorted(items, key=lambda i: (i.kind != "trending", *rank(i))) for items in per_topic
         ]
-        return Selection(digest_date=digest_date, new_since=new_since, items=items)
+        caps = [
+            settings.max_items if topic.query == "*" else settings.max_per_topic
+            for topic in subscriber.topics
+        ]
+        taken: list[list[SelectedItem]] = [[] for _ in subscriber.topics]
+        total = 0
+        # Round-robin over the topics so one busy topic cannot crowd out the others.
+        while total < settings.max_items and any(
+            queue and len(taken[i]) < caps[i] for i, queue in enumerate(queues)
+        ):
+            for position, queue in enumerate(queues):
+                if queue and len(taken[position]) < caps[position] and total < settings.max_items:
+                    taken[position].append(queue.pop(0))
+                    total += 1
+
+        items = [self._explained(item) for group in taken for item in sorted(group, key=rank)]
+        more = {
+            topic.query: len(queue)
+            for topic, queue in zip(subscriber.topics, queues, strict=True)
+            if queue
+        }
+        return Selection(
+            digest_date=digest_date, new_since=new_since, items=items, more=more, as_of=self.now
+        )
 
 
 def record_selection(
@@ -275,14 +353,20 @@ def record_selection(
             ]
 
         digest = db.get_or_create_digest(
-            session, selection.digest_date, selection.content_hash, items, now
+            session,
+            selection.digest_date,
+            selection.content_hash,
+            items,
+            now,
+            more_matched=json.dumps(selection.more, sort_keys=True, ensure_ascii=False),
         )
     delivery = Delivery(
         subscriber_id=subscriber.id,
         digest_date=selection.digest_date,
         digest=digest,
         status="queued" if digest is not None else "empty",
-        selected_at=now,
+        # The next digest's new papers start where this one's knowledge ended.
+        selected_at=selection.as_of or now,
         attempts=0,
         created_at=now,
         updated_at=now,
@@ -294,17 +378,13 @@ def record_selection(
 
 @dataclass(frozen=True)
 class DigestContent:
-    """What a subscriber gets on a date: the items, and a key naming that content."""
+    """What a subscriber gets on a date: the items, a key naming that content, and how
+    many more papers matched each topic than it shows."""
 
     items: Sequence[SelectedItem] | Sequence[DigestItem]
     key: str
+    more: Mapping[str, int] = field(default_factory=dict)
     digest_id: int | None = None  # the stored digest, once it was planned
-
-
-def day_close(digest_date: date, timezone: str) -> datetime:
-    """The last instant of `digest_date` in `timezone`, in UTC."""
-    end = datetime.combine(digest_date, time(23, 59, 59), tzinfo=ZoneInfo(timezone))
-    return end.astimezone(UTC)
 
 
 def digest_content(
@@ -318,18 +398,19 @@ def digest_content(
 
     The digest already planned for that date if there is one, else a fresh
     selection; writes nothing. Returns the date, the effective `now` (a past
-    date is seen as of its end) and the content. `digest preview` and the
+    date is seen as of its send time) and the content. `digest preview` and the
     web's preview pages run exactly this.
     """
     day = digest_date or local_date(now, subscriber.timezone)
     if digest_date is not None:
-        now = min(now, day_close(day, subscriber.timezone))
+        now = selection_time(subscriber, day, now)
     delivery = db.find_delivery(session, subscriber.id, day) if subscriber.id else None
     if delivery is not None and delivery.digest is not None:
-        digest = delivery.digest
-        return day, now, DigestContent(digest.items, digest.content_hash, digest.id)
+        stored = delivery.digest
+        more = json.loads(stored.more_matched or "{}")
+        return day, now, DigestContent(stored.items, stored.content_hash, more, stored.id)
     selection = SelectionRun(session, now, settings).select(subscriber, day)
-    return day, now, DigestContent(selection.items, selection.content_hash)
+    return day, now, DigestContent(selection.items, selection.content_hash, selection.more)
 
 
 def sends_on(subscriber: Subscriber, day: date) -> bool:

@@ -57,7 +57,7 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
 from wtforms import ValidationError
 
-from digest import db, links
+from digest import db, links, relevance
 from digest.app import App
 from digest.config import Config, iana_timezones
 from digest.models import WEEKDAYS, Delivery, Digest, Subscriber
@@ -500,9 +500,10 @@ def create_app(config: Config | None = None, *, wiring: App | None = None) -> Fl
         except QueryError as exc:
             return {"query": None, "count": 0, "examples": [], "error": str(exc)}, 200
         with sessions() as session:
-            found = db.match_papers(session, query)
-            papers = db.papers_by_id(session, [pid for pid, _ in found[:MATCH_EXAMPLES]])
-            examples = [paper_title(papers[pid]) for pid, _ in found[:MATCH_EXAMPLES]]
+            _, found = relevance.search(session, query)
+            shown = [match.paper_id for match in found[:MATCH_EXAMPLES]]
+            papers = db.papers_by_id(session, shown)
+            examples = [paper_title(papers[pid]) for pid in shown]
         return {
             "query": query.canonical(),
             "count": len(found),

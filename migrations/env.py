@@ -7,20 +7,11 @@ plain `alembic` command instead needs `sqlalchemy.url` set in its ini file.
 from alembic import context
 from sqlalchemy import engine_from_config, pool
 
+from digest.db import include_object
 from digest.models import Base
 
 config = context.config
 target_metadata = Base.metadata
-
-
-def include_object(
-    obj: object, name: str | None, type_: str, reflected: bool, compare_to: object
-) -> bool:
-    """Leave the full-text indexes (FTS5 from 0001, PostgreSQL's search_vector from 0005,
-    both raw SQL) out of autogenerate."""
-    if type_ == "table" and name is not None and name.startswith("papers_fts"):
-        return False
-    return name not in {"search_vector", "ix_papers_search_vector"}
 
 
 def run_migrations_online() -> None:

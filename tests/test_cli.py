@@ -84,8 +84,8 @@ def test_papers_and_stats(cli, seeds: Path) -> None:
     assert "from hf_page:   540" in stats.output
     papers = cli("papers", "--search", "in-context classifiers", "--limit", "3")
     lines = papers.output.splitlines()
-    assert lines[0].split() == ["published", "votes", "sources", "title"]
-    assert lines[1].split()[:3] == ["2026-02-26", "10", "hf_api"]
+    assert lines[0].split() == ["id", "arxiv", "published", "votes", "sources", "title"]
+    assert lines[1].split()[:5] == ["541", "2602.23229", "2026-02-26", "10", "hf_api"]
     assert cli("papers", "--limit", "0").exit_code == 2
 
 

@@ -123,10 +123,15 @@ def test_topics_and_match_on_the_seed_data(cli, seeds: Path) -> None:
     match = cli("match", "diffusion model", "--limit", "3")
     lines = match.output.splitlines()
     assert lines[0] == "query: diffusion model"
-    assert lines[1].split() == ["score", "published", "votes", "title"]
-    scores = [float(line.split()[0]) for line in lines[2:]]
-    assert len(scores) == 3 and scores == sorted(scores, reverse=True)
-    assert all("diffus" in line.lower() for line in lines[2:])
+    # An acronym a seed abstract defines: "diffusion models (DMs)".
+    assert lines[1] == "expanded: diffusion model → DM"
+    assert lines[2].split() == ["id", "relevance", "votes", "matched", "title"]
+    scores = [float(line.split()[1]) for line in lines[3:]]
+    assert len(scores) == 3 and scores[0] == 1.0 and scores == sorted(scores, reverse=True)
+    # The matched words, as the papers write them: the phrase when it occurs.
+    assert all("Diffusion Models" in line for line in lines[3:])
+    moe = cli("match", "moe", "--limit", "2").output.splitlines()
+    assert moe[:2] == ["query: moe", "expanded: moe → mixture of experts"]
     bad = cli("match", "--", "-survey")
     assert bad.exit_code == 2
     assert "Invalid value for QUERY: query only excludes words" in bad.output

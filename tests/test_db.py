@@ -5,11 +5,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from sqlalchemy import inspect, select, text
+from sqlalchemy import bindparam, inspect, select, text
 
 from digest import db
 from digest.ingest import ingest_inputs
-from digest.models import Paper
+from digest.models import Paper, UTCDateTime
 from digest.query import parse_query
 from tests.conftest import SEEDS
 
@@ -52,27 +52,79 @@ def test_an_out_of_date_server_schema_is_refused(empty_db_url: str) -> None:
     engine.dispose()
 
 
-def test_upgrading_an_older_schema_keeps_the_papers(empty_db_url: str) -> None:
+def test_upgrading_an_older_schema_keeps_the_papers_and_reindexes_them(
+    empty_db_url: str,
+) -> None:
+    from digest import relevance
+
     engine = db.create_db_engine(empty_db_url)
-    db.upgrade(engine, "0001")
-    now = datetime(2026, 1, 1, tzinfo=UTC)
-    factory = db.session_factory(engine)
-    ingest_inputs(factory, [str(SEEDS / "000_5ed1fa5957327774.txt")], now=now, max_bytes=10**7)
-    with pytest.raises(db.SchemaOutOfDate, match="schema is at 0001"):
+    db.upgrade(engine, "0004")
+    insert = text(
+        "INSERT INTO papers (key, title_key, title, abstract, authors, categories, "
+        "first_seen_at, updated_at) VALUES (:key, :key, :title, :abstract, '', '', "
+        "'2026-01-01 00:00:00', '2026-01-01 00:00:00')"
+    )
+    with engine.begin() as connection:
+        for key, title, abstract in [
+            ("a", "Sparse Experts", "We scale a Mixture-of-Experts (MoE) language model."),
+            ("b", "CoDE: Deepfake Detection", "Contrastive Deepfake Embeddings (CoDE) spot fakes."),
+            ("c", "Code Generation Models", "Models that write code."),
+        ]:
+            connection.execute(insert, {"key": key, "title": title, "abstract": abstract})
+    with pytest.raises(db.SchemaOutOfDate, match="schema is at 0004"):
         db.require_current_schema(engine)
     if engine.dialect.name == "postgresql":
         db.upgrade(engine)  # a server database is upgraded by `digest db upgrade`
     engine.dispose()
     upgraded = db.open_database(empty_db_url)
     with upgraded.connect() as connection:
-        assert connection.execute(text("SELECT count(*) FROM papers")).scalar() == 34
-        assert connection.execute(text("SELECT count(*) FROM subscribers")).scalar() == 0
+        assert connection.execute(text("SELECT count(*) FROM papers")).scalar() == 3
+        assert connection.execute(
+            text("SELECT title_terms, abstract_terms FROM papers WHERE key = 'b'")
+        ).one() == ("qqcode deepfak detect", "contrast deepfak embed qqcode spot fake")
+        acronyms = connection.execute(
+            text("SELECT acronym, expansion FROM acronyms ORDER BY acronym")
+        ).all()
+        assert acronyms == [
+            ("CoDE", "contrastive deepfake embeddings"),
+            ("MoE", "mixture of experts"),
+        ]
     with db.session_factory(upgraded)() as session:
+        # The stored UTC instants survive the timestamptz conversion on PostgreSQL.
         seen = session.scalars(select(Paper.first_seen_at).distinct()).all()
-        assert seen == [now]  # the stored UTC instants survive the timestamptz conversion
-        found = db.matching_papers(session, parse_query("world model"))
-        assert len(found) == 8  # the full-text index covers papers stored before it existed
+        assert seen == [datetime(2026, 1, 1, tzinfo=UTC)]
+        corpus = relevance.Corpus(session)
+
+        def titles(query: str) -> list[str]:
+            plan = relevance.plan_query(session, parse_query(query), corpus)
+            found = relevance.rank(session, plan, corpus)
+            papers = db.papers_by_id(session, [m.paper_id for m in found])
+            return [papers[m.paper_id].title for m in found]
+
+        # The rebuilt index: code is not CoDE, and the mined MoE expands both ways.
+        assert titles("code") == ["Code Generation Models"]
+        assert titles("CoDE") == ["CoDE: Deepfake Detection"]
+        assert titles("mixture of experts") == ["Sparse Experts"]
+        assert titles("moe") == ["Sparse Experts"]
     upgraded.dispose()
+
+
+@pytest.mark.sqlite
+def test_downgrading_the_relevance_revision_restores_the_old_index(tmp_path: Path) -> None:
+    engine = db.open_database(f"sqlite:///{tmp_path / 'down.sqlite3'}")
+    with engine.begin() as connection:
+        command_config = db._alembic_config(connection)
+        from alembic import command
+
+        command.downgrade(command_config, "0004")
+    with engine.begin() as connection:
+        columns = {row[1] for row in connection.execute(text("PRAGMA table_info(papers)"))}
+        assert "title_terms" not in columns
+        fts = connection.execute(
+            text("SELECT sql FROM sqlite_master WHERE name = 'papers_fts'")
+        ).scalar()
+        assert "porter" in fts
+    engine.dispose()
 
 
 @pytest.mark.sqlite
@@ -112,3 +164,45 @@ def test_integrity_checks_find_damage(tmp_path: Path) -> None:
     engine.dispose()
     assert problems and all("\n" not in problem for problem in problems)
     assert not any(problem.startswith("*** ") for problem in problems)
+
+
+def test_the_pgscale_revision_downgrades_and_upgrades_again(engine) -> None:
+    """0006 undone: no claim or observed_at index, and on PostgreSQL naive timestamps
+    and no search_vector; redone: all back, the stored instants unchanged."""
+    from alembic import command
+
+    seen = datetime(2026, 3, 29, 1, 30, tzinfo=UTC)
+    with engine.begin() as connection:
+        connection.execute(
+            text("INSERT INTO leases (name, holder, expires_at) VALUES ('x', 'y', :at)").bindparams(
+                bindparam("at", type_=UTCDateTime)
+            ),
+            {"at": seen},
+        )
+
+    def shape() -> tuple[set[str], set[str], bool]:
+        listing = {
+            "sqlite": "SELECT name FROM sqlite_master WHERE type = 'index'",
+            "postgresql": "SELECT indexname FROM pg_indexes WHERE schemaname = 'public'",
+        }[engine.dialect.name]
+        with engine.connect() as connection:
+            indexes = set(connection.execute(text(listing)).scalars())
+        columns = {c["name"] for c in inspect(engine).get_columns("papers")}
+        lease = {c["name"]: c for c in inspect(engine).get_columns("leases")}["expires_at"]
+        return indexes, columns, bool(getattr(lease["type"], "timezone", False))
+
+    with engine.begin() as connection:
+        command.downgrade(db._alembic_config(connection), "0005_relevance")
+    indexes, columns, lease_aware = shape()
+    assert "ix_upvote_observations_observed_at" not in indexes
+    assert "ix_deliveries_claimable" not in indexes
+    assert "search_vector" not in columns
+    postgresql = engine.dialect.name == "postgresql"
+    assert not lease_aware
+    db.upgrade(engine)
+    indexes, columns, lease_aware = shape()
+    assert {"ix_upvote_observations_observed_at", "ix_deliveries_claimable"} <= indexes
+    assert ("search_vector" in columns) == postgresql
+    assert lease_aware == postgresql
+    with db.session_factory(engine)() as session:
+        assert db.current_lease(session, "x").expires_at == seen  # type: ignore[union-attr]

@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
-from digest import db
+from digest import db, relevance
 from digest.fetch import HttpFetcher
 from digest.ingest import ingest_inputs
 from digest.models import Paper
@@ -128,7 +128,12 @@ def test_upvote_observations_only_record_changes(factory, tmp_path: Path) -> Non
 
 
 def search(session: Session, text: str) -> list[Paper]:
-    return [paper for paper, _ in db.matching_papers(session, parse_query(text))]
+    corpus = relevance.Corpus(session)
+    found = relevance.rank(
+        session, relevance.plan_query(session, parse_query(text), corpus), corpus
+    )
+    papers = db.papers_by_id(session, [match.paper_id for match in found])
+    return [papers[match.paper_id] for match in found]
 
 
 def test_full_text_index_follows_inserts_and_updates(factory, tmp_path: Path) -> None:

@@ -56,6 +56,7 @@ class Item:
     relevance: float = 0.9
     upvotes: int | None = 12
     upvote_gain: int = 3
+    matched: str = ""
 
 
 def make_paper(pid: int, **fields) -> Paper:
@@ -209,7 +210,13 @@ def test_paper_details() -> None:
         project_url="https://engine.example.org",
     )
     item = Item(
-        1, kind="trending", upvotes=40, upvote_gain=25, topic="diffusion", topic_label="Diff"
+        1,
+        kind="trending",
+        upvotes=40,
+        upvote_gain=25,
+        topic="diffusion",
+        topic_label="Diff",
+        matched="Diffusion Models, <b>",
     )
     _, html, text = render([item], {1: paper})
     tree = lxml.html.fromstring(html)
@@ -234,7 +241,10 @@ def test_paper_details() -> None:
         ("Code", "https://github.com/ada/engine"),
         ("Project", "https://engine.example.org"),
     ]
-    assert tree.xpath("//p[@class='reason']/text()") == ["Matched “Diff”"]
+    # Why it is here: the matched words (highlighted, escaped) and the upvote gain.
+    reason = tree.xpath("//p[@class='reason']")[0]
+    assert [mark.text for mark in reason.xpath("mark")] == ["Diffusion Models", "<b>"]
+    assert reason.text_content() == "Matched “Diff”: Diffusion Models, <b> · ▲ +25 today"
     abstract = tree.xpath("//p[@class='abstract']")[0].text_content()
     assert abstract.endswith("We propose a method. Read more")
     assert len(abstract) < 420
@@ -242,7 +252,7 @@ def test_paper_details() -> None:
         "  [TRENDING] · ▲\u00a040 (+25 today) · Ada Lovelace, Alan Turing, Grace Hopper\n"
         "  et\u00a0al. · Analytical Engines Ltd · 20 Nov 2026\n"
     ) in text
-    assert "\n  Matched “Diff”\n" in text
+    assert "\n  Matched “Diff”: “Diffusion Models”, “<b>” · ▲ +25 today\n" in text
     assert "score" not in text and "score" not in html
     assert (
         "  Hugging Face: https://huggingface.co/papers/2611.00001\n"
@@ -563,3 +573,28 @@ def test_greeting_by_name_and_long_values_wrap_per_recipient(seed_digest) -> Non
     assert "Hello" not in html and "Hello" not in text
     assert "\n\n\n" not in text
     assert html.count('class="sub"') == 1
+
+
+def test_topics_say_how_many_more_matched_and_link_to_their_preview() -> None:
+    papers = {i: make_paper(i) for i in range(1, 4)}
+    items = [Item(1), Item(2), Item(3, topic='"LLM agents" -survey', topic_label="Agents")]
+    rendered = Renderer().render(
+        items,
+        papers,
+        digest_date=DAY,
+        more={"diffusion": 7, '"LLM agents" -survey': 1},
+        base_url="https://digest.example.org/",
+    )
+    html, text = rendered.personalize(RECIPIENT)
+    tree = lxml.html.fromstring(html)
+    links = [
+        (a.text_content(), a.get("href")) for a in tree.xpath("//a") if "more" in a.text_content()
+    ]
+    assert links == [
+        ("7 more matched", "https://digest.example.org/preview?topic=diffusion"),
+        ("1 more matched", "https://digest.example.org/preview?topic=%22LLM%20agents%22%20-survey"),
+    ]
+    assert "\n7 more matched: https://digest.example.org/preview?topic=diffusion\n" in text
+    # Without a site address, the count alone.
+    plain = Renderer().render(items, papers, digest_date=DAY, more={"diffusion": 7})
+    assert "7 more matched" in plain.text and "/preview?" not in plain.text

@@ -209,6 +209,38 @@ def test_catch_up_after_downtime_within_the_grace_window_only(world: World) -> N
     assert list(world.sent()) == ["seven@example.org"]
 
 
+def test_a_catch_up_chooses_the_digest_as_of_its_send_time(world: World, tmp_path) -> None:
+    import json
+
+    from digest.ingest import ingest_inputs
+
+    world.add("seven@example.org", "UTC", 7)
+
+    def ingest(at: datetime, arxiv_id: str, upvotes: int) -> None:
+        items = [
+            {
+                "title": f"Paper {arxiv_id}",
+                "summary": "A study.",
+                "paper": {"id": arxiv_id, "upvotes": upvotes},
+            }
+        ]
+        path = tmp_path / f"{arxiv_id}-{upvotes}.json"
+        path.write_text(json.dumps(items), encoding="utf-8")
+        ingest_inputs(world.factory, [str(path)], now=at, max_bytes=10**6)
+
+    ingest(datetime(2026, 11, 25, 6, 0, tzinfo=UTC), "2611.00001", 4)
+    # Seen during the downtime, after the 07:00 send time: not in that day's digest.
+    ingest(datetime(2026, 11, 25, 8, 0, tzinfo=UTC), "2611.00002", 0)
+    ingest(datetime(2026, 11, 25, 8, 0, tzinfo=UTC), "2611.00001", 90)
+    world.now = datetime(2026, 11, 25, 9, 0, tzinfo=UTC)
+    world.dispatcher().run(world.now)
+    with world.factory() as session:
+        delivery = session.scalars(select(Delivery)).one()
+        assert delivery.selected_at == datetime(2026, 11, 25, 7, 0, tzinfo=UTC)
+        assert delivery.digest is not None
+        assert [(i.paper.arxiv_id, i.upvotes) for i in delivery.digest.items] == [("2611.00001", 4)]
+
+
 def test_a_planned_but_unsent_digest_is_skipped_once_stale(world: World) -> None:
     world.add("seven@example.org", "UTC", 7)
     world.now = datetime(2026, 11, 25, 7, 0, tzinfo=UTC)
@@ -441,7 +473,9 @@ def test_status_shows_next_runs_last_results_due_and_problems(
 def test_sigterm_finishes_the_message_in_flight_and_exits_cleanly(
     cli, seeds: Path, tmp_path: Path, smtp_server, monkeypatch, db_url: str
 ) -> None:
-    hour = datetime.now(UTC).hour
+    # Papers are seen by the send time (the top of this hour): a digest is chosen as of it.
+    started = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+    hour = started.hour
     config = tmp_path / "config.toml"
     config.write_text(
         f"""
@@ -463,7 +497,7 @@ dispatch_minutes = 1
         DIGEST_DATABASE_URL=db_url,
     )
     monkeypatch.setenv("DIGEST_CONFIG", str(config))
-    cli("ingest", str(seeds))
+    cli("ingest", str(seeds), "--as-of", started.isoformat())
     for n in range(6):
         cli(
             "subscribe",

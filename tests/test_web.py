@@ -289,11 +289,14 @@ def test_match_api_counts_and_examples(site: Site) -> None:
     client = site.client()
     body = client.get("/api/match?q=diffusion").get_json()
     with site.wiring.sessions()() as session:
+        from digest import relevance
         from digest.query import parse_query
 
-        found = db.matching_papers(session, parse_query("diffusion"))
+        _, found = relevance.search(session, parse_query("diffusion"))
+        papers = db.papers_by_id(session, [match.paper_id for match in found[:3]])
+        examples = [paper_title(papers[match.paper_id]) for match in found[:3]]
     assert body["count"] == len(found) > 3
-    assert body["examples"] == [paper_title(paper) for paper, _ in found[:3]]
+    assert body["examples"] == examples
     assert body["query"] == "diffusion" and body["error"] is None
     bad = client.get('/api/match?q=title:"').get_json()
     assert bad["count"] == 0 and bad["error"]

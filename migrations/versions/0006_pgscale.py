@@ -1,23 +1,24 @@
 """PostgreSQL as a first-class backend, and the indexes a large run needs.
 
 On PostgreSQL: every timestamp becomes `timestamptz` (the stored values were
-naive UTC), and papers get `search_vector`, a weighted `tsvector` generated
-from the searchable columns, with a GIN index. On both backends: an index on
+naive UTC), and papers get `search_vector`, a weighted `tsvector` of the
+analysed terms (the columns 0005_relevance added, which SQLite's FTS5 index
+reads too), with a GIN index. On both backends: an index on
 `upvote_observations.observed_at` (the trending window), and a partial index
 on the claimable deliveries in claim order (date, fresh before retries, retry
 time, id), so claiming the next row jumps to it instead of sorting or walking
 the day's ledger.
 
-Revision ID: 0005_pgscale
-Revises: 0004
+Revision ID: 0006_pgscale
+Revises: 0005_relevance
 Create Date: 2026-11-26
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0005_pgscale"
-down_revision = "0004"
+revision = "0006_pgscale"
+down_revision = "0005_relevance"
 branch_labels = None
 depends_on = None
 
@@ -39,21 +40,21 @@ TIMESTAMPS = {
     "job_runs": ("started_at", "finished_at"),
 }
 
-# The PostgreSQL full-text document: the text search configuration and, for each
-# source column, its weight label (title A, abstract B, authors C, categories D;
-# digest.db ranks C and D alike and uses the labels for the author: and cat: fields).
-TS_CONFIG = "english"
-TS_SOURCES = (("title", "A"), ("abstract", "B"), ("authors", "C"), ("categories", "D"))
-# Characters that PostgreSQL's parser would glue words with (hosts such as cs.CL,
-# versions, hyphenated words, paths, tags): split there instead, as FTS5 does.
-TS_SEPARATORS = ".-/@_+~<>&="
+# The PostgreSQL full-text document: the analysed terms (already stemmed and folded by
+# digest.text, so the `simple` configuration only splits them) and, for each source
+# column, its weight label, which digest.db uses for the fields of a query.
+TS_CONFIG = "simple"
+TS_SOURCES = (
+    ("title_terms", "A"),
+    ("abstract_terms", "B"),
+    ("author_terms", "C"),
+    ("category_terms", "D"),
+)
 
 
 def search_vector_sql() -> str:
-    blanks = " " * len(TS_SEPARATORS)
     return " || ".join(
-        f"setweight(to_tsvector('{TS_CONFIG}'::regconfig, "
-        f"translate({column}, '{TS_SEPARATORS}', '{blanks}')), '{weight}')"
+        f"setweight(to_tsvector('{TS_CONFIG}'::regconfig, {column}), '{weight}')"
         for column, weight in TS_SOURCES
     )
 

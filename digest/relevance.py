@@ -1,0 +1,575 @@
+"""Relevance: which papers a topic query matches, and how well, the same on every backend.
+
+The database only finds candidates (`db.match_candidates`, through its full-text
+index over the analysed terms of `digest.text`); the scoring is done here, in
+Python, on the candidates' terms.
+
+Query analysis (`plan_query`):
+
+* each word becomes its index term (Snowball stem, or the acronym term for a word
+  typed as an acronym: ``RAG``); a lowercase word that the corpus writes more often
+  as an acronym than as a word (``rag``, ``moe``) also matches the acronym, while
+  ``code`` never matches "CoDE";
+* acronyms expand both ways from the definitions mined at ingest: ``MoE`` also
+  matches "mixture of experts" and ``mixture of experts`` also matches "MoE";
+* ``like:ID`` becomes the paper's `LIKE_TERMS` most distinctive terms (tf-idf over
+  its title, counted twice, and abstract), any of which may match, each weighed
+  by its tf-idf (Lucene's MoreLikeThis); the paper itself is left out.
+
+Scoring (`rank`), for a candidate paper d:
+
+    lexical(d) = sum over the query's word groups of BM25F(group)
+                 + BM25F(the whole query as a phrase) + 0.5 * BM25F(its words within 10 words)
+    BM25F(x)   = idf(x) * tf * (k1 + 1) / (tf + k1),  k1 = 1.2
+    tf         = 3 * tf_title / (0.5 + 0.5 * len_title / avg_title)
+                 + tf_abstract / (0.25 + 0.75 * len_abstract / avg_abstract)
+                 + tf_authors_and_categories
+    idf(x)     = ln(1 + (N - df + 0.5) / (df + 0.5))   (df, N: the whole corpus)
+
+so an exact phrase beats words close together, which beat words anywhere, and
+the title weighs three times the abstract. Then pseudo-relevance feedback: the
+tf-idf centroid of the 10 best papers by `lexical` (weighted by it; each of
+them compared with the other nine) describes what the topic is about here, and
+
+    relevance(d) = lexical(d) * cosine(d, centroid), divided by its maximum
+
+in (0, 1], the best match scoring 1: papers that merely mention the words, far from what the best
+matches are about, fall behind (and below the selection's cutoff).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from sqlalchemy.orm import Session
+
+from digest import db
+from digest.models import Paper
+from digest.query import Query, Term
+from digest.text import (
+    ACRONYM_MARK,
+    STOP_WORDS,
+    Phrase,
+    acronym_term,
+    fold,
+    is_acronym,
+    plain_terms,
+    stem,
+    tokens,
+    word_term,
+)
+
+K1 = 1.2
+TITLE_WEIGHT = 3.0
+TITLE_B = 0.5
+ABSTRACT_B = 0.75
+PHRASE_WEIGHT = 1.0
+NEAR_WEIGHT = 0.5
+NEAR_WINDOW = 10
+FEEDBACK_PAPERS = 10
+FEEDBACK_EXPONENT = 1.0
+LIKE_TERMS = 10
+CANDIDATE_LIMIT = 400  # candidates rescored per query, the index's best first
+
+
+@dataclass
+class Corpus:
+    """Corpus statistics for one run: size, average lengths, document frequencies.
+
+    Also caches each paper's term positions and tf-idf vector, so a run that
+    evaluates many topics analyses each paper once.
+    """
+
+    session: Session
+    _size: db.CorpusSize | None = None
+    _df: dict[str, int] = field(default_factory=dict)
+    _papers: dict[int, _Indexed] = field(default_factory=dict)
+    _vectors: dict[int, dict[str, float]] = field(default_factory=dict)
+
+    @property
+    def size(self) -> db.CorpusSize:
+        if self._size is None:
+            self._size = db.corpus_size(self.session)
+        return self._size
+
+    def df(self, terms: Iterable[str]) -> dict[str, int]:
+        wanted = set(terms)
+        missing = [term for term in wanted if term not in self._df]
+        if missing:
+            self._df.update(db.document_frequencies(self.session, missing))
+        return {term: self._df[term] for term in wanted}
+
+    def idf(self, df: int) -> float:
+        n = max(self.size.papers, df)
+        return math.log(1 + (n - df + 0.5) / (df + 0.5))
+
+    def papers(self, ids: Sequence[int]) -> dict[int, _Indexed]:
+        missing = [paper_id for paper_id in ids if paper_id not in self._papers]
+        for paper_id, indexed in db.indexed_papers(self.session, missing).items():
+            self._papers[paper_id] = _Indexed(indexed)
+        return {paper_id: self._papers[paper_id] for paper_id in ids if paper_id in self._papers}
+
+    def prepare_vectors(self, papers: dict[int, _Indexed]) -> None:
+        """Fetch, in one go, the document frequencies the papers' vectors need."""
+        missing = [pid for pid in papers if pid not in self._vectors]
+        self.df({t for pid in missing for t in (*papers[pid].title, *papers[pid].abstract)})
+
+    def vector(self, paper_id: int, paper: _Indexed) -> dict[str, float]:
+        """The paper's normalized tf-idf vector (title counted twice, no stop words)."""
+        if paper_id not in self._vectors:
+            counts = Counter(
+                term
+                for term in [*paper.title, *paper.title, *paper.abstract]
+                if term not in STOP_WORDS and not term.isdigit()
+            )
+            df = self.df(counts)
+            weights = {t: (1 + math.log(n)) * self.idf(df[t]) for t, n in counts.items()}
+            norm = math.sqrt(sum(w * w for w in weights.values())) or 1.0
+            self._vectors[paper_id] = {t: w / norm for t, w in weights.items()}
+        return self._vectors[paper_id]
+
+
+class _Indexed:
+    """A paper's terms with their positions, per field."""
+
+    def __init__(self, paper: db.IndexedPaper) -> None:
+        self.title = paper.title
+        self.abstract = paper.abstract
+        self.other = paper.other
+        self.fields = {"title": _positions(paper.title), "abstract": _positions(paper.abstract)}
+        self.fields["other"] = _positions(paper.other)
+
+
+def _positions(terms: list[str]) -> dict[str, list[int]]:
+    found: dict[str, list[int]] = {}
+    for position, term in enumerate(terms):
+        found.setdefault(term, []).append(position)
+    return found
+
+
+# --- query analysis --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Group:
+    """Required: any of `phrases` must occur."""
+
+    phrases: tuple[Phrase, ...]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A query analysed into index terms, with what it expanded to."""
+
+    groups: tuple[Group, ...] = ()
+    excluded: tuple[Phrase, ...] = ()
+    # The query's words in order (each a set of single terms), scored as a phrase and
+    # for proximity when there are several; `whole` are acronyms standing for all of them.
+    sequence: tuple[frozenset[str], ...] = ()
+    whole: tuple[str, ...] = ()
+    like: dict[str, float] = field(default_factory=dict)
+    like_ids: tuple[int, ...] = ()
+    expansions: tuple[str, ...] = ()
+    missing: tuple[str, ...] = ()
+    everything: bool = False
+
+    @property
+    def empty(self) -> bool:
+        return not self.everything and not self.groups and not self.like
+
+    def retrieval_groups(self) -> list[list[Phrase]]:
+        groups = [list(group.phrases) for group in self.groups]
+        if self.like:
+            groups.append([Phrase((term,)) for term in self.like])
+        return groups
+
+
+def _phrase(term: Term) -> Phrase:
+    if term.field in ("authors", "categories"):
+        words = tuple(plain_terms(" ".join(term.words)))
+        return Phrase(words, term.field, term.prefix)
+    if term.prefix:
+        word = term.words[0]
+        root = word if is_acronym(word) else fold(word)
+        stemmed = stem(root) if not is_acronym(word) else acronym_term(word)
+        return Phrase((stemmed if root.startswith(stemmed) else root,), term.field, True)
+    return Phrase(tuple(word_term(word) for word in term.words), term.field)
+
+
+def _show(phrase: Phrase, written: dict[str, str]) -> str:
+    return " ".join(written.get(t, t.removeprefix(ACRONYM_MARK)) for t in phrase.terms)
+
+
+def plan_query(session: Session, query: Query, corpus: Corpus) -> Plan:
+    """Analyse `query` into index terms, with acronym expansions and like:ID terms."""
+    if query.everything:
+        return Plan(everything=True)
+    expansions: list[str] = []
+    written: dict[str, str] = {}
+    groups: list[list[Phrase]] = []
+    for group in query.groups:
+        phrases: list[Phrase] = []
+        for term in group:
+            phrase = _phrase(term)
+            phrases.append(phrase)
+            for word, index_term in zip(term.words, phrase.terms, strict=False):
+                written.setdefault(index_term, word)
+        groups.append(phrases)
+    typed = [len(phrases) for phrases in groups]  # before any expansion
+
+    # A lowercase word the corpus mostly writes as an acronym (rag, moe) means the acronym.
+    singles = {p.terms[0]: p for g in groups for p in g if len(p.terms) == 1 and p.field is None}
+    acronyms = {
+        t: acronym_term(written.get(t, t))
+        for t, p in singles.items()
+        if not p.prefix and not t.startswith(ACRONYM_MARK) and t.isalpha()
+    }
+    df = corpus.df([*acronyms, *acronyms.values()])
+    for phrases in groups:
+        for phrase in list(phrases):
+            if len(phrase.terms) != 1 or phrase.field is not None or phrase.prefix:
+                continue
+            acronym = acronyms.get(phrase.terms[0])
+            if acronym and df[acronym] > df[phrase.terms[0]]:
+                phrases.append(Phrase((acronym,)))
+                written[acronym] = written.get(phrase.terms[0], phrase.terms[0])
+
+    # Acronym -> its definitions (those at least a quarter as common as the most common).
+    expanded: set[Phrase] = set()
+    for phrases in groups:
+        for phrase in list(phrases):
+            if len(phrase.terms) == 1 and phrase.terms[0].startswith(ACRONYM_MARK):
+                if phrase.field not in (None, "title"):
+                    continue
+                found = db.acronym_expansions(session, phrase.terms[0])
+                top = found[0][2] if found else 0
+                for terms, words, count in found:
+                    if count * 4 >= top:
+                        expansion = Phrase(tuple(terms.split()), phrase.field)
+                        phrases.append(expansion)
+                        expanded.add(expansion)
+                        expansions.append(f"{_show(phrase, written)} → {words}")
+
+    # Words -> the acronym they define: a quoted phrase, or a run of plain words.
+    whole: list[str] = []
+    single_run = [
+        i
+        for i, phrases in enumerate(groups)
+        if typed[i] == 1
+        and len(phrases[0].terms) == 1
+        and phrases[0].field is None
+        and not phrases[0].prefix
+    ]
+    runs: dict[str, list[int]] = {}
+    for i, phrases in enumerate(groups):
+        for phrase in phrases:
+            if len(phrase.terms) > 1 and phrase.field is None and phrase not in expanded:
+                runs.setdefault(" ".join(phrase.terms), [i])
+    for start in range(len(single_run)):
+        for end in range(start + 2, len(single_run) + 1):
+            indexes = single_run[start:end]
+            if indexes != list(range(indexes[0], indexes[-1] + 1)):
+                break
+            key = " ".join(groups[i][0].terms[0] for i in indexes)
+            runs.setdefault(key, indexes)
+    for key, indexes in runs.items():
+        for acronym, shown, _ in db.acronyms_for(session, key)[:1]:
+            for i in indexes:
+                groups[i].append(Phrase((acronym,)))
+            if len(indexes) > 1:
+                whole.append(acronym)
+            expansions.append(f"{' '.join(written.get(t, t) for t in key.split())} → {shown}")
+
+    sequence = tuple(
+        frozenset(p.terms[0] for p in groups[i] if len(p.terms) == 1 and p.terms[0] not in whole)
+        for i in single_run
+    )
+    like: dict[str, float] = {}
+    like_ids: list[int] = []
+    missing: list[str] = []
+    for reference in query.likes:
+        paper = db.find_paper_by_reference(session, reference)
+        if paper is None:
+            missing.append(reference)
+            continue
+        like_ids.append(paper.id)
+        for like_term, weight in like_terms(paper, corpus).items():
+            like[like_term] = max(like.get(like_term, 0.0), weight)
+            expansions.append(f"like:{reference} → {like_term.removeprefix(ACRONYM_MARK)}")
+    excluded = tuple(_phrase(term) for term in query.excluded)
+    return Plan(
+        groups=tuple(Group(tuple(dict.fromkeys(phrases))) for phrases in groups),
+        excluded=excluded,
+        sequence=sequence if len(sequence) > 1 else (),
+        whole=tuple(whole),
+        like=like,
+        like_ids=tuple(like_ids),
+        expansions=tuple(dict.fromkeys(expansions)),
+        missing=tuple(missing),
+    )
+
+
+def like_terms(paper: Paper, corpus: Corpus) -> dict[str, float]:
+    """The paper's `LIKE_TERMS` most distinctive terms with their tf-idf, the best 1.0."""
+    indexed = corpus.papers([paper.id]).get(paper.id)
+    if indexed is None:
+        return {}
+    counts = Counter(
+        term
+        for term in [*indexed.title, *indexed.title, *indexed.abstract]
+        if term not in STOP_WORDS and not term.isdigit() and len(term) > 2
+    )
+    df = corpus.df(counts)
+    # A term no other paper has finds nothing; one most papers have says nothing.
+    scores = {
+        term: (1 + math.log(n)) * corpus.idf(df[term])
+        for term, n in counts.items()
+        if 1 < df[term] < corpus.size.papers / 4
+    }
+    best = sorted(scores.items(), key=lambda item: (-item[1], item[0]))[:LIKE_TERMS]
+    top = best[0][1] if best else 1.0
+    return {term: score / top for term, score in best}
+
+
+# --- scoring ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Match:
+    """A paper a query matches: relevance in (0, 1] and the index terms that matched."""
+
+    paper_id: int
+    relevance: float
+    matched: tuple[tuple[str, ...], ...]
+
+
+def _occurrences(paper: _Indexed, phrase: Phrase, where: str) -> int:
+    positions = paper.fields[where]
+    if phrase.prefix:
+        return sum(len(p) for term, p in positions.items() if term.startswith(phrase.terms[0]))
+    first = positions.get(phrase.terms[0])
+    if not first:
+        return 0
+    if len(phrase.terms) == 1:
+        return len(first)
+    rest = [set(positions.get(term, ())) for term in phrase.terms[1:]]
+    return sum(1 for i in first if all(i + j + 1 in r for j, r in enumerate(rest)))
+
+
+def _field_counts(paper: _Indexed, phrases: Iterable[Phrase]) -> tuple[int, int, int]:
+    title = abstract = other = 0
+    for phrase in phrases:
+        if phrase.field in (None, "title"):
+            title += _occurrences(paper, phrase, "title")
+        if phrase.field in (None, "abstract"):
+            abstract += _occurrences(paper, phrase, "abstract")
+        if phrase.field in (None, "authors", "categories"):
+            other += _occurrences(paper, phrase, "other")
+    return title, abstract, other
+
+
+def _sequence_counts(
+    terms: list[str], positions: dict[str, list[int]], plan: Plan
+) -> tuple[int, int, tuple[str, ...] | None]:
+    """Occurrences of the query's words as an exact phrase and within NEAR_WINDOW words,
+    and the terms of the first exact occurrence."""
+    spots = [sorted({i for t in words for i in positions.get(t, ())}) for words in plan.sequence]
+    wholes = [i for t in plan.whole for i in positions.get(t, ())]
+    first: tuple[str, ...] | None = (terms[min(wholes)],) if wholes else None
+    exact = len(wholes)
+    if any(not s for s in spots):
+        return exact, exact, first
+    sets = [set(s) for s in spots]
+    starts = [i for i in spots[0] if all(i + j in sets[j] for j in range(1, len(sets)))]
+    exact += len(starts)
+    if starts:
+        first = tuple(terms[starts[0] : starts[0] + len(sets)])
+    content = [s for s, words in zip(spots, plan.sequence, strict=True) if words - STOP_WORDS]
+    anchor = min(content or spots, key=len)
+    near = sum(
+        1
+        for i in anchor
+        if all(any(abs(j - i) <= NEAR_WINDOW for j in s) for s in (content or spots))
+    )
+    return exact, max(near, exact), first
+
+
+class _Scorer:
+    def __init__(self, corpus: Corpus) -> None:
+        self.size = corpus.size
+
+    def bm25f(self, paper: _Indexed, counts: tuple[int, int, int], idf: float) -> float:
+        title, abstract, other = counts
+        if not (title or abstract or other):
+            return 0.0
+        avg_title, avg_abstract = self.size.title_terms, self.size.abstract_terms
+        tf = (
+            TITLE_WEIGHT * title / (1 - TITLE_B + TITLE_B * len(paper.title) / avg_title)
+            + abstract / (1 - ABSTRACT_B + ABSTRACT_B * len(paper.abstract) / avg_abstract)
+            + other
+        )
+        return idf * tf * (K1 + 1) / (tf + K1)
+
+
+def _phrase_df(phrase: Phrase, df: dict[str, int]) -> int:
+    return min(df.get(term, 0) for term in phrase.terms) if not phrase.prefix else 0
+
+
+def rank(
+    session: Session,
+    plan: Plan,
+    corpus: Corpus,
+    *,
+    window: db.Window | None = None,
+    limit: int = CANDIDATE_LIMIT,
+) -> list[Match]:
+    """The papers `plan` matches (within `window`, if given), the most relevant first."""
+    if plan.everything:
+        return [Match(paper_id, 1.0, ()) for paper_id in db.window_papers(session, window)]
+    if plan.empty:
+        return []
+    ids = db.match_candidates(
+        session, plan.retrieval_groups(), plan.excluded, window=window, limit=limit
+    )
+    ids = [paper_id for paper_id in ids if paper_id not in plan.like_ids]
+    papers = corpus.papers(ids)
+    all_terms = {t for g in plan.groups for p in g.phrases for t in p.terms}
+    all_terms |= set(plan.like) | set(plan.whole)
+    df = corpus.df(all_terms)
+    group_idf = [
+        corpus.idf(max((_phrase_df(p, df) for p in g.phrases), default=0) or len(ids))
+        for g in plan.groups
+    ]
+    sequence_idf = sum(group_idf[: len(plan.sequence)]) if plan.sequence else 0.0
+    if plan.sequence:
+        # The sequence's groups are the single-word ones: weigh the phrase by their idf.
+        words = [corpus.idf(max(df.get(t, 0) for t in terms)) for terms in plan.sequence]
+        sequence_idf = sum(words)
+    scorer = _Scorer(corpus)
+    lexical: dict[int, float] = {}
+    matched: dict[int, list[tuple[str, ...]]] = {}
+    for paper_id in ids:
+        paper = papers.get(paper_id)
+        if paper is None:
+            continue
+        score, found = _lexical(paper, plan, scorer, group_idf, sequence_idf, corpus, df)
+        if score > 0:
+            lexical[paper_id] = score
+            matched[paper_id] = found
+    if not lexical:
+        return []
+    relevance = _feedback(lexical, papers, corpus)
+    order = sorted(relevance, key=lambda pid: (-relevance[pid], -lexical[pid], -pid))
+    return [Match(pid, relevance[pid], tuple(matched[pid])) for pid in order]
+
+
+def _lexical(
+    paper: _Indexed,
+    plan: Plan,
+    scorer: _Scorer,
+    group_idf: list[float],
+    sequence_idf: float,
+    corpus: Corpus,
+    df: dict[str, int],
+) -> tuple[float, list[tuple[str, ...]]]:
+    score = 0.0
+    found: list[tuple[str, ...]] = []
+    for group, idf in zip(plan.groups, group_idf, strict=True):
+        value = scorer.bm25f(paper, _field_counts(paper, group.phrases), idf)
+        if value == 0:
+            return 0.0, []
+        score += value
+        found.extend(p.terms for p in group.phrases if any(_field_counts(paper, [p])))
+    if plan.like:
+        similar = 0.0
+        for term, weight in plan.like.items():
+            counts = _field_counts(paper, [Phrase((term,))])
+            if any(counts):
+                similar += weight * scorer.bm25f(paper, counts, corpus.idf(df.get(term, 0)))
+                found.append((term,))
+        if similar == 0:
+            return 0.0, []
+        score += similar
+    if plan.sequence:
+        title = _sequence_counts(paper.title, paper.fields["title"], plan)
+        abstract = _sequence_counts(paper.abstract, paper.fields["abstract"], plan)
+        score += PHRASE_WEIGHT * scorer.bm25f(paper, (title[0], abstract[0], 0), sequence_idf)
+        phrase = title[2] or abstract[2]
+        if phrase:
+            found.insert(0, phrase)
+        score += NEAR_WEIGHT * scorer.bm25f(paper, (title[1], abstract[1], 0), sequence_idf)
+    return score, list(dict.fromkeys(t for t in found if t[0] not in STOP_WORDS))
+
+
+def _feedback(
+    lexical: dict[int, float], papers: dict[int, _Indexed], corpus: Corpus
+) -> dict[int, float]:
+    """relevance = lexical * cosine to the best papers' centroid, relative to the best."""
+    best = max(lexical.values())
+    if len(lexical) == 1:
+        return dict.fromkeys(lexical, 1.0)
+    top = sorted(lexical, key=lambda pid: (-lexical[pid], -pid))[:FEEDBACK_PAPERS]
+    corpus.prepare_vectors({pid: papers[pid] for pid in lexical})
+    centroid: dict[str, float] = {}
+    for pid in top:
+        for term, weight in corpus.vector(pid, papers[pid]).items():
+            centroid[term] = centroid.get(term, 0.0) + weight * lexical[pid] / best
+    similarity = {
+        pid: sum(w * centroid.get(t, 0.0) for t, w in corpus.vector(pid, papers[pid]).items())
+        for pid in lexical
+    }
+    # Leave one out: a feedback paper is compared with the others, not with itself (its own
+    # contribution is its weight, its vector being unit length); every similarity is then
+    # the weighted mean over the papers it was compared with.
+    total = sum(lexical[pid] / best for pid in top)
+    for pid in lexical:
+        own = lexical[pid] / best if pid in top else 0.0
+        similarity[pid] = (similarity[pid] - own) / ((total - own) or 1.0)
+    combined = {
+        pid: lexical[pid] * max(similarity[pid], 0.0) ** FEEDBACK_EXPONENT for pid in lexical
+    }
+    top_score = max(combined.values())
+    if top_score <= 0:
+        return {pid: score / best for pid, score in lexical.items()}
+    # Relative to the best match, which scores 1.
+    return {pid: score / top_score for pid, score in combined.items()}
+
+
+def search(session: Session, query: Query) -> tuple[Plan, list[Match]]:
+    """What `query` matches in the whole database, the most relevant first (no cutoff)."""
+    corpus = Corpus(session)
+    plan = plan_query(session, query, corpus)
+    return plan, rank(session, plan, corpus)
+
+
+def written_words(paper: Paper, matched: Sequence[tuple[str, ...]]) -> list[str]:
+    """The matched terms as the paper writes them ("Video Generation", "RAG"), title first."""
+    sources = []
+    for source in (paper.title, paper.abstract):
+        found = list(tokens(source))
+        sources.append((source, found, [token.term for token in found]))
+    shown: list[str] = []
+    for terms in matched:
+        if any(set(terms) <= set(_terms_of(words)) for words in shown):
+            continue  # a word of a phrase already shown
+        for source, found, sequence in sources:
+            at = next(
+                (
+                    i
+                    for i in range(len(sequence) - len(terms) + 1)
+                    if tuple(sequence[i : i + len(terms)]) == terms
+                ),
+                None,
+            )
+            if at is not None:
+                words = source[found[at].start : found[at + len(terms) - 1].end]
+                shown.append(" ".join(words.split()))
+                break
+    return shown
+
+
+def _terms_of(words: str) -> list[str]:
+    return [token.term for token in tokens(words)]

@@ -1,0 +1,241 @@
+"""Text analysis: the one place that turns titles, abstracts and query words into index terms.
+
+The same analysis runs when a paper is stored (its terms go into the
+database, which indexes them with a plain tokenizer: SQLite FTS5 `unicode61`,
+PostgreSQL `simple`) and when a query is parsed, so both sides always agree:
+
+* words are Unicode letter/digit runs (NFKC, diacritics removed, case folded);
+  a possessive ``'s`` is dropped;
+* an ordinary word is stemmed with Snowball English (`stem`), so ``models``,
+  ``modelling`` and ``model`` agree, while ``general`` and ``generation`` do not;
+* a word written as an acronym or in mixed case in the text (``RAG``, ``CoDE``,
+  ``RoBoT``, ``LLMs``) is a different term from the ordinary word: it is kept
+  unstemmed, case-folded, without a plural ``s``, behind `ACRONYM_MARK`
+  (``qqcode``), so the deepfake method "CoDE" never matches the word "code";
+* words with digits (``3D``, ``GPT4``, ``7B``) are kept as they are, case-folded;
+* in a text written mostly in capitals, case means nothing and every word is ordinary.
+
+Author names and categories are only folded (`plain_terms`), never stemmed.
+`acronym_definitions` finds "Mixture-of-Experts (MoE)"-style definitions.
+Everything here is pure: no database, no clock.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import lru_cache
+
+import Stemmer
+
+ACRONYM_MARK = "qq"  # no English stem starts with it; PostgreSQL parses it as a plain word
+
+_WORD = re.compile(r"[^\W_]+(?:['’]s\b)?", re.UNICODE)
+_PARENTHESIZED = re.compile(r"\(\s*([^\W_][^()\s;,]{0,14}?)\s*\)", re.UNICODE)
+_stemmer = Stemmer.Stemmer("english")
+
+# Words that carry no topic of their own: never required, shown or weighed on their own.
+STOP_WORDS = frozenset(
+    (
+        "a",
+        "an",
+        "and",
+        "are",
+        "as",
+        "at",
+        "be",
+        "by",
+        "for",
+        "from",
+        "has",
+        "have",
+        "in",
+        "into",
+        "is",
+        "it",
+        "its",
+        "of",
+        "on",
+        "or",
+        "our",
+        "that",
+        "the",
+        "their",
+        "this",
+        "to",
+        "via",
+        "we",
+        "was",
+        "were",
+        "which",
+        "with",
+        "without",
+    )
+)
+
+
+@dataclass(frozen=True)
+class Token:
+    """One word of a text: its index `term`, as `written`, and whether it is an acronym."""
+
+    term: str
+    written: str
+    acronym: bool
+    start: int
+    end: int
+
+
+def fold(text: str) -> str:
+    """NFKC, case-folded, diacritics removed: the form every comparison uses."""
+    decomposed = unicodedata.normalize("NFKD", unicodedata.normalize("NFKC", text).casefold())
+    return unicodedata.normalize(
+        "NFKC", "".join(c for c in decomposed if not unicodedata.combining(c))
+    )
+
+
+@lru_cache(maxsize=200_000)
+def stem(word: str) -> str:
+    """The Snowball English stem of a folded word (words with digits are kept whole)."""
+    if any(c.isdigit() for c in word):
+        return word
+    return str(_stemmer.stemWord(word))
+
+
+def acronym_term(word: str) -> str:
+    """The index term of a word written as an acronym: ``LLMs`` -> ``qqllm``."""
+    return ACRONYM_MARK + fold(_singular(word))
+
+
+def _singular(word: str) -> str:
+    # LLMs -> LLM, MoEs -> MoE; a plural s only follows a capital.
+    if len(word) > 2 and word.endswith("s") and word[-2].isupper():
+        return word[:-1]
+    return word
+
+
+def is_acronym(word: str) -> bool:
+    """Written with a capital after its first letter (RAG, CoDE, LLMs) and no digit."""
+    if len(word) < 2 or any(c.isdigit() for c in word):
+        return False
+    return any(c.isupper() for c in word[1:])
+
+
+def _shouting(words: list[str]) -> bool:
+    # A text (or title) written mostly in capitals: case carries no meaning in it.
+    long = [w for w in words if len(w) > 3 and w.isalpha()]
+    return len(long) >= 3 and sum(w.isupper() for w in long) * 2 > len(long)
+
+
+def tokens(text: str) -> Iterator[Token]:
+    """The words of `text` with their index terms, in order."""
+    matches = list(_WORD.finditer(text))
+    words = [re.sub(r"['’]s$", "", m.group()) for m in matches]
+    caseless = _shouting(words)
+    for match, word in zip(matches, words, strict=True):
+        if not caseless and is_acronym(word):
+            yield Token(acronym_term(word), word, True, match.start(), match.end())
+        else:
+            yield Token(stem(fold(word)), word, False, match.start(), match.end())
+
+
+def word_term(word: str) -> str:
+    """The index term of one word as a query writes it: RAG -> qqrag, models -> model."""
+    return acronym_term(word) if is_acronym(word) else stem(fold(word))
+
+
+def terms(text: str) -> list[str]:
+    """The index terms of a title or abstract, in order."""
+    return [token.term for token in tokens(text)]
+
+
+def plain_terms(text: str) -> list[str]:
+    """Folded words, unstemmed: how author names and categories are indexed."""
+    return _WORD_PLAIN.findall(fold(text))
+
+
+_WORD_PLAIN = re.compile(r"[^\W_]+", re.UNICODE)
+
+
+def joined(words: list[str]) -> str:
+    """Terms as stored in the database: one space between them."""
+    return " ".join(words)
+
+
+@dataclass(frozen=True)
+class Phrase:
+    """Index terms that must occur in this order, next to each other, in `field` (a paper
+    field name; None: any field), or a `prefix` of a term."""
+
+    terms: tuple[str, ...]
+    field: str | None = None
+    prefix: bool = False
+
+
+@dataclass(frozen=True)
+class AcronymDefinition:
+    """An acronym and the words it stands for, as an abstract defines it."""
+
+    acronym: str  # as written: MoE
+    expansion: str  # folded words: mixture of experts
+
+    @property
+    def term(self) -> str:
+        return acronym_term(self.acronym)
+
+    @property
+    def expansion_terms(self) -> tuple[str, ...]:
+        return tuple(stem(word) for word in self.expansion.split())
+
+
+def acronym_definitions(text: str) -> list[AcronymDefinition]:
+    """Definitions like "Mixture-of-Experts (MoE)" or "retrieval-augmented generation (RAG)".
+
+    The words before the parenthesis whose initials spell the acronym, in
+    order (an initial may cover several letters of a word, and small words
+    such as "of" may be skipped), make its expansion.
+    """
+    found: list[AcronymDefinition] = []
+    for match in _PARENTHESIZED.finditer(text):
+        acronym = _singular(match.group(1))
+        if not is_acronym(acronym) or not acronym.isalpha() or len(acronym) > 10:
+            continue
+        before = _WORD_PLAIN.findall(text[max(0, match.start() - 120) : match.start()])
+        expansion = _expansion(acronym, [re.sub(r"['’]s$", "", w) for w in before])
+        if expansion:
+            found.append(AcronymDefinition(acronym, " ".join(fold(w) for w in expansion)))
+    return found
+
+
+def _expansion(acronym: str, before: list[str]) -> list[str] | None:
+    """The shortest run of words ending `before` whose initials spell `acronym`."""
+    letters = fold(acronym)
+    capitals = [c.casefold() for c in acronym if c.isupper()]
+    for size in range(1, min(len(before), len(letters) + 3) + 1):
+        words = before[-size:]
+        if words[0].casefold() in STOP_WORDS or not words[0][0].isalpha():
+            continue
+        if _spells(letters, [fold(w) for w in words]) or (
+            len(capitals) >= 2 and _spells("".join(capitals), [fold(w) for w in words])
+        ):
+            return words
+    return None
+
+
+def _spells(letters: str, words: list[str]) -> bool:
+    """Whether each word in turn supplies the next letters of `letters` (a prefix of each
+    word at least one letter long); stop words may supply none."""
+
+    def walk(i: int, j: int) -> bool:
+        if j == len(words):
+            return i == len(letters)
+        word = words[j]
+        if word in STOP_WORDS and walk(i, j + 1):
+            return True
+        for take in range(min(len(word), len(letters) - i), 0, -1):
+            if word[:take] == letters[i : i + take] and walk(i + take, j + 1):
+                return True
+        return False
+
+    return bool(letters) and walk(0, 0)

@@ -1,0 +1,320 @@
+"""Relevance and ranking end to end: acronyms, expansions, like:ID, the cutoff, upvotes,
+trending for first digests and previews, time travel."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from freezegun import freeze_time
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from digest import db, relevance
+from digest.config import DigestSettings
+from digest.deliver import plan_deliveries
+from digest.ingest import ingest_inputs
+from digest.models import Delivery, Paper
+from digest.query import parse_query
+from digest.select import SelectionRun, digest_content
+from digest.subscribers import subscribe, transient_subscriber
+from tests.conftest import NOW, SEEDS
+
+SETTINGS = DigestSettings()
+FILLER = (
+    "We report experiments on standard benchmarks, compare with strong baselines, analyse "
+    "the results in detail and release everything for others to build on."
+)
+
+
+def ingest(factory: sessionmaker[Session], folder: Path, now: datetime, papers: list[dict]) -> None:
+    """papers: dicts with id, title, summary and optional upvotes (HF daily_papers JSON)."""
+    items = [
+        {
+            "title": p["title"],
+            "summary": p["summary"],
+            "paper": {
+                "id": p["id"],
+                "upvotes": p.get("upvotes", 0),
+                "publishedAt": (now - timedelta(days=1)).isoformat(),
+                "authors": [{"name": "A. Author"}],
+            },
+        }
+        for p in papers
+    ]
+    path = folder / f"capture-{now:%Y%m%d%H%M%S}-{len(list(folder.iterdir()))}.json"
+    path.write_text(json.dumps(items), encoding="utf-8")
+    [summary] = ingest_inputs(factory, [str(path)], now=now, max_bytes=10**7)
+    assert summary.ok, summary.error
+
+
+def titles(session: Session, query: str) -> list[str]:
+    corpus = relevance.Corpus(session)
+    plan = relevance.plan_query(session, parse_query(query), corpus)
+    found = relevance.rank(session, plan, corpus)
+    papers = db.papers_by_id(session, [m.paper_id for m in found])
+    return [papers[m.paper_id].title for m in found]
+
+
+def test_acronyms_are_mined_at_ingest_and_expand_queries_both_ways(factory, tmp_path) -> None:
+    ingest(
+        factory,
+        tmp_path,
+        NOW,
+        [
+            {
+                "id": "2601.00001",
+                "title": "Sparse Layers at Scale",
+                "summary": "A Mixture-of-Experts (MoE) layer routes tokens. " + FILLER,
+            },
+            {
+                "id": "2601.00002",
+                "title": "Routing Tokens",
+                "summary": "Our MoE model routes tokens to experts. " + FILLER,
+            },
+            {
+                "id": "2601.00003",
+                "title": "Experts Everywhere",
+                "summary": "A mixture of experts for vision. " + FILLER,
+            },
+            {
+                "id": "2601.00004",
+                "title": "CoDE: Deepfake Detection",
+                "summary": "Contrastive Deepfake Embeddings (CoDE) detect fakes. " + FILLER,
+            },
+            {
+                "id": "2601.00005",
+                "title": "Writing Programs",
+                "summary": "Language models that write code. " + FILLER,
+            },
+        ],
+    )
+    with factory() as session:
+        rows = session.execute(text_acronyms()).all()
+        assert rows == [
+            ("qqcode", "CoDE", "contrastive deepfake embeddings"),
+            ("qqmoe", "MoE", "mixture of experts"),
+        ]
+        everything_moe = {"Sparse Layers at Scale", "Routing Tokens", "Experts Everywhere"}
+        assert set(titles(session, "moe")) == everything_moe  # acronym -> expansion
+        assert set(titles(session, "MoE")) == everything_moe
+        assert set(titles(session, "mixture of experts")) == everything_moe  # and back
+        assert titles(session, "code") == ["Writing Programs"]  # not CoDE
+        assert titles(session, "CoDE") == ["CoDE: Deepfake Detection"]
+        corpus = relevance.Corpus(session)
+        plan = relevance.plan_query(session, parse_query("moe"), corpus)
+        assert plan.expansions == ("moe → mixture of experts",)
+
+
+def text_acronyms():  # type: ignore[no-untyped-def]
+    from digest.models import Acronym
+
+    return select(Acronym.term, Acronym.acronym, Acronym.expansion).order_by(Acronym.term)
+
+
+def test_phrase_beats_proximity_beats_anywhere_and_title_beats_abstract(factory, tmp_path) -> None:
+    ingest(
+        factory,
+        tmp_path,
+        NOW,
+        [
+            {
+                "id": "2601.00011",
+                "title": "A Study",
+                "summary": "We apply video models to generation of captions. " + FILLER,
+            },
+            {
+                "id": "2601.00012",
+                "title": "Another Study",
+                "summary": "Video generation with diffusion. " + FILLER,
+            },
+            {
+                "id": "2601.00013",
+                "title": "Video Generation at Scale",
+                "summary": "Diffusion for clips. " + FILLER,
+            },
+            {
+                "id": "2601.00014",
+                "title": "A Third Study",
+                "summary": "Generation of text. " + FILLER + " Some video too.",
+            },
+        ],
+    )
+    with factory() as session:
+        assert titles(session, "video generation") == [
+            "Video Generation at Scale",  # the phrase, in the title
+            "Another Study",  # the phrase, in the abstract
+            "A Study",  # the words within ten words of each other
+            "A Third Study",  # the words far apart
+        ]
+
+
+def test_like_finds_papers_on_the_source_papers_subject(factory, tmp_path) -> None:
+    ingest_inputs(factory, [str(SEEDS)], now=NOW, max_bytes=10**8)
+    with factory() as session:
+        source = session.scalars(
+            select(Paper).where(Paper.title.startswith("MegaBlocks: Efficient Sparse Training"))
+        ).one()
+        corpus = relevance.Corpus(session)
+        plan = relevance.plan_query(session, parse_query(f"like:{source.id}"), corpus)
+        assert "expert" in plan.like and "qqmoe" in plan.like
+        found = relevance.rank(session, plan, corpus)[:5]
+        papers = db.papers_by_id(session, [m.paper_id for m in found])
+        assert source.id not in papers
+        # Every one of the five closest papers is about mixtures of experts.
+        assert all(
+            "expert" in (papers[m.paper_id].title + papers[m.paper_id].abstract).lower()
+            for m in found
+        )
+        # It composes with other operators: the same, without the ones saying "inference".
+        narrowed = relevance.plan_query(
+            session, parse_query(f"like:{source.id} -inference"), corpus
+        )
+        kept = db.papers_by_id(
+            session, [m.paper_id for m in relevance.rank(session, narrowed, corpus)]
+        )
+        assert kept and all("inferenc" not in p.abstract.lower() for p in kept.values())
+        missing = relevance.plan_query(session, parse_query("like:999999"), corpus)
+        assert missing.empty and missing.missing == ("999999",)
+
+
+def test_weak_matches_fall_below_the_cutoff(factory, tmp_path) -> None:
+    strong = [
+        {
+            "id": f"2601.001{i:02d}",
+            "title": f"Robot Manipulation {i}",
+            "summary": "A robot grasps objects; the robot policy learns manipulation. " + FILLER,
+        }
+        for i in range(4)
+    ]
+    weak = {
+        "id": "2601.00199",
+        "title": "Scheduling Compilers",
+        "summary": FILLER + " " + FILLER + " It could one day help a robot.",
+    }
+    ingest(factory, tmp_path, NOW - timedelta(hours=1), [*strong, weak])
+    subscriber = transient_subscriber(["robot"], "UTC", 7)
+    with factory() as session:
+        found = {
+            m.paper_id: m.relevance
+            for m in SelectionRun(session, NOW, SETTINGS).matches("robot").values()
+        }
+        assert len(found) == 4  # the weak match is cut
+        everything = replace(SETTINGS, min_relevance=0.0)
+        assert len(SelectionRun(session, NOW, everything).matches("robot")) == 5
+        _, _, content = digest_content(session, subscriber, None, NOW, SETTINGS)
+        assert len(content.items) == 4
+        assert titles(session, "robot")[-1] == "Scheduling Compilers"  # match lists it last
+
+
+def test_star_is_the_period_by_upvotes_and_fills_the_digest(factory, tmp_path) -> None:
+    votes = [3, 40, 0, 12, 7, 25, 1, 18, 9, 30, 5, 2, 14, 22]
+    ingest(
+        factory,
+        tmp_path,
+        NOW - timedelta(hours=1),
+        [
+            {"id": f"2601.002{i:02d}", "title": f"Paper {i}", "summary": FILLER, "upvotes": v}
+            for i, v in enumerate(votes)
+        ],
+    )
+    subscriber = transient_subscriber(["*"], "UTC", 7)
+    with factory() as session:
+        _, _, content = digest_content(session, subscriber, None, NOW, SETTINGS)
+        shown = [item.upvotes for item in content.items]
+    # Not capped at max_per_topic (10): all 14, the most upvoted first.
+    assert shown == sorted(votes, reverse=True)
+
+
+def test_a_paper_gaining_90_upvotes_trends_in_a_first_digest_and_a_preview(
+    factory, tmp_path
+) -> None:
+    old = {
+        "id": "2601.00300",
+        "title": "Diffusion Model 0",
+        "summary": "Diffusion models, diffusion everywhere. " + FILLER,
+    }
+    ingest(factory, tmp_path, NOW - timedelta(days=10), [{**old, "upvotes": 10}])
+    fresh = [
+        {
+            "id": f"2601.003{i:02d}",
+            "title": f"Diffusion Model {i}",
+            "summary": "Diffusion models, diffusion everywhere. " + FILLER,
+        }
+        for i in range(1, 13)
+    ]
+    ingest(factory, tmp_path, NOW - timedelta(hours=2), [*fresh, {**old, "upvotes": 100}])
+    with db.transaction(factory) as session:
+        subscribe(session, "new@example.org", ["diffusion"], now=NOW - timedelta(minutes=5))
+    with factory() as session:
+        subscriber = db.find_subscriber(session, "new@example.org")
+        first = SelectionRun(session, NOW, SETTINGS).select(subscriber, NOW.date())
+        papers = db.papers_by_id(session, [i.paper_id for i in first.items])
+        top = first.items[0]
+        # Not NEW #10: as relevant as the rest, it trends at the top of the first digest.
+        assert (papers[top.paper_id].arxiv_id, top.kind, top.upvote_gain, top.upvotes) == (
+            "2601.00300",
+            "trending",
+            90,
+            100,
+        )
+        preview = transient_subscriber(["diffusion"], "UTC", 7)
+        _, _, content = digest_content(session, preview, None, NOW, SETTINGS)
+        assert (content.items[0].kind, content.items[0].upvote_gain) == ("trending", 90)
+        # 13 matched, 10 shown: the email says so.
+        assert content.more == {"diffusion": 3}
+
+
+def test_a_past_dates_digest_sees_only_what_was_known_at_its_send_time(factory, tmp_path) -> None:
+    day1 = datetime(2026, 3, 2, 5, 0, tzinfo=UTC)
+    paper = {"id": "2603.00400", "title": "Speech Models", "summary": "Speech. " + FILLER}
+    ingest(factory, tmp_path, day1, [{**paper, "upvotes": 5}])
+    with db.transaction(factory) as session:
+        subscribe(session, "ada@example.org", ["speech"], now=day1 - timedelta(days=1), hour=7)
+    later = {"id": "2603.00401", "title": "Speech Tokens", "summary": "Speech. " + FILLER}
+    ingest(factory, tmp_path, day1 + timedelta(days=1), [{**paper, "upvotes": 95}, later])
+    now = day1 + timedelta(days=1, hours=5)  # day 2, 10:00 UTC
+    with db.transaction(factory) as session:
+        subscriber = db.find_subscriber(session, "ada@example.org")
+        # The preview of day 1 and the (late) send of day 1 agree: 5 upvotes, no day-2 paper.
+        _, as_of, content = digest_content(session, subscriber, date(2026, 3, 2), now, SETTINGS)
+        assert as_of == datetime(2026, 3, 2, 7, 0, tzinfo=UTC)
+        assert [(i.upvotes, i.upvote_gain) for i in content.items] == [(5, 0)]
+        plan_deliveries(
+            session, [(subscriber, date(2026, 3, 2))], now=now, settings=SETTINGS, at_send_time=True
+        )
+        delivery = session.scalars(select(Delivery)).one()
+        assert delivery.selected_at == as_of
+        assert delivery.digest is not None
+        assert [(i.upvotes, i.upvote_gain) for i in delivery.digest.items] == [(5, 0)]
+        # Day 2's digest then has the day-2 paper, and the first one's 90 new upvotes are
+        # not shown again (it was sent on day 1).
+        delivery.status = "sent"
+        plan_deliveries(
+            session, [(subscriber, date(2026, 3, 3))], now=now, settings=SETTINGS, at_send_time=True
+        )
+        day2 = db.find_delivery(session, subscriber.id, date(2026, 3, 3))
+        assert day2 is not None and day2.digest is not None
+        shown = db.papers_by_id(session, [i.paper_id for i in day2.digest.items])
+        assert [p.arxiv_id for p in shown.values()] == ["2603.00401"]
+
+
+@freeze_time("2026-11-25 08:00:00")
+@pytest.mark.parametrize("query", ["robot", "video generation", "RAG"])
+def test_match_and_preview_show_the_same_papers(cli, seeds, query) -> None:
+    cli("ingest", str(seeds))
+    listed = cli("match", query, "--limit", "10").output.splitlines()
+    preview = cli("preview", "--topic", query, "--format", "text").output.splitlines()
+    text = Path(preview[-1]).read_text(encoding="utf-8")
+    header = next(i for i, line in enumerate(listed) if line.startswith("id "))
+    rows = [
+        line for line in listed[header + 1 :] if float(line.split()[1]) >= SETTINGS.min_relevance
+    ]
+    # Each paper match lists above the cutoff is in the preview, with its matched words.
+    assert rows
+    for row in rows[:10]:
+        assert row.split("  ")[-1].rstrip(".")[:40] in text
+    assert "Matched “" in text

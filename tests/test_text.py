@@ -1,0 +1,118 @@
+"""Text analysis: words, Snowball stems, acronyms kept apart, acronym definitions."""
+
+import pytest
+
+from digest.text import (
+    AcronymDefinition,
+    acronym_definitions,
+    plain_terms,
+    stem,
+    terms,
+    word_term,
+)
+
+
+def test_snowball_stems_agree_across_word_forms_and_keep_general_apart() -> None:
+    assert terms("model models modelling modeled") == ["model"] * 4
+    # Porter maps all four to "gener"; Snowball keeps "general" apart.
+    assert terms("generation generative generated general") == [
+        "generat",
+        "generat",
+        "generat",
+        "general",
+    ]
+    assert stem("diffusion") == "diffus" and stem("robots") == stem("robotic") == "robot"
+
+
+def test_acronyms_and_mixed_case_words_are_not_the_ordinary_word() -> None:
+    assert terms("CoDE is a deepfake detector; our code is public") == [
+        "qqcode",
+        "is",
+        "a",
+        "deepfak",
+        "detector",
+        "our",
+        "code",
+        "is",
+        "public",
+    ]
+    assert terms("RoBoT searches architectures for a robot") == [
+        "qqrobot",
+        "search",
+        "architectur",
+        "for",
+        "a",
+        "robot",
+    ]
+    # A plural s after a capital goes; sentence-initial capitals are ordinary words.
+    assert terms("LLMs and MoEs. Robots") == ["qqllm", "and", "qqmoe", "robot"]
+    # Digits: kept whole, case-folded; a possessive goes; diacritics are removed.
+    assert terms("GPT-4 and 3D in OpenAI's TÜLU") == [
+        "qqgpt",
+        "4",
+        "and",
+        "3d",
+        "in",
+        "qqopenai",
+        "qqtulu",
+    ]
+
+
+def test_a_title_in_capitals_has_no_acronyms() -> None:
+    assert terms("DEEP LEARNING FOR ROBOTS AND CODE") == [
+        "deep",
+        "learn",
+        "for",
+        "robot",
+        "and",
+        "code",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("word", "term"),
+    [("RAG", "qqrag"), ("rag", "rag"), ("LLMs", "qqllm"), ("Models", "model"), ("3D", "3d")],
+)
+def test_query_words_analyse_like_the_text(word: str, term: str) -> None:
+    assert word_term(word) == term
+    assert terms(f"x {word}")[1] == term
+
+
+def test_authors_and_categories_are_only_folded() -> None:
+    assert plain_terms("Geoffrey Hinton\nJosé Müller") == ["geoffrey", "hinton", "jose", "muller"]
+    assert plain_terms("cs.CL stat.ML") == ["cs", "cl", "stat", "ml"]
+
+
+@pytest.mark.parametrize(
+    ("text", "found"),
+    [
+        ("sparse Mixture-of-Experts (MoE) layers", ("MoE", "mixture of experts")),
+        ("retrieval-augmented generation (RAG) helps", ("RAG", "retrieval augmented generation")),
+        ("Large Language Models (LLMs) are", ("LLM", "large language models")),
+        (
+            "we propose Contrastive Deepfake Embeddings (CoDE), a",
+            ("CoDE", "contrastive deepfake embeddings"),
+        ),
+        (
+            "Reinforcement Learning from Human Feedback (RLHF)",
+            ("RLHF", "reinforcement learning from human feedback"),
+        ),
+        ("Low-Rank Adaptation (LoRA)", ("LoRA", "low rank adaptation")),
+    ],
+)
+def test_acronym_definitions_are_mined(text: str, found: tuple[str, str]) -> None:
+    assert acronym_definitions(text) == [AcronymDefinition(*found)]
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["(see Table 1)", "results (FID) improve", "a model (GPT-4) and", "in the (RAG)", "(x)"],
+)
+def test_parentheses_that_define_nothing(text: str) -> None:
+    assert acronym_definitions(text) == []
+
+
+def test_definition_terms_are_the_index_terms() -> None:
+    [moe] = acronym_definitions("a Mixture of Experts (MoE)")
+    assert moe.term == "qqmoe"
+    assert moe.expansion_terms == ("mixtur", "of", "expert")
