@@ -493,11 +493,11 @@ def subscribers_command(ctx: click.Context, status: str | None) -> None:
 def subscribers_import_command(app: App, file: Path, dry_run: bool) -> None:
     """Add or update subscribers from a CSV file, in batches of 1000 rows per transaction.
 
-    The header names the columns, in any order: email (required), topics
-    (separated by ';', each QUERY or LABEL=QUERY; required for new
-    subscribers), timezone, hour, frequency (daily, or weekly DAY), name and
-    status. Empty cells keep what a subscriber has (new ones get the defaults
-    and `active`). Each bad row is reported as FILE:LINE: reason and skipped;
+    The header names the columns, in any order: email and topics (separated by
+    ';', each QUERY or LABEL=QUERY; they replace a subscriber's topics) are
+    required; timezone, hour, frequency (daily, or weekly DAY), name and status
+    may be given. Empty cells keep what a subscriber has (new ones get the
+    defaults and `active`). Each bad row is reported as FILE:LINE: reason and skipped;
     the others are imported, and the command then exits 1. An unsubscribed or
     bounced address is never made active again by an import.
 

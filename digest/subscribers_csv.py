@@ -11,14 +11,14 @@ new subscriber then gets the configured timezone and hour, daily digests and
 the `active` status; an existing one keeps what it has. Every value goes
 through the same validation as `digest subscribe` (digest.subscribers), and a
 cell that a spreadsheet would run as a formula is exported behind a `'`, which
-the import takes off. An import never moves an
-unsubscribed or bounced address back to active or pending: that takes the
-person's own consent (`digest subscribe`, or the web front).
+the import takes off. An import never moves an unsubscribed or bounced address
+back to active or pending: that takes the person's own consent (`digest
+subscribe`, or the web front).
 
 Rows are read one by one; a bad row is reported with its line number and
 skipped, and the good rows are written in batches of BATCH_SIZE, one
 transaction each (new subscribers inserted together, existing ones updated).
-A file that cannot be read (not UTF-8, no email column, unknown columns)
+A file that cannot be read (not UTF-8, a required, unknown or repeated column)
 writes nothing. `export_subscribers` writes the same columns, so an export
 imports back unchanged. listmonk's CSV importer is the model.
 """
@@ -53,6 +53,7 @@ from digest.subscribers import (
 )
 
 COLUMNS = ("email", "topics", "timezone", "hour", "frequency", "name", "status")
+REQUIRED = COLUMNS[:2]
 TOPIC_SEPARATOR = ";"
 BATCH_SIZE = 1000
 # Statuses an import may not leave for active or pending: the person said no.
@@ -152,18 +153,20 @@ def read_rows(path: Path, report: ImportReport) -> Iterator[Row]:
         raise CsvFileError(f"{path}: line 1: not a CSV header ({exc})") from None
     unknown = [name for name in header if name not in COLUMNS]
     twice = sorted({name for name in header if header.count(name) > 1})
+    missing = [name for name in REQUIRED if name not in header]
     problem = (
         f"unknown column {unknown[0]!r}"
         if unknown
         else f"column {twice[0]!r} appears twice"
         if twice
-        else "no email column"
-        if "email" not in header
+        else f"no {missing[0]} column"
+        if missing
         else None
     )
     if problem is not None:
         raise CsvFileError(
-            f"{path}: line 1: {problem}; the header names some of: {', '.join(COLUMNS)}"
+            f"{path}: line 1: {problem}; the header names email, topics and any of: "
+            f"{', '.join(COLUMNS[2:])}"
         )
     seen: dict[str, int] = {}
     end = reader.line_num

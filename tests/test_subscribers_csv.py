@@ -155,6 +155,7 @@ def test_each_bad_row_is_one_line_and_the_rest_is_imported(cli, tmp_path: Path, 
         (b"email,topics\nada@example.org,\xff\xfe\n", "line 2: not UTF-8 text"),
         (b"email,topic\nada@example.org,x\n", "line 1: unknown column 'topic'"),
         (b"name,topics\nAda,x\n", "line 1: no email column"),
+        (b"email,name\nada@example.org,Ada\n", "line 1: no topics column"),
         (b"email,Email,topics\na@b.org,a@b.org,x\n", "line 1: column 'email' appears twice"),
         (b"", "line 1: no email column"),
     ],
@@ -170,7 +171,7 @@ def test_a_file_that_cannot_be_imported_writes_nothing(
     assert result.output.splitlines()[0] == f"Error: {people}: {message}" + (
         ""
         if "UTF-8" in message
-        else "; the header names some of: email, topics, timezone, hour, frequency, name, status"
+        else "; the header names email, topics and any of: timezone, hour, frequency, name, status"
     )
     assert result.output.count("\n") == 1
     assert list(stored(db_url)) == ["ada@example.org"]
