@@ -49,8 +49,9 @@ def token_subscriber_id(token: str) -> int | None:
 
 
 def is_row_id(value: object) -> bool:
-    """Whether `value` can be a database row id (a positive 64-bit integer)."""
-    return isinstance(value, int) and not isinstance(value, bool) and 0 < value < 2**63
+    """Whether `value` can be a database row id: a positive integer that fits the `Integer`
+    id columns, 32-bit on PostgreSQL (a larger one is an error there, not a missing row)."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 < value < 2**31
 
 
 def verify_token(site_key: str, subscriber_secret: str, purpose: str, token: str) -> Any:

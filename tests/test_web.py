@@ -533,6 +533,17 @@ def test_insecure_base_url_warning() -> None:
     assert warning is not None and "not https" in warning and "RFC 8058" in warning
 
 
+def test_ids_beyond_the_id_columns_are_a_404_on_every_backend(site: Site) -> None:
+    """PostgreSQL's integer ids stop at 2**31 - 1: a larger one must not reach a query."""
+    client = site.client()
+    for number in (2**31, 2**40):
+        token = links.make_token(KEY, "guessed-secret", "manage", number)
+        for path in ("manage", "unsubscribe", "confirm"):
+            assert client.get(f"/{path}/{token}").status_code == 404
+        ref = links.digest_ref(KEY, number)
+        assert client.get(f"/digest/{ref}").status_code == 404
+
+
 @settings(
     max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
