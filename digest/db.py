@@ -633,6 +633,21 @@ def insert_subscribers(session: Session, rows: Sequence[dict[str, Any]]) -> list
     return list(session.connection().execute(statement, list(rows)).scalars())
 
 
+def update_subscribers(session: Session, rows: Sequence[dict[str, Any]]) -> None:
+    """Update subscribers in bulk: each row holds an `id` and the same other columns."""
+    if not rows:
+        return
+    table = Subscriber.metadata.tables["subscribers"]
+    columns = [name for name in rows[0] if name != "id"]
+    statement = (
+        update(table)
+        .where(table.c.id == bindparam("row_id"))
+        .values({name: bindparam(name) for name in columns})
+    )
+    params = [{name: row[name] for name in columns} | {"row_id": row["id"]} for row in rows]
+    session.connection().execute(statement, params)
+
+
 def replace_topics(
     session: Session, topics: Mapping[int, Sequence[tuple[str, str | None]]]
 ) -> None:

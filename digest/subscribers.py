@@ -8,6 +8,7 @@ equivalent spellings are one topic evaluated once per run.
 
 from __future__ import annotations
 
+import functools
 import secrets
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -121,6 +122,7 @@ def parse_frequency(text: str) -> int | None:
     raise SubscriberError(f"frequency {text!r}: use daily or weekly DAY (mon..sun)")
 
 
+@functools.lru_cache(maxsize=4096)  # pure; a bulk import repeats the same few topics
 def parse_topic(text: str) -> TopicSpec:
     """`QUERY` or `LABEL=QUERY`; SubscriberError if the query is empty or matches nothing."""
     label: str | None = None

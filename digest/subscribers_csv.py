@@ -209,15 +209,12 @@ def _batches(rows: Iterator[Row], size: int) -> Iterator[list[Row]]:
         yield batch
 
 
+# The columns an import may change on a stored subscriber (besides its topics).
+UPDATED = ("email", "name", "status", "timezone", "send_hour", "weekday", "confirmed_at")
+
+
 def _settings(subscriber: Subscriber) -> tuple[object, ...]:
-    return (
-        subscriber.email,
-        subscriber.name,
-        subscriber.status,
-        subscriber.timezone,
-        subscriber.send_hour,
-        subscriber.weekday,
-    )
+    return tuple(getattr(subscriber, column) for column in UPDATED)
 
 
 def _update(subscriber: Subscriber, row: Row, now: datetime) -> bool:
@@ -253,6 +250,7 @@ def _store(
     """Add or update one batch of rows in `session`, in bulk statements."""
     stored = db.subscribers_by_key(session, [row.key for row in batch])
     added: list[Row] = []
+    updated: list[dict[str, object]] = []
     topics: dict[int, list[tuple[str, str | None]]] = {}
     for row in batch:
         subscriber = stored.get(row.key)
@@ -267,14 +265,16 @@ def _store(
         wanted = [(spec.query, spec.label) for spec in row.preferences.topics]
         if wanted != [(topic.query, topic.label) for topic in subscriber.topics]:
             topics[subscriber.id] = wanted
-            session.expire(subscriber, ["topics"])
             changed = True
         if changed:
-            subscriber.updated_at = now
+            values = dict(zip(UPDATED, _settings(subscriber), strict=True))
+            updated.append({"id": subscriber.id, "updated_at": now, **values})
             report.updated += 1
         else:
             report.unchanged += 1
-    session.flush()
+        # Stored below in one statement per batch; the session must not flush it again.
+        session.expunge(subscriber)
+    db.update_subscribers(session, updated)
     ids = db.insert_subscribers(
         session, [_new_subscriber(row, now, default_timezone, default_hour) for row in added]
     )
