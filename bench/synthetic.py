@@ -16,6 +16,7 @@ its seed, so two runs measure the same work.
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import random
 import re
@@ -112,7 +113,7 @@ def seed_papers() -> list[SeedPaper]:
     for path in sorted(SEEDS.iterdir()):
         lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
         lines = [line for line in lines if line]
-        for title, abstract in zip(lines, lines[1:], strict=False):
+        for title, abstract in itertools.pairwise(lines):
             if 20 <= len(title) <= 200 and len(abstract) > 400 and not title.endswith("."):
                 papers.append(SeedPaper(title, abstract))
     if len(papers) < 100:
@@ -182,7 +183,7 @@ def topic_pool(size: int) -> list[str]:
     for paper in seed_papers():
         words = [word.lower() for word in _WORD.findall(paper.title)]
         words = [word for word in words if word not in _GLUE]
-        pairs.update(f"{a} {b}" for a, b in zip(words, words[1:], strict=False) if a != b)
+        pairs.update(f"{a} {b}" for a, b in itertools.pairwise(words) if a != b)
     for pair, _count in pairs.most_common():
         if len(pool) >= size:
             break
