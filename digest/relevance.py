@@ -71,6 +71,7 @@ NEAR_WEIGHT = 0.5
 NEAR_WINDOW = 10
 FEEDBACK_PAPERS = 10
 FEEDBACK_EXPONENT = 1.0
+TRUNCATE_EXPANSIONS = True
 LIKE_TERMS = 10
 CANDIDATE_LIMIT = 400  # candidates rescored per query, the index's best first
 
@@ -252,6 +253,10 @@ def plan_query(session: Session, query: Query, corpus: Corpus) -> Plan:
                         phrases.append(expansion)
                         expanded.add(expansion)
                         expansions.append(f"{_show(phrase, written)} → {words}")
+                        short = _without_head(expansion, corpus)
+                        if short is not None:
+                            phrases.append(short)
+                            expanded.add(short)
 
     # Words -> the acronym they define: a quoted phrase, or a run of plain words.
     whole: list[str] = []
@@ -310,6 +315,19 @@ def plan_query(session: Session, query: Query, corpus: Corpus) -> Plan:
         expansions=tuple(dict.fromkeys(expansions)),
         missing=tuple(missing),
     )
+
+
+def _without_head(expansion: Phrase, corpus: Corpus) -> Phrase | None:
+    """A definition of three content words or more without its last word, when that word
+    is its least distinctive one: "retrieval augmented" for "retrieval augmented
+    generation", which papers also write "retrieval-augmented LLMs"."""
+    content = [t for t in expansion.terms if t not in STOP_WORDS]
+    if not TRUNCATE_EXPANSIONS or len(content) < 3 or expansion.terms[-2] in STOP_WORDS:
+        return None
+    df = corpus.df(content)
+    if df[expansion.terms[-1]] < max(df.values()):
+        return None
+    return Phrase(expansion.terms[:-1], expansion.field)
 
 
 def like_terms(paper: Paper, corpus: Corpus) -> dict[str, float]:
