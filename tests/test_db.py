@@ -72,9 +72,6 @@ def test_upgrading_an_older_schema_keeps_the_papers_and_reindexes_them(tmp_path:
         assert connection.execute(
             text("SELECT title_terms, abstract_terms FROM papers WHERE key = 'b'")
         ).one() == ("qqcode deepfak detect", "contrast deepfak embed qqcode spot fake")
-        # Every paper got its semantic vector: 256 float16 values.
-        sizes = connection.execute(text("SELECT length(embedding) FROM papers")).scalars()
-        assert list(sizes) == [512, 512, 512]
         acronyms = connection.execute(
             text("SELECT acronym, expansion FROM acronyms ORDER BY acronym")
         ).all()
@@ -109,7 +106,6 @@ def test_downgrading_the_relevance_revision_restores_the_old_index(tmp_path: Pat
     with engine.begin() as connection:
         columns = {row[1] for row in connection.execute(text("PRAGMA table_info(papers)"))}
         assert "title_terms" not in columns
-        assert "embedding" not in columns
         fts = connection.execute(
             text("SELECT sql FROM sqlite_master WHERE name = 'papers_fts'")
         ).scalar()

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from freezegun import freeze_time
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from digest import db, relevance
@@ -402,44 +402,3 @@ def test_a_definition_also_matches_without_its_least_distinctive_last_word(
         # "quantization" is the rarest word of its definition: it stays required, and
         # post-training in general is not PTQ.
         assert set(titles(session, "PTQ")) == {"Small Models", "Vision Models"}
-
-
-def test_papers_get_semantic_vectors_at_ingest_and_they_sharpen_the_ranking(
-    factory, tmp_path
-) -> None:
-    from digest import embedding
-
-    ingest_inputs(factory, [str(SEEDS)], now=NOW, max_bytes=10**8)
-    with factory() as session:
-        stored = session.execute(select(Paper.title, Paper.embedding)).all()
-        assert len(stored) == 540 and all(len(vector) == 512 for _, vector in stored)
-        vectors = {title: embedding.from_bytes(vector) for title, vector in stored}
-        assert all(abs(float(v @ v) - 1) < 1e-2 for v in vectors.values() if v is not None)
-        # The real model: paraphrases are closer than unrelated texts.
-        speech = embedding.from_bytes(embedding.paper_vector("Speech recognition", ""))
-        voice = embedding.from_bytes(embedding.paper_vector("Transcribing spoken audio", ""))
-        stars = embedding.from_bytes(embedding.paper_vector("Eclipsing binary stars", ""))
-        assert speech is not None and voice is not None and stars is not None
-        assert float(speech @ voice) > float(speech @ stars) + 0.1
-
-    grokking = "Where to find Grokking in LLM Pretraining?"
-
-    def shown(query: str) -> list[str]:
-        with factory() as session:
-            subscriber = transient_subscriber([query], "UTC", 7)
-            _, _, content = digest_content(session, subscriber, None, NOW, SETTINGS)
-            papers = db.papers_by_id(session, [i.paper_id for i in content.items])
-            return [papers[i.paper_id].title for i in content.items]
-
-    # A paper that mentions code generation in passing: close to the best matches in its
-    # words (language models, training), far from them in meaning, so it falls below the
-    # cutoff; on words alone (no stored vectors) it is shown.
-    with_vectors = shown("code generation")
-    assert len(with_vectors) == 7
-    assert not any(title.startswith(grokking) for title in with_vectors)
-    with db.transaction(factory) as session:
-        session.execute(update(Paper).values(embedding=None))
-    without = shown("code generation")
-    assert len(without) == 9
-    assert any(title.startswith(grokking) for title in without)
-    assert set(with_vectors) < set(without)
