@@ -1,26 +1,38 @@
-"""Relevance of what a topic preview shows, measured on the judged set.
+"""Relevance of what a topic preview shows, measured on a judged set.
 
 Loads the bundled seeds into a temporary SQLite file as of a fixed time, then
-for every judged topic in tests/data/relevance/*.tsv (line 1 `# topic: QUERY`,
-then `grade<TAB>key<TAB>title` for all 540 seed papers; grade 2 about the
-topic, 1 partly, 0 not) asks the real selection path what `digest preview
---topic QUERY` would show (`select.digest_content` for an ad hoc subscriber,
-with its caps and cutoff) and prints:
+for every judged topic in a folder of `*.tsv` files (by default
+tests/data/relevance/; line 1 `# topic: QUERY`, then `grade<TAB>key<TAB>title`
+for all 540 seed papers; grade 2 about the topic, 1 partly, 0 not) asks the
+real selection path what `digest preview --topic QUERY` would show
+(`select.digest_content` for an ad hoc subscriber, with its caps and cutoff)
+and prints:
 
 * precision: the share of shown papers graded at least 1 (0 when nothing is shown);
 * nDCG@10 of the shown list, gains = grades, the ideal from all of the topic's grades;
 * recall of the grade-2 papers among those shown;
 
 per topic and on average. `--split` reports a tuning half and a held-out half
-(alternate topics in name order), so a change tuned on one half can be checked
-on the other.
+(alternate topics in name order).
 
-Run: .venv/bin/python bench/relevance.py [--as-of 2026-11-25T08:00] [--split] [DIR]
+`--cv` measures how well tuning generalises. Each `--vary NAME=V1,V2,...` names
+a `digest.relevance` constant (FEEDBACK_PAPERS, NEAR_WEIGHT, ...) or a
+`digest.*` setting (min_relevance, max_per_topic) and the values to try; every
+combination is run through the same real path, and for each topic the
+combination that is best on the *other* topics (mean precision + mean nDCG@10)
+is scored on it (leave one topic out), as is each half with the combination
+best on the other half. Those held-out means are what to expect on new topics;
+the in-sample best is printed for comparison.
+
+Run: .venv/bin/python bench/relevance.py [--judged DIR] [--as-of 2026-11-25T08:00] [--split]
+     .venv/bin/python bench/relevance.py --cv --vary min_relevance=0.25,0.3
+         --vary FEEDBACK_PAPERS=10,20
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import math
 import statistics
 import tempfile
@@ -31,7 +43,7 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from digest import db
+from digest import db, relevance
 from digest.config import DigestSettings
 from digest.ingest import ingest_inputs
 from digest.models import Paper
@@ -110,42 +122,138 @@ def table(title: str, rows: list[tuple[str, Scores]]) -> None:
         mean = [
             statistics.fmean(getattr(s, f) for _, s in rows) for f in Scores.__dataclass_fields__
         ]
-        print(f"{'mean':<28} {mean[0]:5.1f} {mean[1]:6.2f} {mean[2]:6.2f} {mean[3]:6.2f}")
+        print(f"{'mean':<28} {mean[0]:5.1f} {mean[1]:6.3f} {mean[2]:6.3f} {mean[3]:6.3f}")
+
+
+Combination = tuple[tuple[str, object], ...]
+
+
+def parse_vary(texts: list[str]) -> list[Combination]:
+    """Every combination of the `--vary NAME=V1,V2` values, typed like the defaults."""
+    axes: list[list[tuple[str, object]]] = []
+    for text in texts:
+        name, _, values = text.partition("=")
+        if name in DigestSettings.__dataclass_fields__:
+            default = getattr(DigestSettings(), name)
+        elif name.isupper() and hasattr(relevance, name):
+            default = getattr(relevance, name)
+        else:
+            raise SystemExit(f"--vary {text!r}: not a digest.relevance constant or a setting")
+        kind = type(default)
+        if kind is bool:
+            axes.append(
+                [(name, value.strip().lower() in ("1", "true")) for value in values.split(",")]
+            )
+        else:
+            axes.append([(name, kind(value)) for value in values.split(",")])
+    return [tuple(combination) for combination in itertools.product(*axes)]
+
+
+def run_topics(
+    factory: sessionmaker[Session],
+    judged: list[Judged],
+    now: datetime,
+    settings: DigestSettings,
+    combination: Combination = (),
+) -> list[tuple[str, Scores]]:
+    """Every topic through the real preview path, with `combination` in force."""
+    saved = {name: getattr(relevance, name) for name, _ in combination if hasattr(relevance, name)}
+    for name, value in combination:
+        if name in DigestSettings.__dataclass_fields__:
+            settings = replace(settings, **{name: value})
+        else:
+            setattr(relevance, name, value)
+    try:
+        return [
+            (topic.name, score(preview_keys(factory, topic.query, now, settings), topic.grades))
+            for topic in judged
+        ]
+    finally:
+        for name, value in saved.items():
+            setattr(relevance, name, value)
+
+
+def objective(rows: dict[str, Scores], names: list[str]) -> float:
+    return statistics.fmean(rows[n].precision for n in names) + statistics.fmean(
+        rows[n].ndcg for n in names
+    )
+
+
+def cross_validate(results: dict[Combination, dict[str, Scores]], names: list[str]) -> None:
+    """Held-out scores of choosing the best combination on the other topics."""
+
+    def best(on: list[str]) -> Combination:
+        return max(results, key=lambda combination: objective(results[combination], on))
+
+    def shown(combination: Combination) -> str:
+        return ", ".join(f"{name}={value}" for name, value in combination) or "defaults"
+
+    chosen = best(names)
+    table(
+        f"in sample: best on all {len(names)} topics ({shown(chosen)})",
+        [(n, results[chosen][n]) for n in names],
+    )
+    held: list[tuple[str, Scores]] = []
+    picks: dict[Combination, int] = {}
+    for name in names:
+        pick = best([n for n in names if n != name])
+        picks[pick] = picks.get(pick, 0) + 1
+        held.append((name, results[pick][name]))
+    table("leave one topic out: each topic with the best combination on the others", held)
+    for combination, count in sorted(picks.items(), key=lambda item: -item[1]):
+        print(f"  chosen {count}x: {shown(combination)}")
+    first, second = names[0::2], names[1::2]
+    pick_first, pick_second = best(first), best(second)
+    halves = [(n, results[pick_second][n]) for n in first]
+    halves += [(n, results[pick_first][n]) for n in second]
+    table(
+        "two halves both ways: each half with the best combination on the other half",
+        sorted(halves),
+    )
+    print(f"  best on 1st half: {shown(pick_first)}\n  best on 2nd half: {shown(pick_second)}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("folder", nargs="?", type=Path, default=JUDGED)
+    parser.add_argument("--judged", type=Path, default=JUDGED, help="folder of judged *.tsv")
     parser.add_argument("--as-of", default="2026-11-25T08:00", help="ingest and preview time (UTC)")
     parser.add_argument("--split", action="store_true", help="also report tuning/held-out halves")
     parser.add_argument(
         "--min-relevance", type=float, help="digest.min_relevance to measure (default: built-in)"
     )
+    parser.add_argument("--cv", action="store_true", help="cross-validate the --vary grid")
+    parser.add_argument("--vary", action="append", default=[], metavar="NAME=V1,V2,...")
     args = parser.parse_args()
     now = datetime.fromisoformat(args.as_of).replace(tzinfo=UTC)
-    judged = [read_judged(path) for path in sorted(args.folder.glob("*.tsv"))]
+    judged = [read_judged(path) for path in sorted(args.judged.glob("*.tsv"))]
+    if not judged:
+        raise SystemExit(f"{args.judged}: no judged *.tsv files")
     settings = DigestSettings()
     if args.min_relevance is not None:
         settings = replace(settings, min_relevance=args.min_relevance)
+    combinations = parse_vary(args.vary)
     with tempfile.TemporaryDirectory() as folder:
         engine = db.open_database(f"sqlite:///{Path(folder) / 'relevance.sqlite3'}")
         factory = db.session_factory(engine)
         ingest_inputs(factory, [str(resource_dir("seeds"))], now=now, max_bytes=10**8)
         with factory() as session:
             known = set(session.scalars(select(Paper.key)))
-        rows = []
         for topic in judged:
             missing = set(topic.grades) - known
             if missing:
                 raise SystemExit(f"{topic.name}: {len(missing)} graded keys not in the seeds")
-            rows.append(
-                (topic.name, score(preview_keys(factory, topic.query, now, settings), topic.grades))
-            )
+        rows = run_topics(factory, judged, now, settings)
+        results = {}
+        if args.cv:
+            for combination in combinations:
+                results[combination] = dict(run_topics(factory, judged, now, settings, combination))
         engine.dispose()
-    table(f"all {len(rows)} judged topics, as of {now:%Y-%m-%d %H:%M} UTC", rows)
+    table(f"all {len(rows)} judged topics in {args.judged}, as of {now:%Y-%m-%d %H:%M} UTC", rows)
     if args.split:
         table("tuning half (1st, 3rd, ... topic)", rows[0::2])
         table("held-out half (2nd, 4th, ... topic)", rows[1::2])
+    if args.cv:
+        cross_validate(results, [topic.name for topic in judged])
 
 
 if __name__ == "__main__":

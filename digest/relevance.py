@@ -71,6 +71,7 @@ NEAR_WEIGHT = 0.5
 NEAR_WINDOW = 10
 FEEDBACK_PAPERS = 10
 FEEDBACK_EXPONENT = 1.0
+TRUNCATE_EXPANSIONS = True
 LIKE_TERMS = 10
 CANDIDATE_LIMIT = 400  # candidates rescored per query, the index's best first
 
@@ -187,6 +188,38 @@ class Plan:
         return groups
 
 
+# Endings Snowball takes off (or rewrites), so a word starting with a prefix may stem to
+# less than the prefix: optimization -> optim. `_prefix_stems` completes a prefix with them.
+# fmt: off
+_ENDINGS = (
+    "e", "es", "ed", "ing", "ings", "ion", "ions", "ation", "ations", "ational", "ator",
+    "ators", "ement", "ements", "ment", "ments", "ence", "ences", "ance", "ances", "er", "ers",
+    "ism", "isms", "ist", "ists", "ity", "ities", "ive", "ives", "ize", "izes", "ized", "izing",
+    "ization", "izations", "ise", "ises", "ised", "ising", "isation", "isations", "al", "als",
+    "ally", "ly", "ness", "ous", "able", "ible", "ant", "ants", "ent", "ents", "ic", "ics",
+    "ical", "ically", "s",
+)
+# fmt: on
+
+
+def _prefix_stems(prefix: str) -> tuple[str, ...]:
+    """The stems shorter than `prefix` that words starting with it may have (optimiz ->
+    optim), which a prefix match on the stored stems would miss (`plan_query` keeps those
+    the corpus has)."""
+    if not prefix.isalpha() or prefix.startswith(ACRONYM_MARK):
+        return ()
+    # Every word made of the prefix and an ending, including the endings that begin
+    # inside the prefix (optimi + zation: optim + ization).
+    words = {prefix} | {
+        prefix[:cut] + ending
+        for cut in range(3, len(prefix) + 1)
+        for ending in _ENDINGS
+        if ending.startswith(prefix[cut:]) and len(ending) > len(prefix) - cut
+    }
+    found = {stem(word) for word in words}
+    return tuple(sorted(t for t in found if len(t) < len(prefix) and t.isalnum()))
+
+
 def _phrase(term: Term) -> Phrase:
     if term.field in ("authors", "categories"):
         words = tuple(plain_terms(" ".join(term.words)))
@@ -217,6 +250,13 @@ def plan_query(session: Session, query: Query, corpus: Corpus) -> Plan:
             phrases.append(phrase)
             for word, index_term in zip(term.words, phrase.terms, strict=False):
                 written.setdefault(index_term, word)
+            if phrase.prefix and term.field in (None, "title"):
+                # A prefix of the words, not of their stems: optimiz* finds "optimization".
+                shorter_stems = _prefix_stems(phrase.terms[0])
+                known = corpus.df(shorter_stems)
+                for shorter in (t for t in shorter_stems if known[t]):
+                    phrases.append(Phrase((shorter,), phrase.field))
+                    written.setdefault(shorter, f"{term.words[0]}*")
         groups.append(phrases)
     typed = [len(phrases) for phrases in groups]  # before any expansion
 
@@ -252,6 +292,10 @@ def plan_query(session: Session, query: Query, corpus: Corpus) -> Plan:
                         phrases.append(expansion)
                         expanded.add(expansion)
                         expansions.append(f"{_show(phrase, written)} → {words}")
+                        short = _without_head(expansion, corpus)
+                        if short is not None:
+                            phrases.append(short)
+                            expanded.add(short)
 
     # Words -> the acronym they define: a quoted phrase, or a run of plain words.
     whole: list[str] = []
@@ -310,6 +354,19 @@ def plan_query(session: Session, query: Query, corpus: Corpus) -> Plan:
         expansions=tuple(dict.fromkeys(expansions)),
         missing=tuple(missing),
     )
+
+
+def _without_head(expansion: Phrase, corpus: Corpus) -> Phrase | None:
+    """A definition of three content words or more without its last word, when that word
+    is its least distinctive one: "retrieval augmented" for "retrieval augmented
+    generation", which papers also write "retrieval-augmented LLMs"."""
+    content = [t for t in expansion.terms if t not in STOP_WORDS]
+    if not TRUNCATE_EXPANSIONS or len(content) < 3 or expansion.terms[-2] in STOP_WORDS:
+        return None
+    df = corpus.df(content)
+    if df[expansion.terms[-1]] < max(df.values()):
+        return None
+    return Phrase(expansion.terms[:-1], expansion.field)
 
 
 def like_terms(paper: Paper, corpus: Corpus) -> dict[str, float]:

@@ -209,7 +209,7 @@ class Reason(str):
         if topic:
             listed = ", ".join(f"“{word}”" for word in words)
             plain.append(f"Matched {topic}" + (f": {listed}" if words else ""))
-            highlighted = ", ".join(f"<mark>{html.escape(word)}</mark>" for word in words)
+            highlighted = ", ".join(f"<b>{html.escape(word)}</b>" for word in words)
             marked.append(f"Matched {html.escape(topic)}" + (f": {highlighted}" if words else ""))
         if gain:
             plain.append(gain)

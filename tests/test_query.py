@@ -132,6 +132,24 @@ def test_query_semantics_on_the_seed_papers(seeded: Session) -> None:
     assert matches(seeded, "cat:cs.CL") == []  # HF pages carry no arXiv categories
 
 
+def test_a_prefix_also_looks_for_the_shorter_stems_of_its_words(
+    seeded: Session, empty: Session
+) -> None:
+    # Optimization, optimizer and optimizing stem to "optim", shorter than the prefix; the
+    # seeds have that stem, an empty database has not.
+    assert compiled(seeded, parse_query("optimiz*")) == '("optimiz" * OR "optim")'
+    assert (
+        compiled(seeded, parse_query("title:optimiz*"))
+        == '(title_terms : "optimiz" * OR title_terms : "optim")'
+    )
+    assert compiled(empty, parse_query("optimiz*")) == '("optimiz" *)'
+    assert compiled(seeded, parse_query("author:optimiz*")) == '(author_terms : "optimiz" *)'
+    found = set(matches(seeded, "optimiz*"))
+    every = {title for title in matches(seeded, "*") if "optimiz" in title.lower()}
+    assert len(every) == 85 and every <= found  # each title with such a word
+    assert found < set(matches(seeded, "optim*"))  # which also finds optimisation, optimism
+
+
 HOSTILE = [
     "NEAR(a b, 3)",
     'title:"unterminated',

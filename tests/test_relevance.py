@@ -318,3 +318,87 @@ def test_match_and_preview_show_the_same_papers(cli, seeds, query) -> None:
     for row in rows[:10]:
         assert row.split("  ")[-1].rstrip(".")[:40] in text
     assert "Matched “" in text
+
+
+def test_a_prefix_matches_words_whose_stems_are_shorter_than_it(factory, tmp_path) -> None:
+    ingest(
+        factory,
+        tmp_path,
+        NOW,
+        [
+            {"id": "2601.00501", "title": "Optimization at Scale", "summary": FILLER},
+            {"id": "2601.00502", "title": "A Learned Optimizer", "summary": FILLER},
+            {"id": "2601.00503", "title": "Optimizing Kernels", "summary": FILLER},
+            {"id": "2601.00504", "title": "Optimistic Exploration", "summary": FILLER},
+            {"id": "2601.00505", "title": "Optimal Transport", "summary": FILLER},
+        ],
+    )
+    with factory() as session:
+        # Snowball stems optimization, optimizer and optimizing to "optim", shorter than
+        # the prefix; "optimistic" does not start with it. "Optimal" shares the stem optim
+        # with them, so the stored stems cannot tell it apart.
+        assert set(titles(session, "optimiz*")) == {
+            "Optimization at Scale",
+            "A Learned Optimizer",
+            "Optimizing Kernels",
+            "Optimal Transport",
+        }
+        assert set(titles(session, "title:optimiz*")) == set(titles(session, "optimiz*"))
+        assert len(titles(session, "optimi*")) == 5  # optimist starts with optimi
+
+
+def test_a_definition_also_matches_without_its_least_distinctive_last_word(
+    factory, tmp_path
+) -> None:
+    ingest(
+        factory,
+        tmp_path,
+        NOW,
+        [
+            {
+                "id": "2601.00601",
+                "title": "Grounded Answers",
+                "summary": "Retrieval-augmented generation (RAG) grounds answers. " + FILLER,
+            },
+            {
+                "id": "2601.00602",
+                "title": "Better Pipelines",
+                "summary": "We improve retrieval-augmented generation (RAG) pipelines. " + FILLER,
+            },
+            {
+                "id": "2601.00603",
+                "title": "Documents for LLMs",
+                "summary": "Retrieval-augmented LLMs answer from documents. " + FILLER,
+            },
+            {"id": "2601.00604", "title": "Image Retrieval", "summary": "Retrieval. " + FILLER},
+            {"id": "2601.00605", "title": "Text Generation", "summary": "Generation. " + FILLER},
+            {"id": "2601.00606", "title": "Image Generation", "summary": "Generation. " + FILLER},
+            {
+                "id": "2601.00607",
+                "title": "Small Models",
+                "summary": "Post-training quantization (PTQ) of models. " + FILLER,
+            },
+            {
+                "id": "2601.00608",
+                "title": "Vision Models",
+                "summary": "We study post-training quantization (PTQ) for vision. " + FILLER,
+            },
+            {
+                "id": "2601.00609",
+                "title": "Preference Data",
+                "summary": "Post-training of language models; training recipes. " + FILLER,
+            },
+            {"id": "2601.00610", "title": "Training at Scale", "summary": "Training. " + FILLER},
+        ],
+    )
+    with factory() as session:
+        # "generation" is the commonest word of its definition: RAG also finds the paper
+        # that writes "retrieval-augmented LLMs", not the ones on retrieval or generation.
+        assert set(titles(session, "RAG")) == {
+            "Grounded Answers",
+            "Better Pipelines",
+            "Documents for LLMs",
+        }
+        # "quantization" is the rarest word of its definition: it stays required, and
+        # post-training in general is not PTQ.
+        assert set(titles(session, "PTQ")) == {"Small Models", "Vision Models"}

@@ -243,7 +243,7 @@ def test_paper_details() -> None:
     ]
     # Why it is here: the matched words (highlighted, escaped) and the upvote gain.
     reason = tree.xpath("//p[@class='reason']")[0]
-    assert [mark.text for mark in reason.xpath("mark")] == ["Diffusion Models", "<b>"]
+    assert [mark.text for mark in reason.xpath("b")] == ["Diffusion Models", "<b>"]
     assert reason.text_content() == "Matched “Diff”: Diffusion Models, <b> · ▲ +25 today"
     abstract = tree.xpath("//p[@class='abstract']")[0].text_content()
     assert abstract.endswith("We propose a method. Read more")
