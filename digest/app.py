@@ -22,13 +22,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from digest.config import Config, load_config, mask_password
 from digest.errors import DatabaseUnavailable, DigestError
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
     from sqlalchemy.orm import Session, sessionmaker
 
+    from digest.config import Config
     from digest.deliver import DigestMailer, Sender
     from digest.fetch import HttpFetcher
     from digest.ingest import InputSummary
@@ -53,6 +53,8 @@ def safe_url(url: str) -> str:
     try:
         return make_url(url).render_as_string(hide_password=True)
     except (ArgumentError, ValueError):
+        from digest.config import mask_password
+
         return mask_password(url)
 
 
@@ -152,6 +154,8 @@ class App:
     @property
     def config(self) -> Config:
         if self._config is None:
+            from digest.config import load_config
+
             self._config = load_config(self.config_path)
         return self._config
 

@@ -9,6 +9,7 @@ stderr and a non-zero exit status, never a traceback.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import logging
 import re
 import sys
@@ -18,34 +19,61 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.orm import Session
 
-from digest import __version__, db, doctor, relevance
+from digest import __version__
 from digest.app import App, database_error_message, database_errors, safe_url
-from digest.config import ConfigError
-from digest.deliver import DueList, SendReport, send_digests
-from digest.errors import DigestError
-from digest.ingest import InputSummary, expand_inputs
-from digest.links import insecure_base_url
-from digest.models import SUBSCRIBER_STATUSES, Paper
-from digest.query import Query, QueryError, parse_query
-from digest.resources import resource_dir
-from digest.schedule import DISPATCH_LEASE, due_within, next_runs, stopping_on_signals
-from digest.select import is_due_today, local_date
-from digest.subscribers import (
-    existing_subscriber,
-    parse_weekday,
-    rotate_secret,
-    sendable,
-    subscribe,
-    transient_subscriber,
-    unsubscribe,
-)
-from digest.subscribers_csv import ImportInterrupted, export_subscribers, import_subscribers
+from digest.errors import ConfigError, DigestError
+from digest.states import SUBSCRIBER_STATUSES
+
+
+class LazyModule:
+    """A module imported when one of its attributes is first used.
+
+    Most commands need only some of the stages, and `digest --help` needs none:
+    SQLAlchemy, Alembic, premailer and the stemmer load when a command uses them.
+    """
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __getattr__(self, attribute: str) -> Any:
+        return getattr(importlib.import_module(self._name), attribute)
+
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
+    from digest import (
+        db,
+        deliver,
+        doctor,
+        ingest,
+        links,
+        relevance,
+        resources,
+        schedule,
+        subscribers,
+        subscribers_csv,
+    )
+    from digest import query as queries
+    from digest import select as selection
+    from digest.models import Paper
+else:
+    db = LazyModule("digest.db")
+    deliver = LazyModule("digest.deliver")
+    doctor = LazyModule("digest.doctor")
+    ingest = LazyModule("digest.ingest")
+    links = LazyModule("digest.links")
+    queries = LazyModule("digest.query")
+    relevance = LazyModule("digest.relevance")
+    resources = LazyModule("digest.resources")
+    schedule = LazyModule("digest.schedule")
+    selection = LazyModule("digest.select")
+    subscribers = LazyModule("digest.subscribers")
+    subscribers_csv = LazyModule("digest.subscribers_csv")
 
 
 class DateTimeParam(click.ParamType):  # type: ignore[type-arg]
@@ -78,14 +106,18 @@ class DigestGroup(click.Group):
         except DigestError as exc:
             self._explain(ctx)
             raise click.ClickException(str(exc)) from None
-        except SQLAlchemyError as exc:
+        except OSError as exc:
+            self._explain(ctx)
+            raise click.ClickException(str(exc)) from None
+        except Exception as exc:
+            # SQLAlchemy is imported only by the commands that use it.
+            errors = sys.modules.get("sqlalchemy.exc")
+            if errors is None or not isinstance(exc, errors.SQLAlchemyError):
+                raise
             self._explain(ctx)
             app = ctx.find_object(App)
             url = app.config.database_url if app is not None and app._config else "database"
             raise click.ClickException(database_error_message(exc, url)) from None
-        except OSError as exc:
-            self._explain(ctx)
-            raise click.ClickException(str(exc)) from None
 
     @staticmethod
     def _explain(ctx: click.Context) -> None:
@@ -215,7 +247,7 @@ def db_check(app: App) -> None:
 # --- ingest -----------------------------------------------------------------
 
 
-def run_ingest(app: App, inputs: Sequence[str], now: datetime) -> list[InputSummary]:
+def run_ingest(app: App, inputs: Sequence[str], now: datetime) -> list[ingest.InputSummary]:
     """Ingest inputs with a progress bar and print one summary line per input."""
     app.engine()
     with click.progressbar(
@@ -254,7 +286,7 @@ def ingest_command(app: App, inputs: tuple[str, ...], as_of: datetime | None) ->
         digest ingest 'https://export.arxiv.org/api/query?search_query=cat:cs.CL'
         digest ingest capture.txt --as-of 2025-12-09T08:00
     """
-    summaries = run_ingest(app, expand_inputs(inputs), as_of or app.clock())
+    summaries = run_ingest(app, ingest.expand_inputs(inputs), as_of or app.clock())
     failed = [summary for summary in summaries if not summary.ok]
     if failed:
         raise click.ClickException(f"{len(failed)} of {len(summaries)} inputs failed")
@@ -331,10 +363,10 @@ def stats_command(app: App) -> None:
 # --- subscribers and topics -------------------------------------------------
 
 
-def parse_cli_query(text: str) -> Query:
+def parse_cli_query(text: str) -> queries.Query:
     try:
-        return parse_query(text)
-    except QueryError as exc:
+        return queries.parse_query(text)
+    except queries.QueryError as exc:
         raise click.BadParameter(str(exc), param_hint="QUERY") from None
 
 
@@ -392,9 +424,9 @@ def subscribe_command(
         raise click.UsageError("--weekly and --daily exclude each other")
     now = app.clock()
     settings = app.config.digest
-    weekday = parse_weekday(weekly) if weekly else None
+    weekday = subscribers.parse_weekday(weekly) if weekly else None
     with db.transaction(app.sessions()) as session:
-        subscriber, created = subscribe(
+        subscriber, created = subscribers.subscribe(
             session,
             email,
             list(topics),
@@ -426,7 +458,7 @@ def unsubscribe_command(app: App, email: str) -> None:
         digest unsubscribe ada@example.org
     """
     with db.transaction(app.sessions()) as session:
-        subscriber = unsubscribe(session, email, app.clock())
+        subscriber = subscribers.unsubscribe(session, email, app.clock())
         address = subscriber.email
     click.echo(f"unsubscribed {address}")
 
@@ -445,7 +477,7 @@ def rotate_secret_command(app: App, email: str) -> None:
         digest rotate-secret ada@example.org
     """
     with db.transaction(app.sessions()) as session:
-        address = rotate_secret(session, email, app.clock()).email
+        address = subscribers.rotate_secret(session, email, app.clock()).email
     click.echo(f"new link secret for {address}: the links in earlier emails no longer work")
 
 
@@ -508,7 +540,7 @@ def subscribers_import_command(app: App, file: Path, dry_run: bool) -> None:
     """
     settings = app.config.digest
     try:
-        report = import_subscribers(
+        report = subscribers_csv.import_subscribers(
             app.sessions(),
             file,
             now=app.clock(),
@@ -516,7 +548,7 @@ def subscribers_import_command(app: App, file: Path, dry_run: bool) -> None:
             default_hour=settings.default_hour,
             dry_run=dry_run,
         )
-    except ImportInterrupted as exc:
+    except subscribers_csv.ImportInterrupted as exc:
         cause = database_error_message(exc.__cause__ or exc, app.config.database_url)
         raise click.ClickException(
             f"{file}: stopped at line {exc.first_line}, whose batch was not stored: {cause}; "
@@ -549,12 +581,12 @@ def subscribers_export_command(app: App, status: str | None, out: Path | None) -
     """
     with app.sessions()() as session:
         if out is None:
-            export_subscribers(session, sys.stdout, status)
+            subscribers_csv.export_subscribers(session, sys.stdout, status)
             return
         partial = out.with_name(f".{out.name}.partial")
         try:
             with partial.open("w", encoding="utf-8", newline="") as handle:
-                count = export_subscribers(session, handle, status)
+                count = subscribers_csv.export_subscribers(session, handle, status)
             partial.replace(out)
         except OSError as exc:
             partial.unlink(missing_ok=True)
@@ -582,7 +614,7 @@ def topics_command(app: App) -> None:
                     len(
                         relevance.rank(
                             session,
-                            relevance.plan_query(session, parse_query(query), corpus),
+                            relevance.plan_query(session, queries.parse_query(query), corpus),
                             corpus,
                         )
                     )
@@ -641,7 +673,7 @@ class MatchResult:
     papers: list[tuple[Paper, relevance.Match]]
 
 
-def run_match(session: Session, query: Query, limit: int) -> MatchResult:
+def run_match(session: Session, query: queries.Query, limit: int) -> MatchResult:
     """What `query` matches in the whole database, the best `limit` first."""
     plan, found = relevance.search(session, query)
     found = found[:limit]
@@ -712,14 +744,14 @@ def preview_command(
     settings = app.config.digest
     with app.sessions()() as session:
         if email is not None:
-            subscriber = existing_subscriber(session, email)
-            if not sendable([subscriber]):
+            subscriber = subscribers.existing_subscriber(session, email)
+            if not subscribers.sendable([subscriber]):
                 raise click.ClickException(
                     f"{subscriber.email} has an unknown timezone {subscriber.timezone!r}: "
                     f"fix it with digest subscribe {subscriber.email} --topic ... --timezone ZONE"
                 )
         else:
-            subscriber = transient_subscriber(
+            subscriber = subscribers.transient_subscriber(
                 list(topics), settings.default_timezone, settings.default_hour
             )
         message, html, text = app.mailer().preview(
@@ -754,7 +786,7 @@ def run_send(
     limit: int | None = None,
     retry_unknown: bool = False,
     stop: threading.Event | None = None,
-) -> SendReport:
+) -> deliver.SendReport:
     """Send today's digest to every active subscriber who is due, with a progress bar.
 
     Setting `stop` (SIGTERM) lets the message in flight finish and be recorded,
@@ -763,13 +795,15 @@ def run_send(
 
     left_out = 0
 
-    def due(session: Session) -> DueList:
+    def due(session: Session) -> deliver.DueList:
         nonlocal left_out
         active = db.list_subscribers(session, "active")
-        kept = sendable(active, lambda warning: click.echo(warning, err=True))
+        kept = subscribers.sendable(active, lambda warning: click.echo(warning, err=True))
         left_out = len(active) - len(kept)
         return [
-            (s, digest_date or local_date(now, s.timezone)) for s in kept if is_due_today(s, now)
+            (s, digest_date or selection.local_date(now, s.timezone))
+            for s in kept
+            if selection.is_due_today(s, now)
         ]
 
     sender = app.sender(should_stop=stop.is_set) if stop is not None else app.sender()
@@ -787,7 +821,7 @@ def run_send(
 
         sender.on_start = start
         sender.on_progress = lambda _email: bars[0].update(1) if bars else None
-        report = send_digests(
+        report = deliver.send_digests(
             sender,
             due,
             now=now,
@@ -848,7 +882,7 @@ def send_command(
         signals.append(name)
         click.echo(f"received {name}: finishing the message in flight", err=True)
 
-    with stopping_on_signals(stop, announce):
+    with schedule.stopping_on_signals(stop, announce):
         report = run_send(
             app,
             now,
@@ -1047,7 +1081,9 @@ def serve_command(app: App, host: str | None, port: int | None, debug: bool, ver
         )
         return
     stop = threading.Event()
-    with stopping_on_signals(stop, lambda name: click.echo(f"received {name}: stopping", err=True)):
+    with schedule.stopping_on_signals(
+        stop, lambda name: click.echo(f"received {name}: stopping", err=True)
+    ):
         serve(app, host or config.web.host, port or config.web.port, stop=stop)
 
 
@@ -1065,12 +1101,12 @@ def status_command(app: App) -> None:
     """
     now = app.clock()
     config = app.config
-    if warning := insecure_base_url(config.site.base_url):
+    if warning := links.insecure_base_url(config.site.base_url):
         click.echo(f"warning: {warning}")
     with app.sessions()() as session:
         last = {job: db.last_job_run(session, job) for job in ("ingest", "dispatch")}
-        lease = db.current_lease(session, DISPATCH_LEASE)
-        upcoming = due_within(session, now, timedelta(hours=1))
+        lease = db.current_lease(session, schedule.DISPATCH_LEASE)
+        upcoming = schedule.due_within(session, now, timedelta(hours=1))
         problems = [
             *db.deliveries_with_status(session, ("deferred", "unknown", "sending")),
             *db.deliveries_with_status(session, ("failed",), now - timedelta(days=1)),
@@ -1086,7 +1122,7 @@ def status_command(app: App) -> None:
             for d in problems
         ]
     last_dispatch = last["dispatch"].started_at if last["dispatch"] else None
-    upcoming_runs = next_runs(config.schedule, last_dispatch, now)
+    upcoming_runs = schedule.next_runs(config.schedule, last_dispatch, now)
     click.echo("next runs:")
     for job, when in upcoming_runs.items():
         click.echo(f"  {job:<9} {when.isoformat(timespec='minutes') if when else '-'}")
@@ -1139,13 +1175,15 @@ def demo_command(app: App) -> None:
         digest demo
     """
     now = app.clock()
-    summaries = run_ingest(app, expand_inputs([str(resource_dir("seeds"))]), now)
+    summaries = run_ingest(app, ingest.expand_inputs([str(resources.resource_dir("seeds"))]), now)
     if any(not summary.ok for summary in summaries):
         raise click.ClickException("the bundled seeds did not load")
     with db.transaction(app.sessions()) as session:
         for address, (name, topics, timezone) in DEMO_SUBSCRIBERS.items():
             if db.find_subscriber(session, address) is None:
-                subscribe(session, address, topics, now=now, timezone=timezone, hour=7, name=name)
+                subscribers.subscribe(
+                    session, address, topics, now=now, timezone=timezone, hour=7, name=name
+                )
     click.echo("")
     click.get_current_context().invoke(stats_command)
     click.echo("")

@@ -13,7 +13,6 @@ import functools
 import math
 import os
 import re
-import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,15 +20,7 @@ from typing import Any
 from urllib.parse import urlsplit
 from zoneinfo import available_timezones
 
-from email_validator import EmailNotValidError, validate_email
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError
-
-from digest.errors import DigestError
-
-
-class ConfigError(DigestError, ValueError):
-    """A configuration value is missing, malformed or of the wrong type."""
+from digest.errors import ConfigError
 
 
 def default_data_dir(environ: Mapping[str, str]) -> Path:
@@ -106,6 +97,9 @@ def mask_password(url: str) -> str:
 
 
 def _database_url(key: str, value: Any) -> str:
+    from sqlalchemy.engine import make_url  # imported here: `digest --help` loads no SQLAlchemy
+    from sqlalchemy.exc import ArgumentError
+
     text = _str(key, value).strip()
     try:
         url = make_url(text)
@@ -143,6 +137,8 @@ def _http_url(key: str, value: Any) -> str:
 
 def _email(key: str, value: Any) -> str:
     """A sender-side address, in ASCII: an IDN domain becomes punycode."""
+    from email_validator import EmailNotValidError, validate_email
+
     text = _str(key, value).strip()
     try:
         valid = validate_email(text, check_deliverability=False)
@@ -471,6 +467,8 @@ def _flatten(table: Mapping[str, Any], path: Path) -> dict[str, Any]:
 
 def read_toml(path: Path) -> dict[str, Any]:
     """Read a TOML file, turning I/O and syntax errors into ConfigError."""
+    import tomllib  # its regular expressions cost more than the rest of `digest --help`
+
     try:
         with path.open("rb") as handle:
             return tomllib.load(handle)

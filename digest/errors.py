@@ -13,5 +13,9 @@ class DigestError(Exception):
     """A problem with input, configuration or environment; `str()` is one line."""
 
 
+class ConfigError(DigestError, ValueError):
+    """A configuration value is missing, malformed or of the wrong type."""
+
+
 class DatabaseUnavailable(DigestError):
     """The database cannot be opened, read or written (missing driver, corrupt, read-only...)."""

@@ -181,7 +181,6 @@ class UpvoteObservation(Base):
 
 # --- subscribers and what they receive -------------------------------------------
 
-SUBSCRIBER_STATUSES = ("pending", "active", "unsubscribed", "bounced")
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
 

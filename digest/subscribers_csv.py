@@ -38,7 +38,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from digest import db
 from digest.errors import DigestError
-from digest.models import SUBSCRIBER_STATUSES, Subscriber
+from digest.models import Subscriber
+from digest.states import SUBSCRIBER_STATUSES
 from digest.subscribers import (
     Preferences,
     SubscriberError,

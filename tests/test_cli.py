@@ -1,5 +1,7 @@
 """The command line: help everywhere, exit codes, and the main job."""
 
+import subprocess
+import sys
 from email import message_from_bytes, policy
 from pathlib import Path
 
@@ -39,6 +41,21 @@ def test_top_level_help(cli) -> None:
     result = cli("--help")
     assert result.exit_code == 0
     assert "ingest" in result.output
+
+
+def test_help_loads_no_stage_or_database_library() -> None:
+    """`digest --help` stays fast: SQLAlchemy, Alembic, premailer... load with the commands."""
+    probe = (
+        "import sys; from click.testing import CliRunner; from digest.cli import main; "
+        "result = CliRunner().invoke(main, ['--help']); assert result.exit_code == 0; "
+        "print(' '.join(sorted({m.split('.')[0] for m in sys.modules})))"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", probe], check=True, capture_output=True, text=True
+    ).stdout.split()
+    assert "click" in loaded
+    heavy = {"sqlalchemy", "alembic", "premailer", "cssutils", "jinja2", "flask", "Stemmer"}
+    assert heavy.isdisjoint(loaded), heavy.intersection(loaded)
 
 
 def test_ingest_reports_each_input_and_fails_when_one_fails(

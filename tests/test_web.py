@@ -563,3 +563,12 @@ def test_any_token_is_a_404_never_an_error(site: Site, path: str, token: str) ->
     for method in ("get", "post"):
         response = getattr(client, method)(f"/{path}/{quoted}")
         assert response.status_code in (404, 400, 405), (path, token, response.status_code)
+
+
+def test_a_doubled_slash_before_a_token_is_a_404_not_a_redirect(site: Site) -> None:
+    """Werkzeug would merge "//" and redirect to a different token path."""
+    client = site.client()
+    for path in ("manage", "unsubscribe", "u", "confirm", "digest"):
+        for method in ("get", "post"):
+            response = getattr(client, method)(f"/{path}//0")
+            assert response.status_code in (404, 405), (path, method, response.status_code)
