@@ -402,3 +402,83 @@ def test_a_definition_also_matches_without_its_least_distinctive_last_word(
         # "quantization" is the rarest word of its definition: it stays required, and
         # post-training in general is not PTQ.
         assert set(titles(session, "PTQ")) == {"Small Models", "Vision Models"}
+
+
+def test_a_definition_is_not_shortened_when_the_shorter_words_mean_something_else(
+    factory, tmp_path
+) -> None:
+    ingest(
+        factory,
+        tmp_path,
+        NOW,
+        [
+            {
+                "id": "2601.00701",
+                "title": "Efficient Fine-Tuning",
+                "summary": "Low-rank adaptation (LoRA) fine-tunes few weights. " + FILLER,
+            },
+            {"id": "2601.00702", "title": "Adapters", "summary": "We compare LoRA. " + FILLER},
+            {
+                "id": "2601.00703",
+                "title": "Compression",
+                "summary": "Low-rank factorization compresses weights. " + FILLER,
+            },
+            {"id": "2601.00704", "title": "Gradients", "summary": "Low-rank gradients. " + FILLER},
+            {"id": "2601.00705", "title": "Features", "summary": "Low-rank features. " + FILLER},
+            {"id": "2601.00706", "title": "Domains", "summary": "Domain adaptation. " + FILLER},
+            {"id": "2601.00707", "title": "Tests", "summary": "Test-time adaptation. " + FILLER},
+            {"id": "2601.00708", "title": "Data", "summary": "Adaptation of data. " + FILLER},
+        ],
+    )
+    with factory() as session:
+        # "adaptation" is the commonest word of the definition, but only one of the four
+        # papers saying "low-rank" means low-rank adaptation: LoRA keeps all three words.
+        assert set(titles(session, "LoRA")) == {"Efficient Fine-Tuning", "Adapters"}
+
+
+def test_an_acronym_a_paper_defines_as_something_else_is_another_word_there(
+    factory, tmp_path
+) -> None:
+    ingest(
+        factory,
+        tmp_path,
+        NOW,
+        [
+            {
+                "id": "2601.00801",
+                "title": "Learning Without Forgetting",
+                "summary": "Continual learning (CL) trains on a stream of tasks. " + FILLER,
+            },
+            {
+                "id": "2601.00802",
+                "title": "Replay Buffers",
+                "summary": "Continual learning (CL) with replay. " + FILLER,
+            },
+            {
+                "id": "2601.00803",
+                "title": "Ordering Examples",
+                "summary": "Curriculum learning (CL) orders examples; CL helps. " + FILLER,
+            },
+            {
+                "id": "2601.00804",
+                "title": "Streams of Tasks",
+                "summary": "Our CL method never forgets old tasks. " + FILLER,
+            },
+        ],
+    )
+    with factory() as session:
+        # CL stands for continual learning here, except in the paper that defines it as
+        # curriculum learning, where it is another word; "Streams of Tasks" uses CL without
+        # defining it, in the sense most papers define it in.
+        assert set(titles(session, "continual learning")) == {
+            "Learning Without Forgetting",
+            "Replay Buffers",
+            "Streams of Tasks",
+        }
+        assert titles(session, "curriculum learning") == ["Ordering Examples"]
+        corpus = relevance.Corpus(session)
+        plan = relevance.plan_query(session, parse_query("continual learning"), corpus)
+        assert (plan.meanings, plan.foreign) == ({"qqcl": frozenset({"continu learn"})}, set())
+        # Undefined, CL is taken in its commoner meaning: not curriculum learning.
+        plan = relevance.plan_query(session, parse_query("curriculum learning"), corpus)
+        assert plan.foreign == {"qqcl"}
