@@ -198,6 +198,11 @@ def cross_validate(results: dict[Combination, dict[str, Scores]], names: list[st
     def shown(combination: Combination) -> str:
         return ", ".join(f"{name}={value}" for name, value in combination) or "defaults"
 
+    print("\nevery combination on all topics (mean precision, mean nDCG@10):")
+    for combination, rows in results.items():
+        precision = statistics.fmean(rows[n].precision for n in names)
+        ndcg = statistics.fmean(rows[n].ndcg for n in names)
+        print(f"  {precision:.3f} {ndcg:.3f}  {shown(combination)}")
     chosen = best(names)
     table(
         f"in sample: best on all {len(names)} topics ({shown(chosen)})",

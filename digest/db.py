@@ -533,7 +533,7 @@ def acronyms_for(session: Session, expansion_terms: str) -> list[tuple[str, str,
     return [(term, written, count) for term, written, count in rows]
 
 
-def acronym_definitions(
+def defined_acronyms(
     session: Session, terms: Iterable[str], ids: Iterable[int]
 ) -> dict[int, dict[str, set[str]]]:
     """What each of the papers `ids` defines the acronym index `terms` as:

@@ -307,15 +307,13 @@ def plan_query(session: Session, query: Query, corpus: Corpus) -> Plan:
                             phrases.append(short)
                             expanded.add(short)
 
-    # Words -> the acronym they define: a quoted phrase, or a run of plain words.
+    # Words -> the acronym they define: a quoted phrase, or a run of plain words, which
+    # may be hyphenated ("retrieval-augmented generation" -> RAG).
     whole: list[str] = []
     single_run = [
         i
         for i, phrases in enumerate(groups)
-        if typed[i] == 1
-        and len(phrases[0].terms) == 1
-        and phrases[0].field is None
-        and not phrases[0].prefix
+        if typed[i] == 1 and phrases[0].field is None and not phrases[0].prefix
     ]
     runs: dict[str, list[int]] = {}
     for i, phrases in enumerate(groups):
@@ -327,7 +325,7 @@ def plan_query(session: Session, query: Query, corpus: Corpus) -> Plan:
             indexes = single_run[start:end]
             if indexes != list(range(indexes[0], indexes[-1] + 1)):
                 break
-            key = " ".join(groups[i][0].terms[0] for i in indexes)
+            key = " ".join(" ".join(groups[i][0].terms) for i in indexes)
             runs.setdefault(key, indexes)
     for key, indexes in runs.items():
         for acronym, shown, count in db.acronyms_for(session, key)[:1]:
@@ -340,10 +338,18 @@ def plan_query(session: Session, query: Query, corpus: Corpus) -> Plan:
                 whole.append(acronym)
             expansions.append(f"{' '.join(written.get(t, t) for t in key.split())} → {shown}")
 
+    # The words in order, a hyphenated word's parts each in its place.
     sequence = tuple(
-        frozenset(p.terms[0] for p in groups[i] if len(p.terms) == 1 and p.terms[0] not in whole)
+        position
         for i in single_run
+        for position in (
+            [frozenset(t for p in groups[i] if len(p.terms) == 1 for t in p.terms) - set(whole)]
+            if len(groups[i][0].terms) == 1
+            else [frozenset({t}) for t in groups[i][0].terms]
+        )
     )
+    if len(single_run) < 2:
+        sequence = ()
     like: dict[str, float] = {}
     like_ids: list[int] = []
     missing: list[str] = []
@@ -530,7 +536,7 @@ def rank(
         # The sequence's groups are the single-word ones: weigh the phrase by their idf.
         words = [corpus.idf(max(df.get(t, 0) for t in terms)) for terms in plan.sequence]
         sequence_idf = sum(words)
-    definitions = db.acronym_definitions(session, plan.meanings, ids) if plan.meanings else {}
+    definitions = db.defined_acronyms(session, plan.meanings, ids) if plan.meanings else {}
     scorer = _Scorer(corpus)
     lexical: dict[int, float] = {}
     matched: dict[int, list[tuple[str, ...]]] = {}

@@ -482,3 +482,38 @@ def test_an_acronym_a_paper_defines_as_something_else_is_another_word_there(
         # Undefined, CL is taken in its commoner meaning: not curriculum learning.
         plan = relevance.plan_query(session, parse_query("curriculum learning"), corpus)
         assert plan.foreign == {"qqcl"}
+
+
+def test_hyphenated_words_find_the_acronym_they_define(factory, tmp_path) -> None:
+    ingest(
+        factory,
+        tmp_path,
+        NOW,
+        [
+            {
+                "id": "2601.00901",
+                "title": "Grounded Answers",
+                "summary": "Retrieval-augmented generation (RAG) grounds answers. " + FILLER,
+            },
+            {
+                "id": "2601.00902",
+                "title": "Faster Pipelines",
+                "summary": "Our RAG pipeline answers questions quickly. " + FILLER,
+            },
+            {"id": "2601.00903", "title": "Pictures", "summary": "Generation of images. " + FILLER},
+        ],
+    )
+    with factory() as session:
+        assert set(titles(session, "retrieval-augmented generation")) == {
+            "Grounded Answers",
+            "Faster Pipelines",
+        }
+        corpus = relevance.Corpus(session)
+        plan = relevance.plan_query(session, parse_query("retrieval-augmented generation"), corpus)
+        assert plan.expansions == ("retrieval augmented generation → RAG",)
+        # The hyphenated word's parts each take their place in the phrase.
+        assert plan.sequence == (
+            frozenset({"retriev"}),
+            frozenset({"augment"}),
+            frozenset({"generat"}),
+        )
