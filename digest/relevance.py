@@ -40,6 +40,7 @@ matches are about, fall behind (and below the selection's cutoff).
 from __future__ import annotations
 
 import math
+import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -227,6 +228,16 @@ def _prefix_stems(prefix: str) -> tuple[str, ...]:
     return tuple(sorted(t for t in found if len(t) < len(prefix) and t.isalnum()))
 
 
+_SPELLING = re.compile(r"(?<=[a-z]{3})([iy])([sz])(e|es|ed|ing|er|ers|ation|ations|able)$")
+
+
+def _other_spelling(word: str) -> str | None:
+    """The word with -ise/-ize (-yse/-yze) endings swapped: optimisation <-> optimization."""
+    if is_acronym(word):
+        return None
+    return _SPELLING.sub(lambda m: m[1] + ("z" if m[2] == "s" else "s") + m[3], word) or None
+
+
 def _phrase(term: Term) -> Phrase:
     if term.field in ("authors", "categories"):
         words = tuple(plain_terms(" ".join(term.words)))
@@ -266,6 +277,18 @@ def plan_query(session: Session, query: Query, corpus: Corpus) -> Plan:
                     written.setdefault(shorter, f"{term.words[0]}*")
         groups.append(phrases)
     typed = [len(phrases) for phrases in groups]  # before any expansion
+
+    # British and American spellings find each other: quantisation, quantization.
+    for group, phrases in zip(query.groups, groups, strict=True):
+        for term, phrase in zip(group, list(phrases), strict=False):
+            other = _other_spelling(term.words[0]) if len(term.words) == 1 else None
+            if other is None or phrase.prefix or term.field not in (None, "title", "abstract"):
+                continue
+            variant = word_term(other)
+            if variant != phrase.terms[0] and corpus.df([variant])[variant]:
+                phrases.append(Phrase((variant,), phrase.field))
+                written.setdefault(variant, other)
+                expansions.append(f"{term.words[0]} → {other}")
 
     # A lowercase word the corpus mostly writes as an acronym (rag, moe) means the acronym.
     singles = {p.terms[0]: p for g in groups for p in g if len(p.terms) == 1 and p.field is None}

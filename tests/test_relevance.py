@@ -517,3 +517,26 @@ def test_hyphenated_words_find_the_acronym_they_define(factory, tmp_path) -> Non
             frozenset({"augment"}),
             frozenset({"generat"}),
         )
+
+
+def test_british_and_american_spellings_find_each_other(factory, tmp_path) -> None:
+    ingest(
+        factory,
+        tmp_path,
+        NOW,
+        [
+            {"id": "2601.01001", "title": "Quantisation", "summary": "Weights. " + FILLER},
+            {"id": "2601.01002", "title": "Quantization", "summary": "Activations. " + FILLER},
+            {"id": "2601.01003", "title": "Pruning", "summary": "Weights. " + FILLER},
+        ],
+    )
+    with factory() as session:
+        both = {"Quantisation", "Quantization"}
+        assert set(titles(session, "quantization")) == both
+        assert set(titles(session, "quantisation")) == both
+        corpus = relevance.Corpus(session)
+        plan = relevance.plan_query(session, parse_query("quantisation"), corpus)
+        assert plan.expansions == ("quantisation → quantization",)
+        # A spelling no paper uses adds nothing: "advize" is not a word here.
+        plan = relevance.plan_query(session, parse_query("advise"), corpus)
+        assert plan.expansions == ()
