@@ -15,16 +15,18 @@ and prints:
 per topic and on average. `--split` reports a tuning half and a held-out half
 (alternate topics in name order).
 
-`--cv` measures how well tuning generalises. Each `--vary NAME=V1,V2,...` names
-a `digest.relevance` constant (FEEDBACK_PAPERS, NEAR_WEIGHT, ...) or a
-`digest.*` setting (min_relevance, max_per_topic) and the values to try; every
+`--judged` may be repeated to pool folders (tests/data/relevance, its validation/
+and holdout/ sets). `--cv` measures how well tuning generalises. Each `--vary
+NAME=V1,V2,...` names a `digest.relevance` constant (FEEDBACK_PAPERS, NEAR_WEIGHT,
+...), a `digest.select` one (POPULARITY_WEIGHT) or a `digest.*` setting
+(min_relevance, max_per_topic) and the values to try; every
 combination is run through the same real path, and for each topic the
 combination that is best on the *other* topics (mean precision + mean nDCG@10)
 is scored on it (leave one topic out), as is each half with the combination
 best on the other half. Those held-out means are what to expect on new topics;
 the in-sample best is printed for comparison.
 
-Run: .venv/bin/python bench/relevance.py [--judged DIR] [--as-of 2026-11-25T08:00] [--split]
+Run: .venv/bin/python bench/relevance.py [--judged DIR ...] [--as-of 2026-11-25T08:00] [--split]
      .venv/bin/python bench/relevance.py --cv --vary min_relevance=0.25,0.3
          --vary FEEDBACK_PAPERS=10,20
 """

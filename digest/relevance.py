@@ -11,7 +11,14 @@ Query analysis (`plan_query`):
   as an acronym than as a word (``rag``, ``moe``) also matches the acronym, while
   ``code`` never matches "CoDE";
 * acronyms expand both ways from the definitions mined at ingest: ``MoE`` also
-  matches "mixture of experts" and ``mixture of experts`` also matches "MoE";
+  matches "mixture of experts" and ``mixture of experts`` (or
+  ``mixture-of-experts``) also matches "MoE"; a definition of three words or more
+  also matches without its commonest last word when the shorter words mostly mean
+  it (`_without_head`);
+* an acronym means what each paper says: a paper that defines it only as something
+  the query does not mean, or does not define it while the corpus mostly defines it
+  as something else, does not match it (`Plan.meanings`, `Plan.foreign`);
+* a word with an -ise/-ize ending also matches the other spelling, if papers use it;
 * ``like:ID`` becomes the paper's `LIKE_TERMS` most distinctive terms (tf-idf over
   its title, counted twice, and abstract), any of which may match, each weighed
   by its tf-idf (Lucene's MoreLikeThis); the paper itself is left out.
