@@ -51,6 +51,14 @@ def ingest(factory: sessionmaker[Session], folder: Path, now: datetime, papers: 
     assert summary.ok, summary.error
 
 
+def ingest_rows(
+    factory: sessionmaker[Session], folder: Path, papers: list[tuple[str, str, str]]
+) -> None:
+    """Papers as (id, title, first sentence of the abstract), ingested as of NOW."""
+    rows = [{"id": i, "title": t, "summary": f"{first} {FILLER}"} for i, t, first in papers]
+    ingest(factory, folder, NOW, rows)
+
+
 def titles(session: Session, query: str) -> list[str]:
     corpus = relevance.Corpus(session)
     plan = relevance.plan_query(session, parse_query(query), corpus)
@@ -370,6 +378,11 @@ def test_a_definition_also_matches_without_its_least_distinctive_last_word(
                 "title": "Documents for LLMs",
                 "summary": "Retrieval-augmented LLMs answer from documents. " + FILLER,
             },
+            {
+                "id": "2601.00611",
+                "title": "Faster Pipelines",
+                "summary": "Our RAG pipeline answers questions quickly. " + FILLER,
+            },
             {"id": "2601.00604", "title": "Image Retrieval", "summary": "Retrieval. " + FILLER},
             {"id": "2601.00605", "title": "Text Generation", "summary": "Generation. " + FILLER},
             {"id": "2601.00606", "title": "Image Generation", "summary": "Generation. " + FILLER},
@@ -398,36 +411,45 @@ def test_a_definition_also_matches_without_its_least_distinctive_last_word(
             "Grounded Answers",
             "Better Pipelines",
             "Documents for LLMs",
+            "Faster Pipelines",
         }
+        # Hyphenated words find the acronym they define, each part in its place in the
+        # phrase.
+        assert set(titles(session, "retrieval-augmented generation")) == {
+            "Grounded Answers",
+            "Better Pipelines",
+            "Faster Pipelines",
+        }
+        corpus = relevance.Corpus(session)
+        plan = relevance.plan_query(session, parse_query("retrieval-augmented generation"), corpus)
+        assert plan.expansions == ("retrieval augmented generation → RAG",)
+        assert plan.sequence == (
+            frozenset({"retriev"}),
+            frozenset({"augment"}),
+            frozenset({"generat"}),
+        )
         # "quantization" is the rarest word of its definition: it stays required, and
         # post-training in general is not PTQ.
         assert set(titles(session, "PTQ")) == {"Small Models", "Vision Models"}
 
 
-def test_a_definition_is_not_shortened_when_the_shorter_words_mean_something_else(
-    factory, tmp_path
-) -> None:
-    ingest(
+def test_a_definition_is_shortened_only_to_words_that_mean_it(factory, tmp_path) -> None:
+    ingest_rows(
         factory,
         tmp_path,
-        NOW,
         [
-            {
-                "id": "2601.00701",
-                "title": "Efficient Fine-Tuning",
-                "summary": "Low-rank adaptation (LoRA) fine-tunes few weights. " + FILLER,
-            },
-            {"id": "2601.00702", "title": "Adapters", "summary": "We compare LoRA. " + FILLER},
-            {
-                "id": "2601.00703",
-                "title": "Compression",
-                "summary": "Low-rank factorization compresses weights. " + FILLER,
-            },
-            {"id": "2601.00704", "title": "Gradients", "summary": "Low-rank gradients. " + FILLER},
-            {"id": "2601.00705", "title": "Features", "summary": "Low-rank features. " + FILLER},
-            {"id": "2601.00706", "title": "Domains", "summary": "Domain adaptation. " + FILLER},
-            {"id": "2601.00707", "title": "Tests", "summary": "Test-time adaptation. " + FILLER},
-            {"id": "2601.00708", "title": "Data", "summary": "Adaptation of data. " + FILLER},
+            (
+                "2601.00701",
+                "Efficient Fine-Tuning",
+                "Low-rank adaptation (LoRA) fine-tunes few weights.",
+            ),
+            ("2601.00702", "Adapters", "We compare LoRA."),
+            ("2601.00703", "Compression", "Low-rank factorization compresses weights."),
+            ("2601.00704", "Gradients", "Low-rank gradients."),
+            ("2601.00705", "Features", "Low-rank features."),
+            ("2601.00706", "Domains", "Domain adaptation."),
+            ("2601.00707", "Tests", "Test-time adaptation."),
+            ("2601.00708", "Data", "Adaptation of data."),
         ],
     )
     with factory() as session:
@@ -436,34 +458,23 @@ def test_a_definition_is_not_shortened_when_the_shorter_words_mean_something_els
         assert set(titles(session, "LoRA")) == {"Efficient Fine-Tuning", "Adapters"}
 
 
-def test_an_acronym_a_paper_defines_as_something_else_is_another_word_there(
-    factory, tmp_path
-) -> None:
-    ingest(
+def test_an_acronym_defined_as_something_else_is_another_word(factory, tmp_path) -> None:
+    ingest_rows(
         factory,
         tmp_path,
-        NOW,
         [
-            {
-                "id": "2601.00801",
-                "title": "Learning Without Forgetting",
-                "summary": "Continual learning (CL) trains on a stream of tasks. " + FILLER,
-            },
-            {
-                "id": "2601.00802",
-                "title": "Replay Buffers",
-                "summary": "Continual learning (CL) with replay. " + FILLER,
-            },
-            {
-                "id": "2601.00803",
-                "title": "Ordering Examples",
-                "summary": "Curriculum learning (CL) orders examples; CL helps. " + FILLER,
-            },
-            {
-                "id": "2601.00804",
-                "title": "Streams of Tasks",
-                "summary": "Our CL method never forgets old tasks. " + FILLER,
-            },
+            (
+                "2601.00801",
+                "Learning Without Forgetting",
+                "Continual learning (CL) trains on a stream of tasks.",
+            ),
+            ("2601.00802", "Replay Buffers", "Continual learning (CL) with replay."),
+            (
+                "2601.00803",
+                "Ordering Examples",
+                "Curriculum learning (CL) orders examples; CL helps.",
+            ),
+            ("2601.00804", "Streams of Tasks", "Our CL method never forgets old tasks."),
         ],
     )
     with factory() as session:
@@ -484,50 +495,14 @@ def test_an_acronym_a_paper_defines_as_something_else_is_another_word_there(
         assert plan.foreign == {"qqcl"}
 
 
-def test_hyphenated_words_find_the_acronym_they_define(factory, tmp_path) -> None:
-    ingest(
-        factory,
-        tmp_path,
-        NOW,
-        [
-            {
-                "id": "2601.00901",
-                "title": "Grounded Answers",
-                "summary": "Retrieval-augmented generation (RAG) grounds answers. " + FILLER,
-            },
-            {
-                "id": "2601.00902",
-                "title": "Faster Pipelines",
-                "summary": "Our RAG pipeline answers questions quickly. " + FILLER,
-            },
-            {"id": "2601.00903", "title": "Pictures", "summary": "Generation of images. " + FILLER},
-        ],
-    )
-    with factory() as session:
-        assert set(titles(session, "retrieval-augmented generation")) == {
-            "Grounded Answers",
-            "Faster Pipelines",
-        }
-        corpus = relevance.Corpus(session)
-        plan = relevance.plan_query(session, parse_query("retrieval-augmented generation"), corpus)
-        assert plan.expansions == ("retrieval augmented generation → RAG",)
-        # The hyphenated word's parts each take their place in the phrase.
-        assert plan.sequence == (
-            frozenset({"retriev"}),
-            frozenset({"augment"}),
-            frozenset({"generat"}),
-        )
-
-
 def test_british_and_american_spellings_find_each_other(factory, tmp_path) -> None:
-    ingest(
+    ingest_rows(
         factory,
         tmp_path,
-        NOW,
         [
-            {"id": "2601.01001", "title": "Quantisation", "summary": "Weights. " + FILLER},
-            {"id": "2601.01002", "title": "Quantization", "summary": "Activations. " + FILLER},
-            {"id": "2601.01003", "title": "Pruning", "summary": "Weights. " + FILLER},
+            ("2601.01001", "Quantisation", "Weights."),
+            ("2601.01002", "Quantization", "Activations."),
+            ("2601.01003", "Pruning", "Weights."),
         ],
     )
     with factory() as session:
