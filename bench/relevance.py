@@ -15,16 +15,18 @@ and prints:
 per topic and on average. `--split` reports a tuning half and a held-out half
 (alternate topics in name order).
 
-`--cv` measures how well tuning generalises. Each `--vary NAME=V1,V2,...` names
-a `digest.relevance` constant (FEEDBACK_PAPERS, NEAR_WEIGHT, ...) or a
-`digest.*` setting (min_relevance, max_per_topic) and the values to try; every
+`--judged` may be repeated to pool folders (tests/data/relevance, its validation/
+and holdout/ sets). `--cv` measures how well tuning generalises. Each `--vary
+NAME=V1,V2,...` names a `digest.relevance` constant (FEEDBACK_PAPERS, NEAR_WEIGHT,
+...), a `digest.select` one (POPULARITY_WEIGHT) or a `digest.*` setting
+(min_relevance, max_per_topic) and the values to try; every
 combination is run through the same real path, and for each topic the
 combination that is best on the *other* topics (mean precision + mean nDCG@10)
 is scored on it (leave one topic out), as is each half with the combination
 best on the other half. Those held-out means are what to expect on new topics;
 the in-sample best is printed for comparison.
 
-Run: .venv/bin/python bench/relevance.py [--judged DIR] [--as-of 2026-11-25T08:00] [--split]
+Run: .venv/bin/python bench/relevance.py [--judged DIR ...] [--as-of 2026-11-25T08:00] [--split]
      .venv/bin/python bench/relevance.py --cv --vary min_relevance=0.25,0.3
          --vary FEEDBACK_PAPERS=10,20
 """
@@ -39,11 +41,13 @@ import tempfile
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
+from types import ModuleType
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from digest import db, relevance
+from digest import select as selection
 from digest.config import DigestSettings
 from digest.ingest import ingest_inputs
 from digest.models import Paper
@@ -128,6 +132,11 @@ def table(title: str, rows: list[tuple[str, Scores]]) -> None:
 Combination = tuple[tuple[str, object], ...]
 
 
+def _module(name: str) -> ModuleType | None:
+    """The module whose constant `name` is: digest.relevance, else digest.select."""
+    return next((m for m in (relevance, selection) if hasattr(m, name)), None)
+
+
 def parse_vary(texts: list[str]) -> list[Combination]:
     """Every combination of the `--vary NAME=V1,V2` values, typed like the defaults."""
     axes: list[list[tuple[str, object]]] = []
@@ -135,10 +144,12 @@ def parse_vary(texts: list[str]) -> list[Combination]:
         name, _, values = text.partition("=")
         if name in DigestSettings.__dataclass_fields__:
             default = getattr(DigestSettings(), name)
-        elif name.isupper() and hasattr(relevance, name):
-            default = getattr(relevance, name)
+        elif name.isupper() and _module(name) is not None:
+            default = getattr(_module(name), name)
         else:
-            raise SystemExit(f"--vary {text!r}: not a digest.relevance constant or a setting")
+            raise SystemExit(
+                f"--vary {text!r}: not a digest.relevance or digest.select constant or a setting"
+            )
         kind = type(default)
         if kind is bool:
             axes.append(
@@ -157,20 +168,21 @@ def run_topics(
     combination: Combination = (),
 ) -> list[tuple[str, Scores]]:
     """Every topic through the real preview path, with `combination` in force."""
-    saved = {name: getattr(relevance, name) for name, _ in combination if hasattr(relevance, name)}
+    constants = [(name, _module(name)) for name, _ in combination]
+    saved = {name: (module, getattr(module, name)) for name, module in constants if module}
     for name, value in combination:
         if name in DigestSettings.__dataclass_fields__:
             settings = replace(settings, **{name: value})
         else:
-            setattr(relevance, name, value)
+            setattr(saved[name][0], name, value)
     try:
         return [
             (topic.name, score(preview_keys(factory, topic.query, now, settings), topic.grades))
             for topic in judged
         ]
     finally:
-        for name, value in saved.items():
-            setattr(relevance, name, value)
+        for name, (module, value) in saved.items():
+            setattr(module, name, value)
 
 
 def objective(rows: dict[str, Scores], names: list[str]) -> float:
@@ -188,6 +200,11 @@ def cross_validate(results: dict[Combination, dict[str, Scores]], names: list[st
     def shown(combination: Combination) -> str:
         return ", ".join(f"{name}={value}" for name, value in combination) or "defaults"
 
+    print("\nevery combination on all topics (mean precision, mean nDCG@10):")
+    for combination, rows in results.items():
+        precision = statistics.fmean(rows[n].precision for n in names)
+        ndcg = statistics.fmean(rows[n].ndcg for n in names)
+        print(f"  {precision:.3f} {ndcg:.3f}  {shown(combination)}")
     chosen = best(names)
     table(
         f"in sample: best on all {len(names)} topics ({shown(chosen)})",
@@ -215,7 +232,12 @@ def cross_validate(results: dict[Combination, dict[str, Scores]], names: list[st
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--judged", type=Path, default=JUDGED, help="folder of judged *.tsv")
+    parser.add_argument(
+        "--judged",
+        type=Path,
+        action="append",
+        help="folder of judged *.tsv (repeat to pool folders; default: tests/data/relevance)",
+    )
     parser.add_argument("--as-of", default="2026-11-25T08:00", help="ingest and preview time (UTC)")
     parser.add_argument("--split", action="store_true", help="also report tuning/held-out halves")
     parser.add_argument(
@@ -225,9 +247,13 @@ def main() -> None:
     parser.add_argument("--vary", action="append", default=[], metavar="NAME=V1,V2,...")
     args = parser.parse_args()
     now = datetime.fromisoformat(args.as_of).replace(tzinfo=UTC)
-    judged = [read_judged(path) for path in sorted(args.judged.glob("*.tsv"))]
+    folders = args.judged or [JUDGED]
+    judged = [read_judged(path) for folder in folders for path in sorted(folder.glob("*.tsv"))]
     if not judged:
-        raise SystemExit(f"{args.judged}: no judged *.tsv files")
+        raise SystemExit(f"{', '.join(map(str, folders))}: no judged *.tsv files")
+    names = [topic.name for topic in judged]
+    if len(set(names)) != len(names):
+        raise SystemExit("two judged topics have the same file name")
     settings = DigestSettings()
     if args.min_relevance is not None:
         settings = replace(settings, min_relevance=args.min_relevance)
@@ -248,7 +274,8 @@ def main() -> None:
             for combination in combinations:
                 results[combination] = dict(run_topics(factory, judged, now, settings, combination))
         engine.dispose()
-    table(f"all {len(rows)} judged topics in {args.judged}, as of {now:%Y-%m-%d %H:%M} UTC", rows)
+    where = ", ".join(map(str, folders))
+    table(f"all {len(rows)} judged topics in {where}, as of {now:%Y-%m-%d %H:%M} UTC", rows)
     if args.split:
         table("tuning half (1st, 3rd, ... topic)", rows[0::2])
         table("held-out half (2nd, 4th, ... topic)", rows[1::2])

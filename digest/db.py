@@ -533,6 +533,24 @@ def acronyms_for(session: Session, expansion_terms: str) -> list[tuple[str, str,
     return [(term, written, count) for term, written, count in rows]
 
 
+def defined_acronyms(
+    session: Session, terms: Iterable[str], ids: Iterable[int]
+) -> dict[int, dict[str, set[str]]]:
+    """What each of the papers `ids` defines the acronym index `terms` as:
+    {paper id: {acronym term: {expansion terms}}}, for the papers that define one."""
+    wanted, papers = sorted(set(terms)), list(set(ids))
+    found: dict[int, dict[str, set[str]]] = {}
+    for start in range(0, len(papers), 500):
+        rows = session.execute(
+            select(Acronym.paper_id, Acronym.term, Acronym.expansion_terms).where(
+                Acronym.term.in_(wanted), Acronym.paper_id.in_(papers[start : start + 500])
+            )
+        )
+        for paper_id, term, expansion in rows:
+            found.setdefault(paper_id, {}).setdefault(term, set()).add(expansion)
+    return found
+
+
 def find_paper_by_reference(session: Session, reference: str) -> Paper | None:
     """The paper with this id (as `digest papers` shows) or this arXiv id."""
     if reference.isdigit():

@@ -11,7 +11,14 @@ Query analysis (`plan_query`):
   as an acronym than as a word (``rag``, ``moe``) also matches the acronym, while
   ``code`` never matches "CoDE";
 * acronyms expand both ways from the definitions mined at ingest: ``MoE`` also
-  matches "mixture of experts" and ``mixture of experts`` also matches "MoE";
+  matches "mixture of experts" and ``mixture of experts`` (or
+  ``mixture-of-experts``) also matches "MoE"; a definition of three words or more
+  also matches without its commonest last word when the shorter words mostly mean
+  it (`_without_head`);
+* an acronym means what each paper says: a paper that defines it only as something
+  the query does not mean, or does not define it while the corpus mostly defines it
+  as something else, does not match it (`Plan.meanings`, `Plan.foreign`);
+* a word with an -ise/-ize ending also matches the other spelling, if papers use it;
 * ``like:ID`` becomes the paper's `LIKE_TERMS` most distinctive terms (tf-idf over
   its title, counted twice, and abstract), any of which may match, each weighed
   by its tf-idf (Lucene's MoreLikeThis); the paper itself is left out.
@@ -40,6 +47,7 @@ matches are about, fall behind (and below the selection's cutoff).
 from __future__ import annotations
 
 import math
+import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -72,6 +80,7 @@ NEAR_WINDOW = 10
 FEEDBACK_PAPERS = 10
 FEEDBACK_EXPONENT = 1.0
 TRUNCATE_EXPANSIONS = True
+SHORTENED_MIN_SHARE = 0.5
 LIKE_TERMS = 10
 CANDIDATE_LIMIT = 400  # candidates rescored per query, the index's best first
 
@@ -173,6 +182,12 @@ class Plan:
     whole: tuple[str, ...] = ()
     like: dict[str, float] = field(default_factory=dict)
     like_ids: tuple[int, ...] = ()
+    # Acronym terms -> the definitions (expansion terms) the query means by them: a paper
+    # that defines the acronym only as something else does not match it ("CL" for
+    # curriculum learning does not match `continual learning`), nor does a paper that
+    # does not define it when the corpus mostly defines it as something else (`foreign`).
+    meanings: dict[str, frozenset[str]] = field(default_factory=dict)
+    foreign: frozenset[str] = frozenset()
     expansions: tuple[str, ...] = ()
     missing: tuple[str, ...] = ()
     everything: bool = False
@@ -220,6 +235,16 @@ def _prefix_stems(prefix: str) -> tuple[str, ...]:
     return tuple(sorted(t for t in found if len(t) < len(prefix) and t.isalnum()))
 
 
+_SPELLING = re.compile(r"(?<=[a-z]{3})([iy])([sz])(e|es|ed|ing|er|ers|ation|ations|able)$")
+
+
+def _other_spelling(word: str) -> str | None:
+    """The word with -ise/-ize (-yse/-yze) endings swapped: optimisation <-> optimization."""
+    if is_acronym(word):
+        return None
+    return _SPELLING.sub(lambda m: m[1] + ("z" if m[2] == "s" else "s") + m[3], word) or None
+
+
 def _phrase(term: Term) -> Phrase:
     if term.field in ("authors", "categories"):
         words = tuple(plain_terms(" ".join(term.words)))
@@ -260,6 +285,18 @@ def plan_query(session: Session, query: Query, corpus: Corpus) -> Plan:
         groups.append(phrases)
     typed = [len(phrases) for phrases in groups]  # before any expansion
 
+    # British and American spellings find each other: quantisation, quantization.
+    for group, phrases in zip(query.groups, groups, strict=True):
+        for term, phrase in zip(group, list(phrases), strict=False):
+            other = _other_spelling(term.words[0]) if len(term.words) == 1 else None
+            if other is None or phrase.prefix or term.field not in (None, "title", "abstract"):
+                continue
+            variant = word_term(other)
+            if variant != phrase.terms[0] and corpus.df([variant])[variant]:
+                phrases.append(Phrase((variant,), phrase.field))
+                written.setdefault(variant, other)
+                expansions.append(f"{term.words[0]} → {other}")
+
     # A lowercase word the corpus mostly writes as an acronym (rag, moe) means the acronym.
     singles = {p.terms[0]: p for g in groups for p in g if len(p.terms) == 1 and p.field is None}
     acronyms = {
@@ -279,6 +316,8 @@ def plan_query(session: Session, query: Query, corpus: Corpus) -> Plan:
 
     # Acronym -> its definitions (those at least a quarter as common as the most common).
     expanded: set[Phrase] = set()
+    meanings: dict[str, set[str]] = {}
+    foreign: set[str] = set()
     for phrases in groups:
         for phrase in list(phrases):
             if len(phrase.terms) == 1 and phrase.terms[0].startswith(ACRONYM_MARK):
@@ -288,24 +327,23 @@ def plan_query(session: Session, query: Query, corpus: Corpus) -> Plan:
                 top = found[0][2] if found else 0
                 for terms, words, count in found:
                     if count * 4 >= top:
+                        meanings.setdefault(phrase.terms[0], set()).add(terms)
                         expansion = Phrase(tuple(terms.split()), phrase.field)
                         phrases.append(expansion)
                         expanded.add(expansion)
                         expansions.append(f"{_show(phrase, written)} → {words}")
-                        short = _without_head(expansion, corpus)
+                        short = _without_head(expansion, phrase, corpus)
                         if short is not None:
                             phrases.append(short)
                             expanded.add(short)
 
-    # Words -> the acronym they define: a quoted phrase, or a run of plain words.
+    # Words -> the acronym they define: a quoted phrase, or a run of plain words, which
+    # may be hyphenated ("retrieval-augmented generation" -> RAG).
     whole: list[str] = []
     single_run = [
         i
         for i, phrases in enumerate(groups)
-        if typed[i] == 1
-        and len(phrases[0].terms) == 1
-        and phrases[0].field is None
-        and not phrases[0].prefix
+        if typed[i] == 1 and phrases[0].field is None and not phrases[0].prefix
     ]
     runs: dict[str, list[int]] = {}
     for i, phrases in enumerate(groups):
@@ -317,20 +355,31 @@ def plan_query(session: Session, query: Query, corpus: Corpus) -> Plan:
             indexes = single_run[start:end]
             if indexes != list(range(indexes[0], indexes[-1] + 1)):
                 break
-            key = " ".join(groups[i][0].terms[0] for i in indexes)
+            key = " ".join(" ".join(groups[i][0].terms) for i in indexes)
             runs.setdefault(key, indexes)
     for key, indexes in runs.items():
-        for acronym, shown, _ in db.acronyms_for(session, key)[:1]:
+        for acronym, shown, count in db.acronyms_for(session, key)[:1]:
+            meanings.setdefault(acronym, set()).add(key)
+            if count < db.acronym_expansions(session, acronym)[0][2]:
+                foreign.add(acronym)
             for i in indexes:
                 groups[i].append(Phrase((acronym,)))
             if len(indexes) > 1:
                 whole.append(acronym)
             expansions.append(f"{' '.join(written.get(t, t) for t in key.split())} → {shown}")
 
+    # The words in order, a hyphenated word's parts each in its place.
     sequence = tuple(
-        frozenset(p.terms[0] for p in groups[i] if len(p.terms) == 1 and p.terms[0] not in whole)
+        position
         for i in single_run
+        for position in (
+            [frozenset(t for p in groups[i] if len(p.terms) == 1 for t in p.terms) - set(whole)]
+            if len(groups[i][0].terms) == 1
+            else [frozenset({t}) for t in groups[i][0].terms]
+        )
     )
+    if len(single_run) < 2:
+        sequence = ()
     like: dict[str, float] = {}
     like_ids: list[int] = []
     missing: list[str] = []
@@ -351,22 +400,31 @@ def plan_query(session: Session, query: Query, corpus: Corpus) -> Plan:
         whole=tuple(whole),
         like=like,
         like_ids=tuple(like_ids),
+        meanings={acronym: frozenset(terms) for acronym, terms in meanings.items()},
+        foreign=frozenset(foreign - {a for a, terms in meanings.items() if len(terms) > 1}),
         expansions=tuple(dict.fromkeys(expansions)),
         missing=tuple(missing),
     )
 
 
-def _without_head(expansion: Phrase, corpus: Corpus) -> Phrase | None:
+def _without_head(expansion: Phrase, acronym: Phrase, corpus: Corpus) -> Phrase | None:
     """A definition of three content words or more without its last word, when that word
-    is its least distinctive one: "retrieval augmented" for "retrieval augmented
-    generation", which papers also write "retrieval-augmented LLMs"."""
+    is its least distinctive one and the shorter words mostly mean the same thing:
+    "retrieval augmented" for "retrieval augmented generation", which papers also write
+    "retrieval-augmented LLMs", but not "low rank" for "low rank adaptation" (LoRA).
+
+    Mostly: at least SHORTENED_MIN_SHARE of the papers with the shorter words also have
+    the whole definition or the acronym."""
     content = [t for t in expansion.terms if t not in STOP_WORDS]
     if not TRUNCATE_EXPANSIONS or len(content) < 3 or expansion.terms[-2] in STOP_WORDS:
         return None
     df = corpus.df(content)
     if df[expansion.terms[-1]] < max(df.values()):
         return None
-    return Phrase(expansion.terms[:-1], expansion.field)
+    short = Phrase(expansion.terms[:-1], expansion.field)
+    having = len(db.match_candidates(corpus.session, [[short]]))
+    meaning = len(db.match_candidates(corpus.session, [[short], [expansion, acronym]]))
+    return short if meaning >= SHORTENED_MIN_SHARE * having else None
 
 
 def like_terms(paper: Paper, corpus: Corpus) -> dict[str, float]:
@@ -429,12 +487,15 @@ def _field_counts(paper: _Indexed, phrases: Iterable[Phrase]) -> tuple[int, int,
 
 
 def _sequence_counts(
-    terms: list[str], positions: dict[str, list[int]], plan: Plan
+    terms: list[str], positions: dict[str, list[int]], plan: Plan, blocked: frozenset[str]
 ) -> tuple[int, int, tuple[str, ...] | None]:
     """Occurrences of the query's words as an exact phrase and within NEAR_WINDOW words,
-    and the terms of the first exact occurrence."""
-    spots = [sorted({i for t in words for i in positions.get(t, ())}) for words in plan.sequence]
-    wholes = [i for t in plan.whole for i in positions.get(t, ())]
+    and the terms of the first exact occurrence (`blocked` acronyms left out)."""
+    spots = [
+        sorted({i for t in words - blocked for i in positions.get(t, ())})
+        for words in plan.sequence
+    ]
+    wholes = [i for t in plan.whole if t not in blocked for i in positions.get(t, ())]
     first: tuple[str, ...] | None = (terms[min(wholes)],) if wholes else None
     exact = len(wholes)
     if any(not s for s in spots):
@@ -505,6 +566,7 @@ def rank(
         # The sequence's groups are the single-word ones: weigh the phrase by their idf.
         words = [corpus.idf(max(df.get(t, 0) for t in terms)) for terms in plan.sequence]
         sequence_idf = sum(words)
+    definitions = db.defined_acronyms(session, plan.meanings, ids) if plan.meanings else {}
     scorer = _Scorer(corpus)
     lexical: dict[int, float] = {}
     matched: dict[int, list[tuple[str, ...]]] = {}
@@ -512,7 +574,8 @@ def rank(
         paper = papers.get(paper_id)
         if paper is None:
             continue
-        score, found = _lexical(paper, plan, scorer, group_idf, sequence_idf, corpus, df)
+        blocked = _other_meanings(plan, definitions.get(paper_id, {}))
+        score, found = _lexical(paper, plan, scorer, group_idf, sequence_idf, corpus, df, blocked)
         if score > 0:
             lexical[paper_id] = score
             matched[paper_id] = found
@@ -523,6 +586,18 @@ def rank(
     return [Match(pid, relevance[pid], tuple(matched[pid])) for pid in order]
 
 
+def _other_meanings(plan: Plan, defined: dict[str, set[str]]) -> frozenset[str]:
+    """The query's acronyms that are another word in this paper: it defines them only as
+    something the query does not mean, or does not define them and the corpus mostly
+    means something else by them."""
+    return frozenset(
+        acronym
+        for acronym, meant in plan.meanings.items()
+        if (acronym in defined and not defined[acronym] & meant)
+        or (acronym not in defined and acronym in plan.foreign)
+    )
+
+
 def _lexical(
     paper: _Indexed,
     plan: Plan,
@@ -531,15 +606,17 @@ def _lexical(
     sequence_idf: float,
     corpus: Corpus,
     df: dict[str, int],
+    blocked: frozenset[str] = frozenset(),
 ) -> tuple[float, list[tuple[str, ...]]]:
     score = 0.0
     found: list[tuple[str, ...]] = []
     for group, idf in zip(plan.groups, group_idf, strict=True):
-        value = scorer.bm25f(paper, _field_counts(paper, group.phrases), idf)
+        phrases = [p for p in group.phrases if len(p.terms) > 1 or p.terms[0] not in blocked]
+        value = scorer.bm25f(paper, _field_counts(paper, phrases), idf)
         if value == 0:
             return 0.0, []
         score += value
-        found.extend(p.terms for p in group.phrases if any(_field_counts(paper, [p])))
+        found.extend(p.terms for p in phrases if any(_field_counts(paper, [p])))
     if plan.like:
         similar = 0.0
         for term, weight in plan.like.items():
@@ -551,8 +628,8 @@ def _lexical(
             return 0.0, []
         score += similar
     if plan.sequence:
-        title = _sequence_counts(paper.title, paper.fields["title"], plan)
-        abstract = _sequence_counts(paper.abstract, paper.fields["abstract"], plan)
+        title = _sequence_counts(paper.title, paper.fields["title"], plan, blocked)
+        abstract = _sequence_counts(paper.abstract, paper.fields["abstract"], plan, blocked)
         score += PHRASE_WEIGHT * scorer.bm25f(paper, (title[0], abstract[0], 0), sequence_idf)
         phrase = title[2] or abstract[2]
         if phrase:

@@ -51,6 +51,14 @@ def ingest(factory: sessionmaker[Session], folder: Path, now: datetime, papers: 
     assert summary.ok, summary.error
 
 
+def ingest_rows(
+    factory: sessionmaker[Session], folder: Path, papers: list[tuple[str, str, str]]
+) -> None:
+    """Papers as (id, title, first sentence of the abstract), ingested as of NOW."""
+    rows = [{"id": i, "title": t, "summary": f"{first} {FILLER}"} for i, t, first in papers]
+    ingest(factory, folder, NOW, rows)
+
+
 def titles(session: Session, query: str) -> list[str]:
     corpus = relevance.Corpus(session)
     plan = relevance.plan_query(session, parse_query(query), corpus)
@@ -370,6 +378,11 @@ def test_a_definition_also_matches_without_its_least_distinctive_last_word(
                 "title": "Documents for LLMs",
                 "summary": "Retrieval-augmented LLMs answer from documents. " + FILLER,
             },
+            {
+                "id": "2601.00611",
+                "title": "Faster Pipelines",
+                "summary": "Our RAG pipeline answers questions quickly. " + FILLER,
+            },
             {"id": "2601.00604", "title": "Image Retrieval", "summary": "Retrieval. " + FILLER},
             {"id": "2601.00605", "title": "Text Generation", "summary": "Generation. " + FILLER},
             {"id": "2601.00606", "title": "Image Generation", "summary": "Generation. " + FILLER},
@@ -398,7 +411,107 @@ def test_a_definition_also_matches_without_its_least_distinctive_last_word(
             "Grounded Answers",
             "Better Pipelines",
             "Documents for LLMs",
+            "Faster Pipelines",
         }
+        # Hyphenated words find the acronym they define, each part in its place in the
+        # phrase.
+        assert set(titles(session, "retrieval-augmented generation")) == {
+            "Grounded Answers",
+            "Better Pipelines",
+            "Faster Pipelines",
+        }
+        corpus = relevance.Corpus(session)
+        plan = relevance.plan_query(session, parse_query("retrieval-augmented generation"), corpus)
+        assert plan.expansions == ("retrieval augmented generation → RAG",)
+        assert plan.sequence == (
+            frozenset({"retriev"}),
+            frozenset({"augment"}),
+            frozenset({"generat"}),
+        )
         # "quantization" is the rarest word of its definition: it stays required, and
         # post-training in general is not PTQ.
         assert set(titles(session, "PTQ")) == {"Small Models", "Vision Models"}
+
+
+def test_a_definition_is_shortened_only_to_words_that_mean_it(factory, tmp_path) -> None:
+    ingest_rows(
+        factory,
+        tmp_path,
+        [
+            (
+                "2601.00701",
+                "Efficient Fine-Tuning",
+                "Low-rank adaptation (LoRA) fine-tunes few weights.",
+            ),
+            ("2601.00702", "Adapters", "We compare LoRA."),
+            ("2601.00703", "Compression", "Low-rank factorization compresses weights."),
+            ("2601.00704", "Gradients", "Low-rank gradients."),
+            ("2601.00705", "Features", "Low-rank features."),
+            ("2601.00706", "Domains", "Domain adaptation."),
+            ("2601.00707", "Tests", "Test-time adaptation."),
+            ("2601.00708", "Data", "Adaptation of data."),
+        ],
+    )
+    with factory() as session:
+        # "adaptation" is the commonest word of the definition, but only one of the four
+        # papers saying "low-rank" means low-rank adaptation: LoRA keeps all three words.
+        assert set(titles(session, "LoRA")) == {"Efficient Fine-Tuning", "Adapters"}
+
+
+def test_an_acronym_defined_as_something_else_is_another_word(factory, tmp_path) -> None:
+    ingest_rows(
+        factory,
+        tmp_path,
+        [
+            (
+                "2601.00801",
+                "Learning Without Forgetting",
+                "Continual learning (CL) trains on a stream of tasks.",
+            ),
+            ("2601.00802", "Replay Buffers", "Continual learning (CL) with replay."),
+            (
+                "2601.00803",
+                "Ordering Examples",
+                "Curriculum learning (CL) orders examples; CL helps.",
+            ),
+            ("2601.00804", "Streams of Tasks", "Our CL method never forgets old tasks."),
+        ],
+    )
+    with factory() as session:
+        # CL stands for continual learning here, except in the paper that defines it as
+        # curriculum learning, where it is another word; "Streams of Tasks" uses CL without
+        # defining it, in the sense most papers define it in.
+        assert set(titles(session, "continual learning")) == {
+            "Learning Without Forgetting",
+            "Replay Buffers",
+            "Streams of Tasks",
+        }
+        assert titles(session, "curriculum learning") == ["Ordering Examples"]
+        corpus = relevance.Corpus(session)
+        plan = relevance.plan_query(session, parse_query("continual learning"), corpus)
+        assert (plan.meanings, plan.foreign) == ({"qqcl": frozenset({"continu learn"})}, set())
+        # Undefined, CL is taken in its commoner meaning: not curriculum learning.
+        plan = relevance.plan_query(session, parse_query("curriculum learning"), corpus)
+        assert plan.foreign == {"qqcl"}
+
+
+def test_british_and_american_spellings_find_each_other(factory, tmp_path) -> None:
+    ingest_rows(
+        factory,
+        tmp_path,
+        [
+            ("2601.01001", "Quantisation", "Weights."),
+            ("2601.01002", "Quantization", "Activations."),
+            ("2601.01003", "Pruning", "Weights."),
+        ],
+    )
+    with factory() as session:
+        both = {"Quantisation", "Quantization"}
+        assert set(titles(session, "quantization")) == both
+        assert set(titles(session, "quantisation")) == both
+        corpus = relevance.Corpus(session)
+        plan = relevance.plan_query(session, parse_query("quantisation"), corpus)
+        assert plan.expansions == ("quantisation → quantization",)
+        # A spelling no paper uses adds nothing: "advize" is not a word here.
+        plan = relevance.plan_query(session, parse_query("advise"), corpus)
+        assert plan.expansions == ()
