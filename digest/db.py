@@ -110,6 +110,16 @@ def _create_private(path: Path) -> None:
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
 
 
+def _multirow_inserts(engine: Engine) -> None:
+    """Make a bulk INSERT (executemany) multi-row statements of up to 1000 rows each.
+
+    FTS5 flushes its pending terms at every statement its trigger runs in, so one
+    statement per row made indexing a fresh load six times slower on SQLite; on
+    PostgreSQL it saves a round trip and an executor start per row.
+    """
+    engine.dialect.use_insertmanyvalues_wo_returning = True
+
+
 def create_db_engine(url: str) -> Engine:
     """An engine for `url`; for SQLite it creates the file privately, sets WAL, FKs, timeouts."""
     parsed = engine_url(url)
@@ -122,12 +132,10 @@ def create_db_engine(url: str) -> Engine:
         )
         event.listen(engine, "connect", _sqlite_pragmas)
         event.listen(engine, "begin", _sqlite_begin)
-        # A bulk INSERT becomes multi-row statements (up to 1000 rows each), as on
-        # PostgreSQL: FTS5 flushes its pending terms at every statement its trigger runs
-        # in, so one statement per row made indexing a fresh load six times slower.
-        engine.dialect.use_insertmanyvalues_wo_returning = True
+        _multirow_inserts(engine)
         return engine
     engine = create_engine(parsed, pool_pre_ping=True, future=True)
+    _multirow_inserts(engine)
     if engine.dialect.name == "postgresql":
         event.listen(engine, "connect", _postgresql_session)
     return engine
@@ -275,16 +283,21 @@ def _table(name: str) -> Any:
 
 
 def paper_identities(
-    session: Session, arxiv_ids: Iterable[str], title_keys: Iterable[str]
+    session: Session, keys: Sequence[tuple[str | None, str]]
 ) -> list[tuple[int, str | None, str]]:
-    """(id, arxiv id, title key) of the stored papers with any of these arXiv ids or titles."""
+    """(id, arXiv id, title key) of the stored papers that records with these (arXiv id,
+    title key) pairs may belong to: the one with the arXiv id, else those with the title."""
     papers = _table("papers")
     columns = (papers.c.id, papers.c.arxiv_id, papers.c.title_key)
     found: dict[int, tuple[int, str | None, str]] = {}
-    for column, values in ((papers.c.arxiv_id, arxiv_ids), (papers.c.title_key, title_keys)):
-        for chunk in _chunks(sorted(set(values))):
-            for row in session.execute(select(*columns).where(column.in_(chunk))):
-                found[row[0]] = (row[0], row[1], row[2])
+    for chunk in _chunks(sorted({arxiv_id for arxiv_id, _ in keys if arxiv_id})):
+        for row in session.execute(select(*columns).where(papers.c.arxiv_id.in_(chunk))):
+            found[row[0]] = (row[0], row[1], row[2])
+    stored = {arxiv_id for _, arxiv_id, _ in found.values()}
+    titles = sorted({title_key for arxiv_id, title_key in keys if arxiv_id not in stored})
+    for chunk in _chunks(titles):
+        for row in session.execute(select(*columns).where(papers.c.title_key.in_(chunk))):
+            found[row[0]] = (row[0], row[1], row[2])
     return [found[paper_id] for paper_id in sorted(found)]
 
 

@@ -280,7 +280,7 @@ class _Batch:
         self.title_keys = title_keys = [normalize_title(record.title) for record in records]
         self.hashes = [record_hash(record) for record in records]
         identities = db.paper_identities(
-            session, [r.arxiv_id for r in records if r.arxiv_id], title_keys
+            session, [(r.arxiv_id, key) for r, key in zip(records, title_keys, strict=True)]
         )
         hashes = db.source_hashes(session, [paper_id for paper_id, _, _ in identities])
         self.stored: dict[int, _Stored] = {}
