@@ -125,7 +125,9 @@ def report(label: str, papers: int, result: dict) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--papers", type=int, default=100_000)
-    parser.add_argument("--url", metavar="URL", help="also on this PostgreSQL server")
+    parser.add_argument(
+        "--url", "--postgresql", metavar="URL", help="also on this PostgreSQL server"
+    )
     parser.add_argument("--baseline", metavar="DIR", type=Path, help="also this other checkout")
     parser.add_argument("--no-sqlite", action="store_true", help="only the --url server")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
