@@ -771,17 +771,7 @@ def insert_subscribers(session: Session, rows: Sequence[dict[str, Any]]) -> list
 
 def update_subscribers(session: Session, rows: Sequence[dict[str, Any]]) -> None:
     """Update subscribers in bulk: each row holds an `id` and the same other columns."""
-    if not rows:
-        return
-    table = Subscriber.metadata.tables["subscribers"]
-    columns = [name for name in rows[0] if name != "id"]
-    statement = (
-        update(table)
-        .where(table.c.id == bindparam("row_id"))
-        .values({name: bindparam(name) for name in columns})
-    )
-    params = [{name: row[name] for name in columns} | {"row_id": row["id"]} for row in rows]
-    session.connection().execute(statement, params)
+    update_rows(session, Subscriber.metadata.tables["subscribers"], ("id",), rows)
 
 
 def replace_topics(

@@ -14,6 +14,13 @@ is recorded with the ingest time, which is what trending is computed from.
 Each stored paper also gets its analysed terms (`digest.text`), which the
 full-text index reads, and the acronyms its abstract defines ("Mixture-of-Experts
 (MoE)"), which expand queries both ways.
+
+Records are stored `BATCH_SIZE` at a time (`store_records`): the papers a batch
+may belong to are read with a few bulk queries, the records are merged in memory
+in input order, and the changes are written with a few bulk statements. Each paper
+source keeps the hash of the record it last gave (`record_hash`); a record with
+that hash again was merged already, so only its upvote count is looked at, and
+terms and acronyms are computed again only when a paper's text changed.
 """
 
 from __future__ import annotations
@@ -252,14 +259,13 @@ class _Stored:
         arxiv_id: str | None,
         order: int,
         sources: dict[str, str | None],
-        row: dict[str, Any] | None = None,
     ) -> None:
-        self.id = paper_id
+        self.id = paper_id  # None until a new paper is inserted
         self.arxiv_id = arxiv_id
         self.order = order  # title matches go to the oldest paper: stored ids, then new ones
-        self.row = row  # every column, once needed (a new paper's from the start)
+        self.row: dict[str, Any] | None = None  # every column, once needed (a new paper's)
         self.changes: dict[str, Any] = {}  # columns set while `row` was not loaded
-        self.loaded = dict(row) if row is not None and paper_id is not None else None
+        self.loaded: dict[str, Any] | None = None  # a stored paper's columns as loaded
         self.sources = sources  # source -> hash of the record it last gave
         self.stored_sources = dict(sources)
         self.latest: tuple[datetime, int] | None = None  # the latest upvote observation
