@@ -38,7 +38,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import DatabaseError, IntegrityError
-from sqlalchemy.orm import Session, selectinload, sessionmaker
+from sqlalchemy.orm import Session, aliased, selectinload, sessionmaker
 
 from digest.errors import DigestError
 from digest.models import (
@@ -110,6 +110,16 @@ def _create_private(path: Path) -> None:
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
 
 
+def _multirow_inserts(engine: Engine) -> None:
+    """Make a bulk INSERT (executemany) multi-row statements of up to 1000 rows each.
+
+    FTS5 flushes its pending terms at every statement its trigger runs in, so one
+    statement per row made indexing a fresh load six times slower on SQLite; on
+    PostgreSQL it saves a round trip and an executor start per row.
+    """
+    engine.dialect.use_insertmanyvalues_wo_returning = True
+
+
 def create_db_engine(url: str) -> Engine:
     """An engine for `url`; for SQLite it creates the file privately, sets WAL, FKs, timeouts."""
     parsed = engine_url(url)
@@ -122,8 +132,10 @@ def create_db_engine(url: str) -> Engine:
         )
         event.listen(engine, "connect", _sqlite_pragmas)
         event.listen(engine, "begin", _sqlite_begin)
+        _multirow_inserts(engine)
         return engine
     engine = create_engine(parsed, pool_pre_ping=True, future=True)
+    _multirow_inserts(engine)
     if engine.dialect.name == "postgresql":
         event.listen(engine, "connect", _postgresql_session)
     return engine
@@ -256,29 +268,153 @@ def transaction(factory: sessionmaker[Session], *, write: bool = True) -> Iterat
 # --- papers -----------------------------------------------------------------
 
 
-def find_paper(session: Session, arxiv_id: str | None, title_key: str) -> Paper | None:
-    """The stored paper with this arXiv id, else the first one with this normalized title."""
-    if arxiv_id:
-        found = session.scalar(select(Paper).where(Paper.arxiv_id == arxiv_id))
-        if found is not None:
-            return found
-    candidates = session.scalars(
-        select(Paper).where(Paper.title_key == title_key).order_by(Paper.id)
-    ).all()
-    for paper in candidates:
-        # A title match with a *different* arXiv id is another paper of the same name.
-        if not arxiv_id or paper.arxiv_id in (None, arxiv_id):
-            return paper
-    return None
+# Ingest reads and writes papers a batch at a time (digest.ingest): a few statements per
+# batch of records instead of several per record. IN lists are cut to CHUNK values.
+CHUNK = 500
 
 
-def latest_observation(session: Session, paper_id: int) -> UpvoteObservation | None:
-    return session.scalar(
-        select(UpvoteObservation)
-        .where(UpvoteObservation.paper_id == paper_id)
-        .order_by(UpvoteObservation.observed_at.desc(), UpvoteObservation.id.desc())
+def _chunks(values: Sequence[Any]) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(values), CHUNK):
+        yield values[start : start + CHUNK]
+
+
+def _table(name: str) -> Any:
+    return Paper.metadata.tables[name]
+
+
+def paper_identities(
+    session: Session, keys: Sequence[tuple[str | None, str]]
+) -> list[tuple[int, str | None, str]]:
+    """(id, arXiv id, title key) of the stored papers that records with these (arXiv id,
+    title key) pairs may belong to: the one with the arXiv id, else those with the title."""
+    papers = _table("papers")
+    columns = (papers.c.id, papers.c.arxiv_id, papers.c.title_key)
+    found: dict[int, tuple[int, str | None, str]] = {}
+    for chunk in _chunks(sorted({arxiv_id for arxiv_id, _ in keys if arxiv_id})):
+        for row in session.execute(select(*columns).where(papers.c.arxiv_id.in_(chunk))):
+            found[row[0]] = (row[0], row[1], row[2])
+    stored = {arxiv_id for _, arxiv_id, _ in found.values()}
+    titles = sorted({title_key for arxiv_id, title_key in keys if arxiv_id not in stored})
+    for chunk in _chunks(titles):
+        for row in session.execute(select(*columns).where(papers.c.title_key.in_(chunk))):
+            found[row[0]] = (row[0], row[1], row[2])
+    return [found[paper_id] for paper_id in sorted(found)]
+
+
+def paper_rows(session: Session, ids: Iterable[int]) -> dict[int, dict[str, Any]]:
+    """Every column of these papers, by id."""
+    papers = _table("papers")
+    found: dict[int, dict[str, Any]] = {}
+    for chunk in _chunks(sorted(set(ids))):
+        for row in session.execute(select(papers).where(papers.c.id.in_(chunk))).mappings():
+            found[row["id"]] = dict(row)
+    return found
+
+
+def source_hashes(session: Session, ids: Iterable[int]) -> dict[int, dict[str, str | None]]:
+    """The sources of these papers, each with the hash of the record it last gave."""
+    sources = _table("paper_sources")
+    found: dict[int, dict[str, str | None]] = {}
+    for chunk in _chunks(sorted(set(ids))):
+        statement = select(sources.c.paper_id, sources.c.source, sources.c.content_hash).where(
+            sources.c.paper_id.in_(chunk)
+        )
+        for paper_id, source, content_hash in session.execute(statement):
+            found.setdefault(paper_id, {})[source] = content_hash
+    return found
+
+
+def latest_upvotes(session: Session, ids: Iterable[int]) -> dict[int, tuple[datetime, int]]:
+    """The latest upvote observation (time, count) of each of these papers that has one."""
+    latest = aliased(UpvoteObservation)
+    newest_id = (
+        select(latest.id)
+        .where(latest.paper_id == UpvoteObservation.paper_id)
+        .order_by(latest.observed_at.desc(), latest.id.desc())
         .limit(1)
+        .scalar_subquery()
     )
+    found: dict[int, tuple[datetime, int]] = {}
+    for chunk in _chunks(sorted(set(ids))):
+        statement = select(
+            UpvoteObservation.paper_id, UpvoteObservation.observed_at, UpvoteObservation.upvotes
+        ).where(UpvoteObservation.paper_id.in_(chunk), UpvoteObservation.id == newest_id)
+        found.update(
+            (paper_id, (observed_at, upvotes))
+            for paper_id, observed_at, upvotes in session.execute(statement)
+        )
+    return found
+
+
+def insert_papers(session: Session, rows: Sequence[Mapping[str, Any]]) -> dict[str, int]:
+    """Insert papers in bulk (column values, the same columns in every row); id by key."""
+    if not rows:
+        return {}
+    papers = _table("papers")
+    # A plain executemany, then the ids by key: an ordered RETURNING would make SQLite
+    # insert one row per statement.
+    session.connection().execute(insert(papers), list(rows))
+    ids: dict[str, int] = {}
+    for chunk in _chunks([row["key"] for row in rows]):
+        statement = select(papers.c.key, papers.c.id).where(papers.c.key.in_(chunk))
+        ids.update((key, paper_id) for key, paper_id in session.execute(statement))
+    return ids
+
+
+def update_rows(
+    session: Session, table: Any, keys: Sequence[str], rows: Sequence[Mapping[str, Any]]
+) -> None:
+    """Update rows in bulk, found by their `keys` columns: one statement per set of columns."""
+    by_columns: dict[tuple[str, ...], list[Mapping[str, Any]]] = {}
+    for row in rows:
+        by_columns.setdefault(tuple(name for name in row if name not in keys), []).append(row)
+    for columns, group in by_columns.items():
+        if not columns:
+            continue
+        statement = (
+            update(table)
+            .where(*(table.c[key] == bindparam(f"key_{key}") for key in keys))
+            .values({name: bindparam(name) for name in columns})
+        )
+        params = [
+            {name: row[name] for name in columns} | {f"key_{key}": row[key] for key in keys}
+            for row in group
+        ]
+        session.connection().execute(statement, params)
+
+
+def update_papers(session: Session, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Update papers in bulk: each row holds an `id` and the columns that changed.
+
+    Rows that leave the analysed terms alone do not touch the full-text index: the
+    SQLite trigger fires only on an update of a terms column, so those are grouped apart.
+    """
+    update_rows(session, _table("papers"), ("id",), rows)
+
+
+def store_paper_links(
+    session: Session,
+    sources: Sequence[Mapping[str, Any]],
+    source_hashes: Sequence[Mapping[str, Any]],
+    observations: Sequence[Mapping[str, Any]],
+) -> None:
+    """Insert new paper sources and upvote observations, update changed source hashes."""
+    if sources:
+        session.connection().execute(insert(_table("paper_sources")), list(sources))
+    update_rows(session, _table("paper_sources"), ("paper_id", "source"), source_hashes)
+    if observations:
+        session.connection().execute(insert(_table("upvote_observations")), list(observations))
+
+
+def replace_acronyms(
+    session: Session, paper_ids: Sequence[int], rows: Sequence[Mapping[str, Any]]
+) -> None:
+    """Set the mined acronym definitions of these papers (`rows`), replacing theirs."""
+    acronyms = _table("acronyms")
+    for chunk in _chunks(sorted(set(paper_ids))):
+        session.execute(delete(acronyms).where(acronyms.c.paper_id.in_(chunk)))
+    if rows:
+        session.connection().execute(insert(acronyms), list(rows))
 
 
 def list_papers(session: Session, limit: int = 20) -> Sequence[Paper]:
@@ -653,17 +789,7 @@ def insert_subscribers(session: Session, rows: Sequence[dict[str, Any]]) -> list
 
 def update_subscribers(session: Session, rows: Sequence[dict[str, Any]]) -> None:
     """Update subscribers in bulk: each row holds an `id` and the same other columns."""
-    if not rows:
-        return
-    table = Subscriber.metadata.tables["subscribers"]
-    columns = [name for name in rows[0] if name != "id"]
-    statement = (
-        update(table)
-        .where(table.c.id == bindparam("row_id"))
-        .values({name: bindparam(name) for name in columns})
-    )
-    params = [{name: row[name] for name in columns} | {"row_id": row["id"]} for row in rows]
-    session.connection().execute(statement, params)
+    update_rows(session, Subscriber.metadata.tables["subscribers"], ("id",), rows)
 
 
 def replace_topics(

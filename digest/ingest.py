@@ -14,21 +14,29 @@ is recorded with the ingest time, which is what trending is computed from.
 Each stored paper also gets its analysed terms (`digest.text`), which the
 full-text index reads, and the acronyms its abstract defines ("Mixture-of-Experts
 (MoE)"), which expand queries both ways.
+
+Records are stored `BATCH_SIZE` at a time (`store_records`): the papers a batch
+may belong to are read with a few bulk queries, the records are merged in memory
+in input order, and the changes are written with a few bulk statements. Each paper
+source keeps the hash of the record it last gave (`record_hash`); a record with
+that hash again was merged already, so only its upvote count is looked at, and
+terms and acronyms are computed again only when a paper's text changed.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import hashlib
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from sqlalchemy.exc import DataError, IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from digest import db, text
-from digest.models import Acronym, Paper, PaperSource, UpvoteObservation
+from digest.models import Paper
 from digest.sources import InputError, PaperRecord, parse_input
 from digest.sources.records import SOURCE_PRIORITY, normalize_title
 
@@ -111,42 +119,16 @@ def read_input(name: str, max_bytes: int, fetcher: Fetcher | None) -> bytes:
     return data
 
 
-def _better(paper: Paper, record: PaperRecord) -> bool:
-    """Whether `record` comes from a higher-ranked source than any the paper has seen."""
-    seen = max((SOURCE_PRIORITY.get(s.source, 0) for s in paper.sources), default=0)
-    return SOURCE_PRIORITY.get(record.source, 0) > seen
+# Records are stored BATCH_SIZE at a time: a few bulk statements per batch, and no more
+# than one batch of papers held in memory, however large the input.
+BATCH_SIZE = 1000
 
+# The columns of a stored paper (papers.search_vector, on PostgreSQL, is generated).
+_COLUMNS = tuple(column.key for column in Paper.__table__.columns if column.key != "id")
+_TEXT_COLUMNS = ("title", "abstract", "authors", "categories")
+_TERM_COLUMNS = ("title_terms", "abstract_terms", "author_terms", "category_terms")
 
-def _new_paper(record: PaperRecord, now: datetime) -> Paper:
-    title_key = normalize_title(record.title)
-    return Paper(
-        key=record.arxiv_id or f"title:{title_key}",
-        arxiv_id=record.arxiv_id,
-        title_key=title_key,
-        title=record.title,
-        abstract=record.abstract,
-        authors="\n".join(record.authors),
-        author_count=len(record.authors) or record.author_count,
-        organization=record.organization,
-        published_on=record.published_on,
-        categories=" ".join(record.categories),
-        source_url=record.url,
-        pdf_link=record.pdf_url,
-        github_url=record.github_url,
-        project_url=record.project_url,
-        first_seen_at=now,
-        updated_at=now,
-        sources=[],
-        observations=[],
-        acronyms=[],
-        title_terms="",
-        abstract_terms="",
-        author_terms="",
-        category_terms="",
-    )
-
-
-# Paper attribute <- PaperRecord attribute, for the fields merged one to one.
+# Paper column <- PaperRecord attribute, for the fields merged one to one.
 _FILLED_FIELDS = {
     "abstract": "abstract",
     "organization": "organization",
@@ -158,39 +140,74 @@ _FILLED_FIELDS = {
 }
 
 
-def _merge(paper: Paper, record: PaperRecord) -> None:
-    """Fold `record` into `paper`, keeping the richest metadata."""
-    better = _better(paper, record)
-    if record.arxiv_id and not paper.arxiv_id:
-        paper.arxiv_id = record.arxiv_id
-        paper.key = record.arxiv_id
+def record_hash(record: PaperRecord) -> str:
+    """What a record says about its paper, hashed: everything but its source and upvotes.
+
+    Merging is idempotent, so a record whose hash its source already stored changes
+    nothing but (maybe) the upvote history.
+    """
+    content = (
+        record.title,
+        record.arxiv_id,
+        record.abstract,
+        record.authors,
+        record.author_count,
+        record.organization,
+        record.published_on,
+        record.categories,
+        record.url,
+        record.pdf_url,
+        record.github_url,
+        record.project_url,
+    )
+    return hashlib.blake2b(repr(content).encode(), digest_size=16).hexdigest()
+
+
+def _new_row(record: PaperRecord, title_key: str, now: datetime) -> dict[str, Any]:
+    return {
+        "key": record.arxiv_id or f"title:{title_key}",
+        "arxiv_id": record.arxiv_id,
+        "title_key": title_key,
+        "title": record.title,
+        "abstract": record.abstract,
+        "authors": "\n".join(record.authors),
+        "author_count": len(record.authors) or record.author_count,
+        "organization": record.organization,
+        "published_on": record.published_on,
+        "categories": " ".join(record.categories),
+        "source_url": record.url,
+        "pdf_link": record.pdf_url,
+        "github_url": record.github_url,
+        "project_url": record.project_url,
+        "upvotes": None,
+        "first_seen_at": now,
+        "updated_at": now,
+    } | dict.fromkeys(_TERM_COLUMNS, "")
+
+
+def _merge(row: dict[str, Any], sources: Iterable[str], record: PaperRecord) -> None:
+    """Fold `record` into a paper's columns, keeping the richest metadata."""
+    seen = max((SOURCE_PRIORITY.get(source, 0) for source in sources), default=0)
+    better = SOURCE_PRIORITY.get(record.source, 0) > seen
+    if record.arxiv_id and not row["arxiv_id"]:
+        row["arxiv_id"] = record.arxiv_id
+        row["key"] = record.arxiv_id
     if better and record.title:
-        paper.title = record.title
-        paper.title_key = normalize_title(record.title)
-    for attribute, record_attribute in _FILLED_FIELDS.items():
-        value = getattr(record, record_attribute)
-        if value and (better or not getattr(paper, attribute)):
-            setattr(paper, attribute, value)
-    if record.authors and (better or not paper.authors):
-        paper.authors = "\n".join(record.authors)
-    names = len(paper.author_names)
-    paper.author_count = names or max(paper.author_count or 0, record.author_count or 0) or None
-    categories = paper.category_list
+        row["title"] = record.title
+        row["title_key"] = normalize_title(record.title)
+    for column, attribute in _FILLED_FIELDS.items():
+        value = getattr(record, attribute)
+        if value and (better or not row[column]):
+            row[column] = value
+    if record.authors and (better or not row["authors"]):
+        row["authors"] = "\n".join(record.authors)
+    names = sum(1 for name in row["authors"].split("\n") if name)
+    row["author_count"] = names or max(row["author_count"] or 0, record.author_count or 0) or None
+    categories = row["categories"].split()
     merged = (
         list(record.categories) + categories if better else categories + list(record.categories)
     )
-    paper.categories = " ".join(dict.fromkeys(merged))
-
-
-def _observe(session: Session, paper: Paper, upvotes: int, now: datetime) -> bool:
-    """Record an upvote count that differs from the latest observation."""
-    latest = db.latest_observation(session, paper.id) if paper.id is not None else None
-    if latest is not None and latest.upvotes == upvotes:
-        return False
-    paper.observations.append(UpvoteObservation(observed_at=now, upvotes=upvotes))
-    if latest is None or latest.observed_at <= now:
-        paper.upvotes = upvotes
-    return True
+    row["categories"] = " ".join(dict.fromkeys(merged))
 
 
 def paper_terms(title: str, abstract: str, authors: str, categories: str) -> dict[str, str]:
@@ -221,53 +238,253 @@ def acronym_rows(paper_id: int | None, title: str, abstract: str) -> list[dict[s
     return list(rows.values())
 
 
-def _index(paper: Paper) -> None:
-    """Refresh the paper's analysed terms and acronyms after its text changed."""
-    values = paper_terms(paper.title, paper.abstract, paper.authors, paper.categories)
-    if all(getattr(paper, column) == value for column, value in values.items()):
-        return
-    for column, value in values.items():
-        setattr(paper, column, value)
-    existing = {(a.term, a.expansion_terms): a for a in paper.acronyms}
-    kept = []
-    for row in acronym_rows(None, paper.title, paper.abstract):
-        key = (str(row["term"]), str(row["expansion_terms"]))
-        # Reuse a stored row with the same key: a delete plus insert would collide.
-        kept.append(
-            existing.get(key) or Acronym(**{k: v for k, v in row.items() if k != "paper_id"})
+class _Stored:
+    """A paper while a batch merges records into it."""
+
+    __slots__ = (
+        "arxiv_id",
+        "changes",
+        "id",
+        "latest",
+        "loaded",
+        "order",
+        "row",
+        "sources",
+        "stored_sources",
+    )
+
+    def __init__(
+        self,
+        paper_id: int | None,
+        arxiv_id: str | None,
+        order: int,
+        sources: dict[str, str | None],
+    ) -> None:
+        self.id = paper_id  # None until a new paper is inserted
+        self.arxiv_id = arxiv_id
+        self.order = order  # title matches go to the oldest paper: stored ids, then new ones
+        self.row: dict[str, Any] | None = None  # every column, once needed (a new paper's)
+        self.changes: dict[str, Any] = {}  # columns set while `row` was not loaded
+        self.loaded: dict[str, Any] | None = None  # a stored paper's columns as loaded
+        self.sources = sources  # source -> hash of the record it last gave
+        self.stored_sources = dict(sources)
+        self.latest: tuple[datetime, int] | None = None  # the latest upvote observation
+
+
+class _Batch:
+    """Merges one batch of records into the papers they belong to, then writes it in bulk."""
+
+    def __init__(self, session: Session, records: Sequence[PaperRecord], now: datetime) -> None:
+        self.session = session
+        self.now = now
+        self.by_arxiv: dict[str, _Stored] = {}
+        self.by_title: dict[str, list[_Stored]] = {}
+        self.observations: list[tuple[_Stored, int]] = []
+        self.new: list[_Stored] = []
+        self.papers: list[_Stored] = []
+        self.records = records
+        self.title_keys = title_keys = [normalize_title(record.title) for record in records]
+        self.hashes = [record_hash(record) for record in records]
+        identities = db.paper_identities(
+            session, [(r.arxiv_id, key) for r, key in zip(records, title_keys, strict=True)]
         )
-    paper.acronyms = kept
+        hashes = db.source_hashes(session, [paper_id for paper_id, _, _ in identities])
+        self.stored: dict[int, _Stored] = {}
+        for paper_id, arxiv_id, title_key in identities:
+            paper = _Stored(paper_id, arxiv_id, paper_id, hashes.get(paper_id, {}))
+            self.stored[paper_id] = paper
+            self.papers.append(paper)
+            self._index(paper, title_key)
+        self._prefetch()
 
+    def _index(self, paper: _Stored, title_key: str) -> None:
+        if paper.arxiv_id:
+            self.by_arxiv[paper.arxiv_id] = paper
+        candidates = self.by_title.setdefault(title_key, [])
+        candidates.append(paper)
+        candidates.sort(key=lambda candidate: candidate.order)
 
-def _snapshot(paper: Paper) -> tuple[object, ...]:
-    return tuple(getattr(paper, column.key) for column in Paper.__table__.columns)
+    def _find(self, arxiv_id: str | None, title_key: str) -> _Stored | None:
+        """The paper with this arXiv id, else the oldest one with this normalized title."""
+        if arxiv_id and arxiv_id in self.by_arxiv:
+            return self.by_arxiv[arxiv_id]
+        for paper in self.by_title.get(title_key, ()):
+            # A title match with a *different* arXiv id is another paper of the same name.
+            if not arxiv_id or paper.arxiv_id in (None, arxiv_id):
+                return paper
+        return None
 
+    def _prefetch(self) -> None:
+        """Load, in bulk, the columns and upvotes the stored papers of this batch will need.
 
-def store_record(session: Session, record: PaperRecord, now: datetime) -> str:
-    """Insert or merge one record; return 'new', 'updated' or 'unchanged'."""
-    paper = db.find_paper(session, record.arxiv_id, normalize_title(record.title))
-    outcome = "unchanged"
-    if paper is None:
-        paper = _new_paper(record, now)
-        session.add(paper)
-        outcome = "new"
-    else:
-        before = _snapshot(paper)
-        _merge(paper, record)
-        if _snapshot(paper) != before:
+        A record its source gave before needs neither columns nor, without upvotes, the
+        latest observation. (Merges inside the batch can still send a record elsewhere:
+        `_load` then fetches that one paper.)
+        """
+        rows: set[int] = set()
+        upvotes: set[int] = set()
+        for record, title_key, content_hash in zip(
+            self.records, self.title_keys, self.hashes, strict=True
+        ):
+            paper = self._find(record.arxiv_id, title_key)
+            if paper is None or paper.id is None:
+                continue
+            if paper.sources.get(record.source) != content_hash:
+                rows.add(paper.id)
+            if record.upvotes is not None:
+                upvotes.add(paper.id)
+        for paper_id, row in db.paper_rows(self.session, rows).items():
+            self.stored[paper_id].row = row
+            self.stored[paper_id].loaded = dict(row)
+        for paper_id, latest in db.latest_upvotes(self.session, upvotes).items():
+            self.stored[paper_id].latest = latest
+        for paper_id in upvotes:
+            self.stored[paper_id].latest = self.stored[paper_id].latest or _NONE
+
+    def _load(self, paper: _Stored) -> dict[str, Any]:
+        if paper.row is None:
+            assert paper.id is not None
+            paper.row = db.paper_rows(self.session, [paper.id])[paper.id]
+            paper.loaded = dict(paper.row)
+            paper.row.update(paper.changes)
+            paper.changes = {}
+        return paper.row
+
+    def _set(self, paper: _Stored, column: str, value: object) -> None:
+        """Set a column without loading the paper's other columns."""
+        if paper.row is None:
+            paper.changes[column] = value
+        else:
+            paper.row[column] = value
+
+    def _latest(self, paper: _Stored) -> tuple[datetime, int] | None:
+        if paper.latest is None and paper.id is not None:
+            paper.latest = db.latest_upvotes(self.session, [paper.id]).get(paper.id, _NONE)
+        return None if paper.latest is _NONE else paper.latest
+
+    def store(self, index: int) -> str:
+        """Merge the batch's record `index`; 'new', 'updated' or 'unchanged'."""
+        record, title_key = self.records[index], self.title_keys[index]
+        content_hash = self.hashes[index]
+        paper = self._find(record.arxiv_id, title_key)
+        outcome = "unchanged"
+        if paper is None:
+            paper = _Stored(None, record.arxiv_id, 2**62 + len(self.new), {})
+            paper.row = _new_row(record, title_key, self.now)
+            paper.latest = _NONE
+            self.new.append(paper)
+            self.papers.append(paper)
+            self._index(paper, title_key)
+            outcome = "new"
+        elif paper.sources.get(record.source) != content_hash:
+            row = self._load(paper)
+            before = dict(row)
+            _merge(row, paper.sources, record)
+            if row != before:
+                outcome = "updated"
+                if row["arxiv_id"] != before["arxiv_id"] or row["title_key"] != before["title_key"]:
+                    self._reindex(paper, before)
+        grew = record.source not in paper.sources
+        paper.sources[record.source] = content_hash
+        if record.upvotes is not None:
+            grew = self._observe(paper, record.upvotes) or grew
+        if grew and outcome == "unchanged":
             outcome = "updated"
-    _index(paper)
-    grew = False
-    if not any(source.source == record.source for source in paper.sources):
-        paper.sources.append(PaperSource(source=record.source, first_seen_at=now))
-        grew = True
-    if record.upvotes is not None:
-        grew = _observe(session, paper, record.upvotes, now) or grew
-    if grew and outcome == "unchanged":
-        outcome = "updated"
-    if outcome == "updated":
-        paper.updated_at = now
-    return outcome
+        if outcome == "updated":
+            self._set(paper, "updated_at", self.now)
+        return outcome
+
+    def _reindex(self, paper: _Stored, before: dict[str, Any]) -> None:
+        assert paper.row is not None
+        if before["arxiv_id"]:
+            self.by_arxiv.pop(before["arxiv_id"], None)
+        old = self.by_title.get(before["title_key"], [])
+        if paper in old:
+            old.remove(paper)
+        paper.arxiv_id = paper.row["arxiv_id"]
+        self._index(paper, paper.row["title_key"])
+
+    def _observe(self, paper: _Stored, upvotes: int) -> bool:
+        """Record an upvote count that differs from the latest observation."""
+        latest = self._latest(paper)
+        if latest is not None and latest[1] == upvotes:
+            return False
+        self.observations.append((paper, upvotes))
+        if latest is None or latest[0] <= self.now:
+            self._set(paper, "upvotes", upvotes)
+            paper.latest = (self.now, upvotes)
+        return True
+
+    def write(self) -> None:
+        """Write what the batch changed: new and updated papers, their terms, acronyms,
+        sources and observations, a few statements in all."""
+        papers = self.papers
+        analysed: list[_Stored] = []
+        for paper in papers:
+            row, loaded = paper.row, paper.loaded
+            if row is not None and (
+                loaded is None or any(row[c] != loaded[c] for c in _TEXT_COLUMNS)
+            ):
+                row.update(paper_terms(*(row[c] for c in _TEXT_COLUMNS)))
+                analysed.append(paper)
+        ids = db.insert_papers(self.session, [{c: p.row[c] for c in _COLUMNS} for p in self.new])  # type: ignore[index]
+        for paper in self.new:
+            paper.id = ids[paper.row["key"]]  # type: ignore[index]
+        updates = []
+        for paper in papers:
+            changed = dict(paper.changes)
+            if paper.loaded is not None and paper.row is not None:
+                changed.update((c, v) for c, v in paper.row.items() if paper.loaded[c] != v)
+            if changed:
+                updates.append({"id": paper.id} | changed)
+        db.update_papers(self.session, updates)
+        db.replace_acronyms(
+            self.session,
+            [p.id for p in analysed if p.loaded is not None],  # type: ignore[misc]
+            [
+                row
+                for p in analysed
+                for row in acronym_rows(p.id, p.row["title"], p.row["abstract"])  # type: ignore[index]
+            ],
+        )
+        new_sources, changed_hashes = [], []
+        for paper in papers:
+            for source, content_hash in paper.sources.items():
+                if source not in paper.stored_sources:
+                    new_sources.append(
+                        {
+                            "paper_id": paper.id,
+                            "source": source,
+                            "first_seen_at": self.now,
+                            "content_hash": content_hash,
+                        }
+                    )
+                elif paper.stored_sources[source] != content_hash:
+                    changed_hashes.append(
+                        {"paper_id": paper.id, "source": source, "content_hash": content_hash}
+                    )
+        observations = [
+            {"paper_id": paper.id, "observed_at": self.now, "upvotes": upvotes}
+            for paper, upvotes in self.observations
+        ]
+        db.store_paper_links(self.session, new_sources, changed_hashes, observations)
+
+
+# "No observation": a cached answer, unlike None ("not looked up yet").
+_NONE: tuple[datetime, int] = (datetime.min, -1)
+
+
+def store_records(
+    session: Session, records: Sequence[PaperRecord], now: datetime
+) -> dict[str, int]:
+    """Insert or merge records, BATCH_SIZE at a time; how many were new, updated, unchanged."""
+    counts = {"new": 0, "updated": 0, "unchanged": 0}
+    for start in range(0, len(records), BATCH_SIZE):
+        batch = _Batch(session, records[start : start + BATCH_SIZE], now)
+        for index in range(len(batch.records)):
+            counts[batch.store(index)] += 1
+        batch.write()
+    return counts
 
 
 def ingest_data(
@@ -283,11 +500,9 @@ def ingest_data(
     summary.format = result.format
     summary.parsed = len(result.records)
     summary.skipped = list(result.skipped)
-    counts = {"new": 0, "updated": 0, "unchanged": 0}
     try:
         with db.transaction(factory) as session:
-            for record in result.records:
-                counts[store_record(session, record, now)] += 1
+            counts = store_records(session, result.records, now)
     except (IntegrityError, DataError) as exc:
         # This input's data broke a rule; a database that cannot be written at all
         # (read-only, corrupt, locked) raises instead, and stops the command.

@@ -27,12 +27,15 @@ import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
+from operator import itemgetter
+from typing import NamedTuple
 
 import Stemmer
 
 ACRONYM_MARK = "qq"  # no English stem starts with it; PostgreSQL parses it as a plain word
 
-_WORD = re.compile(r"[^\W_]+(?:['’]s\b)?", re.UNICODE)
+# A word, and the possessive 's after it (group 1 is the word without it).
+_WORD = re.compile(r"([^\W_]+)(?:['’]s\b)?", re.UNICODE)
 _PARENTHESIZED = re.compile(r"\(\s*([^\W_][^()\s;,]{0,14}?)\s*\)", re.UNICODE)
 _stemmer = Stemmer.Stemmer("english")
 
@@ -89,6 +92,8 @@ class Token:
 
 def fold(text: str) -> str:
     """NFKC, case-folded, diacritics removed: the form every comparison uses."""
+    if text.isascii():  # the same, faster: nothing to normalize or remove
+        return text.lower()
     decomposed = unicodedata.normalize("NFKD", unicodedata.normalize("NFKC", text).casefold())
     return unicodedata.normalize(
         "NFKC", "".join(c for c in decomposed if not unicodedata.combining(c))
@@ -124,30 +129,59 @@ def is_acronym(word: str) -> bool:
 
 def _shouting(words: list[str]) -> bool:
     # A text (or title) written mostly in capitals: case carries no meaning in it.
-    long = [w for w in words if len(w) > 3 and w.isalpha()]
-    return len(long) >= 3 and sum(w.isupper() for w in long) * 2 > len(long)
+    return _shouting_words(list(map(_word, words)))
+
+
+def _shouting_words(words: list[_Word]) -> bool:
+    long = sum(map(_LONG, words))
+    return bool(long >= 3 and sum(map(_LONG_CAPITALS, words)) * 2 > long)
+
+
+class _Word(NamedTuple):
+    """What analysis needs to know of one word as written, computed once per distinct word."""
+
+    term: str  # its index term (`word_term`)
+    ordinary: str  # its index term in a text that is all capitals (never an acronym)
+    long: bool  # a word of letters only, longer than 3: it counts towards `_shouting`
+    long_capitals: bool  # such a word, in capitals
+
+
+_TERM, _ORDINARY, _LONG, _LONG_CAPITALS = (itemgetter(n) for n in range(4))
+
+
+@lru_cache(maxsize=200_000)
+def _word(word: str) -> _Word:
+    long = len(word) > 3 and word.isalpha()
+    return _Word(word_term(word), _ordinary_term(word), long, long and word.isupper())
 
 
 def tokens(text: str) -> Iterator[Token]:
     """The words of `text` with their index terms, in order."""
     matches = list(_WORD.finditer(text))
-    words = [re.sub(r"['’]s$", "", m.group()) for m in matches]
+    words = [match.group(1) for match in matches]
     caseless = _shouting(words)
     for match, word in zip(matches, words, strict=True):
-        if not caseless and is_acronym(word):
-            yield Token(acronym_term(word), word, True, match.start(), match.end())
-        else:
-            yield Token(stem(fold(word)), word, False, match.start(), match.end())
+        acronym = not caseless and is_acronym(word)
+        term = word_term(word) if acronym else _ordinary_term(word)
+        yield Token(term, word, acronym, match.start(), match.end())
 
 
+@lru_cache(maxsize=200_000)
 def word_term(word: str) -> str:
     """The index term of one word as a query writes it: RAG -> qqrag, models -> model."""
-    return acronym_term(word) if is_acronym(word) else stem(fold(word))
+    return acronym_term(word) if is_acronym(word) else _ordinary_term(word)
+
+
+@lru_cache(maxsize=200_000)
+def _ordinary_term(word: str) -> str:
+    return stem(fold(word))
 
 
 def terms(text: str) -> list[str]:
-    """The index terms of a title or abstract, in order."""
-    return [token.term for token in tokens(text)]
+    """The index terms of a title or abstract, in order (`tokens`, without the positions)."""
+    # Ingest analyses every stored paper: one cached lookup per word, and loops in C.
+    words = list(map(_word, _WORD.findall(text)))
+    return list(map(_ORDINARY if _shouting_words(words) else _TERM, words))
 
 
 def plain_terms(text: str) -> list[str]:
@@ -202,7 +236,7 @@ def acronym_definitions(text: str) -> list[AcronymDefinition]:
         if not is_acronym(acronym) or not acronym.isalpha() or len(acronym) > 10:
             continue
         before = _WORD_PLAIN.findall(text[max(0, match.start() - 120) : match.start()])
-        expansion = _expansion(acronym, [re.sub(r"['’]s$", "", w) for w in before])
+        expansion = _expansion(acronym, before)
         if expansion:
             found.append(AcronymDefinition(acronym, " ".join(fold(w) for w in expansion)))
     return found
@@ -212,12 +246,14 @@ def _expansion(acronym: str, before: list[str]) -> list[str] | None:
     """The shortest run of words ending `before` whose initials spell `acronym`."""
     letters = fold(acronym)
     capitals = [c.casefold() for c in acronym if c.isupper()]
-    for size in range(1, min(len(before), len(letters) + 3) + 1):
+    size_limit = min(len(before), len(letters) + 3)
+    folded = [fold(w) for w in before[len(before) - size_limit :]]
+    for size in range(1, size_limit + 1):
         words = before[-size:]
         if words[0].casefold() in STOP_WORDS or not words[0][0].isalpha():
             continue
-        if _spells(letters, [fold(w) for w in words]) or (
-            len(capitals) >= 2 and _spells("".join(capitals), [fold(w) for w in words])
+        if _spells(letters, folded[-size:]) or (
+            len(capitals) >= 2 and _spells("".join(capitals), folded[-size:])
         ):
             return words
     return None

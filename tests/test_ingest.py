@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
 import time
@@ -15,6 +16,7 @@ from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from digest import db, relevance
+from digest import ingest as ingest_module
 from digest.fetch import HttpFetcher
 from digest.ingest import ingest_inputs
 from digest.models import Paper
@@ -164,6 +166,131 @@ def test_arxiv_sources_ingest_with_categories(factory) -> None:
         assert paper.category_list == ["nucl-ex", "hep-ph"]
         assert paper.abs_url == "https://arxiv.org/abs/nucl-ex/0408020"
         assert len(search(session, "nucl")) >= 1
+
+
+def full_dump(factory: sessionmaker[Session]) -> list[tuple]:
+    """Every row ingest writes, the analysed terms and acronyms included."""
+    tables = {
+        "papers": "id",
+        "paper_sources": "paper_id, source",
+        "upvote_observations": "id",
+        "acronyms": "paper_id, term, expansion_terms",
+    }
+    with factory() as session:
+        return [
+            (table, *row)
+            for table, order in tables.items()
+            for row in session.execute(text(f"SELECT * FROM {table} ORDER BY {order}"))
+        ]
+
+
+def test_batches_of_any_size_store_the_same(
+    factory, databases, tmp_path: Path, seeds: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The seeds repeat titles inside a file and across files: with batches of 3 records,
+    # merges happen inside a batch, across batches and across inputs.
+    other = databases.new(tmp_path / "other")
+    engine = db.open_database(other)
+    try:
+        whole = db.session_factory(engine)
+        ingest(whole, seeds)
+        ingest(whole, seeds, HF_JSON, now=NOW + timedelta(hours=1))
+        monkeypatch.setattr(ingest_module, "BATCH_SIZE", 3)
+        first = ingest(factory, seeds)
+        again = ingest(factory, seeds, HF_JSON, now=NOW + timedelta(hours=1))
+        assert sum(s.new for s in first) == 540
+        assert [(s.new, s.updated, s.unchanged) for s in again[:5]] == [
+            (0, 0, 34),
+            (0, 0, 333),
+            (0, 0, 53),
+            (0, 0, 78),
+            (0, 0, 57),
+        ]
+        assert full_dump(factory) == full_dump(whole)
+    finally:
+        engine.dispose()
+        databases.drop(other)
+    assert db.integrity_problems(engine_of(factory), full=True) == []
+
+
+def engine_of(factory: sessionmaker[Session]):
+    with factory() as session:
+        return session.get_bind()
+
+
+def source_hashes(factory: sessionmaker[Session]) -> list[tuple]:
+    with factory() as session:
+        return list(
+            session.execute(
+                text("SELECT paper_id, source, content_hash FROM paper_sources ORDER BY 1, 2")
+            )
+        )
+
+
+def test_a_record_seen_before_only_adds_an_upvote_change(factory, tmp_path: Path) -> None:
+    items = json.loads(HF_JSON.read_text(encoding="utf-8"))
+    ingest(factory, HF_JSON)
+    hashes = source_hashes(factory)
+    assert [len(h) for _, _, h in hashes] == [32]
+    before = full_dump(factory)
+    [same] = ingest(factory, HF_JSON, now=NOW + timedelta(hours=1))
+    assert (same.new, same.updated, same.unchanged) == (0, 0, 1)
+    assert full_dump(factory) == before
+    # More upvotes: one observation, the paper's count and update time; nothing else.
+    items[0]["paper"]["upvotes"] += 5
+    more = tmp_path / "more.json"
+    more.write_text(json.dumps(items), encoding="utf-8")
+    [changed] = ingest(factory, more, now=NOW + timedelta(hours=2))
+    assert (changed.new, changed.updated, changed.unchanged) == (0, 1, 0)
+    votes = items[0]["paper"]["upvotes"]
+    with factory() as session:
+        paper = session.scalars(select(Paper)).one()
+        assert [(o.upvotes, o.observed_at) for o in paper.observations] == [
+            (votes - 5, NOW),
+            (votes, NOW + timedelta(hours=2)),
+        ]
+        assert (paper.upvotes, paper.updated_at, paper.first_seen_at) == (
+            votes,
+            NOW + timedelta(hours=2),
+            NOW,
+        )
+    assert source_hashes(factory) == hashes
+    # An observation from before the latest one is recorded, but the count stays.
+    [earlier] = ingest(factory, HF_JSON, now=NOW + timedelta(minutes=30))
+    assert (earlier.updated, earlier.unchanged) == (1, 0)
+    with factory() as session:
+        paper = session.scalars(select(Paper)).one()
+        assert [o.upvotes for o in paper.observations] == [votes - 5, votes - 5, votes]
+        assert paper.upvotes == votes
+
+
+def test_a_changed_record_is_merged_and_its_new_hash_kept(factory, tmp_path: Path) -> None:
+    items = json.loads(HF_JSON.read_text(encoding="utf-8"))
+    project = items[0]["paper"].pop("projectPage")
+    first = tmp_path / "first.json"
+    first.write_text(json.dumps(items), encoding="utf-8")
+    ingest(factory, first)
+    [(paper_id, source, first_hash)] = source_hashes(factory)
+    # Rows stored before hashes existed have none: the next ingest merges and fills it.
+    with factory() as session, session.begin():
+        session.execute(text("UPDATE paper_sources SET content_hash = NULL"))
+    [legacy] = ingest(factory, first, now=NOW + timedelta(hours=1))
+    assert (legacy.updated, legacy.unchanged) == (0, 1)
+    assert source_hashes(factory) == [(paper_id, source, first_hash)]
+    # The project page fills an empty field; the abstract, filled already, stays.
+    items[0]["paper"]["projectPage"] = project
+    items[0]["summary"] = "A different abstract."
+    changed = tmp_path / "changed.json"
+    changed.write_text(json.dumps(items), encoding="utf-8")
+    [summary] = ingest(factory, changed, now=NOW + timedelta(hours=2))
+    assert (summary.updated, summary.unchanged) == (1, 0)
+    [(_, _, new_hash)] = source_hashes(factory)
+    assert new_hash not in (first_hash, None)
+    with factory() as session:
+        paper = session.scalars(select(Paper)).one()
+        assert paper.project_url == project
+        assert paper.abstract.startswith("Which multimodal model should we use")
+        assert paper.updated_at == NOW + timedelta(hours=2)
 
 
 BAD_INPUTS = {

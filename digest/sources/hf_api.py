@@ -65,11 +65,8 @@ def _record(item: Any) -> PaperRecord:
     title = _text(item.get("title")) or _text(paper.get("title"))
     if not title:
         raise ValueError("no title")
-    authors = tuple(
-        _text(author.get("name"))
-        for author in paper.get("authors") or []
-        if isinstance(author, dict) and _text(author.get("name"))
-    )
+    names = (_text(a.get("name")) for a in paper.get("authors") or [] if isinstance(a, dict))
+    authors = tuple(name for name in names if name)
     published = _date(paper.get("publishedAt") or item.get("publishedAt"))
     arxiv_id = arxiv_id_from(paper.get("id")) if isinstance(paper.get("id"), str) else None
     return PaperRecord(

@@ -68,8 +68,13 @@ def one_line(text: str) -> str:
     return clean_text(CONTROL_CHARS.sub(" ", _BIDI.sub("", text)))
 
 
+_TITLE_WORD = re.compile(r"\w+")
+
+
 def normalize_title(title: str) -> str:
     """The title as an identity: case-folded, accents and punctuation dropped."""
+    if title.isascii():  # the same, faster: nothing to decompose
+        return " ".join(_TITLE_WORD.findall(title.lower()))
     decomposed = unicodedata.normalize("NFKD", title.casefold())
     stripped = "".join(ch for ch in decomposed if not unicodedata.combining(ch))
     return " ".join(re.findall(r"\w+", stripped))
