@@ -29,9 +29,10 @@ if TYPE_CHECKING:
     from sqlalchemy import Engine
     from sqlalchemy.orm import Session, sessionmaker
 
-    from digest.deliver import DigestMailer, Sender
+    from digest.deliver import Sender
     from digest.fetch import HttpFetcher
     from digest.ingest import InputSummary
+    from digest.message import DigestMailer
     from digest.schedule import Service
     from digest.transport import Transport
 
@@ -224,7 +225,7 @@ class App:
         return self._secret_key
 
     def mailer(self) -> DigestMailer:
-        from digest.deliver import DigestMailer, Dkim
+        from digest.message import DigestMailer, Dkim
         from digest.render import Renderer
 
         config = self.config

@@ -1063,6 +1063,8 @@ def status_command(app: App) -> None:
     Example:
         digest status
     """
+    from digest.models import DeliveryStatus as Status
+
     now = app.clock()
     config = app.config
     if warning := insecure_base_url(config.site.base_url):
@@ -1072,8 +1074,8 @@ def status_command(app: App) -> None:
         lease = db.current_lease(session, DISPATCH_LEASE)
         upcoming = due_within(session, now, timedelta(hours=1))
         problems = [
-            *db.deliveries_with_status(session, ("deferred", "unknown", "sending")),
-            *db.deliveries_with_status(session, ("failed",), now - timedelta(days=1)),
+            *db.deliveries_with_status(session, (Status.DEFERRED, Status.UNKNOWN, Status.SENDING)),
+            *db.deliveries_with_status(session, (Status.FAILED,), now - timedelta(days=1)),
         ]
         problem_rows = [
             (

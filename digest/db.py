@@ -42,10 +42,10 @@ from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 from digest.errors import DigestError
 from digest.models import (
-    CLAIMABLE_SQL,
     RECEIVED_STATUSES,
     Acronym,
     Delivery,
+    DeliveryStatus,
     Digest,
     DigestItem,
     JobRun,
@@ -712,7 +712,7 @@ def previous_delivery(session: Session, subscriber_id: int, before: date) -> Del
         .where(
             Delivery.subscriber_id == subscriber_id,
             Delivery.digest_date < before,
-            Delivery.status.in_((*RECEIVED_STATUSES, "empty")),
+            Delivery.status.in_((*RECEIVED_STATUSES, DeliveryStatus.EMPTY)),
         )
         .order_by(Delivery.digest_date.desc())
         .limit(1)
@@ -737,77 +737,6 @@ def digest_is_weekly(session: Session, digest_id: int) -> bool:
         .limit(1)
     )
     return weekday is not None
-
-
-def claim_delivery(
-    session: Session, now: datetime, lease_until: datetime, dates: Iterable[date]
-) -> int | None:
-    """Atomically move one due queued or deferred delivery to `sending`; its id, or None.
-
-    The next one is the first due entry of the partial index on claimable rows, so
-    a claim costs the same however much of the day is already sent.
-    """
-    claimable = text(CLAIMABLE_SQL)
-    due = (
-        select(Delivery.id)
-        .where(
-            claimable,
-            Delivery.digest_date.in_(list(dates)),
-            (Delivery.next_attempt_at.is_(None)) | (Delivery.next_attempt_at <= now),
-        )
-        # By date; fresh rows before retries, so rows that keep failing never hold up
-        # the rest. The partial index ix_deliveries_claimable has this order.
-        .order_by(
-            Delivery.digest_date,
-            Delivery.next_attempt_at.is_not(None),
-            Delivery.next_attempt_at,
-            Delivery.id,
-        )
-        .limit(1)
-    )
-    if session.get_bind().dialect.name == "postgresql":
-        due = due.with_for_update(skip_locked=True)
-    claimed = session.execute(
-        update(Delivery)
-        .where(Delivery.id == due.scalar_subquery(), claimable)
-        .values(
-            status="sending",
-            lease_until=lease_until,
-            attempts=Delivery.attempts + 1,
-            updated_at=now,
-        )
-        .returning(Delivery.id)
-    ).scalar()
-    return claimed
-
-
-def expire_leases(session: Session, now: datetime) -> int:
-    """`sending` rows whose lease ran out become `unknown`: the process died mid-send."""
-    result = session.execute(
-        update(Delivery)
-        .where(Delivery.status == "sending", Delivery.lease_until < now)
-        .values(status="unknown", lease_until=None, updated_at=now)
-    )
-    return int(result.rowcount or 0)  # type: ignore[attr-defined]
-
-
-def requeue_unknown(session: Session, now: datetime, dates: Iterable[date]) -> int:
-    """Queue `unknown` deliveries of these dates again (a deliberate, possibly duplicate resend)."""
-    result = session.execute(
-        update(Delivery)
-        .where(Delivery.status == "unknown", Delivery.digest_date.in_(list(dates)))
-        .values(status="queued", next_attempt_at=None, updated_at=now)
-    )
-    return int(result.rowcount or 0)  # type: ignore[attr-defined]
-
-
-def count_deliveries(session: Session, dates: Iterable[date]) -> dict[str, int]:
-    rows = session.execute(
-        select(Delivery.status, func.count())
-        .where(Delivery.digest_date.in_(list(dates)))
-        .group_by(Delivery.status)
-    )
-    return {status: count for status, count in rows}
 
 
 def get_or_create_digest(

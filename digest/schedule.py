@@ -38,12 +38,12 @@ from apscheduler.triggers.interval import IntervalTrigger
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from digest import db
+from digest import db, ledger
 from digest.config import DigestSettings, ScheduleConfig
 from digest.deliver import DueList, Sender, SendReport, send_digests
 from digest.errors import DigestError
 from digest.ingest import InputSummary
-from digest.models import Subscriber
+from digest.models import CLAIMABLE_STATUSES, Subscriber
 from digest.select import local_date, send_time, sends_on
 from digest.subscribers import purge_pending, sendable
 
@@ -101,14 +101,12 @@ def due_within(
 
 def skip_stale(session: Session, now: datetime, grace: timedelta) -> int:
     """Queued or deferred rows whose send window has closed become `skipped`."""
-    skipped = 0
-    for delivery in db.deliveries_with_status(session, ("queued", "deferred")):
-        if now >= send_time(delivery.subscriber, delivery.digest_date) + grace:
-            delivery.status = "skipped"
-            delivery.last_reply = "missed: not sent within the grace window"
-            delivery.updated_at = now
-            skipped += 1
-    return skipped
+    stale = [
+        delivery.id
+        for delivery in db.deliveries_with_status(session, CLAIMABLE_STATUSES)
+        if now >= send_time(delivery.subscriber, delivery.digest_date) + grace
+    ]
+    return ledger.skip(session, stale, now, "missed: not sent within the grace window")
 
 
 def default_holder() -> str:

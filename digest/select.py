@@ -54,7 +54,7 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy.orm import Session
 
-from digest import db, relevance
+from digest import db, ledger, relevance
 from digest.config import DigestSettings
 from digest.models import Delivery, DigestItem, Paper, Subscriber
 from digest.query import parse_query
@@ -360,19 +360,15 @@ def record_selection(
             now,
             more_matched=json.dumps(selection.more, sort_keys=True, ensure_ascii=False),
         )
-    delivery = Delivery(
+    # The next digest's new papers start where this one's knowledge ended.
+    delivery = ledger.plan(
+        session,
         subscriber_id=subscriber.id,
         digest_date=selection.digest_date,
         digest=digest,
-        status="queued" if digest is not None else "empty",
-        # The next digest's new papers start where this one's knowledge ended.
         selected_at=selection.as_of or now,
-        attempts=0,
-        created_at=now,
-        updated_at=now,
+        now=now,
     )
-    session.add(delivery)
-    session.flush()
     return delivery
 
 

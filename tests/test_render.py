@@ -21,8 +21,8 @@ from premailer import Premailer
 
 from digest import db
 from digest.config import DigestSettings, MailConfig
-from digest.deliver import DigestMailer, build_message
 from digest.ingest import ingest_inputs
+from digest.message import DigestMailer, build_message
 from digest.models import Paper, Subscriber, Topic
 from digest.render import (
     HTML_BUDGET,
