@@ -27,8 +27,10 @@ Run:   .venv/bin/python bench/scale.py [--papers 2000] [--subscribers 1000]
 from __future__ import annotations
 
 import argparse
+import cProfile
 import json
 import os
+import pstats
 import resource
 import signal
 import smtplib
@@ -312,6 +314,11 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1, help="sender processes")
     parser.add_argument("--url", help="an empty PostgreSQL database (default: SQLite)")
     parser.add_argument("--smoke", action="store_true", help="a tiny run, for CI")
+    parser.add_argument(
+        "--profile",
+        choices=["ingest", "dry-run", "naive", "send", "ceiling"],
+        help="print a cProfile of this stage (to stderr)",
+    )
     parser.add_argument("--sink", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--stage", help=argparse.SUPPRESS)
     parser.add_argument("--config", type=Path, help=argparse.SUPPRESS)
@@ -329,7 +336,14 @@ def main() -> None:
             "send": lambda: stage_send(args.config),
             "ceiling": lambda: stage_ceiling(args.config, args.data / "spool.bin"),
         }
-        print(json.dumps(stages[args.stage]()))
+        if args.profile == args.stage:
+            profile = cProfile.Profile()
+            result = profile.runcall(stages[args.stage])
+            stats = pstats.Stats(profile, stream=sys.stderr)
+            stats.sort_stats("cumulative").print_stats(40)
+        else:
+            result = stages[args.stage]()
+        print(json.dumps(result))
         return None
     if args.smoke:
         args.papers, args.subscribers, args.naive = 300, 60, 20
@@ -347,6 +361,8 @@ def main() -> None:
         try:
             config = write_config(data, url, sink.port, args.workers)
             common = ["--config", str(config), "--data", str(data), "--naive", str(args.naive)]
+            if args.profile:
+                common += ["--profile", args.profile]
             ingest, _ = run_stage("ingest", *common)
             dry, dry_rss = run_stage("dry-run", *common)
             naive, _ = run_stage("naive", *common)

@@ -33,6 +33,7 @@ from digest.models import CLAIMABLE_STATUSES, Delivery, DeliveryStatus, Subscrib
 from digest.relevance import Corpus
 from digest.select import SelectionRun, record_selection, selection_time
 from digest.transport import (
+    Encoded,
     FatalTransportError,
     PermanentFailure,
     TemporaryFailure,
@@ -149,6 +150,7 @@ class Outcome:
     reply: str = ""
     hint: str | None = None
     refused: bool = False  # failed on a refusal that a block of the whole session explains
+    sent_at: datetime | None = None  # when the server accepted it (status SENT)
 
 
 @dataclass
@@ -182,7 +184,7 @@ class Sender:
 
     def _compose(
         self, delivery_id: int
-    ) -> tuple[Delivery, Subscriber, EmailMessage | Unsendable | None]:
+    ) -> tuple[Delivery, Subscriber, EmailMessage | Encoded | Unsendable | None]:
         """The claimed row, its subscriber and its message (None: no longer active)."""
         with self.factory() as session:
             delivery = session.get(Delivery, delivery_id)
@@ -191,11 +193,13 @@ class Sender:
             if subscriber.status != "active":
                 return delivery, subscriber, None
             try:
-                return (
-                    delivery,
-                    subscriber,
-                    self.mailer.delivery_message(session, delivery, self.clock()),
-                )
+                if self.transport.takes_encoded:
+                    message: EmailMessage | Encoded = self.mailer.delivery_message(
+                        session, delivery, self.clock(), encoded=True
+                    )
+                else:
+                    message = self.mailer.delivery_message(session, delivery, self.clock())
+                return delivery, subscriber, message
             except Unsendable as exc:
                 return delivery, subscriber, exc
 
@@ -273,11 +277,11 @@ class Sender:
             else:
                 self._release(delivery_id)
             raise
-        self._record(lambda session, now: ledger.mark_sent(session, [delivery_id], now, reply))
+        # Marked `sent` by the caller: in the transaction that claims the next row.
         report.sent += 1
         if self.on_progress is not None:
             self.on_progress(subscriber.email)
-        return Outcome(delivery, subscriber, Status.SENT, reply)
+        return Outcome(delivery, subscriber, Status.SENT, reply, sent_at=self.clock())
 
     def _session_blocked(self, streak: list[Outcome]) -> str:
         """Stop after a streak of identical failures; refused rows are retried later instead."""
@@ -298,10 +302,22 @@ class Sender:
             total = waiting.get(Status.QUEUED, 0) + waiting.get(Status.DEFERRED, 0)
             self.on_start(total if limit is None else min(limit, total))
         streak: list[Outcome] = []
+        # A sent row is marked in the transaction that claims the next one (one write per
+        # message): a crash in between leaves it `sending`, then `unknown`, never resent.
+        sent: Outcome | None = None
+
+        def mark_sent(session: Session) -> None:
+            nonlocal sent
+            if sent is not None:
+                assert sent.sent_at is not None
+                ledger.mark_sent(session, [sent.delivery.id], sent.sent_at, sent.reply)
+                sent = None
+
         try:
             while not self.should_stop() and (limit is None or report.sent < limit):
                 now = self.clock()
                 with db.transaction(self.factory) as session:
+                    mark_sent(session)
                     claimed = ledger.claim(session, now, now + lease, dates)
                 if claimed is None:
                     break
@@ -310,6 +326,8 @@ class Sender:
                 except FatalTransportError as exc:
                     report.fatal = str(exc)
                     break
+                if outcome.status == Status.SENT:
+                    sent = outcome
                 if outcome.hint is None or (streak and streak[-1].hint != outcome.hint):
                     streak = []
                 if outcome.hint is not None:
@@ -318,6 +336,9 @@ class Sender:
                     report.fatal = self._session_blocked(streak)
                     break
         finally:
+            if sent is not None:
+                with db.transaction(self.factory) as session:
+                    mark_sent(session)
             self.transport.close()
 
 
@@ -381,7 +402,7 @@ def _dry_run(
         ).all()
         for delivery in queued:
             try:
-                sender.mailer.delivery_message(session, delivery, now)
+                sender.mailer.delivery_message(session, delivery, now, encoded=True)
                 report.sent += 1
             except Unsendable:
                 report.failed += 1

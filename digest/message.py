@@ -15,14 +15,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime
-from email import policy
+from datetime import UTC, date, datetime
+from email import policy, quoprimime
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import format_datetime
+from typing import Literal, overload
 
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
@@ -31,10 +33,36 @@ from digest import db
 from digest.config import DigestSettings, MailConfig
 from digest.links import subscriber_links
 from digest.models import Delivery, Paper, Subscriber
-from digest.render import ItemLike, Notice, Recipient, RenderedDigest, Renderer, topic_title
+from digest.render import (
+    BoundedCache,
+    ItemLike,
+    Notice,
+    Recipient,
+    RenderedDigest,
+    Renderer,
+    topic_title,
+)
 from digest.select import DigestContent, digest_content
 from digest.sources.records import one_line
 from digest.subscribers import sendable_address
+from digest.transport import Encoded
+
+QP_LINE_LENGTH = 78  # policy.SMTP's max_line_length, which set_content encodes bodies with
+RENDER_CACHE = 64  # renderings and message skeletons kept (the most recent digests)
+LINE_CACHE = 32_768  # encoded body lines kept (a card is about 8 lines)
+# The skeleton's stand-ins for a recipient's values (see DigestMailer.encoded).
+_SKELETON_TO = b"pdxtoxpd@pdx.example.org"
+_SKELETON_ID = b"<pdxmsgidxpd@pdx.example.org>"
+_SKELETON_URL = b"https://pdx.example.org/pdxunsubscribexpd"
+_SKELETON_SENT_AT = datetime(2000, 1, 1, tzinfo=UTC)
+_SKELETON_DATE = format_datetime(_SKELETON_SENT_AT).encode("ascii")
+_SKELETON_TEXT_LINE = "PDXTEXTBODYXPD"
+_SKELETON_HTML_LINE = "PDXHTMLBODYXPD"
+_SKELETON_TEXT = _SKELETON_TEXT_LINE.encode() + b"\r\n"
+_SKELETON_HTML = _SKELETON_HTML_LINE.encode() + b"\r\n"
+# What a header shows exactly as given (no quoting, no encoded words, no folding).
+_PLAIN_ADDRESS = re.compile(r"[A-Za-z0-9._+-]+@[A-Za-z0-9.-]+")
+_PLAIN_URL = re.compile(r"[A-Za-z0-9%/:._~?=&+-]+")
 
 # Unfolded headers (RFC 5322 allows 998 characters) keep the unsubscribe URL on one line.
 MAIL_POLICY = policy.SMTP.clone(max_line_length=998)
@@ -146,7 +174,17 @@ class DigestMailer:
     secret_key: str
     dkim: Dkim | None = None
     renders: int = 0
-    _cache: dict[tuple[str, bool], RenderedDigest] = field(default_factory=dict, repr=False)
+    # Recent digests' renderings, and their message skeletons (each a few hundred KB at
+    # most): deliveries come in plan order, so the same content tends to come in runs.
+    _cache: BoundedCache[tuple[str, bool], RenderedDigest] = field(
+        default_factory=lambda: BoundedCache(RENDER_CACHE), repr=False
+    )
+    _skeletons: BoundedCache[str, bytes] = field(
+        default_factory=lambda: BoundedCache(RENDER_CACHE), repr=False
+    )
+    _lines: BoundedCache[bytes, bytes] = field(
+        default_factory=lambda: BoundedCache(LINE_CACHE), repr=False
+    )
 
     def rendered(
         self,
@@ -158,9 +196,10 @@ class DigestMailer:
         more: Mapping[str, int] | None = None,
     ) -> RenderedDigest:
         """The rendering of content `key` (e.g. the digest's content hash), made once."""
-        if (key, weekly) not in self._cache:
+
+        def render() -> RenderedDigest:
             self.renders += 1
-            self._cache[key, weekly] = self.renderer.render(
+            return self.renderer.render(
                 items,
                 papers,
                 digest_date=digest_date,
@@ -168,7 +207,8 @@ class DigestMailer:
                 more=more,
                 base_url=self.base_url,
             )
-        return self._cache[key, weekly]
+
+        return self._cache.get((key, weekly), render)
 
     def render_items(
         self,
@@ -180,15 +220,25 @@ class DigestMailer:
         more: Mapping[str, int] | None = None,
     ) -> RenderedDigest:
         """Load the items' papers and render them (once per content `key`)."""
-        if (key, weekly) in self._cache:
-            return self._cache[key, weekly]
+        if (cached := self._cache.lookup((key, weekly))) is not None:
+            return cached
         papers = db.papers_by_id(session, [item.paper_id for item in items])
         return self.rendered(key, items, papers, digest_date, weekly, more)
 
+    @overload
     def delivery_message(
         self, session: Session, delivery: Delivery, sent_at: datetime
-    ) -> EmailMessage:
-        """The message of a planned delivery, for its subscriber.
+    ) -> EmailMessage: ...
+
+    @overload
+    def delivery_message(
+        self, session: Session, delivery: Delivery, sent_at: datetime, *, encoded: Literal[True]
+    ) -> Encoded: ...
+
+    def delivery_message(
+        self, session: Session, delivery: Delivery, sent_at: datetime, *, encoded: bool = False
+    ) -> EmailMessage | Encoded:
+        """The message of a planned delivery, for its subscriber (`encoded`: as bytes).
 
         `Unsendable` if the digest cannot be rendered (shared by everyone who gets
         the same content: worth retrying once the cause is fixed) or this
@@ -199,13 +249,14 @@ class DigestMailer:
         subscriber = delivery.subscriber
         if digest is None:
             raise Unsendable("the delivery has no digest to send", retry=False)
+        weekly = subscriber.weekday is not None
         try:
-            rendered = self.render_items(
+            rendered = self._cache.lookup((digest.content_hash, weekly)) or self.render_items(
                 session,
                 digest.content_hash,
                 list(digest.items),
                 digest.digest_date,
-                subscriber.weekday is not None,
+                weekly,
                 json.loads(digest.more_matched or "{}"),
             )
         except SQLAlchemyError:
@@ -214,6 +265,8 @@ class DigestMailer:
             reason = f"the digest could not be rendered: {describe(exc)}"
             raise Unsendable(reason, retry=True) from exc
         try:
+            if encoded:
+                return self.encoded(subscriber, rendered, digest.digest_date, sent_at, digest.id)
             return self.message(subscriber, rendered, digest.digest_date, sent_at, digest.id)
         except Exception as exc:
             reason = f"the message could not be built: {describe(exc)}"
@@ -306,3 +359,69 @@ class DigestMailer:
             unsubscribe_url=recipient.unsubscribe_url,
             dkim=self.dkim,
         )
+
+    def encoded(
+        self,
+        subscriber: Subscriber,
+        rendered: RenderedDigest,
+        digest_date: date,
+        sent_at: datetime,
+        digest_id: int | None = None,
+    ) -> Encoded:
+        """`message(...)` as the bytes it serializes to, assembled from cached parts.
+
+        Per digest, a skeleton (the headers and MIME structure, with tokens for the
+        recipient's headers and the bodies) is serialized once; each body line is
+        quoted-printable encoded once per run (the encoding is line by line); so a
+        recipient costs the substitution of their values. Messages the skeleton
+        cannot stand for (DKIM, an address that is not plain ASCII) are built whole.
+        """
+        domain = self.mail.from_address.rpartition("@")[2]
+        address = sendable_address(subscriber.email)
+        recipient = self.recipient(subscriber, digest_id)
+        unsubscribe = recipient.unsubscribe_url
+        if (
+            self.dkim is not None
+            or not _PLAIN_ADDRESS.fullmatch(address)
+            or not _PLAIN_URL.fullmatch(unsubscribe)
+            or len(unsubscribe) > 500
+        ):
+            whole = self.message(subscriber, rendered, digest_date, sent_at, digest_id)
+            return Encoded.of(whole)
+        html, text = rendered.personalize(recipient)
+        # Everything but the recipient's values and the bodies depends on the subject only.
+        skeleton = self._skeletons.get(rendered.subject, lambda: self._skeleton(rendered.subject))
+        data = (
+            skeleton.replace(_SKELETON_TO, address.encode("ascii"), 1)
+            .replace(_SKELETON_DATE, format_datetime(sent_at).encode("ascii"), 1)
+            .replace(_SKELETON_ID, message_id(subscriber, digest_date, domain).encode("ascii"), 1)
+            .replace(_SKELETON_URL, unsubscribe.encode("ascii"), 1)
+            .replace(_SKELETON_TEXT, self._quoted_printable(text), 1)
+            .replace(_SKELETON_HTML, self._quoted_printable(html), 1)
+        )
+        return Encoded(self.mail.from_address, address, data)
+
+    def _skeleton(self, subject: str) -> bytes:
+        message = build_message(
+            mail=self.mail,
+            to=_SKELETON_TO.decode(),
+            subject=subject,
+            html=_SKELETON_HTML_LINE,
+            text=_SKELETON_TEXT_LINE,
+            msgid=_SKELETON_ID.decode(),
+            sent_at=_SKELETON_SENT_AT,
+            unsubscribe_url=_SKELETON_URL.decode(),
+        )
+        return message.as_bytes()
+
+    def _quoted_printable(self, body: str) -> bytes:
+        """`body` as `set_content(cte="quoted-printable")` encodes it, line by line."""
+        return b"".join(
+            self._lines.get(line, lambda line=line: _encode_line(line))  # type: ignore[misc]
+            for line in body.encode("utf-8").splitlines()
+        )
+
+
+def _encode_line(line: bytes) -> bytes:
+    encoded = quoprimime.body_encode(line.decode("latin-1") + "\n", QP_LINE_LENGTH)
+    return encoded.replace("\n", "\r\n").encode("ascii")

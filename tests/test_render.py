@@ -657,3 +657,44 @@ def test_digests_assembled_from_parts_are_the_whole_render(databases, tmp_path, 
     engine.dispose()
     linked = sum("more matched</a>" in fast.render(i, f, **a).html for i, f, a in digests)
     assert 0 < linked < len(digests)  # both kinds of "more matched" rows were compared
+
+
+def test_messages_assembled_from_encoded_parts_are_the_whole_message(seed_digest) -> None:
+    """`DigestMailer.encoded` gives the bytes `message(...).as_bytes()` gives (the MIME
+    boundary aside), for names or none, long addresses and every kind of recipient."""
+    items, papers = seed_digest
+    mail = MailConfig(
+        "digest@example.org",
+        "Papers Digest «Weekly»",
+        "replies@example.org",
+        "1 Rue Example, Paris",
+        unsubscribe_mailto="unsubscribe@example.org",
+    )
+    mailer = DigestMailer(Renderer(), mail, "https://digest.example.org", "k" * 32)
+    names = [None, "Ada", "Zoë Ünïcode-Name", "A " * 60, 'Bob <&> "quoted"']
+    boundary = re.compile(rb"===============\d+==")
+    compared = 0
+    for weekly in (False, True):
+        rendered = mailer.rendered("hash-1", items, papers, DAY, weekly=weekly)
+        for n, name in enumerate(names):
+            email_address = f"reader.{n}+tag@{'sub.' * (n * 6)}example.org"
+            topics = [Topic(position=0, query="diffusion", label="Diffusion")]
+            subscriber = Subscriber(
+                id=n + 1,
+                email=email_address,
+                name=name,
+                secret=f"s{n}",
+                topics=topics,
+                weekday=2 if weekly else None,
+            )
+            sent_at = NOW + timedelta(seconds=n)
+            whole = mailer.message(subscriber, rendered, DAY, sent_at, digest_id=7).as_bytes()
+            encoded = mailer.encoded(subscriber, rendered, DAY, sent_at, digest_id=7)
+            assert boundary.sub(b"B", encoded.data) == boundary.sub(b"B", whole)
+            assert (encoded.sender, encoded.recipient) == ("digest@example.org", email_address)
+            compared += 1
+    assert compared == 10
+    # A non-ASCII local part is built whole (it needs SMTPUTF8).
+    subscriber = Subscriber(id=99, email="zoë@example.org", secret="s", topics=[], weekday=None)
+    encoded = mailer.encoded(subscriber, rendered, DAY, NOW)
+    assert encoded.smtputf8 and encoded.recipient == "zoë@example.org"
