@@ -54,6 +54,8 @@ LINE_CACHE = 32_768  # encoded body lines kept (a card is about 8 lines)
 _SKELETON_TO = b"pdxtoxpd@pdx.example.org"
 _SKELETON_ID = b"<pdxmsgidxpd@pdx.example.org>"
 _SKELETON_URL = b"https://pdx.example.org/pdxunsubscribexpd"
+_SKELETON_SUBJECT_TEXT = "PDXSUBJECTXPD"
+_SKELETON_SUBJECT = b"Subject: PDXSUBJECTXPD\r\n"
 _SKELETON_SENT_AT = datetime(2000, 1, 1, tzinfo=UTC)
 _SKELETON_DATE = format_datetime(_SKELETON_SENT_AT).encode("ascii")
 _SKELETON_TEXT_LINE = "PDXTEXTBODYXPD"
@@ -179,8 +181,9 @@ class DigestMailer:
     _cache: BoundedCache[tuple[str, bool], RenderedDigest] = field(
         default_factory=lambda: BoundedCache(RENDER_CACHE), repr=False
     )
-    _skeletons: BoundedCache[str, bytes] = field(
-        default_factory=lambda: BoundedCache(RENDER_CACHE), repr=False
+    _skeleton: bytes | None = field(default=None, repr=False)
+    _subjects: BoundedCache[str, bytes] = field(
+        default_factory=lambda: BoundedCache(LINE_CACHE), repr=False
     )
     _lines: BoundedCache[bytes, bytes] = field(
         default_factory=lambda: BoundedCache(LINE_CACHE), repr=False
@@ -370,7 +373,7 @@ class DigestMailer:
     ) -> Encoded:
         """`message(...)` as the bytes it serializes to, assembled from cached parts.
 
-        Per digest, a skeleton (the headers and MIME structure, with tokens for the
+        A skeleton (the headers and MIME structure, with tokens for the subject, the
         recipient's headers and the bodies) is serialized once; each body line is
         quoted-printable encoded once per run (the encoding is line by line); so a
         recipient costs the substitution of their values. Messages the skeleton
@@ -389,10 +392,12 @@ class DigestMailer:
             whole = self.message(subscriber, rendered, digest_date, sent_at, digest_id)
             return Encoded.of(whole)
         html, text = rendered.personalize(recipient)
-        # Everything but the recipient's values and the bodies depends on the subject only.
-        skeleton = self._skeletons.get(rendered.subject, lambda: self._skeleton(rendered.subject))
+        if self._skeleton is None:
+            self._skeleton = self._make_skeleton()
+        subject = self._subjects.get(rendered.subject, lambda: _subject_line(rendered.subject))
         data = (
-            skeleton.replace(_SKELETON_TO, address.encode("ascii"), 1)
+            self._skeleton.replace(_SKELETON_SUBJECT, subject, 1)
+            .replace(_SKELETON_TO, address.encode("ascii"), 1)
             .replace(_SKELETON_DATE, format_datetime(sent_at).encode("ascii"), 1)
             .replace(_SKELETON_ID, message_id(subscriber, digest_date, domain).encode("ascii"), 1)
             .replace(_SKELETON_URL, unsubscribe.encode("ascii"), 1)
@@ -401,11 +406,11 @@ class DigestMailer:
         )
         return Encoded(self.mail.from_address, address, data)
 
-    def _skeleton(self, subject: str) -> bytes:
+    def _make_skeleton(self) -> bytes:
         message = build_message(
             mail=self.mail,
             to=_SKELETON_TO.decode(),
-            subject=subject,
+            subject=_SKELETON_SUBJECT_TEXT,
             html=_SKELETON_HTML_LINE,
             text=_SKELETON_TEXT_LINE,
             msgid=_SKELETON_ID.decode(),
@@ -420,6 +425,12 @@ class DigestMailer:
             self._lines.get(line, lambda line=line: _encode_line(line))  # type: ignore[misc]
             for line in body.encode("utf-8").splitlines()
         )
+
+
+def _subject_line(subject: str) -> bytes:
+    """The Subject header line as `build_message` and `as_bytes` write it."""
+    name, value = MAIL_POLICY.header_store_parse("Subject", one_line(subject))
+    return MAIL_POLICY.fold_binary(name, value)
 
 
 def _encode_line(line: bytes) -> bytes:

@@ -864,6 +864,12 @@ class Renderer:
         self._text = template_environment(self.templates, html_mode=False)
         self.parts = HtmlParts(self._html) if self.templates is None else None
         self._views = BoundedCache(VIEW_CACHE)
+        # digest.txt.j2 shows each paper through paper.txt.j2, rendered once per paper view.
+        texts: BoundedCache[PaperView, str] = BoundedCache(VIEW_CACHE)
+        paper_template = self._text.get_template("paper.txt.j2")
+        self._text.globals["paper_text"] = lambda paper: texts.get(
+            paper, lambda: paper_template.render(paper=paper)
+        )
 
     def paper_view(
         self, paper: Paper, item: ItemLike, abstract_chars: int, weekly: bool
