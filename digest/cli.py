@@ -754,11 +754,12 @@ def run_send(
     limit: int | None = None,
     retry_unknown: bool = False,
     stop: threading.Event | None = None,
+    workers: int = 1,
 ) -> SendReport:
     """Send today's digest to every active subscriber who is due, with a progress bar.
 
     Setting `stop` (SIGTERM) lets the message in flight finish and be recorded,
-    and starts no other.
+    and starts no other. With `workers` > 1, that many sender processes share the queue.
     """
 
     left_out = 0
@@ -797,6 +798,7 @@ def run_send(
             retry_unknown=retry_unknown,
             # Today's digests as of now; a past date's as of its send time.
             at_send_time=digest_date is not None,
+            workers=app.send_workers(workers, stop) if workers > 1 and not dry_run else None,
         )
     report.left_out = left_out
     return report
@@ -818,9 +820,19 @@ def run_send(
     is_flag=True,
     help="Also resend deliveries whose outcome is unknown (the sender died mid-send).",
 )
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 32),
+    help="Sender processes sharing the queue (default: [delivery] workers, 1).",
+)
 @click.pass_obj
 def send_command(
-    app: App, digest_date: datetime | None, dry_run: bool, limit: int | None, retry_unknown: bool
+    app: App,
+    digest_date: datetime | None,
+    dry_run: bool,
+    limit: int | None,
+    retry_unknown: bool,
+    workers: int | None,
 ) -> None:
     """Send today's digest to every active subscriber who is due, exactly once.
 
@@ -828,13 +840,15 @@ def send_command(
     twice. A temporary (4xx) failure is retried later the same day by the next
     run; a 5xx marks the subscriber bounced; an SMTP login, TLS or policy
     failure stops the run. A send cut short by a crash is `unknown` and is not
-    resent unless --retry-unknown is given.
+    resent unless --retry-unknown is given. --workers N runs N sender processes
+    that share the queue (as do several hosts sending from one PostgreSQL database).
 
     \b
     Examples:
         digest send
         digest send --dry-run
         digest send --retry-unknown
+        digest send --workers 4
     """
     print_config_warnings(app)
     now = app.clock()
@@ -857,6 +871,7 @@ def send_command(
             limit=limit,
             retry_unknown=retry_unknown,
             stop=stop,
+            workers=workers or app.config.delivery.workers,
         )
     click.echo(report.line())
     for address in report.bounced:

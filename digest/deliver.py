@@ -342,6 +342,20 @@ class Sender:
             self.transport.close()
 
 
+# Sends the queued rows of these dates with sender processes sharing the queue, up to
+# a limit; their reports (see `digest.app.App.send_workers`).
+Workers = Callable[[set[date], int | None], list[SendReport]]
+
+
+def merge_reports(report: SendReport, parts: Sequence[SendReport]) -> None:
+    """Add what each worker did to `report`."""
+    for part in parts:
+        report.sent += part.sent
+        report.skipped += part.skipped
+        report.bounced.extend(part.bounced)
+        report.fatal = report.fatal or part.fatal
+
+
 def send_digests(
     sender: Sender,
     due: Callable[[Session], DueList],
@@ -352,12 +366,13 @@ def send_digests(
     limit: int | None = None,
     retry_unknown: bool = False,
     at_send_time: bool = False,
+    workers: Workers | None = None,
 ) -> SendReport:
     """Plan the digests of the `due` (subscriber, date) pairs and send every queued one.
 
     `digest send` and the scheduler's dispatcher both run exactly this. Digests are
     chosen as of `now`, or with `at_send_time` as of their send time (the scheduler,
-    and `digest send --date`).
+    and `digest send --date`). With `workers`, sender processes share the sending.
     """
     report = SendReport(dry_run=dry_run)
     if dry_run:
@@ -370,7 +385,10 @@ def send_digests(
         if retry_unknown:
             ledger.requeue_unknown(session, now, dates)
     if dates:
-        sender.send_queued(dates, report, limit)
+        if workers is None:
+            sender.send_queued(dates, report, limit)
+        else:
+            merge_reports(report, workers(dates, limit))
         with sender.factory() as session:
             counts = ledger.counts(session, dates)
         report.empty = counts.get(Status.EMPTY, 0)

@@ -40,7 +40,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from digest import db, ledger
 from digest.config import DigestSettings, ScheduleConfig
-from digest.deliver import DueList, Sender, SendReport, send_digests
+from digest.deliver import DueList, Sender, SendReport, Workers, send_digests
 from digest.errors import DigestError
 from digest.ingest import InputSummary
 from digest.models import CLAIMABLE_STATUSES, Subscriber
@@ -124,6 +124,7 @@ class Dispatcher:
     lease_for: timedelta
     pending_for: timedelta = timedelta(days=7)
     holder: str = field(default_factory=default_holder)
+    workers: Workers | None = None  # sender processes ([delivery] workers > 1)
 
     def run(self, now: datetime) -> SendReport | None:
         """Send what is due at `now`; None if another dispatcher holds the lease."""
@@ -141,6 +142,7 @@ class Dispatcher:
             settings=self.settings,
             # A late (catch-up) dispatch chooses each digest as of its send time.
             at_send_time=True,
+            workers=self.workers,
         )
 
     def release(self) -> None:

@@ -1,8 +1,9 @@
-"""Several `digest send` processes against one PostgreSQL database share the queue.
+"""Several `digest send` processes (and `--workers` sender processes) share the queue.
 
 Each process plans the day (the ledger's unique row per subscriber and date
-keeps one plan), then claims rows with `FOR UPDATE SKIP LOCKED` until none is
-left; a real SMTP server counts the copies each recipient gets.
+keeps one plan), then claims rows (`FOR UPDATE SKIP LOCKED` on PostgreSQL) until
+none is left; a real SMTP server counts the copies each recipient gets and the
+connections (one per sender process).
 """
 
 from __future__ import annotations
@@ -23,10 +24,8 @@ SENDERS = 4
 READERS = [f"reader{n:03d}@example.org" for n in range(80)]
 
 
-@pytest.mark.postgresql
-def test_parallel_senders_share_the_work_and_never_duplicate(
-    cli, seeds: Path, tmp_path: Path, smtp_server, monkeypatch, db_url: str
-) -> None:
+def prepare(cli, seeds: Path, tmp_path: Path, smtp_server, monkeypatch, db_url: str) -> dict:
+    """80 readers of every paper; the environment of `digest` processes."""
     config = tmp_path / "config.toml"
     config.write_text(
         f"""
@@ -56,6 +55,24 @@ from_address = "digest@papers.example.org"
         DIGEST_CONFIG=str(config),
         DIGEST_DATABASE_URL=db_url,
     )
+    return env
+
+
+def statuses(db_url: str) -> dict[str, int]:
+    engine = db.open_database(db_url)
+    with db.session_factory(engine)() as session:
+        counts = dict(
+            session.execute(select(Delivery.status, func.count()).group_by(Delivery.status)).all()
+        )
+    engine.dispose()
+    return counts
+
+
+@pytest.mark.postgresql
+def test_parallel_senders_share_the_work_and_never_duplicate(
+    cli, seeds: Path, tmp_path: Path, smtp_server, monkeypatch, db_url: str
+) -> None:
+    env = prepare(cli, seeds, tmp_path, smtp_server, monkeypatch, db_url)
     senders = [
         subprocess.Popen(
             [sys.executable, "-m", "digest", "send"],
@@ -73,10 +90,52 @@ from_address = "digest@papers.example.org"
     assert sum(1 for count in sent if count) >= 2, sent  # the queue was shared
     copies = Counter(smtp_server.handler.recipients())
     assert set(copies) == set(READERS) and set(copies.values()) == {1}
-    engine = db.open_database(db_url)
-    with db.session_factory(engine)() as session:
-        statuses = dict(
-            session.execute(select(Delivery.status, func.count()).group_by(Delivery.status)).all()
+    assert statuses(db_url) == {"sent": len(READERS)}
+
+
+@pytest.mark.postgresql
+def test_hosts_with_several_workers_each_never_duplicate(
+    cli, seeds: Path, tmp_path: Path, smtp_server, monkeypatch, db_url: str
+) -> None:
+    """Two hosts' `digest send --workers 2` at once: four sender processes, one queue."""
+    env = prepare(cli, seeds, tmp_path, smtp_server, monkeypatch, db_url)
+    hosts = [
+        subprocess.Popen(
+            [sys.executable, "-m", "digest", "send", "--workers", "2"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
-    engine.dispose()
-    assert statuses == {"sent": len(READERS)}
+        for _ in range(2)
+    ]
+    outputs = [host.communicate(timeout=300) for host in hosts]
+    assert [host.returncode for host in hosts] == [0, 0], outputs
+    sent = [int(out.split(",")[0].split()[1]) for out, _ in outputs]
+    assert sum(sent) == len(READERS), outputs
+    copies = Counter(smtp_server.handler.recipients())
+    assert set(copies) == set(READERS) and set(copies.values()) == {1}
+    # Each sender process holds its own connection (100 messages each at most): more
+    # than one sent.
+    assert 2 <= smtp_server.handler.sessions <= 4, smtp_server.handler.sessions
+    assert statuses(db_url) == {"sent": len(READERS)}
+
+
+def test_workers_share_one_queue(
+    cli, seeds: Path, tmp_path: Path, smtp_server, monkeypatch, db_url: str
+) -> None:
+    """`digest send --workers 3` (on either database): everyone once, by several processes."""
+    env = prepare(cli, seeds, tmp_path, smtp_server, monkeypatch, db_url)
+    run = subprocess.run(
+        [sys.executable, "-m", "digest", "send", "--workers", "3"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, (run.stdout, run.stderr)
+    assert run.stdout.startswith(f"sent {len(READERS)}, empty 0, deferred 0, failed 0, unknown 0")
+    copies = Counter(smtp_server.handler.recipients())
+    assert set(copies) == set(READERS) and set(copies.values()) == {1}
+    assert 2 <= smtp_server.handler.sessions <= 3, smtp_server.handler.sessions
+    assert statuses(db_url) == {"sent": len(READERS)}
