@@ -765,13 +765,13 @@ def run_send(
     left_out = 0
 
     def due(session: Session) -> DueList:
+        # Streamed: the subscribers are planned in batches, never all held at once.
         nonlocal left_out
-        active = db.list_subscribers(session, "active")
-        kept = sendable(active, lambda warning: click.echo(warning, err=True))
-        left_out = len(active) - len(kept)
-        return [
-            (s, digest_date or local_date(now, s.timezone)) for s in kept if is_due_today(s, now)
-        ]
+        for subscriber in db.iter_subscribers(session, "active"):
+            if not sendable([subscriber], lambda warning: click.echo(warning, err=True)):
+                left_out += 1
+            elif is_due_today(subscriber, now):
+                yield subscriber, digest_date or local_date(now, subscriber.timezone)
 
     sender = app.sender(should_stop=stop.is_set) if stop is not None else app.sender()
     bars: list[Any] = []

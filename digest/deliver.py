@@ -13,8 +13,9 @@ delivery, send its message through a transport and record the outcome.
 
 from __future__ import annotations
 
+import itertools
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from datetime import time as dtime
@@ -87,29 +88,33 @@ def day_end(digest_date: date, timezone: str) -> datetime:
     return datetime.combine(digest_date + timedelta(days=1), dtime(), tzinfo=ZoneInfo(timezone))
 
 
-DueList = Sequence[tuple[Subscriber, date]]
+# The due (subscriber, digest date) pairs; any iterable, so they may stream.
+DueList = Iterable[tuple[Subscriber, date]]
+PLAN_BATCH = 500  # subscribers planned per transaction
 
 
 def plan_deliveries(
     session: Session,
-    due: DueList,
+    due: Iterable[tuple[Subscriber, date]],
     *,
     now: datetime,
     settings: DigestSettings,
     at_send_time: bool = False,
+    runs: dict[datetime, SelectionRun] | None = None,
 ) -> tuple[set[date], int, int]:
     """Choose the digest of each (subscriber, digest date) that has none yet.
 
     Returns (the digest dates involved, deliveries queued, deliveries empty).
     Each subscriber is planned in a savepoint, so a row another process planned
-    first (the unique constraint) is simply left to it.
+    first (the unique constraint) is simply left to it. Batches of one run share
+    `runs` (each topic is ranked once per run).
     """
     # With `at_send_time`, each digest is chosen as of its send time (now, if that is
     # still ahead), so a past date or a late catch-up never sees later papers or upvotes;
     # without, as of now (`digest send` for today). Runs at different instants share the
     # corpus statistics.
-    runs: dict[datetime, SelectionRun] = {}
-    corpus = Corpus(session)
+    runs = {} if runs is None else runs
+    corpus = next(iter(runs.values())).corpus if runs else Corpus(session)
     dates: set[date] = set()
     queued = empty = 0
     for subscriber, day in due:
@@ -379,10 +384,11 @@ def send_digests(
         return _dry_run(sender, due, now=now, settings=settings, at_send_time=at_send_time)
     with db.transaction(sender.factory) as session:
         ledger.expire_leases(session, now)
-        dates, _, _ = plan_deliveries(
-            session, due(session), now=now, settings=settings, at_send_time=at_send_time
-        )
-        if retry_unknown:
+    dates, _ = plan_in_batches(
+        sender.factory, due, now=now, settings=settings, at_send_time=at_send_time
+    )
+    if retry_unknown:
+        with db.transaction(sender.factory) as session:
             ledger.requeue_unknown(session, now, dates)
     if dates:
         if workers is None:
@@ -399,6 +405,51 @@ def send_digests(
     return report
 
 
+def plan_in_batches(
+    factory: sessionmaker[Session],
+    due: Callable[[Session], DueList],
+    *,
+    now: datetime,
+    settings: DigestSettings,
+    at_send_time: bool,
+    each: Callable[[Session, list[tuple[Subscriber, date]]], None] | None = None,
+    write: bool = True,
+) -> tuple[set[date], int]:
+    """Plan the due subscribers `PLAN_BATCH` at a time, one transaction each.
+
+    Subscribers stream from their own session and nothing of a batch is kept
+    after it, so memory stays flat however many subscribers there are. `each`
+    sees every planned batch inside its transaction; without `write`, each
+    batch is rolled back (the dry run). Returns (the digest dates, empty plans).
+    """
+    runs: dict[datetime, SelectionRun] = {}
+    dates: set[date] = set()
+    empty = 0
+    with factory() as reader, factory() as writer:
+        pairs = iter(due(reader))
+        while batch := list(itertools.islice(pairs, PLAN_BATCH)):
+            transaction = writer.begin()
+            try:
+                if write:
+                    writer.connection(execution_options={"sqlite_begin": "IMMEDIATE"})
+                planned, _, emptied = plan_deliveries(
+                    writer, batch, now=now, settings=settings, at_send_time=at_send_time, runs=runs
+                )
+                if each is not None:
+                    each(writer, batch)
+            except BaseException:
+                transaction.rollback()
+                raise
+            if write:
+                transaction.commit()
+            else:
+                transaction.rollback()
+            dates |= planned
+            empty += emptied
+            writer.expunge_all()
+    return dates, empty
+
+
 def _dry_run(
     sender: Sender,
     due: Callable[[Session], DueList],
@@ -409,20 +460,29 @@ def _dry_run(
 ) -> SendReport:
     """Plan and render everything that would be sent; write and send nothing."""
     report = SendReport(dry_run=True)
-    with sender.factory() as session:
-        dates, _, report.empty = plan_deliveries(
-            session, due(session), now=now, settings=settings, at_send_time=at_send_time
-        )
-        queued = session.scalars(
+
+    def render(session: Session, batch: list[tuple[Subscriber, date]]) -> None:
+        planned = session.scalars(
             select(Delivery).where(
-                Delivery.digest_date.in_(list(dates)), Delivery.status.in_(CLAIMABLE_STATUSES)
+                Delivery.subscriber_id.in_([subscriber.id for subscriber, _ in batch]),
+                Delivery.digest_date.in_({day for _, day in batch}),
+                Delivery.status.in_(CLAIMABLE_STATUSES),
             )
-        ).all()
-        for delivery in queued:
+        )
+        for delivery in planned:
             try:
                 sender.mailer.delivery_message(session, delivery, now, encoded=True)
                 report.sent += 1
             except Unsendable:
                 report.failed += 1
-        session.rollback()
+
+    _, report.empty = plan_in_batches(
+        sender.factory,
+        due,
+        now=now,
+        settings=settings,
+        at_send_time=at_send_time,
+        each=render,
+        write=False,
+    )
     return report
