@@ -350,18 +350,20 @@ class DigestMailer:
     ) -> EmailMessage:
         recipient = self.recipient(subscriber, digest_id)
         html, text = rendered.personalize(recipient)
-        domain = self.mail.from_address.rpartition("@")[2]
         return build_message(
             mail=self.mail,
             to=subscriber.email,
             subject=rendered.subject,
             html=html,
             text=text,
-            msgid=message_id(subscriber, digest_date, domain),
+            msgid=self.message_id(subscriber, digest_date),
             sent_at=sent_at,
             unsubscribe_url=recipient.unsubscribe_url,
             dkim=self.dkim,
         )
+
+    def message_id(self, subscriber: Subscriber, digest_date: date) -> str:
+        return message_id(subscriber, digest_date, self.mail.from_address.rpartition("@")[2])
 
     def encoded(
         self,
@@ -379,7 +381,6 @@ class DigestMailer:
         recipient costs the substitution of their values. Messages the skeleton
         cannot stand for (DKIM, an address that is not plain ASCII) are built whole.
         """
-        domain = self.mail.from_address.rpartition("@")[2]
         address = sendable_address(subscriber.email)
         recipient = self.recipient(subscriber, digest_id)
         unsubscribe = recipient.unsubscribe_url
@@ -389,8 +390,7 @@ class DigestMailer:
             or not _PLAIN_URL.fullmatch(unsubscribe)
             or len(unsubscribe) > 500
         ):
-            whole = self.message(subscriber, rendered, digest_date, sent_at, digest_id)
-            return Encoded.of(whole)
+            return Encoded.of(self.message(subscriber, rendered, digest_date, sent_at, digest_id))
         html, text = rendered.personalize(recipient)
         if self._skeleton is None:
             self._skeleton = self._make_skeleton()
@@ -399,7 +399,7 @@ class DigestMailer:
             self._skeleton.replace(_SKELETON_SUBJECT, subject, 1)
             .replace(_SKELETON_TO, address.encode("ascii"), 1)
             .replace(_SKELETON_DATE, format_datetime(sent_at).encode("ascii"), 1)
-            .replace(_SKELETON_ID, message_id(subscriber, digest_date, domain).encode("ascii"), 1)
+            .replace(_SKELETON_ID, self.message_id(subscriber, digest_date).encode("ascii"), 1)
             .replace(_SKELETON_URL, unsubscribe.encode("ascii"), 1)
             .replace(_SKELETON_TEXT, self._quoted_printable(text), 1)
             .replace(_SKELETON_HTML, self._quoted_printable(html), 1)

@@ -58,6 +58,22 @@ from_address = "digest@papers.example.org"
     return env
 
 
+def run_at_once(env: dict, count: int, *options: str) -> list[tuple[int, str, str]]:
+    """`count` concurrent `digest send` processes: (exit code, stdout, stderr) of each."""
+    senders = [
+        subprocess.Popen(
+            [sys.executable, "-m", "digest", "send", *options],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(count)
+    ]
+    outputs = [sender.communicate(timeout=300) for sender in senders]
+    return [(sender.returncode, *output) for sender, output in zip(senders, outputs, strict=True)]
+
+
 def statuses(db_url: str) -> dict[str, int]:
     engine = db.open_database(db_url)
     with db.session_factory(engine)() as session:
@@ -73,19 +89,9 @@ def test_parallel_senders_share_the_work_and_never_duplicate(
     cli, seeds: Path, tmp_path: Path, smtp_server, monkeypatch, db_url: str
 ) -> None:
     env = prepare(cli, seeds, tmp_path, smtp_server, monkeypatch, db_url)
-    senders = [
-        subprocess.Popen(
-            [sys.executable, "-m", "digest", "send"],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for _ in range(SENDERS)
-    ]
-    outputs = [sender.communicate(timeout=300) for sender in senders]
-    assert [sender.returncode for sender in senders] == [0] * SENDERS, outputs
-    sent = [int(out.split(",")[0].split()[1]) for out, _ in outputs]
+    outputs = run_at_once(env, SENDERS)
+    assert [code for code, _, _ in outputs] == [0] * SENDERS, outputs
+    sent = [int(out.split(",")[0].split()[1]) for _, out, _ in outputs]
     assert sum(sent) == len(READERS)
     assert sum(1 for count in sent if count) >= 2, sent  # the queue was shared
     copies = Counter(smtp_server.handler.recipients())
@@ -99,19 +105,9 @@ def test_hosts_with_several_workers_each_never_duplicate(
 ) -> None:
     """Two hosts' `digest send --workers 2` at once: four sender processes, one queue."""
     env = prepare(cli, seeds, tmp_path, smtp_server, monkeypatch, db_url)
-    hosts = [
-        subprocess.Popen(
-            [sys.executable, "-m", "digest", "send", "--workers", "2"],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for _ in range(2)
-    ]
-    outputs = [host.communicate(timeout=300) for host in hosts]
-    assert [host.returncode for host in hosts] == [0, 0], outputs
-    sent = [int(out.split(",")[0].split()[1]) for out, _ in outputs]
+    outputs = run_at_once(env, 2, "--workers", "2")
+    assert [code for code, _, _ in outputs] == [0, 0], outputs
+    sent = [int(out.split(",")[0].split()[1]) for _, out, _ in outputs]
     assert sum(sent) == len(READERS), outputs
     copies = Counter(smtp_server.handler.recipients())
     assert set(copies) == set(READERS) and set(copies.values()) == {1}
@@ -126,15 +122,9 @@ def test_workers_share_one_queue(
 ) -> None:
     """`digest send --workers 3` (on either database): everyone once, by several processes."""
     env = prepare(cli, seeds, tmp_path, smtp_server, monkeypatch, db_url)
-    run = subprocess.run(
-        [sys.executable, "-m", "digest", "send", "--workers", "3"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert run.returncode == 0, (run.stdout, run.stderr)
-    assert run.stdout.startswith(f"sent {len(READERS)}, empty 0, deferred 0, failed 0, unknown 0")
+    [(code, out, err)] = run_at_once(env, 1, "--workers", "3")
+    assert code == 0, (out, err)
+    assert out.startswith(f"sent {len(READERS)}, empty 0, deferred 0, failed 0, unknown 0")
     copies = Counter(smtp_server.handler.recipients())
     assert set(copies) == set(READERS) and set(copies.values()) == {1}
     assert 2 <= smtp_server.handler.sessions <= 3, smtp_server.handler.sessions
