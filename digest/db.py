@@ -743,12 +743,16 @@ def get_or_create_digest(
     session: Session,
     digest_date: date,
     content_hash: str,
-    items: Callable[[], list[DigestItem]],
+    items: Callable[[], list[dict[str, Any]]],
     now: datetime,
     more_matched: str = "{}",
-) -> Digest:
-    """The shared digest with this content, created if no subscriber got it yet."""
-    statement = select(Digest).where(
+) -> int:
+    """The id of the shared digest with this content, stored if no subscriber got it yet.
+
+    `items` gives the rows of its items (DigestItem columns but `digest_id`), written
+    in one statement.
+    """
+    statement = select(Digest.id).where(
         Digest.digest_date == digest_date, Digest.content_hash == content_hash
     )
     existing = session.scalar(statement)
@@ -756,15 +760,20 @@ def get_or_create_digest(
         return existing
     try:
         with session.begin_nested():
-            digest = Digest(
-                digest_date=digest_date,
-                content_hash=content_hash,
-                created_at=now,
-                items=items(),
-                more_matched=more_matched,
-            )
-            session.add(digest)
-        return digest
+            digest_id = session.execute(
+                insert(Digest)
+                .values(
+                    digest_date=digest_date,
+                    content_hash=content_hash,
+                    created_at=now,
+                    more_matched=more_matched,
+                )
+                .returning(Digest.id)
+            ).scalar_one()
+            rows = [{**row, "digest_id": digest_id} for row in items()]
+            if rows:
+                session.execute(insert(DigestItem), rows)
+        return int(digest_id)
     except IntegrityError:  # another process stored the same content first
         found = session.scalar(statement)
         assert found is not None

@@ -25,7 +25,7 @@ from datetime import date, datetime
 from sqlalchemy import func, select, text, update
 from sqlalchemy.orm import Session
 
-from digest.models import CLAIMABLE_SQL, CLAIMABLE_STATUSES, Delivery, DeliveryStatus, Digest
+from digest.models import CLAIMABLE_SQL, CLAIMABLE_STATUSES, Delivery, DeliveryStatus
 from digest.sources.records import one_line
 
 Status = DeliveryStatus
@@ -37,7 +37,7 @@ def plan(
     *,
     subscriber_id: int,
     digest_date: date,
-    digest: Digest | None,
+    digest_id: int | None,
     selected_at: datetime,
     now: datetime,
 ) -> Delivery:
@@ -48,8 +48,8 @@ def plan(
     delivery = Delivery(
         subscriber_id=subscriber_id,
         digest_date=digest_date,
-        digest=digest,
-        status=Status.QUEUED if digest is not None else Status.EMPTY,
+        digest_id=digest_id,
+        status=Status.QUEUED if digest_id is not None else Status.EMPTY,
         selected_at=selected_at,
         attempts=0,
         created_at=now,

@@ -342,17 +342,17 @@ def record_selection(
     A digest is chosen once per subscriber and day: callers look for an existing
     delivery first (`db.find_delivery`), and the unique constraint refuses a second.
     """
-    digest = None
+    digest_id = None
     if selection.items or send_empty:
 
-        def items() -> list[DigestItem]:
+        def items() -> list[dict[str, object]]:
             # A selected item's fields are exactly the stored item's columns.
             return [
-                DigestItem(position=position, **asdict(item))
+                {"position": position, **asdict(item)}
                 for position, item in enumerate(selection.items)
             ]
 
-        digest = db.get_or_create_digest(
+        digest_id = db.get_or_create_digest(
             session,
             selection.digest_date,
             selection.content_hash,
@@ -365,7 +365,7 @@ def record_selection(
         session,
         subscriber_id=subscriber.id,
         digest_date=selection.digest_date,
-        digest=digest,
+        digest_id=digest_id,
         selected_at=selection.as_of or now,
         now=now,
     )
