@@ -91,6 +91,7 @@ def day_end(digest_date: date, timezone: str) -> datetime:
 # The due (subscriber, digest date) pairs; any iterable, so they may stream.
 DueList = Iterable[tuple[Subscriber, date]]
 PLAN_BATCH = 500  # subscribers planned per transaction
+WARM_BATCH = 500  # digests whose cards are inlined together before sending
 
 
 def plan_deliveries(
@@ -298,9 +299,28 @@ class Sender:
             f"sender is at fault, not the recipients; stopped: {streak[-1].hint}"
         )
 
+    def warm(self, dates: set[date]) -> None:
+        """Inline the paper cards of the queued digests of `dates` before sending, in few
+        premailer runs (see `DigestMailer.warm`)."""
+        with self.factory() as session:
+            digests = session.execute(
+                select(Delivery.digest_id, Subscriber.weekday.is_not(None))
+                .join(Subscriber, Subscriber.id == Delivery.subscriber_id)
+                .where(
+                    Delivery.digest_date.in_(list(dates)),
+                    Delivery.status.in_(CLAIMABLE_STATUSES),
+                    Delivery.digest_id.is_not(None),
+                )
+                .distinct()
+            ).all()
+            for start in range(0, len(digests), WARM_BATCH):
+                chunk = [(d, bool(w)) for d, w in digests[start : start + WARM_BATCH] if d]
+                self.mailer.warm(session, chunk)
+
     def send_queued(self, dates: set[date], report: SendReport, limit: int | None) -> None:
         """Claim and send due rows of `dates` until none is left, the limit, or a stop."""
         lease = timedelta(seconds=self.config.lease_seconds)
+        self.warm(dates)
         if self.on_start is not None:
             with self.factory() as session:
                 waiting = ledger.counts(session, dates)
@@ -468,7 +488,10 @@ def _dry_run(
                 Delivery.digest_date.in_({day for _, day in batch}),
                 Delivery.status.in_(CLAIMABLE_STATUSES),
             )
-        )
+        ).all()
+        weekly = {subscriber.id: subscriber.weekday is not None for subscriber, _ in batch}
+        digests = {(d.digest_id, weekly[d.subscriber_id]) for d in planned if d.digest_id}
+        sender.mailer.warm(session, sorted(digests))
         for delivery in planned:
             try:
                 sender.mailer.delivery_message(session, delivery, now, encoded=True)

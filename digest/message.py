@@ -26,13 +26,14 @@ from email.message import EmailMessage
 from email.utils import format_datetime
 from typing import Literal, overload
 
+from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from digest import db
 from digest.config import DigestSettings, MailConfig
 from digest.links import subscriber_links
-from digest.models import Delivery, Paper, Subscriber
+from digest.models import Delivery, DigestItem, Paper, Subscriber
 from digest.render import (
     BoundedCache,
     ItemLike,
@@ -227,6 +228,22 @@ class DigestMailer:
             return cached
         papers = db.papers_by_id(session, [item.paper_id for item in items])
         return self.rendered(key, items, papers, digest_date, weekly, more)
+
+    def warm(self, session: Session, digests: Sequence[tuple[int, bool]]) -> int:
+        """Inline the paper cards of these (digest id, weekly) in few premailer runs."""
+        if not digests:
+            return 0
+        items: dict[int, list[DigestItem]] = {}
+        for item in session.scalars(
+            select(DigestItem)
+            .where(DigestItem.digest_id.in_({digest_id for digest_id, _ in digests}))
+            .order_by(DigestItem.digest_id, DigestItem.position)
+        ):
+            items.setdefault(item.digest_id, []).append(item)
+        papers = db.papers_by_id(session, {i.paper_id for group in items.values() for i in group})
+        return self.renderer.warm(
+            ((items.get(digest_id, []), weekly) for digest_id, weekly in digests), papers
+        )
 
     @overload
     def delivery_message(

@@ -44,6 +44,7 @@ SHORT_ABSTRACT_CHARS = 180
 MAX_SUBJECT = 78
 AUTHORS_SHOWN = 3
 SEARCH_LABEL = "Search on Hugging Face"
+CARD_BATCH = 300  # paper cards inlined per premailer run when warming
 VIEW_CACHE = 8192  # paper views kept by a Renderer (a card is about 2 KB)
 TEXT_WIDTH = 78  # columns of the plain-text part; only a URL or an address may exceed it
 
@@ -794,6 +795,15 @@ class HtmlParts:
             tail=document[more_end:],
         )
 
+    def add_cards(self, papers: Iterable[PaperView], postal: bool) -> int:
+        """Inline the cards of `papers` not cached yet, `CARD_BATCH` per premailer run, as
+        many as the cache holds; how many were inlined."""
+        missing = list(dict.fromkeys(p for p in papers if self.cards.lookup(p) is None))
+        missing = missing[: self.cards.size]
+        for start in range(0, len(missing), CARD_BATCH):
+            self._inline(missing[start : start + CARD_BATCH], postal, True)
+        return len(missing)
+
     def html(self, view: DigestView) -> str | None:
         """The inlined HTML of `view`; None when only a whole render can make it."""
         if not view.sections or view.omitted:
@@ -888,6 +898,21 @@ class Renderer:
             weekly,
         )
         return self._views.get(key, lambda: paper_view(paper, item, abstract_chars, weekly))
+
+    def warm(
+        self, digests: Iterable[tuple[Sequence[ItemLike], bool]], papers: dict[int, Paper]
+    ) -> int:
+        """Inline the cards these (items, weekly) digests show, in few premailer runs;
+        how many cards were inlined. Rendering them afterwards inlines nothing more."""
+        if self.parts is None:
+            return 0
+        views = (
+            self.paper_view(papers[item.paper_id], item, ABSTRACT_CHARS, weekly)
+            for items, weekly in digests
+            for item in items
+            if item.paper_id in papers
+        )
+        return self.parts.add_cards(views, bool(one_line(self.postal_address)))
 
     def _render(self, view: DigestView) -> RenderedDigest:
         context = {"digest": view, **PLACEHOLDERS}
