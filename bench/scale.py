@@ -351,6 +351,7 @@ def main() -> None:
             result = profile.runcall(stages[args.stage])
             stats = pstats.Stats(profile, stream=sys.stderr)
             stats.sort_stats("cumulative").print_stats(40)
+            stats.sort_stats("tottime").print_stats(25)
         else:
             result = stages[args.stage]()
         print(json.dumps(result))
