@@ -24,7 +24,7 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session, joinedload, sessionmaker
 
 from digest import db, ledger
 from digest.config import DeliveryConfig, DigestSettings
@@ -193,7 +193,15 @@ class Sender:
     ) -> tuple[Delivery, Subscriber, EmailMessage | Encoded | Unsendable | None]:
         """The claimed row, its subscriber and its message (None: no longer active)."""
         with self.factory() as session:
-            delivery = session.get(Delivery, delivery_id)
+            # The row, its subscriber with their topics and its digest, in two queries.
+            delivery = session.get(
+                Delivery,
+                delivery_id,
+                options=[
+                    joinedload(Delivery.subscriber).selectinload(Subscriber.topics),
+                    joinedload(Delivery.digest),
+                ],
+            )
             assert delivery is not None
             subscriber = delivery.subscriber
             if subscriber.status != "active":
