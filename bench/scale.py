@@ -131,10 +131,14 @@ def _due(app: Any) -> Any:
 def stage_ingest(config: Path, papers: Path, people: Path) -> dict[str, Any]:
     from sqlalchemy import func, select
 
+    from digest import db
     from digest.models import Paper
     from digest.subscribers_csv import import_subscribers
 
     app = _app(config)
+    engine = db.create_db_engine(app.config.database_url)
+    db.upgrade(engine)  # a server database is not upgraded on first use
+    engine.dispose()
     with app.sessions()() as session:
         if session.scalar(select(func.count()).select_from(Paper)):
             raise SystemExit("the database already holds papers: give the bench an empty one")
