@@ -212,15 +212,13 @@ def stage_naive(config: Path, sample: int) -> dict[str, Any]:
 
 
 def stage_send(config: Path) -> dict[str, Any]:
-    from digest import db
-    from digest.deliver import plan_deliveries, send_digests
+    from digest.deliver import plan_in_batches, send_digests
 
     app = _app(config)
     app.engine()
     settings = app.config.digest
     start = time.perf_counter()
-    with db.transaction(app.sessions()) as session:
-        plan_deliveries(session, _due(app)(session), now=NOW, settings=settings)
+    plan_in_batches(app.sessions(), _due(app), now=NOW, settings=settings, at_send_time=False)
     planned = time.perf_counter()
     report = send_digests(app.sender(), _due(app), now=NOW, settings=settings)
     done = time.perf_counter()
