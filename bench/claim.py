@@ -25,7 +25,7 @@ from typing import Any
 from scratch import scratch_database
 from sqlalchemy import Engine, event, insert, text, update
 
-from digest import db
+from digest import db, ledger
 from digest.models import Delivery, Digest, Subscriber
 
 NOW = datetime(2026, 11, 25, 7, tzinfo=UTC)
@@ -84,7 +84,7 @@ def claim_plan(engine: Engine) -> list[str]:
     event.listen(engine, "before_cursor_execute", capture)
     try:
         with factory() as session, session.begin():
-            db.claim_delivery(session, NOW, NOW + timedelta(minutes=5), [DAY])
+            ledger.claim(session, NOW, NOW + timedelta(minutes=5), [DAY])
             session.rollback()
     finally:
         event.remove(engine, "before_cursor_execute", capture)
@@ -105,7 +105,7 @@ def claim_some(engine: Engine, count: int) -> list[float]:
     for _ in range(count):
         with db.transaction(factory) as session:
             start = time.perf_counter()
-            claimed = db.claim_delivery(session, NOW, NOW + timedelta(minutes=5), [DAY])
+            claimed = ledger.claim(session, NOW, NOW + timedelta(minutes=5), [DAY])
             timings.append(time.perf_counter() - start)
         assert claimed is not None
         with db.transaction(factory) as session:

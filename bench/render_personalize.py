@@ -22,8 +22,8 @@ from pathlib import Path
 
 from digest import db
 from digest.config import DigestSettings, MailConfig
-from digest.deliver import DigestMailer
 from digest.ingest import ingest_inputs
+from digest.message import DigestMailer
 from digest.models import Subscriber, Topic
 from digest.render import Renderer
 from digest.resources import resource_dir

@@ -14,24 +14,29 @@ from __future__ import annotations
 
 import contextlib
 import os
+import queue
 import secrets
+import signal
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from digest.errors import DatabaseUnavailable, DigestError
 
 if TYPE_CHECKING:
+    import multiprocessing
+
     from sqlalchemy import Engine
     from sqlalchemy.orm import Session, sessionmaker
 
     from digest.config import Config
-    from digest.deliver import DigestMailer, Sender
+    from digest.deliver import Sender, SendReport, Workers
     from digest.fetch import HttpFetcher
     from digest.ingest import InputSummary
+    from digest.message import DigestMailer
     from digest.schedule import Service
     from digest.transport import Transport
 
@@ -228,7 +233,7 @@ class App:
         return self._secret_key
 
     def mailer(self) -> DigestMailer:
-        from digest.deliver import DigestMailer, Dkim
+        from digest.message import DigestMailer, Dkim
         from digest.render import Renderer
 
         config = self.config
@@ -277,6 +282,59 @@ class App:
             should_stop=should_stop,
         )
 
+    def send_workers(self, count: int, stop: threading.Event | None = None) -> Workers:
+        """`count` sender processes sharing the queue (see `digest.deliver.send_digests`).
+
+        Each is a fresh process (spawned, not forked: the parent may run threads) with
+        its own database connections and SMTP connection. Setting `stop` asks each to
+        finish its message in flight and stop.
+        """
+
+        def run(dates: set[date], limit: int | None) -> list[SendReport]:
+            import multiprocessing
+
+            context = multiprocessing.get_context("spawn")
+            results: multiprocessing.Queue[SendReport] = context.Queue()
+            shares = [
+                None if limit is None else limit // count + (n < limit % count)
+                for n in range(count)
+            ]
+            processes = [
+                context.Process(
+                    target=send_worker,
+                    args=(self.config, self.clock, dates, share, results),
+                    name=f"digest-sender-{n + 1}",
+                )
+                for n, share in enumerate(shares)
+                if share != 0
+            ]
+            for process in processes:
+                process.start()
+            reports: list[SendReport] = []
+            stopped = False
+            while len(reports) < len(processes):
+                if stop is not None and stop.is_set() and not stopped:
+                    stopped = True
+                    for process in processes:
+                        if process.pid is not None and process.is_alive():
+                            os.kill(process.pid, signal.SIGTERM)
+                try:
+                    reports.append(results.get(timeout=0.2))
+                except queue.Empty:
+                    if not any(process.is_alive() for process in processes) and results.empty():
+                        break
+            for process in processes:
+                process.join()
+            lost = [p for p in processes if p.exitcode != 0]
+            if lost:
+                from digest.deliver import SendReport
+
+                codes = ", ".join(f"{p.name} exited with {p.exitcode}" for p in lost)
+                reports.append(SendReport(fatal=f"a sender process failed: {codes}"))
+            return reports
+
+        return run
+
     def fetcher(self) -> HttpFetcher:
         from digest.fetch import HttpFetcher
 
@@ -314,9 +372,11 @@ class App:
 
         config = self.config
         self.engine()
+        workers = config.delivery.workers
         dispatcher = Dispatcher(
             factory=self.sessions(),
             make_sender=lambda: self.sender(should_stop=stop.is_set),
+            workers=self.send_workers(workers, stop) if workers > 1 else None,
             settings=config.digest,
             grace=timedelta(hours=config.schedule.grace_hours),
             lease_for=timedelta(minutes=3 * config.schedule.dispatch_minutes),
@@ -330,3 +390,25 @@ class App:
             clock=self.clock,
             stop=stop,
         )
+
+
+def send_worker(
+    config: Config,
+    clock: Callable[[], datetime],
+    dates: set[date],
+    limit: int | None,
+    results: multiprocessing.Queue[SendReport],
+) -> None:
+    """One sender process of `App.send_workers`: claim and send until the queue is empty."""
+    from digest.deliver import SendReport
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())  # the parent decides (Ctrl-C)
+    app = App.from_config(config, clock=clock)
+    report = SendReport()
+    try:
+        app.sender(should_stop=stop.is_set).send_queued(dates, report, limit)
+    finally:
+        results.put(report)
+        app.dispose()

@@ -786,25 +786,26 @@ def run_send(
     limit: int | None = None,
     retry_unknown: bool = False,
     stop: threading.Event | None = None,
+    workers: int = 1,
 ) -> deliver.SendReport:
     """Send today's digest to every active subscriber who is due, with a progress bar.
 
     Setting `stop` (SIGTERM) lets the message in flight finish and be recorded,
-    and starts no other.
+    and starts no other. With `workers` > 1, that many sender processes share the queue.
     """
 
     left_out = 0
 
     def due(session: Session) -> deliver.DueList:
+        # Streamed: the subscribers are planned in batches, never all held at once.
         nonlocal left_out
-        active = db.list_subscribers(session, "active")
-        kept = subscribers.sendable(active, lambda warning: click.echo(warning, err=True))
-        left_out = len(active) - len(kept)
-        return [
-            (s, digest_date or selection.local_date(now, s.timezone))
-            for s in kept
-            if selection.is_due_today(s, now)
-        ]
+        for subscriber in db.iter_subscribers(session, "active"):
+            if not subscribers.sendable(
+                [subscriber], lambda warning: click.echo(warning, err=True)
+            ):
+                left_out += 1
+            elif selection.is_due_today(subscriber, now):
+                yield subscriber, digest_date or selection.local_date(now, subscriber.timezone)
 
     sender = app.sender(should_stop=stop.is_set) if stop is not None else app.sender()
     bars: list[Any] = []
@@ -831,6 +832,7 @@ def run_send(
             retry_unknown=retry_unknown,
             # Today's digests as of now; a past date's as of its send time.
             at_send_time=digest_date is not None,
+            workers=app.send_workers(workers, stop) if workers > 1 and not dry_run else None,
         )
     report.left_out = left_out
     return report
@@ -852,9 +854,19 @@ def run_send(
     is_flag=True,
     help="Also resend deliveries whose outcome is unknown (the sender died mid-send).",
 )
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 32),
+    help="Sender processes sharing the queue (default: [delivery] workers, 1).",
+)
 @click.pass_obj
 def send_command(
-    app: App, digest_date: datetime | None, dry_run: bool, limit: int | None, retry_unknown: bool
+    app: App,
+    digest_date: datetime | None,
+    dry_run: bool,
+    limit: int | None,
+    retry_unknown: bool,
+    workers: int | None,
 ) -> None:
     """Send today's digest to every active subscriber who is due, exactly once.
 
@@ -862,13 +874,15 @@ def send_command(
     twice. A temporary (4xx) failure is retried later the same day by the next
     run; a 5xx marks the subscriber bounced; an SMTP login, TLS or policy
     failure stops the run. A send cut short by a crash is `unknown` and is not
-    resent unless --retry-unknown is given.
+    resent unless --retry-unknown is given. --workers N runs N sender processes
+    that share the queue (as do several hosts sending from one PostgreSQL database).
 
     \b
     Examples:
         digest send
         digest send --dry-run
         digest send --retry-unknown
+        digest send --workers 4
     """
     print_config_warnings(app)
     now = app.clock()
@@ -891,6 +905,7 @@ def send_command(
             limit=limit,
             retry_unknown=retry_unknown,
             stop=stop,
+            workers=workers or app.config.delivery.workers,
         )
     click.echo(report.line())
     for address in report.bounced:
@@ -1099,6 +1114,8 @@ def status_command(app: App) -> None:
     Example:
         digest status
     """
+    from digest.models import DeliveryStatus as Status
+
     now = app.clock()
     config = app.config
     if warning := links.insecure_base_url(config.site.base_url):
@@ -1108,8 +1125,8 @@ def status_command(app: App) -> None:
         lease = db.current_lease(session, schedule.DISPATCH_LEASE)
         upcoming = schedule.due_within(session, now, timedelta(hours=1))
         problems = [
-            *db.deliveries_with_status(session, ("deferred", "unknown", "sending")),
-            *db.deliveries_with_status(session, ("failed",), now - timedelta(days=1)),
+            *db.deliveries_with_status(session, (Status.DEFERRED, Status.UNKNOWN, Status.SENDING)),
+            *db.deliveries_with_status(session, (Status.FAILED,), now - timedelta(days=1)),
         ]
         problem_rows = [
             (

@@ -275,6 +275,7 @@ class Key:
 
 HOUR = 3600
 DAY = 86_400
+MAX_WORKERS = 32
 
 KEYS: dict[str, Key] = {
     "data_dir": Key(_opt_str, None, "DIGEST_DATA_DIR"),
@@ -292,6 +293,7 @@ KEYS: dict[str, Key] = {
     "delivery.rate_limit": Key(_non_negative(_float, 1e6), 0.0),
     "delivery.lease_seconds": Key(_positive(_int, DAY), 600),
     "delivery.retry_base_seconds": Key(_positive(_int, DAY), 60),
+    "delivery.workers": Key(_positive(_int, MAX_WORKERS), 1),
     "mail.from_address": Key(_email, "digest@localhost.localdomain"),
     "mail.from_name": Key(_str, "Papers Digest"),
     "mail.reply_to": Key(_opt_email, None),
@@ -356,6 +358,7 @@ class DeliveryConfig:
     rate_limit: float = 0.0
     lease_seconds: int = 600
     retry_base_seconds: int = 60
+    workers: int = 1
 
 
 @dataclass(frozen=True)
@@ -513,6 +516,7 @@ def load_config(path: Path | None = None, environ: Mapping[str, str] | None = No
             rate_limit=values["delivery.rate_limit"],
             lease_seconds=values["delivery.lease_seconds"],
             retry_base_seconds=values["delivery.retry_base_seconds"],
+            workers=values["delivery.workers"],
         ),
         smtp=SmtpConfig(
             host=values["smtp.host"],

@@ -42,10 +42,10 @@ from sqlalchemy.orm import Session, aliased, selectinload, sessionmaker
 
 from digest.errors import DigestError
 from digest.models import (
-    CLAIMABLE_SQL,
     RECEIVED_STATUSES,
     Acronym,
     Delivery,
+    DeliveryStatus,
     Digest,
     DigestItem,
     JobRun,
@@ -856,7 +856,7 @@ def previous_delivery(session: Session, subscriber_id: int, before: date) -> Del
         .where(
             Delivery.subscriber_id == subscriber_id,
             Delivery.digest_date < before,
-            Delivery.status.in_((*RECEIVED_STATUSES, "empty")),
+            Delivery.status.in_((*RECEIVED_STATUSES, DeliveryStatus.EMPTY)),
         )
         .order_by(Delivery.digest_date.desc())
         .limit(1)
@@ -883,87 +883,20 @@ def digest_is_weekly(session: Session, digest_id: int) -> bool:
     return weekday is not None
 
 
-def claim_delivery(
-    session: Session, now: datetime, lease_until: datetime, dates: Iterable[date]
-) -> int | None:
-    """Atomically move one due queued or deferred delivery to `sending`; its id, or None.
-
-    The next one is the first due entry of the partial index on claimable rows, so
-    a claim costs the same however much of the day is already sent.
-    """
-    claimable = text(CLAIMABLE_SQL)
-    due = (
-        select(Delivery.id)
-        .where(
-            claimable,
-            Delivery.digest_date.in_(list(dates)),
-            (Delivery.next_attempt_at.is_(None)) | (Delivery.next_attempt_at <= now),
-        )
-        # By date; fresh rows before retries, so rows that keep failing never hold up
-        # the rest. The partial index ix_deliveries_claimable has this order.
-        .order_by(
-            Delivery.digest_date,
-            Delivery.next_attempt_at.is_not(None),
-            Delivery.next_attempt_at,
-            Delivery.id,
-        )
-        .limit(1)
-    )
-    if session.get_bind().dialect.name == "postgresql":
-        due = due.with_for_update(skip_locked=True)
-    claimed = session.execute(
-        update(Delivery)
-        .where(Delivery.id == due.scalar_subquery(), claimable)
-        .values(
-            status="sending",
-            lease_until=lease_until,
-            attempts=Delivery.attempts + 1,
-            updated_at=now,
-        )
-        .returning(Delivery.id)
-    ).scalar()
-    return claimed
-
-
-def expire_leases(session: Session, now: datetime) -> int:
-    """`sending` rows whose lease ran out become `unknown`: the process died mid-send."""
-    result = session.execute(
-        update(Delivery)
-        .where(Delivery.status == "sending", Delivery.lease_until < now)
-        .values(status="unknown", lease_until=None, updated_at=now)
-    )
-    return int(result.rowcount or 0)  # type: ignore[attr-defined]
-
-
-def requeue_unknown(session: Session, now: datetime, dates: Iterable[date]) -> int:
-    """Queue `unknown` deliveries of these dates again (a deliberate, possibly duplicate resend)."""
-    result = session.execute(
-        update(Delivery)
-        .where(Delivery.status == "unknown", Delivery.digest_date.in_(list(dates)))
-        .values(status="queued", next_attempt_at=None, updated_at=now)
-    )
-    return int(result.rowcount or 0)  # type: ignore[attr-defined]
-
-
-def count_deliveries(session: Session, dates: Iterable[date]) -> dict[str, int]:
-    rows = session.execute(
-        select(Delivery.status, func.count())
-        .where(Delivery.digest_date.in_(list(dates)))
-        .group_by(Delivery.status)
-    )
-    return {status: count for status, count in rows}
-
-
 def get_or_create_digest(
     session: Session,
     digest_date: date,
     content_hash: str,
-    items: Callable[[], list[DigestItem]],
+    items: Callable[[], list[dict[str, Any]]],
     now: datetime,
     more_matched: str = "{}",
-) -> Digest:
-    """The shared digest with this content, created if no subscriber got it yet."""
-    statement = select(Digest).where(
+) -> int:
+    """The id of the shared digest with this content, stored if no subscriber got it yet.
+
+    `items` gives the rows of its items (DigestItem columns but `digest_id`), written
+    in one statement.
+    """
+    statement = select(Digest.id).where(
         Digest.digest_date == digest_date, Digest.content_hash == content_hash
     )
     existing = session.scalar(statement)
@@ -971,15 +904,20 @@ def get_or_create_digest(
         return existing
     try:
         with session.begin_nested():
-            digest = Digest(
-                digest_date=digest_date,
-                content_hash=content_hash,
-                created_at=now,
-                items=items(),
-                more_matched=more_matched,
-            )
-            session.add(digest)
-        return digest
+            digest_id = session.execute(
+                insert(Digest)
+                .values(
+                    digest_date=digest_date,
+                    content_hash=content_hash,
+                    created_at=now,
+                    more_matched=more_matched,
+                )
+                .returning(Digest.id)
+            ).scalar_one()
+            rows = [{**row, "digest_id": digest_id} for row in items()]
+            if rows:
+                session.execute(insert(DigestItem), rows)
+        return int(digest_id)
     except IntegrityError:  # another process stored the same content first
         found = session.scalar(statement)
         assert found is not None

@@ -1,55 +1,40 @@
-"""Deliver stage: build each recipient's MIME message and hand it to a transport.
+"""Deliver stage: the send loop. Plan each due subscriber's digest, claim each queued
+delivery, send its message through a transport and record the outcome.
 
-* `DigestMailer` renders each distinct digest once (`digest.render`) and
-  personalizes a copy per subscriber: greeting, signed links, headers.
-* `build_message` makes the multipart/alternative message: From with a
-  display name, Reply-To, To, Subject, Date, a deterministic Message-ID per
-  subscriber and date, List-Id, List-Unsubscribe (+ One-Click POST, RFC 8058)
-  and optional DKIM. No header can be injected: CR/LF never reach one.
-* `Sender` claims each queued delivery, sends it through a transport
-  (`digest.transport`: SMTP, the Maildir outbox, memory) and records the
-  outcome in the ledger. One recipient's failure (a message that cannot be
-  built, a refusal) is recorded on that recipient's row and the run goes on;
-  only a failure of the whole session stops it.
+* `plan_deliveries` chooses each due subscriber's digest (`digest.select`) and
+  writes its ledger row (`digest.ledger`).
+* `Sender` claims each queued delivery, asks `digest.message.DigestMailer` for its
+  message, sends it through a transport (`digest.transport`: SMTP, the Maildir
+  outbox, memory) and records the outcome through the ledger's transitions. One
+  recipient's failure (a message that cannot be built, a refusal) is recorded on
+  that recipient's row and the run goes on; only a failure of the whole session
+  stops it.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
+import itertools
 import random
-import secrets
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from datetime import time as dtime
-from email import policy
-from email.headerregistry import Address
 from email.message import EmailMessage
-from email.utils import format_datetime
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, joinedload, sessionmaker
 
-from digest import db
-from digest.config import DeliveryConfig, DigestSettings, MailConfig
+from digest import db, ledger
+from digest.config import DeliveryConfig, DigestSettings
 from digest.errors import DigestError
-from digest.links import subscriber_links
-from digest.models import Delivery, Paper, Subscriber
+from digest.message import DigestMailer, Unsendable, describe
+from digest.models import CLAIMABLE_STATUSES, Delivery, DeliveryStatus, Subscriber
 from digest.relevance import Corpus
-from digest.render import ItemLike, Notice, Recipient, RenderedDigest, Renderer, topic_title
-from digest.select import (
-    DigestContent,
-    SelectionRun,
-    digest_content,
-    record_selection,
-    selection_time,
-)
-from digest.sources.records import one_line
-from digest.subscribers import sendable_address
+from digest.select import SelectionRun, record_selection, selection_time
 from digest.transport import (
+    Encoded,
     FatalTransportError,
     PermanentFailure,
     TemporaryFailure,
@@ -57,277 +42,7 @@ from digest.transport import (
     UnknownOutcome,
 )
 
-# Unfolded headers (RFC 5322 allows 998 characters) keep the unsubscribe URL on one line.
-MAIL_POLICY = policy.SMTP.clone(max_line_length=998)
-# For a recipient whose local part is not ASCII: UTF-8 headers, sent with SMTPUTF8 (RFC 6531).
-MAIL_POLICY_UTF8 = MAIL_POLICY.clone(utf8=True)
-DKIM_HEADERS = (b"from", b"to", b"subject", b"date", b"list-unsubscribe", b"list-unsubscribe-post")
-
-
-def message_id(subscriber: Subscriber, digest_date: date, domain: str) -> str:
-    """Deterministic per subscriber and date, so a duplicate is traceable."""
-    tag = hashlib.sha256(f"{subscriber.id}:{subscriber.secret}".encode()).hexdigest()[:10]
-    return f"<digest.{digest_date:%Y%m%d}.{subscriber.id}.{tag}@{domain}>"
-
-
-def describe(exc: BaseException) -> str:
-    """An exception as one short line for the ledger: `ValueError: bad address`."""
-    return one_line(f"{type(exc).__name__}: {exc}")[:300]
-
-
-class Unsendable(Exception):
-    """A delivery whose message cannot be made; `retry` when the cause may go away."""
-
-    def __init__(self, reason: str, retry: bool) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.retry = retry
-
-
-@dataclass(frozen=True)
-class Dkim:
-    """A DKIM key: `selector._domainkey.domain` publishes the public half."""
-
-    selector: str
-    domain: str
-    private_key: bytes
-
-
-def build_message(
-    *,
-    mail: MailConfig,
-    to: str,
-    subject: str,
-    html: str,
-    text: str,
-    msgid: str,
-    sent_at: datetime,
-    unsubscribe_url: str,
-    dkim: Dkim | None = None,
-) -> EmailMessage:
-    """The complete multipart/alternative message for one recipient.
-
-    The recipient's domain is written in ASCII (punycode); an address whose local
-    part is not ASCII makes a UTF-8 message (`MAIL_POLICY_UTF8`) that needs SMTPUTF8.
-    ValueError if `to` is not a valid address.
-    """
-    domain = mail.from_address.rpartition("@")[2]
-    address = sendable_address(to)
-    # Bodies are encoded under the SMTP policy (quoted-printable lines of at most 76
-    # characters); headers are then generated unfolded under MAIL_POLICY.
-    message = EmailMessage(policy=policy.SMTP)
-    sender = Address(display_name=one_line(mail.from_name), addr_spec=mail.from_address)
-    message["From"] = sender
-    if address.isascii():
-        message["To"] = Address(addr_spec=address)
-    else:
-        message["To"] = address  # validated, so no CR/LF; Address() refuses non-ASCII
-    if mail.reply_to:
-        message["Reply-To"] = Address(addr_spec=mail.reply_to)
-    message["Subject"] = one_line(subject)
-    message["Date"] = format_datetime(sent_at)
-    message["Message-ID"] = msgid
-    message["List-Id"] = f"{one_line(mail.from_name)} <digest.{domain}>"
-    targets = [f"<{unsubscribe_url}>"]
-    if mail.unsubscribe_mailto:
-        targets.append(f"<mailto:{mail.unsubscribe_mailto}?subject=unsubscribe>")
-    message["List-Unsubscribe"] = ", ".join(targets)
-    message["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
-    message["Auto-Submitted"] = "auto-generated"
-    message.set_content(text, charset="utf-8", cte="quoted-printable")
-    message.add_alternative(html, subtype="html", charset="utf-8", cte="quoted-printable")
-    message.policy = MAIL_POLICY if address.isascii() else MAIL_POLICY_UTF8
-    if dkim is not None:
-        sign_dkim(message, dkim)
-    return message
-
-
-def sign_dkim(message: EmailMessage, key: Dkim) -> None:
-    """Add a DKIM-Signature over From, To, Subject, Date and the List-Unsubscribe headers."""
-    import dkim as dkimpy
-
-    signature = dkimpy.sign(
-        message.as_bytes(),
-        key.selector.encode(),
-        key.domain.encode(),
-        key.private_key,
-        include_headers=list(DKIM_HEADERS),
-    )
-    name, _, value = signature.decode().partition(":")
-    message[name] = " ".join(value.split())
-
-
-@dataclass
-class DigestMailer:
-    """Turns a digest into each recipient's message, rendering each distinct content once."""
-
-    renderer: Renderer
-    mail: MailConfig
-    base_url: str
-    secret_key: str
-    dkim: Dkim | None = None
-    renders: int = 0
-    _cache: dict[tuple[str, bool], RenderedDigest] = field(default_factory=dict, repr=False)
-
-    def rendered(
-        self,
-        key: str,
-        items: Sequence[ItemLike],
-        papers: dict[int, Paper],
-        digest_date: date,
-        weekly: bool,
-        more: Mapping[str, int] | None = None,
-    ) -> RenderedDigest:
-        """The rendering of content `key` (e.g. the digest's content hash), made once."""
-        if (key, weekly) not in self._cache:
-            self.renders += 1
-            self._cache[key, weekly] = self.renderer.render(
-                items,
-                papers,
-                digest_date=digest_date,
-                weekly=weekly,
-                more=more,
-                base_url=self.base_url,
-            )
-        return self._cache[key, weekly]
-
-    def render_items(
-        self,
-        session: Session,
-        key: str,
-        items: Sequence[ItemLike],
-        digest_date: date,
-        weekly: bool,
-        more: Mapping[str, int] | None = None,
-    ) -> RenderedDigest:
-        """Load the items' papers and render them (once per content `key`)."""
-        if (key, weekly) in self._cache:
-            return self._cache[key, weekly]
-        papers = db.papers_by_id(session, [item.paper_id for item in items])
-        return self.rendered(key, items, papers, digest_date, weekly, more)
-
-    def delivery_message(
-        self, session: Session, delivery: Delivery, sent_at: datetime
-    ) -> EmailMessage:
-        """The message of a planned delivery, for its subscriber.
-
-        `Unsendable` if the digest cannot be rendered (shared by everyone who gets
-        the same content: worth retrying once the cause is fixed) or this
-        recipient's message cannot be built (e.g. an address no longer valid).
-        Database errors pass through.
-        """
-        digest = delivery.digest
-        subscriber = delivery.subscriber
-        if digest is None:
-            raise Unsendable("the delivery has no digest to send", retry=False)
-        try:
-            rendered = self.render_items(
-                session,
-                digest.content_hash,
-                list(digest.items),
-                digest.digest_date,
-                subscriber.weekday is not None,
-                json.loads(digest.more_matched or "{}"),
-            )
-        except SQLAlchemyError:
-            raise
-        except Exception as exc:
-            reason = f"the digest could not be rendered: {describe(exc)}"
-            raise Unsendable(reason, retry=True) from exc
-        try:
-            return self.message(subscriber, rendered, digest.digest_date, sent_at, digest.id)
-        except Exception as exc:
-            reason = f"the message could not be built: {describe(exc)}"
-            raise Unsendable(reason, retry=False) from exc
-
-    def rendered_for(
-        self,
-        session: Session,
-        subscriber: Subscriber,
-        digest_date: date | None,
-        now: datetime,
-        settings: DigestSettings,
-    ) -> tuple[DigestContent, RenderedDigest, date, datetime]:
-        """What `subscriber` receives on `digest_date` (default: their local today), rendered.
-
-        Writes nothing. `digest preview` and the web's preview pages show exactly this.
-        """
-        day, now, content = digest_content(session, subscriber, digest_date, now, settings)
-        weekly = subscriber.weekday is not None
-        rendered = self.render_items(session, content.key, content.items, day, weekly, content.more)
-        return content, rendered, day, now
-
-    def preview(
-        self,
-        session: Session,
-        subscriber: Subscriber,
-        digest_date: date | None,
-        now: datetime,
-        settings: DigestSettings,
-    ) -> tuple[EmailMessage, str, str]:
-        """(message, html, text) that `subscriber` receives on `digest_date`; writes nothing."""
-        content, rendered, day, now = self.rendered_for(
-            session, subscriber, digest_date, now, settings
-        )
-        html, text = rendered.personalize(self.recipient(subscriber, content.digest_id))
-        return self.message(subscriber, rendered, day, now, content.digest_id), html, text
-
-    def notice_message(
-        self, subscriber: Subscriber, notice: Notice, sent_at: datetime
-    ) -> EmailMessage:
-        """A one-off email to `subscriber` (a confirmation request...), signed like a digest."""
-        html, text = self.renderer.render_notice(notice)
-        domain = self.mail.from_address.rpartition("@")[2]
-        stamp = f"{sent_at:%Y%m%d%H%M%S}"
-        return build_message(
-            mail=self.mail,
-            to=subscriber.email,
-            subject=notice.subject,
-            html=html,
-            text=text,
-            msgid=f"<notice.{stamp}.{subscriber.id}.{secrets.token_hex(4)}@{domain}>",
-            sent_at=sent_at,
-            unsubscribe_url=self.recipient(subscriber).unsubscribe_url,
-            dkim=self.dkim,
-        )
-
-    def recipient(self, subscriber: Subscriber, digest_id: int | None = None) -> Recipient:
-        links = subscriber_links(
-            self.base_url, self.secret_key, subscriber.id, subscriber.secret, digest_id
-        )
-        weekly = subscriber.weekday is not None
-        return Recipient(
-            email=subscriber.email,
-            topics=[topic_title(t.query, t.label, weekly) for t in subscriber.topics],
-            unsubscribe_url=links.unsubscribe,
-            manage_url=links.manage,
-            view_url=links.view,
-            name=subscriber.name,
-        )
-
-    def message(
-        self,
-        subscriber: Subscriber,
-        rendered: RenderedDigest,
-        digest_date: date,
-        sent_at: datetime,
-        digest_id: int | None = None,
-    ) -> EmailMessage:
-        recipient = self.recipient(subscriber, digest_id)
-        html, text = rendered.personalize(recipient)
-        domain = self.mail.from_address.rpartition("@")[2]
-        return build_message(
-            mail=self.mail,
-            to=subscriber.email,
-            subject=rendered.subject,
-            html=html,
-            text=text,
-            msgid=message_id(subscriber, digest_date, domain),
-            sent_at=sent_at,
-            unsubscribe_url=recipient.unsubscribe_url,
-            dkim=self.dkim,
-        )
-
+Status = DeliveryStatus
 
 # --- the ledger: plan, claim, send, mark ------------------------------------------------
 
@@ -373,29 +88,34 @@ def day_end(digest_date: date, timezone: str) -> datetime:
     return datetime.combine(digest_date + timedelta(days=1), dtime(), tzinfo=ZoneInfo(timezone))
 
 
-DueList = Sequence[tuple[Subscriber, date]]
+# The due (subscriber, digest date) pairs; any iterable, so they may stream.
+DueList = Iterable[tuple[Subscriber, date]]
+PLAN_BATCH = 500  # subscribers planned per transaction
+WARM_BATCH = 500  # digests whose cards are inlined together before sending
 
 
 def plan_deliveries(
     session: Session,
-    due: DueList,
+    due: Iterable[tuple[Subscriber, date]],
     *,
     now: datetime,
     settings: DigestSettings,
     at_send_time: bool = False,
+    runs: dict[datetime, SelectionRun] | None = None,
 ) -> tuple[set[date], int, int]:
     """Choose the digest of each (subscriber, digest date) that has none yet.
 
     Returns (the digest dates involved, deliveries queued, deliveries empty).
     Each subscriber is planned in a savepoint, so a row another process planned
-    first (the unique constraint) is simply left to it.
+    first (the unique constraint) is simply left to it. Batches of one run share
+    `runs` (each topic is ranked once per run).
     """
     # With `at_send_time`, each digest is chosen as of its send time (now, if that is
     # still ahead), so a past date or a late catch-up never sees later papers or upvotes;
     # without, as of now (`digest send` for today). Runs at different instants share the
     # corpus statistics.
-    runs: dict[datetime, SelectionRun] = {}
-    corpus = Corpus(session)
+    runs = {} if runs is None else runs
+    corpus = next(iter(runs.values())).corpus if runs else Corpus(session)
     dates: set[date] = set()
     queued = empty = 0
     for subscriber, day in due:
@@ -412,32 +132,18 @@ def plan_deliveries(
                 except DigestError as exc:
                     # This subscriber's stored data (e.g. a topic query an older version
                     # accepted) cannot be used: their row fails, everyone else goes on.
-                    session.add(unplannable(subscriber.id, day, now, f"not planned: {exc}"))
+                    ledger.unplannable(session, subscriber.id, day, now, f"not planned: {exc}")
                     continue
                 delivery = record_selection(
                     session, subscriber, selection, now, settings.send_empty
                 )
         except IntegrityError:
             continue
-        if delivery.status == "empty":
+        if delivery.status == Status.EMPTY:
             empty += 1
         else:
             queued += 1
     return dates, queued, empty
-
-
-def unplannable(subscriber_id: int, day: date, now: datetime, reason: str) -> Delivery:
-    """A failed ledger row for a subscriber whose digest cannot even be chosen."""
-    return Delivery(
-        subscriber_id=subscriber_id,
-        digest_date=day,
-        status="failed",
-        selected_at=now,
-        attempts=0,
-        last_reply=one_line(reason)[:500],
-        created_at=now,
-        updated_at=now,
-    )
 
 
 @dataclass
@@ -446,10 +152,11 @@ class Outcome:
 
     delivery: Delivery
     subscriber: Subscriber
-    status: str
+    status: Status
     reply: str = ""
     hint: str | None = None
     refused: bool = False  # failed on a refusal that a block of the whole session explains
+    sent_at: datetime | None = None  # when the server accepted it (status SENT)
 
 
 @dataclass
@@ -466,56 +173,59 @@ class Sender:
     on_start: Callable[[int], None] | None = None
     on_progress: Callable[[str], None] | None = None
 
-    def _mark(self, delivery_id: int, **values: object) -> Delivery:
+    def _record(self, transition: Callable[[Session, datetime], object]) -> None:
+        """Run one ledger transition in its own transaction, as of the clock."""
         with db.transaction(self.factory) as session:
-            delivery = session.get(Delivery, delivery_id)
-            assert delivery is not None
-            for name, value in values.items():
-                setattr(delivery, name, value)
-            delivery.updated_at = self.clock()
-            delivery.lease_until = None
-            return delivery
+            transition(session, self.clock())
 
     def _release(self, delivery_id: int) -> None:
         """Back to the queue as claimed: nothing of it can have been delivered."""
-        with db.transaction(self.factory) as session:
-            delivery = session.get(Delivery, delivery_id)
-            assert delivery is not None
-            delivery.status = "queued"
-            delivery.attempts = max(0, delivery.attempts - 1)
-            delivery.lease_until = None
-            delivery.updated_at = self.clock()
+        self._record(lambda session, now: ledger.release(session, delivery_id, now))
+
+    def _fail(self, delivery_id: int, reply: str) -> None:
+        self._record(lambda session, now: ledger.mark_failed(session, delivery_id, now, reply))
+
+    def _unknown(self, delivery_id: int, reply: str) -> None:
+        self._record(lambda session, now: ledger.mark_unknown(session, delivery_id, now, reply))
 
     def _compose(
         self, delivery_id: int
-    ) -> tuple[Delivery, Subscriber, EmailMessage | Unsendable | None]:
+    ) -> tuple[Delivery, Subscriber, EmailMessage | Encoded | Unsendable | None]:
         """The claimed row, its subscriber and its message (None: no longer active)."""
         with self.factory() as session:
-            delivery = session.get(Delivery, delivery_id)
+            # The row, its subscriber with their topics and its digest, in two queries.
+            delivery = session.get(
+                Delivery,
+                delivery_id,
+                options=[
+                    joinedload(Delivery.subscriber).selectinload(Subscriber.topics),
+                    joinedload(Delivery.digest),
+                ],
+            )
             assert delivery is not None
             subscriber = delivery.subscriber
             if subscriber.status != "active":
                 return delivery, subscriber, None
             try:
-                return (
-                    delivery,
-                    subscriber,
-                    self.mailer.delivery_message(session, delivery, self.clock()),
-                )
+                if self.transport.takes_encoded:
+                    message: EmailMessage | Encoded = self.mailer.delivery_message(
+                        session, delivery, self.clock(), encoded=True
+                    )
+                else:
+                    message = self.mailer.delivery_message(session, delivery, self.clock())
+                return delivery, subscriber, message
             except Unsendable as exc:
                 return delivery, subscriber, exc
 
-    def _retry_or_fail(self, delivery: Delivery, subscriber: Subscriber, reply: str) -> str:
+    def _retry_or_fail(self, delivery: Delivery, subscriber: Subscriber, reply: str) -> Status:
         now = self.clock()
         delay = self.config.retry_base_seconds * 2 ** max(0, delivery.attempts - 1)
         retry_at = now + timedelta(seconds=delay * (1 + self.rng.uniform(0, 0.5)))
         if retry_at >= day_end(delivery.digest_date, subscriber.timezone):
-            self._mark(
-                delivery.id, status="failed", last_reply=f"gave up, the day is over: {reply}"[:500]
-            )
-            return "failed"
-        self._mark(delivery.id, status="deferred", next_attempt_at=retry_at, last_reply=reply)
-        return "deferred"
+            self._fail(delivery.id, f"gave up, the day is over: {reply}")
+            return Status.FAILED
+        self._record(lambda session, now: ledger.defer(session, delivery.id, now, retry_at, reply))
+        return Status.DEFERRED
 
     def _bounce(self, subscriber: Subscriber, report: SendReport) -> None:
         with db.transaction(self.factory) as session:
@@ -539,28 +249,28 @@ class Sender:
             raise
         if message is None:
             reason = f"subscriber {subscriber.status}"
-            self._mark(delivery_id, status="skipped", last_reply=reason)
+            self._record(lambda session, now: ledger.skip(session, [delivery_id], now, reason))
             report.skipped += 1
-            return Outcome(delivery, subscriber, "skipped", reason)
+            return Outcome(delivery, subscriber, Status.SKIPPED, reason)
         if isinstance(message, Unsendable):
             if message.retry:  # the shared rendering failed: maybe fixed by a later run
                 status = self._retry_or_fail(delivery, subscriber, message.reason)
                 return Outcome(delivery, subscriber, status, message.reason, message.reason)
-            self._mark(delivery_id, status="failed", last_reply=message.reason)
-            return Outcome(delivery, subscriber, "failed", message.reason)
+            self._fail(delivery_id, message.reason)
+            return Outcome(delivery, subscriber, Status.FAILED, message.reason)
         try:
             reply = self.transport.send(message)
         except TemporaryFailure as exc:
             status = self._retry_or_fail(delivery, subscriber, exc.reply)
             return Outcome(delivery, subscriber, status, exc.reply, exc.hint)
         except PermanentFailure as exc:
-            self._mark(delivery_id, status="failed", last_reply=exc.reply)
+            self._fail(delivery_id, exc.reply)
             if exc.bounce:
                 self._bounce(subscriber, report)
-            return Outcome(delivery, subscriber, "failed", exc.reply, exc.hint, refused=True)
+            return Outcome(delivery, subscriber, Status.FAILED, exc.reply, exc.hint, refused=True)
         except UnknownOutcome as exc:
-            self._mark(delivery_id, status="unknown", last_reply=exc.reply)
-            return Outcome(delivery, subscriber, "unknown", exc.reply, exc.hint)
+            self._unknown(delivery_id, exc.reply)
+            return Outcome(delivery, subscriber, Status.UNKNOWN, exc.reply, exc.hint)
         except FatalTransportError:
             self._release(delivery_id)
             raise
@@ -569,23 +279,23 @@ class Sender:
             # server it is unknown, else retried later; the run goes on (or stops on a streak).
             reason = f"could not be sent: {describe(exc)}"
             if self.transport.in_doubt():
-                self._mark(delivery_id, status="unknown", last_reply=reason)
-                return Outcome(delivery, subscriber, "unknown", reason, reason)
+                self._unknown(delivery_id, reason)
+                return Outcome(delivery, subscriber, Status.UNKNOWN, reason, reason)
             status = self._retry_or_fail(delivery, subscriber, reason)
             return Outcome(delivery, subscriber, status, reason, reason)
         except BaseException as exc:
             # Interrupted (Ctrl-C): once the message may have reached the server, it is
             # not resent automatically; before that, it goes back to the queue.
             if self.transport.in_doubt():
-                self._mark(delivery_id, status="unknown", last_reply=f"interrupted: {exc!r}"[:500])
+                self._unknown(delivery_id, f"interrupted: {exc!r}")
             else:
                 self._release(delivery_id)
             raise
-        self._mark(delivery_id, status="sent", sent_at=self.clock(), last_reply=reply[:500])
+        # Marked `sent` by the caller: in the transaction that claims the next row.
         report.sent += 1
         if self.on_progress is not None:
             self.on_progress(subscriber.email)
-        return Outcome(delivery, subscriber, "sent", reply)
+        return Outcome(delivery, subscriber, Status.SENT, reply, sent_at=self.clock())
 
     def _session_blocked(self, streak: list[Outcome]) -> str:
         """Stop after a streak of identical failures; refused rows are retried later instead."""
@@ -597,20 +307,51 @@ class Sender:
             f"sender is at fault, not the recipients; stopped: {streak[-1].hint}"
         )
 
+    def warm(self, dates: set[date]) -> None:
+        """Inline the paper cards of the queued digests of `dates` before sending, in few
+        premailer runs (see `DigestMailer.warm`)."""
+        with self.factory() as session:
+            digests = session.execute(
+                select(Delivery.digest_id, Subscriber.weekday.is_not(None))
+                .join(Subscriber, Subscriber.id == Delivery.subscriber_id)
+                .where(
+                    Delivery.digest_date.in_(list(dates)),
+                    Delivery.status.in_(CLAIMABLE_STATUSES),
+                    Delivery.digest_id.is_not(None),
+                )
+                .distinct()
+            ).all()
+            for start in range(0, len(digests), WARM_BATCH):
+                chunk = [(d, bool(w)) for d, w in digests[start : start + WARM_BATCH] if d]
+                self.mailer.warm(session, chunk)
+
     def send_queued(self, dates: set[date], report: SendReport, limit: int | None) -> None:
         """Claim and send due rows of `dates` until none is left, the limit, or a stop."""
         lease = timedelta(seconds=self.config.lease_seconds)
+        self.warm(dates)
         if self.on_start is not None:
             with self.factory() as session:
-                waiting = db.count_deliveries(session, dates)
-            total = waiting.get("queued", 0) + waiting.get("deferred", 0)
+                waiting = ledger.counts(session, dates)
+            total = waiting.get(Status.QUEUED, 0) + waiting.get(Status.DEFERRED, 0)
             self.on_start(total if limit is None else min(limit, total))
         streak: list[Outcome] = []
+        # A sent row is marked in the transaction that claims the next one (one write per
+        # message): a crash in between leaves it `sending`, then `unknown`, never resent.
+        sent: Outcome | None = None
+
+        def mark_sent(session: Session) -> None:
+            nonlocal sent
+            if sent is not None:
+                assert sent.sent_at is not None
+                ledger.mark_sent(session, [sent.delivery.id], sent.sent_at, sent.reply)
+                sent = None
+
         try:
             while not self.should_stop() and (limit is None or report.sent < limit):
                 now = self.clock()
                 with db.transaction(self.factory) as session:
-                    claimed = db.claim_delivery(session, now, now + lease, dates)
+                    mark_sent(session)
+                    claimed = ledger.claim(session, now, now + lease, dates)
                 if claimed is None:
                     break
                 try:
@@ -618,6 +359,8 @@ class Sender:
                 except FatalTransportError as exc:
                     report.fatal = str(exc)
                     break
+                if outcome.status == Status.SENT:
+                    sent = outcome
                 if outcome.hint is None or (streak and streak[-1].hint != outcome.hint):
                     streak = []
                 if outcome.hint is not None:
@@ -626,7 +369,24 @@ class Sender:
                     report.fatal = self._session_blocked(streak)
                     break
         finally:
+            if sent is not None:
+                with db.transaction(self.factory) as session:
+                    mark_sent(session)
             self.transport.close()
+
+
+# Sends the queued rows of these dates with sender processes sharing the queue, up to
+# a limit; their reports (see `digest.app.App.send_workers`).
+Workers = Callable[[set[date], int | None], list[SendReport]]
+
+
+def merge_reports(report: SendReport, parts: Sequence[SendReport]) -> None:
+    """Add what each worker did to `report`."""
+    for part in parts:
+        report.sent += part.sent
+        report.skipped += part.skipped
+        report.bounced.extend(part.bounced)
+        report.fatal = report.fatal or part.fatal
 
 
 def send_digests(
@@ -639,33 +399,83 @@ def send_digests(
     limit: int | None = None,
     retry_unknown: bool = False,
     at_send_time: bool = False,
+    workers: Workers | None = None,
 ) -> SendReport:
     """Plan the digests of the `due` (subscriber, date) pairs and send every queued one.
 
     `digest send` and the scheduler's dispatcher both run exactly this. Digests are
     chosen as of `now`, or with `at_send_time` as of their send time (the scheduler,
-    and `digest send --date`).
+    and `digest send --date`). With `workers`, sender processes share the sending.
     """
     report = SendReport(dry_run=dry_run)
     if dry_run:
         return _dry_run(sender, due, now=now, settings=settings, at_send_time=at_send_time)
     with db.transaction(sender.factory) as session:
-        db.expire_leases(session, now)
-        dates, _, _ = plan_deliveries(
-            session, due(session), now=now, settings=settings, at_send_time=at_send_time
-        )
-        if retry_unknown:
-            db.requeue_unknown(session, now, dates)
+        ledger.expire_leases(session, now)
+    dates, _ = plan_in_batches(
+        sender.factory, due, now=now, settings=settings, at_send_time=at_send_time
+    )
+    if retry_unknown:
+        with db.transaction(sender.factory) as session:
+            ledger.requeue_unknown(session, now, dates)
     if dates:
-        sender.send_queued(dates, report, limit)
+        if workers is None:
+            sender.send_queued(dates, report, limit)
+        else:
+            merge_reports(report, workers(dates, limit))
         with sender.factory() as session:
-            counts = db.count_deliveries(session, dates)
-        report.empty = counts.get("empty", 0)
-        report.deferred = counts.get("deferred", 0)
-        report.failed = counts.get("failed", 0)
-        report.unknown = counts.get("unknown", 0)
-        report.queued = counts.get("queued", 0)
+            counts = ledger.counts(session, dates)
+        report.empty = counts.get(Status.EMPTY, 0)
+        report.deferred = counts.get(Status.DEFERRED, 0)
+        report.failed = counts.get(Status.FAILED, 0)
+        report.unknown = counts.get(Status.UNKNOWN, 0)
+        report.queued = counts.get(Status.QUEUED, 0)
     return report
+
+
+def plan_in_batches(
+    factory: sessionmaker[Session],
+    due: Callable[[Session], DueList],
+    *,
+    now: datetime,
+    settings: DigestSettings,
+    at_send_time: bool,
+    each: Callable[[Session, list[tuple[Subscriber, date]]], None] | None = None,
+    write: bool = True,
+) -> tuple[set[date], int]:
+    """Plan the due subscribers `PLAN_BATCH` at a time, one transaction each.
+
+    Subscribers stream from their own session and nothing of a batch is kept
+    after it, so memory stays flat however many subscribers there are. `each`
+    sees every planned batch inside its transaction; without `write`, each
+    batch is rolled back (the dry run). Returns (the digest dates, empty plans).
+    """
+    runs: dict[datetime, SelectionRun] = {}
+    dates: set[date] = set()
+    empty = 0
+    with factory() as reader, factory() as writer:
+        pairs = iter(due(reader))
+        while batch := list(itertools.islice(pairs, PLAN_BATCH)):
+            transaction = writer.begin()
+            try:
+                if write:
+                    writer.connection(execution_options={"sqlite_begin": "IMMEDIATE"})
+                planned, _, emptied = plan_deliveries(
+                    writer, batch, now=now, settings=settings, at_send_time=at_send_time, runs=runs
+                )
+                if each is not None:
+                    each(writer, batch)
+            except BaseException:
+                transaction.rollback()
+                raise
+            if write:
+                transaction.commit()
+            else:
+                transaction.rollback()
+            dates |= planned
+            empty += emptied
+            writer.expunge_all()
+    return dates, empty
 
 
 def _dry_run(
@@ -678,20 +488,32 @@ def _dry_run(
 ) -> SendReport:
     """Plan and render everything that would be sent; write and send nothing."""
     report = SendReport(dry_run=True)
-    with sender.factory() as session:
-        dates, _, report.empty = plan_deliveries(
-            session, due(session), now=now, settings=settings, at_send_time=at_send_time
-        )
-        queued = session.scalars(
+
+    def render(session: Session, batch: list[tuple[Subscriber, date]]) -> None:
+        planned = session.scalars(
             select(Delivery).where(
-                Delivery.digest_date.in_(list(dates)), Delivery.status.in_(("queued", "deferred"))
+                Delivery.subscriber_id.in_([subscriber.id for subscriber, _ in batch]),
+                Delivery.digest_date.in_({day for _, day in batch}),
+                Delivery.status.in_(CLAIMABLE_STATUSES),
             )
         ).all()
-        for delivery in queued:
+        weekly = {subscriber.id: subscriber.weekday is not None for subscriber, _ in batch}
+        digests = {(d.digest_id, weekly[d.subscriber_id]) for d in planned if d.digest_id}
+        sender.mailer.warm(session, sorted(digests))
+        for delivery in planned:
             try:
-                sender.mailer.delivery_message(session, delivery, now)
+                sender.mailer.delivery_message(session, delivery, now, encoded=True)
                 report.sent += 1
             except Unsendable:
                 report.failed += 1
-        session.rollback()
+
+    _, report.empty = plan_in_batches(
+        sender.factory,
+        due,
+        now=now,
+        settings=settings,
+        at_send_time=at_send_time,
+        each=render,
+        write=False,
+    )
     return report

@@ -7,6 +7,7 @@ on PostgreSQL, naive UTC text on SQLite, so both backends behave alike.
 from __future__ import annotations
 
 from datetime import UTC, date, datetime
+from enum import StrEnum
 from urllib.parse import quote
 
 from sqlalchemy import (
@@ -277,12 +278,26 @@ class DigestItem(Base):
     paper: Mapped[Paper] = relationship()
 
 
+class DeliveryStatus(StrEnum):
+    """Where a delivery stands. Stored as these strings; `digest.ledger` moves rows
+    between them (its transitions are the only writers of `Delivery.status`)."""
+
+    QUEUED = "queued"  # planned, waiting for a sender
+    EMPTY = "empty"  # planned, nothing to send (and send_empty is off)
+    SENDING = "sending"  # claimed by a sender until its lease runs out
+    SENT = "sent"  # the server accepted it
+    DEFERRED = "deferred"  # a temporary failure: retried at next_attempt_at
+    UNKNOWN = "unknown"  # may have been delivered (a crash, a lost reply): never resent alone
+    FAILED = "failed"  # refused, or could not be made: not retried
+    SKIPPED = "skipped"  # not sent on purpose (subscriber gone, send window missed)
+
+
 # Deliveries whose papers count as received: never send those papers again.
-RECEIVED_STATUSES = ("sending", "sent", "unknown")
+RECEIVED_STATUSES = (DeliveryStatus.SENDING, DeliveryStatus.SENT, DeliveryStatus.UNKNOWN)
 # Deliveries a sender may claim (when due), as SQL: literal, so that the planners of
 # both backends can match it with the partial index on claimable rows.
-CLAIMABLE_STATUSES = ("queued", "deferred")
-CLAIMABLE_SQL = f"status IN ({', '.join(repr(status) for status in CLAIMABLE_STATUSES)})"
+CLAIMABLE_STATUSES = (DeliveryStatus.QUEUED, DeliveryStatus.DEFERRED)
+CLAIMABLE_SQL = f"status IN ({', '.join(repr(str(status)) for status in CLAIMABLE_STATUSES)})"
 
 
 class Delivery(Base):

@@ -21,11 +21,12 @@ from __future__ import annotations
 import functools
 import html
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import date
 from pathlib import Path
-from typing import Protocol
+from typing import Generic, Protocol, TypeVar
 from urllib.parse import quote
 
 import jinja2
@@ -43,6 +44,8 @@ SHORT_ABSTRACT_CHARS = 180
 MAX_SUBJECT = 78
 AUTHORS_SHOWN = 3
 SEARCH_LABEL = "Search on Hugging Face"
+CARD_BATCH = 300  # paper cards inlined per premailer run when warming
+VIEW_CACHE = 8192  # paper views kept by a Renderer (a card is about 2 KB)
 TEXT_WIDTH = 78  # columns of the plain-text part; only a URL or an address may exceed it
 
 # Per-recipient fields, rendered as these tokens and substituted by `personalize`.
@@ -479,11 +482,13 @@ def build_view(
     limit: int | None = None,
     more: Mapping[str, int] | None = None,
     base_url: str | None = None,
+    views: Callable[[Paper, ItemLike, int, bool], PaperView] = paper_view,
 ) -> DigestView:
     """Group items by topic, in their order, into what the templates show.
 
     `more` counts, per topic query, the papers that matched beyond the caps; with a
-    `base_url` their section links to the site's preview of that topic.
+    `base_url` their section links to the site's preview of that topic. `views`
+    makes each paper's view (a caching `paper_view`, by default `paper_view`).
     """
     chosen = list(items)
     omitted = 0
@@ -494,7 +499,7 @@ def build_view(
     queries: dict[str, str] = {}
     everything: set[str] = set()
     for item in chosen:
-        view = paper_view(papers[item.paper_id], item, abstract_chars, weekly)
+        view = views(papers[item.paper_id], item, abstract_chars, weekly)
         sections.setdefault(view.topic, []).append(view)
         queries.setdefault(view.topic, item.topic)
         if view.everything:
@@ -645,6 +650,210 @@ def inline_css(markup: str) -> str:
     )
 
 
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+
+
+class BoundedCache(Generic[K, V]):
+    """At most `size` entries; the least recently used goes first."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._entries: OrderedDict[K, V] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, key: K, make: Callable[[], V]) -> V:
+        """The entry of `key`, made (and kept) if missing."""
+        if (value := self.lookup(key)) is not None:
+            return value
+        value = make()
+        self.put(key, value)
+        return value
+
+    def lookup(self, key: K) -> V | None:
+        """The entry of `key`, or None."""
+        if key not in self._entries:
+            return None
+        self._entries.move_to_end(key)
+        return self._entries[key]
+
+    def put(self, key: K, value: V) -> None:
+        self._entries[key] = value
+        self._entries.move_to_end(key)
+        if len(self._entries) > self.size:
+            self._entries.popitem(last=False)
+
+
+# What a digest's HTML shows besides its papers, as tokens that the inlined shell keeps
+# and `HtmlParts` substitutes (escaped as the inliner writes text) per digest.
+SHELL_TOKENS = {
+    name: f"PDX{name.upper().replace('_', '')}XPD"
+    for name in (
+        "subject",
+        "preheader",
+        "brand",
+        "heading",
+        "date_long",
+        "summary",
+        "frequency_word",
+        "site_name",
+        "postal_address",
+    )
+}
+_SECTION = "PDXSECTIONXPD"
+_MORE = "PDXMOREXPD"
+_MORE_URL = "https://PDXMOREURLXPD.invalid/"
+# A "more matched" URL is substituted as is only when escaping cannot change it.
+_PLAIN_URL = re.compile(r"[A-Za-z0-9%/:._~?=+-]*")
+
+
+@dataclass(frozen=True)
+class _ShellSection:
+    title: str
+    papers: tuple[PaperView, ...]
+    more: str
+    more_url: str | None
+
+
+@dataclass(frozen=True)
+class _ShellView:
+    """Quacks like a DigestView for digest.html.j2, with tokens for its text."""
+
+    sections: tuple[_ShellSection, ...]
+    postal_address: str
+    gain_period: str = "today"  # shown only by a digest with no sections: never assembled
+    subject: str = SHELL_TOKENS["subject"]
+    preheader: str = SHELL_TOKENS["preheader"]
+    brand: str = SHELL_TOKENS["brand"]
+    heading: str = SHELL_TOKENS["heading"]
+    date_long: str = SHELL_TOKENS["date_long"]
+    summary: str = SHELL_TOKENS["summary"]
+    frequency_word: str = SHELL_TOKENS["frequency_word"]
+    site_name: str = SHELL_TOKENS["site_name"]
+
+
+@dataclass(frozen=True)
+class _Shell:
+    """The inlined digest around its sections, cut at the rows."""
+
+    head: str
+    topic_row: str
+    more_row: str
+    separator: str
+    tail: str
+
+
+def _text(value: str) -> str:
+    """`value` as the inliner (lxml) writes text: only &, < and > escaped."""
+    return value.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _rows(document: str, start: int) -> Iterator[tuple[int, int]]:
+    """The spans of the table rows (no nested rows) from `start` on."""
+    while (begin := document.find("<tr", start)) >= 0:
+        start = document.index("</tr>", begin) + len("</tr>")
+        yield begin, start
+
+
+class HtmlParts:
+    """The HTML of a digest assembled from parts inlined once per run.
+
+    Premailer runs on a document made of the shell (head, intro, a topic row, a
+    "more matched" row, footer: tokens for their text) and the paper cards not seen
+    yet, so usually once per run and then only for digests bringing new cards. A
+    digest is the shell with its text substituted around its cached cards. The
+    result is the bytes `inline_css` gives for the whole digest (a test compares
+    them): CSS inlining is local to each element, and the rows are cut where the
+    template separates them.
+    """
+
+    def __init__(self, environment: jinja2.Environment, cards: int = 4096) -> None:
+        self._environment = environment
+        self._shells: dict[tuple[bool, bool], _Shell] = {}  # (postal address, linked "more")
+        self.cards: BoundedCache[PaperView, str] = BoundedCache(cards)
+        self.inlined = 0  # premailer runs
+
+    def _inline(self, papers: Sequence[PaperView], postal: bool, linked: bool) -> None:
+        """Inline a document of the shell and these cards; keep its parts."""
+        self.inlined += 1
+        address = SHELL_TOKENS["postal_address"] if postal else ""
+        section = _ShellSection(_SECTION, tuple(papers), _MORE, _MORE_URL if linked else None)
+        context = {"digest": _ShellView((section,), address), **PLACEHOLDERS}
+        document = inline_css(self._environment.get_template("digest.html.j2").render(context))
+        first = document.rfind("<tr", 0, document.index(_SECTION))
+        rows = list(_rows(document, first))[: len(papers) + 2]
+        (_, topic_end), cards, (more_start, more_end) = rows[0], rows[1:-1], rows[-1]
+        for paper, (begin, end) in zip(papers, cards, strict=True):
+            self.cards.put(paper, document[begin:end])
+        self._shells[postal, linked] = _Shell(
+            head=document[:first],
+            topic_row=document[first:topic_end],
+            more_row=document[more_start:more_end],
+            separator=document[topic_end : (cards[0][0] if cards else more_start)],
+            tail=document[more_end:],
+        )
+
+    def add_cards(self, papers: Iterable[PaperView], postal: bool) -> int:
+        """Inline the cards of `papers` not cached yet, `CARD_BATCH` per premailer run, as
+        many as the cache holds; how many were inlined."""
+        missing = list(dict.fromkeys(p for p in papers if self.cards.lookup(p) is None))
+        missing = missing[: self.cards.size]
+        for start in range(0, len(missing), CARD_BATCH):
+            self._inline(missing[start : start + CARD_BATCH], postal, True)
+        return len(missing)
+
+    def html(self, view: DigestView) -> str | None:
+        """The inlined HTML of `view`; None when only a whole render can make it."""
+        if not view.sections or view.omitted:
+            return None
+        if any(s.more_url and not _PLAIN_URL.fullmatch(s.more_url) for s in view.sections):
+            return None
+        postal = bool(view.postal_address)
+        cards: dict[PaperView, str] = {}
+        missing: dict[PaperView, None] = {}
+        for section in view.sections:
+            for paper in section.papers:
+                if (card := self.cards.lookup(paper)) is not None:
+                    cards[paper] = card
+                else:
+                    missing[paper] = None
+        if len(missing) > self.cards.size:
+            return None
+        # The shells this digest needs: its "more" rows' kinds, or any for head and tail.
+        wanted = {(postal, bool(s.more_url)) for s in view.sections if s.more}
+        if not wanted and (postal, False) not in self._shells:
+            wanted = {(postal, True)}
+        to_make = sorted(wanted - set(self._shells)) or ([(postal, True)] if missing else [])
+        for number, key in enumerate(to_make):
+            self._inline(list(missing) if number == 0 else [], *key)
+        for paper in missing:
+            cards[paper] = self.cards.get(paper, str)
+        shell = self._shells.get((postal, True)) or self._shells[postal, False]
+        parts: list[str] = []
+        for position, section in enumerate(view.sections):
+            current = self._shells[postal, bool(section.more_url)] if section.more else shell
+            if position:
+                parts.append(current.separator)
+            parts.append(current.topic_row.replace(_SECTION, _text(section.title)))
+            for paper in section.papers:
+                parts.append(current.separator)
+                parts.append(cards[paper])
+            if section.more:
+                parts.append(current.separator)
+                row = current.more_row.replace(_MORE, str(section.more))
+                parts.append(row.replace(_MORE_URL, section.more_url or ""))
+        return self._fill(shell.head, view) + "".join(parts) + self._fill(shell.tail, view)
+
+    @staticmethod
+    def _fill(part: str, view: DigestView) -> str:
+        for name, token in SHELL_TOKENS.items():
+            if token in part:
+                part = part.replace(token, _text(getattr(view, name)))
+        return part
+
+
 @dataclass
 class Renderer:
     """Renders digests with the bundled templates, or an operator's override folder."""
@@ -655,15 +864,61 @@ class Renderer:
     budget: int = HTML_BUDGET
     _html: jinja2.Environment = field(init=False, repr=False)
     _text: jinja2.Environment = field(init=False, repr=False)
+    # The bundled templates' digests are assembled from parts inlined once (HtmlParts);
+    # an operator's templates are rendered and inlined whole.
+    parts: HtmlParts | None = field(init=False, repr=False)
+    _views: BoundedCache[Hashable, PaperView] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self._html = template_environment(self.templates, html_mode=True)
         self._text = template_environment(self.templates, html_mode=False)
+        self.parts = HtmlParts(self._html) if self.templates is None else None
+        self._views = BoundedCache(VIEW_CACHE)
+        # digest.txt.j2 shows each paper through paper.txt.j2, rendered once per paper view.
+        texts: BoundedCache[PaperView, str] = BoundedCache(VIEW_CACHE)
+        paper_template = self._text.get_template("paper.txt.j2")
+        self._text.globals["paper_text"] = lambda paper: texts.get(
+            paper, lambda: paper_template.render(paper=paper)
+        )
+
+    def paper_view(
+        self, paper: Paper, item: ItemLike, abstract_chars: int, weekly: bool
+    ) -> PaperView:
+        """`paper_view`, made once per paper and way of showing it."""
+        key = (
+            paper.id,
+            paper.updated_at,
+            item.kind,
+            item.topic,
+            item.topic_label,
+            item.upvotes,
+            item.upvote_gain,
+            item.matched,
+            abstract_chars,
+            weekly,
+        )
+        return self._views.get(key, lambda: paper_view(paper, item, abstract_chars, weekly))
+
+    def warm(
+        self, digests: Iterable[tuple[Sequence[ItemLike], bool]], papers: dict[int, Paper]
+    ) -> int:
+        """Inline the cards these (items, weekly) digests show, in few premailer runs;
+        how many cards were inlined. Rendering them afterwards inlines nothing more."""
+        if self.parts is None:
+            return 0
+        views = (
+            self.paper_view(papers[item.paper_id], item, ABSTRACT_CHARS, weekly)
+            for items, weekly in digests
+            for item in items
+            if item.paper_id in papers
+        )
+        return self.parts.add_cards(views, bool(one_line(self.postal_address)))
 
     def _render(self, view: DigestView) -> RenderedDigest:
         context = {"digest": view, **PLACEHOLDERS}
-        raw_html = self._html.get_template("digest.html.j2").render(context)
-        inlined = inline_css(raw_html)
+        inlined = self.parts.html(view) if self.parts is not None else None
+        if inlined is None:
+            inlined = inline_css(self._html.get_template("digest.html.j2").render(context))
         text = self._text.get_template("digest.txt.j2").render(context)
         return RenderedDigest(subject=view.subject, html=inlined, text=text, view=view)
 
@@ -696,6 +951,7 @@ class Renderer:
                 limit=limit,
                 more=more,
                 base_url=base_url,
+                views=self.paper_view,
             )
             rendered = self._render(view)
             if len(rendered.html.encode("utf-8")) <= self.budget - PERSONAL_ROOM:

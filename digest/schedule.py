@@ -38,12 +38,12 @@ from apscheduler.triggers.interval import IntervalTrigger
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from digest import db
+from digest import db, ledger
 from digest.config import DigestSettings, ScheduleConfig
-from digest.deliver import DueList, Sender, SendReport, send_digests
+from digest.deliver import DueList, Sender, SendReport, Workers, send_digests
 from digest.errors import DigestError
 from digest.ingest import InputSummary
-from digest.models import Subscriber
+from digest.models import CLAIMABLE_STATUSES, Subscriber
 from digest.select import local_date, send_time, sends_on
 from digest.subscribers import purge_pending, sendable
 
@@ -101,14 +101,12 @@ def due_within(
 
 def skip_stale(session: Session, now: datetime, grace: timedelta) -> int:
     """Queued or deferred rows whose send window has closed become `skipped`."""
-    skipped = 0
-    for delivery in db.deliveries_with_status(session, ("queued", "deferred")):
-        if now >= send_time(delivery.subscriber, delivery.digest_date) + grace:
-            delivery.status = "skipped"
-            delivery.last_reply = "missed: not sent within the grace window"
-            delivery.updated_at = now
-            skipped += 1
-    return skipped
+    stale = [
+        delivery.id
+        for delivery in db.deliveries_with_status(session, CLAIMABLE_STATUSES)
+        if now >= send_time(delivery.subscriber, delivery.digest_date) + grace
+    ]
+    return ledger.skip(session, stale, now, "missed: not sent within the grace window")
 
 
 def default_holder() -> str:
@@ -126,6 +124,7 @@ class Dispatcher:
     lease_for: timedelta
     pending_for: timedelta = timedelta(days=7)
     holder: str = field(default_factory=default_holder)
+    workers: Workers | None = None  # sender processes ([delivery] workers > 1)
 
     def run(self, now: datetime) -> SendReport | None:
         """Send what is due at `now`; None if another dispatcher holds the lease."""
@@ -143,6 +142,7 @@ class Dispatcher:
             settings=self.settings,
             # A late (catch-up) dispatch chooses each digest as of its send time.
             at_send_time=True,
+            workers=self.workers,
         )
 
     def release(self) -> None:

@@ -54,7 +54,7 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy.orm import Session
 
-from digest import db, relevance
+from digest import db, ledger, relevance
 from digest.config import DigestSettings
 from digest.models import Delivery, DigestItem, Paper, Subscriber
 from digest.query import parse_query
@@ -342,17 +342,17 @@ def record_selection(
     A digest is chosen once per subscriber and day: callers look for an existing
     delivery first (`db.find_delivery`), and the unique constraint refuses a second.
     """
-    digest = None
+    digest_id = None
     if selection.items or send_empty:
 
-        def items() -> list[DigestItem]:
+        def items() -> list[dict[str, object]]:
             # A selected item's fields are exactly the stored item's columns.
             return [
-                DigestItem(position=position, **asdict(item))
+                {"position": position, **asdict(item)}
                 for position, item in enumerate(selection.items)
             ]
 
-        digest = db.get_or_create_digest(
+        digest_id = db.get_or_create_digest(
             session,
             selection.digest_date,
             selection.content_hash,
@@ -360,19 +360,15 @@ def record_selection(
             now,
             more_matched=json.dumps(selection.more, sort_keys=True, ensure_ascii=False),
         )
-    delivery = Delivery(
+    # The next digest's new papers start where this one's knowledge ended.
+    delivery = ledger.plan(
+        session,
         subscriber_id=subscriber.id,
         digest_date=selection.digest_date,
-        digest=digest,
-        status="queued" if digest is not None else "empty",
-        # The next digest's new papers start where this one's knowledge ended.
+        digest_id=digest_id,
         selected_at=selection.as_of or now,
-        attempts=0,
-        created_at=now,
-        updated_at=now,
+        now=now,
     )
-    session.add(delivery)
-    session.flush()
     return delivery
 
 

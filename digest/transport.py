@@ -25,6 +25,8 @@ the run when the same hint comes back for several recipients in a row.
 from __future__ import annotations
 
 import contextlib
+import email
+import email.policy
 import mailbox
 import re
 import smtplib
@@ -75,8 +77,33 @@ class FatalTransportError(DeliveryError):
     """A problem of the session (connection, TLS, AUTH, refused sender, 421): stop the run."""
 
 
+@dataclass(frozen=True)
+class Encoded:
+    """A message already serialized (the bytes `as_bytes` gives), with its envelope."""
+
+    sender: str
+    recipient: str
+    data: bytes
+    smtputf8: bool = False
+
+    @classmethod
+    def of(cls, message: EmailMessage) -> Encoded:
+        return cls(
+            sender=message["From"].addresses[0].addr_spec,
+            recipient=message["To"].addresses[0].addr_spec,
+            data=message.as_bytes(),
+            smtputf8=bool(getattr(message.policy, "utf8", False)),
+        )
+
+    def as_bytes(self) -> bytes:
+        return self.data
+
+
 class Transport(Protocol):
-    def send(self, message: EmailMessage) -> str: ...
+    # Whether `send` should be given `Encoded` messages (built faster than EmailMessage).
+    takes_encoded: bool
+
+    def send(self, message: EmailMessage | Encoded) -> str: ...
 
     def close(self) -> None: ...
 
@@ -90,8 +117,13 @@ class MemoryTransport:
     """Keeps messages in a list; for tests and dry runs."""
 
     messages: list[EmailMessage] = field(default_factory=list)
+    takes_encoded: bool = False  # tests read the messages
 
-    def send(self, message: EmailMessage) -> str:
+    def send(self, message: EmailMessage | Encoded) -> str:
+        if isinstance(message, Encoded):
+            parsed = email.message_from_bytes(message.data, policy=email.policy.SMTP)
+            assert isinstance(parsed, EmailMessage)
+            message = parsed
         self.messages.append(message)
         return "250 stored in memory"
 
@@ -112,8 +144,9 @@ class MaildirTransport:
     """
 
     path: Path
+    takes_encoded: bool = True
 
-    def send(self, message: EmailMessage) -> str:
+    def send(self, message: EmailMessage | Encoded) -> str:
         try:
             self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             box = mailbox.Maildir(self.path, create=True)
@@ -173,7 +206,7 @@ class _ConnectionLost(Exception):
     """The connection broke before the end of the message body: nothing was delivered."""
 
 
-def wire_bytes(message: EmailMessage) -> bytes:
+def wire_bytes(message: EmailMessage | Encoded) -> bytes:
     """The DATA payload: CRLF line ends, leading dots doubled, the end-of-data mark."""
     raw = re.sub(rb"\r\n|\r|\n", b"\r\n", message.as_bytes())
     raw = re.sub(rb"(?m)^\.", b"..", raw)
@@ -197,6 +230,7 @@ class SmtpTransport:
     rate: float | None = None  # messages per second
     ssl_context: ssl.SSLContext | None = None
     monotonic: Callable[[], float] = time.monotonic
+    takes_encoded: bool = True
     sleep: Callable[[float], None] = time.sleep
     _client: smtplib.SMTP | None = field(default=None, init=False, repr=False)
     _sent_on_connection: int = field(default=0, init=False)
@@ -340,13 +374,12 @@ class SmtpTransport:
             )
         raise recipient_refusal(code, text, recipient, "end of data")
 
-    def send(self, message: EmailMessage) -> str:
+    def send(self, message: EmailMessage | Encoded) -> str:
         self._pace()
         self._in_doubt = False
-        sender = message["From"].addresses[0].addr_spec
-        recipient = message["To"].addresses[0].addr_spec
-        data = wire_bytes(message)
-        smtputf8 = bool(getattr(message.policy, "utf8", False))
+        encoded = message if isinstance(message, Encoded) else Encoded.of(message)
+        sender, recipient, smtputf8 = encoded.sender, encoded.recipient, encoded.smtputf8
+        data = wire_bytes(encoded)
         for attempt in (1, 2):
             try:
                 return self._transaction(sender, recipient, data, smtputf8)

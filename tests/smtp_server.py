@@ -64,6 +64,7 @@ class Handler:
     mail_reply: str | None = None
     drop_before_mail: set[int] = field(default_factory=set)
     delay: float = 0.0
+    sessions: int = 0  # EHLOs: one per connection
     mails: int = 0
     rcpts: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -73,6 +74,12 @@ class Handler:
         # Closed before the reply is written: the client reads end-of-file, no reply.
         server.transport.close()
         return "421 4.4.2 closing"
+
+    async def handle_EHLO(self, server, session, envelope, hostname, responses):
+        with self.lock:
+            self.sessions += 1
+        session.host_name = hostname
+        return responses
 
     async def handle_MAIL(self, server, session, envelope, address, mail_options):
         self.mails += 1

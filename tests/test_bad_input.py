@@ -28,8 +28,9 @@ import pytest
 from digest import db
 from digest.app import database_error_message, safe_url
 from digest.config import DeliveryConfig, DigestSettings, MailConfig
-from digest.deliver import DigestMailer, Sender, send_digests
+from digest.deliver import Sender, send_digests
 from digest.ingest import ingest_inputs
+from digest.message import DigestMailer
 from digest.render import Renderer
 from digest.subscribers import subscribe
 from digest.transport import MemoryTransport

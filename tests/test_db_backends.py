@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from sqlalchemy import Engine, event, insert, text, update
 from sqlalchemy.orm import Session
 
-from digest import db, relevance
+from digest import db, ledger, relevance
 from digest.ingest import ingest_inputs, paper_terms
 from digest.models import Base, Delivery, Digest, Paper, Subscriber, UTCDateTime
 from digest.query import QueryError, parse_query
@@ -353,7 +353,7 @@ def test_the_claim_jumps_to_the_next_due_row_through_the_claimable_index(
 
     event.listen(engine, "before_cursor_execute", capture)
     with factory() as session, session.begin():
-        assert db.claim_delivery(session, NOW, NOW + timedelta(minutes=5), [DAY]) == 1991
+        assert ledger.claim(session, NOW, NOW + timedelta(minutes=5), [DAY]) == 1991
         session.rollback()
     event.remove(engine, "before_cursor_execute", capture)
     [(statement, parameters)] = [s for s in statements if "UPDATE deliveries" in s[0]]
@@ -386,9 +386,7 @@ def test_claims_go_by_date_then_id_and_skip_rows_not_yet_due(factory) -> None:
     for _ in range(5):
         with db.transaction(factory) as session:
             claimed.append(
-                db.claim_delivery(
-                    session, NOW, NOW + timedelta(minutes=5), [DAY, DAY.replace(day=26)]
-                )
+                ledger.claim(session, NOW, NOW + timedelta(minutes=5), [DAY, DAY.replace(day=26)])
             )
     assert claimed == [3, 4, 5, 1, None]
 
@@ -398,11 +396,11 @@ def test_a_claim_skips_rows_another_sender_holds(factory) -> None:
     fill_ledger(factory, 3, sent=0)
     lease = NOW + timedelta(minutes=5)
     with factory() as first, first.begin():
-        assert db.claim_delivery(first, NOW, lease, [DAY]) == 1  # row 1 stays locked
+        assert ledger.claim(first, NOW, lease, [DAY]) == 1  # row 1 stays locked
         with factory() as second, second.begin():
             # Without SKIP LOCKED this claim would wait for the first transaction.
             second.execute(text("SET LOCAL lock_timeout = '2s'"))
-            assert db.claim_delivery(second, NOW, lease, [DAY]) == 2
+            assert ledger.claim(second, NOW, lease, [DAY]) == 2
     with db.transaction(factory) as session:
-        assert db.claim_delivery(session, NOW, lease, [DAY]) == 3
-        assert db.claim_delivery(session, NOW, lease, [DAY]) is None
+        assert ledger.claim(session, NOW, lease, [DAY]) == 3
+        assert ledger.claim(session, NOW, lease, [DAY]) is None

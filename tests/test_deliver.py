@@ -17,10 +17,12 @@ import trustme
 from sqlalchemy import select
 
 from digest import db
+from digest import ledger as delivery_ledger
 from digest.config import DeliveryConfig, DigestSettings, MailConfig, SmtpConfig
-from digest.deliver import DigestMailer, Dkim, Sender, build_message, send_digests
+from digest.deliver import Sender, send_digests
 from digest.ingest import ingest_inputs
 from digest.links import token_payload, verify_token
+from digest.message import DigestMailer, Dkim, build_message
 from digest.models import Delivery, Subscriber
 from digest.render import Renderer
 from digest.subscribers import subscribe
@@ -299,7 +301,7 @@ def test_crash_after_acceptance_is_unknown_and_not_resent(factory, readers, smtp
             session, active(session), now=NOW, settings=DigestSettings()
         )
         # A sender claims a row, the server accepts it, and the process dies unmarked.
-        claimed = db.claim_delivery(session, NOW, NOW + timedelta(seconds=lease), dates)
+        claimed = delivery_ledger.claim(session, NOW, NOW + timedelta(seconds=lease), dates)
     assert claimed is not None
     # Before the lease ends the row is left alone; after, it is unknown and not resent.
     soon = NOW + timedelta(seconds=60)

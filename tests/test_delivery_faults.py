@@ -23,7 +23,6 @@ from digest import db
 from digest.config import DigestSettings
 from digest.deliver import (
     SESSION_STREAK,
-    DigestMailer,
     DueList,
     Sender,
     SendReport,
@@ -31,6 +30,7 @@ from digest.deliver import (
     send_digests,
 )
 from digest.ingest import ingest_inputs
+from digest.message import DigestMailer
 from digest.models import Delivery, Subscriber
 from digest.render import Renderer
 from digest.subscribers import sendable_address, subscribe

@@ -21,8 +21,8 @@ from premailer import Premailer
 
 from digest import db
 from digest.config import DigestSettings, MailConfig
-from digest.deliver import DigestMailer, build_message
 from digest.ingest import ingest_inputs
+from digest.message import DigestMailer, build_message
 from digest.models import Paper, Subscriber, Topic
 from digest.render import (
     HTML_BUDGET,
@@ -598,3 +598,103 @@ def test_topics_say_how_many_more_matched_and_link_to_their_preview() -> None:
     # Without a site address, the count alone.
     plain = Renderer().render(items, papers, digest_date=DAY, more={"diffusion": 7})
     assert "7 more matched" in plain.text and "/preview?" not in plain.text
+
+
+TOPIC_MIX = [
+    ("diffusion", "Diffusion & <friends>"),
+    ("language model", None),
+    ("reinforcement learning", "RL \"quoted\" 'single'"),
+    ("speech", None),
+    ("*", None),
+    ("robot", None),
+]
+
+
+@pytest.mark.parametrize("postal", ["", 'Papers & Co, 1 <Rue> "Example", Paris'])
+def test_digests_assembled_from_parts_are_the_whole_render(databases, tmp_path, postal) -> None:
+    """The assembled HTML (premailer once per batch of new cards) is byte for byte what
+    inlining each whole digest gives, for many digests sharing cards."""
+    engine = db.open_database(databases.new(tmp_path))
+    factory = db.session_factory(engine)
+    ingest_inputs(factory, [str(SEEDS)], now=NOW - timedelta(hours=1), max_bytes=10**7)
+    options = dict(site_name='Papers <&> "Digest"', postal_address=postal)
+    fast = Renderer(**options)
+    slow = Renderer(**options)
+    slow.parts = None
+    digests = []
+    with factory() as session:
+        run = SelectionRun(session, NOW, DigestSettings(max_per_topic=3, max_items=8))
+        for first in range(len(TOPIC_MIX)):
+            for width in (1, 2, 3):
+                chosen = [TOPIC_MIX[(first + k) % len(TOPIC_MIX)] for k in range(width)]
+                for weekday in (None, 2):
+                    topics = [
+                        Topic(position=n, query=query, label=label)
+                        for n, (query, label) in enumerate(chosen)
+                    ]
+                    selection = run.select(Subscriber(id=0, weekday=weekday, topics=topics), DAY)
+                    found = db.papers_by_id(session, [item.paper_id for item in selection.items])
+                    for base_url in ("https://digest.example.org/", None):
+                        arguments = dict(
+                            digest_date=DAY,
+                            weekly=weekday is not None,
+                            more=selection.more,
+                            base_url=base_url,
+                        )
+                        digests.append((selection.items, found, arguments))
+        for items, found, arguments in digests:
+            assembled = fast.render(items, found, **arguments)
+            whole = slow.render(items, found, **arguments)
+            assert assembled.html == whole.html, arguments
+            assert assembled.text == whole.text
+            assert assembled.personalize(RECIPIENT) == whole.personalize(RECIPIENT)
+        assert fast.parts is not None
+        inlined = fast.parts.inlined
+        assert inlined <= len(digests) / 2  # only digests bringing new cards inline
+        for items, found, arguments in digests:
+            fast.render(items, found, **arguments)
+        assert fast.parts.inlined == inlined  # every card and shell came from the cache
+    engine.dispose()
+    linked = sum("more matched</a>" in fast.render(i, f, **a).html for i, f, a in digests)
+    assert 0 < linked < len(digests)  # both kinds of "more matched" rows were compared
+
+
+def test_messages_assembled_from_encoded_parts_are_the_whole_message(seed_digest) -> None:
+    """`DigestMailer.encoded` gives the bytes `message(...).as_bytes()` gives (the MIME
+    boundary aside), for names or none, long addresses and every kind of recipient."""
+    items, papers = seed_digest
+    mail = MailConfig(
+        "digest@example.org",
+        "Papers Digest «Weekly»",
+        "replies@example.org",
+        "1 Rue Example, Paris",
+        unsubscribe_mailto="unsubscribe@example.org",
+    )
+    mailer = DigestMailer(Renderer(), mail, "https://digest.example.org", "k" * 32)
+    names = [None, "Ada", "Zoë Ünïcode-Name", "A " * 60, 'Bob <&> "quoted"']
+    boundary = re.compile(rb"===============\d+==")
+    compared = 0
+    for weekly in (False, True):
+        rendered = mailer.rendered("hash-1", items, papers, DAY, weekly=weekly)
+        for n, name in enumerate(names):
+            email_address = f"reader.{n}+tag@{'sub.' * (n * 6)}example.org"
+            topics = [Topic(position=0, query="diffusion", label="Diffusion")]
+            subscriber = Subscriber(
+                id=n + 1,
+                email=email_address,
+                name=name,
+                secret=f"s{n}",
+                topics=topics,
+                weekday=2 if weekly else None,
+            )
+            sent_at = NOW + timedelta(seconds=n)
+            whole = mailer.message(subscriber, rendered, DAY, sent_at, digest_id=7).as_bytes()
+            encoded = mailer.encoded(subscriber, rendered, DAY, sent_at, digest_id=7)
+            assert boundary.sub(b"B", encoded.data) == boundary.sub(b"B", whole)
+            assert (encoded.sender, encoded.recipient) == ("digest@example.org", email_address)
+            compared += 1
+    assert compared == 10
+    # A non-ASCII local part is built whole (it needs SMTPUTF8).
+    subscriber = Subscriber(id=99, email="zoë@example.org", secret="s", topics=[], weekday=None)
+    encoded = mailer.encoded(subscriber, rendered, DAY, NOW)
+    assert encoded.smtputf8 and encoded.recipient == "zoë@example.org"

@@ -20,8 +20,9 @@ from sqlalchemy import select
 
 from digest import db
 from digest.config import DeliveryConfig, DigestSettings, MailConfig, ScheduleConfig
-from digest.deliver import DigestMailer, Sender
+from digest.deliver import Sender
 from digest.errors import DatabaseUnavailable
+from digest.message import DigestMailer
 from digest.models import Delivery, JobRun, Subscriber
 from digest.render import Renderer
 from digest.schedule import Dispatcher, Service, due_date, send_time, skip_stale

@@ -1,8 +1,9 @@
-"""Several `digest send` processes against one PostgreSQL database share the queue.
+"""Several `digest send` processes (and `--workers` sender processes) share the queue.
 
 Each process plans the day (the ledger's unique row per subscriber and date
-keeps one plan), then claims rows with `FOR UPDATE SKIP LOCKED` until none is
-left; a real SMTP server counts the copies each recipient gets.
+keeps one plan), then claims rows (`FOR UPDATE SKIP LOCKED` on PostgreSQL) until
+none is left; a real SMTP server counts the copies each recipient gets and the
+connections (one per sender process).
 """
 
 from __future__ import annotations
@@ -23,10 +24,8 @@ SENDERS = 4
 READERS = [f"reader{n:03d}@example.org" for n in range(80)]
 
 
-@pytest.mark.postgresql
-def test_parallel_senders_share_the_work_and_never_duplicate(
-    cli, seeds: Path, tmp_path: Path, smtp_server, monkeypatch, db_url: str
-) -> None:
+def prepare(cli, seeds: Path, tmp_path: Path, smtp_server, monkeypatch, db_url: str) -> dict:
+    """80 readers of every paper; the environment of `digest` processes."""
     config = tmp_path / "config.toml"
     config.write_text(
         f"""
@@ -56,27 +55,77 @@ from_address = "digest@papers.example.org"
         DIGEST_CONFIG=str(config),
         DIGEST_DATABASE_URL=db_url,
     )
+    return env
+
+
+def run_at_once(env: dict, count: int, *options: str) -> list[tuple[int, str, str]]:
+    """`count` concurrent `digest send` processes: (exit code, stdout, stderr) of each."""
     senders = [
         subprocess.Popen(
-            [sys.executable, "-m", "digest", "send"],
+            [sys.executable, "-m", "digest", "send", *options],
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
         )
-        for _ in range(SENDERS)
+        for _ in range(count)
     ]
     outputs = [sender.communicate(timeout=300) for sender in senders]
-    assert [sender.returncode for sender in senders] == [0] * SENDERS, outputs
-    sent = [int(out.split(",")[0].split()[1]) for out, _ in outputs]
+    return [(sender.returncode, *output) for sender, output in zip(senders, outputs, strict=True)]
+
+
+def statuses(db_url: str) -> dict[str, int]:
+    engine = db.open_database(db_url)
+    with db.session_factory(engine)() as session:
+        counts = dict(
+            session.execute(select(Delivery.status, func.count()).group_by(Delivery.status)).all()
+        )
+    engine.dispose()
+    return counts
+
+
+@pytest.mark.postgresql
+def test_parallel_senders_share_the_work_and_never_duplicate(
+    cli, seeds: Path, tmp_path: Path, smtp_server, monkeypatch, db_url: str
+) -> None:
+    env = prepare(cli, seeds, tmp_path, smtp_server, monkeypatch, db_url)
+    outputs = run_at_once(env, SENDERS)
+    assert [code for code, _, _ in outputs] == [0] * SENDERS, outputs
+    sent = [int(out.split(",")[0].split()[1]) for _, out, _ in outputs]
     assert sum(sent) == len(READERS)
     assert sum(1 for count in sent if count) >= 2, sent  # the queue was shared
     copies = Counter(smtp_server.handler.recipients())
     assert set(copies) == set(READERS) and set(copies.values()) == {1}
-    engine = db.open_database(db_url)
-    with db.session_factory(engine)() as session:
-        statuses = dict(
-            session.execute(select(Delivery.status, func.count()).group_by(Delivery.status)).all()
-        )
-    engine.dispose()
-    assert statuses == {"sent": len(READERS)}
+    assert statuses(db_url) == {"sent": len(READERS)}
+
+
+@pytest.mark.postgresql
+def test_hosts_with_several_workers_each_never_duplicate(
+    cli, seeds: Path, tmp_path: Path, smtp_server, monkeypatch, db_url: str
+) -> None:
+    """Two hosts' `digest send --workers 2` at once: four sender processes, one queue."""
+    env = prepare(cli, seeds, tmp_path, smtp_server, monkeypatch, db_url)
+    outputs = run_at_once(env, 2, "--workers", "2")
+    assert [code for code, _, _ in outputs] == [0, 0], outputs
+    sent = [int(out.split(",")[0].split()[1]) for _, out, _ in outputs]
+    assert sum(sent) == len(READERS), outputs
+    copies = Counter(smtp_server.handler.recipients())
+    assert set(copies) == set(READERS) and set(copies.values()) == {1}
+    # Each sender process holds its own connection (100 messages each at most): more
+    # than one sent.
+    assert 2 <= smtp_server.handler.sessions <= 4, smtp_server.handler.sessions
+    assert statuses(db_url) == {"sent": len(READERS)}
+
+
+def test_workers_share_one_queue(
+    cli, seeds: Path, tmp_path: Path, smtp_server, monkeypatch, db_url: str
+) -> None:
+    """`digest send --workers 3` (on either database): everyone once, by several processes."""
+    env = prepare(cli, seeds, tmp_path, smtp_server, monkeypatch, db_url)
+    [(code, out, err)] = run_at_once(env, 1, "--workers", "3")
+    assert code == 0, (out, err)
+    assert out.startswith(f"sent {len(READERS)}, empty 0, deferred 0, failed 0, unknown 0")
+    copies = Counter(smtp_server.handler.recipients())
+    assert set(copies) == set(READERS) and set(copies.values()) == {1}
+    assert 2 <= smtp_server.handler.sessions <= 3, smtp_server.handler.sessions
+    assert statuses(db_url) == {"sent": len(READERS)}

@@ -1,0 +1,455 @@
+"""Building each recipient's message: render a digest, personalize it, wrap it in MIME.
+
+* `DigestMailer` renders each distinct digest once (`digest.render`) and
+  personalizes a copy per subscriber: greeting, signed links, headers.
+* `build_message` makes the multipart/alternative message: From with a
+  display name, Reply-To, To, Subject, Date, a deterministic Message-ID per
+  subscriber and date, List-Id, List-Unsubscribe (+ One-Click POST, RFC 8058)
+  and optional DKIM. No header can be injected: CR/LF never reach one.
+
+The send loop (`digest.deliver`) asks `DigestMailer.delivery_message` for each
+claimed row's message; `digest preview` and the web front ask `preview`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import secrets
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from email import policy, quoprimime
+from email.headerregistry import Address
+from email.message import EmailMessage
+from email.utils import format_datetime
+from typing import Literal, overload
+
+from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
+
+from digest import db
+from digest.config import DigestSettings, MailConfig
+from digest.links import subscriber_links
+from digest.models import Delivery, DigestItem, Paper, Subscriber
+from digest.render import (
+    BoundedCache,
+    ItemLike,
+    Notice,
+    Recipient,
+    RenderedDigest,
+    Renderer,
+    topic_title,
+)
+from digest.select import DigestContent, digest_content
+from digest.sources.records import one_line
+from digest.subscribers import sendable_address
+from digest.transport import Encoded
+
+QP_LINE_LENGTH = 78  # policy.SMTP's max_line_length, which set_content encodes bodies with
+RENDER_CACHE = 64  # renderings and message skeletons kept (the most recent digests)
+LINE_CACHE = 32_768  # encoded body lines kept (a card is about 8 lines)
+# The skeleton's stand-ins for a recipient's values (see DigestMailer.encoded).
+_SKELETON_TO = b"pdxtoxpd@pdx.example.org"
+_SKELETON_ID = b"<pdxmsgidxpd@pdx.example.org>"
+_SKELETON_URL = b"https://pdx.example.org/pdxunsubscribexpd"
+_SKELETON_SUBJECT_TEXT = "PDXSUBJECTXPD"
+_SKELETON_SUBJECT = b"Subject: PDXSUBJECTXPD\r\n"
+_SKELETON_SENT_AT = datetime(2000, 1, 1, tzinfo=UTC)
+_SKELETON_DATE = format_datetime(_SKELETON_SENT_AT).encode("ascii")
+_SKELETON_TEXT_LINE = "PDXTEXTBODYXPD"
+_SKELETON_HTML_LINE = "PDXHTMLBODYXPD"
+_SKELETON_TEXT = _SKELETON_TEXT_LINE.encode() + b"\r\n"
+_SKELETON_HTML = _SKELETON_HTML_LINE.encode() + b"\r\n"
+# What a header shows exactly as given (no quoting, no encoded words, no folding).
+_PLAIN_ADDRESS = re.compile(r"[A-Za-z0-9._+-]+@[A-Za-z0-9.-]+")
+_PLAIN_URL = re.compile(r"[A-Za-z0-9%/:._~?=&+-]+")
+
+# Unfolded headers (RFC 5322 allows 998 characters) keep the unsubscribe URL on one line.
+MAIL_POLICY = policy.SMTP.clone(max_line_length=998)
+# For a recipient whose local part is not ASCII: UTF-8 headers, sent with SMTPUTF8 (RFC 6531).
+MAIL_POLICY_UTF8 = MAIL_POLICY.clone(utf8=True)
+DKIM_HEADERS = (b"from", b"to", b"subject", b"date", b"list-unsubscribe", b"list-unsubscribe-post")
+
+
+def message_id(subscriber: Subscriber, digest_date: date, domain: str) -> str:
+    """Deterministic per subscriber and date, so a duplicate is traceable."""
+    tag = hashlib.sha256(f"{subscriber.id}:{subscriber.secret}".encode()).hexdigest()[:10]
+    return f"<digest.{digest_date:%Y%m%d}.{subscriber.id}.{tag}@{domain}>"
+
+
+def describe(exc: BaseException) -> str:
+    """An exception as one short line for the ledger: `ValueError: bad address`."""
+    return one_line(f"{type(exc).__name__}: {exc}")[:300]
+
+
+class Unsendable(Exception):
+    """A delivery whose message cannot be made; `retry` when the cause may go away."""
+
+    def __init__(self, reason: str, retry: bool) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.retry = retry
+
+
+@dataclass(frozen=True)
+class Dkim:
+    """A DKIM key: `selector._domainkey.domain` publishes the public half."""
+
+    selector: str
+    domain: str
+    private_key: bytes
+
+
+def build_message(
+    *,
+    mail: MailConfig,
+    to: str,
+    subject: str,
+    html: str,
+    text: str,
+    msgid: str,
+    sent_at: datetime,
+    unsubscribe_url: str,
+    dkim: Dkim | None = None,
+) -> EmailMessage:
+    """The complete multipart/alternative message for one recipient.
+
+    The recipient's domain is written in ASCII (punycode); an address whose local
+    part is not ASCII makes a UTF-8 message (`MAIL_POLICY_UTF8`) that needs SMTPUTF8.
+    ValueError if `to` is not a valid address.
+    """
+    domain = mail.from_address.rpartition("@")[2]
+    address = sendable_address(to)
+    # Bodies are encoded under the SMTP policy (quoted-printable lines of at most 76
+    # characters); headers are then generated unfolded under MAIL_POLICY.
+    message = EmailMessage(policy=policy.SMTP)
+    sender = Address(display_name=one_line(mail.from_name), addr_spec=mail.from_address)
+    message["From"] = sender
+    if address.isascii():
+        message["To"] = Address(addr_spec=address)
+    else:
+        message["To"] = address  # validated, so no CR/LF; Address() refuses non-ASCII
+    if mail.reply_to:
+        message["Reply-To"] = Address(addr_spec=mail.reply_to)
+    message["Subject"] = one_line(subject)
+    message["Date"] = format_datetime(sent_at)
+    message["Message-ID"] = msgid
+    message["List-Id"] = f"{one_line(mail.from_name)} <digest.{domain}>"
+    targets = [f"<{unsubscribe_url}>"]
+    if mail.unsubscribe_mailto:
+        targets.append(f"<mailto:{mail.unsubscribe_mailto}?subject=unsubscribe>")
+    message["List-Unsubscribe"] = ", ".join(targets)
+    message["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
+    message["Auto-Submitted"] = "auto-generated"
+    message.set_content(text, charset="utf-8", cte="quoted-printable")
+    message.add_alternative(html, subtype="html", charset="utf-8", cte="quoted-printable")
+    message.policy = MAIL_POLICY if address.isascii() else MAIL_POLICY_UTF8
+    if dkim is not None:
+        sign_dkim(message, dkim)
+    return message
+
+
+def sign_dkim(message: EmailMessage, key: Dkim) -> None:
+    """Add a DKIM-Signature over From, To, Subject, Date and the List-Unsubscribe headers."""
+    import dkim as dkimpy
+
+    signature = dkimpy.sign(
+        message.as_bytes(),
+        key.selector.encode(),
+        key.domain.encode(),
+        key.private_key,
+        include_headers=list(DKIM_HEADERS),
+    )
+    name, _, value = signature.decode().partition(":")
+    message[name] = " ".join(value.split())
+
+
+@dataclass
+class DigestMailer:
+    """Turns a digest into each recipient's message, rendering each distinct content once."""
+
+    renderer: Renderer
+    mail: MailConfig
+    base_url: str
+    secret_key: str
+    dkim: Dkim | None = None
+    renders: int = 0
+    # Recent digests' renderings, and their message skeletons (each a few hundred KB at
+    # most): deliveries come in plan order, so the same content tends to come in runs.
+    _cache: BoundedCache[tuple[str, bool], RenderedDigest] = field(
+        default_factory=lambda: BoundedCache(RENDER_CACHE), repr=False
+    )
+    _skeleton: bytes | None = field(default=None, repr=False)
+    _subjects: BoundedCache[str, bytes] = field(
+        default_factory=lambda: BoundedCache(LINE_CACHE), repr=False
+    )
+    _lines: BoundedCache[bytes, bytes] = field(
+        default_factory=lambda: BoundedCache(LINE_CACHE), repr=False
+    )
+
+    def rendered(
+        self,
+        key: str,
+        items: Sequence[ItemLike],
+        papers: dict[int, Paper],
+        digest_date: date,
+        weekly: bool,
+        more: Mapping[str, int] | None = None,
+    ) -> RenderedDigest:
+        """The rendering of content `key` (e.g. the digest's content hash), made once."""
+
+        def render() -> RenderedDigest:
+            self.renders += 1
+            return self.renderer.render(
+                items,
+                papers,
+                digest_date=digest_date,
+                weekly=weekly,
+                more=more,
+                base_url=self.base_url,
+            )
+
+        return self._cache.get((key, weekly), render)
+
+    def render_items(
+        self,
+        session: Session,
+        key: str,
+        items: Sequence[ItemLike],
+        digest_date: date,
+        weekly: bool,
+        more: Mapping[str, int] | None = None,
+    ) -> RenderedDigest:
+        """Load the items' papers and render them (once per content `key`)."""
+        if (cached := self._cache.lookup((key, weekly))) is not None:
+            return cached
+        papers = db.papers_by_id(session, [item.paper_id for item in items])
+        return self.rendered(key, items, papers, digest_date, weekly, more)
+
+    def warm(self, session: Session, digests: Sequence[tuple[int, bool]]) -> int:
+        """Inline the paper cards of these (digest id, weekly) in few premailer runs."""
+        if not digests:
+            return 0
+        items: dict[int, list[DigestItem]] = {}
+        for item in session.scalars(
+            select(DigestItem)
+            .where(DigestItem.digest_id.in_({digest_id for digest_id, _ in digests}))
+            .order_by(DigestItem.digest_id, DigestItem.position)
+        ):
+            items.setdefault(item.digest_id, []).append(item)
+        papers = db.papers_by_id(session, {i.paper_id for group in items.values() for i in group})
+        return self.renderer.warm(
+            ((items.get(digest_id, []), weekly) for digest_id, weekly in digests), papers
+        )
+
+    @overload
+    def delivery_message(
+        self, session: Session, delivery: Delivery, sent_at: datetime
+    ) -> EmailMessage: ...
+
+    @overload
+    def delivery_message(
+        self, session: Session, delivery: Delivery, sent_at: datetime, *, encoded: Literal[True]
+    ) -> Encoded: ...
+
+    def delivery_message(
+        self, session: Session, delivery: Delivery, sent_at: datetime, *, encoded: bool = False
+    ) -> EmailMessage | Encoded:
+        """The message of a planned delivery, for its subscriber (`encoded`: as bytes).
+
+        `Unsendable` if the digest cannot be rendered (shared by everyone who gets
+        the same content: worth retrying once the cause is fixed) or this
+        recipient's message cannot be built (e.g. an address no longer valid).
+        Database errors pass through.
+        """
+        digest = delivery.digest
+        subscriber = delivery.subscriber
+        if digest is None:
+            raise Unsendable("the delivery has no digest to send", retry=False)
+        weekly = subscriber.weekday is not None
+        try:
+            rendered = self._cache.lookup((digest.content_hash, weekly)) or self.render_items(
+                session,
+                digest.content_hash,
+                list(digest.items),
+                digest.digest_date,
+                weekly,
+                json.loads(digest.more_matched or "{}"),
+            )
+        except SQLAlchemyError:
+            raise
+        except Exception as exc:
+            reason = f"the digest could not be rendered: {describe(exc)}"
+            raise Unsendable(reason, retry=True) from exc
+        try:
+            if encoded:
+                return self.encoded(subscriber, rendered, digest.digest_date, sent_at, digest.id)
+            return self.message(subscriber, rendered, digest.digest_date, sent_at, digest.id)
+        except Exception as exc:
+            reason = f"the message could not be built: {describe(exc)}"
+            raise Unsendable(reason, retry=False) from exc
+
+    def rendered_for(
+        self,
+        session: Session,
+        subscriber: Subscriber,
+        digest_date: date | None,
+        now: datetime,
+        settings: DigestSettings,
+    ) -> tuple[DigestContent, RenderedDigest, date, datetime]:
+        """What `subscriber` receives on `digest_date` (default: their local today), rendered.
+
+        Writes nothing. `digest preview` and the web's preview pages show exactly this.
+        """
+        day, now, content = digest_content(session, subscriber, digest_date, now, settings)
+        weekly = subscriber.weekday is not None
+        rendered = self.render_items(session, content.key, content.items, day, weekly, content.more)
+        return content, rendered, day, now
+
+    def preview(
+        self,
+        session: Session,
+        subscriber: Subscriber,
+        digest_date: date | None,
+        now: datetime,
+        settings: DigestSettings,
+    ) -> tuple[EmailMessage, str, str]:
+        """(message, html, text) that `subscriber` receives on `digest_date`; writes nothing."""
+        content, rendered, day, now = self.rendered_for(
+            session, subscriber, digest_date, now, settings
+        )
+        html, text = rendered.personalize(self.recipient(subscriber, content.digest_id))
+        return self.message(subscriber, rendered, day, now, content.digest_id), html, text
+
+    def notice_message(
+        self, subscriber: Subscriber, notice: Notice, sent_at: datetime
+    ) -> EmailMessage:
+        """A one-off email to `subscriber` (a confirmation request...), signed like a digest."""
+        html, text = self.renderer.render_notice(notice)
+        domain = self.mail.from_address.rpartition("@")[2]
+        stamp = f"{sent_at:%Y%m%d%H%M%S}"
+        return build_message(
+            mail=self.mail,
+            to=subscriber.email,
+            subject=notice.subject,
+            html=html,
+            text=text,
+            msgid=f"<notice.{stamp}.{subscriber.id}.{secrets.token_hex(4)}@{domain}>",
+            sent_at=sent_at,
+            unsubscribe_url=self.recipient(subscriber).unsubscribe_url,
+            dkim=self.dkim,
+        )
+
+    def recipient(self, subscriber: Subscriber, digest_id: int | None = None) -> Recipient:
+        links = subscriber_links(
+            self.base_url, self.secret_key, subscriber.id, subscriber.secret, digest_id
+        )
+        weekly = subscriber.weekday is not None
+        return Recipient(
+            email=subscriber.email,
+            topics=[topic_title(t.query, t.label, weekly) for t in subscriber.topics],
+            unsubscribe_url=links.unsubscribe,
+            manage_url=links.manage,
+            view_url=links.view,
+            name=subscriber.name,
+        )
+
+    def message(
+        self,
+        subscriber: Subscriber,
+        rendered: RenderedDigest,
+        digest_date: date,
+        sent_at: datetime,
+        digest_id: int | None = None,
+    ) -> EmailMessage:
+        recipient = self.recipient(subscriber, digest_id)
+        html, text = rendered.personalize(recipient)
+        return build_message(
+            mail=self.mail,
+            to=subscriber.email,
+            subject=rendered.subject,
+            html=html,
+            text=text,
+            msgid=self.message_id(subscriber, digest_date),
+            sent_at=sent_at,
+            unsubscribe_url=recipient.unsubscribe_url,
+            dkim=self.dkim,
+        )
+
+    def message_id(self, subscriber: Subscriber, digest_date: date) -> str:
+        return message_id(subscriber, digest_date, self.mail.from_address.rpartition("@")[2])
+
+    def encoded(
+        self,
+        subscriber: Subscriber,
+        rendered: RenderedDigest,
+        digest_date: date,
+        sent_at: datetime,
+        digest_id: int | None = None,
+    ) -> Encoded:
+        """`message(...)` as the bytes it serializes to, assembled from cached parts.
+
+        A skeleton (the headers and MIME structure, with tokens for the subject, the
+        recipient's headers and the bodies) is serialized once; each body line is
+        quoted-printable encoded once per run (the encoding is line by line); so a
+        recipient costs the substitution of their values. Messages the skeleton
+        cannot stand for (DKIM, an address that is not plain ASCII) are built whole.
+        """
+        address = sendable_address(subscriber.email)
+        recipient = self.recipient(subscriber, digest_id)
+        unsubscribe = recipient.unsubscribe_url
+        if (
+            self.dkim is not None
+            or not _PLAIN_ADDRESS.fullmatch(address)
+            or not _PLAIN_URL.fullmatch(unsubscribe)
+            or len(unsubscribe) > 500
+        ):
+            return Encoded.of(self.message(subscriber, rendered, digest_date, sent_at, digest_id))
+        html, text = rendered.personalize(recipient)
+        if self._skeleton is None:
+            self._skeleton = self._make_skeleton()
+        subject = self._subjects.get(rendered.subject, lambda: _subject_line(rendered.subject))
+        data = (
+            self._skeleton.replace(_SKELETON_SUBJECT, subject, 1)
+            .replace(_SKELETON_TO, address.encode("ascii"), 1)
+            .replace(_SKELETON_DATE, format_datetime(sent_at).encode("ascii"), 1)
+            .replace(_SKELETON_ID, self.message_id(subscriber, digest_date).encode("ascii"), 1)
+            .replace(_SKELETON_URL, unsubscribe.encode("ascii"), 1)
+            .replace(_SKELETON_TEXT, self._quoted_printable(text), 1)
+            .replace(_SKELETON_HTML, self._quoted_printable(html), 1)
+        )
+        return Encoded(self.mail.from_address, address, data)
+
+    def _make_skeleton(self) -> bytes:
+        message = build_message(
+            mail=self.mail,
+            to=_SKELETON_TO.decode(),
+            subject=_SKELETON_SUBJECT_TEXT,
+            html=_SKELETON_HTML_LINE,
+            text=_SKELETON_TEXT_LINE,
+            msgid=_SKELETON_ID.decode(),
+            sent_at=_SKELETON_SENT_AT,
+            unsubscribe_url=_SKELETON_URL.decode(),
+        )
+        return message.as_bytes()
+
+    def _quoted_printable(self, body: str) -> bytes:
+        """`body` as `set_content(cte="quoted-printable")` encodes it, line by line."""
+        return b"".join(
+            self._lines.get(line, lambda line=line: _encode_line(line))  # type: ignore[misc]
+            for line in body.encode("utf-8").splitlines()
+        )
+
+
+def _subject_line(subject: str) -> bytes:
+    """The Subject header line as `build_message` and `as_bytes` write it."""
+    name, value = MAIL_POLICY.header_store_parse("Subject", one_line(subject))
+    return MAIL_POLICY.fold_binary(name, value)
+
+
+def _encode_line(line: bytes) -> bytes:
+    encoded = quoprimime.body_encode(line.decode("latin-1") + "\n", QP_LINE_LENGTH)
+    return encoded.replace("\n", "\r\n").encode("ascii")
