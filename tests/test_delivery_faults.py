@@ -43,6 +43,10 @@ IDN = "bob@exämple.org"
 UTF8 = "josé@exämple.org"
 READERS = [f"r{n:02d}@example.org" for n in range(38)]
 ORDER = [IDN, UTF8, *READERS]
+# The client's SMTP timeout in the stall faults, and how long the server stalls: the
+# timeout leaves room for a loaded machine's normal replies, the stall is well past it.
+TIMEOUT = 2.0
+STALL = 3 * TIMEOUT
 
 
 @pytest.fixture(scope="module")
@@ -165,14 +169,14 @@ FAULTS = [
     ),
     Fault(
         "server stalls at RCPT past the timeout: retried once, then deferred",
-        inject=lambda h: h.stall_rcpt.update({"r14@example.org": 1.5}),
-        smtp={"timeout": 0.5},
+        inject=lambda h: h.stall_rcpt.update({"r14@example.org": STALL}),
+        smtp={"timeout": TIMEOUT},
         expect={"r14@example.org": ("deferred", 0)},
     ),
     Fault(
         "server stores it and stalls past the timeout: unknown, not resent",
-        inject=lambda h: h.hold.update({"r15@example.org": 1.5}),
-        smtp={"timeout": 0.5},
+        inject=lambda h: h.hold.update({"r15@example.org": STALL}),
+        smtp={"timeout": TIMEOUT},
         expect={"r15@example.org": ("unknown", 1)},
     ),
     Fault(
@@ -249,7 +253,7 @@ def all_at_once(faults: list[Fault]) -> Fault:
     return Fault(
         "every per-recipient fault in one run",
         inject=inject,
-        smtp={"timeout": 0.5},
+        smtp={"timeout": TIMEOUT},
         expect={a: e for f in singles for a, e in f.expect.items()},
         bounced=tuple(a for f in singles for a in f.bounced),
         replies={a: r for f in singles for a, r in f.replies.items()},
