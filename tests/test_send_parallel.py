@@ -9,9 +9,12 @@ connections (one per sender process).
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from collections import Counter
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -24,8 +27,21 @@ SENDERS = 4
 READERS = [f"reader{n:03d}@example.org" for n in range(80)]
 
 
-def prepare(cli, seeds: Path, tmp_path: Path, smtp_server, monkeypatch, db_url: str) -> dict:
-    """80 readers of every paper; the environment of `digest` processes."""
+def prepare(
+    cli,
+    seeds: Path,
+    tmp_path: Path,
+    smtp_server,
+    monkeypatch,
+    db_url: str,
+    *,
+    as_of: datetime | None = None,
+) -> dict:
+    """80 readers of every paper; the environment of `digest` processes.
+
+    With `as_of`, the papers are first seen then and the readers are sent to at its
+    hour (UTC), so that the scheduler's dispatcher finds them due.
+    """
     config = tmp_path / "config.toml"
     config.write_text(
         f"""
@@ -44,9 +60,14 @@ from_address = "digest@papers.example.org"
         encoding="utf-8",
     )
     monkeypatch.setenv("DIGEST_CONFIG", str(config))
-    assert cli("ingest", str(seeds)).exit_code == 0
+    seen = ("--as-of", as_of.isoformat()) if as_of else ()
+    assert cli("ingest", str(seeds), *seen).exit_code == 0
+    hour = as_of.hour if as_of else ""
     people = tmp_path / "people.csv"
-    people.write_text("email,topics\n" + "".join(f"{a},*\n" for a in READERS), encoding="utf-8")
+    people.write_text(
+        "email,topics,timezone,hour\n" + "".join(f"{a},*,UTC,{hour}\n" for a in READERS),
+        encoding="utf-8",
+    )
     assert cli("subscribers", "import", str(people)).exit_code == 0
     smtp_server.handler.delay = 0.05  # 4 s of SMTP time for one sender alone
     env = {k: v for k, v in os.environ.items() if not k.startswith("DIGEST_")}
@@ -125,6 +146,38 @@ def test_workers_share_one_queue(
     [(code, out, err)] = run_at_once(env, 1, "--workers", "3")
     assert code == 0, (out, err)
     assert out.startswith(f"sent {len(READERS)}, empty 0, deferred 0, failed 0, unknown 0")
+    copies = Counter(smtp_server.handler.recipients())
+    assert set(copies) == set(READERS) and set(copies.values()) == {1}
+    assert 2 <= smtp_server.handler.sessions <= 3, smtp_server.handler.sessions
+    assert statuses(db_url) == {"sent": len(READERS)}
+
+
+def test_the_service_sends_with_its_workers(
+    cli, seeds: Path, tmp_path: Path, smtp_server, monkeypatch, db_url: str
+) -> None:
+    """`digest run` with `[delivery] workers = 2`: the dispatcher's send uses two processes."""
+    started = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+    env = prepare(cli, seeds, tmp_path, smtp_server, monkeypatch, db_url, as_of=started)
+    config = Path(env["DIGEST_CONFIG"])
+    config.write_text(
+        config.read_text(encoding="utf-8").replace("[delivery]\n", "[delivery]\nworkers = 2\n"),
+        encoding="utf-8",
+    )
+    service = subprocess.Popen(
+        [sys.executable, "-m", "digest", "run"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 120
+    while len(smtp_server.handler.messages) < len(READERS):
+        assert time.monotonic() < deadline and service.poll() is None, service.communicate()
+        time.sleep(0.1)
+    time.sleep(0.5)  # a duplicate, if any, would arrive now
+    service.send_signal(signal.SIGTERM)
+    _, err = service.communicate(timeout=60)
+    assert service.returncode == 0, err
     copies = Counter(smtp_server.handler.recipients())
     assert set(copies) == set(READERS) and set(copies.values()) == {1}
     assert 2 <= smtp_server.handler.sessions <= 3, smtp_server.handler.sessions
