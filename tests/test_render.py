@@ -24,15 +24,8 @@ from digest.config import DigestSettings, MailConfig
 from digest.ingest import ingest_inputs
 from digest.message import DigestMailer, build_message
 from digest.models import Paper, Subscriber, Topic
-from digest.render import (
-    HTML_BUDGET,
-    Recipient,
-    Renderer,
-    latex_to_text,
-    link_line,
-    trim_abstract,
-    wrap_prose,
-)
+from digest.prose import latex_to_text, link_line, wrap_prose
+from digest.render import HTML_BUDGET, Recipient, Renderer, trim_abstract
 from digest.select import SelectionRun
 from tests.conftest import SEEDS
 
