@@ -14,7 +14,7 @@ or raises `QueryError` with a clear message. Words are kept as typed only when
 typed as acronyms (``RAG``, ``CoDE``), otherwise case-folded; `digest.text`
 turns them into index terms and `digest.relevance` matches and ranks them. No
 character of the input ever reaches the full-text engine except as a quoted
-term of letters and digits (see `digest.db.fts5_expression`).
+term of letters and digits (see `digest.fulltext.fts5_expression`).
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from sqlalchemy import Engine, event, insert, text, update
 from sqlalchemy.orm import Session
 
-from digest import db, ledger, relevance
+from digest import db, fulltext, ledger, relevance
 from digest.ingest import ingest_inputs, paper_terms
 from digest.models import Base, Delivery, Digest, Paper, Subscriber, UTCDateTime
 from digest.query import QueryError, parse_query
@@ -231,13 +231,13 @@ def test_seed_matches_agree_across_backends(seeded: Session, query: str, count: 
     ],
 )
 def test_phrases_compile_to_tsquery(groups, excluded, tsquery: str) -> None:
-    assert db.tsquery_expression(groups, excluded) == tsquery
+    assert fulltext.tsquery_expression(groups, excluded) == tsquery
 
 
 @pytest.mark.parametrize("terms", [("it's",), ("a b",), ("x'|y",), ("",), ()])
 def test_anything_but_index_terms_is_refused_not_compiled(terms: tuple[str, ...]) -> None:
     with pytest.raises(ValueError, match="not index terms"):
-        db.tsquery_expression([[Phrase(terms)]])
+        fulltext.tsquery_expression([[Phrase(terms)]])
 
 
 LEXEME = re.compile(r"'[^\W_]+'(?::\*[ABCD]?|:[ABCD])?")
@@ -264,11 +264,12 @@ def test_user_text_reaches_tsquery_only_as_quoted_lexemes(seeded: Session, typed
     plan = relevance.plan_query(seeded, query, relevance.Corpus(seeded))
     if plan.everything or plan.empty:
         return
-    expression = db.tsquery_expression(plan.retrieval_groups(), plan.excluded)
+    expression = fulltext.tsquery_expression(plan.retrieval_groups(), plan.excluded)
     assert only_quoted_lexemes(expression)
     if seeded.get_bind().dialect.name == "postgresql":
         seeded.execute(
-            text("SELECT to_tsquery(:config, :q)"), {"config": db.PG_TS_CONFIG, "q": expression}
+            text("SELECT to_tsquery(:config, :q)"),
+            {"config": fulltext.PG_TS_CONFIG, "q": expression},
         )
     relevance.rank(seeded, plan, relevance.Corpus(seeded), limit=5)
 
@@ -288,10 +289,10 @@ def test_search_vector_holds_the_analysed_terms_with_the_compiler_configuration(
         gin = connection.execute(
             text("SELECT indexdef FROM pg_indexes WHERE indexname = 'ix_papers_search_vector'")
         ).scalar_one()
-    assert set(re.findall(r"'(\w+)'::regconfig", expression)) == {db.PG_TS_CONFIG}
+    assert set(re.findall(r"'(\w+)'::regconfig", expression)) == {fulltext.PG_TS_CONFIG}
     sources = re.findall(r"to_tsvector\('\w+'::regconfig, (\w+)\), '([ABCD])'", expression)
     assert sources == [
-        (column, db.PG_FIELD_WEIGHTS[field]) for field, column in db.FTS_COLUMNS.items()
+        (column, fulltext.PG_FIELD_WEIGHTS[field]) for field, column in fulltext.FTS_COLUMNS.items()
     ]
     assert "USING gin (search_vector)" in gin
 

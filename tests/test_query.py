@@ -7,7 +7,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy.orm import Session
 
-from digest import db, relevance
+from digest import db, fulltext, relevance
 from digest.ingest import ingest_inputs
 from digest.query import Query, QueryError, parse_query
 from tests.conftest import NOW, SEEDS
@@ -15,7 +15,7 @@ from tests.conftest import NOW, SEEDS
 
 def compiled(session: Session, query: Query) -> str:
     plan = relevance.plan_query(session, query, relevance.Corpus(session))
-    return db.fts5_expression(plan.retrieval_groups(), plan.excluded)
+    return fulltext.fts5_expression(plan.retrieval_groups(), plan.excluded)
 
 
 def match(session: Session, query: Query, limit: int | None = None) -> list[relevance.Match]:
