@@ -46,7 +46,7 @@ from types import ModuleType
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from digest import db, relevance
+from digest import db, query_plan, relevance
 from digest import select as selection
 from digest.config import DigestSettings
 from digest.ingest import ingest_inputs
@@ -133,8 +133,8 @@ Combination = tuple[tuple[str, object], ...]
 
 
 def _module(name: str) -> ModuleType | None:
-    """The module whose constant `name` is: digest.relevance, else digest.select."""
-    return next((m for m in (relevance, selection) if hasattr(m, name)), None)
+    """The module whose constant `name` is: digest.relevance, digest.query_plan or digest.select."""
+    return next((m for m in (relevance, query_plan, selection) if hasattr(m, name)), None)
 
 
 def parse_vary(texts: list[str]) -> list[Combination]:
@@ -148,7 +148,8 @@ def parse_vary(texts: list[str]) -> list[Combination]:
             default = getattr(_module(name), name)
         else:
             raise SystemExit(
-                f"--vary {text!r}: not a digest.relevance or digest.select constant or a setting"
+                f"--vary {text!r}: not a constant of digest.relevance, digest.query_plan or "
+                "digest.select, nor a setting"
             )
         kind = type(default)
         if kind is bool:

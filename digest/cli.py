@@ -52,6 +52,7 @@ if TYPE_CHECKING:
         doctor,
         ingest,
         links,
+        query_plan,
         relevance,
         resources,
         schedule,
@@ -68,6 +69,7 @@ else:
     ingest = LazyModule("digest.ingest")
     links = LazyModule("digest.links")
     queries = LazyModule("digest.query")
+    query_plan = LazyModule("digest.query_plan")
     relevance = LazyModule("digest.relevance")
     resources = LazyModule("digest.resources")
     schedule = LazyModule("digest.schedule")
@@ -614,7 +616,7 @@ def topics_command(app: App) -> None:
                     len(
                         relevance.rank(
                             session,
-                            relevance.plan_query(session, queries.parse_query(query), corpus),
+                            query_plan.plan_query(session, queries.parse_query(query), corpus),
                             corpus,
                         )
                     )
@@ -669,7 +671,7 @@ def match_command(app: App, query: str, limit: int) -> None:
 
 @dataclass(frozen=True)
 class MatchResult:
-    plan: relevance.Plan
+    plan: query_plan.Plan
     papers: list[tuple[Paper, relevance.Match]]
 
 

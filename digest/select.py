@@ -54,7 +54,7 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy.orm import Session
 
-from digest import db, ledger, relevance
+from digest import db, ledger, query_plan, relevance
 from digest.config import DigestSettings
 from digest.models import Delivery, DigestItem, Paper, Subscriber
 from digest.query import parse_query
@@ -211,7 +211,7 @@ class SelectionRun:
     def matches(self, topic: str) -> dict[int, relevance.Match]:
         """Eligible papers matching `topic` above the cutoff, with relevance in (0, 1]."""
         if topic not in self._matches:
-            plan = relevance.plan_query(self.session, parse_query(topic), self.corpus)
+            plan = query_plan.plan_query(self.session, parse_query(topic), self.corpus)
             found = relevance.rank(self.session, plan, self.corpus, window=self.window)
             cutoff = self.settings.min_relevance
             self._matches[topic] = {m.paper_id: m for m in found if m.relevance >= cutoff}

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import bindparam, inspect, select, text
 
-from digest import db
+from digest import db, query_plan
 from digest.ingest import ingest_inputs
 from digest.models import Paper, UTCDateTime
 from digest.query import parse_query
@@ -96,7 +96,7 @@ def test_upgrading_an_older_schema_keeps_the_papers_and_reindexes_them(
         corpus = relevance.Corpus(session)
 
         def titles(query: str) -> list[str]:
-            plan = relevance.plan_query(session, parse_query(query), corpus)
+            plan = query_plan.plan_query(session, parse_query(query), corpus)
             found = relevance.rank(session, plan, corpus)
             papers = db.papers_by_id(session, [m.paper_id for m in found])
             return [papers[m.paper_id].title for m in found]

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from sqlalchemy import Engine, event, insert, text, update
 from sqlalchemy.orm import Session
 
-from digest import db, fulltext, ledger, relevance
+from digest import db, fulltext, ledger, query_plan, relevance
 from digest.ingest import ingest_inputs, paper_terms
 from digest.models import Base, Delivery, Digest, Paper, Subscriber, UTCDateTime
 from digest.query import QueryError, parse_query
@@ -261,7 +261,7 @@ def test_user_text_reaches_tsquery_only_as_quoted_lexemes(seeded: Session, typed
         query = parse_query(typed)
     except QueryError:
         return
-    plan = relevance.plan_query(seeded, query, relevance.Corpus(seeded))
+    plan = query_plan.plan_query(seeded, query, relevance.Corpus(seeded))
     if plan.everything or plan.empty:
         return
     expression = fulltext.tsquery_expression(plan.retrieval_groups(), plan.excluded)

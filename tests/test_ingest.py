@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
-from digest import db, relevance
+from digest import db, query_plan, relevance
 from digest import ingest as ingest_module
 from digest.fetch import HttpFetcher
 from digest.ingest import ingest_inputs
@@ -132,7 +132,7 @@ def test_upvote_observations_only_record_changes(factory, tmp_path: Path) -> Non
 def search(session: Session, text: str) -> list[Paper]:
     corpus = relevance.Corpus(session)
     found = relevance.rank(
-        session, relevance.plan_query(session, parse_query(text), corpus), corpus
+        session, query_plan.plan_query(session, parse_query(text), corpus), corpus
     )
     papers = db.papers_by_id(session, [match.paper_id for match in found])
     return [papers[match.paper_id] for match in found]

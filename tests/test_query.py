@@ -7,20 +7,20 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy.orm import Session
 
-from digest import db, fulltext, relevance
+from digest import db, fulltext, query_plan, relevance
 from digest.ingest import ingest_inputs
 from digest.query import Query, QueryError, parse_query
 from tests.conftest import NOW, SEEDS
 
 
 def compiled(session: Session, query: Query) -> str:
-    plan = relevance.plan_query(session, query, relevance.Corpus(session))
+    plan = query_plan.plan_query(session, query, relevance.Corpus(session))
     return fulltext.fts5_expression(plan.retrieval_groups(), plan.excluded)
 
 
 def match(session: Session, query: Query, limit: int | None = None) -> list[relevance.Match]:
     corpus = relevance.Corpus(session)
-    found = relevance.rank(session, relevance.plan_query(session, query, corpus), corpus)
+    found = relevance.rank(session, query_plan.plan_query(session, query, corpus), corpus)
     return found[:limit] if limit else found
 
 
@@ -59,7 +59,7 @@ def test_parse_and_compile(empty: Session, text: str, canonical: str, fts: str) 
     query = parse_query(text)
     assert query.canonical() == canonical
     if query.likes:  # no such paper here: nothing to look for
-        assert relevance.plan_query(empty, query, relevance.Corpus(empty)).empty
+        assert query_plan.plan_query(empty, query, relevance.Corpus(empty)).empty
     else:
         assert compiled(empty, query) == fts
     assert parse_query(query.canonical()) == query

@@ -13,7 +13,7 @@ from freezegun import freeze_time
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from digest import db, relevance
+from digest import db, query_plan, relevance
 from digest.config import DigestSettings
 from digest.deliver import plan_deliveries
 from digest.ingest import ingest_inputs
@@ -61,7 +61,7 @@ def ingest_rows(
 
 def titles(session: Session, query: str) -> list[str]:
     corpus = relevance.Corpus(session)
-    plan = relevance.plan_query(session, parse_query(query), corpus)
+    plan = query_plan.plan_query(session, parse_query(query), corpus)
     found = relevance.rank(session, plan, corpus)
     papers = db.papers_by_id(session, [m.paper_id for m in found])
     return [papers[m.paper_id].title for m in found]
@@ -113,7 +113,7 @@ def test_acronyms_are_mined_at_ingest_and_expand_queries_both_ways(factory, tmp_
         assert titles(session, "code") == ["Writing Programs"]  # not CoDE
         assert titles(session, "CoDE") == ["CoDE: Deepfake Detection"]
         corpus = relevance.Corpus(session)
-        plan = relevance.plan_query(session, parse_query("moe"), corpus)
+        plan = query_plan.plan_query(session, parse_query("moe"), corpus)
         assert plan.expansions == ("moe → mixture of experts",)
 
 
@@ -167,7 +167,7 @@ def test_like_finds_papers_on_the_source_papers_subject(factory, tmp_path) -> No
             select(Paper).where(Paper.title.startswith("MegaBlocks: Efficient Sparse Training"))
         ).one()
         corpus = relevance.Corpus(session)
-        plan = relevance.plan_query(session, parse_query(f"like:{source.id}"), corpus)
+        plan = query_plan.plan_query(session, parse_query(f"like:{source.id}"), corpus)
         assert "expert" in plan.like and "qqmoe" in plan.like
         found = relevance.rank(session, plan, corpus)[:5]
         papers = db.papers_by_id(session, [m.paper_id for m in found])
@@ -178,14 +178,14 @@ def test_like_finds_papers_on_the_source_papers_subject(factory, tmp_path) -> No
             for m in found
         )
         # It composes with other operators: the same, without the ones saying "inference".
-        narrowed = relevance.plan_query(
+        narrowed = query_plan.plan_query(
             session, parse_query(f"like:{source.id} -inference"), corpus
         )
         kept = db.papers_by_id(
             session, [m.paper_id for m in relevance.rank(session, narrowed, corpus)]
         )
         assert kept and all("inferenc" not in p.abstract.lower() for p in kept.values())
-        missing = relevance.plan_query(session, parse_query("like:999999"), corpus)
+        missing = query_plan.plan_query(session, parse_query("like:999999"), corpus)
         assert missing.empty and missing.missing == ("999999",)
 
 
@@ -421,7 +421,7 @@ def test_a_definition_also_matches_without_its_least_distinctive_last_word(
             "Faster Pipelines",
         }
         corpus = relevance.Corpus(session)
-        plan = relevance.plan_query(session, parse_query("retrieval-augmented generation"), corpus)
+        plan = query_plan.plan_query(session, parse_query("retrieval-augmented generation"), corpus)
         assert plan.expansions == ("retrieval augmented generation → RAG",)
         assert plan.sequence == (
             frozenset({"retriev"}),
@@ -488,10 +488,10 @@ def test_an_acronym_defined_as_something_else_is_another_word(factory, tmp_path)
         }
         assert titles(session, "curriculum learning") == ["Ordering Examples"]
         corpus = relevance.Corpus(session)
-        plan = relevance.plan_query(session, parse_query("continual learning"), corpus)
+        plan = query_plan.plan_query(session, parse_query("continual learning"), corpus)
         assert (plan.meanings, plan.foreign) == ({"qqcl": frozenset({"continu learn"})}, set())
         # Undefined, CL is taken in its commoner meaning: not curriculum learning.
-        plan = relevance.plan_query(session, parse_query("curriculum learning"), corpus)
+        plan = query_plan.plan_query(session, parse_query("curriculum learning"), corpus)
         assert plan.foreign == {"qqcl"}
 
 
@@ -510,8 +510,8 @@ def test_british_and_american_spellings_find_each_other(factory, tmp_path) -> No
         assert set(titles(session, "quantization")) == both
         assert set(titles(session, "quantisation")) == both
         corpus = relevance.Corpus(session)
-        plan = relevance.plan_query(session, parse_query("quantisation"), corpus)
+        plan = query_plan.plan_query(session, parse_query("quantisation"), corpus)
         assert plan.expansions == ("quantisation → quantization",)
         # A spelling no paper uses adds nothing: "advize" is not a word here.
-        plan = relevance.plan_query(session, parse_query("advise"), corpus)
+        plan = query_plan.plan_query(session, parse_query("advise"), corpus)
         assert plan.expansions == ()

@@ -1,0 +1,341 @@
+"""What a topic query means in this corpus: the phrases to find, and their senses.
+
+Query analysis (`plan_query`):
+
+* each word becomes its index term (Snowball stem, or the acronym term for a word
+  typed as an acronym: ``RAG``); a lowercase word that the corpus writes more often
+  as an acronym than as a word (``rag``, ``moe``) also matches the acronym, while
+  ``code`` never matches "CoDE";
+* acronyms expand both ways from the definitions mined at ingest: ``MoE`` also
+  matches "mixture of experts" and ``mixture of experts`` (or
+  ``mixture-of-experts``) also matches "MoE"; a definition of three words or more
+  also matches without its commonest last word when the shorter words mostly mean
+  it (`_without_head`);
+* an acronym means what each paper says: a paper that defines it only as something
+  the query does not mean, or does not define it while the corpus mostly defines it
+  as something else, does not match it (`Plan.meanings`, `Plan.foreign`);
+* a word with an -ise/-ize ending also matches the other spelling, if papers use it;
+* ``like:ID`` becomes the paper's `LIKE_TERMS` most distinctive terms (tf-idf over
+  its title, counted twice, and abstract), any of which may match, each weighed
+  by its tf-idf (Lucene's MoreLikeThis); the paper itself is left out.
+
+The plan is scored by `digest.relevance`.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from sqlalchemy.orm import Session
+
+from digest import db
+from digest.models import Paper
+from digest.query import Query, Term
+from digest.text import (
+    ACRONYM_MARK,
+    STOP_WORDS,
+    Phrase,
+    acronym_term,
+    fold,
+    is_acronym,
+    plain_terms,
+    stem,
+    word_term,
+)
+
+if TYPE_CHECKING:
+    from digest.relevance import Corpus
+
+TRUNCATE_EXPANSIONS = True
+SHORTENED_MIN_SHARE = 0.5
+LIKE_TERMS = 10
+
+
+@dataclass(frozen=True)
+class Group:
+    """Required: any of `phrases` must occur."""
+
+    phrases: tuple[Phrase, ...]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A query analysed into index terms, with what it expanded to."""
+
+    groups: tuple[Group, ...] = ()
+    excluded: tuple[Phrase, ...] = ()
+    # The query's words in order (each a set of single terms), scored as a phrase and
+    # for proximity when there are several; `whole` are acronyms standing for all of them.
+    sequence: tuple[frozenset[str], ...] = ()
+    whole: tuple[str, ...] = ()
+    like: dict[str, float] = field(default_factory=dict)
+    like_ids: tuple[int, ...] = ()
+    # Acronym terms -> the definitions (expansion terms) the query means by them: a paper
+    # that defines the acronym only as something else does not match it ("CL" for
+    # curriculum learning does not match `continual learning`), nor does a paper that
+    # does not define it when the corpus mostly defines it as something else (`foreign`).
+    meanings: dict[str, frozenset[str]] = field(default_factory=dict)
+    foreign: frozenset[str] = frozenset()
+    expansions: tuple[str, ...] = ()
+    missing: tuple[str, ...] = ()
+    everything: bool = False
+
+    @property
+    def empty(self) -> bool:
+        return not self.everything and not self.groups and not self.like
+
+    def retrieval_groups(self) -> list[list[Phrase]]:
+        groups = [list(group.phrases) for group in self.groups]
+        if self.like:
+            groups.append([Phrase((term,)) for term in self.like])
+        return groups
+
+
+# Endings Snowball takes off (or rewrites), so a word starting with a prefix may stem to
+# less than the prefix: optimization -> optim. `_prefix_stems` completes a prefix with them.
+# fmt: off
+_ENDINGS = (
+    "e", "es", "ed", "ing", "ings", "ion", "ions", "ation", "ations", "ational", "ator",
+    "ators", "ement", "ements", "ment", "ments", "ence", "ences", "ance", "ances", "er", "ers",
+    "ism", "isms", "ist", "ists", "ity", "ities", "ive", "ives", "ize", "izes", "ized", "izing",
+    "ization", "izations", "ise", "ises", "ised", "ising", "isation", "isations", "al", "als",
+    "ally", "ly", "ness", "ous", "able", "ible", "ant", "ants", "ent", "ents", "ic", "ics",
+    "ical", "ically", "s",
+)
+# fmt: on
+
+
+def _prefix_stems(prefix: str) -> tuple[str, ...]:
+    """The stems shorter than `prefix` that words starting with it may have (optimiz ->
+    optim), which a prefix match on the stored stems would miss (`plan_query` keeps those
+    the corpus has)."""
+    if not prefix.isalpha() or prefix.startswith(ACRONYM_MARK):
+        return ()
+    # Every word made of the prefix and an ending, including the endings that begin
+    # inside the prefix (optimi + zation: optim + ization).
+    words = {prefix} | {
+        prefix[:cut] + ending
+        for cut in range(3, len(prefix) + 1)
+        for ending in _ENDINGS
+        if ending.startswith(prefix[cut:]) and len(ending) > len(prefix) - cut
+    }
+    found = {stem(word) for word in words}
+    return tuple(sorted(t for t in found if len(t) < len(prefix) and t.isalnum()))
+
+
+_SPELLING = re.compile(r"(?<=[a-z]{3})([iy])([sz])(e|es|ed|ing|er|ers|ation|ations|able)$")
+
+
+def _other_spelling(word: str) -> str | None:
+    """The word with -ise/-ize (-yse/-yze) endings swapped: optimisation <-> optimization."""
+    if is_acronym(word):
+        return None
+    return _SPELLING.sub(lambda m: m[1] + ("z" if m[2] == "s" else "s") + m[3], word) or None
+
+
+def _phrase(term: Term) -> Phrase:
+    if term.field in ("authors", "categories"):
+        words = tuple(plain_terms(" ".join(term.words)))
+        return Phrase(words, term.field, term.prefix)
+    if term.prefix:
+        word = term.words[0]
+        root = word if is_acronym(word) else fold(word)
+        stemmed = stem(root) if not is_acronym(word) else acronym_term(word)
+        return Phrase((stemmed if root.startswith(stemmed) else root,), term.field, True)
+    return Phrase(tuple(word_term(word) for word in term.words), term.field)
+
+
+def _show(phrase: Phrase, written: dict[str, str]) -> str:
+    return " ".join(written.get(t, t.removeprefix(ACRONYM_MARK)) for t in phrase.terms)
+
+
+def plan_query(session: Session, query: Query, corpus: Corpus) -> Plan:
+    """Analyse `query` into index terms, with acronym expansions and like:ID terms."""
+    if query.everything:
+        return Plan(everything=True)
+    expansions: list[str] = []
+    written: dict[str, str] = {}
+    groups: list[list[Phrase]] = []
+    for group in query.groups:
+        phrases: list[Phrase] = []
+        for term in group:
+            phrase = _phrase(term)
+            phrases.append(phrase)
+            for word, index_term in zip(term.words, phrase.terms, strict=False):
+                written.setdefault(index_term, word)
+            if phrase.prefix and term.field in (None, "title"):
+                # A prefix of the words, not of their stems: optimiz* finds "optimization".
+                shorter_stems = _prefix_stems(phrase.terms[0])
+                known = corpus.df(shorter_stems)
+                for shorter in (t for t in shorter_stems if known[t]):
+                    phrases.append(Phrase((shorter,), phrase.field))
+                    written.setdefault(shorter, f"{term.words[0]}*")
+        groups.append(phrases)
+    typed = [len(phrases) for phrases in groups]  # before any expansion
+
+    # British and American spellings find each other: quantisation, quantization.
+    for group, phrases in zip(query.groups, groups, strict=True):
+        for term, phrase in zip(group, list(phrases), strict=False):
+            other = _other_spelling(term.words[0]) if len(term.words) == 1 else None
+            if other is None or phrase.prefix or term.field not in (None, "title", "abstract"):
+                continue
+            variant = word_term(other)
+            if variant != phrase.terms[0] and corpus.df([variant])[variant]:
+                phrases.append(Phrase((variant,), phrase.field))
+                written.setdefault(variant, other)
+                expansions.append(f"{term.words[0]} → {other}")
+
+    # A lowercase word the corpus mostly writes as an acronym (rag, moe) means the acronym.
+    singles = {p.terms[0]: p for g in groups for p in g if len(p.terms) == 1 and p.field is None}
+    acronyms = {
+        t: acronym_term(written.get(t, t))
+        for t, p in singles.items()
+        if not p.prefix and not t.startswith(ACRONYM_MARK) and t.isalpha()
+    }
+    df = corpus.df([*acronyms, *acronyms.values()])
+    for phrases in groups:
+        for phrase in list(phrases):
+            if len(phrase.terms) != 1 or phrase.field is not None or phrase.prefix:
+                continue
+            acronym = acronyms.get(phrase.terms[0])
+            if acronym and df[acronym] > df[phrase.terms[0]]:
+                phrases.append(Phrase((acronym,)))
+                written[acronym] = written.get(phrase.terms[0], phrase.terms[0])
+
+    # Acronym -> its definitions (those at least a quarter as common as the most common).
+    expanded: set[Phrase] = set()
+    meanings: dict[str, set[str]] = {}
+    foreign: set[str] = set()
+    for phrases in groups:
+        for phrase in list(phrases):
+            if len(phrase.terms) == 1 and phrase.terms[0].startswith(ACRONYM_MARK):
+                if phrase.field not in (None, "title"):
+                    continue
+                found = db.acronym_expansions(session, phrase.terms[0])
+                top = found[0][2] if found else 0
+                for terms, words, count in found:
+                    if count * 4 >= top:
+                        meanings.setdefault(phrase.terms[0], set()).add(terms)
+                        expansion = Phrase(tuple(terms.split()), phrase.field)
+                        phrases.append(expansion)
+                        expanded.add(expansion)
+                        expansions.append(f"{_show(phrase, written)} → {words}")
+                        short = _without_head(expansion, phrase, corpus)
+                        if short is not None:
+                            phrases.append(short)
+                            expanded.add(short)
+
+    # Words -> the acronym they define: a quoted phrase, or a run of plain words, which
+    # may be hyphenated ("retrieval-augmented generation" -> RAG).
+    whole: list[str] = []
+    single_run = [
+        i
+        for i, phrases in enumerate(groups)
+        if typed[i] == 1 and phrases[0].field is None and not phrases[0].prefix
+    ]
+    runs: dict[str, list[int]] = {}
+    for i, phrases in enumerate(groups):
+        for phrase in phrases:
+            if len(phrase.terms) > 1 and phrase.field is None and phrase not in expanded:
+                runs.setdefault(" ".join(phrase.terms), [i])
+    for start in range(len(single_run)):
+        for end in range(start + 2, len(single_run) + 1):
+            indexes = single_run[start:end]
+            if indexes != list(range(indexes[0], indexes[-1] + 1)):
+                break
+            key = " ".join(" ".join(groups[i][0].terms) for i in indexes)
+            runs.setdefault(key, indexes)
+    for key, indexes in runs.items():
+        for acronym, shown, count in db.acronyms_for(session, key)[:1]:
+            meanings.setdefault(acronym, set()).add(key)
+            if count < db.acronym_expansions(session, acronym)[0][2]:
+                foreign.add(acronym)
+            for i in indexes:
+                groups[i].append(Phrase((acronym,)))
+            if len(indexes) > 1:
+                whole.append(acronym)
+            expansions.append(f"{' '.join(written.get(t, t) for t in key.split())} → {shown}")
+
+    # The words in order, a hyphenated word's parts each in its place.
+    sequence = tuple(
+        position
+        for i in single_run
+        for position in (
+            [frozenset(t for p in groups[i] if len(p.terms) == 1 for t in p.terms) - set(whole)]
+            if len(groups[i][0].terms) == 1
+            else [frozenset({t}) for t in groups[i][0].terms]
+        )
+    )
+    if len(single_run) < 2:
+        sequence = ()
+    like: dict[str, float] = {}
+    like_ids: list[int] = []
+    missing: list[str] = []
+    for reference in query.likes:
+        paper = db.find_paper_by_reference(session, reference)
+        if paper is None:
+            missing.append(reference)
+            continue
+        like_ids.append(paper.id)
+        for like_term, weight in like_terms(paper, corpus).items():
+            like[like_term] = max(like.get(like_term, 0.0), weight)
+            expansions.append(f"like:{reference} → {like_term.removeprefix(ACRONYM_MARK)}")
+    excluded = tuple(_phrase(term) for term in query.excluded)
+    return Plan(
+        groups=tuple(Group(tuple(dict.fromkeys(phrases))) for phrases in groups),
+        excluded=excluded,
+        sequence=sequence if len(sequence) > 1 else (),
+        whole=tuple(whole),
+        like=like,
+        like_ids=tuple(like_ids),
+        meanings={acronym: frozenset(terms) for acronym, terms in meanings.items()},
+        foreign=frozenset(foreign - {a for a, terms in meanings.items() if len(terms) > 1}),
+        expansions=tuple(dict.fromkeys(expansions)),
+        missing=tuple(missing),
+    )
+
+
+def _without_head(expansion: Phrase, acronym: Phrase, corpus: Corpus) -> Phrase | None:
+    """A definition of three content words or more without its last word, when that word
+    is its least distinctive one and the shorter words mostly mean the same thing:
+    "retrieval augmented" for "retrieval augmented generation", which papers also write
+    "retrieval-augmented LLMs", but not "low rank" for "low rank adaptation" (LoRA).
+
+    Mostly: at least SHORTENED_MIN_SHARE of the papers with the shorter words also have
+    the whole definition or the acronym."""
+    content = [t for t in expansion.terms if t not in STOP_WORDS]
+    if not TRUNCATE_EXPANSIONS or len(content) < 3 or expansion.terms[-2] in STOP_WORDS:
+        return None
+    df = corpus.df(content)
+    if df[expansion.terms[-1]] < max(df.values()):
+        return None
+    short = Phrase(expansion.terms[:-1], expansion.field)
+    having = len(db.match_candidates(corpus.session, [[short]]))
+    meaning = len(db.match_candidates(corpus.session, [[short], [expansion, acronym]]))
+    return short if meaning >= SHORTENED_MIN_SHARE * having else None
+
+
+def like_terms(paper: Paper, corpus: Corpus) -> dict[str, float]:
+    """The paper's `LIKE_TERMS` most distinctive terms with their tf-idf, the best 1.0."""
+    indexed = corpus.papers([paper.id]).get(paper.id)
+    if indexed is None:
+        return {}
+    counts = Counter(
+        term
+        for term in [*indexed.title, *indexed.title, *indexed.abstract]
+        if term not in STOP_WORDS and not term.isdigit() and len(term) > 2
+    )
+    df = corpus.df(counts)
+    # A term no other paper has finds nothing; one most papers have says nothing.
+    scores = {
+        term: (1 + math.log(n)) * corpus.idf(df[term])
+        for term, n in counts.items()
+        if 1 < df[term] < corpus.size.papers / 4
+    }
+    best = sorted(scores.items(), key=lambda item: (-item[1], item[0]))[:LIKE_TERMS]
+    top = best[0][1] if best else 1.0
+    return {term: score / top for term, score in best}
