@@ -15,6 +15,19 @@ import signal
 from dataclasses import dataclass
 from pathlib import Path
 
+
+def digest_env(
+    data_dir: Path, db_url: str, config: Path | None = None, **extra: str
+) -> dict[str, str]:
+    """The environment of a `digest` process: this one's without any DIGEST_ setting,
+    plus a data directory, a database URL, a config file and `extra` variables."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DIGEST_")}
+    env.update(DIGEST_DATA_DIR=str(data_dir), DIGEST_DATABASE_URL=db_url, **extra)
+    if config is not None:
+        env["DIGEST_CONFIG"] = str(config)
+    return env
+
+
 _CONTEXT = multiprocessing.get_context("forkserver")
 _CONTEXT.set_forkserver_preload(["digest.cli", "tests.processes"])
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 from collections import Counter
 from datetime import UTC, datetime
@@ -14,7 +13,7 @@ from sqlalchemy import select
 from digest import db
 from digest.models import Delivery
 from digest.subscribers import subscribe
-from tests.processes import DigestProcess
+from tests.processes import DigestProcess, digest_env
 
 READERS = [f"reader{n:02d}@example.org" for n in range(30)]
 
@@ -44,12 +43,7 @@ from_address = "digest@papers.example.org"
 
 
 def environment(tmp_path: Path, config: Path, db_url: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DIGEST_")}
-    env.update(
-        DIGEST_DATA_DIR=str(tmp_path / "data"),
-        DIGEST_CONFIG=str(config),
-        DIGEST_DATABASE_URL=db_url,
-    )
+    env = digest_env(tmp_path / "data", db_url, config)
     return env
 
 

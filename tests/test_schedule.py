@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import subprocess
 import sys
@@ -28,6 +27,7 @@ from digest.render import Renderer
 from digest.schedule import Dispatcher, Service, due_date, send_time, skip_stale
 from digest.subscribers import find_or_create, subscribe
 from digest.transport import MemoryTransport
+from tests.processes import digest_env
 
 GRACE = timedelta(hours=6)
 SETTINGS = DigestSettings(send_empty=True)  # every due day sends, even with no papers
@@ -491,12 +491,7 @@ dispatch_minutes = 1
 """,
         encoding="utf-8",
     )
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DIGEST_")}
-    env.update(
-        DIGEST_DATA_DIR=str(tmp_path / "data"),
-        DIGEST_CONFIG=str(config),
-        DIGEST_DATABASE_URL=db_url,
-    )
+    env = digest_env(tmp_path / "data", db_url, config)
     monkeypatch.setenv("DIGEST_CONFIG", str(config))
     cli("ingest", str(seeds), "--as-of", started.isoformat())
     for n in range(6):

@@ -8,7 +8,6 @@ connections (one per sender process).
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -22,6 +21,7 @@ from sqlalchemy import func, select
 
 from digest import db
 from digest.models import Delivery
+from tests.processes import digest_env
 
 SENDERS = 4
 READERS = [f"reader{n:03d}@example.org" for n in range(80)]
@@ -70,12 +70,7 @@ from_address = "digest@papers.example.org"
     )
     assert cli("subscribers", "import", str(people)).exit_code == 0
     smtp_server.handler.delay = 0.05  # 4 s of SMTP time for one sender alone
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DIGEST_")}
-    env.update(
-        DIGEST_DATA_DIR=str(tmp_path / "data"),
-        DIGEST_CONFIG=str(config),
-        DIGEST_DATABASE_URL=db_url,
-    )
+    env = digest_env(tmp_path / "data", db_url, config)
     return env
 
 

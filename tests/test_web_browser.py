@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.processes import digest_env
 from tests.smtp_server import free_port
 
 CHROMIUM = shutil.which("chromium")
@@ -69,12 +70,7 @@ subscribe_rate_limit = "100 per minute"
 """,
         encoding="utf-8",
     )
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DIGEST_")}
-    env.update(
-        DIGEST_DATA_DIR=str(tmp_path / "data"),
-        DIGEST_CONFIG=str(config),
-        DIGEST_DATABASE_URL=db_url,
-    )
+    env = digest_env(tmp_path / "data", db_url, config)
     assert run_digest(env, "ingest", str(seeds)).returncode == 0
     control = run_digest(env, "subscribe", "control@example.org", "--topic", "*")
     assert control.returncode == 0, control.stderr

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -11,6 +10,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from tests.processes import digest_env
 from tests.smtp_server import free_port
 
 
@@ -18,10 +18,9 @@ def start(
     tmp_path: Path, *args: str, base_url: str, db_url: str
 ) -> tuple[subprocess.Popen[str], str]:
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DIGEST_")}
-    env.update(
-        DIGEST_DATA_DIR=str(tmp_path / "data"),
-        DIGEST_DATABASE_URL=db_url,
+    env = digest_env(
+        tmp_path / "data",
+        db_url,
         DIGEST_BASE_URL=base_url,
         DIGEST_SECRET_KEY="serve-test-key-0123456789abcdefghijklmnop",
     )
