@@ -98,7 +98,8 @@ subscribe_rate_limit = "100 per minute"
 
 
 def outbox(folder: Path) -> list[EmailMessage]:
-    if not folder.exists():
+    # The server creates the Maildir with its first message: tmp, new, cur one by one.
+    if not all((folder / sub).is_dir() for sub in ("tmp", "new", "cur")):
         return []
     box = mailbox.Maildir(folder, create=False)
     messages = [message_from_bytes(bytes(m), policy=policy.default) for m in box]
