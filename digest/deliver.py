@@ -13,9 +13,11 @@ delivery, send its message through a transport and record the outcome.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import random
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from datetime import time as dtime
@@ -30,7 +32,7 @@ from digest import db, ledger
 from digest.config import DeliveryConfig, DigestSettings
 from digest.errors import DigestError
 from digest.message import DigestMailer, Unsendable, describe
-from digest.models import CLAIMABLE_STATUSES, Delivery, DeliveryStatus, Subscriber
+from digest.models import CLAIMABLE_STATUSES, Delivery, DeliveryStatus, Digest, Subscriber
 from digest.relevance import Corpus
 from digest.select import SelectionRun, record_selection, selection_time
 from digest.transport import (
@@ -92,6 +94,7 @@ def day_end(digest_date: date, timezone: str) -> datetime:
 DueList = Iterable[tuple[Subscriber, date]]
 PLAN_BATCH = 500  # subscribers planned per transaction
 WARM_BATCH = 500  # digests whose cards are inlined together before sending
+READ_AHEAD = 50  # due rows loaded together, ahead of their claims
 
 
 def plan_deliveries(
@@ -160,6 +163,17 @@ class Outcome:
 
 
 @dataclass
+class Composed:
+    """A reserved delivery (held until `reserved_until`) and its message: None when the
+    subscriber is no longer active, `Unsendable` when it cannot be made."""
+
+    delivery: Delivery
+    subscriber: Subscriber
+    message: EmailMessage | Encoded | Unsendable | None
+    reserved_until: datetime
+
+
+@dataclass
 class Sender:
     """Sends queued deliveries through a transport, one claimed row at a time."""
 
@@ -172,15 +186,31 @@ class Sender:
     should_stop: Callable[[], bool] = lambda: False
     on_start: Callable[[int], None] | None = None
     on_progress: Callable[[str], None] | None = None
+    # The due rows read ahead of their claims (`_read_ahead`), and the session they live in.
+    _ahead: dict[int, Delivery] = field(default_factory=dict, repr=False)
+    _session: Session | None = field(default=None, repr=False)
 
     def _record(self, transition: Callable[[Session, datetime], object]) -> None:
         """Run one ledger transition in its own transaction, as of the clock."""
         with db.transaction(self.factory) as session:
             transition(session, self.clock())
 
+    def _mark_sent(self, outcome: Outcome, session: Session | None = None) -> None:
+        """Record that the server accepted the message (in `session`, or on its own)."""
+        assert outcome.sent_at is not None
+        sent_at, reply = outcome.sent_at, outcome.reply
+        if session is None:
+            self._record(lambda session, _: self._mark_sent(outcome, session))
+        else:
+            ledger.mark_sent(session, [outcome.delivery.id], sent_at, reply)
+
     def _release(self, delivery_id: int) -> None:
         """Back to the queue as claimed: nothing of it can have been delivered."""
         self._record(lambda session, now: ledger.release(session, delivery_id, now))
+
+    def _unreserve(self, delivery_id: int) -> None:
+        """A reserved row due again: its message was never handed to the transport."""
+        self._record(lambda session, now: ledger.unreserve(session, delivery_id, now))
 
     def _fail(self, delivery_id: int, reply: str) -> None:
         self._record(lambda session, now: ledger.mark_failed(session, delivery_id, now, reply))
@@ -188,38 +218,62 @@ class Sender:
     def _unknown(self, delivery_id: int, reply: str) -> None:
         self._record(lambda session, now: ledger.mark_unknown(session, delivery_id, now, reply))
 
-    def _compose(
-        self, delivery_id: int
-    ) -> tuple[Delivery, Subscriber, EmailMessage | Encoded | Unsendable | None]:
-        """The claimed row, its subscriber and its message (None: no longer active)."""
-        with self.factory() as session:
-            # The row, its subscriber with their topics and its digest, in two queries.
-            delivery = session.get(
-                Delivery,
-                delivery_id,
-                options=[
-                    joinedload(Delivery.subscriber).selectinload(Subscriber.topics),
-                    joinedload(Delivery.digest),
-                ],
-            )
-            assert delivery is not None
+    def _compose(self, delivery_id: int, reserved_until: datetime, dates: set[date]) -> Composed:
+        """The reserved row, its subscriber and its message."""
+        delivery = self._ahead.pop(delivery_id, None)
+        if delivery is None:
+            self._read_ahead(delivery_id, dates)
+            delivery = self._ahead.pop(delivery_id)
+        session = self._reader()
+        try:
             subscriber = delivery.subscriber
-            if subscriber.status != "active":
-                return delivery, subscriber, None
-            try:
-                if self.transport.takes_encoded:
-                    message: EmailMessage | Encoded = self.mailer.delivery_message(
-                        session, delivery, self.clock(), encoded=True
-                    )
-                else:
-                    message = self.mailer.delivery_message(session, delivery, self.clock())
-                return delivery, subscriber, message
-            except Unsendable as exc:
-                return delivery, subscriber, exc
+            message: EmailMessage | Encoded | Unsendable | None = None
+            if subscriber.status == "active":
+                try:
+                    if self.transport.takes_encoded:
+                        message = self.mailer.delivery_message(
+                            session, delivery, self.clock(), encoded=True
+                        )
+                    else:
+                        message = self.mailer.delivery_message(session, delivery, self.clock())
+                except Unsendable as exc:
+                    message = exc
+            return Composed(delivery, subscriber, message, reserved_until)
+        finally:
+            session.commit()  # ends the read (a digest's items may have been loaded)
+
+    def _reader(self) -> Session:
+        if self._session is None:
+            self._session = self.factory()
+        return self._session
+
+    def _read_ahead(self, delivery_id: int, dates: set[date]) -> None:
+        """Load the claimed row and the next `READ_AHEAD` due ones in claim order, each
+        with its subscriber, their topics and its digest: a few queries per batch rather
+        than per message. A subscriber's status is thus read up to a batch before their
+        message is built (a fraction of a second at sending speed)."""
+        session = self._reader()
+        upcoming = ledger.due_rows(self.clock(), dates).with_only_columns(Delivery.id)
+        ids = [delivery_id, *session.scalars(upcoming.limit(READ_AHEAD))]
+        self._ahead = {
+            delivery.id: delivery
+            for delivery in session.scalars(
+                select(Delivery)
+                .where(Delivery.id.in_(ids))
+                .options(
+                    joinedload(Delivery.subscriber).selectinload(Subscriber.topics),
+                    joinedload(Delivery.digest).selectinload(Digest.items),
+                )
+                .execution_options(populate_existing=True)
+            ).unique()
+        }
+        session.commit()
 
     def _retry_or_fail(self, delivery: Delivery, subscriber: Subscriber, reply: str) -> Status:
         now = self.clock()
-        delay = self.config.retry_base_seconds * 2 ** max(0, delivery.attempts - 1)
+        with self.factory() as session:  # the attempts counted so far, claims included
+            attempts = session.scalar(select(Delivery.attempts).where(Delivery.id == delivery.id))
+        delay = self.config.retry_base_seconds * 2 ** max(0, (attempts or 1) - 1)
         retry_at = now + timedelta(seconds=delay * (1 + self.rng.uniform(0, 0.5)))
         if retry_at >= day_end(delivery.digest_date, subscriber.timezone):
             self._fail(delivery.id, f"gave up, the day is over: {reply}")
@@ -235,31 +289,33 @@ class Sender:
             bounced.updated_at = self.clock()
         report.bounced.append(subscriber.email)
 
-    def send_one(self, delivery_id: int, report: SendReport) -> Outcome:
-        """Send a claimed delivery and record the outcome in the ledger.
-
-        A failure of this recipient (its message, a refusal, an unknown outcome)
-        is recorded on its row; a failure of the session (FatalTransportError) or
-        of the database puts the row back in the queue and is raised.
-        """
-        try:
-            delivery, subscriber, message = self._compose(delivery_id)
-        except BaseException:
-            self._release(delivery_id)
-            raise
+    def _unsent(self, composed: Composed, report: SendReport) -> Outcome:
+        """Record a taken row that has no message to send: the subscriber left, or the
+        message cannot be made."""
+        delivery, subscriber, message = composed.delivery, composed.subscriber, composed.message
         if message is None:
             reason = f"subscriber {subscriber.status}"
-            self._record(lambda session, now: ledger.skip(session, [delivery_id], now, reason))
+            self._record(lambda session, now: ledger.skip(session, [delivery.id], now, reason))
             report.skipped += 1
             return Outcome(delivery, subscriber, Status.SKIPPED, reason)
-        if isinstance(message, Unsendable):
-            if message.retry:  # the shared rendering failed: maybe fixed by a later run
-                status = self._retry_or_fail(delivery, subscriber, message.reason)
-                return Outcome(delivery, subscriber, status, message.reason, message.reason)
-            self._fail(delivery_id, message.reason)
-            return Outcome(delivery, subscriber, Status.FAILED, message.reason)
+        assert isinstance(message, Unsendable)
+        if message.retry:  # the shared rendering failed: maybe fixed by a later run
+            status = self._retry_or_fail(delivery, subscriber, message.reason)
+            return Outcome(delivery, subscriber, status, message.reason, message.reason)
+        self._fail(delivery.id, message.reason)
+        return Outcome(delivery, subscriber, Status.FAILED, message.reason)
+
+    def _finish(self, composed: Composed, sending: Future[str], report: SendReport) -> Outcome:
+        """Wait for the transport's answer about a message and record it in the ledger.
+
+        A failure of this recipient (a refusal, an unknown outcome) is recorded on
+        its row; a failure of the session (FatalTransportError) puts the row back in
+        the queue and is raised.
+        """
+        delivery, subscriber = composed.delivery, composed.subscriber
+        delivery_id = delivery.id
         try:
-            reply = self.transport.send(message)
+            reply = sending.result()
         except TemporaryFailure as exc:
             status = self._retry_or_fail(delivery, subscriber, exc.reply)
             return Outcome(delivery, subscriber, status, exc.reply, exc.hint)
@@ -285,13 +341,14 @@ class Sender:
             return Outcome(delivery, subscriber, status, reason, reason)
         except BaseException as exc:
             # Interrupted (Ctrl-C): once the message may have reached the server, it is
-            # not resent automatically; before that, it goes back to the queue.
-            if self.transport.in_doubt():
+            # not resent automatically; before that, it goes back to the queue. While the
+            # transport is still at it, it may yet reach the server.
+            if not sending.done() or self.transport.in_doubt():
                 self._unknown(delivery_id, f"interrupted: {exc!r}")
             else:
                 self._release(delivery_id)
             raise
-        # Marked `sent` by the caller: in the transaction that claims the next row.
+        # Marked `sent` by the caller: in the transaction that claims a later row.
         report.sent += 1
         if self.on_progress is not None:
             self.on_progress(subscriber.email)
@@ -326,7 +383,14 @@ class Sender:
                 self.mailer.warm(session, chunk)
 
     def send_queued(self, dates: set[date], report: SendReport, limit: int | None) -> None:
-        """Claim and send due rows of `dates` until none is left, the limit, or a stop."""
+        """Claim and send due rows of `dates` until none is left, the limit, or a stop.
+
+        The transport sends one message in a thread while this one builds the next
+        (the transport mostly waits for the server). Each step is one transaction:
+        mark the rows just sent, take the row whose message is built (`sending`) and
+        reserve the next one (`digest.ledger`), so a crash leaves at most one row
+        `unknown` (sent, not yet marked) and the reserved row due again.
+        """
         lease = timedelta(seconds=self.config.lease_seconds)
         self.warm(dates)
         if self.on_start is not None:
@@ -335,44 +399,98 @@ class Sender:
             total = waiting.get(Status.QUEUED, 0) + waiting.get(Status.DEFERRED, 0)
             self.on_start(total if limit is None else min(limit, total))
         streak: list[Outcome] = []
-        # A sent row is marked in the transaction that claims the next one (one write per
-        # message): a crash in between leaves it `sending`, then `unknown`, never resent.
-        sent: Outcome | None = None
+        sent: list[Outcome] = []  # accepted by the server, marked in the next step
+        built: Composed | None = None  # reserved, its message built
+        sending: tuple[Composed, Future[str]] | None = None  # in the transport's thread
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="digest-transport")
 
-        def mark_sent(session: Session) -> None:
-            nonlocal sent
-            if sent is not None:
-                assert sent.sent_at is not None
-                ledger.mark_sent(session, [sent.delivery.id], sent.sent_at, sent.reply)
-                sent = None
+        def stops(outcome: Outcome) -> bool:
+            """Count the outcome in the streak of identical failures; whether to stop."""
+            nonlocal streak
+            if outcome.status == Status.SENT:
+                sent.append(outcome)
+            if outcome.hint is None or (streak and streak[-1].hint != outcome.hint):
+                streak = []
+            if outcome.hint is not None:
+                streak.append(outcome)
+            if len(streak) >= SESSION_STREAK:
+                report.fatal = self._session_blocked(streak)
+                return True
+            return False
 
         try:
-            while not self.should_stop() and (limit is None or report.sent < limit):
+            while True:
+                go_on = not self.should_stop()
+                ahead = (sending is not None) + (built is not None)
                 now = self.clock()
                 with db.transaction(self.factory) as session:
-                    mark_sent(session)
-                    claimed = ledger.claim(session, now, now + lease, dates)
-                if claimed is None:
+                    for outcome in sent:
+                        self._mark_sent(outcome, session)
+                    taken = None
+                    if built is not None and go_on:
+                        until = built.reserved_until
+                        if ledger.take(session, built.delivery.id, until, now, now + lease):
+                            taken = built
+                    reserved = None
+                    if go_on and (limit is None or report.sent + ahead < limit):
+                        reserved = ledger.reserve(session, now, now + lease, dates)
+                sent.clear()
+                if taken is not None:
+                    built = None
+                    if isinstance(taken.message, EmailMessage | Encoded):
+                        sending = taken, pool.submit(self.transport.send, taken.message)
+                    elif stops(self._unsent(taken, report)):
+                        break
+                elif built is not None and go_on:
+                    built = None  # another sender took it over: it is theirs to send
+                if reserved is not None:
+                    try:
+                        built = self._compose(reserved, now + lease, dates)
+                    except BaseException:
+                        self._unreserve(reserved)
+                        raise
+                if sending is not None:
+                    done, sending = sending, None
+                    try:
+                        outcome = self._finish(*done, report)
+                    except FatalTransportError as exc:
+                        report.fatal = str(exc)
+                        break
+                    if stops(outcome):
+                        break
+                elif reserved is None and (built is None or not go_on):
                     break
-                try:
-                    outcome = self.send_one(claimed, report)
-                except FatalTransportError as exc:
-                    report.fatal = str(exc)
-                    break
-                if outcome.status == Status.SENT:
-                    sent = outcome
-                if outcome.hint is None or (streak and streak[-1].hint != outcome.hint):
-                    streak = []
-                if outcome.hint is not None:
-                    streak.append(outcome)
-                if len(streak) >= SESSION_STREAK:
-                    report.fatal = self._session_blocked(streak)
-                    break
+        except BaseException as exc:
+            if sending is not None:
+                self._abandon(*sending, report, interrupted=not isinstance(exc, Exception))
+            raise
         finally:
-            if sent is not None:
+            if built is not None:
+                self._unreserve(built.delivery.id)
+            if sent:
                 with db.transaction(self.factory) as session:
-                    mark_sent(session)
+                    for outcome in sent:
+                        self._mark_sent(outcome, session)
+            pool.shutdown(wait=False)
             self.transport.close()
+            self._ahead = {}
+            if self._session is not None:
+                self._session.close()
+                self._session = None
+
+    def _abandon(
+        self, composed: Composed, sending: Future[str], report: SendReport, *, interrupted: bool
+    ) -> None:
+        """Record the message in the transport's thread when the run fails meanwhile: its
+        outcome once known (at once if interrupted: then it may have left, so unknown)."""
+        if interrupted and not sending.done():
+            self._unknown(composed.delivery.id, "interrupted while sending")
+            return
+        wait([sending])
+        with contextlib.suppress(BaseException):  # recorded; the run's own error goes on
+            outcome = self._finish(composed, sending, report)
+            if outcome.status == Status.SENT:
+                self._mark_sent(outcome)
 
 
 # Sends the queued rows of these dates with sender processes sharing the queue, up to

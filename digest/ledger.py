@@ -15,6 +15,15 @@ rows it moved. Exactly once rests on three rules: a row is `sending` before its
 message leaves, a message that may have reached the server is never put back in the
 queue (`unknown`, not `queued`), and only `requeue_unknown` (an operator's choice)
 sends an `unknown` row again.
+
+A sender claims in two steps, so that it builds one message while the previous one is
+being sent: `reserve` holds the next due row for it (still queued, with a lease; a
+reservation that runs out leaves the row due again, never `unknown`), and `take` moves
+the row to `sending` just before its message leaves. `claim` does both at once, and
+`unreserve` hands back a held row whose message was never sent.
+
+Transitions are Core statements on the session's connection: cheap enough to run
+once per message, and they leave objects already loaded in the session as they were.
 """
 
 from __future__ import annotations
@@ -22,7 +31,7 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable
 from datetime import date, datetime
 
-from sqlalchemy import func, select, text, update
+from sqlalchemy import Select, func, select, text, update
 from sqlalchemy.orm import Session
 
 from digest.models import CLAIMABLE_SQL, CLAIMABLE_STATUSES, Delivery, DeliveryStatus
@@ -78,48 +87,97 @@ def unplannable(
     return delivery
 
 
-def claim(
-    session: Session, now: datetime, lease_until: datetime, dates: Iterable[date]
-) -> int | None:
-    """Atomically move one due queued or deferred delivery to `sending`; its id, or None.
+def due_rows(now: datetime, dates: Iterable[date]) -> Select[Delivery]:
+    """The due queued or deferred rows of these dates that no sender holds, in claim order.
 
-    The next one is the first due entry of the partial index on claimable rows, so
-    a claim costs the same however much of the day is already sent. On PostgreSQL,
-    rows another sender holds are skipped (`FOR UPDATE SKIP LOCKED`).
+    By date; fresh rows before retries, so rows that keep failing never hold up the
+    rest. The partial index ix_deliveries_claimable has this order, so the first due
+    row is found without sorting the day.
     """
-    claimable = text(CLAIMABLE_SQL)
-    due = (
-        select(Delivery.id)
-        .where(
-            claimable,
-            Delivery.digest_date.in_(list(dates)),
-            (Delivery.next_attempt_at.is_(None)) | (Delivery.next_attempt_at <= now),
-        )
-        # By date; fresh rows before retries, so rows that keep failing never hold up
-        # the rest. The partial index ix_deliveries_claimable has this order.
+    due = text(CLAIMABLE_SQL) & Delivery.digest_date.in_(list(dates))
+    due &= Delivery.next_attempt_at.is_(None) | (Delivery.next_attempt_at <= now)
+    due &= Delivery.lease_until.is_(None) | (Delivery.lease_until < now)
+    return (
+        select(Delivery)
+        .where(due)
         .order_by(
             Delivery.digest_date,
             Delivery.next_attempt_at.is_not(None),
             Delivery.next_attempt_at,
             Delivery.id,
         )
-        .limit(1)
     )
+
+
+def reserve(
+    session: Session, now: datetime, lease_until: datetime, dates: Iterable[date]
+) -> int | None:
+    """Hold the first of `due_rows` for this sender until `lease_until`; its id, or None.
+
+    The row stays queued (or deferred) while its message is built: a reservation that
+    runs out (the sender died) leaves it due again, as if never held. On PostgreSQL,
+    rows another sender is reserving are skipped (`FOR UPDATE SKIP LOCKED`).
+    """
+    due = due_rows(now, dates).with_only_columns(Delivery.id).limit(1)
     if session.get_bind().dialect.name == "postgresql":
         due = due.with_for_update(skip_locked=True)
-    claimed = session.execute(
+    reserved = (
+        session.connection()
+        .execute(
+            update(Delivery)
+            .where(Delivery.id == due.scalar_subquery(), text(CLAIMABLE_SQL))
+            .values(lease_until=lease_until, updated_at=now)
+            .returning(Delivery.id)
+        )
+        .scalar()
+    )
+    return reserved
+
+
+def take(
+    session: Session,
+    delivery_id: int,
+    reserved_until: datetime,
+    now: datetime,
+    lease_until: datetime,
+) -> bool:
+    """A row this sender reserved (until `reserved_until`) to `sending`, its attempt
+    counted; False if it is no longer this sender's to send."""
+    result = session.connection().execute(
         update(Delivery)
-        .where(Delivery.id == due.scalar_subquery(), claimable)
+        .where(
+            Delivery.id == delivery_id,
+            text(CLAIMABLE_SQL),
+            Delivery.lease_until == reserved_until,
+        )
         .values(
             status=Status.SENDING,
             lease_until=lease_until,
             attempts=Delivery.attempts + 1,
             updated_at=now,
         )
-        .returning(Delivery.id)
-        .execution_options(synchronize_session=False)
-    ).scalar()
-    return claimed
+    )
+    return bool(result.rowcount)
+
+
+def claim(
+    session: Session, now: datetime, lease_until: datetime, dates: Iterable[date]
+) -> int | None:
+    """Reserve and take the next due row at once (`sending`); its id, or None."""
+    delivery_id = reserve(session, now, lease_until, dates)
+    if delivery_id is not None:
+        take(session, delivery_id, lease_until, now, lease_until)
+    return delivery_id
+
+
+def unreserve(session: Session, delivery_id: int, now: datetime) -> int:
+    """A reserved row due again at once: its message was built but never sent."""
+    result = session.connection().execute(
+        update(Delivery)
+        .where(Delivery.id == delivery_id, text(CLAIMABLE_SQL))
+        .values(lease_until=None, updated_at=now)
+    )
+    return int(result.rowcount or 0)
 
 
 def _move(
@@ -133,13 +191,12 @@ def _move(
     """Move the rows among `delivery_ids` that are in one of `leaving` to `to`."""
     if not delivery_ids:
         return 0
-    result = session.execute(
+    result = session.connection().execute(
         update(Delivery)
         .where(Delivery.id.in_(list(delivery_ids)), Delivery.status.in_(list(leaving)))
         .values(status=to, lease_until=None, updated_at=now, **values)
-        .execution_options(synchronize_session=False)
     )
-    return int(result.rowcount or 0)  # type: ignore[attr-defined]
+    return int(result.rowcount or 0)
 
 
 def release(session: Session, delivery_id: int, now: datetime) -> int:
@@ -215,24 +272,22 @@ def skip(session: Session, delivery_ids: Collection[int], now: datetime, reason:
 
 def expire_leases(session: Session, now: datetime) -> int:
     """`sending` rows whose lease ran out become `unknown`: the process died mid-send."""
-    result = session.execute(
+    result = session.connection().execute(
         update(Delivery)
         .where(Delivery.status == Status.SENDING, Delivery.lease_until < now)
         .values(status=Status.UNKNOWN, lease_until=None, updated_at=now)
-        .execution_options(synchronize_session=False)
     )
-    return int(result.rowcount or 0)  # type: ignore[attr-defined]
+    return int(result.rowcount or 0)
 
 
 def requeue_unknown(session: Session, now: datetime, dates: Iterable[date]) -> int:
     """Queue `unknown` deliveries of these dates again (a deliberate, possibly duplicate resend)."""
-    result = session.execute(
+    result = session.connection().execute(
         update(Delivery)
         .where(Delivery.status == Status.UNKNOWN, Delivery.digest_date.in_(list(dates)))
         .values(status=Status.QUEUED, next_attempt_at=None, updated_at=now)
-        .execution_options(synchronize_session=False)
     )
-    return int(result.rowcount or 0)  # type: ignore[attr-defined]
+    return int(result.rowcount or 0)
 
 
 def counts(session: Session, dates: Iterable[date]) -> dict[Status, int]:

@@ -17,7 +17,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import Engine, event, insert, text, update
+from sqlalchemy import Engine, event, insert, select, text, update
 from sqlalchemy.orm import Session
 
 from digest import db, fulltext, ledger, query_plan, relevance
@@ -357,7 +357,10 @@ def test_the_claim_jumps_to_the_next_due_row_through_the_claimable_index(
         assert ledger.claim(session, NOW, NOW + timedelta(minutes=5), [DAY]) == 1991
         session.rollback()
     event.remove(engine, "before_cursor_execute", capture)
-    [(statement, parameters)] = [s for s in statements if "UPDATE deliveries" in s[0]]
+    # The reservation finds the row; taking it is an update by primary key.
+    reserve, take = [s for s in statements if "UPDATE deliveries" in s[0]]
+    assert "SELECT" not in take[0] and "deliveries.id =" in take[0], take[0]
+    statement, parameters = reserve
     with engine.connect() as connection:
         if engine.dialect.name == "sqlite":
             rows = connection.exec_driver_sql("EXPLAIN QUERY PLAN " + statement, parameters)
@@ -390,6 +393,31 @@ def test_claims_go_by_date_then_id_and_skip_rows_not_yet_due(factory) -> None:
                 ledger.claim(session, NOW, NOW + timedelta(minutes=5), [DAY, DAY.replace(day=26)])
             )
     assert claimed == [3, 4, 5, 1, None]
+
+
+def test_a_reservation_holds_a_row_until_taken_and_one_that_runs_out_is_due_again(
+    factory,
+) -> None:
+    fill_ledger(factory, 3, sent=0)
+    held, lease = NOW + timedelta(seconds=30), NOW + timedelta(minutes=5)
+    with db.transaction(factory) as session:
+        assert ledger.reserve(session, NOW, held, [DAY]) == 1
+        assert ledger.reserve(session, NOW, held, [DAY]) == 2
+        assert ledger.unreserve(session, 2, NOW) == 1  # built, never sent: due again
+    with factory() as session:
+        rows = {d.id: (d.status, d.attempts) for d in session.scalars(select(Delivery))}
+    assert rows == {1: ("queued", 0), 2: ("queued", 0), 3: ("queued", 0)}
+    later = held + timedelta(seconds=1)  # the first sender died: its reservation ran out
+    with db.transaction(factory) as session:
+        assert ledger.claim(session, later, later + timedelta(minutes=5), [DAY]) == 1
+        # The dead sender's reservation is no longer its own: it cannot take the row.
+        assert not ledger.take(session, 1, held, later, lease)
+        assert ledger.take(session, 2, held, NOW, lease) is False  # handed back earlier
+        assert ledger.reserve(session, later, lease, [DAY]) == 2
+        assert ledger.take(session, 2, lease, later, lease)
+    with factory() as session:
+        rows = {d.id: (d.status, d.attempts) for d in session.scalars(select(Delivery))}
+    assert rows == {1: ("sending", 1), 2: ("sending", 1), 3: ("queued", 0)}
 
 
 @pytest.mark.postgresql
