@@ -11,7 +11,8 @@ timezones), then runs each stage in its own process against one database:
 4. the daily send (`digest send`'s code path) to an SMTP sink running in a separate
    process, with `--workers` sender processes;
 5. the transport ceiling: the same messages, built beforehand, pushed by a plain
-   smtplib loop to the same sink over the same number of connections.
+   smtplib loop to the same sink over the same number of connections (one loop
+   per sender process, running side by side).
 
 It prints digests/s of the dry run, end-to-end emails/s, the ceiling and the ratio,
 peak RSS of the sending process (and of its workers), time per stage, and the
@@ -41,6 +42,7 @@ import sys
 import tempfile
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -109,11 +111,16 @@ class Sink:
 # --- the stages, each in its own process ----------------------------------------------
 
 
+def _now() -> datetime:
+    """The pinned clock (a module function: sender processes are spawned with it)."""
+    return NOW
+
+
 def _app(config: Path) -> Any:
     from digest.app import App
     from digest.config import load_config
 
-    return App.from_config(load_config(config), clock=lambda: NOW)
+    return App.from_config(load_config(config), clock=_now)
 
 
 def _due(app: Any) -> Any:
@@ -220,7 +227,14 @@ def stage_send(config: Path) -> dict[str, Any]:
     start = time.perf_counter()
     plan_in_batches(app.sessions(), _due(app), now=NOW, settings=settings, at_send_time=False)
     planned = time.perf_counter()
-    report = send_digests(app.sender(), _due(app), now=NOW, settings=settings)
+    workers = app.config.delivery.workers
+    report = send_digests(
+        app.sender(),
+        _due(app),
+        now=NOW,
+        settings=settings,
+        workers=app.send_workers(workers) if workers > 1 else None,
+    )
     done = time.perf_counter()
     return {
         "plan_s": planned - start,
@@ -252,22 +266,34 @@ def stage_ceiling(config: Path, spool: Path) -> dict[str, Any]:
             session.expunge(delivery)
     smtp = app.config.smtp
     per_connection = app.config.delivery.max_per_connection
-    connections = 0
-    start = time.perf_counter()
-    with spool.open("rb") as spooled:
+    streams = max(1, app.config.delivery.workers)
+
+    def push(stream: int) -> int:
+        """Push every `streams`-th message, from the `stream`-th: one sender's share."""
         client: smtplib.SMTP | None = None
-        for n in range(count):
-            if n % per_connection == 0:
-                if client is not None:
-                    client.quit()
-                client = smtplib.SMTP(smtp.host, smtp.port, timeout=60)
-                connections += 1
-            to_length, raw_length = struct.unpack("!II", spooled.read(8))
-            to = spooled.read(to_length).decode()
-            assert client is not None
-            client.sendmail(FROM, [to], spooled.read(raw_length))
+        connections = pushed = 0
+        with spool.open("rb") as spooled:
+            for n in range(count):
+                to_length, raw_length = struct.unpack("!II", spooled.read(8))
+                if n % streams != stream:
+                    spooled.seek(to_length + raw_length, os.SEEK_CUR)
+                    continue
+                if pushed % per_connection == 0:
+                    if client is not None:
+                        client.quit()
+                    client = smtplib.SMTP(smtp.host, smtp.port, timeout=60)
+                    connections += 1
+                to = spooled.read(to_length).decode()
+                client.sendmail(FROM, [to], spooled.read(raw_length))
+                pushed += 1
         if client is not None:
             client.quit()
+        return connections
+
+    # As many concurrent streams as sender processes, each over its own connections.
+    start = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=streams) as pool:
+        connections = sum(pool.map(push, range(streams)))
     return {"ceiling_s": time.perf_counter() - start, "messages": count, "connections": connections}
 
 
