@@ -213,8 +213,8 @@ def _merge(row: dict[str, Any], sources: Iterable[str], record: PaperRecord) -> 
 def paper_terms(title: str, abstract: str, authors: str, categories: str) -> dict[str, str]:
     """The analysed columns of a paper, as the full-text index reads them."""
     return {
-        "title_terms": text.joined(text.terms(title)),
-        "abstract_terms": text.joined(text.terms(abstract)),
+        "title_terms": text.indexed_terms(title),
+        "abstract_terms": text.indexed_terms(abstract),
         "author_terms": text.joined(text.plain_terms(authors)),
         "category_terms": text.joined(text.plain_terms(categories)),
     }

@@ -184,6 +184,72 @@ def terms(text: str) -> list[str]:
     return list(map(_ORDINARY if _shouting_words(words) else _TERM, words))
 
 
+def indexed_terms(text: str) -> str:
+    """`joined(terms(text))`, as ingest stores a title or abstract, computed chunk by chunk.
+
+    No word crosses whitespace, so the terms of a text are those of its
+    whitespace-separated chunks ("Mixture-of-Experts", "(MoE),") in turn. Chunks recur
+    like words do, so each distinct one is analysed once (`_chunk`), and a text costs a
+    split, a dict look-up per chunk and a join, all in C.
+    """
+    chunks = text.split()
+    try:
+        joined_terms = "".join(map(_chunk_terms.__getitem__, chunks))
+    except KeyError:
+        if len(_chunks) + len(chunks) > _CHUNK_CACHE_SIZE:
+            _forget_chunks()  # bounded: the common chunks come back at once
+        for chunk in chunks:
+            if chunk not in _chunks:
+                _remember(chunk, _chunk(chunk))
+        joined_terms = "".join(map(_chunk_terms.__getitem__, chunks))
+    # Only a text with long words in capitals can be one in capitals (`_shouting_words`).
+    if not _capital_chunks.isdisjoint(chunks):
+        found = list(map(_chunks.__getitem__, chunks))
+        long, capitals = sum(map(_CHUNK_LONG, found)), sum(map(_CHUNK_LONG_CAPITALS, found))
+        if long >= 3 and capitals * 2 > long:
+            return "".join(map(_CHUNK_ORDINARY, found))[:-1]
+    return joined_terms[:-1]
+
+
+class _Chunk(NamedTuple):
+    """The analysis of one whitespace-separated chunk of text, summed over its words."""
+
+    terms: str  # each word's `_Word.term` followed by a space ("" without words)
+    ordinary: str  # each word's `_Word.ordinary` followed by a space
+    long: int  # how many of its words count towards `_shouting_words`
+    long_capitals: int  # how many of those are in capitals
+
+
+_CHUNK_ORDINARY, _CHUNK_LONG, _CHUNK_LONG_CAPITALS = (itemgetter(n) for n in range(1, 4))
+_CHUNK_CACHE_SIZE = 100_000
+_chunks: dict[str, _Chunk] = {}
+_chunk_terms: dict[str, str] = {}  # chunk -> _Chunk.terms, what nearly every text needs
+_capital_chunks: set[str] = set()  # the chunks with long words in capitals
+
+
+def _chunk(chunk: str) -> _Chunk:
+    words = list(map(_word, _WORD.findall(chunk)))
+    return _Chunk(
+        "".join(word.term + " " for word in words),
+        "".join(word.ordinary + " " for word in words),
+        sum(map(_LONG, words)),
+        sum(map(_LONG_CAPITALS, words)),
+    )
+
+
+def _remember(chunk: str, analysis: _Chunk) -> None:
+    _chunks[chunk] = analysis
+    _chunk_terms[chunk] = analysis.terms
+    if analysis.long_capitals:
+        _capital_chunks.add(chunk)
+
+
+def _forget_chunks() -> None:
+    _chunks.clear()
+    _chunk_terms.clear()
+    _capital_chunks.clear()
+
+
 def plain_terms(text: str) -> list[str]:
     """Folded words, unstemmed: how author names and categories are indexed."""
     return _WORD_PLAIN.findall(fold(text))
@@ -246,15 +312,20 @@ def _expansion(acronym: str, before: list[str]) -> list[str] | None:
     """The shortest run of words ending `before` whose initials spell `acronym`."""
     letters = fold(acronym)
     capitals = [c.casefold() for c in acronym if c.isupper()]
+    spelled = "".join(capitals) if len(capitals) >= 2 else ""
+    # The first letter each spelling can begin with (`_spells`: the first word supplies
+    # it, unless it is a stop word).
+    initials = {letters[:1], spelled[:1]} - {""}
     size_limit = min(len(before), len(letters) + 3)
     folded = [fold(w) for w in before[len(before) - size_limit :]]
     for size in range(1, size_limit + 1):
         words = before[-size:]
         if words[0].casefold() in STOP_WORDS or not words[0][0].isalpha():
             continue
-        if _spells(letters, folded[-size:]) or (
-            len(capitals) >= 2 and _spells("".join(capitals), folded[-size:])
-        ):
+        first = folded[-size]
+        if first[:1] not in initials and first not in STOP_WORDS:
+            continue  # spells neither: saves the walk
+        if _spells(letters, folded[-size:]) or (spelled and _spells(spelled, folded[-size:])):
             return words
     return None
 
