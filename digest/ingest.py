@@ -302,7 +302,8 @@ class _Batch:
             self.by_arxiv[paper.arxiv_id] = paper
         candidates = self.by_title.setdefault(title_key, [])
         candidates.append(paper)
-        candidates.sort(key=lambda candidate: candidate.order)
+        if len(candidates) > 1:
+            candidates.sort(key=lambda candidate: candidate.order)
 
     def _find(self, arxiv_id: str | None, title_key: str) -> _Stored | None:
         """The paper with this arXiv id, else the oldest one with this normalized title."""
