@@ -22,6 +22,7 @@ Everything here is pure: no database, no clock.
 
 from __future__ import annotations
 
+import itertools
 import re
 import unicodedata
 from collections.abc import Iterator
@@ -189,65 +190,45 @@ def indexed_terms(text: str) -> str:
 
     No word crosses whitespace, so the terms of a text are those of its
     whitespace-separated chunks ("Mixture-of-Experts", "(MoE),") in turn. Chunks recur
-    like words do, so each distinct one is analysed once (`_chunk`), and a text costs a
-    split, a dict look-up per chunk and a join, all in C.
+    like words do, so each distinct one is analysed once (`_remember`), and a text costs
+    a split, a dict look-up per chunk and a join, all in C.
     """
     chunks = text.split()
     try:
         joined_terms = "".join(map(_chunk_terms.__getitem__, chunks))
     except KeyError:
-        if len(_chunks) + len(chunks) > _CHUNK_CACHE_SIZE:
-            _forget_chunks()  # bounded: the common chunks come back at once
+        if len(_chunk_terms) + len(chunks) > _CHUNK_CACHE_SIZE:
+            _chunk_terms.clear()  # bounded: the common chunks come back at once
+            _chunk_capitals.clear()
         for chunk in chunks:
-            if chunk not in _chunks:
-                _remember(chunk, _chunk(chunk))
+            if chunk not in _chunk_terms:
+                _remember(chunk)
         joined_terms = "".join(map(_chunk_terms.__getitem__, chunks))
-    # Only a text with long words in capitals can be one in capitals (`_shouting_words`).
-    if not _capital_chunks.isdisjoint(chunks):
-        found = list(map(_chunks.__getitem__, chunks))
-        long, capitals = sum(map(_CHUNK_LONG, found)), sum(map(_CHUNK_LONG_CAPITALS, found))
-        if long >= 3 and capitals * 2 > long:
-            return "".join(map(_CHUNK_ORDINARY, found))[:-1]
+    # A text in capitals has at least two long words in capitals (`_shouting_words`):
+    # such a text is analysed word by word.
+    if (
+        not _chunk_capitals.keys().isdisjoint(chunks)
+        and sum(map(_chunk_capitals.get, chunks, itertools.repeat(0))) >= 2
+    ):
+        return joined(terms(text))
     return joined_terms[:-1]
 
 
-class _Chunk(NamedTuple):
-    """The analysis of one whitespace-separated chunk of text, summed over its words."""
-
-    terms: str  # each word's `_Word.term` followed by a space ("" without words)
-    ordinary: str  # each word's `_Word.ordinary` followed by a space
-    long: int  # how many of its words count towards `_shouting_words`
-    long_capitals: int  # how many of those are in capitals
-
-
-_CHUNK_ORDINARY, _CHUNK_LONG, _CHUNK_LONG_CAPITALS = (itemgetter(n) for n in range(1, 4))
-_CHUNK_CACHE_SIZE = 100_000
-_chunks: dict[str, _Chunk] = {}
-_chunk_terms: dict[str, str] = {}  # chunk -> _Chunk.terms, what nearly every text needs
-_capital_chunks: set[str] = set()  # the chunks with long words in capitals
+# What `indexed_terms` knows of each chunk it has seen: its words' terms, each followed by
+# a space ("" without words), and, when any, how many of its words are long and in
+# capitals (they count towards `_shouting_words`). Dicts of strings and ints only, which
+# the garbage collector never walks.
+_CHUNK_CACHE_SIZE = 200_000
+_chunk_terms: dict[str, str] = {}
+_chunk_capitals: dict[str, int] = {}
 
 
-def _chunk(chunk: str) -> _Chunk:
+def _remember(chunk: str) -> None:
     words = list(map(_word, _WORD.findall(chunk)))
-    return _Chunk(
-        "".join(word.term + " " for word in words),
-        "".join(word.ordinary + " " for word in words),
-        sum(map(_LONG, words)),
-        sum(map(_LONG_CAPITALS, words)),
-    )
-
-
-def _remember(chunk: str, analysis: _Chunk) -> None:
-    _chunks[chunk] = analysis
-    _chunk_terms[chunk] = analysis.terms
-    if analysis.long_capitals:
-        _capital_chunks.add(chunk)
-
-
-def _forget_chunks() -> None:
-    _chunks.clear()
-    _chunk_terms.clear()
-    _capital_chunks.clear()
+    _chunk_terms[chunk] = "".join([word.term + " " for word in words])
+    capitals = sum(map(_LONG_CAPITALS, words))
+    if capitals:
+        _chunk_capitals[chunk] = capitals
 
 
 def plain_terms(text: str) -> list[str]:

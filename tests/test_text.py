@@ -127,8 +127,8 @@ def test_indexed_terms_of_a_text_in_capitals_and_after_the_cache_is_full(
     for sample, expected in [*samples.items(), *samples.items()]:
         assert indexed_terms(sample) == expected == joined(terms(sample))
     # Full: forgotten before the next text's chunks are analysed.
-    assert set(text._chunk_terms) == set(text._chunks) == {"RAG", "for", "LLMs"}
-    assert text._capital_chunks == set()
+    assert set(text._chunk_terms) == {"RAG", "for", "LLMs"}
+    assert text._chunk_capitals == {}
 
 
 @pytest.mark.parametrize(
