@@ -205,12 +205,14 @@ def indexed_terms(text: str) -> str:
                 _remember(chunk)
         joined_terms = "".join(map(_chunk_terms.__getitem__, chunks))
     # A text in capitals has at least two long words in capitals (`_shouting_words`):
-    # such a text is analysed word by word.
+    # only then are its words looked at one by one.
     if (
         not _chunk_capitals.keys().isdisjoint(chunks)
         and sum(map(_chunk_capitals.get, chunks, itertools.repeat(0))) >= 2
     ):
-        return joined(terms(text))
+        words = list(map(_word, _WORD.findall(text)))
+        if _shouting_words(words):
+            return joined(list(map(_ORDINARY, words)))
     return joined_terms[:-1]
 
 
