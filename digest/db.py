@@ -10,6 +10,7 @@ and nowhere else.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -353,14 +354,53 @@ def latest_upvotes(session: Session, ids: Iterable[int]) -> dict[int, tuple[date
     return found
 
 
+def insert_rows(session: Session, table: Any, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Insert rows in bulk (the same columns in every row): multi-row INSERTs of up to 1000
+    rows, rendered once and run on the driver.
+
+    SQLAlchemy's executemany builds and converts the parameters of each row in Python, a
+    third of writing a fresh load; here each column's bind processor runs on the values
+    in turn, once per run of the same value (a batch's timestamps are all `now`).
+    """
+    if not rows:
+        return
+    connection = session.connection()
+    dialect = connection.dialect
+    names = list(rows[0])
+    values = [[row[name] for name in names] for row in rows]
+    for index, name in enumerate(names):
+        process = table.c[name].type.dialect_impl(dialect).bind_processor(dialect)
+        if process is None:
+            continue
+        last: tuple[object, object] = (_UNSET, None)
+        for row in values:
+            if row[index] is not last[0]:
+                last = (row[index], process(row[index]))
+            row[index] = last[1]
+    quote = dialect.identifier_preparer.quote
+    head = (
+        f"INSERT INTO {dialect.identifier_preparer.format_table(table)} "
+        f"({', '.join(map(quote, names))}) VALUES "
+    )
+    one = "(" + ", ".join(["?" if dialect.paramstyle == "qmark" else "%s"] * len(names)) + ")"
+    size = max(1, min(1000, dialect.insertmanyvalues_max_parameters // len(names)))
+    for start in range(0, len(values), size):
+        chunk = values[start : start + size]
+        sql = head + ", ".join([one] * len(chunk))
+        connection.exec_driver_sql(sql, tuple(itertools.chain.from_iterable(chunk)))
+
+
+_UNSET = object()
+
+
 def insert_papers(session: Session, rows: Sequence[Mapping[str, Any]]) -> dict[str, int]:
     """Insert papers in bulk (column values, the same columns in every row); id by key."""
     if not rows:
         return {}
     papers = _table("papers")
-    # A plain executemany, then the ids by key: an ordered RETURNING would make SQLite
+    # Multi-row INSERTs, then the ids by key: an ordered RETURNING would make SQLite
     # insert one row per statement.
-    session.connection().execute(insert(papers), list(rows))
+    insert_rows(session, papers, rows)
     ids: dict[str, int] = {}
     for chunk in _chunks([row["key"] for row in rows]):
         statement = select(papers.c.key, papers.c.id).where(papers.c.key.in_(chunk))
@@ -406,11 +446,9 @@ def store_paper_links(
     observations: Sequence[Mapping[str, Any]],
 ) -> None:
     """Insert new paper sources and upvote observations, update changed source hashes."""
-    if sources:
-        session.connection().execute(insert(_table("paper_sources")), list(sources))
+    insert_rows(session, _table("paper_sources"), sources)
     update_rows(session, _table("paper_sources"), ("paper_id", "source"), source_hashes)
-    if observations:
-        session.connection().execute(insert(_table("upvote_observations")), list(observations))
+    insert_rows(session, _table("upvote_observations"), observations)
 
 
 def replace_acronyms(
@@ -420,8 +458,7 @@ def replace_acronyms(
     acronyms = _table("acronyms")
     for chunk in _chunks(sorted(set(paper_ids))):
         session.execute(delete(acronyms).where(acronyms.c.paper_id.in_(chunk)))
-    if rows:
-        session.connection().execute(insert(acronyms), list(rows))
+    insert_rows(session, acronyms, rows)
 
 
 def list_papers(session: Session, limit: int = 20) -> Sequence[Paper]:

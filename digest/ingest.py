@@ -213,8 +213,8 @@ def _merge(row: dict[str, Any], sources: Iterable[str], record: PaperRecord) -> 
 def paper_terms(title: str, abstract: str, authors: str, categories: str) -> dict[str, str]:
     """The analysed columns of a paper, as the full-text index reads them."""
     return {
-        "title_terms": text.joined(text.terms(title)),
-        "abstract_terms": text.joined(text.terms(abstract)),
+        "title_terms": text.indexed_terms(title),
+        "abstract_terms": text.indexed_terms(abstract),
         "author_terms": text.joined(text.plain_terms(authors)),
         "category_terms": text.joined(text.plain_terms(categories)),
     }
@@ -302,7 +302,8 @@ class _Batch:
             self.by_arxiv[paper.arxiv_id] = paper
         candidates = self.by_title.setdefault(title_key, [])
         candidates.append(paper)
-        candidates.sort(key=lambda candidate: candidate.order)
+        if len(candidates) > 1:
+            candidates.sort(key=lambda candidate: candidate.order)
 
     def _find(self, arxiv_id: str | None, title_key: str) -> _Stored | None:
         """The paper with this arXiv id, else the oldest one with this normalized title."""

@@ -22,6 +22,7 @@ Everything here is pure: no database, no clock.
 
 from __future__ import annotations
 
+import itertools
 import re
 import unicodedata
 from collections.abc import Iterator
@@ -184,6 +185,54 @@ def terms(text: str) -> list[str]:
     return list(map(_ORDINARY if _shouting_words(words) else _TERM, words))
 
 
+def indexed_terms(text: str) -> str:
+    """`joined(terms(text))`, as ingest stores a title or abstract, computed chunk by chunk.
+
+    No word crosses whitespace, so the terms of a text are those of its
+    whitespace-separated chunks ("Mixture-of-Experts", "(MoE),") in turn. Chunks recur
+    like words do, so each distinct one is analysed once (`_remember`), and a text costs
+    a split, a dict look-up per chunk and a join, all in C.
+    """
+    chunks = text.split()
+    try:
+        joined_terms = "".join(map(_chunk_terms.__getitem__, chunks))
+    except KeyError:
+        if len(_chunk_terms) + len(chunks) > _CHUNK_CACHE_SIZE:
+            _chunk_terms.clear()  # bounded: the common chunks come back at once
+            _chunk_capitals.clear()
+        for chunk in chunks:
+            if chunk not in _chunk_terms:
+                _remember(chunk)
+        joined_terms = "".join(map(_chunk_terms.__getitem__, chunks))
+    # A text in capitals has at least two long words in capitals (`_shouting_words`):
+    # only then are its words looked at one by one.
+    if (
+        not _chunk_capitals.keys().isdisjoint(chunks)
+        and sum(map(_chunk_capitals.get, chunks, itertools.repeat(0))) >= 2
+    ):
+        words = list(map(_word, _WORD.findall(text)))
+        if _shouting_words(words):
+            return joined(list(map(_ORDINARY, words)))
+    return joined_terms[:-1]
+
+
+# What `indexed_terms` knows of each chunk it has seen: its words' terms, each followed by
+# a space ("" without words), and, when any, how many of its words are long and in
+# capitals (they count towards `_shouting_words`). Dicts of strings and ints only, which
+# the garbage collector never walks.
+_CHUNK_CACHE_SIZE = 200_000
+_chunk_terms: dict[str, str] = {}
+_chunk_capitals: dict[str, int] = {}
+
+
+def _remember(chunk: str) -> None:
+    words = list(map(_word, _WORD.findall(chunk)))
+    _chunk_terms[chunk] = "".join([word.term + " " for word in words])
+    capitals = sum(map(_LONG_CAPITALS, words))
+    if capitals:
+        _chunk_capitals[chunk] = capitals
+
+
 def plain_terms(text: str) -> list[str]:
     """Folded words, unstemmed: how author names and categories are indexed."""
     return _WORD_PLAIN.findall(fold(text))
@@ -246,15 +295,20 @@ def _expansion(acronym: str, before: list[str]) -> list[str] | None:
     """The shortest run of words ending `before` whose initials spell `acronym`."""
     letters = fold(acronym)
     capitals = [c.casefold() for c in acronym if c.isupper()]
+    spelled = "".join(capitals) if len(capitals) >= 2 else ""
+    # The first letter each spelling can begin with (`_spells`: the first word supplies
+    # it, unless it is a stop word).
+    initials = {letters[:1], spelled[:1]} - {""}
     size_limit = min(len(before), len(letters) + 3)
     folded = [fold(w) for w in before[len(before) - size_limit :]]
     for size in range(1, size_limit + 1):
         words = before[-size:]
         if words[0].casefold() in STOP_WORDS or not words[0][0].isalpha():
             continue
-        if _spells(letters, folded[-size:]) or (
-            len(capitals) >= 2 and _spells("".join(capitals), folded[-size:])
-        ):
+        first = folded[-size]
+        if first[:1] not in initials and first not in STOP_WORDS:
+            continue  # spells neither: saves the walk
+        if _spells(letters, folded[-size:]) or (spelled and _spells(spelled, folded[-size:])):
             return words
     return None
 

@@ -138,6 +138,23 @@ def test_json_records_without_title_or_with_bad_dates_are_skipped() -> None:
     ]
 
 
+def test_json_authors_of_the_wrong_shape_are_left_out() -> None:
+    # `authors` is a list of objects with a string `name`; anything else names nobody.
+    document = (
+        b'[{"title": "A number", "paper": {"authors": 5}},'
+        b' {"title": "A string", "paper": {"authors": "Ann Lee"}},'
+        b' {"title": "Mixed", "paper": {"authors": [{"name": " Ann \\n Lee "}, {"name": 3},'
+        b' "Bo Chen", {"name": "  "}, {}, {"name": "Bo Chen"}]}}]'
+    )
+    result = parse_input(document, NOW)
+    assert result.skipped == []
+    assert [(r.title, r.authors, r.author_count) for r in result.records] == [
+        ("A number", (), None),
+        ("A string", (), None),
+        ("Mixed", ("Ann Lee", "Bo Chen"), 2),
+    ]
+
+
 @pytest.mark.parametrize(
     ("data", "message"),
     [

@@ -1,10 +1,15 @@
 """Text analysis: words, Snowball stems, acronyms kept apart, acronym definitions."""
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
+from digest import text
 from digest.text import (
     AcronymDefinition,
     acronym_definitions,
+    indexed_terms,
+    joined,
     plain_terms,
     stem,
     terms,
@@ -67,6 +72,63 @@ def test_a_title_in_capitals_has_no_acronyms() -> None:
         "and",
         "code",
     ]
+
+
+# Texts that reach every branch of the analysis: acronyms, plurals, possessives,
+# capitals, digits, diacritics, punctuation inside and around words, odd whitespace.
+_PIECES = st.sampled_from(
+    [
+        "Mixture-of-Experts",
+        "(MoE),",
+        "LLMs'",
+        "model's",
+        "x’s",
+        "GPT-4",
+        "3D",
+        "TÜLU",
+        "CAFÉ",
+        "DEEP",
+        "LEARNING",
+        "robots.",
+        "CoDE",
+        "o'clock",
+        "snake_case",
+        "ﬁne",
+        "-",
+        "",
+        "\u00a0",
+        "\x1c",
+    ]
+)
+
+
+@given(
+    st.lists(
+        st.one_of(_PIECES, st.text(max_size=12)),
+        max_size=30,
+    ).map(" ".join)
+)
+def test_indexed_terms_are_the_joined_terms(sample: str) -> None:
+    # Ingest stores `indexed_terms`, queries use `terms`: they must never disagree.
+    assert indexed_terms(sample) == joined(terms(sample))
+    assert indexed_terms(sample) == joined(terms(sample))  # from the chunk cache
+
+
+def test_indexed_terms_of_a_text_in_capitals_and_after_the_cache_is_full(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(text, "_CHUNK_CACHE_SIZE", 3)
+    samples = {
+        "DEEP LEARNING FOR CoDE": "deep learn for code",
+        "BERT and CLIP, NASA": "bert and clip nasa",  # three long words, all capitals
+        "BERT and CLIP beat models": "qqbert and qqclip beat model",  # two of four
+        "RAG for LLMs": "qqrag for qqllm",
+    }
+    for sample, expected in [*samples.items(), *samples.items()]:
+        assert indexed_terms(sample) == expected == joined(terms(sample))
+    # Full: forgotten before the next text's chunks are analysed.
+    assert set(text._chunk_terms) == {"RAG", "for", "LLMs"}
+    assert text._chunk_capitals == {}
 
 
 @pytest.mark.parametrize(

@@ -57,6 +57,14 @@ def _upvotes(value: Any) -> int | None:
     return value
 
 
+def _authors(value: Any) -> tuple[str, ...]:
+    # `_text` of each author's name, inlined: a paper has several, and ingest parses 100,000s.
+    if not isinstance(value, list):
+        return ()
+    names = [author.get("name") for author in value if isinstance(author, dict)]
+    return tuple(filter(None, [" ".join(name.split()) for name in names if isinstance(name, str)]))
+
+
 def _record(item: Any) -> PaperRecord:
     if not isinstance(item, dict):
         raise ValueError("not a JSON object")
@@ -65,8 +73,7 @@ def _record(item: Any) -> PaperRecord:
     title = _text(item.get("title")) or _text(paper.get("title"))
     if not title:
         raise ValueError("no title")
-    names = (_text(a.get("name")) for a in paper.get("authors") or [] if isinstance(a, dict))
-    authors = tuple(name for name in names if name)
+    authors = _authors(paper.get("authors"))
     published = _date(paper.get("publishedAt") or item.get("publishedAt"))
     arxiv_id = arxiv_id_from(paper.get("id")) if isinstance(paper.get("id"), str) else None
     return PaperRecord(

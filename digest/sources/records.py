@@ -80,6 +80,10 @@ def normalize_title(title: str) -> str:
     return " ".join(re.findall(r"\w+", stripped))
 
 
+_ARXIV_URL = re.compile(r"^https?://(?:export\.|www\.)?arxiv\.org/(?:abs|pdf)/")
+_HTTP_URL = re.compile(r"^https?://[^\s/?#]+[^\s]*$", re.IGNORECASE)
+
+
 def arxiv_id_from(value: str | None) -> str | None:
     """The versionless arXiv id at the end of an id, URL or `oai:arXiv.org:` string."""
     if not value:
@@ -88,7 +92,7 @@ def arxiv_id_from(value: str | None) -> str | None:
     for prefix in ("oai:arXiv.org:", "arXiv:"):
         if tail.startswith(prefix):
             tail = tail[len(prefix) :]
-    tail = re.sub(r"^https?://(?:export\.|www\.)?arxiv\.org/(?:abs|pdf)/", "", tail)
+    tail = _ARXIV_URL.sub("", tail)
     tail = tail.removesuffix(".pdf")
     match = _ARXIV_ID.fullmatch(tail)
     return match.group("id") if match else None
@@ -99,7 +103,7 @@ def safe_http_url(value: object) -> str | None:
     if not isinstance(value, str):
         return None
     url = value.strip()
-    if re.match(r"^https?://[^\s/?#]+[^\s]*$", url, re.IGNORECASE) and len(url) <= 2048:
+    if _HTTP_URL.match(url) and len(url) <= 2048:
         return url
     return None
 
