@@ -327,6 +327,11 @@ def main() -> None:
     parser.add_argument("--url", help="an empty PostgreSQL database (default: SQLite)")
     parser.add_argument("--smoke", action="store_true", help="a tiny run, for CI")
     parser.add_argument(
+        "--only",
+        choices=["naive"],
+        help="after ingest, run only this stage and print its figures",
+    )
+    parser.add_argument(
         "--profile",
         choices=["ingest", "dry-run", "naive", "send", "ceiling"],
         help="print a cProfile of this stage (to stderr)",
@@ -377,6 +382,14 @@ def main() -> None:
             if args.profile:
                 common += ["--profile", args.profile]
             ingest, _ = run_stage("ingest", *common)
+            if args.only == "naive":
+                naive, _ = run_stage("naive", *common)
+                print(
+                    f"{url.split(':', 1)[0]}: {args.papers} papers, {ingest['subscribers']} "
+                    f"subscribers, {args.topics} topics"
+                )
+                print(naive_line(naive))
+                return
             dry, dry_rss = run_stage("dry-run", *common)
             naive, _ = run_stage("naive", *common)
             send, send_rss = run_stage("send", *common)
@@ -405,8 +418,6 @@ def report(
     e2e_rate = sent / end_to_end if end_to_end else 0.0
     ceiling_rate = ceiling["messages"] / ceiling["ceiling_s"] if ceiling["ceiling_s"] else 0.0
     per_digest = dry["dry_run_s"] / max(1, dry["digests"] + dry["empty"])
-    per_naive = naive["naive_s"] / max(1, naive["naive_recipients"])
-    per_product = naive["product_s"] / max(1, naive["naive_recipients"])
     print(
         f"{backend}: {args.papers} papers, {ingest['subscribers']} subscribers, "
         f"{args.topics} topics, {args.workers} worker(s)"
@@ -430,7 +441,14 @@ def report(
     print(f"ratio to the ceiling: {e2e_rate / ceiling_rate if ceiling_rate else 0:8.2f}")
     workers = f", workers {send['workers_rss_mb']:.0f} MB" if args.workers > 1 else ""
     print(f"peak RSS:             {send_rss:8.0f} MB sending{workers}, {dry_rss:.0f} MB dry run")
-    print(
+    print(naive_line(naive))
+
+
+def naive_line(naive: dict[str, Any]) -> str:
+    """The naive baseline against the product, per recipient."""
+    per_naive = naive["naive_s"] / max(1, naive["naive_recipients"])
+    per_product = naive["product_s"] / max(1, naive["naive_recipients"])
+    return (
         f"naive baseline:       {per_naive * 1000:8.2f} ms per recipient to render, inline and "
         f"build ({naive['naive_recipients']} recipients); the product "
         f"{per_product * 1000:.2f} ms: {per_naive / per_product:.1f}x faster"

@@ -26,7 +26,7 @@ from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Seq
 from dataclasses import dataclass, field, replace
 from datetime import date
 from pathlib import Path
-from typing import Generic, Protocol, TypeVar
+from typing import Generic, NamedTuple, Protocol, TypeVar
 from urllib.parse import quote
 
 import jinja2
@@ -58,6 +58,18 @@ PLACEHOLDERS = {
 }
 # With no name there is no greeting at all: its paragraph (HTML) or line (text) goes.
 _NO_GREETING_HTML = re.compile(rf"<p\b[^>]*>{PLACEHOLDERS['greeting']}</p>\s*")
+# Stands for each paper's text card while the text part is rendered (see Renderer._text_parts).
+_CARD_MARK = "\x00"
+
+
+class Part(NamedTuple):
+    """A piece of a rendered body. A shared piece (a paper card, a topic heading, the
+    unchanging lines of the frame) is the same in many digests, so worth encoding once
+    per run; the others are this digest's own and may hold the recipient's placeholders."""
+
+    text: str
+    shared: bool
+
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(\[])")
 
@@ -465,19 +477,24 @@ class Recipient:
 
 @dataclass(frozen=True)
 class RenderedDigest:
-    """The email for one distinct content, with placeholders for the recipient."""
+    """The email for one distinct content, with placeholders for the recipient.
+
+    `html_parts` and `text_parts`, when known, are the pieces `html` and `text` are
+    made of (see `Part`), so a message can be assembled from pieces encoded once.
+    """
 
     subject: str
     html: str
     text: str
     view: DigestView = field(repr=False)
+    html_parts: tuple[Part, ...] | None = field(default=None, repr=False)
+    text_parts: tuple[Part, ...] | None = field(default=None, repr=False)
 
     @functools.cached_property
     def _text_lines(self) -> tuple[list[str], list[int]]:
         """The text part's lines, and which of them hold a placeholder."""
         lines = self.text.split("\n")
-        tokens = PLACEHOLDERS.values()
-        return lines, [i for i, line in enumerate(lines) if any(t in line for t in tokens)]
+        return lines, [i for i, line in enumerate(lines) if has_placeholder(line)]
 
     def personalize(self, recipient: Recipient) -> tuple[str, str]:
         """(html, text) for one recipient: plain substitutions, no Jinja, no premailer.
@@ -486,29 +503,53 @@ class RenderedDigest:
         wrapped again; with no name, the greeting's paragraph and line go.
         """
         values = recipient.values()
-        markup = self.html
-        if not values["greeting"]:
-            markup = _NO_GREETING_HTML.sub("", markup, count=1)
-        for name, value in values.items():
-            markup = markup.replace(PLACEHOLDERS[name], html.escape(value, quote=True))
         lines, personal = self._text_lines
-        lines = list(lines)
-        dropped: set[int] = set()
-        for index in personal:
-            line = lines[index]
-            if line == PLACEHOLDERS["greeting"] and not values["greeting"]:
-                dropped.add(index)
-                if lines[index + 1 : index + 2] == [""]:
-                    dropped.add(index + 1)  # and the blank line after it
-                continue
-            for name, value in values.items():
-                line = line.replace(PLACEHOLDERS[name], value)
-            if len(line) > TEXT_WIDTH:
-                indent = line[: len(line) - len(line.lstrip())]
-                line = wrap_prose(line, indent)
-            lines[index] = line
-        text = "\n".join(line for index, line in enumerate(lines) if index not in dropped)
-        return markup, text
+        return personalize_html(self.html, values), _personal_lines(list(lines), personal, values)
+
+
+def has_placeholder(text: str) -> bool:
+    """Whether `text` holds a recipient's placeholder."""
+    return "PDX" in text and any(token in text for token in PLACEHOLDERS.values())
+
+
+def personalize_html(markup: str, values: Mapping[str, str]) -> str:
+    """`markup` with the recipient's `values` (Recipient.values) in place of the
+    placeholders, escaped; with no name, the greeting's paragraph goes."""
+    if not values["greeting"]:
+        markup = _NO_GREETING_HTML.sub("", markup, count=1)
+    for name, value in values.items():
+        markup = markup.replace(PLACEHOLDERS[name], html.escape(value, quote=True))
+    return markup
+
+
+def personalize_text(text: str, values: Mapping[str, str]) -> str:
+    """The text part (or whole lines of it) with the recipient's `values`; a line growing
+    past TEXT_WIDTH is wrapped again; with no name, the greeting's line and the blank
+    line after it go."""
+    lines = text.split("\n")
+    return _personal_lines(
+        lines, [i for i, line in enumerate(lines) if has_placeholder(line)], values
+    )
+
+
+def _personal_lines(lines: list[str], personal: list[int], values: Mapping[str, str]) -> str:
+    dropped: set[int] = set()
+    for index in personal:
+        line = lines[index]
+        if line == PLACEHOLDERS["greeting"] and not values["greeting"]:
+            dropped.add(index)
+            if lines[index + 1 : index + 2] == [""]:
+                dropped.add(index + 1)  # and the blank line after it
+            continue
+        for name, value in values.items():
+            line = line.replace(PLACEHOLDERS[name], value)
+        if len(line) > TEXT_WIDTH:
+            indent = line[: len(line) - len(line.lstrip())]
+            line = wrap_prose(line, indent)
+        lines[index] = line
+    if not dropped:
+        return "\n".join(lines)
+    return "\n".join(line for index, line in enumerate(lines) if index not in dropped)
 
 
 @dataclass(frozen=True)
@@ -630,13 +671,13 @@ class _ShellView:
 
 @dataclass(frozen=True)
 class _Shell:
-    """The inlined digest around its sections, cut at the rows."""
+    """The inlined digest around its sections, cut at the rows. Each row keeps the
+    white space that follows it; head and tail are in runs of whole lines (`_blocks`)."""
 
-    head: str
+    head: tuple[Part, ...]
     topic_row: str
     more_row: str
-    separator: str
-    tail: str
+    tail: tuple[Part, ...]
 
 
 def _text(value: str) -> str:
@@ -651,6 +692,30 @@ def _rows(document: str, start: int) -> Iterator[tuple[int, int]]:
         yield begin, start
 
 
+_TOKENS = (*SHELL_TOKENS.values(), *PLACEHOLDERS.values())
+
+
+def _blocks(text: str) -> tuple[Part, ...]:
+    """`text` cut into runs of whole lines: shared where no token is, the digest's own
+    where one is. A line starting with white space stays with the own lines before it,
+    so that dropping the greeting's paragraph (and the white space after it) happens
+    within one piece."""
+    blocks: list[tuple[list[str], bool]] = []
+    lines = text.split("\n")
+    for number, line in enumerate(lines):
+        line += "\n" if number < len(lines) - 1 else ""
+        if not line:
+            continue
+        own = any(token in line for token in _TOKENS) or bool(
+            blocks and not blocks[-1][1] and line[:1].isspace()
+        )
+        if blocks and blocks[-1][1] == (not own):
+            blocks[-1][0].append(line)
+        else:
+            blocks.append(([line], not own))
+    return tuple(Part("".join(lines), shared) for lines, shared in blocks)
+
+
 class HtmlParts:
     """The HTML of a digest assembled from parts inlined once per run.
 
@@ -660,14 +725,15 @@ class HtmlParts:
     digest is the shell with its text substituted around its cached cards. The
     result is the bytes `inline_css` gives for the whole digest (a test compares
     them): CSS inlining is local to each element, and the rows are cut where the
-    template separates them.
+    template separates them (by the same white space everywhere).
     """
 
     def __init__(self, environment: jinja2.Environment, cards: int = 4096) -> None:
         self._environment = environment
         self._shells: dict[tuple[bool, bool], _Shell] = {}  # (postal address, linked "more")
-        self.cards: BoundedCache[PaperView, str] = BoundedCache(cards)
+        self.cards: BoundedCache[PaperView, str] = BoundedCache(cards)  # with the separator
         self.inlined = 0  # premailer runs
+        self.usable = True  # False if the rows are not separated alike: render whole
 
     def _inline(self, papers: Sequence[PaperView], postal: bool, linked: bool) -> None:
         """Inline a document of the shell and these cards; keep its parts."""
@@ -677,16 +743,21 @@ class HtmlParts:
         context = {"digest": _ShellView((section,), address), **PLACEHOLDERS}
         document = inline_css(self._environment.get_template("digest.html.j2").render(context))
         first = document.rfind("<tr", 0, document.index(_SECTION))
-        rows = list(_rows(document, first))[: len(papers) + 2]
-        (_, topic_end), cards, (more_start, more_end) = rows[0], rows[1:-1], rows[-1]
-        for paper, (begin, end) in zip(papers, cards, strict=True):
-            self.cards.put(paper, document[begin:end])
+        # The topic row, the cards, the "more" row and the footer's row.
+        rows = list(_rows(document, first))[: len(papers) + 3]
+        separators = {document[end : rows[n + 1][0]] for n, (_, end) in enumerate(rows[:-1])}
+        if len(separators) != 1:
+            self.usable = False
+            return
+        # Each row up to the next one, so with the separator after it.
+        spans = [document[begin : rows[n + 1][0]] for n, (begin, _) in enumerate(rows[:-1])]
+        for paper, card in zip(papers, spans[1:-1], strict=True):
+            self.cards.put(paper, card)
         self._shells[postal, linked] = _Shell(
-            head=document[:first],
-            topic_row=document[first:topic_end],
-            more_row=document[more_start:more_end],
-            separator=document[topic_end : (cards[0][0] if cards else more_start)],
-            tail=document[more_end:],
+            head=_blocks(document[:first]),
+            topic_row=spans[0],
+            more_row=spans[-1],
+            tail=_blocks(document[rows[-1][0] :]),
         )
 
     def add_cards(self, papers: Iterable[PaperView], postal: bool) -> int:
@@ -700,7 +771,13 @@ class HtmlParts:
 
     def html(self, view: DigestView) -> str | None:
         """The inlined HTML of `view`; None when only a whole render can make it."""
-        if not view.sections or view.omitted:
+        parts = self.assemble(view)
+        return None if parts is None else "".join(part.text for part in parts)
+
+    def assemble(self, view: DigestView) -> tuple[Part, ...] | None:
+        """The pieces of the inlined HTML of `view`: cached cards and rows, and its own
+        text; None when only a whole render can make it."""
+        if not view.sections or view.omitted or not self.usable:
             return None
         if any(s.more_url and not _PLAIN_URL.fullmatch(s.more_url) for s in view.sections):
             return None
@@ -722,30 +799,32 @@ class HtmlParts:
         to_make = sorted(wanted - set(self._shells)) or ([(postal, True)] if missing else [])
         for number, key in enumerate(to_make):
             self._inline(list(missing) if number == 0 else [], *key)
+        if not self.usable:
+            return None
         for paper in missing:
             cards[paper] = self.cards.get(paper, str)
         shell = self._shells.get((postal, True)) or self._shells[postal, False]
-        parts: list[str] = []
-        for position, section in enumerate(view.sections):
+        parts = self._fill(shell.head, view)
+        for section in view.sections:
             current = self._shells[postal, bool(section.more_url)] if section.more else shell
-            if position:
-                parts.append(current.separator)
-            parts.append(current.topic_row.replace(_SECTION, _text(section.title)))
-            for paper in section.papers:
-                parts.append(current.separator)
-                parts.append(cards[paper])
+            parts.append(Part(current.topic_row.replace(_SECTION, _text(section.title)), True))
+            parts.extend(Part(cards[paper], True) for paper in section.papers)
             if section.more:
-                parts.append(current.separator)
                 row = current.more_row.replace(_MORE, str(section.more))
-                parts.append(row.replace(_MORE_URL, section.more_url or ""))
-        return self._fill(shell.head, view) + "".join(parts) + self._fill(shell.tail, view)
+                parts.append(Part(row.replace(_MORE_URL, section.more_url or ""), True))
+        parts.extend(self._fill(shell.tail, view))
+        return tuple(parts)
 
     @staticmethod
-    def _fill(part: str, view: DigestView) -> str:
-        for name, token in SHELL_TOKENS.items():
-            if token in part:
-                part = part.replace(token, _text(getattr(view, name)))
-        return part
+    def _fill(parts: tuple[Part, ...], view: DigestView) -> list[Part]:
+        filled: list[Part] = []
+        for text, shared in parts:
+            if not shared:
+                for name, token in SHELL_TOKENS.items():
+                    if token in text:
+                        text = text.replace(token, _text(getattr(view, name)))
+            filled.append(Part(text, shared))
+        return filled
 
 
 @dataclass
@@ -762,6 +841,7 @@ class Renderer:
     # an operator's templates are rendered and inlined whole.
     parts: HtmlParts | None = field(init=False, repr=False)
     _views: BoundedCache[Hashable, PaperView] = field(init=False, repr=False)
+    _paper_text: Callable[[PaperView], str] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self._html = template_environment(self.templates, html_mode=True)
@@ -771,9 +851,10 @@ class Renderer:
         # digest.txt.j2 shows each paper through paper.txt.j2, rendered once per paper view.
         texts: BoundedCache[PaperView, str] = BoundedCache(VIEW_CACHE)
         paper_template = self._text.get_template("paper.txt.j2")
-        self._text.globals["paper_text"] = lambda paper: texts.get(
+        self._paper_text = lambda paper: texts.get(
             paper, lambda: paper_template.render(paper=paper)
         )
+        self._text.globals["paper_text"] = self._paper_text
 
     def paper_view(
         self, paper: Paper, item: ItemLike, abstract_chars: int, weekly: bool
@@ -810,11 +891,37 @@ class Renderer:
 
     def _render(self, view: DigestView) -> RenderedDigest:
         context = {"digest": view, **PLACEHOLDERS}
-        inlined = self.parts.html(view) if self.parts is not None else None
-        if inlined is None:
+        html_parts = self.parts.assemble(view) if self.parts is not None else None
+        if html_parts is None:
             inlined = inline_css(self._html.get_template("digest.html.j2").render(context))
-        text = self._text.get_template("digest.txt.j2").render(context)
-        return RenderedDigest(subject=view.subject, html=inlined, text=text, view=view)
+        else:
+            inlined = "".join(part.text for part in html_parts)
+        text_parts = self._text_parts(context)
+        return RenderedDigest(
+            subject=view.subject,
+            html=inlined,
+            text="".join(part.text for part in text_parts),
+            view=view,
+            html_parts=html_parts,
+            text_parts=text_parts,
+        )
+
+    def _text_parts(self, context: dict[str, object]) -> tuple[Part, ...]:
+        """The text part in pieces: each paper's card (shared) and the text around them."""
+        cards: list[str] = []
+
+        def card(paper: PaperView) -> str:
+            cards.append(self._paper_text(paper))
+            return _CARD_MARK
+
+        template = self._text.get_template("digest.txt.j2")
+        pieces = template.render(context, paper_text=card).split(_CARD_MARK)
+        if len(pieces) != len(cards) + 1:  # the mark was in the text itself
+            return (Part(template.render(context), False),)
+        parts = [Part(pieces[0], False)]
+        for text, around in zip(cards, pieces[1:], strict=True):
+            parts += (Part(text, True), Part(around, False))
+        return tuple(parts)
 
     def render(
         self,
