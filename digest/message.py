@@ -73,6 +73,8 @@ _SKELETON_HTML = _SKELETON_HTML_LINE.encode() + b"\r\n"
 # What a header shows exactly as given (no quoting, no encoded words, no folding).
 _PLAIN_ADDRESS = re.compile(r"[A-Za-z0-9._+-]+@[A-Za-z0-9.-]+")
 _PLAIN_URL = re.compile(r"[A-Za-z0-9%/:._~?=&+-]+")
+# Words a header writes as they are, after an encoded word (no folding within 200 characters).
+_PLAIN_WORDS = re.compile(r"[A-Za-z0-9,.+-]+(?: [A-Za-z0-9,.+-]+)*")
 
 # Unfolded headers (RFC 5322 allows 998 characters) keep the unsubscribe URL on one line.
 MAIL_POLICY = policy.SMTP.clone(max_line_length=998)
@@ -424,7 +426,7 @@ class DigestMailer:
         text_parts = rendered.text_parts or (Part(rendered.text, False),)
         if self._skeleton is None:
             self._skeleton = _Skeleton.of(self._skeleton_message())
-        subject = self._subjects.get(rendered.subject, lambda: _subject_line(rendered.subject))
+        subject = self._subject_line(rendered.subject)
         data = self._skeleton.fill(
             subject=subject,
             to=address.encode("ascii"),
@@ -435,6 +437,20 @@ class DigestMailer:
             html=self._body(html_parts, lambda markup: personalize_html(markup, values)),
         )
         return Encoded(self.mail.from_address, address, data)
+
+    def _subject_line(self, subject: str) -> bytes:
+        """`_subject_line(subject)`, the folding of its start done once: a subject's words
+        after its last non-ASCII one (the digest's topics) are written as they are."""
+        subject = one_line(subject)
+        last = max((subject.rfind(c) for c in set(subject) if not c.isascii()), default=-1)
+        space = subject.find(" ", last)
+        rest = subject[space + 1 :]
+        if last < 0 or space < 0 or len(subject) > 200 or not _PLAIN_WORDS.fullmatch(rest):
+            return self._subjects.get(subject, lambda: _subject_line(subject))
+        start = self._subjects.get(subject[:space], lambda: _subject_line(subject[:space] + " x"))
+        if not start.endswith(b" x\r\n"):
+            return self._subjects.get(subject, lambda: _subject_line(subject))
+        return start[:-3] + rest.encode("ascii") + b"\r\n"
 
     def _skeleton_message(self) -> bytes:
         message = build_message(
