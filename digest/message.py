@@ -17,7 +17,7 @@ import hashlib
 import json
 import re
 import secrets
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from email import policy, quoprimime
@@ -54,6 +54,7 @@ from digest.transport import Encoded
 
 QP_LINE_LENGTH = 78  # policy.SMTP's max_line_length, which set_content encodes bodies with
 RENDER_CACHE = 64  # renderings and message skeletons kept (the most recent digests)
+PAPER_CACHE = 2048  # papers kept (a day's digests show a few hundred distinct papers)
 SUBJECT_CACHE = 4096  # encoded Subject lines kept
 # Encoded body pieces kept: about two per paper card (HTML, text; a few KB each), one per
 # topic heading and "N more matched" row, and the frame's fixed lines.
@@ -191,6 +192,9 @@ class DigestMailer:
     _cache: BoundedCache[tuple[str, bool], RenderedDigest] = field(
         default_factory=lambda: BoundedCache(RENDER_CACHE), repr=False
     )
+    _papers: BoundedCache[int, Paper] = field(
+        default_factory=lambda: BoundedCache(PAPER_CACHE), repr=False
+    )
     _skeleton: _Skeleton | None = field(default=None, repr=False)
     _subjects: BoundedCache[str, bytes] = field(
         default_factory=lambda: BoundedCache(SUBJECT_CACHE), repr=False
@@ -236,8 +240,24 @@ class DigestMailer:
         """Load the items' papers and render them (once per content `key`)."""
         if (cached := self._cache.lookup((key, weekly))) is not None:
             return cached
-        papers = db.papers_by_id(session, [item.paper_id for item in items])
+        papers = self.papers(session, [item.paper_id for item in items])
         return self.rendered(key, items, papers, digest_date, weekly, more)
+
+    def papers(self, session: Session, ids: Iterable[int]) -> dict[int, Paper]:
+        """The papers of `ids`, each read once per mailer (a mailer serves one run: a send,
+        a preview), as it was when first read."""
+        found: dict[int, Paper] = {}
+        missing: list[int] = []
+        for paper_id in ids:
+            if (paper := self._papers.lookup(paper_id)) is not None:
+                found[paper_id] = paper
+            else:
+                missing.append(paper_id)
+        if missing:
+            for paper_id, paper in db.papers_by_id(session, missing).items():
+                self._papers.put(paper_id, paper)
+                found[paper_id] = paper
+        return found
 
     def warm(self, session: Session, digests: Sequence[tuple[int, bool]]) -> int:
         """Inline the paper cards of these (digest id, weekly) in few premailer runs."""
@@ -250,7 +270,7 @@ class DigestMailer:
             .order_by(DigestItem.digest_id, DigestItem.position)
         ):
             items.setdefault(item.digest_id, []).append(item)
-        papers = db.papers_by_id(session, {i.paper_id for group in items.values() for i in group})
+        papers = self.papers(session, {i.paper_id for group in items.values() for i in group})
         return self.renderer.warm(
             ((items.get(digest_id, []), weekly) for digest_id, weekly in digests), papers
         )

@@ -23,7 +23,7 @@ import html
 import re
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from datetime import date
 from pathlib import Path
 from typing import Generic, NamedTuple, Protocol, TypeVar
@@ -148,6 +148,13 @@ class PaperView:
     trimmed: bool
     links: tuple[Link, ...]
     period: str = "today"
+
+    def __hash__(self) -> int:
+        return self._hash  # a view keys several caches: hash its fields once
+
+    @functools.cached_property
+    def _hash(self) -> int:
+        return hash(tuple(getattr(self, name.name) for name in fields(self)))
 
     @property
     def read_more(self) -> str | None:
