@@ -467,7 +467,8 @@ class DigestMailer:
         rest = subject[space + 1 :]
         if last < 0 or space < 0 or len(subject) > 200 or not _PLAIN_WORDS.fullmatch(rest):
             return self._subjects.get(subject, lambda: _subject_line(subject))
-        start = self._subjects.get(subject[:space], lambda: _subject_line(subject[:space] + " x"))
+        probe = subject[:space] + " x"  # the start, and a word written as it is
+        start = self._subjects.get(probe, lambda: _subject_line(probe))
         if not start.endswith(b" x\r\n"):
             return self._subjects.get(subject, lambda: _subject_line(subject))
         return start[:-3] + rest.encode("ascii") + b"\r\n"

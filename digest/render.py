@@ -616,9 +616,10 @@ class BoundedCache(Generic[K, V]):
 
     def lookup(self, key: K) -> V | None:
         """The entry of `key`, or None."""
-        if key not in self._entries:
+        try:
+            self._entries.move_to_end(key)
+        except KeyError:
             return None
-        self._entries.move_to_end(key)
         return self._entries[key]
 
     def put(self, key: K, value: V) -> None:
@@ -884,16 +885,21 @@ class Renderer:
     def warm(
         self, digests: Iterable[tuple[Sequence[ItemLike], bool]], papers: dict[int, Paper]
     ) -> int:
-        """Inline the cards these (items, weekly) digests show, in few premailer runs;
-        how many cards were inlined. Rendering them afterwards inlines nothing more."""
+        """Inline the cards these (items, weekly) digests show, in few premailer runs, and
+        render their text cards; how many cards were inlined. Rendering them afterwards
+        inlines nothing more."""
+        views = list(
+            dict.fromkeys(
+                self.paper_view(papers[item.paper_id], item, ABSTRACT_CHARS, weekly)
+                for items, weekly in digests
+                for item in items
+                if item.paper_id in papers
+            )
+        )
+        for view in views:
+            self._paper_text(view)
         if self.parts is None:
             return 0
-        views = (
-            self.paper_view(papers[item.paper_id], item, ABSTRACT_CHARS, weekly)
-            for items, weekly in digests
-            for item in items
-            if item.paper_id in papers
-        )
         return self.parts.add_cards(views, bool(one_line(self.postal_address)))
 
     def _render(self, view: DigestView) -> RenderedDigest:
@@ -925,9 +931,11 @@ class Renderer:
         pieces = template.render(context, paper_text=card).split(_CARD_MARK)
         if len(pieces) != len(cards) + 1:  # the mark was in the text itself
             return (Part(template.render(context), False),)
-        parts = [Part(pieces[0], False)]
+        # What lies between the cards is shared too when it holds no placeholder (a blank
+        # line, a topic heading): only the lines with the recipient's values are not.
+        parts = [Part(pieces[0], not has_placeholder(pieces[0]))]
         for text, around in zip(cards, pieces[1:], strict=True):
-            parts += (Part(text, True), Part(around, False))
+            parts += (Part(text, True), Part(around, not has_placeholder(around)))
         return tuple(parts)
 
     def render(
