@@ -1,7 +1,9 @@
 """Building each recipient's message: render a digest, personalize it, wrap it in MIME.
 
-* `DigestMailer` renders each distinct digest once (`digest.render`) and
-  personalizes a copy per subscriber: greeting, signed links, headers.
+* `DigestMailer` renders each digest (`digest.render`, from cards inlined once
+  per run) and personalizes a copy per subscriber: greeting, signed links,
+  headers. `DigestMailer.encoded` assembles the message's bytes from pieces
+  quoted-printable encoded once per run, encoding only the recipient's lines.
 * `build_message` makes the multipart/alternative message: From with a
   display name, Reply-To, To, Subject, Date, a deterministic Message-ID per
   subscriber and date, List-Id, List-Unsubscribe (+ One-Click POST, RFC 8058)
@@ -56,9 +58,10 @@ QP_LINE_LENGTH = 78  # policy.SMTP's max_line_length, which set_content encodes 
 RENDER_CACHE = 64  # renderings and message skeletons kept (the most recent digests)
 PAPER_CACHE = 2048  # papers kept (a day's digests show a few hundred distinct papers)
 SUBJECT_CACHE = 4096  # encoded Subject lines kept
-# Encoded body pieces kept: about two per paper card (HTML, text; a few KB each), one per
-# topic heading and "N more matched" row, and the frame's fixed lines.
-PIECE_CACHE = 16_384
+# Encoded shared pieces kept: two per paper card (HTML, text; a few KB each), one per topic
+# heading and "N more matched" row, and the frame's fixed lines. A day's digests show a few
+# hundred distinct cards.
+PIECE_CACHE = 8192
 # The skeleton's stand-ins for a recipient's values (see DigestMailer.encoded).
 _SKELETON_TO = b"pdxtoxpd@pdx.example.org"
 _SKELETON_ID = b"<pdxmsgidxpd@pdx.example.org>"
@@ -531,10 +534,9 @@ class DigestMailer:
             text = personalize(text)
             if not text:
                 return b""
-            return _encode_lines(text) if last or text.endswith("\n") else None
-        encoded = self._piece(text)  # no placeholder: cached like a shared piece
-        assert encoded is not False
-        return encoded
+            if not (last or text.endswith("\n")):
+                return None
+        return _encode_lines(text)
 
 
 @dataclass(frozen=True)

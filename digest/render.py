@@ -1,14 +1,18 @@
 """Render stage: a digest's items become an HTML email (CSS inlined by premailer) and a
 plain-text part carrying the same content.
 
-Rendering happens once per distinct content: `render_digest` produces a
-`RenderedDigest` whose per-recipient parts (greeting, email, topics, unsubscribe,
-manage and view-in-browser links) are placeholder tokens; `personalize` then
-substitutes escaped values into a copy for each recipient without running
-Jinja or premailer again. Every string from a feed is escaped by Jinja's
-autoescape; every link passes `safe_http_url`, so `javascript:` and relative
-links are dropped. The HTML stays under `HTML_BUDGET` bytes by trimming
-abstracts and, if that is not enough, dropping the lowest-ranked papers.
+`Renderer.render` produces a `RenderedDigest` whose per-recipient parts (greeting,
+email, topics, unsubscribe, manage and view-in-browser links) are placeholder
+tokens; `personalize` then substitutes escaped values into a copy for each
+recipient without running Jinja or premailer again. A digest is assembled from
+what is shared, inlined and rendered once per run (`HtmlParts`: each paper card
+and the frame around the topics; each paper's text card), and keeps its pieces
+(`Part`) so that a message can be assembled from pieces encoded once.
+
+Every string from a feed is escaped by Jinja's autoescape; every link passes
+`safe_http_url`, so `javascript:` and relative links are dropped. The HTML stays
+under `HTML_BUDGET` bytes by trimming abstracts and, if that is not enough,
+dropping the lowest-ranked papers.
 
 What the reader sees is prepared here, once: LaTeX in titles, abstracts and
 authors becomes Unicode (`prose.latex_to_text`), each paper's links and reason
