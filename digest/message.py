@@ -28,6 +28,7 @@ from email.message import EmailMessage
 from email.utils import format_datetime
 from typing import Literal, overload
 
+import sqlalchemy
 from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
@@ -258,8 +259,8 @@ class DigestMailer:
                 missing.append(paper_id)
         if missing:
             for paper_id, paper in db.papers_by_id(session, missing).items():
-                self._papers.put(paper_id, paper)
-                found[paper_id] = paper
+                found[paper_id] = kept = _detached(paper)
+                self._papers.put(paper_id, kept)
         return found
 
     def warm(self, session: Session, digests: Sequence[tuple[int, bool]]) -> int:
@@ -571,6 +572,13 @@ class _Skeleton:
         for slot, literal in zip(self.slots, self.literals[1:], strict=True):
             pieces += (values[slot], literal)
         return b"".join(pieces)
+
+
+def _detached(paper: Paper) -> Paper:
+    """A copy of `paper`'s columns that belongs to no session, so it never expires (a
+    rollback expires what a session holds) and never loads anything."""
+    columns = sqlalchemy.inspect(Paper).column_attrs
+    return Paper(**{column.key: getattr(paper, column.key) for column in columns})
 
 
 def _subject_line(subject: str) -> bytes:

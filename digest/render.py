@@ -900,10 +900,10 @@ class Renderer:
                 if item.paper_id in papers
             )
         )
+        if self.parts is None:  # an operator's templates: each digest is rendered whole
+            return 0
         for view in views:
             self._paper_text(view)
-        if self.parts is None:
-            return 0
         return self.parts.add_cards(views, bool(one_line(self.postal_address)))
 
     def _render(self, view: DigestView) -> RenderedDigest:

@@ -15,6 +15,7 @@ from pathlib import Path
 import jinja2
 import lxml.html
 import pytest
+import sqlalchemy
 from hypothesis import given
 from hypothesis import strategies as st
 from premailer import Premailer
@@ -840,3 +841,34 @@ def test_any_subject_is_written_as_the_whole_message_writes_it(start, words) -> 
 
 SUBJECT_MAILER = DigestMailer(Renderer(), MAIL, "https://digest.example.org", "k" * 32)
 SUBJECT_RENDERED = SUBJECT_MAILER.rendered("s", [Item(1)], {1: make_paper(1)}, DAY, False)
+
+
+def test_a_mailer_reads_each_paper_once_per_run(databases, tmp_path) -> None:
+    """Rendering a digest whose papers were read before reads none again, and the papers
+    kept survive the session that read them being rolled back (which expires its rows)."""
+    engine = db.open_database(databases.new(tmp_path))
+    factory = db.session_factory(engine)
+    ingest_inputs(factory, [str(SEEDS)], now=NOW - timedelta(hours=1), max_bytes=10**7)
+    statements: list[str] = []
+    sqlalchemy.event.listen(
+        engine, "before_cursor_execute", lambda *args: statements.append(args[2])
+    )
+    mailer = DigestMailer(Renderer(), MAIL, "https://digest.example.org", "k" * 32)
+    topics = [Topic(position=0, query="diffusion", label="Diffusion")]
+    with factory() as session:
+        selection = SelectionRun(session, NOW, DigestSettings()).select(
+            reader(0, False, topics), DAY
+        )
+        statements.clear()
+        first = mailer.render_items(session, "a", selection.items, DAY, False)
+        assert sum("FROM papers" in statement for statement in statements) == 1
+        session.rollback()
+        session.expire_all()
+    with factory() as session:
+        # Another content (fewer papers) of the same papers: rendered, nothing read.
+        statements.clear()
+        again = mailer.render_items(session, "b", selection.items[:5], DAY, True)
+    assert statements == []
+    assert again.view.paper_count == 5 and first.view.paper_count == len(selection.items)
+    assert first.view.sections[0].papers[0].title == again.view.sections[0].papers[0].title
+    engine.dispose()
