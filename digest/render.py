@@ -222,14 +222,14 @@ class DigestView:
     def topic_titles(self) -> list[str]:
         return [section.title for section in self.sections]
 
-    @property
+    @functools.cached_property
     def date_long(self) -> str:
         return f"{self.digest_date:%A} {self.digest_date.day} {self.digest_date:%B %Y}"
 
     def _named_titles(self) -> list[str]:
         return [section.title for section in self.sections if not section.everything]
 
-    @property
+    @functools.cached_property
     def heading(self) -> str:
         if not self.sections:
             return f"Nothing new {self.gain_period}"
@@ -242,11 +242,11 @@ class DigestView:
         tail = f" and {self.gain_period}'s top papers" if everything else ""
         return f"{plural(count, 'paper')} on {join_titles(named, 60 - len(tail))}{tail}"
 
-    @property
+    @functools.cached_property
     def paper_count(self) -> int:
         return sum(len(section.papers) for section in self.sections)
 
-    @property
+    @functools.cached_property
     def summary(self) -> str:
         parts = [f"{self.new_count} new"]
         if self.trending_count:
@@ -255,7 +255,7 @@ class DigestView:
             parts.append(f"{self.omitted} more left out to keep this email small")
         return ", ".join(parts)
 
-    @property
+    @functools.cached_property
     def subject(self) -> str:
         head = f"{self.brand} · {self.digest_date:%a} {self.digest_date.day} {self.digest_date:%b}"
         if not self.sections:
@@ -271,7 +271,7 @@ class DigestView:
         prefix = f"{head} · {counts} in "
         return prefix + join_titles(named, MAX_SUBJECT - len(prefix))
 
-    @property
+    @functools.cached_property
     def preheader(self) -> str:
         if not self.sections:
             return f"Nothing new matched your topics {self.gain_period}."
@@ -839,6 +839,134 @@ class HtmlParts:
         return filled
 
 
+# How the text frame marks what the template wraps (`TextParts`): indent, first, text.
+_WRAPPED = re.compile("\x01([^\x02]*)\x02([^\x02]*)\x02([^\x03]*)\x03")
+_MARKS = re.compile("[\x00-\x04]")
+
+
+def _marked_wrap(text: str, indent: str = "", first: str | None = None) -> str:
+    """The `wrap` filter while the text frame is rendered: marks the text to wrap once
+    its tokens are filled."""
+    return "\x01" + indent + "\x02" + ("\x04" if first is None else first) + f"\x02{text}\x03"
+
+
+def _wrap_marked(match: re.Match[str]) -> str:
+    indent, first, text = match.groups()
+    return wrap_prose(text, indent, None if first == "\x04" else first)
+
+
+@dataclass(frozen=True)
+class _TextShell:
+    """The text frame cut where its sections and cards go."""
+
+    head: str
+    title: str  # a section's start, up to its first card
+    gap: str  # between two cards
+    end: str  # a section's end, after its last card
+    tail: str
+
+
+class TextParts:
+    """The text part of a digest (bundled templates) assembled from a frame rendered once
+    per run around its text cards, instead of running the template per digest.
+
+    The frame is digest.txt.j2 rendered with tokens for the digest's text, a mark for
+    each card, and marks where it wraps text; it is cut by comparing renderings with
+    one and two sections and cards. A test compares the result with the template's.
+    """
+
+    def __init__(self, paper_text: Callable[[PaperView], str]) -> None:
+        environment = template_environment(None, html_mode=False)
+        environment.filters["wrap"] = _marked_wrap
+        self._template = environment.get_template("digest.txt.j2")
+        self._paper_text = paper_text
+        self._shells: dict[tuple[bool, str], _TextShell | None] = {}
+
+    def _render(self, postal: bool, more: str, sections: int, cards: int) -> str:
+        url = _MORE_URL if more == "linked" else None
+        shown = tuple(range(cards))
+        section = _ShellSection(_SECTION, shown, _MORE if more else "", url)  # type: ignore[arg-type]
+        address = SHELL_TOKENS["postal_address"] if postal else ""
+        view = _ShellView((section,) * sections, address)
+        context = {"digest": view, "paper_text": lambda _: _CARD_MARK, **PLACEHOLDERS}
+        return self._template.render(context)
+
+    def _shell(self, postal: bool, more: str) -> _TextShell | None:
+        if (postal, more) not in self._shells:
+            one = self._render(postal, more, 1, 1)
+            cards = self._render(postal, more, 1, 2)
+            sections = self._render(postal, more, 2, 1)
+            start = one.rfind("\n", 0, one.index(_SECTION)) + 1
+            first = sections.index(_CARD_MARK)
+            second = sections.index(_SECTION, first)
+            second = sections.rfind("\n", 0, second) + 1
+            card = one.index(_CARD_MARK)
+            mark, next_mark = cards.index(_CARD_MARK), cards.rindex(_CARD_MARK)
+            end = sections[first + 1 : second]
+            shell = _TextShell(
+                head=one[:start],
+                title=one[start:card],
+                gap=cards[mark + 1 : next_mark],
+                end=end,
+                tail=one[card + 1 + len(end) :],
+            )
+            unit = shell.title + _CARD_MARK + shell.end
+            cut_alike = (
+                one == shell.head + unit + shell.tail
+                and cards
+                == shell.head
+                + shell.title
+                + _CARD_MARK
+                + shell.gap
+                + _CARD_MARK
+                + shell.end
+                + shell.tail
+                and sections == shell.head + unit + unit + shell.tail
+            )
+            self._shells[postal, more] = shell if cut_alike else None
+        return self._shells[postal, more]
+
+    def assemble(self, view: DigestView) -> tuple[Part, ...] | None:
+        """The pieces of the text part of `view`; None when only the template can make it."""
+        if not view.sections or any(_MARKS.search(s.title) for s in view.sections):
+            return None
+        postal = bool(view.postal_address)
+        parts: list[Part] = []
+        shell: _TextShell | None = None
+        for section in view.sections:
+            more = ("linked" if section.more_url else "plain") if section.more else ""
+            if (shell := self._shell(postal, more)) is None:
+                return None
+            if not parts:
+                if (head := self._fill(shell.head, view)) is None:
+                    return None
+                parts.append(Part(head, False))
+            parts.append(Part(shell.title.replace(_SECTION, section.title), True))
+            for number, paper in enumerate(section.papers):
+                if number:
+                    parts.append(Part(shell.gap, True))
+                parts.append(Part(self._paper_text(paper), True))
+            end = shell.end.replace(_MORE, str(section.more))
+            parts.append(Part(end.replace(_MORE_URL, section.more_url or ""), True))
+        assert shell is not None
+        if (tail := self._fill(shell.tail, view)) is None:
+            return None
+        parts.append(Part(tail, False))
+        return tuple(parts)
+
+    @staticmethod
+    def _fill(text: str, view: DigestView) -> str | None:
+        """`text` with the digest's values in place of its tokens, wrapped where the
+        template wraps; None if a value holds one of the frame's marks."""
+        for name, token in SHELL_TOKENS.items():
+            if token in text:
+                value = getattr(view, name)
+                if _MARKS.search(value):
+                    return None
+                text = text.replace(token, value)
+        return _WRAPPED.sub(_wrap_marked, text) if "\x01" in text else text
+
+
 @dataclass
 class Renderer:
     """Renders digests with the bundled templates, or an operator's override folder."""
@@ -852,6 +980,7 @@ class Renderer:
     # The bundled templates' digests are assembled from parts inlined once (HtmlParts);
     # an operator's templates are rendered and inlined whole.
     parts: HtmlParts | None = field(init=False, repr=False)
+    text_parts: TextParts | None = field(init=False, repr=False)
     _views: BoundedCache[Hashable, PaperView] = field(init=False, repr=False)
     _paper_text: Callable[[PaperView], str] = field(init=False, repr=False)
 
@@ -867,6 +996,7 @@ class Renderer:
             paper, lambda: paper_template.render(paper=paper)
         )
         self._text.globals["paper_text"] = self._paper_text
+        self.text_parts = TextParts(self._paper_text) if self.templates is None else None
 
     def paper_view(
         self, paper: Paper, item: ItemLike, abstract_chars: int, weekly: bool
@@ -913,7 +1043,9 @@ class Renderer:
             inlined = inline_css(self._html.get_template("digest.html.j2").render(context))
         else:
             inlined = "".join(part.text for part in html_parts)
-        text_parts = self._text_parts(context)
+        text_parts = self.text_parts.assemble(view) if self.text_parts is not None else None
+        if text_parts is None:
+            text_parts = self._text_parts(context)
         return RenderedDigest(
             subject=view.subject,
             html=inlined,

@@ -607,14 +607,15 @@ TOPIC_MIX = [
 @pytest.mark.parametrize("postal", ["", 'Papers & Co, 1 <Rue> "Example", Paris'])
 def test_digests_assembled_from_parts_are_the_whole_render(databases, tmp_path, postal) -> None:
     """The assembled HTML (premailer once per batch of new cards) is byte for byte what
-    inlining each whole digest gives, for many digests sharing cards."""
+    inlining each whole digest gives, and the assembled text what the text template
+    gives, for many digests sharing cards."""
     engine = db.open_database(databases.new(tmp_path))
     factory = db.session_factory(engine)
     ingest_inputs(factory, [str(SEEDS)], now=NOW - timedelta(hours=1), max_bytes=10**7)
     options = dict(site_name='Papers <&> "Digest"', postal_address=postal)
     fast = Renderer(**options)
     slow = Renderer(**options)
-    slow.parts = None
+    slow.parts = slow.text_parts = None
     digests = []
     with factory() as session:
         run = SelectionRun(session, NOW, DigestSettings(max_per_topic=3, max_items=8))
@@ -641,6 +642,9 @@ def test_digests_assembled_from_parts_are_the_whole_render(databases, tmp_path, 
             whole = slow.render(items, found, **arguments)
             assert assembled.html == whole.html, arguments
             assert assembled.text == whole.text
+            # The text came from the frame rendered once, not from the template.
+            assert fast.text_parts is not None
+            assert fast.text_parts.assemble(assembled.view) is not None
             assert assembled.personalize(RECIPIENT) == whole.personalize(RECIPIENT)
         assert fast.parts is not None
         inlined = fast.parts.inlined
