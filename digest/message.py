@@ -56,7 +56,7 @@ from digest.subscribers import sendable_address
 from digest.transport import Encoded
 
 QP_LINE_LENGTH = 78  # policy.SMTP's max_line_length, which set_content encodes bodies with
-RENDER_CACHE = 64  # renderings and message skeletons kept (the most recent digests)
+RENDER_CACHE = 64  # renderings kept (the most recent digests)
 PAPER_CACHE = 2048  # papers kept (a day's digests show a few hundred distinct papers)
 SUBJECT_CACHE = 4096  # encoded Subject lines kept
 # Encoded shared pieces kept: two per paper card (HTML, text; a few KB each), one per topic

@@ -30,7 +30,7 @@ from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Seq
 from dataclasses import dataclass, field, fields, replace
 from datetime import date
 from pathlib import Path
-from typing import Generic, NamedTuple, Protocol, TypeVar
+from typing import Generic, NamedTuple, Protocol, TypeVar, cast
 from urllib.parse import quote
 
 import jinja2
@@ -884,8 +884,9 @@ class TextParts:
 
     def _render(self, postal: bool, more: str, sections: int, cards: int) -> str:
         url = _MORE_URL if more == "linked" else None
-        shown = tuple(range(cards))
-        section = _ShellSection(_SECTION, shown, _MORE if more else "", url)  # type: ignore[arg-type]
+        # The frame's papers are only counted: `paper_text` stands for each with a mark.
+        shown: tuple[PaperView, ...] = (cast(PaperView, None),) * cards
+        section = _ShellSection(_SECTION, shown, _MORE if more else "", url)
         address = SHELL_TOKENS["postal_address"] if postal else ""
         view = _ShellView((section,) * sections, address)
         context = {"digest": view, "paper_text": lambda _: _CARD_MARK, **PLACEHOLDERS}
@@ -911,17 +912,11 @@ class TextParts:
                 tail=one[card + 1 + len(end) :],
             )
             unit = shell.title + _CARD_MARK + shell.end
-            cut_alike = (
-                one == shell.head + unit + shell.tail
-                and cards
-                == shell.head
-                + shell.title
-                + _CARD_MARK
-                + shell.gap
-                + _CARD_MARK
-                + shell.end
-                + shell.tail
-                and sections == shell.head + unit + unit + shell.tail
+            two_cards = shell.title + _CARD_MARK + shell.gap + _CARD_MARK + shell.end
+            cut_alike = (one, cards, sections) == (
+                shell.head + unit + shell.tail,
+                shell.head + two_cards + shell.tail,
+                shell.head + unit + unit + shell.tail,
             )
             self._shells[postal, more] = shell if cut_alike else None
         return self._shells[postal, more]
