@@ -3,8 +3,10 @@
 Loads the bundled seeds into a temporary SQLite file, selects a 20-paper digest,
 then times, side by side and interleaved in rounds so machine noise hits both:
 
+* encoded: the message's bytes assembled from pieces encoded once (what
+  `digest send` does per recipient over SMTP);
 * personalize: the shared rendering's placeholders substituted, plus the MIME
-  message built (what `digest send` does per recipient);
+  message built and serialized (what a preview does);
 * re-render: Jinja + premailer for each recipient, plus the same message;
 * substitute / render: the same two without building the MIME message.
 
@@ -67,6 +69,12 @@ def main() -> None:
                 rendered = m.rendered("content", selection.items, papers, DAY, False)
                 m.message(subscriber, rendered, DAY, NOW).as_bytes()
 
+        def encoded() -> None:
+            m = mailer()
+            for subscriber in recipients:
+                rendered = m.rendered("content", selection.items, papers, DAY, False)
+                m.encoded(subscriber, rendered, DAY, NOW)
+
         def rerender() -> None:
             m = mailer()
             for subscriber in recipients:
@@ -87,6 +95,7 @@ def main() -> None:
                 )
 
         jobs = {
+            "encoded": encoded,
             "personalize": personalize,
             "re-render": rerender,
             "substitute": substitute_only,
@@ -107,6 +116,7 @@ def main() -> None:
         return statistics.median(times[slow]) / statistics.median(times[fast])
 
     print(f"whole message: re-rendering costs {ratio('re-render', 'personalize'):.1f}x")
+    print(f"message bytes: re-rendering costs {ratio('re-render', 'encoded'):.0f}x")
     print(f"HTML and text only: re-rendering costs {ratio('render', 'substitute'):.0f}x")
 
 

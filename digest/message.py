@@ -1,7 +1,9 @@
 """Building each recipient's message: render a digest, personalize it, wrap it in MIME.
 
-* `DigestMailer` renders each distinct digest once (`digest.render`) and
-  personalizes a copy per subscriber: greeting, signed links, headers.
+* `DigestMailer` renders each digest (`digest.render`, from cards inlined once
+  per run) and personalizes a copy per subscriber: greeting, signed links,
+  headers. `DigestMailer.encoded` assembles the message's bytes from pieces
+  quoted-printable encoded once per run, encoding only the recipient's lines.
 * `build_message` makes the multipart/alternative message: From with a
   display name, Reply-To, To, Subject, Date, a deterministic Message-ID per
   subscriber and date, List-Id, List-Unsubscribe (+ One-Click POST, RFC 8058)
@@ -17,7 +19,7 @@ import hashlib
 import json
 import re
 import secrets
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from email import policy, quoprimime
@@ -26,6 +28,7 @@ from email.message import EmailMessage
 from email.utils import format_datetime
 from typing import Literal, overload
 
+import sqlalchemy
 from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
@@ -38,9 +41,13 @@ from digest.render import (
     BoundedCache,
     ItemLike,
     Notice,
+    Part,
     Recipient,
     RenderedDigest,
     Renderer,
+    has_placeholder,
+    personalize_html,
+    personalize_text,
     topic_title,
 )
 from digest.select import DigestContent, digest_content
@@ -49,8 +56,13 @@ from digest.subscribers import sendable_address
 from digest.transport import Encoded
 
 QP_LINE_LENGTH = 78  # policy.SMTP's max_line_length, which set_content encodes bodies with
-RENDER_CACHE = 64  # renderings and message skeletons kept (the most recent digests)
-LINE_CACHE = 32_768  # encoded body lines kept (a card is about 8 lines)
+RENDER_CACHE = 64  # renderings kept (the most recent digests)
+PAPER_CACHE = 2048  # papers kept (a day's digests show a few hundred distinct papers)
+SUBJECT_CACHE = 4096  # encoded Subject lines kept
+# Encoded shared pieces kept: two per paper card (HTML, text; a few KB each), one per topic
+# heading and "N more matched" row, and the frame's fixed lines. A day's digests show a few
+# hundred distinct cards.
+PIECE_CACHE = 8192
 # The skeleton's stand-ins for a recipient's values (see DigestMailer.encoded).
 _SKELETON_TO = b"pdxtoxpd@pdx.example.org"
 _SKELETON_ID = b"<pdxmsgidxpd@pdx.example.org>"
@@ -66,6 +78,8 @@ _SKELETON_HTML = _SKELETON_HTML_LINE.encode() + b"\r\n"
 # What a header shows exactly as given (no quoting, no encoded words, no folding).
 _PLAIN_ADDRESS = re.compile(r"[A-Za-z0-9._+-]+@[A-Za-z0-9.-]+")
 _PLAIN_URL = re.compile(r"[A-Za-z0-9%/:._~?=&+-]+")
+# Words a header writes as they are, after an encoded word (no folding within 200 characters).
+_PLAIN_WORDS = re.compile(r"[A-Za-z0-9,.+-]+(?: [A-Za-z0-9,.+-]+)*")
 
 # Unfolded headers (RFC 5322 allows 998 characters) keep the unsubscribe URL on one line.
 MAIL_POLICY = policy.SMTP.clone(max_line_length=998)
@@ -182,12 +196,16 @@ class DigestMailer:
     _cache: BoundedCache[tuple[str, bool], RenderedDigest] = field(
         default_factory=lambda: BoundedCache(RENDER_CACHE), repr=False
     )
-    _skeleton: bytes | None = field(default=None, repr=False)
-    _subjects: BoundedCache[str, bytes] = field(
-        default_factory=lambda: BoundedCache(LINE_CACHE), repr=False
+    _papers: BoundedCache[int, Paper] = field(
+        default_factory=lambda: BoundedCache(PAPER_CACHE), repr=False
     )
-    _lines: BoundedCache[bytes, bytes] = field(
-        default_factory=lambda: BoundedCache(LINE_CACHE), repr=False
+    _skeleton: _Skeleton | None = field(default=None, repr=False)
+    _subjects: BoundedCache[str, bytes] = field(
+        default_factory=lambda: BoundedCache(SUBJECT_CACHE), repr=False
+    )
+    # Shared body pieces, encoded (False: it holds a placeholder, so it is personalized).
+    _pieces: BoundedCache[str, bytes | Literal[False]] = field(
+        default_factory=lambda: BoundedCache(PIECE_CACHE), repr=False
     )
 
     def rendered(
@@ -226,8 +244,24 @@ class DigestMailer:
         """Load the items' papers and render them (once per content `key`)."""
         if (cached := self._cache.lookup((key, weekly))) is not None:
             return cached
-        papers = db.papers_by_id(session, [item.paper_id for item in items])
+        papers = self.papers(session, [item.paper_id for item in items])
         return self.rendered(key, items, papers, digest_date, weekly, more)
+
+    def papers(self, session: Session, ids: Iterable[int]) -> dict[int, Paper]:
+        """The papers of `ids`, each read once per mailer (a mailer serves one run: a send,
+        a preview), as it was when first read."""
+        found: dict[int, Paper] = {}
+        missing: list[int] = []
+        for paper_id in ids:
+            if (paper := self._papers.lookup(paper_id)) is not None:
+                found[paper_id] = paper
+            else:
+                missing.append(paper_id)
+        if missing:
+            for paper_id, paper in db.papers_by_id(session, missing).items():
+                found[paper_id] = kept = _detached(paper)
+                self._papers.put(paper_id, kept)
+        return found
 
     def warm(self, session: Session, digests: Sequence[tuple[int, bool]]) -> int:
         """Inline the paper cards of these (digest id, weekly) in few premailer runs."""
@@ -240,7 +274,7 @@ class DigestMailer:
             .order_by(DigestItem.digest_id, DigestItem.position)
         ):
             items.setdefault(item.digest_id, []).append(item)
-        papers = db.papers_by_id(session, {i.paper_id for group in items.values() for i in group})
+        papers = self.papers(session, {i.paper_id for group in items.values() for i in group})
         return self.renderer.warm(
             ((items.get(digest_id, []), weekly) for digest_id, weekly in digests), papers
         )
@@ -392,11 +426,14 @@ class DigestMailer:
     ) -> Encoded:
         """`message(...)` as the bytes it serializes to, assembled from cached parts.
 
-        A skeleton (the headers and MIME structure, with tokens for the subject, the
-        recipient's headers and the bodies) is serialized once; each body line is
-        quoted-printable encoded once per run (the encoding is line by line); so a
-        recipient costs the substitution of their values. Messages the skeleton
-        cannot stand for (DKIM, an address that is not plain ASCII) are built whole.
+        A skeleton (the headers and MIME structure, with slots for the subject, the
+        recipient's headers and the bodies) is serialized once. A body is the
+        concatenation of its pieces (`RenderedDigest.html_parts`, `text_parts`), each
+        shared piece (a card, a topic heading, the frame's fixed lines) quoted-printable
+        encoded once per run: the encoding is line by line, and pieces are whole lines.
+        So a recipient costs the substitution and encoding of the few lines that hold
+        their values. Messages the skeleton cannot stand for (DKIM, an address that is
+        not plain ASCII) are built whole.
         """
         address = sendable_address(subscriber.email)
         recipient = self.recipient(subscriber, digest_id)
@@ -408,22 +445,39 @@ class DigestMailer:
             or len(unsubscribe) > 500
         ):
             return Encoded.of(self.message(subscriber, rendered, digest_date, sent_at, digest_id))
-        html, text = rendered.personalize(recipient)
+        values = recipient.values()
+        html_parts = rendered.html_parts or (Part(rendered.html, False),)
+        text_parts = rendered.text_parts or (Part(rendered.text, False),)
         if self._skeleton is None:
-            self._skeleton = self._make_skeleton()
-        subject = self._subjects.get(rendered.subject, lambda: _subject_line(rendered.subject))
-        data = (
-            self._skeleton.replace(_SKELETON_SUBJECT, subject, 1)
-            .replace(_SKELETON_TO, address.encode("ascii"), 1)
-            .replace(_SKELETON_DATE, format_datetime(sent_at).encode("ascii"), 1)
-            .replace(_SKELETON_ID, self.message_id(subscriber, digest_date).encode("ascii"), 1)
-            .replace(_SKELETON_URL, unsubscribe.encode("ascii"), 1)
-            .replace(_SKELETON_TEXT, self._quoted_printable(text), 1)
-            .replace(_SKELETON_HTML, self._quoted_printable(html), 1)
+            self._skeleton = _Skeleton.of(self._skeleton_message())
+        subject = self._subject_line(rendered.subject)
+        data = self._skeleton.fill(
+            subject=subject,
+            to=address.encode("ascii"),
+            date=format_datetime(sent_at).encode("ascii"),
+            msgid=self.message_id(subscriber, digest_date).encode("ascii"),
+            url=unsubscribe.encode("ascii"),
+            text=self._body(text_parts, lambda text: personalize_text(text, values)),
+            html=self._body(html_parts, lambda markup: personalize_html(markup, values)),
         )
         return Encoded(self.mail.from_address, address, data)
 
-    def _make_skeleton(self) -> bytes:
+    def _subject_line(self, subject: str) -> bytes:
+        """`_subject_line(subject)`, the folding of its start done once: a subject's words
+        after its last non-ASCII one (the digest's topics) are written as they are."""
+        subject = one_line(subject)
+        last = max((subject.rfind(c) for c in set(subject) if not c.isascii()), default=-1)
+        space = subject.find(" ", last)
+        rest = subject[space + 1 :]
+        if last < 0 or space < 0 or len(subject) > 200 or not _PLAIN_WORDS.fullmatch(rest):
+            return self._subjects.get(subject, lambda: _subject_line(subject))
+        probe = subject[:space] + " x"  # the start, and a word written as it is
+        start = self._subjects.get(probe, lambda: _subject_line(probe))
+        if not start.endswith(b" x\r\n"):
+            return self._subjects.get(subject, lambda: _subject_line(subject))
+        return start[:-3] + rest.encode("ascii") + b"\r\n"
+
+    def _skeleton_message(self) -> bytes:
         message = build_message(
             mail=self.mail,
             to=_SKELETON_TO.decode(),
@@ -436,12 +490,95 @@ class DigestMailer:
         )
         return message.as_bytes()
 
-    def _quoted_printable(self, body: str) -> bytes:
-        """`body` as `set_content(cte="quoted-printable")` encodes it, line by line."""
-        return b"".join(
-            self._lines.get(line, lambda line=line: _encode_line(line))  # type: ignore[misc]
-            for line in body.encode("utf-8").splitlines()
-        )
+    def _body(self, parts: Sequence[Part], personalize: Callable[[str], str]) -> bytes:
+        """The quoted-printable body made of `parts`, as `set_content` encodes it.
+
+        A shared piece that starts and ends a line is encoded once (and cached); the
+        text between such pieces is personalized and encoded here. A shared piece
+        holding a placeholder (a feed can write anything) counts as the digest's own.
+        """
+        out: list[bytes] = []
+        pending: list[str] = []  # text since the last piece encoded
+        at_line_start = True
+        for text, shared in parts:
+            if not text:
+                continue
+            if shared and at_line_start and text.endswith("\n"):
+                encoded = self._piece(text)
+                if encoded is not False:
+                    done = self._own("".join(pending), personalize) if pending else b""
+                    if done is not None:
+                        out += (done, encoded)
+                        pending.clear()
+                        continue
+            pending.append(text)
+            at_line_start = text.endswith("\n")
+        if pending:
+            done = self._own("".join(pending), personalize, last=True)
+            assert done is not None
+            out.append(done)
+        return b"".join(out)
+
+    def _piece(self, text: str) -> bytes | Literal[False]:
+        """A shared piece, encoded once; False if it holds a placeholder."""
+        if (encoded := self._pieces.lookup(text)) is None:
+            encoded = False if has_placeholder(text) else _encode_lines(text)
+            self._pieces.put(text, encoded)
+        return encoded
+
+    def _own(
+        self, text: str, personalize: Callable[[str], str], last: bool = False
+    ) -> bytes | None:
+        """Text between shared pieces (or `last` in the body), personalized and encoded;
+        None if it no longer ends a line (dropping the greeting can join lines)."""
+        if has_placeholder(text):
+            text = personalize(text)
+            if not text:
+                return b""
+            if not (last or text.endswith("\n")):
+                return None
+        return _encode_lines(text)
+
+
+@dataclass(frozen=True)
+class _Skeleton:
+    """A serialized message cut at its slots: its literal bytes between them."""
+
+    literals: tuple[bytes, ...]
+    slots: tuple[str, ...]
+
+    @classmethod
+    def of(cls, message: bytes) -> _Skeleton:
+        stand_ins = {
+            "subject": _SKELETON_SUBJECT,
+            "to": _SKELETON_TO,
+            "date": _SKELETON_DATE,
+            "msgid": _SKELETON_ID,
+            "url": _SKELETON_URL,
+            "text": _SKELETON_TEXT,
+            "html": _SKELETON_HTML,
+        }
+        found = sorted((message.index(token), slot, token) for slot, token in stand_ins.items())
+        literals: list[bytes] = []
+        position = 0
+        for start, _, token in found:
+            literals.append(message[position:start])
+            position = start + len(token)
+        literals.append(message[position:])
+        return cls(tuple(literals), tuple(slot for _, slot, _ in found))
+
+    def fill(self, **values: bytes) -> bytes:
+        pieces = [self.literals[0]]
+        for slot, literal in zip(self.slots, self.literals[1:], strict=True):
+            pieces += (values[slot], literal)
+        return b"".join(pieces)
+
+
+def _detached(paper: Paper) -> Paper:
+    """A copy of `paper`'s columns that belongs to no session, so it never expires (a
+    rollback expires what a session holds) and never loads anything."""
+    columns = sqlalchemy.inspect(Paper).column_attrs
+    return Paper(**{column.key: getattr(paper, column.key) for column in columns})
 
 
 def _subject_line(subject: str) -> bytes:
@@ -450,6 +587,10 @@ def _subject_line(subject: str) -> bytes:
     return MAIL_POLICY.fold_binary(name, value)
 
 
-def _encode_line(line: bytes) -> bytes:
-    encoded = quoprimime.body_encode(line.decode("latin-1") + "\n", QP_LINE_LENGTH)
-    return encoded.replace("\n", "\r\n").encode("ascii")
+def _encode_lines(text: str) -> bytes:
+    """Whole lines of a body as `set_content(cte="quoted-printable")` encodes them (each
+    line on its own: a body's encoding is its pieces' encodings, end to end)."""
+    if not text.endswith("\n"):
+        text += "\n"
+    latin = text.encode("utf-8").decode("latin-1")
+    return quoprimime.body_encode(latin, QP_LINE_LENGTH, eol="\r\n").encode("ascii")

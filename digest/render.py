@@ -1,14 +1,18 @@
 """Render stage: a digest's items become an HTML email (CSS inlined by premailer) and a
 plain-text part carrying the same content.
 
-Rendering happens once per distinct content: `render_digest` produces a
-`RenderedDigest` whose per-recipient parts (greeting, email, topics, unsubscribe,
-manage and view-in-browser links) are placeholder tokens; `personalize` then
-substitutes escaped values into a copy for each recipient without running
-Jinja or premailer again. Every string from a feed is escaped by Jinja's
-autoescape; every link passes `safe_http_url`, so `javascript:` and relative
-links are dropped. The HTML stays under `HTML_BUDGET` bytes by trimming
-abstracts and, if that is not enough, dropping the lowest-ranked papers.
+`Renderer.render` produces a `RenderedDigest` whose per-recipient parts (greeting,
+email, topics, unsubscribe, manage and view-in-browser links) are placeholder
+tokens; `personalize` then substitutes escaped values into a copy for each
+recipient without running Jinja or premailer again. A digest is assembled from
+what is shared, inlined and rendered once per run (`HtmlParts`: each paper card
+and the frame around the topics; each paper's text card), and keeps its pieces
+(`Part`) so that a message can be assembled from pieces encoded once.
+
+Every string from a feed is escaped by Jinja's autoescape; every link passes
+`safe_http_url`, so `javascript:` and relative links are dropped. The HTML stays
+under `HTML_BUDGET` bytes by trimming abstracts and, if that is not enough,
+dropping the lowest-ranked papers.
 
 What the reader sees is prepared here, once: LaTeX in titles, abstracts and
 authors becomes Unicode (`prose.latex_to_text`), each paper's links and reason
@@ -23,10 +27,10 @@ import html
 import re
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from datetime import date
 from pathlib import Path
-from typing import Generic, Protocol, TypeVar
+from typing import Generic, NamedTuple, Protocol, TypeVar, cast
 from urllib.parse import quote
 
 import jinja2
@@ -58,6 +62,18 @@ PLACEHOLDERS = {
 }
 # With no name there is no greeting at all: its paragraph (HTML) or line (text) goes.
 _NO_GREETING_HTML = re.compile(rf"<p\b[^>]*>{PLACEHOLDERS['greeting']}</p>\s*")
+# Stands for each paper's text card while the text part is rendered (see Renderer._text_parts).
+_CARD_MARK = "\x00"
+
+
+class Part(NamedTuple):
+    """A piece of a rendered body. A shared piece (a paper card, a topic heading, the
+    unchanging lines of the frame) is the same in many digests, so worth encoding once
+    per run; the others are this digest's own and may hold the recipient's placeholders."""
+
+    text: str
+    shared: bool
+
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(\[])")
 
@@ -137,6 +153,13 @@ class PaperView:
     links: tuple[Link, ...]
     period: str = "today"
 
+    def __hash__(self) -> int:
+        return self._hash  # a view keys several caches: hash its fields once
+
+    @functools.cached_property
+    def _hash(self) -> int:
+        return hash(tuple(getattr(self, name.name) for name in fields(self)))
+
     @property
     def read_more(self) -> str | None:
         """Where the rest of a trimmed abstract is: the paper's page, never a search."""
@@ -199,14 +222,14 @@ class DigestView:
     def topic_titles(self) -> list[str]:
         return [section.title for section in self.sections]
 
-    @property
+    @functools.cached_property
     def date_long(self) -> str:
         return f"{self.digest_date:%A} {self.digest_date.day} {self.digest_date:%B %Y}"
 
     def _named_titles(self) -> list[str]:
         return [section.title for section in self.sections if not section.everything]
 
-    @property
+    @functools.cached_property
     def heading(self) -> str:
         if not self.sections:
             return f"Nothing new {self.gain_period}"
@@ -219,11 +242,11 @@ class DigestView:
         tail = f" and {self.gain_period}'s top papers" if everything else ""
         return f"{plural(count, 'paper')} on {join_titles(named, 60 - len(tail))}{tail}"
 
-    @property
+    @functools.cached_property
     def paper_count(self) -> int:
         return sum(len(section.papers) for section in self.sections)
 
-    @property
+    @functools.cached_property
     def summary(self) -> str:
         parts = [f"{self.new_count} new"]
         if self.trending_count:
@@ -232,7 +255,7 @@ class DigestView:
             parts.append(f"{self.omitted} more left out to keep this email small")
         return ", ".join(parts)
 
-    @property
+    @functools.cached_property
     def subject(self) -> str:
         head = f"{self.brand} · {self.digest_date:%a} {self.digest_date.day} {self.digest_date:%b}"
         if not self.sections:
@@ -248,7 +271,7 @@ class DigestView:
         prefix = f"{head} · {counts} in "
         return prefix + join_titles(named, MAX_SUBJECT - len(prefix))
 
-    @property
+    @functools.cached_property
     def preheader(self) -> str:
         if not self.sections:
             return f"Nothing new matched your topics {self.gain_period}."
@@ -465,19 +488,24 @@ class Recipient:
 
 @dataclass(frozen=True)
 class RenderedDigest:
-    """The email for one distinct content, with placeholders for the recipient."""
+    """The email for one distinct content, with placeholders for the recipient.
+
+    `html_parts` and `text_parts`, when known, are the pieces `html` and `text` are
+    made of (see `Part`), so a message can be assembled from pieces encoded once.
+    """
 
     subject: str
     html: str
     text: str
     view: DigestView = field(repr=False)
+    html_parts: tuple[Part, ...] | None = field(default=None, repr=False)
+    text_parts: tuple[Part, ...] | None = field(default=None, repr=False)
 
     @functools.cached_property
     def _text_lines(self) -> tuple[list[str], list[int]]:
         """The text part's lines, and which of them hold a placeholder."""
         lines = self.text.split("\n")
-        tokens = PLACEHOLDERS.values()
-        return lines, [i for i, line in enumerate(lines) if any(t in line for t in tokens)]
+        return lines, [i for i, line in enumerate(lines) if has_placeholder(line)]
 
     def personalize(self, recipient: Recipient) -> tuple[str, str]:
         """(html, text) for one recipient: plain substitutions, no Jinja, no premailer.
@@ -486,29 +514,53 @@ class RenderedDigest:
         wrapped again; with no name, the greeting's paragraph and line go.
         """
         values = recipient.values()
-        markup = self.html
-        if not values["greeting"]:
-            markup = _NO_GREETING_HTML.sub("", markup, count=1)
-        for name, value in values.items():
-            markup = markup.replace(PLACEHOLDERS[name], html.escape(value, quote=True))
         lines, personal = self._text_lines
-        lines = list(lines)
-        dropped: set[int] = set()
-        for index in personal:
-            line = lines[index]
-            if line == PLACEHOLDERS["greeting"] and not values["greeting"]:
-                dropped.add(index)
-                if lines[index + 1 : index + 2] == [""]:
-                    dropped.add(index + 1)  # and the blank line after it
-                continue
-            for name, value in values.items():
-                line = line.replace(PLACEHOLDERS[name], value)
-            if len(line) > TEXT_WIDTH:
-                indent = line[: len(line) - len(line.lstrip())]
-                line = wrap_prose(line, indent)
-            lines[index] = line
-        text = "\n".join(line for index, line in enumerate(lines) if index not in dropped)
-        return markup, text
+        return personalize_html(self.html, values), _personal_lines(list(lines), personal, values)
+
+
+def has_placeholder(text: str) -> bool:
+    """Whether `text` holds a recipient's placeholder."""
+    return "PDX" in text and any(token in text for token in PLACEHOLDERS.values())
+
+
+def personalize_html(markup: str, values: Mapping[str, str]) -> str:
+    """`markup` with the recipient's `values` (Recipient.values) in place of the
+    placeholders, escaped; with no name, the greeting's paragraph goes."""
+    if not values["greeting"]:
+        markup = _NO_GREETING_HTML.sub("", markup, count=1)
+    for name, value in values.items():
+        markup = markup.replace(PLACEHOLDERS[name], html.escape(value, quote=True))
+    return markup
+
+
+def personalize_text(text: str, values: Mapping[str, str]) -> str:
+    """The text part (or whole lines of it) with the recipient's `values`; a line growing
+    past TEXT_WIDTH is wrapped again; with no name, the greeting's line and the blank
+    line after it go."""
+    lines = text.split("\n")
+    return _personal_lines(
+        lines, [i for i, line in enumerate(lines) if has_placeholder(line)], values
+    )
+
+
+def _personal_lines(lines: list[str], personal: list[int], values: Mapping[str, str]) -> str:
+    dropped: set[int] = set()
+    for index in personal:
+        line = lines[index]
+        if line == PLACEHOLDERS["greeting"] and not values["greeting"]:
+            dropped.add(index)
+            if lines[index + 1 : index + 2] == [""]:
+                dropped.add(index + 1)  # and the blank line after it
+            continue
+        for name, value in values.items():
+            line = line.replace(PLACEHOLDERS[name], value)
+        if len(line) > TEXT_WIDTH:
+            indent = line[: len(line) - len(line.lstrip())]
+            line = wrap_prose(line, indent)
+        lines[index] = line
+    if not dropped:
+        return "\n".join(lines)
+    return "\n".join(line for index, line in enumerate(lines) if index not in dropped)
 
 
 @dataclass(frozen=True)
@@ -568,9 +620,10 @@ class BoundedCache(Generic[K, V]):
 
     def lookup(self, key: K) -> V | None:
         """The entry of `key`, or None."""
-        if key not in self._entries:
+        try:
+            self._entries.move_to_end(key)
+        except KeyError:
             return None
-        self._entries.move_to_end(key)
         return self._entries[key]
 
     def put(self, key: K, value: V) -> None:
@@ -630,13 +683,13 @@ class _ShellView:
 
 @dataclass(frozen=True)
 class _Shell:
-    """The inlined digest around its sections, cut at the rows."""
+    """The inlined digest around its sections, cut at the rows. Each row keeps the
+    white space that follows it; head and tail are in runs of whole lines (`_blocks`)."""
 
-    head: str
+    head: tuple[Part, ...]
     topic_row: str
     more_row: str
-    separator: str
-    tail: str
+    tail: tuple[Part, ...]
 
 
 def _text(value: str) -> str:
@@ -651,6 +704,30 @@ def _rows(document: str, start: int) -> Iterator[tuple[int, int]]:
         yield begin, start
 
 
+_TOKENS = (*SHELL_TOKENS.values(), *PLACEHOLDERS.values())
+
+
+def _blocks(text: str) -> tuple[Part, ...]:
+    """`text` cut into runs of whole lines: shared where no token is, the digest's own
+    where one is. A line starting with white space stays with the own lines before it,
+    so that dropping the greeting's paragraph (and the white space after it) happens
+    within one piece."""
+    blocks: list[tuple[list[str], bool]] = []
+    lines = text.split("\n")
+    for number, line in enumerate(lines):
+        line += "\n" if number < len(lines) - 1 else ""
+        if not line:
+            continue
+        own = any(token in line for token in _TOKENS) or bool(
+            blocks and not blocks[-1][1] and line[:1].isspace()
+        )
+        if blocks and blocks[-1][1] == (not own):
+            blocks[-1][0].append(line)
+        else:
+            blocks.append(([line], not own))
+    return tuple(Part("".join(lines), shared) for lines, shared in blocks)
+
+
 class HtmlParts:
     """The HTML of a digest assembled from parts inlined once per run.
 
@@ -660,14 +737,15 @@ class HtmlParts:
     digest is the shell with its text substituted around its cached cards. The
     result is the bytes `inline_css` gives for the whole digest (a test compares
     them): CSS inlining is local to each element, and the rows are cut where the
-    template separates them.
+    template separates them (by the same white space everywhere).
     """
 
     def __init__(self, environment: jinja2.Environment, cards: int = 4096) -> None:
         self._environment = environment
         self._shells: dict[tuple[bool, bool], _Shell] = {}  # (postal address, linked "more")
-        self.cards: BoundedCache[PaperView, str] = BoundedCache(cards)
+        self.cards: BoundedCache[PaperView, str] = BoundedCache(cards)  # with the separator
         self.inlined = 0  # premailer runs
+        self.usable = True  # False if the rows are not separated alike: render whole
 
     def _inline(self, papers: Sequence[PaperView], postal: bool, linked: bool) -> None:
         """Inline a document of the shell and these cards; keep its parts."""
@@ -677,16 +755,21 @@ class HtmlParts:
         context = {"digest": _ShellView((section,), address), **PLACEHOLDERS}
         document = inline_css(self._environment.get_template("digest.html.j2").render(context))
         first = document.rfind("<tr", 0, document.index(_SECTION))
-        rows = list(_rows(document, first))[: len(papers) + 2]
-        (_, topic_end), cards, (more_start, more_end) = rows[0], rows[1:-1], rows[-1]
-        for paper, (begin, end) in zip(papers, cards, strict=True):
-            self.cards.put(paper, document[begin:end])
+        # The topic row, the cards, the "more" row and the footer's row.
+        rows = list(_rows(document, first))[: len(papers) + 3]
+        separators = {document[end : rows[n + 1][0]] for n, (_, end) in enumerate(rows[:-1])}
+        if len(separators) != 1:
+            self.usable = False
+            return
+        # Each row up to the next one, so with the separator after it.
+        spans = [document[begin : rows[n + 1][0]] for n, (begin, _) in enumerate(rows[:-1])]
+        for paper, card in zip(papers, spans[1:-1], strict=True):
+            self.cards.put(paper, card)
         self._shells[postal, linked] = _Shell(
-            head=document[:first],
-            topic_row=document[first:topic_end],
-            more_row=document[more_start:more_end],
-            separator=document[topic_end : (cards[0][0] if cards else more_start)],
-            tail=document[more_end:],
+            head=_blocks(document[:first]),
+            topic_row=spans[0],
+            more_row=spans[-1],
+            tail=_blocks(document[rows[-1][0] :]),
         )
 
     def add_cards(self, papers: Iterable[PaperView], postal: bool) -> int:
@@ -700,7 +783,13 @@ class HtmlParts:
 
     def html(self, view: DigestView) -> str | None:
         """The inlined HTML of `view`; None when only a whole render can make it."""
-        if not view.sections or view.omitted:
+        parts = self.assemble(view)
+        return None if parts is None else "".join(part.text for part in parts)
+
+    def assemble(self, view: DigestView) -> tuple[Part, ...] | None:
+        """The pieces of the inlined HTML of `view`: cached cards and rows, and its own
+        text; None when only a whole render can make it."""
+        if not view.sections or view.omitted or not self.usable:
             return None
         if any(s.more_url and not _PLAIN_URL.fullmatch(s.more_url) for s in view.sections):
             return None
@@ -722,30 +811,155 @@ class HtmlParts:
         to_make = sorted(wanted - set(self._shells)) or ([(postal, True)] if missing else [])
         for number, key in enumerate(to_make):
             self._inline(list(missing) if number == 0 else [], *key)
+        if not self.usable:
+            return None
         for paper in missing:
             cards[paper] = self.cards.get(paper, str)
         shell = self._shells.get((postal, True)) or self._shells[postal, False]
-        parts: list[str] = []
-        for position, section in enumerate(view.sections):
+        parts = self._fill(shell.head, view)
+        for section in view.sections:
             current = self._shells[postal, bool(section.more_url)] if section.more else shell
-            if position:
-                parts.append(current.separator)
-            parts.append(current.topic_row.replace(_SECTION, _text(section.title)))
-            for paper in section.papers:
-                parts.append(current.separator)
-                parts.append(cards[paper])
+            parts.append(Part(current.topic_row.replace(_SECTION, _text(section.title)), True))
+            parts.extend(Part(cards[paper], True) for paper in section.papers)
             if section.more:
-                parts.append(current.separator)
                 row = current.more_row.replace(_MORE, str(section.more))
-                parts.append(row.replace(_MORE_URL, section.more_url or ""))
-        return self._fill(shell.head, view) + "".join(parts) + self._fill(shell.tail, view)
+                parts.append(Part(row.replace(_MORE_URL, section.more_url or ""), True))
+        parts.extend(self._fill(shell.tail, view))
+        return tuple(parts)
 
     @staticmethod
-    def _fill(part: str, view: DigestView) -> str:
+    def _fill(parts: tuple[Part, ...], view: DigestView) -> list[Part]:
+        filled: list[Part] = []
+        for text, shared in parts:
+            if not shared:
+                for name, token in SHELL_TOKENS.items():
+                    if token in text:
+                        text = text.replace(token, _text(getattr(view, name)))
+            filled.append(Part(text, shared))
+        return filled
+
+
+# How the text frame marks what the template wraps (`TextParts`): indent, first, text.
+_WRAPPED = re.compile("\x01([^\x02]*)\x02([^\x02]*)\x02([^\x03]*)\x03")
+_MARKS = re.compile("[\x00-\x04]")
+
+
+def _marked_wrap(text: str, indent: str = "", first: str | None = None) -> str:
+    """The `wrap` filter while the text frame is rendered: marks the text to wrap once
+    its tokens are filled."""
+    return "\x01" + indent + "\x02" + ("\x04" if first is None else first) + f"\x02{text}\x03"
+
+
+def _wrap_marked(match: re.Match[str]) -> str:
+    indent, first, text = match.groups()
+    return wrap_prose(text, indent, None if first == "\x04" else first)
+
+
+@dataclass(frozen=True)
+class _TextShell:
+    """The text frame cut where its sections and cards go."""
+
+    head: str
+    title: str  # a section's start, up to its first card
+    gap: str  # between two cards
+    end: str  # a section's end, after its last card
+    tail: str
+
+
+class TextParts:
+    """The text part of a digest (bundled templates) assembled from a frame rendered once
+    per run around its text cards, instead of running the template per digest.
+
+    The frame is digest.txt.j2 rendered with tokens for the digest's text, a mark for
+    each card, and marks where it wraps text; it is cut by comparing renderings with
+    one and two sections and cards. A test compares the result with the template's.
+    """
+
+    def __init__(self, paper_text: Callable[[PaperView], str]) -> None:
+        environment = template_environment(None, html_mode=False)
+        environment.filters["wrap"] = _marked_wrap
+        self._template = environment.get_template("digest.txt.j2")
+        self._paper_text = paper_text
+        self._shells: dict[tuple[bool, str], _TextShell | None] = {}
+
+    def _render(self, postal: bool, more: str, sections: int, cards: int) -> str:
+        url = _MORE_URL if more == "linked" else None
+        # The frame's papers are only counted: `paper_text` stands for each with a mark.
+        shown: tuple[PaperView, ...] = (cast(PaperView, None),) * cards
+        section = _ShellSection(_SECTION, shown, _MORE if more else "", url)
+        address = SHELL_TOKENS["postal_address"] if postal else ""
+        view = _ShellView((section,) * sections, address)
+        context = {"digest": view, "paper_text": lambda _: _CARD_MARK, **PLACEHOLDERS}
+        return self._template.render(context)
+
+    def _shell(self, postal: bool, more: str) -> _TextShell | None:
+        if (postal, more) not in self._shells:
+            one = self._render(postal, more, 1, 1)
+            cards = self._render(postal, more, 1, 2)
+            sections = self._render(postal, more, 2, 1)
+            start = one.rfind("\n", 0, one.index(_SECTION)) + 1
+            first = sections.index(_CARD_MARK)
+            second = sections.index(_SECTION, first)
+            second = sections.rfind("\n", 0, second) + 1
+            card = one.index(_CARD_MARK)
+            mark, next_mark = cards.index(_CARD_MARK), cards.rindex(_CARD_MARK)
+            end = sections[first + 1 : second]
+            shell = _TextShell(
+                head=one[:start],
+                title=one[start:card],
+                gap=cards[mark + 1 : next_mark],
+                end=end,
+                tail=one[card + 1 + len(end) :],
+            )
+            unit = shell.title + _CARD_MARK + shell.end
+            two_cards = shell.title + _CARD_MARK + shell.gap + _CARD_MARK + shell.end
+            cut_alike = (one, cards, sections) == (
+                shell.head + unit + shell.tail,
+                shell.head + two_cards + shell.tail,
+                shell.head + unit + unit + shell.tail,
+            )
+            self._shells[postal, more] = shell if cut_alike else None
+        return self._shells[postal, more]
+
+    def assemble(self, view: DigestView) -> tuple[Part, ...] | None:
+        """The pieces of the text part of `view`; None when only the template can make it."""
+        if not view.sections or any(_MARKS.search(s.title) for s in view.sections):
+            return None
+        postal = bool(view.postal_address)
+        parts: list[Part] = []
+        shell: _TextShell | None = None
+        for section in view.sections:
+            more = ("linked" if section.more_url else "plain") if section.more else ""
+            if (shell := self._shell(postal, more)) is None:
+                return None
+            if not parts:
+                if (head := self._fill(shell.head, view)) is None:
+                    return None
+                parts.append(Part(head, False))
+            parts.append(Part(shell.title.replace(_SECTION, section.title), True))
+            for number, paper in enumerate(section.papers):
+                if number:
+                    parts.append(Part(shell.gap, True))
+                parts.append(Part(self._paper_text(paper), True))
+            end = shell.end.replace(_MORE, str(section.more))
+            parts.append(Part(end.replace(_MORE_URL, section.more_url or ""), True))
+        assert shell is not None
+        if (tail := self._fill(shell.tail, view)) is None:
+            return None
+        parts.append(Part(tail, False))
+        return tuple(parts)
+
+    @staticmethod
+    def _fill(text: str, view: DigestView) -> str | None:
+        """`text` with the digest's values in place of its tokens, wrapped where the
+        template wraps; None if a value holds one of the frame's marks."""
         for name, token in SHELL_TOKENS.items():
-            if token in part:
-                part = part.replace(token, _text(getattr(view, name)))
-        return part
+            if token in text:
+                value = getattr(view, name)
+                if _MARKS.search(value):
+                    return None
+                text = text.replace(token, value)
+        return _WRAPPED.sub(_wrap_marked, text) if "\x01" in text else text
 
 
 @dataclass
@@ -761,7 +975,9 @@ class Renderer:
     # The bundled templates' digests are assembled from parts inlined once (HtmlParts);
     # an operator's templates are rendered and inlined whole.
     parts: HtmlParts | None = field(init=False, repr=False)
+    text_parts: TextParts | None = field(init=False, repr=False)
     _views: BoundedCache[Hashable, PaperView] = field(init=False, repr=False)
+    _paper_text: Callable[[PaperView], str] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self._html = template_environment(self.templates, html_mode=True)
@@ -771,9 +987,11 @@ class Renderer:
         # digest.txt.j2 shows each paper through paper.txt.j2, rendered once per paper view.
         texts: BoundedCache[PaperView, str] = BoundedCache(VIEW_CACHE)
         paper_template = self._text.get_template("paper.txt.j2")
-        self._text.globals["paper_text"] = lambda paper: texts.get(
+        self._paper_text = lambda paper: texts.get(
             paper, lambda: paper_template.render(paper=paper)
         )
+        self._text.globals["paper_text"] = self._paper_text
+        self.text_parts = TextParts(self._paper_text) if self.templates is None else None
 
     def paper_view(
         self, paper: Paper, item: ItemLike, abstract_chars: int, weekly: bool
@@ -796,25 +1014,60 @@ class Renderer:
     def warm(
         self, digests: Iterable[tuple[Sequence[ItemLike], bool]], papers: dict[int, Paper]
     ) -> int:
-        """Inline the cards these (items, weekly) digests show, in few premailer runs;
-        how many cards were inlined. Rendering them afterwards inlines nothing more."""
-        if self.parts is None:
-            return 0
-        views = (
-            self.paper_view(papers[item.paper_id], item, ABSTRACT_CHARS, weekly)
-            for items, weekly in digests
-            for item in items
-            if item.paper_id in papers
+        """Inline the cards these (items, weekly) digests show, in few premailer runs, and
+        render their text cards; how many cards were inlined. Rendering them afterwards
+        inlines nothing more."""
+        views = list(
+            dict.fromkeys(
+                self.paper_view(papers[item.paper_id], item, ABSTRACT_CHARS, weekly)
+                for items, weekly in digests
+                for item in items
+                if item.paper_id in papers
+            )
         )
+        if self.parts is None:  # an operator's templates: each digest is rendered whole
+            return 0
+        for view in views:
+            self._paper_text(view)
         return self.parts.add_cards(views, bool(one_line(self.postal_address)))
 
     def _render(self, view: DigestView) -> RenderedDigest:
         context = {"digest": view, **PLACEHOLDERS}
-        inlined = self.parts.html(view) if self.parts is not None else None
-        if inlined is None:
+        html_parts = self.parts.assemble(view) if self.parts is not None else None
+        if html_parts is None:
             inlined = inline_css(self._html.get_template("digest.html.j2").render(context))
-        text = self._text.get_template("digest.txt.j2").render(context)
-        return RenderedDigest(subject=view.subject, html=inlined, text=text, view=view)
+        else:
+            inlined = "".join(part.text for part in html_parts)
+        text_parts = self.text_parts.assemble(view) if self.text_parts is not None else None
+        if text_parts is None:
+            text_parts = self._text_parts(context)
+        return RenderedDigest(
+            subject=view.subject,
+            html=inlined,
+            text="".join(part.text for part in text_parts),
+            view=view,
+            html_parts=html_parts,
+            text_parts=text_parts,
+        )
+
+    def _text_parts(self, context: dict[str, object]) -> tuple[Part, ...]:
+        """The text part in pieces: each paper's card (shared) and the text around them."""
+        cards: list[str] = []
+
+        def card(paper: PaperView) -> str:
+            cards.append(self._paper_text(paper))
+            return _CARD_MARK
+
+        template = self._text.get_template("digest.txt.j2")
+        pieces = template.render(context, paper_text=card).split(_CARD_MARK)
+        if len(pieces) != len(cards) + 1:  # the mark was in the text itself
+            return (Part(template.render(context), False),)
+        # What lies between the cards is shared too when it holds no placeholder (a blank
+        # line, a topic heading): only the lines with the recipient's values are not.
+        parts = [Part(pieces[0], not has_placeholder(pieces[0]))]
+        for text, around in zip(cards, pieces[1:], strict=True):
+            parts += (Part(text, True), Part(around, not has_placeholder(around)))
+        return tuple(parts)
 
     def render(
         self,

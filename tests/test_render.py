@@ -7,7 +7,7 @@ import os
 import re
 import shutil
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
 from email import policy
 from pathlib import Path
@@ -15,6 +15,7 @@ from pathlib import Path
 import jinja2
 import lxml.html
 import pytest
+import sqlalchemy
 from hypothesis import given
 from hypothesis import strategies as st
 from premailer import Premailer
@@ -606,14 +607,15 @@ TOPIC_MIX = [
 @pytest.mark.parametrize("postal", ["", 'Papers & Co, 1 <Rue> "Example", Paris'])
 def test_digests_assembled_from_parts_are_the_whole_render(databases, tmp_path, postal) -> None:
     """The assembled HTML (premailer once per batch of new cards) is byte for byte what
-    inlining each whole digest gives, for many digests sharing cards."""
+    inlining each whole digest gives, and the assembled text what the text template
+    gives, for many digests sharing cards."""
     engine = db.open_database(databases.new(tmp_path))
     factory = db.session_factory(engine)
     ingest_inputs(factory, [str(SEEDS)], now=NOW - timedelta(hours=1), max_bytes=10**7)
     options = dict(site_name='Papers <&> "Digest"', postal_address=postal)
     fast = Renderer(**options)
     slow = Renderer(**options)
-    slow.parts = None
+    slow.parts = slow.text_parts = None
     digests = []
     with factory() as session:
         run = SelectionRun(session, NOW, DigestSettings(max_per_topic=3, max_items=8))
@@ -640,6 +642,9 @@ def test_digests_assembled_from_parts_are_the_whole_render(databases, tmp_path, 
             whole = slow.render(items, found, **arguments)
             assert assembled.html == whole.html, arguments
             assert assembled.text == whole.text
+            # The text came from the frame rendered once, not from the template.
+            assert fast.text_parts is not None
+            assert fast.text_parts.assemble(assembled.view) is not None
             assert assembled.personalize(RECIPIENT) == whole.personalize(RECIPIENT)
         assert fast.parts is not None
         inlined = fast.parts.inlined
@@ -691,3 +696,183 @@ def test_messages_assembled_from_encoded_parts_are_the_whole_message(seed_digest
     subscriber = Subscriber(id=99, email="zoë@example.org", secret="s", topics=[], weekday=None)
     encoded = mailer.encoded(subscriber, rendered, DAY, NOW)
     assert encoded.smtputf8 and encoded.recipient == "zoë@example.org"
+
+
+BOUNDARY = re.compile(rb"===============\d+==")
+MAIL = MailConfig(
+    "digest@example.org",
+    "Papers Digest «Daily»",
+    "replies@example.org",
+    'Papers & Co, 1 <Rue> "Example", Paris',
+    unsubscribe_mailto="unsubscribe@example.org",
+)
+NAMES = [None, "Ada", "Zoë Ünïcode-Name", "A " * 60, 'Bob <&> "quoted"', "PDXEMAILXPD"]
+
+
+def reader(n: int, weekly: bool, topics: list[Topic]) -> Subscriber:
+    return Subscriber(
+        id=n + 1,
+        email=f"reader.{n}+tag@{'sub.' * (n % 4 * 6)}example.org",
+        name=NAMES[n % len(NAMES)],
+        secret=f"s{n}",
+        topics=topics,
+        weekday=2 if weekly else None,
+    )
+
+
+def assert_encoded_is_message(mailer, subscriber, rendered, sent_at) -> None:
+    whole = mailer.message(subscriber, rendered, DAY, sent_at, digest_id=7).as_bytes()
+    encoded = mailer.encoded(subscriber, rendered, DAY, sent_at, digest_id=7)
+    assert BOUNDARY.sub(b"B", encoded.data) == BOUNDARY.sub(b"B", whole)
+
+
+def test_encoded_messages_of_varied_digests_are_the_whole_messages(databases, tmp_path) -> None:
+    """Messages assembled from encoded pieces are byte for byte the whole messages, for
+    digests of every shape (weekly, the `*` topic, "more matched" rows, several topics)
+    and readers with no name, long or non-ASCII names; shared pieces are encoded once."""
+    engine = db.open_database(databases.new(tmp_path))
+    factory = db.session_factory(engine)
+    ingest_inputs(factory, [str(SEEDS)], now=NOW - timedelta(hours=1), max_bytes=10**7)
+    mailer = DigestMailer(
+        Renderer(site_name='Papers <&> "Digest"', postal_address=MAIL.postal_address),
+        MAIL,
+        "https://digest.example.org",
+        "k" * 32,
+    )
+    compared = 0
+    renderings = []
+    with factory() as session:
+        run = SelectionRun(session, NOW, DigestSettings(max_per_topic=4, max_items=10))
+        for first in range(len(TOPIC_MIX)):
+            for width in (1, 2, 3):
+                chosen = [TOPIC_MIX[(first + k) % len(TOPIC_MIX)] for k in range(width)]
+                topics = [
+                    Topic(position=n, query=query, label=label)
+                    for n, (query, label) in enumerate(chosen)
+                ]
+                for weekly in (False, True):
+                    subscriber = reader(compared, weekly, topics)
+                    selection = run.select(subscriber, DAY)
+                    rendered = mailer.render_items(
+                        session,
+                        selection.content_hash,
+                        selection.items,
+                        DAY,
+                        weekly,
+                        selection.more,
+                    )
+                    assert rendered.html_parts is not None and rendered.text_parts is not None
+                    renderings.append((subscriber, rendered))
+                    assert_encoded_is_message(mailer, subscriber, rendered, NOW)
+                    compared += 1
+    engine.dispose()
+    assert compared == 36
+    assert any("more matched</a>" in r.html for _, r in renderings)
+    assert any(
+        "Today&#39;s top papers" in r.html or "Today's top papers" in r.html for _, r in renderings
+    )
+    pieces = len(mailer._pieces)
+    for n, (subscriber, rendered) in enumerate(renderings):
+        assert_encoded_is_message(mailer, subscriber, rendered, NOW + timedelta(seconds=n))
+    assert len(mailer._pieces) == pieces  # every shared piece came from the cache
+
+
+def test_encoded_messages_of_trending_trimmed_and_hostile_digests() -> None:
+    """The same for trending papers, digests trimmed to the HTML budget (shorter abstracts,
+    then papers left out), and papers whose text holds a recipient's placeholder."""
+    long_abstract = "This sentence is long and full of words about things. " * 40
+    papers = {
+        i: make_paper(
+            i,
+            title=f"Paper {i} on Zoë’s “diffusion” — a title long enough to need a soft line "
+            "break in quoted-printable " * (1 + i % 2),
+            abstract=long_abstract,
+        )
+        for i in range(1, 25)
+    }
+    papers[3] = make_paper(3, title="Hello PDXEMAILXPD and PDXGREETINGXPD")
+    papers[4] = make_paper(4, title="PDXTOPICSXPD", abstract="PDXUNSUBSCRIBEXPD")
+    items = [
+        Item(
+            i,
+            kind="trending" if i % 3 == 0 else "new",
+            upvotes=i,
+            upvote_gain=i % 5,
+            topic="*" if i % 4 == 0 else "diffusion",
+            matched="diffusion, Zoë",
+        )
+        for i in papers
+    ]
+    compared = 0
+    shapes = set()
+    for budget in (HTML_BUDGET, 20_000):
+        mailer = DigestMailer(
+            Renderer(postal_address=MAIL.postal_address, budget=budget),
+            MAIL,
+            "https://digest.example.org",
+            "k" * 32,
+        )
+        for weekly in (False, True):
+            for count in (2, 8, 24):
+                rendered = mailer.rendered(
+                    f"{count}", items[:count], papers, DAY, weekly, {"diffusion": 3, "*": 12}
+                )
+                view = rendered.view
+                short = max(len(p.abstract) for s in view.sections for p in s.papers) < 200
+                shapes.add((bool(view.omitted), short, rendered.html_parts is not None))
+                for n in range(len(NAMES)):
+                    topics = [Topic(position=0, query="diffusion", label="Diffusion")]
+                    assert_encoded_is_message(mailer, reader(n, weekly, topics), rendered, NOW)
+                    compared += 1
+    assert compared == 2 * 2 * 3 * len(NAMES)
+    # Whole abstracts, trimmed abstracts, papers left out (rendered whole): all compared.
+    assert shapes == {(False, False, True), (False, True, True), (True, True, False)}
+
+
+@given(
+    start=st.text(alphabet="ab ·Zoë’“”=?_-,", min_size=1, max_size=70),
+    words=st.lists(st.text(alphabet="Az09,.+-=?_'\"", min_size=1, max_size=14), max_size=14),
+)
+def test_any_subject_is_written_as_the_whole_message_writes_it(start, words) -> None:
+    """The Subject line is folded once for a subject's start; the words after it are
+    written as they are only when the email library would write them so."""
+    subject = f"{start} {' '.join(words)}"
+    subscriber = reader(1, False, [])
+    assert_encoded_is_message(
+        SUBJECT_MAILER, subscriber, replace(SUBJECT_RENDERED, subject=subject), NOW
+    )
+
+
+SUBJECT_MAILER = DigestMailer(Renderer(), MAIL, "https://digest.example.org", "k" * 32)
+SUBJECT_RENDERED = SUBJECT_MAILER.rendered("s", [Item(1)], {1: make_paper(1)}, DAY, False)
+
+
+def test_a_mailer_reads_each_paper_once_per_run(databases, tmp_path) -> None:
+    """Rendering a digest whose papers were read before reads none again, and the papers
+    kept survive the session that read them being rolled back (which expires its rows)."""
+    engine = db.open_database(databases.new(tmp_path))
+    factory = db.session_factory(engine)
+    ingest_inputs(factory, [str(SEEDS)], now=NOW - timedelta(hours=1), max_bytes=10**7)
+    statements: list[str] = []
+    sqlalchemy.event.listen(
+        engine, "before_cursor_execute", lambda *args: statements.append(args[2])
+    )
+    mailer = DigestMailer(Renderer(), MAIL, "https://digest.example.org", "k" * 32)
+    topics = [Topic(position=0, query="diffusion", label="Diffusion")]
+    with factory() as session:
+        selection = SelectionRun(session, NOW, DigestSettings()).select(
+            reader(0, False, topics), DAY
+        )
+        statements.clear()
+        first = mailer.render_items(session, "a", selection.items, DAY, False)
+        assert sum("FROM papers" in statement for statement in statements) == 1
+        session.rollback()
+        session.expire_all()
+    with factory() as session:
+        # Another content (fewer papers) of the same papers: rendered, nothing read.
+        statements.clear()
+        again = mailer.render_items(session, "b", selection.items[:5], DAY, True)
+    assert statements == []
+    assert again.view.paper_count == 5 and first.view.paper_count == len(selection.items)
+    assert first.view.sections[0].papers[0].title == again.view.sections[0].papers[0].title
+    engine.dispose()
