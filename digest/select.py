@@ -45,11 +45,13 @@ plus this subscriber's `Delivery` row for the date.
 from __future__ import annotations
 
 import hashlib
+import heapq
 import json
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, date, datetime, time, timedelta
+from typing import TypeVar
 from zoneinfo import ZoneInfo
 
 from sqlalchemy.orm import Session
@@ -77,6 +79,9 @@ class SelectedItem:
     upvotes: int | None
     upvote_gain: int
     matched: str = ""  # the words that matched, as the paper writes them, ", "-joined
+
+
+ITEM_FIELDS = tuple(f.name for f in fields(SelectedItem))
 
 
 @dataclass
@@ -154,12 +159,9 @@ def upvote_gain(history: list[tuple[datetime, int]], start: datetime, end: datet
     return 0 if latest is None or before is None else latest - before
 
 
-def paper_age_hours(paper: Paper, now: datetime) -> float:
-    born = (
-        datetime.combine(paper.published_on, time(), tzinfo=UTC)
-        if paper.published_on
-        else paper.first_seen_at
-    )
+def age_hours(published_on: date | None, first_seen_at: datetime, now: datetime) -> float:
+    """A paper's age: since its publication date, else since it was first seen."""
+    born = datetime.combine(published_on, time(), tzinfo=UTC) if published_on else first_seen_at
     return max(0.0, (now - born).total_seconds() / 3600)
 
 
@@ -175,15 +177,84 @@ def ranking_score(relevance: float, upvotes: int | None, gain: int) -> float:
 
 
 @dataclass(frozen=True)
+class History:
+    """What a subscriber got before a digest date: the papers they received (or may
+    have), never sent again, and when their previous digest was chosen (where the new
+    papers start)."""
+
+    received: frozenset[int] = frozenset()
+    previous_selected_at: datetime | None = None
+
+
+def histories(
+    session: Session, pairs: Sequence[tuple[int, date]]
+) -> dict[tuple[int, date], History]:
+    """The `History` of each (subscriber id, digest date), in a few queries for them all."""
+    received = db.received_papers(session, pairs)
+    previous = db.previous_selections(session, pairs)
+    return {pair: History(frozenset(received.get(pair, ())), previous.get(pair)) for pair in pairs}
+
+
+@dataclass(frozen=True)
 class _Facts:
     first_seen: datetime
     age_hours: float
     upvotes: int | None  # as of the run's now
 
 
+@dataclass(frozen=True)
+class _Ranked:
+    """One topic's matches ranked once per run and trend window."""
+
+    order: list[int]  # paper ids, best first: score, then upvotes, then the newer id
+    place: dict[int, int]  # paper id -> its index in `order`
+    score: dict[int, float]
+    gain: dict[int, int]  # the upvote gain shown (never negative)
+    rising: list[tuple[float, int]]  # (trending score, id) of those gaining enough, best first
+
+
+@dataclass(frozen=True)
+class _Topics:
+    """A subscriber's topic queries, in their order, with the run's matches."""
+
+    queries: tuple[str, ...]
+    matches: list[dict[int, relevance.Match]]
+
+    def best(self, paper_id: int) -> int:
+        """The position of the topic `paper_id` matches best; the first one on a tie, and
+        any real query before `*`, which matches everything equally."""
+        position, top = -1, (False, 0.0)
+        for index, matches in enumerate(self.matches):
+            match = matches.get(paper_id)
+            if match is not None:
+                key = (self.queries[index] != "*", match.relevance)
+                if position < 0 or key > top:
+                    position, top = index, key
+        return position
+
+
+# Per-run caches keyed by a new-paper boundary or a topic combination hold at most this
+# many entries (then start over), so a run over many subscribers stays in flat memory.
+CACHE_ENTRIES = 4096
+K = TypeVar("K")
+V = TypeVar("V")
+_Chosen = tuple[tuple[SelectedItem, ...], tuple[tuple[str, int], ...]]
+
+
+def _remember(cache: dict[K, V], key: K, value: V) -> V:
+    if len(cache) >= CACHE_ENTRIES:
+        cache.clear()
+    cache[key] = value
+    return value
+
+
 class SelectionRun:
     """Selection for many subscribers at one `now`, evaluating each topic query once.
 
+    Each topic's matches are ranked once per trend window, and its new papers once per
+    new-paper boundary; a subscriber's digest then walks each of their topics' ranked
+    papers and stops at the caps. Subscribers with the same topics, period and new-paper
+    boundary, who received none of the papers in question, share one selection.
     Runs at different instants may share one `corpus` (its statistics and analysed papers).
     """
 
@@ -205,8 +276,12 @@ class SelectionRun:
         )
         self._matches: dict[str, dict[int, relevance.Match]] = {}
         self._gains: dict[timedelta, dict[int, int]] = {}
-        self._facts: dict[int, _Facts] = {}
+        self.facts: dict[int, _Facts] = {}
         self._words: dict[tuple[str, int], str] = {}
+        self._ranked: dict[tuple[str, timedelta], _Ranked] = {}
+        self._new: dict[tuple[str, timedelta, datetime], list[int]] = {}
+        self._assigned: dict[tuple[tuple[str, ...], timedelta, datetime], list[int]] = {}
+        self._chosen: dict[object, _Chosen] = {}
 
     def matches(self, topic: str) -> dict[int, relevance.Match]:
         """Eligible papers matching `topic` above the cutoff, with relevance in (0, 1]."""
@@ -215,11 +290,13 @@ class SelectionRun:
             found = relevance.rank(self.session, plan, self.corpus, window=self.window)
             cutoff = self.settings.min_relevance
             self._matches[topic] = {m.paper_id: m for m in found if m.relevance >= cutoff}
-            missing = [pid for pid in self._matches[topic] if pid not in self._facts]
+            missing = [pid for pid in self._matches[topic] if pid not in self.facts]
             upvotes = db.upvotes_as_of(self.session, missing, self.now)
-            for paper_id, paper in db.papers_by_id(self.session, missing).items():
-                self._facts[paper_id] = _Facts(
-                    paper.first_seen_at, paper_age_hours(paper, self.now), upvotes.get(paper_id)
+            for paper_id, (first_seen, published_on) in db.paper_dates(
+                self.session, missing
+            ).items():
+                self.facts[paper_id] = _Facts(
+                    first_seen, age_hours(published_on, first_seen, self.now), upvotes.get(paper_id)
                 )
         return self._matches[topic]
 
@@ -243,91 +320,186 @@ class SelectionRun:
             }
         return self._gains[window]
 
-    def select(self, subscriber: Subscriber, digest_date: date) -> Selection:
-        """The digest `subscriber` should get on `digest_date` (their local date)."""
-        settings = self.settings
-        received = db.received_paper_ids(self.session, subscriber.id, digest_date)
-        previous = db.previous_delivery(self.session, subscriber.id, digest_date)
-        new_since = self.window.new_since
-        if previous is not None and new_since < previous.selected_at <= self.now:
-            new_since = previous.selected_at
-        gains = self.gains(trend_window(subscriber))
-
-        # Each paper goes under the topic it matches best (the first topic on a tie);
-        # any real query beats `*`, which matches everything equally.
-        best: dict[int, tuple[bool, float, int]] = {}
-        for position, topic in enumerate(subscriber.topics):
-            specific = topic.query != "*"
-            for paper_id, match in self.matches(topic.query).items():
-                if paper_id in received:
-                    continue
-                if paper_id not in best or (specific, match.relevance) > best[paper_id][:2]:
-                    best[paper_id] = (specific, match.relevance, position)
-
-        # The papers shown as trending: the best `max_trending` by Hacker News score.
-        rising = sorted(
-            (
-                (trending_score(gains[pid], self._facts[pid].age_hours, settings.gravity), pid)
-                for pid in best
-                if gains.get(pid, 0) >= settings.min_trending_gain
-            ),
-            reverse=True,
-        )
-        trending = {pid for _, pid in rising[: min(settings.max_trending, settings.max_items)]}
-
-        per_topic: list[list[SelectedItem]] = [[] for _ in subscriber.topics]
-        for paper_id, (_, rel, position) in best.items():
-            facts = self._facts[paper_id]
-            is_new = new_since < facts.first_seen <= self.now
-            if paper_id not in trending and not is_new:
-                continue
-            topic = subscriber.topics[position]
-            gain = max(gains.get(paper_id, 0), 0)
-            per_topic[position].append(
-                SelectedItem(
-                    paper_id=paper_id,
-                    kind="trending" if paper_id in trending else "new",
-                    topic=topic.query,
-                    topic_label=topic.label,
-                    relevance=rel,
-                    score=ranking_score(rel, facts.upvotes, gain),
-                    upvotes=facts.upvotes,
-                    upvote_gain=gain,
-                )
+    def ranked(self, topic: str, window: timedelta) -> _Ranked:
+        """`topic`'s matches in the order its digest section shows them (once per run)."""
+        key = (topic, window)
+        if key not in self._ranked:
+            matches, gains, facts = self.matches(topic), self.gains(window), self.facts
+            gain = {pid: max(gains.get(pid, 0), 0) for pid in matches}
+            score = {
+                pid: ranking_score(m.relevance, facts[pid].upvotes, gain[pid])
+                for pid, m in matches.items()
+            }
+            order = sorted(matches, key=lambda p: (-score[p], -(facts[p].upvotes or 0), -p))
+            gravity, enough = self.settings.gravity, self.settings.min_trending_gain
+            rising = sorted(
+                (
+                    (trending_score(gains.get(pid, 0), facts[pid].age_hours, gravity), pid)
+                    for pid in matches
+                    if gains.get(pid, 0) >= enough
+                ),
+                reverse=True,
             )
+            place = {pid: index for index, pid in enumerate(order)}
+            self._ranked[key] = _Ranked(order, place, score, gain, rising)
+        return self._ranked[key]
 
-        def rank(item: SelectedItem) -> tuple[float, int, int]:
-            return (-item.score, -(item.upvotes or 0), -item.paper_id)
+    def new_papers(self, topic: str, window: timedelta, new_since: datetime) -> list[int]:
+        """`topic`'s matches first seen after `new_since`, in rank order."""
+        key = (topic, window, new_since)
+        found = self._new.get(key)
+        if found is None:
+            facts, now = self.facts, self.now
+            order = self.ranked(topic, window).order
+            found = [p for p in order if new_since < facts[p].first_seen <= now]
+            _remember(self._new, key, found)
+        return found
 
-        # Trending papers take their places first (they are few: max_trending), then
-        # the others by score; each topic is shown in score order.
-        queues = [
-            sorted(items, key=lambda i: (i.kind != "trending", *rank(i))) for items in per_topic
-        ]
-        caps = [
-            settings.max_items if topic.query == "*" else settings.max_per_topic
-            for topic in subscriber.topics
-        ]
-        taken: list[list[SelectedItem]] = [[] for _ in subscriber.topics]
-        total = 0
+    def _assigned_new(self, topics: _Topics, window: timedelta, new_since: datetime) -> list[int]:
+        """How many new papers go under each topic of this combination (received or not)."""
+        key = (topics.queries, window, new_since)
+        counts = self._assigned.get(key)
+        if counts is None:
+            new = [self.new_papers(query, window, new_since) for query in topics.queries]
+            counts = [len(papers) for papers in new]
+            # A paper counts under one topic only: those in several are all in a list
+            # other than the longest one.
+            longest = max(range(len(new)), key=lambda index: len(new[index]))
+            seen: set[int] = set()
+            for index, papers in enumerate(new):
+                if index == longest:
+                    continue
+                for pid in papers:
+                    if pid in seen:
+                        continue
+                    seen.add(pid)
+                    best = topics.best(pid)
+                    for other, matches in enumerate(topics.matches):
+                        if other != best and pid in matches:
+                            counts[other] -= 1
+            _remember(self._assigned, key, counts)
+        return counts
+
+    def select(
+        self, subscriber: Subscriber, digest_date: date, history: History | None = None
+    ) -> Selection:
+        """The digest `subscriber` should get on `digest_date` (their local date).
+
+        `history` is what they got before (`histories`; read here when not given).
+        """
+        if history is None:
+            history = histories(self.session, [(subscriber.id, digest_date)])[
+                (subscriber.id, digest_date)
+            ]
+        new_since = self.window.new_since
+        previous = history.previous_selected_at
+        if previous is not None and new_since < previous <= self.now:
+            new_since = previous
+        labels = tuple((topic.query, topic.label) for topic in subscriber.topics)
+        topics = _Topics(
+            tuple(query for query, _ in labels), [self.matches(query) for query, _ in labels]
+        )
+        # Received papers that no topic matches cannot change the digest.
+        received = frozenset(
+            pid for pid in history.received if any(pid in m for m in topics.matches)
+        )
+        window = trend_window(subscriber)
+        key = (labels, window, new_since, received)
+        chosen = self._chosen.get(key)
+        if chosen is None:
+            chosen = _remember(
+                self._chosen, key, self._choose(topics, labels, window, new_since, received)
+            )
+        items, more = chosen
+        return Selection(
+            digest_date=digest_date,
+            new_since=new_since,
+            items=list(items),
+            more=dict(more),
+            as_of=self.now,
+        )
+
+    def _choose(
+        self,
+        topics: _Topics,
+        labels: tuple[tuple[str, str | None], ...],
+        window: timedelta,
+        new_since: datetime,
+        received: frozenset[int],
+    ) -> _Chosen:
+        settings, facts, now = self.settings, self.facts, self.now
+        ranked = [self.ranked(query, window) for query in topics.queries]
+
+        # The papers shown as trending: the best `max_trending` by Hacker News score, each
+        # under the topic it matches best.
+        trending: dict[int, int] = {}
+        limit = min(settings.max_trending, settings.max_items)
+        if limit > 0:
+            for _, pid in heapq.merge(*(r.rising for r in ranked), reverse=True):
+                if pid in trending or pid in received:
+                    continue
+                trending[pid] = topics.best(pid)
+                if len(trending) >= limit:
+                    break
+
+        def is_new(pid: int) -> bool:
+            return new_since < facts[pid].first_seen <= now
+
+        # Each topic's queue: its trending papers first, then its new ones, in rank order.
+        # Only the head a topic can show is built; the rest is counted.
+        counts = list(self._assigned_new(topics, window, new_since))
+        for pid in received:
+            if is_new(pid):
+                counts[topics.best(pid)] -= 1
+        heads: list[list[int]] = []
+        for position, query in enumerate(topics.queries):
+            place = ranked[position].place
+            mine = [pid for pid, at in trending.items() if at == position]
+            mine.sort(key=place.__getitem__)
+            counts[position] += sum(1 for pid in mine if not is_new(pid))
+            cap = settings.max_items if query == "*" else settings.max_per_topic
+            head = mine[: min(cap, settings.max_items)]
+            want = min(cap, settings.max_items, counts[position])
+            if len(head) < want:
+                for pid in self.new_papers(query, window, new_since):
+                    if pid in received or pid in trending:
+                        continue
+                    if len(topics.queries) > 1 and topics.best(pid) != position:
+                        continue
+                    head.append(pid)
+                    if len(head) >= want:
+                        break
+            heads.append(head)
+
         # Round-robin over the topics so one busy topic cannot crowd out the others.
-        while total < settings.max_items and any(
-            queue and len(taken[i]) < caps[i] for i, queue in enumerate(queues)
-        ):
-            for position, queue in enumerate(queues):
-                if queue and len(taken[position]) < caps[position] and total < settings.max_items:
-                    taken[position].append(queue.pop(0))
+        taken: list[list[int]] = [[] for _ in heads]
+        total = 0
+        while total < settings.max_items and any(heads):
+            for position, head in enumerate(heads):
+                if head and total < settings.max_items:
+                    taken[position].append(head.pop(0))
                     total += 1
 
-        items = [self._explained(item) for group in taken for item in sorted(group, key=rank)]
-        more = {
-            topic.query: len(queue)
-            for topic, queue in zip(subscriber.topics, queues, strict=True)
-            if queue
-        }
-        return Selection(
-            digest_date=digest_date, new_since=new_since, items=items, more=more, as_of=self.now
-        )
+        items: list[SelectedItem] = []
+        for position, ((query, label), papers) in enumerate(zip(labels, taken, strict=True)):
+            rank = ranked[position]
+            for pid in sorted(papers, key=rank.place.__getitem__):
+                item = SelectedItem(
+                    paper_id=pid,
+                    kind="trending" if pid in trending else "new",
+                    topic=query,
+                    topic_label=label,
+                    relevance=topics.matches[position][pid].relevance,
+                    score=rank.score[pid],
+                    upvotes=facts[pid].upvotes,
+                    upvote_gain=rank.gain[pid],
+                )
+                items.append(self._explained(item))
+        more: dict[str, int] = {}
+        for query, count, papers in zip(topics.queries, counts, taken, strict=True):
+            if count > len(papers):
+                more[query] = count - len(papers)
+        return tuple(items), tuple(more.items())
 
 
 def record_selection(
@@ -337,39 +509,56 @@ def record_selection(
     now: datetime,
     send_empty: bool = False,
 ) -> Delivery:
-    """Store the selection: its shared Digest (if any items) and the subscriber's Delivery.
+    """Store one subscriber's selection (`record_selections`); their Delivery row."""
+    record_selections(session, [(subscriber.id, selection)], now, send_empty)
+    delivery = db.find_delivery(session, subscriber.id, selection.digest_date)
+    assert delivery is not None
+    return delivery
 
-    A digest is chosen once per subscriber and day: callers look for an existing
-    delivery first (`db.find_delivery`), and the unique constraint refuses a second.
+
+def record_selections(
+    session: Session,
+    chosen: Sequence[tuple[int, Selection]],
+    now: datetime,
+    send_empty: bool = False,
+) -> tuple[int, int]:
+    """Store (subscriber id, selection) pairs: each content's shared Digest (if any
+    items) once, and each subscriber's Delivery row, in a few bulk statements.
+
+    A digest is chosen once per subscriber and day: a row planned first (by another
+    process: the unique constraint) is left alone. Returns (queued, empty) rows written.
     """
-    digest_id = None
-    if selection.items or send_empty:
-
-        def items() -> list[dict[str, object]]:
+    contents: dict[tuple[date, str], db.NewDigest] = {}
+    keys: list[tuple[date, str] | None] = []
+    for _, selection in chosen:
+        if not (selection.items or send_empty):
+            keys.append(None)
+            continue
+        key = (selection.digest_date, selection.content_hash)
+        keys.append(key)
+        if key not in contents:
             # A selected item's fields are exactly the stored item's columns.
-            return [
-                {"position": position, **asdict(item)}
+            items = [
+                {"position": position, **{name: getattr(item, name) for name in ITEM_FIELDS}}
                 for position, item in enumerate(selection.items)
             ]
-
-        digest_id = db.get_or_create_digest(
-            session,
-            selection.digest_date,
-            selection.content_hash,
-            items,
-            now,
-            more_matched=json.dumps(selection.more, sort_keys=True, ensure_ascii=False),
-        )
+            more = json.dumps(selection.more, sort_keys=True, ensure_ascii=False)
+            contents[key] = db.NewDigest(key[0], key[1], more, items)
+    digest_ids = db.store_digests(session, list(contents.values()), now)
     # The next digest's new papers start where this one's knowledge ended.
-    delivery = ledger.plan(
+    return ledger.plan(
         session,
-        subscriber_id=subscriber.id,
-        digest_date=selection.digest_date,
-        digest_id=digest_id,
-        selected_at=selection.as_of or now,
-        now=now,
+        [
+            ledger.Planned(
+                subscriber_id,
+                selection.digest_date,
+                None if key is None else digest_ids[key],
+                selection.as_of or now,
+            )
+            for (subscriber_id, selection), key in zip(chosen, keys, strict=True)
+        ],
+        now,
     )
-    return delivery
 
 
 @dataclass(frozen=True)
