@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date, datetime
@@ -909,12 +909,13 @@ def insert_new(
 
 @dataclass(frozen=True)
 class NewDigest:
-    """A digest's content to store: its items are DigestItem columns but `digest_id`."""
+    """A digest's content to store: `items` gives the rows of its items (DigestItem
+    columns but `digest_id`), asked for only when the digest is stored."""
 
     digest_date: date
     content_hash: str
     more_matched: str
-    items: list[dict[str, Any]]
+    items: Callable[[], list[dict[str, Any]]]
 
 
 def store_digests(
@@ -953,7 +954,7 @@ def store_digests(
         {**item, "digest_id": added[(d.digest_date, d.content_hash)]}
         for d in missing
         if (d.digest_date, d.content_hash) in added
-        for item in d.items
+        for item in d.items()
     ]
     if items:
         session.connection().execute(insert(_table("digest_items")), items)

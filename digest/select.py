@@ -46,11 +46,13 @@ from __future__ import annotations
 
 import hashlib
 import heapq
+import itertools
 import json
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from datetime import UTC, date, datetime, time, timedelta
+from functools import partial
 from typing import TypeVar
 from zoneinfo import ZoneInfo
 
@@ -93,10 +95,17 @@ class Selection:
     items: list[SelectedItem] = field(default_factory=list)
     as_of: datetime | None = None  # the instant it was chosen as of (the run's now)
     more: dict[str, int] = field(default_factory=dict)  # topic query -> matches left out
+    # The content hash, computed once (or given by the run that chose the same content).
+    _hash: str | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def content_hash(self) -> str:
         """Identical for identical content, so subscribers can share one stored Digest."""
+        if self._hash is None:
+            self._hash = self._content_hash()
+        return self._hash
+
+    def _content_hash(self) -> str:
         payload = [
             self.digest_date.isoformat(),
             [
@@ -233,6 +242,15 @@ class _Topics:
         return position
 
 
+@dataclass(frozen=True)
+class _Shares:
+    """How a topic combination shares the new papers: how many go under each topic, and
+    the papers of each real query that go under another one (`*` loses to them all)."""
+
+    counts: list[int]
+    elsewhere: list[frozenset[int]]
+
+
 # Per-run caches keyed by a new-paper boundary or a topic combination hold at most this
 # many entries (then start over), so a run over many subscribers stays in flat memory.
 CACHE_ENTRIES = 4096
@@ -279,9 +297,10 @@ class SelectionRun:
         self.facts: dict[int, _Facts] = {}
         self._words: dict[tuple[str, int], str] = {}
         self._ranked: dict[tuple[str, timedelta], _Ranked] = {}
-        self._new: dict[tuple[str, timedelta, datetime], list[int]] = {}
-        self._assigned: dict[tuple[tuple[str, ...], timedelta, datetime], list[int]] = {}
+        self._new: dict[tuple[str, timedelta, datetime], tuple[list[int], frozenset[int]]] = {}
+        self._assigned: dict[tuple[tuple[str, ...], timedelta, datetime], _Shares] = {}
         self._chosen: dict[object, _Chosen] = {}
+        self._hashes: dict[object, str] = {}
 
     def matches(self, topic: str) -> dict[int, relevance.Match]:
         """Eligible papers matching `topic` above the cutoff, with relevance in (0, 1]."""
@@ -300,15 +319,15 @@ class SelectionRun:
                 )
         return self._matches[topic]
 
-    def _explained(self, item: SelectedItem) -> SelectedItem:
-        """The item with the words that matched, as the paper writes them (once per run)."""
-        key = (item.topic, item.paper_id)
+    def matched_words(self, topic: str, paper_id: int) -> str:
+        """The words of `topic` that `paper_id` matched, as the paper writes them (once per run)."""
+        key = (topic, paper_id)
         if key not in self._words:
-            paper = self.session.get(Paper, item.paper_id)
+            paper = self.session.get(Paper, paper_id)
             assert paper is not None
-            matched = self.matches(item.topic)[item.paper_id].matched
+            matched = self.matches(topic)[paper_id].matched
             self._words[key] = ", ".join(relevance.written_words(paper, matched))
-        return replace(item, matched=self._words[key])
+        return self._words[key]
 
     def gains(self, window: timedelta) -> dict[int, int]:
         if window not in self._gains:
@@ -344,41 +363,47 @@ class SelectionRun:
             self._ranked[key] = _Ranked(order, place, score, gain, rising)
         return self._ranked[key]
 
-    def new_papers(self, topic: str, window: timedelta, new_since: datetime) -> list[int]:
-        """`topic`'s matches first seen after `new_since`, in rank order."""
+    def new_papers(
+        self, topic: str, window: timedelta, new_since: datetime
+    ) -> tuple[list[int], frozenset[int]]:
+        """`topic`'s matches first seen after `new_since`: in rank order, and as a set."""
         key = (topic, window, new_since)
         found = self._new.get(key)
         if found is None:
             facts, now = self.facts, self.now
             order = self.ranked(topic, window).order
-            found = [p for p in order if new_since < facts[p].first_seen <= now]
-            _remember(self._new, key, found)
+            papers = [p for p in order if new_since < facts[p].first_seen <= now]
+            found = _remember(self._new, key, (papers, frozenset(papers)))
         return found
 
-    def _assigned_new(self, topics: _Topics, window: timedelta, new_since: datetime) -> list[int]:
-        """How many new papers go under each topic of this combination (received or not)."""
+    def _shares(self, topics: _Topics, window: timedelta, new_since: datetime) -> _Shares:
+        """How many new papers go under each topic of this combination (received or not),
+        and which go elsewhere; once per combination, with set operations."""
         key = (topics.queries, window, new_since)
-        counts = self._assigned.get(key)
-        if counts is None:
-            new = [self.new_papers(query, window, new_since) for query in topics.queries]
-            counts = [len(papers) for papers in new]
-            # A paper counts under one topic only: those in several are all in a list
-            # other than the longest one.
-            longest = max(range(len(new)), key=lambda index: len(new[index]))
-            seen: set[int] = set()
-            for index, papers in enumerate(new):
-                if index == longest:
-                    continue
-                for pid in papers:
-                    if pid in seen:
-                        continue
-                    seen.add(pid)
-                    best = topics.best(pid)
-                    for other, matches in enumerate(topics.matches):
-                        if other != best and pid in matches:
-                            counts[other] -= 1
-            _remember(self._assigned, key, counts)
-        return counts
+        shares = self._assigned.get(key)
+        if shares is None:
+            new = [self.new_papers(query, window, new_since)[1] for query in topics.queries]
+            elsewhere: list[set[int]] = [set() for _ in new]
+            specific = [i for i, query in enumerate(topics.queries) if query != "*"]
+            # Papers in several real queries go under the best of them: these are few.
+            contested: set[int] = set()
+            for a, b in itertools.combinations(specific, 2):
+                contested |= new[a] & new[b]
+            for pid in contested:
+                best = topics.best(pid)
+                for i in specific:
+                    if i != best and pid in new[i]:
+                        elsewhere[i].add(pid)
+            counts = [len(papers) - len(lost) for papers, lost in zip(new, elsewhere, strict=True)]
+            # `*` keeps only what no real query matches (a second `*` keeps nothing).
+            taken = set().union(*(new[i] for i in specific))
+            for i, query in enumerate(topics.queries):
+                if query == "*":
+                    counts[i] = len(new[i] - taken)
+                    taken |= new[i]
+            shares = _Shares(counts, [frozenset(lost) for lost in elsewhere])
+            _remember(self._assigned, key, shares)
+        return shares
 
     def select(
         self, subscriber: Subscriber, digest_date: date, history: History | None = None
@@ -411,13 +436,20 @@ class SelectionRun:
                 self._chosen, key, self._choose(topics, labels, window, new_since, received)
             )
         items, more = chosen
-        return Selection(
+        selection = Selection(
             digest_date=digest_date,
             new_since=new_since,
             items=list(items),
             more=dict(more),
             as_of=self.now,
         )
+        dated = (key, digest_date)
+        known = self._hashes.get(dated)
+        if known is None:
+            _remember(self._hashes, dated, selection.content_hash)
+        else:
+            selection._hash = known
+        return selection
 
     def _choose(
         self,
@@ -447,10 +479,12 @@ class SelectionRun:
 
         # Each topic's queue: its trending papers first, then its new ones, in rank order.
         # Only the head a topic can show is built; the rest is counted.
-        counts = list(self._assigned_new(topics, window, new_since))
+        shares = self._shares(topics, window, new_since)
+        counts = list(shares.counts)
         for pid in received:
             if is_new(pid):
                 counts[topics.best(pid)] -= 1
+        real = [m for q, m in zip(topics.queries, topics.matches, strict=True) if q != "*"]
         heads: list[list[int]] = []
         for position, query in enumerate(topics.queries):
             place = ranked[position].place
@@ -461,10 +495,12 @@ class SelectionRun:
             head = mine[: min(cap, settings.max_items)]
             want = min(cap, settings.max_items, counts[position])
             if len(head) < want:
-                for pid in self.new_papers(query, window, new_since):
-                    if pid in received or pid in trending:
+                lost = shares.elsewhere[position]
+                star = query == "*"
+                for pid in self.new_papers(query, window, new_since)[0]:
+                    if pid in received or pid in trending or pid in lost:
                         continue
-                    if len(topics.queries) > 1 and topics.best(pid) != position:
+                    if star and any(pid in m for m in real):
                         continue
                     head.append(pid)
                     if len(head) >= want:
@@ -493,13 +529,22 @@ class SelectionRun:
                     score=rank.score[pid],
                     upvotes=facts[pid].upvotes,
                     upvote_gain=rank.gain[pid],
+                    matched=self.matched_words(query, pid),
                 )
-                items.append(self._explained(item))
+                items.append(item)
         more: dict[str, int] = {}
         for query, count, papers in zip(topics.queries, counts, taken, strict=True):
             if count > len(papers):
                 more[query] = count - len(papers)
         return tuple(items), tuple(more.items())
+
+
+def _item_rows(selection: Selection) -> list[dict[str, object]]:
+    # A selected item's fields are exactly the stored item's columns.
+    return [
+        {"position": position, **{name: getattr(item, name) for name in ITEM_FIELDS}}
+        for position, item in enumerate(selection.items)
+    ]
 
 
 def record_selection(
@@ -537,13 +582,8 @@ def record_selections(
         key = (selection.digest_date, selection.content_hash)
         keys.append(key)
         if key not in contents:
-            # A selected item's fields are exactly the stored item's columns.
-            items = [
-                {"position": position, **{name: getattr(item, name) for name in ITEM_FIELDS}}
-                for position, item in enumerate(selection.items)
-            ]
             more = json.dumps(selection.more, sort_keys=True, ensure_ascii=False)
-            contents[key] = db.NewDigest(key[0], key[1], more, items)
+            contents[key] = db.NewDigest(key[0], key[1], more, partial(_item_rows, selection))
     digest_ids = db.store_digests(session, list(contents.values()), now)
     # The next digest's new papers start where this one's knowledge ended.
     return ledger.plan(
