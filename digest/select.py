@@ -102,30 +102,36 @@ class Selection:
     def content_hash(self) -> str:
         """Identical for identical content, so subscribers can share one stored Digest."""
         if self._hash is None:
-            self._hash = self._content_hash()
+            self._hash = content_hash(self.digest_date, content_body(self.items, self.more))
         return self._hash
 
-    def _content_hash(self) -> str:
-        payload = [
-            self.digest_date.isoformat(),
+
+def content_body(items: Sequence[SelectedItem], more: Mapping[str, int]) -> str:
+    """The JSON of a digest's content but its date: what `content_hash` hashes."""
+    payload = [
+        [
             [
-                [
-                    item.paper_id,
-                    item.kind,
-                    item.topic,
-                    item.topic_label,
-                    round(item.relevance, 6),
-                    round(item.score, 6),
-                    item.upvotes,
-                    item.upvote_gain,
-                    item.matched,
-                ]
-                for item in self.items
-            ],
-            sorted(self.more.items()),
-        ]
-        encoded = json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
-        return hashlib.sha256(encoded.encode("utf-8")).hexdigest()
+                item.paper_id,
+                item.kind,
+                item.topic,
+                item.topic_label,
+                round(item.relevance, 6),
+                round(item.score, 6),
+                item.upvotes,
+                item.upvote_gain,
+                item.matched,
+            ]
+            for item in items
+        ],
+        sorted(more.items()),
+    ]
+    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
+
+
+def content_hash(digest_date: date, body: str) -> str:
+    """The hash of the JSON [date, items, more]; `body` is the JSON [items, more]."""
+    encoded = f'["{digest_date.isoformat()}",{body[1:]}'
+    return hashlib.sha256(encoded.encode("utf-8")).hexdigest()
 
 
 def local_date(now: datetime, timezone: str) -> date:
@@ -256,7 +262,7 @@ class _Shares:
 CACHE_ENTRIES = 4096
 K = TypeVar("K")
 V = TypeVar("V")
-_Chosen = tuple[tuple[SelectedItem, ...], tuple[tuple[str, int], ...]]
+_Chosen = tuple[tuple[SelectedItem, ...], tuple[tuple[str, int], ...], str]  # items, more, body
 
 
 def _remember(cache: dict[K, V], key: K, value: V) -> V:
@@ -300,7 +306,6 @@ class SelectionRun:
         self._new: dict[tuple[str, timedelta, datetime], tuple[list[int], frozenset[int]]] = {}
         self._assigned: dict[tuple[tuple[str, ...], timedelta, datetime], _Shares] = {}
         self._chosen: dict[object, _Chosen] = {}
-        self._hashes: dict[object, str] = {}
 
     def matches(self, topic: str) -> dict[int, relevance.Match]:
         """Eligible papers matching `topic` above the cutoff, with relevance in (0, 1]."""
@@ -435,7 +440,7 @@ class SelectionRun:
             chosen = _remember(
                 self._chosen, key, self._choose(topics, labels, window, new_since, received)
             )
-        items, more = chosen
+        items, more, body = chosen
         selection = Selection(
             digest_date=digest_date,
             new_since=new_since,
@@ -443,12 +448,7 @@ class SelectionRun:
             more=dict(more),
             as_of=self.now,
         )
-        dated = (key, digest_date)
-        known = self._hashes.get(dated)
-        if known is None:
-            _remember(self._hashes, dated, selection.content_hash)
-        else:
-            selection._hash = known
+        selection._hash = content_hash(digest_date, body)
         return selection
 
     def _choose(
@@ -536,7 +536,7 @@ class SelectionRun:
         for query, count, papers in zip(topics.queries, counts, taken, strict=True):
             if count > len(papers):
                 more[query] = count - len(papers)
-        return tuple(items), tuple(more.items())
+        return tuple(items), tuple(more.items()), content_body(items, more)
 
 
 def _item_rows(selection: Selection) -> list[dict[str, object]]:
