@@ -1,9 +1,12 @@
 """Select stage: which papers each subscriber gets in the digest of a given local date.
 
 A `SelectionRun` is made once per run and point in time (`now`) and evaluates
-each distinct topic query once, however many subscribers follow it;
-`run.select(subscriber, digest_date)` then assembles one subscriber's digest
-from the cached matches. A run sees only what was known at its `now`: papers
+each distinct topic query once, however many subscribers follow it, ranking its
+matches once per trend period; `run.select(subscriber, digest_date, history)`
+then assembles one subscriber's digest by walking their topics' ranked papers up
+to the caps (what they received before, `History`, is read in bulk by
+`histories`). Subscribers with the same topics, period and new-paper boundary
+who received none of the papers involved share one selection. A run sees only what was known at its `now`: papers
 first seen by then and upvote observations made by then, so the digest of a
 past date (`digest send --date`, the scheduler's catch-up) is chosen as of
 that digest's send time (`selection_time`).
@@ -37,9 +40,9 @@ A paper appears once per digest, under the topic it matches best. Caps:
 `max_per_topic` per topic (`max_items` for `*`) and `max_items` in all, shared
 round-robin between topics, trending papers taking their places first; how
 many more papers matched each topic is kept (`Selection.more`) for the email's
-"N more matched" line. `record_selection`
-stores the content as a `Digest` shared by every subscriber with the same items,
-plus this subscriber's `Delivery` row for the date.
+"N more matched" line. `record_selections` stores each content once as a `Digest`
+shared by every subscriber with the same items, plus each subscriber's `Delivery`
+row for the date, in bulk statements.
 """
 
 from __future__ import annotations
