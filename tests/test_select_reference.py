@@ -15,6 +15,7 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from bench.synthetic import REALISTIC_TOPICS
 from digest import db, relevance
 from digest.config import DigestSettings
 from digest.deliver import plan_deliveries
@@ -34,23 +35,7 @@ from digest.subscribers import subscribe
 from tests.conftest import SEEDS
 
 NOW = datetime(2026, 11, 25, 8, 0, tzinfo=UTC)
-POOL = [
-    "diffusion",
-    "language model",
-    "*",
-    "reinforcement learning",
-    "speech",
-    "graph",
-    "vision transformer",
-    "rlhf OR dpo OR preference",
-    "quantization",
-    "retrieval",
-    "robot",
-    "title:benchmark",
-    "agent",
-    "video generation",
-    "no such topic zyzzyva",
-]
+POOL = [*REALISTIC_TOPICS, "no such topic zyzzyva"]  # `*` among them
 SETTINGS = [
     DigestSettings(),
     DigestSettings(max_items=5, max_per_topic=2, max_trending=3),
