@@ -938,7 +938,12 @@ def store_digests(
         return found
 
     ids = stored([(d.digest_date, d.content_hash) for d in digests])
-    missing = [d for d in digests if (d.digest_date, d.content_hash) not in ids]
+    # In key order, as every planner inserts: two PostgreSQL planners waiting on each
+    # other's rows in opposite orders would deadlock.
+    missing = sorted(
+        (d for d in digests if (d.digest_date, d.content_hash) not in ids),
+        key=lambda d: (d.digest_date, d.content_hash),
+    )
     rows = [
         {
             "digest_date": d.digest_date,

@@ -68,7 +68,8 @@ def plan(session: Session, planned: Sequence[Planned], now: datetime) -> tuple[i
                 "status": Status.QUEUED if p.digest_id is not None else Status.EMPTY,
                 "selected_at": p.selected_at,
             }
-            for p in planned
+            # In key order, like every planner (see `db.store_digests`).
+            for p in sorted(planned, key=lambda p: (p.subscriber_id, p.digest_date))
         ],
         now,
     )
@@ -85,7 +86,7 @@ def unplannable(session: Session, failures: Sequence[tuple[int, date, str]], now
             "selected_at": now,
             "last_reply": one_line(reason)[:REPLY_CHARS],
         }
-        for subscriber_id, digest_date, reason in failures
+        for subscriber_id, digest_date, reason in sorted(failures)
     ]
     return len(_insert(session, rows, now))
 

@@ -6,10 +6,10 @@ matches once per trend period; `run.select(subscriber, digest_date, history)`
 then assembles one subscriber's digest by walking their topics' ranked papers up
 to the caps (what they received before, `History`, is read in bulk by
 `histories`). Subscribers with the same topics, period and new-paper boundary
-who received none of the papers involved share one selection. A run sees only what was known at its `now`: papers
-first seen by then and upvote observations made by then, so the digest of a
-past date (`digest send --date`, the scheduler's catch-up) is chosen as of
-that digest's send time (`selection_time`).
+who received none of the papers involved share one selection. A run sees only
+what was known at its `now`: papers first seen by then and upvote observations
+made by then, so the digest of a past date (`digest send --date`, the
+scheduler's catch-up) is chosen as of that digest's send time (`selection_time`).
 
 Eligible papers match a topic (`digest.relevance`, which documents the
 relevance formula) with ``relevance >= min_relevance`` (a cutoff relative to
