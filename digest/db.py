@@ -37,6 +37,8 @@ from sqlalchemy import (
     text,
     update,
 )
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import DatabaseError, IntegrityError
 from sqlalchemy.orm import Session, aliased, selectinload, sessionmaker
@@ -54,7 +56,6 @@ from digest.models import (
     Acronym,
     Delivery,
     DeliveryStatus,
-    Digest,
     DigestItem,
     JobRun,
     Lease,
@@ -687,6 +688,17 @@ def upvotes_as_of(session: Session, ids: Iterable[int], until: datetime) -> dict
     return found
 
 
+def paper_dates(session: Session, ids: Iterable[int]) -> dict[int, tuple[datetime, date | None]]:
+    """Each paper's (first seen, published on), by id."""
+    found: dict[int, tuple[datetime, date | None]] = {}
+    for chunk in _chunks(sorted(set(ids))):
+        rows = session.execute(
+            select(Paper.id, Paper.first_seen_at, Paper.published_on).where(Paper.id.in_(chunk))
+        )
+        found.update((paper_id, (seen, published)) for paper_id, seen, published in rows)
+    return found
+
+
 def papers_by_id(session: Session, ids: Iterable[int]) -> dict[int, Paper]:
     wanted = list(set(ids))
     found: dict[int, Paper] = {}
@@ -813,32 +825,84 @@ def topic_subscriber_counts(session: Session) -> list[tuple[str, int]]:
     return [(query, count) for query, count in rows]
 
 
-def received_paper_ids(session: Session, subscriber_id: int, before: date) -> set[int]:
-    """Papers in digests this subscriber received (or may have) before `before`."""
-    rows = session.scalars(
-        select(DigestItem.paper_id)
-        .join(Delivery, Delivery.digest_id == DigestItem.digest_id)
-        .where(
-            Delivery.subscriber_id == subscriber_id,
-            Delivery.digest_date < before,
-            Delivery.status.in_(RECEIVED_STATUSES),
-        )
-    )
-    return set(rows)
+def _by_subscriber(pairs: Iterable[tuple[int, date]]) -> dict[int, list[date]]:
+    days: dict[int, list[date]] = {}
+    for subscriber_id, day in pairs:
+        days.setdefault(subscriber_id, []).append(day)
+    return days
 
 
-def previous_delivery(session: Session, subscriber_id: int, before: date) -> Delivery | None:
-    """The latest earlier digest this subscriber got, or that found nothing to send."""
-    return session.scalar(
-        select(Delivery)
-        .where(
-            Delivery.subscriber_id == subscriber_id,
-            Delivery.digest_date < before,
-            Delivery.status.in_((*RECEIVED_STATUSES, DeliveryStatus.EMPTY)),
+def received_papers(
+    session: Session, pairs: Iterable[tuple[int, date]]
+) -> dict[tuple[int, date], set[int]]:
+    """For each (subscriber id, date): the papers in digests that subscriber received (or
+    may have) before that date. Pairs with none are left out."""
+    days = _by_subscriber(pairs)
+    found: dict[tuple[int, date], set[int]] = {}
+    for chunk in _chunks(sorted(days)):
+        rows = session.execute(
+            select(Delivery.subscriber_id, Delivery.digest_date, DigestItem.paper_id)
+            .join(Delivery, Delivery.digest_id == DigestItem.digest_id)
+            .where(
+                Delivery.subscriber_id.in_(chunk),
+                Delivery.digest_date < max(day for s in chunk for day in days[s]),
+                Delivery.status.in_(RECEIVED_STATUSES),
+            )
         )
-        .order_by(Delivery.digest_date.desc())
-        .limit(1)
-    )
+        for subscriber_id, got_on, paper_id in rows:
+            for day in days[subscriber_id]:
+                if got_on < day:
+                    found.setdefault((subscriber_id, day), set()).add(paper_id)
+    return found
+
+
+def previous_selections(
+    session: Session, pairs: Iterable[tuple[int, date]]
+) -> dict[tuple[int, date], datetime]:
+    """For each (subscriber id, date): when the subscriber's latest earlier digest (received,
+    or that found nothing to send) was chosen. Pairs with none are left out."""
+    by_day: dict[date, list[int]] = {}
+    for subscriber_id, day in pairs:
+        by_day.setdefault(day, []).append(subscriber_id)
+    found: dict[tuple[int, date], datetime] = {}
+    for day, subscriber_ids in by_day.items():
+        for chunk in _chunks(sorted(set(subscriber_ids))):
+            latest = (
+                select(Delivery.subscriber_id, func.max(Delivery.digest_date).label("day"))
+                .where(
+                    Delivery.subscriber_id.in_(chunk),
+                    Delivery.digest_date < day,
+                    Delivery.status.in_((*RECEIVED_STATUSES, DeliveryStatus.EMPTY)),
+                )
+                .group_by(Delivery.subscriber_id)
+                .subquery()
+            )
+            rows = session.execute(
+                select(Delivery.subscriber_id, Delivery.selected_at).join(
+                    latest,
+                    (Delivery.subscriber_id == latest.c.subscriber_id)
+                    & (Delivery.digest_date == latest.c.day),
+                )
+            )
+            found.update(((subscriber_id, day), at) for subscriber_id, at in rows)
+    return found
+
+
+def planned_deliveries(
+    session: Session, pairs: Iterable[tuple[int, date]]
+) -> set[tuple[int, date]]:
+    """The (subscriber id, date) pairs among these that already have a delivery row."""
+    days = _by_subscriber(pairs)
+    found: set[tuple[int, date]] = set()
+    for chunk in _chunks(sorted(days)):
+        wanted = {day for s in chunk for day in days[s]}
+        rows = session.execute(
+            select(Delivery.subscriber_id, Delivery.digest_date).where(
+                Delivery.subscriber_id.in_(chunk), Delivery.digest_date.in_(wanted)
+            )
+        )
+        found.update((subscriber_id, day) for subscriber_id, day in rows)
+    return found
 
 
 def find_delivery(session: Session, subscriber_id: int, digest_date: date) -> Delivery | None:
@@ -861,45 +925,86 @@ def digest_is_weekly(session: Session, digest_id: int) -> bool:
     return weekday is not None
 
 
-def get_or_create_digest(
-    session: Session,
-    digest_date: date,
-    content_hash: str,
-    items: Callable[[], list[dict[str, Any]]],
-    now: datetime,
-    more_matched: str = "{}",
-) -> int:
-    """The id of the shared digest with this content, stored if no subscriber got it yet.
+def insert_new(
+    session: Session, table: Any, rows: Sequence[Mapping[str, Any]], returning: Sequence[Any]
+) -> list[Any]:
+    """Insert `rows` in bulk, skipping those a unique constraint refuses (a row another
+    process stored first); the `returning` columns of the rows inserted.
 
-    `items` gives the rows of its items (DigestItem columns but `digest_id`), written
-    in one statement.
+    `INSERT ... ON CONFLICT DO NOTHING` on both backends, rather than a savepoint per
+    row (PostgreSQL slows down past 64 subtransactions in one transaction).
     """
-    statement = select(Digest.id).where(
-        Digest.digest_date == digest_date, Digest.content_hash == content_hash
-    )
-    existing = session.scalar(statement)
-    if existing is not None:
-        return existing
-    try:
-        with session.begin_nested():
-            digest_id = session.execute(
-                insert(Digest)
-                .values(
-                    digest_date=digest_date,
-                    content_hash=content_hash,
-                    created_at=now,
-                    more_matched=more_matched,
+    if not rows:
+        return []
+    if session.get_bind().dialect.name == "postgresql":
+        statement: Any = postgresql_insert(table).on_conflict_do_nothing()
+    else:
+        statement = sqlite_insert(table).on_conflict_do_nothing()
+    result = session.connection().execute(statement.returning(*returning), list(rows))
+    return list(result.all())
+
+
+@dataclass(frozen=True)
+class NewDigest:
+    """A digest's content to store: `items` gives the rows of its items (DigestItem
+    columns but `digest_id`), asked for only when the digest is stored."""
+
+    digest_date: date
+    content_hash: str
+    more_matched: str
+    items: Callable[[], list[dict[str, Any]]]
+
+
+def store_digests(
+    session: Session, digests: Sequence[NewDigest], now: datetime
+) -> dict[tuple[date, str], int]:
+    """The ids of the shared digests with these contents by (date, content hash), storing
+    those no subscriber got yet, with their items, in a few statements."""
+    table = _table("digests")
+
+    def stored(keys: Sequence[tuple[date, str]]) -> dict[tuple[date, str], int]:
+        found: dict[tuple[date, str], int] = {}
+        for chunk in _chunks(sorted(keys)):
+            rows = session.execute(
+                select(table.c.digest_date, table.c.content_hash, table.c.id).where(
+                    table.c.content_hash.in_([content_hash for _, content_hash in chunk]),
+                    table.c.digest_date.in_({day for day, _ in chunk}),
                 )
-                .returning(Digest.id)
-            ).scalar_one()
-            rows = [{**row, "digest_id": digest_id} for row in items()]
-            if rows:
-                session.execute(insert(DigestItem), rows)
-        return int(digest_id)
-    except IntegrityError:  # another process stored the same content first
-        found = session.scalar(statement)
-        assert found is not None
+            )
+            found.update(((day, content_hash), digest_id) for day, content_hash, digest_id in rows)
         return found
+
+    ids = stored([(d.digest_date, d.content_hash) for d in digests])
+    # In key order, as every planner inserts: two PostgreSQL planners waiting on each
+    # other's rows in opposite orders would deadlock.
+    missing = sorted(
+        (d for d in digests if (d.digest_date, d.content_hash) not in ids),
+        key=lambda d: (d.digest_date, d.content_hash),
+    )
+    rows = [
+        {
+            "digest_date": d.digest_date,
+            "content_hash": d.content_hash,
+            "created_at": now,
+            "more_matched": d.more_matched,
+        }
+        for d in missing
+    ]
+    columns = (table.c.digest_date, table.c.content_hash, table.c.id)
+    added = {(day, h): digest_id for day, h, digest_id in insert_new(session, table, rows, columns)}
+    items = [
+        {**item, "digest_id": added[(d.digest_date, d.content_hash)]}
+        for d in missing
+        if (d.digest_date, d.content_hash) in added
+        for item in d.items()
+    ]
+    if items:
+        session.connection().execute(insert(_table("digest_items")), items)
+    ids |= added
+    # Stored by another process meanwhile: theirs, with its items, is the same content.
+    raced = [(d.digest_date, d.content_hash) for d in missing]
+    ids |= stored([key for key in raced if key not in ids])
+    return ids
 
 
 @dataclass(frozen=True)

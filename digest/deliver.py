@@ -25,7 +25,6 @@ from email.message import EmailMessage
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, joinedload, sessionmaker
 
 from digest import db, ledger
@@ -34,7 +33,13 @@ from digest.errors import DigestError
 from digest.message import DigestMailer, Unsendable, describe
 from digest.models import CLAIMABLE_STATUSES, Delivery, DeliveryStatus, Digest, Subscriber
 from digest.relevance import Corpus
-from digest.select import SelectionRun, record_selection, selection_time
+from digest.select import (
+    Selection,
+    SelectionRun,
+    histories,
+    record_selections,
+    selection_time,
+)
 from digest.transport import (
     Encoded,
     FatalTransportError,
@@ -108,8 +113,9 @@ def plan_deliveries(
 ) -> tuple[set[date], int, int]:
     """Choose the digest of each (subscriber, digest date) that has none yet.
 
-    Returns (the digest dates involved, deliveries queued, deliveries empty).
-    Each subscriber is planned in a savepoint, so a row another process planned
+    Returns (the digest dates involved, deliveries queued, deliveries empty). What
+    the subscribers got before is read for them all at once, and their digests and
+    ledger rows are written in a few bulk statements; a row another process planned
     first (the unique constraint) is simply left to it. Batches of one run share
     `runs` (each topic is ranked once per run).
     """
@@ -119,33 +125,27 @@ def plan_deliveries(
     # corpus statistics.
     runs = {} if runs is None else runs
     corpus = next(iter(runs.values())).corpus if runs else Corpus(session)
-    dates: set[date] = set()
-    queued = empty = 0
-    for subscriber, day in due:
-        dates.add(day)
-        if db.find_delivery(session, subscriber.id, day) is not None:
-            continue
+    pairs = list(due)
+    dates = {day for _, day in pairs}
+    planned = db.planned_deliveries(session, [(s.id, day) for s, day in pairs])
+    pairs = [(s, day) for s, day in pairs if (s.id, day) not in planned]
+    history = histories(session, [(s.id, day) for s, day in pairs])
+    chosen: list[tuple[int, Selection]] = []
+    failures: list[tuple[int, date, str]] = []
+    for subscriber, day in pairs:
         as_of = selection_time(subscriber, day, now) if at_send_time else now
         if as_of not in runs:
             runs[as_of] = SelectionRun(session, as_of, settings, corpus)
         try:
-            with session.begin_nested():
-                try:
-                    selection = runs[as_of].select(subscriber, day)
-                except DigestError as exc:
-                    # This subscriber's stored data (e.g. a topic query an older version
-                    # accepted) cannot be used: their row fails, everyone else goes on.
-                    ledger.unplannable(session, subscriber.id, day, now, f"not planned: {exc}")
-                    continue
-                delivery = record_selection(
-                    session, subscriber, selection, now, settings.send_empty
-                )
-        except IntegrityError:
+            selection = runs[as_of].select(subscriber, day, history[(subscriber.id, day)])
+        except DigestError as exc:
+            # This subscriber's stored data (e.g. a topic query an older version
+            # accepted) cannot be used: their row fails, everyone else goes on.
+            failures.append((subscriber.id, day, f"not planned: {exc}"))
             continue
-        if delivery.status == Status.EMPTY:
-            empty += 1
-        else:
-            queued += 1
+        chosen.append((subscriber.id, selection))
+    ledger.unplannable(session, failures, now)
+    queued, empty = record_selections(session, chosen, now, settings.send_empty)
     return dates, queued, empty
 
 

@@ -28,12 +28,14 @@ once per message, and they leave objects already loaded in the session as they w
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Sequence
+from dataclasses import dataclass
 from datetime import date, datetime
 
 from sqlalchemy import Select, func, select, text, update
 from sqlalchemy.orm import Session
 
+from digest import db
 from digest.models import CLAIMABLE_SQL, CLAIMABLE_STATUSES, Delivery, DeliveryStatus
 from digest.sources.records import one_line
 
@@ -41,50 +43,61 @@ Status = DeliveryStatus
 REPLY_CHARS = 500
 
 
-def plan(
-    session: Session,
-    *,
-    subscriber_id: int,
-    digest_date: date,
-    digest_id: int | None,
-    selected_at: datetime,
-    now: datetime,
-) -> Delivery:
-    """The new row of a chosen digest: `queued`, or `empty` when there is nothing to send.
+@dataclass(frozen=True)
+class Planned:
+    """A chosen digest: `digest_id` None when there is nothing to send."""
 
-    The unique (subscriber, date) constraint refuses a second plan for the same day.
+    subscriber_id: int
+    digest_date: date
+    digest_id: int | None
+    selected_at: datetime
+
+
+def _insert(session: Session, rows: list[dict[str, object]], now: datetime) -> list[Status]:
+    """Insert new ledger rows, leaving alone a (subscriber, date) already planned (the unique
+    constraint: another process came first); the statuses of the rows inserted."""
+    base = {"attempts": 0, "created_at": now, "updated_at": now}
+    table = Delivery.__table__
+    inserted = db.insert_new(session, table, [base | row for row in rows], [table.c.status])
+    return [Status(status) for (status,) in inserted]
+
+
+def plan(session: Session, planned: Sequence[Planned], now: datetime) -> tuple[int, int]:
+    """The new rows of chosen digests: `queued`, or `empty` when there is nothing to send.
+
+    Returns how many rows were queued and found empty.
     """
-    delivery = Delivery(
-        subscriber_id=subscriber_id,
-        digest_date=digest_date,
-        digest_id=digest_id,
-        status=Status.QUEUED if digest_id is not None else Status.EMPTY,
-        selected_at=selected_at,
-        attempts=0,
-        created_at=now,
-        updated_at=now,
+    statuses = _insert(
+        session,
+        [
+            {
+                "subscriber_id": p.subscriber_id,
+                "digest_date": p.digest_date,
+                "digest_id": p.digest_id,
+                "status": Status.QUEUED if p.digest_id is not None else Status.EMPTY,
+                "selected_at": p.selected_at,
+            }
+            # In key order, like every planner (see `db.store_digests`).
+            for p in sorted(planned, key=lambda p: (p.subscriber_id, p.digest_date))
+        ],
+        now,
     )
-    session.add(delivery)
-    session.flush()
-    return delivery
+    return statuses.count(Status.QUEUED), statuses.count(Status.EMPTY)
 
 
-def unplannable(
-    session: Session, subscriber_id: int, digest_date: date, now: datetime, reason: str
-) -> Delivery:
-    """A `failed` row for a subscriber whose digest cannot even be chosen."""
-    delivery = Delivery(
-        subscriber_id=subscriber_id,
-        digest_date=digest_date,
-        status=Status.FAILED,
-        selected_at=now,
-        attempts=0,
-        last_reply=one_line(reason)[:REPLY_CHARS],
-        created_at=now,
-        updated_at=now,
-    )
-    session.add(delivery)
-    return delivery
+def unplannable(session: Session, failures: Sequence[tuple[int, date, str]], now: datetime) -> int:
+    """`failed` rows for (subscriber id, date, reason) whose digest cannot even be chosen."""
+    rows: list[dict[str, object]] = [
+        {
+            "subscriber_id": subscriber_id,
+            "digest_date": digest_date,
+            "status": Status.FAILED,
+            "selected_at": now,
+            "last_reply": one_line(reason)[:REPLY_CHARS],
+        }
+        for subscriber_id, digest_date, reason in sorted(failures)
+    ]
+    return len(_insert(session, rows, now))
 
 
 def due_rows(now: datetime, dates: Iterable[date]) -> Select[Delivery]:

@@ -1,12 +1,15 @@
 """Select stage: which papers each subscriber gets in the digest of a given local date.
 
 A `SelectionRun` is made once per run and point in time (`now`) and evaluates
-each distinct topic query once, however many subscribers follow it;
-`run.select(subscriber, digest_date)` then assembles one subscriber's digest
-from the cached matches. A run sees only what was known at its `now`: papers
-first seen by then and upvote observations made by then, so the digest of a
-past date (`digest send --date`, the scheduler's catch-up) is chosen as of
-that digest's send time (`selection_time`).
+each distinct topic query once, however many subscribers follow it, ranking its
+matches once per trend period; `run.select(subscriber, digest_date, history)`
+then assembles one subscriber's digest by walking their topics' ranked papers up
+to the caps (what they received before, `History`, is read in bulk by
+`histories`). Subscribers with the same topics, period and new-paper boundary
+who received none of the papers involved share one selection. A run sees only
+what was known at its `now`: papers first seen by then and upvote observations
+made by then, so the digest of a past date (`digest send --date`, the
+scheduler's catch-up) is chosen as of that digest's send time (`selection_time`).
 
 Eligible papers match a topic (`digest.relevance`, which documents the
 relevance formula) with ``relevance >= min_relevance`` (a cutoff relative to
@@ -37,19 +40,23 @@ A paper appears once per digest, under the topic it matches best. Caps:
 `max_per_topic` per topic (`max_items` for `*`) and `max_items` in all, shared
 round-robin between topics, trending papers taking their places first; how
 many more papers matched each topic is kept (`Selection.more`) for the email's
-"N more matched" line. `record_selection`
-stores the content as a `Digest` shared by every subscriber with the same items,
-plus this subscriber's `Delivery` row for the date.
+"N more matched" line. `record_selections` stores each content once as a `Digest`
+shared by every subscriber with the same items, plus each subscriber's `Delivery`
+row for the date, in bulk statements.
 """
 
 from __future__ import annotations
 
 import hashlib
+import heapq
+import itertools
 import json
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, fields
 from datetime import UTC, date, datetime, time, timedelta
+from functools import partial
+from typing import TypeVar
 from zoneinfo import ZoneInfo
 
 from sqlalchemy.orm import Session
@@ -79,6 +86,9 @@ class SelectedItem:
     matched: str = ""  # the words that matched, as the paper writes them, ", "-joined
 
 
+ITEM_FIELDS = tuple(f.name for f in fields(SelectedItem))
+
+
 @dataclass
 class Selection:
     """One subscriber's digest for one local date."""
@@ -88,30 +98,43 @@ class Selection:
     items: list[SelectedItem] = field(default_factory=list)
     as_of: datetime | None = None  # the instant it was chosen as of (the run's now)
     more: dict[str, int] = field(default_factory=dict)  # topic query -> matches left out
+    # The content hash, computed once (or given by the run that chose the same content).
+    _hash: str | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def content_hash(self) -> str:
         """Identical for identical content, so subscribers can share one stored Digest."""
-        payload = [
-            self.digest_date.isoformat(),
+        if self._hash is None:
+            self._hash = content_hash(self.digest_date, content_body(self.items, self.more))
+        return self._hash
+
+
+def content_body(items: Sequence[SelectedItem], more: Mapping[str, int]) -> str:
+    """The JSON of a digest's content but its date: what `content_hash` hashes."""
+    payload = [
+        [
             [
-                [
-                    item.paper_id,
-                    item.kind,
-                    item.topic,
-                    item.topic_label,
-                    round(item.relevance, 6),
-                    round(item.score, 6),
-                    item.upvotes,
-                    item.upvote_gain,
-                    item.matched,
-                ]
-                for item in self.items
-            ],
-            sorted(self.more.items()),
-        ]
-        encoded = json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
-        return hashlib.sha256(encoded.encode("utf-8")).hexdigest()
+                item.paper_id,
+                item.kind,
+                item.topic,
+                item.topic_label,
+                round(item.relevance, 6),
+                round(item.score, 6),
+                item.upvotes,
+                item.upvote_gain,
+                item.matched,
+            ]
+            for item in items
+        ],
+        sorted(more.items()),
+    ]
+    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
+
+
+def content_hash(digest_date: date, body: str) -> str:
+    """The hash of the JSON [date, items, more]; `body` is the JSON [items, more]."""
+    encoded = f'["{digest_date.isoformat()}",{body[1:]}'
+    return hashlib.sha256(encoded.encode("utf-8")).hexdigest()
 
 
 def local_date(now: datetime, timezone: str) -> date:
@@ -154,12 +177,9 @@ def upvote_gain(history: list[tuple[datetime, int]], start: datetime, end: datet
     return 0 if latest is None or before is None else latest - before
 
 
-def paper_age_hours(paper: Paper, now: datetime) -> float:
-    born = (
-        datetime.combine(paper.published_on, time(), tzinfo=UTC)
-        if paper.published_on
-        else paper.first_seen_at
-    )
+def age_hours(published_on: date | None, first_seen_at: datetime, now: datetime) -> float:
+    """A paper's age: since its publication date, else since it was first seen."""
+    born = datetime.combine(published_on, time(), tzinfo=UTC) if published_on else first_seen_at
     return max(0.0, (now - born).total_seconds() / 3600)
 
 
@@ -175,15 +195,93 @@ def ranking_score(relevance: float, upvotes: int | None, gain: int) -> float:
 
 
 @dataclass(frozen=True)
+class History:
+    """What a subscriber got before a digest date: the papers they received (or may
+    have), never sent again, and when their previous digest was chosen (where the new
+    papers start)."""
+
+    received: frozenset[int] = frozenset()
+    previous_selected_at: datetime | None = None
+
+
+def histories(
+    session: Session, pairs: Sequence[tuple[int, date]]
+) -> dict[tuple[int, date], History]:
+    """The `History` of each (subscriber id, digest date), in a few queries for them all."""
+    received = db.received_papers(session, pairs)
+    previous = db.previous_selections(session, pairs)
+    return {pair: History(frozenset(received.get(pair, ())), previous.get(pair)) for pair in pairs}
+
+
+@dataclass(frozen=True)
 class _Facts:
     first_seen: datetime
     age_hours: float
     upvotes: int | None  # as of the run's now
 
 
+@dataclass(frozen=True)
+class _Ranked:
+    """One topic's matches ranked once per run and trend window."""
+
+    order: list[int]  # paper ids, best first: score, then upvotes, then the newer id
+    place: dict[int, int]  # paper id -> its index in `order`
+    score: dict[int, float]
+    gain: dict[int, int]  # the upvote gain shown (never negative)
+    rising: list[tuple[float, int]]  # (trending score, id) of those gaining enough, best first
+
+
+@dataclass(frozen=True)
+class _Topics:
+    """A subscriber's topic queries, in their order, with the run's matches."""
+
+    queries: tuple[str, ...]
+    matches: list[dict[int, relevance.Match]]
+
+    def best(self, paper_id: int) -> int:
+        """The position of the topic `paper_id` matches best; the first one on a tie, and
+        any real query before `*`, which matches everything equally."""
+        position, top = -1, (False, 0.0)
+        for index, matches in enumerate(self.matches):
+            match = matches.get(paper_id)
+            if match is not None:
+                key = (self.queries[index] != "*", match.relevance)
+                if position < 0 or key > top:
+                    position, top = index, key
+        return position
+
+
+@dataclass(frozen=True)
+class _Shares:
+    """How a topic combination shares the new papers: how many go under each topic, and
+    the papers of each real query that go under another one (`*` loses to them all)."""
+
+    counts: list[int]
+    elsewhere: list[frozenset[int]]
+
+
+# Per-run caches keyed by a new-paper boundary or a topic combination hold at most this
+# many entries (then start over), so a run over many subscribers stays in flat memory.
+CACHE_ENTRIES = 4096
+K = TypeVar("K")
+V = TypeVar("V")
+_Chosen = tuple[tuple[SelectedItem, ...], tuple[tuple[str, int], ...], str]  # items, more, body
+
+
+def _remember(cache: dict[K, V], key: K, value: V) -> V:
+    if len(cache) >= CACHE_ENTRIES:
+        cache.clear()
+    cache[key] = value
+    return value
+
+
 class SelectionRun:
     """Selection for many subscribers at one `now`, evaluating each topic query once.
 
+    Each topic's matches are ranked once per trend window, and its new papers once per
+    new-paper boundary; a subscriber's digest then walks each of their topics' ranked
+    papers and stops at the caps. Subscribers with the same topics, period and new-paper
+    boundary, who received none of the papers in question, share one selection.
     Runs at different instants may share one `corpus` (its statistics and analysed papers).
     """
 
@@ -205,8 +303,12 @@ class SelectionRun:
         )
         self._matches: dict[str, dict[int, relevance.Match]] = {}
         self._gains: dict[timedelta, dict[int, int]] = {}
-        self._facts: dict[int, _Facts] = {}
+        self.facts: dict[int, _Facts] = {}
         self._words: dict[tuple[str, int], str] = {}
+        self._ranked: dict[tuple[str, timedelta], _Ranked] = {}
+        self._new: dict[tuple[str, timedelta, datetime], tuple[list[int], frozenset[int]]] = {}
+        self._assigned: dict[tuple[tuple[str, ...], timedelta, datetime], _Shares] = {}
+        self._chosen: dict[object, _Chosen] = {}
 
     def matches(self, topic: str) -> dict[int, relevance.Match]:
         """Eligible papers matching `topic` above the cutoff, with relevance in (0, 1]."""
@@ -215,23 +317,25 @@ class SelectionRun:
             found = relevance.rank(self.session, plan, self.corpus, window=self.window)
             cutoff = self.settings.min_relevance
             self._matches[topic] = {m.paper_id: m for m in found if m.relevance >= cutoff}
-            missing = [pid for pid in self._matches[topic] if pid not in self._facts]
+            missing = [pid for pid in self._matches[topic] if pid not in self.facts]
             upvotes = db.upvotes_as_of(self.session, missing, self.now)
-            for paper_id, paper in db.papers_by_id(self.session, missing).items():
-                self._facts[paper_id] = _Facts(
-                    paper.first_seen_at, paper_age_hours(paper, self.now), upvotes.get(paper_id)
+            for paper_id, (first_seen, published_on) in db.paper_dates(
+                self.session, missing
+            ).items():
+                self.facts[paper_id] = _Facts(
+                    first_seen, age_hours(published_on, first_seen, self.now), upvotes.get(paper_id)
                 )
         return self._matches[topic]
 
-    def _explained(self, item: SelectedItem) -> SelectedItem:
-        """The item with the words that matched, as the paper writes them (once per run)."""
-        key = (item.topic, item.paper_id)
+    def matched_words(self, topic: str, paper_id: int) -> str:
+        """The words of `topic` that `paper_id` matched, as the paper writes them (once per run)."""
+        key = (topic, paper_id)
         if key not in self._words:
-            paper = self.session.get(Paper, item.paper_id)
+            paper = self.session.get(Paper, paper_id)
             assert paper is not None
-            matched = self.matches(item.topic)[item.paper_id].matched
+            matched = self.matches(topic)[paper_id].matched
             self._words[key] = ", ".join(relevance.written_words(paper, matched))
-        return replace(item, matched=self._words[key])
+        return self._words[key]
 
     def gains(self, window: timedelta) -> dict[int, int]:
         if window not in self._gains:
@@ -243,91 +347,207 @@ class SelectionRun:
             }
         return self._gains[window]
 
-    def select(self, subscriber: Subscriber, digest_date: date) -> Selection:
-        """The digest `subscriber` should get on `digest_date` (their local date)."""
-        settings = self.settings
-        received = db.received_paper_ids(self.session, subscriber.id, digest_date)
-        previous = db.previous_delivery(self.session, subscriber.id, digest_date)
-        new_since = self.window.new_since
-        if previous is not None and new_since < previous.selected_at <= self.now:
-            new_since = previous.selected_at
-        gains = self.gains(trend_window(subscriber))
-
-        # Each paper goes under the topic it matches best (the first topic on a tie);
-        # any real query beats `*`, which matches everything equally.
-        best: dict[int, tuple[bool, float, int]] = {}
-        for position, topic in enumerate(subscriber.topics):
-            specific = topic.query != "*"
-            for paper_id, match in self.matches(topic.query).items():
-                if paper_id in received:
-                    continue
-                if paper_id not in best or (specific, match.relevance) > best[paper_id][:2]:
-                    best[paper_id] = (specific, match.relevance, position)
-
-        # The papers shown as trending: the best `max_trending` by Hacker News score.
-        rising = sorted(
-            (
-                (trending_score(gains[pid], self._facts[pid].age_hours, settings.gravity), pid)
-                for pid in best
-                if gains.get(pid, 0) >= settings.min_trending_gain
-            ),
-            reverse=True,
-        )
-        trending = {pid for _, pid in rising[: min(settings.max_trending, settings.max_items)]}
-
-        per_topic: list[list[SelectedItem]] = [[] for _ in subscriber.topics]
-        for paper_id, (_, rel, position) in best.items():
-            facts = self._facts[paper_id]
-            is_new = new_since < facts.first_seen <= self.now
-            if paper_id not in trending and not is_new:
-                continue
-            topic = subscriber.topics[position]
-            gain = max(gains.get(paper_id, 0), 0)
-            per_topic[position].append(
-                SelectedItem(
-                    paper_id=paper_id,
-                    kind="trending" if paper_id in trending else "new",
-                    topic=topic.query,
-                    topic_label=topic.label,
-                    relevance=rel,
-                    score=ranking_score(rel, facts.upvotes, gain),
-                    upvotes=facts.upvotes,
-                    upvote_gain=gain,
-                )
+    def ranked(self, topic: str, window: timedelta) -> _Ranked:
+        """`topic`'s matches in the order its digest section shows them (once per run)."""
+        key = (topic, window)
+        if key not in self._ranked:
+            matches, gains, facts = self.matches(topic), self.gains(window), self.facts
+            gain = {pid: max(gains.get(pid, 0), 0) for pid in matches}
+            score = {
+                pid: ranking_score(m.relevance, facts[pid].upvotes, gain[pid])
+                for pid, m in matches.items()
+            }
+            order = sorted(matches, key=lambda p: (-score[p], -(facts[p].upvotes or 0), -p))
+            gravity, enough = self.settings.gravity, self.settings.min_trending_gain
+            rising = sorted(
+                (
+                    (trending_score(gains.get(pid, 0), facts[pid].age_hours, gravity), pid)
+                    for pid in matches
+                    if gains.get(pid, 0) >= enough
+                ),
+                reverse=True,
             )
+            place = {pid: index for index, pid in enumerate(order)}
+            self._ranked[key] = _Ranked(order, place, score, gain, rising)
+        return self._ranked[key]
 
-        def rank(item: SelectedItem) -> tuple[float, int, int]:
-            return (-item.score, -(item.upvotes or 0), -item.paper_id)
+    def new_papers(
+        self, topic: str, window: timedelta, new_since: datetime
+    ) -> tuple[list[int], frozenset[int]]:
+        """`topic`'s matches first seen after `new_since`: in rank order, and as a set."""
+        key = (topic, window, new_since)
+        found = self._new.get(key)
+        if found is None:
+            facts, now = self.facts, self.now
+            order = self.ranked(topic, window).order
+            papers = [p for p in order if new_since < facts[p].first_seen <= now]
+            found = _remember(self._new, key, (papers, frozenset(papers)))
+        return found
 
-        # Trending papers take their places first (they are few: max_trending), then
-        # the others by score; each topic is shown in score order.
-        queues = [
-            sorted(items, key=lambda i: (i.kind != "trending", *rank(i))) for items in per_topic
-        ]
-        caps = [
-            settings.max_items if topic.query == "*" else settings.max_per_topic
-            for topic in subscriber.topics
-        ]
-        taken: list[list[SelectedItem]] = [[] for _ in subscriber.topics]
-        total = 0
+    def _shares(self, topics: _Topics, window: timedelta, new_since: datetime) -> _Shares:
+        """How many new papers go under each topic of this combination (received or not),
+        and which go elsewhere; once per combination, with set operations."""
+        key = (topics.queries, window, new_since)
+        shares = self._assigned.get(key)
+        if shares is None:
+            new = [self.new_papers(query, window, new_since)[1] for query in topics.queries]
+            elsewhere: list[set[int]] = [set() for _ in new]
+            specific = [i for i, query in enumerate(topics.queries) if query != "*"]
+            # Papers in several real queries go under the best of them: these are few.
+            contested: set[int] = set()
+            for a, b in itertools.combinations(specific, 2):
+                contested |= new[a] & new[b]
+            for pid in contested:
+                best = topics.best(pid)
+                for i in specific:
+                    if i != best and pid in new[i]:
+                        elsewhere[i].add(pid)
+            counts = [len(papers) - len(lost) for papers, lost in zip(new, elsewhere, strict=True)]
+            # `*` keeps only what no real query matches (a second `*` keeps nothing).
+            taken = set().union(*(new[i] for i in specific))
+            for i, query in enumerate(topics.queries):
+                if query == "*":
+                    counts[i] = len(new[i] - taken)
+                    taken |= new[i]
+            shares = _Shares(counts, [frozenset(lost) for lost in elsewhere])
+            _remember(self._assigned, key, shares)
+        return shares
+
+    def select(
+        self, subscriber: Subscriber, digest_date: date, history: History | None = None
+    ) -> Selection:
+        """The digest `subscriber` should get on `digest_date` (their local date).
+
+        `history` is what they got before (`histories`; read here when not given).
+        """
+        if history is None:
+            history = histories(self.session, [(subscriber.id, digest_date)])[
+                (subscriber.id, digest_date)
+            ]
+        new_since = self.window.new_since
+        previous = history.previous_selected_at
+        if previous is not None and new_since < previous <= self.now:
+            new_since = previous
+        labels = tuple((topic.query, topic.label) for topic in subscriber.topics)
+        topics = _Topics(
+            tuple(query for query, _ in labels), [self.matches(query) for query, _ in labels]
+        )
+        # Received papers that no topic matches cannot change the digest.
+        received = frozenset(
+            pid for pid in history.received if any(pid in m for m in topics.matches)
+        )
+        window = trend_window(subscriber)
+        key = (labels, window, new_since, received)
+        chosen = self._chosen.get(key)
+        if chosen is None:
+            chosen = _remember(
+                self._chosen, key, self._choose(topics, labels, window, new_since, received)
+            )
+        items, more, body = chosen
+        selection = Selection(
+            digest_date=digest_date,
+            new_since=new_since,
+            items=list(items),
+            more=dict(more),
+            as_of=self.now,
+        )
+        selection._hash = content_hash(digest_date, body)
+        return selection
+
+    def _choose(
+        self,
+        topics: _Topics,
+        labels: tuple[tuple[str, str | None], ...],
+        window: timedelta,
+        new_since: datetime,
+        received: frozenset[int],
+    ) -> _Chosen:
+        settings, facts, now = self.settings, self.facts, self.now
+        ranked = [self.ranked(query, window) for query in topics.queries]
+
+        # The papers shown as trending: the best `max_trending` by Hacker News score, each
+        # under the topic it matches best.
+        trending: dict[int, int] = {}
+        limit = min(settings.max_trending, settings.max_items)
+        if limit > 0:
+            for _, pid in heapq.merge(*(r.rising for r in ranked), reverse=True):
+                if pid in trending or pid in received:
+                    continue
+                trending[pid] = topics.best(pid)
+                if len(trending) >= limit:
+                    break
+
+        def is_new(pid: int) -> bool:
+            return new_since < facts[pid].first_seen <= now
+
+        # Each topic's queue: its trending papers first, then its new ones, in rank order.
+        # Only the head a topic can show is built; the rest is counted.
+        shares = self._shares(topics, window, new_since)
+        counts = list(shares.counts)
+        for pid in received:
+            if is_new(pid):
+                counts[topics.best(pid)] -= 1
+        real = [m for q, m in zip(topics.queries, topics.matches, strict=True) if q != "*"]
+        heads: list[list[int]] = []
+        for position, query in enumerate(topics.queries):
+            place = ranked[position].place
+            mine = [pid for pid, at in trending.items() if at == position]
+            mine.sort(key=place.__getitem__)
+            counts[position] += sum(1 for pid in mine if not is_new(pid))
+            cap = settings.max_items if query == "*" else settings.max_per_topic
+            head = mine[: min(cap, settings.max_items)]
+            want = min(cap, settings.max_items, counts[position])
+            if len(head) < want:
+                lost = shares.elsewhere[position]
+                star = query == "*"
+                for pid in self.new_papers(query, window, new_since)[0]:
+                    if pid in received or pid in trending or pid in lost:
+                        continue
+                    if star and any(pid in m for m in real):
+                        continue
+                    head.append(pid)
+                    if len(head) >= want:
+                        break
+            heads.append(head)
+
         # Round-robin over the topics so one busy topic cannot crowd out the others.
-        while total < settings.max_items and any(
-            queue and len(taken[i]) < caps[i] for i, queue in enumerate(queues)
-        ):
-            for position, queue in enumerate(queues):
-                if queue and len(taken[position]) < caps[position] and total < settings.max_items:
-                    taken[position].append(queue.pop(0))
+        taken: list[list[int]] = [[] for _ in heads]
+        total = 0
+        while total < settings.max_items and any(heads):
+            for position, head in enumerate(heads):
+                if head and total < settings.max_items:
+                    taken[position].append(head.pop(0))
                     total += 1
 
-        items = [self._explained(item) for group in taken for item in sorted(group, key=rank)]
-        more = {
-            topic.query: len(queue)
-            for topic, queue in zip(subscriber.topics, queues, strict=True)
-            if queue
-        }
-        return Selection(
-            digest_date=digest_date, new_since=new_since, items=items, more=more, as_of=self.now
-        )
+        items: list[SelectedItem] = []
+        for position, ((query, label), papers) in enumerate(zip(labels, taken, strict=True)):
+            rank = ranked[position]
+            for pid in sorted(papers, key=rank.place.__getitem__):
+                item = SelectedItem(
+                    paper_id=pid,
+                    kind="trending" if pid in trending else "new",
+                    topic=query,
+                    topic_label=label,
+                    relevance=topics.matches[position][pid].relevance,
+                    score=rank.score[pid],
+                    upvotes=facts[pid].upvotes,
+                    upvote_gain=rank.gain[pid],
+                    matched=self.matched_words(query, pid),
+                )
+                items.append(item)
+        more: dict[str, int] = {}
+        for query, count, papers in zip(topics.queries, counts, taken, strict=True):
+            if count > len(papers):
+                more[query] = count - len(papers)
+        return tuple(items), tuple(more.items()), content_body(items, more)
+
+
+def _item_rows(selection: Selection) -> list[dict[str, object]]:
+    # A selected item's fields are exactly the stored item's columns.
+    return [
+        {"position": position, **{name: getattr(item, name) for name in ITEM_FIELDS}}
+        for position, item in enumerate(selection.items)
+    ]
 
 
 def record_selection(
@@ -337,39 +557,51 @@ def record_selection(
     now: datetime,
     send_empty: bool = False,
 ) -> Delivery:
-    """Store the selection: its shared Digest (if any items) and the subscriber's Delivery.
-
-    A digest is chosen once per subscriber and day: callers look for an existing
-    delivery first (`db.find_delivery`), and the unique constraint refuses a second.
-    """
-    digest_id = None
-    if selection.items or send_empty:
-
-        def items() -> list[dict[str, object]]:
-            # A selected item's fields are exactly the stored item's columns.
-            return [
-                {"position": position, **asdict(item)}
-                for position, item in enumerate(selection.items)
-            ]
-
-        digest_id = db.get_or_create_digest(
-            session,
-            selection.digest_date,
-            selection.content_hash,
-            items,
-            now,
-            more_matched=json.dumps(selection.more, sort_keys=True, ensure_ascii=False),
-        )
-    # The next digest's new papers start where this one's knowledge ended.
-    delivery = ledger.plan(
-        session,
-        subscriber_id=subscriber.id,
-        digest_date=selection.digest_date,
-        digest_id=digest_id,
-        selected_at=selection.as_of or now,
-        now=now,
-    )
+    """Store one subscriber's selection (`record_selections`); their Delivery row."""
+    record_selections(session, [(subscriber.id, selection)], now, send_empty)
+    delivery = db.find_delivery(session, subscriber.id, selection.digest_date)
+    assert delivery is not None
     return delivery
+
+
+def record_selections(
+    session: Session,
+    chosen: Sequence[tuple[int, Selection]],
+    now: datetime,
+    send_empty: bool = False,
+) -> tuple[int, int]:
+    """Store (subscriber id, selection) pairs: each content's shared Digest (if any
+    items) once, and each subscriber's Delivery row, in a few bulk statements.
+
+    A digest is chosen once per subscriber and day: a row planned first (by another
+    process: the unique constraint) is left alone. Returns (queued, empty) rows written.
+    """
+    contents: dict[tuple[date, str], db.NewDigest] = {}
+    keys: list[tuple[date, str] | None] = []
+    for _, selection in chosen:
+        if not (selection.items or send_empty):
+            keys.append(None)
+            continue
+        key = (selection.digest_date, selection.content_hash)
+        keys.append(key)
+        if key not in contents:
+            more = json.dumps(selection.more, sort_keys=True, ensure_ascii=False)
+            contents[key] = db.NewDigest(key[0], key[1], more, partial(_item_rows, selection))
+    digest_ids = db.store_digests(session, list(contents.values()), now)
+    # The next digest's new papers start where this one's knowledge ended.
+    return ledger.plan(
+        session,
+        [
+            ledger.Planned(
+                subscriber_id,
+                selection.digest_date,
+                None if key is None else digest_ids[key],
+                selection.as_of or now,
+            )
+            for (subscriber_id, selection), key in zip(chosen, keys, strict=True)
+        ],
+        now,
+    )
 
 
 @dataclass(frozen=True)
