@@ -18,7 +18,11 @@ Scoring (`rank`), for a candidate paper d:
     idf(x)     = ln(1 + (N - df + 0.5) / (df + 0.5))   (df, N: the whole corpus)
 
 so an exact phrase beats words close together, which beat words anywhere, and
-the title weighs three times the abstract. Then pseudo-relevance feedback: the
+the title weighs three times the abstract. A paper that names the query only in
+passing, its title not at all and its abstract each time as one example in a
+list or as future work ("such as", "including", "e.g.", "for example", "future
+work" a few words before its most distinctive word), has lexical(d) multiplied by
+0.3. Then pseudo-relevance feedback: the
 tf-idf centroid of the 10 best papers by `lexical` (weighted by it; each of
 them compared with the other nine) describes what the topic is about here, and
 
@@ -34,6 +38,7 @@ import math
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from itertools import pairwise
 
 from sqlalchemy.orm import Session
 
@@ -56,6 +61,15 @@ NEAR_WEIGHT = 0.5
 NEAR_WINDOW = 10
 FEEDBACK_PAPERS = 10
 FEEDBACK_EXPONENT = 1.0
+# A paper whose abstract names the query only in passing (each time in a list or as
+# future work: after "such as", "including", "e.g.", "for example", "future work" a
+# few words before) and whose title does not name it weighs PASSING_WEIGHT.
+PASSING_WEIGHT = 0.3
+PASSING_REACH = 6
+PASSING_CUES = frozenset({"includ"})
+PASSING_PAIRS = frozenset(
+    {("such", "as"), ("e", "g"), ("for", "exampl"), ("futur", "work"), ("futur", "direct")}
+)
 CANDIDATE_LIMIT = 400  # candidates rescored per query, the index's best first
 
 
@@ -146,17 +160,39 @@ class Match:
     matched: tuple[tuple[str, ...], ...]
 
 
-def _occurrences(paper: _Indexed, phrase: Phrase, where: str) -> int:
+def _starts(paper: _Indexed, phrase: Phrase, where: str) -> list[int]:
+    """Where `phrase` occurs in the field `where` (the positions of its first terms)."""
     positions = paper.fields[where]
     if phrase.prefix:
-        return sum(len(p) for term, p in positions.items() if term.startswith(phrase.terms[0]))
-    first = positions.get(phrase.terms[0])
-    if not first:
-        return 0
+        return [i for term, p in positions.items() if term.startswith(phrase.terms[0]) for i in p]
+    first = positions.get(phrase.terms[0], [])
     if len(phrase.terms) == 1:
-        return len(first)
+        return first
     rest = [set(positions.get(term, ())) for term in phrase.terms[1:]]
-    return sum(1 for i in first if all(i + j + 1 in r for j, r in enumerate(rest)))
+    return [i for i in first if all(i + j + 1 in r for j, r in enumerate(rest))]
+
+
+def _occurrences(paper: _Indexed, phrase: Phrase, where: str) -> int:
+    return len(_starts(paper, phrase, where))
+
+
+def _in_passing(paper: _Indexed, phrases: Iterable[Phrase]) -> bool:
+    """Whether the abstract names `phrases` only in passing: every occurrence a few words
+    after a cue of a list or of future work ("such as", "including", "future work")."""
+    spots = [
+        i
+        for phrase in phrases
+        if phrase.field in (None, "abstract")
+        for i in _starts(paper, phrase, "abstract")
+    ]
+    return bool(spots) and all(_after_cue(paper.abstract, i) for i in spots)
+
+
+def _after_cue(terms: list[str], at: int) -> bool:
+    before = terms[max(0, at - PASSING_REACH) : at]
+    return bool(PASSING_CUES.intersection(before)) or bool(
+        PASSING_PAIRS.intersection(pairwise(before))
+    )
 
 
 def _field_counts(paper: _Indexed, phrases: Iterable[Phrase]) -> tuple[int, int, int]:
@@ -295,12 +331,18 @@ def _lexical(
 ) -> tuple[float, list[tuple[str, ...]]]:
     score = 0.0
     found: list[tuple[str, ...]] = []
+    in_title = False
+    rarest: tuple[float, list[Phrase]] = (-1.0, [])  # the most distinctive group
     for group, idf in zip(plan.groups, group_idf, strict=True):
         phrases = [p for p in group.phrases if len(p.terms) > 1 or p.terms[0] not in blocked]
-        value = scorer.bm25f(paper, _field_counts(paper, phrases), idf)
+        counts = _field_counts(paper, phrases)
+        value = scorer.bm25f(paper, counts, idf)
         if value == 0:
             return 0.0, []
         score += value
+        in_title = in_title or counts[0] > 0
+        if idf > rarest[0]:
+            rarest = (idf, phrases)
         found.extend(p.terms for p in phrases if any(_field_counts(paper, [p])))
     if plan.like:
         similar = 0.0
@@ -320,6 +362,8 @@ def _lexical(
         if phrase:
             found.insert(0, phrase)
         score += NEAR_WEIGHT * scorer.bm25f(paper, (title[1], abstract[1], 0), sequence_idf)
+    if not in_title and _in_passing(paper, rarest[1]):
+        score *= PASSING_WEIGHT
     return score, list(dict.fromkeys(t for t in found if t[0] not in STOP_WORDS))
 
 

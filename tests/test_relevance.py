@@ -218,6 +218,32 @@ def test_weak_matches_fall_below_the_cutoff(factory, tmp_path) -> None:
         assert titles(session, "robot")[-1] == "Scheduling Compilers"  # match lists it last
 
 
+def test_a_topic_named_only_in_passing_falls_behind_and_below_the_cutoff(factory, tmp_path) -> None:
+    ingest_rows(
+        factory,
+        tmp_path,
+        [
+            ("2601.00021", "Compression Toolkit", "Methods such as pruning and quantization help."),
+            ("2601.00022", "Another Toolkit", "We shrink models with quantization of weights."),
+            ("2601.00023", "Serving Toolkit", "Serving at scale. Future work: quantization."),
+            ("2601.00024", "Quantization at Scale", "Tools such as quantization shrink models."),
+        ],
+    )
+    with factory() as session:
+        assert titles(session, "quantization") == [
+            "Quantization at Scale",  # its title names it: a list in the abstract is no matter
+            "Another Toolkit",
+            "Serving Toolkit",  # only as future work
+            "Compression Toolkit",  # only as an example in a list
+        ]
+        kept = SelectionRun(session, NOW, SETTINGS).matches("quantization")
+        papers = db.papers_by_id(session, list(kept))
+        assert sorted(p.title for p in papers.values()) == [
+            "Another Toolkit",
+            "Quantization at Scale",
+        ]
+
+
 def test_star_is_the_period_by_upvotes_and_fills_the_digest(factory, tmp_path) -> None:
     votes = [3, 40, 0, 12, 7, 25, 1, 18, 9, 30, 5, 2, 14, 22]
     ingest(
