@@ -29,7 +29,15 @@ them compared with the other nine) describes what the topic is about here, and
     relevance(d) = lexical(d) * cosine(d, centroid), divided by its maximum
 
 in (0, 1], the best match scoring 1: papers that merely mention the words, far from what the best
-matches are about, fall behind (and below the selection's cutoff).
+matches are about, fall behind (and below the selection's cutoff). Matches are
+ordered by
+
+    weight(d) = relevance(d) * (1.5 if d's title names every word group of the query)
+
+(`Match.weight`): a paper whose title names the topic is nearly always about it,
+so it goes ahead of papers whose abstracts merely use the words more; the
+selection's cutoff compares relevance(d), so the bonus reorders what is shown,
+never adds to it.
 """
 
 from __future__ import annotations
@@ -61,6 +69,7 @@ NEAR_WEIGHT = 0.5
 NEAR_WINDOW = 10
 FEEDBACK_PAPERS = 10
 FEEDBACK_EXPONENT = 1.0
+TITLE_BONUS = 1.5  # Match.weight
 # A paper whose abstract names the query only in passing (each time in a list or as
 # future work: after "such as", "including", "e.g.", "for example", "future work" a
 # few words before) and whose title does not name it weighs PASSING_WEIGHT.
@@ -153,11 +162,19 @@ def _positions(terms: list[str]) -> dict[str, list[int]]:
 
 @dataclass(frozen=True)
 class Match:
-    """A paper a query matches: relevance in (0, 1] and the index terms that matched."""
+    """A paper a query matches: relevance in (0, 1] (what a cutoff compares), the index
+    terms that matched, and whether its title names every word of the query."""
 
     paper_id: int
     relevance: float
     matched: tuple[tuple[str, ...], ...]
+    titled: bool = False
+
+    @property
+    def weight(self) -> float:
+        """What orders matches: relevance, raised by TITLE_BONUS when the title names the
+        query (reordering what a cutoff keeps, never keeping more or fewer)."""
+        return self.relevance * (TITLE_BONUS if self.titled else 1.0)
 
 
 def _starts(paper: _Indexed, phrase: Phrase, where: str) -> list[int]:
@@ -291,20 +308,27 @@ def rank(
     scorer = _Scorer(corpus)
     lexical: dict[int, float] = {}
     matched: dict[int, list[tuple[str, ...]]] = {}
+    titled: set[int] = set()
     for paper_id in ids:
         paper = papers.get(paper_id)
         if paper is None:
             continue
         blocked = _other_meanings(plan, definitions.get(paper_id, {}))
-        score, found = _lexical(paper, plan, scorer, group_idf, sequence_idf, corpus, df, blocked)
+        score, found, named = _lexical(
+            paper, plan, scorer, group_idf, sequence_idf, corpus, df, blocked
+        )
         if score > 0:
             lexical[paper_id] = score
             matched[paper_id] = found
+        if named:
+            titled.add(paper_id)
     if not lexical:
         return []
     relevance = _feedback(lexical, papers, corpus)
-    order = sorted(relevance, key=lambda pid: (-relevance[pid], -lexical[pid], -pid))
-    return [Match(pid, relevance[pid], tuple(matched[pid])) for pid in order]
+    found_matches = [
+        Match(pid, relevance[pid], tuple(matched[pid]), pid in titled) for pid in relevance
+    ]
+    return sorted(found_matches, key=lambda m: (-m.weight, -lexical[m.paper_id], -m.paper_id))
 
 
 def _other_meanings(plan: Plan, defined: dict[str, set[str]]) -> frozenset[str]:
@@ -328,19 +352,23 @@ def _lexical(
     corpus: Corpus,
     df: dict[str, int],
     blocked: frozenset[str] = frozenset(),
-) -> tuple[float, list[tuple[str, ...]]]:
+) -> tuple[float, list[tuple[str, ...]], bool]:
+    """The paper's lexical score, the terms that matched, and whether its title names
+    every word group of the query."""
     score = 0.0
     found: list[tuple[str, ...]] = []
-    in_title = False
+    in_title = False  # the title names one of the word groups
+    titled = bool(plan.groups)  # ... every one of them
     rarest: tuple[float, list[Phrase]] = (-1.0, [])  # the most distinctive group
     for group, idf in zip(plan.groups, group_idf, strict=True):
         phrases = [p for p in group.phrases if len(p.terms) > 1 or p.terms[0] not in blocked]
         counts = _field_counts(paper, phrases)
         value = scorer.bm25f(paper, counts, idf)
         if value == 0:
-            return 0.0, []
+            return 0.0, [], False
         score += value
         in_title = in_title or counts[0] > 0
+        titled = titled and counts[0] > 0
         if idf > rarest[0]:
             rarest = (idf, phrases)
         found.extend(p.terms for p in phrases if any(_field_counts(paper, [p])))
@@ -352,7 +380,7 @@ def _lexical(
                 similar += weight * scorer.bm25f(paper, counts, corpus.idf(df.get(term, 0)))
                 found.append((term,))
         if similar == 0:
-            return 0.0, []
+            return 0.0, [], False
         score += similar
     if plan.sequence:
         title = _sequence_counts(paper.title, paper.fields["title"], plan, blocked)
@@ -364,7 +392,7 @@ def _lexical(
         score += NEAR_WEIGHT * scorer.bm25f(paper, (title[1], abstract[1], 0), sequence_idf)
     if not in_title and _in_passing(paper, rarest[1]):
         score *= PASSING_WEIGHT
-    return score, list(dict.fromkeys(t for t in found if t[0] not in STOP_WORDS))
+    return score, list(dict.fromkeys(t for t in found if t[0] not in STOP_WORDS)), titled
 
 
 def _feedback(

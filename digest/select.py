@@ -26,9 +26,10 @@ never been sent to this subscriber, and are either
 
 Each topic's papers are ordered by
 
-    score = relevance * (1 + 0.1 * log2(1 + upvotes + gain))
+    score = weight * (1 + 0.1 * log2(1 + upvotes + gain))
 
-(`upvotes` as of `now`), the community's signal raising the papers people
+(`weight`: the match's relevance, times 1.5 when its title names the query,
+`relevance.Match.weight`; `upvotes` as of `now`), the community's signal raising the papers people
 upvote without letting it beat relevance: the publication date plays no part.
 The `*` topic matches every eligible paper with relevance 1, so it is the
 period's papers by upvotes (the Hugging Face view) and may fill the whole digest.
@@ -255,14 +256,14 @@ class SelectionRun:
 
         # Each paper goes under the topic it matches best (the first topic on a tie);
         # any real query beats `*`, which matches everything equally.
-        best: dict[int, tuple[bool, float, int]] = {}
+        best: dict[int, tuple[bool, float, int, relevance.Match]] = {}
         for position, topic in enumerate(subscriber.topics):
             specific = topic.query != "*"
             for paper_id, match in self.matches(topic.query).items():
                 if paper_id in received:
                     continue
-                if paper_id not in best or (specific, match.relevance) > best[paper_id][:2]:
-                    best[paper_id] = (specific, match.relevance, position)
+                if paper_id not in best or (specific, match.weight) > best[paper_id][:2]:
+                    best[paper_id] = (specific, match.weight, position, match)
 
         # The papers shown as trending: the best `max_trending` by Hacker News score.
         rising = sorted(
@@ -276,7 +277,7 @@ class SelectionRun:
         trending = {pid for _, pid in rising[: min(settings.max_trending, settings.max_items)]}
 
         per_topic: list[list[SelectedItem]] = [[] for _ in subscriber.topics]
-        for paper_id, (_, rel, position) in best.items():
+        for paper_id, (_, weight, position, match) in best.items():
             facts = self._facts[paper_id]
             is_new = new_since < facts.first_seen <= self.now
             if paper_id not in trending and not is_new:
@@ -289,8 +290,8 @@ class SelectionRun:
                     kind="trending" if paper_id in trending else "new",
                     topic=topic.query,
                     topic_label=topic.label,
-                    relevance=rel,
-                    score=ranking_score(rel, facts.upvotes, gain),
+                    relevance=match.relevance,
+                    score=ranking_score(weight, facts.upvotes, gain),
                     upvotes=facts.upvotes,
                     upvote_gain=gain,
                 )
