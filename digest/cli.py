@@ -636,7 +636,8 @@ def match_command(app: App, query: str, limit: int) -> None:
     words that matched.
 
     Relevance is relative to the best match (1.00); a digest leaves out papers
-    below `digest.min_relevance`. The acronym expansions and like:ID terms used
+    below `digest.min_relevance`. Papers whose titles name the query go first
+    (their relevance counts 1.5 times in the order). The acronym expansions and like:ID terms used
     are listed first. Use it to tune a topic before subscribing; the syntax is in
     `digest subscribe --help`. A query that starts with "-" goes after "--":
     digest match -- '-survey llm'.

@@ -18,14 +18,26 @@ Scoring (`rank`), for a candidate paper d:
     idf(x)     = ln(1 + (N - df + 0.5) / (df + 0.5))   (df, N: the whole corpus)
 
 so an exact phrase beats words close together, which beat words anywhere, and
-the title weighs three times the abstract. Then pseudo-relevance feedback: the
+the title weighs three times the abstract. A paper that names the query only in
+passing, its title not at all and its abstract each time as one example in a
+list or as future work ("such as", "including", "e.g.", "for example", "future
+work" a few words before its most distinctive word), has lexical(d) multiplied by
+0.3. Then pseudo-relevance feedback: the
 tf-idf centroid of the 10 best papers by `lexical` (weighted by it; each of
 them compared with the other nine) describes what the topic is about here, and
 
     relevance(d) = lexical(d) * cosine(d, centroid), divided by its maximum
 
 in (0, 1], the best match scoring 1: papers that merely mention the words, far from what the best
-matches are about, fall behind (and below the selection's cutoff).
+matches are about, fall behind (and below the selection's cutoff). Matches are
+ordered by
+
+    weight(d) = relevance(d) * (1.5 if d's title names every word group of the query)
+
+(`Match.weight`): a paper whose title names the topic is nearly always about it,
+so it goes ahead of papers whose abstracts merely use the words more; the
+selection's cutoff compares relevance(d), so the bonus reorders what is shown,
+never adds to it.
 """
 
 from __future__ import annotations
@@ -34,6 +46,7 @@ import math
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from itertools import pairwise
 
 from sqlalchemy.orm import Session
 
@@ -56,6 +69,16 @@ NEAR_WEIGHT = 0.5
 NEAR_WINDOW = 10
 FEEDBACK_PAPERS = 10
 FEEDBACK_EXPONENT = 1.0
+TITLE_BONUS = 1.5  # Match.weight
+# A paper whose abstract names the query only in passing (each time in a list or as
+# future work: after "such as", "including", "e.g.", "for example", "future work" a
+# few words before) and whose title does not name it weighs PASSING_WEIGHT.
+PASSING_WEIGHT = 0.3
+PASSING_REACH = 6
+PASSING_CUES = frozenset({"includ"})
+PASSING_PAIRS = frozenset(
+    {("such", "as"), ("e", "g"), ("for", "exampl"), ("futur", "work"), ("futur", "direct")}
+)
 CANDIDATE_LIMIT = 400  # candidates rescored per query, the index's best first
 
 
@@ -139,24 +162,54 @@ def _positions(terms: list[str]) -> dict[str, list[int]]:
 
 @dataclass(frozen=True)
 class Match:
-    """A paper a query matches: relevance in (0, 1] and the index terms that matched."""
+    """A paper a query matches: relevance in (0, 1] (what a cutoff compares), the index
+    terms that matched, and whether its title names every word of the query."""
 
     paper_id: int
     relevance: float
     matched: tuple[tuple[str, ...], ...]
+    titled: bool = False
+
+    @property
+    def weight(self) -> float:
+        """What orders matches: relevance, raised by TITLE_BONUS when the title names the
+        query (reordering what a cutoff keeps, never keeping more or fewer)."""
+        return self.relevance * (TITLE_BONUS if self.titled else 1.0)
+
+
+def _starts(paper: _Indexed, phrase: Phrase, where: str) -> list[int]:
+    """Where `phrase` occurs in the field `where` (the positions of its first terms)."""
+    positions = paper.fields[where]
+    if phrase.prefix:
+        return [i for term, p in positions.items() if term.startswith(phrase.terms[0]) for i in p]
+    first = positions.get(phrase.terms[0], [])
+    if len(phrase.terms) == 1:
+        return first
+    rest = [set(positions.get(term, ())) for term in phrase.terms[1:]]
+    return [i for i in first if all(i + j + 1 in r for j, r in enumerate(rest))]
 
 
 def _occurrences(paper: _Indexed, phrase: Phrase, where: str) -> int:
-    positions = paper.fields[where]
-    if phrase.prefix:
-        return sum(len(p) for term, p in positions.items() if term.startswith(phrase.terms[0]))
-    first = positions.get(phrase.terms[0])
-    if not first:
-        return 0
-    if len(phrase.terms) == 1:
-        return len(first)
-    rest = [set(positions.get(term, ())) for term in phrase.terms[1:]]
-    return sum(1 for i in first if all(i + j + 1 in r for j, r in enumerate(rest)))
+    return len(_starts(paper, phrase, where))
+
+
+def _in_passing(paper: _Indexed, phrases: Iterable[Phrase]) -> bool:
+    """Whether the abstract names `phrases` only in passing: every occurrence a few words
+    after a cue of a list or of future work ("such as", "including", "future work")."""
+    spots = [
+        i
+        for phrase in phrases
+        if phrase.field in (None, "abstract")
+        for i in _starts(paper, phrase, "abstract")
+    ]
+    return bool(spots) and all(_after_cue(paper.abstract, i) for i in spots)
+
+
+def _after_cue(terms: list[str], at: int) -> bool:
+    before = terms[max(0, at - PASSING_REACH) : at]
+    return bool(PASSING_CUES.intersection(before)) or bool(
+        PASSING_PAIRS.intersection(pairwise(before))
+    )
 
 
 def _field_counts(paper: _Indexed, phrases: Iterable[Phrase]) -> tuple[int, int, int]:
@@ -255,20 +308,27 @@ def rank(
     scorer = _Scorer(corpus)
     lexical: dict[int, float] = {}
     matched: dict[int, list[tuple[str, ...]]] = {}
+    titled: set[int] = set()
     for paper_id in ids:
         paper = papers.get(paper_id)
         if paper is None:
             continue
         blocked = _other_meanings(plan, definitions.get(paper_id, {}))
-        score, found = _lexical(paper, plan, scorer, group_idf, sequence_idf, corpus, df, blocked)
+        score, found, named = _lexical(
+            paper, plan, scorer, group_idf, sequence_idf, corpus, df, blocked
+        )
         if score > 0:
             lexical[paper_id] = score
             matched[paper_id] = found
+        if named:
+            titled.add(paper_id)
     if not lexical:
         return []
     relevance = _feedback(lexical, papers, corpus)
-    order = sorted(relevance, key=lambda pid: (-relevance[pid], -lexical[pid], -pid))
-    return [Match(pid, relevance[pid], tuple(matched[pid])) for pid in order]
+    found_matches = [
+        Match(pid, relevance[pid], tuple(matched[pid]), pid in titled) for pid in relevance
+    ]
+    return sorted(found_matches, key=lambda m: (-m.weight, -lexical[m.paper_id], -m.paper_id))
 
 
 def _other_meanings(plan: Plan, defined: dict[str, set[str]]) -> frozenset[str]:
@@ -292,15 +352,25 @@ def _lexical(
     corpus: Corpus,
     df: dict[str, int],
     blocked: frozenset[str] = frozenset(),
-) -> tuple[float, list[tuple[str, ...]]]:
+) -> tuple[float, list[tuple[str, ...]], bool]:
+    """The paper's lexical score, the terms that matched, and whether its title names
+    every word group of the query."""
     score = 0.0
     found: list[tuple[str, ...]] = []
+    in_title = False  # the title names one of the word groups
+    titled = bool(plan.groups)  # ... every one of them
+    rarest: tuple[float, list[Phrase]] = (-1.0, [])  # the most distinctive group
     for group, idf in zip(plan.groups, group_idf, strict=True):
         phrases = [p for p in group.phrases if len(p.terms) > 1 or p.terms[0] not in blocked]
-        value = scorer.bm25f(paper, _field_counts(paper, phrases), idf)
+        counts = _field_counts(paper, phrases)
+        value = scorer.bm25f(paper, counts, idf)
         if value == 0:
-            return 0.0, []
+            return 0.0, [], False
         score += value
+        in_title = in_title or counts[0] > 0
+        titled = titled and counts[0] > 0
+        if idf > rarest[0]:
+            rarest = (idf, phrases)
         found.extend(p.terms for p in phrases if any(_field_counts(paper, [p])))
     if plan.like:
         similar = 0.0
@@ -310,7 +380,7 @@ def _lexical(
                 similar += weight * scorer.bm25f(paper, counts, corpus.idf(df.get(term, 0)))
                 found.append((term,))
         if similar == 0:
-            return 0.0, []
+            return 0.0, [], False
         score += similar
     if plan.sequence:
         title = _sequence_counts(paper.title, paper.fields["title"], plan, blocked)
@@ -320,7 +390,9 @@ def _lexical(
         if phrase:
             found.insert(0, phrase)
         score += NEAR_WEIGHT * scorer.bm25f(paper, (title[1], abstract[1], 0), sequence_idf)
-    return score, list(dict.fromkeys(t for t in found if t[0] not in STOP_WORDS))
+    if not in_title and _in_passing(paper, rarest[1]):
+        score *= PASSING_WEIGHT
+    return score, list(dict.fromkeys(t for t in found if t[0] not in STOP_WORDS)), titled
 
 
 def _feedback(

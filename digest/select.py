@@ -29,9 +29,10 @@ never been sent to this subscriber, and are either
 
 Each topic's papers are ordered by
 
-    score = relevance * (1 + 0.1 * log2(1 + upvotes + gain))
+    score = weight * (1 + 0.1 * log2(1 + upvotes + gain))
 
-(`upvotes` as of `now`), the community's signal raising the papers people
+(`weight`: the match's relevance, times 1.5 when its title names the query,
+`relevance.Match.weight`; `upvotes` as of `now`), the community's signal raising the papers people
 upvote without letting it beat relevance: the publication date plays no part.
 The `*` topic matches every eligible paper with relevance 1, so it is the
 period's papers by upvotes (the Hugging Face view) and may fill the whole digest.
@@ -245,7 +246,7 @@ class _Topics:
         for index, matches in enumerate(self.matches):
             match = matches.get(paper_id)
             if match is not None:
-                key = (self.queries[index] != "*", match.relevance)
+                key = (self.queries[index] != "*", match.weight)
                 if position < 0 or key > top:
                     position, top = index, key
         return position
@@ -354,7 +355,7 @@ class SelectionRun:
             matches, gains, facts = self.matches(topic), self.gains(window), self.facts
             gain = {pid: max(gains.get(pid, 0), 0) for pid in matches}
             score = {
-                pid: ranking_score(m.relevance, facts[pid].upvotes, gain[pid])
+                pid: ranking_score(m.weight, facts[pid].upvotes, gain[pid])
                 for pid, m in matches.items()
             }
             order = sorted(matches, key=lambda p: (-score[p], -(facts[p].upvotes or 0), -p))

@@ -203,8 +203,10 @@ def test_seed_matches_agree_across_backends(seeded: Session, query: str, count: 
     others = set(candidates) - {match.paper_id for match in found}
     papers = db.papers_by_id(seeded, others)
     assert sorted(paper.title for paper in papers.values()) == OTHER_SENSE.get(query, [])
+    weights = [match.weight for match in found]
+    assert weights == sorted(weights, reverse=True)
     scores = [match.relevance for match in found]
-    assert scores == sorted(scores, reverse=True) and scores[0] == 1.0 and scores[-1] > 0
+    assert max(scores) == 1.0 and min(scores) > 0
 
 
 # --- the tsquery compiler -----------------------------------------------------------------

@@ -218,6 +218,76 @@ def test_weak_matches_fall_below_the_cutoff(factory, tmp_path) -> None:
         assert titles(session, "robot")[-1] == "Scheduling Compilers"  # match lists it last
 
 
+def test_a_topic_named_only_in_passing_falls_behind_and_below_the_cutoff(factory, tmp_path) -> None:
+    ingest_rows(
+        factory,
+        tmp_path,
+        [
+            ("2601.00021", "Compression Toolkit", "Methods such as pruning and quantization help."),
+            ("2601.00022", "Another Toolkit", "We shrink models with quantization of weights."),
+            ("2601.00023", "Serving Toolkit", "Serving at scale. Future work: quantization."),
+            ("2601.00024", "Quantization at Scale", "Tools such as quantization shrink models."),
+        ],
+    )
+    with factory() as session:
+        assert titles(session, "quantization") == [
+            "Quantization at Scale",  # its title names it: a list in the abstract is no matter
+            "Another Toolkit",
+            "Serving Toolkit",  # only as future work
+            "Compression Toolkit",  # only as an example in a list
+        ]
+        kept = SelectionRun(session, NOW, SETTINGS).matches("quantization")
+        papers = db.papers_by_id(session, list(kept))
+        assert sorted(p.title for p in papers.values()) == [
+            "Another Toolkit",
+            "Quantization at Scale",
+        ]
+
+
+def test_a_title_naming_the_query_raises_a_paper_without_changing_what_is_cut(
+    factory, tmp_path
+) -> None:
+    ingest_rows(
+        factory,
+        tmp_path,
+        [
+            ("2601.00031", "Segmentation Made Simple", "A simple recipe for masks of images."),
+            (
+                "2601.00032",
+                "Masks for Images",
+                "Segmentation of images, segmentation of videos and segmentation of scenes.",
+            ),
+            ("2601.00033", "Video Masks", "Video segmentation with masks of objects."),
+            ("2601.00034", "Scheduling Compilers", "Compilers schedule loops; segmentation helps."),
+        ],
+    )
+    subscriber = transient_subscriber(["segmentation"], "UTC", 7)
+    with factory() as session:
+        corpus = relevance.Corpus(session)
+        plan = query_plan.plan_query(session, parse_query("segmentation"), corpus)
+        found = relevance.rank(session, plan, corpus)
+        papers = db.papers_by_id(session, [m.paper_id for m in found])
+        by_title = {papers[m.paper_id].title: m for m in found}
+        simple, video = by_title["Segmentation Made Simple"], by_title["Video Masks"]
+        assert simple.titled and not video.titled
+        assert simple.relevance < video.relevance < simple.relevance * relevance.TITLE_BONUS
+        assert [papers[m.paper_id].title for m in found] == [
+            "Masks for Images",
+            "Segmentation Made Simple",  # its title names the query: weight x1.5
+            "Video Masks",
+            "Scheduling Compilers",
+        ]
+        # The cutoff compares relevance: the same three papers are kept, in that order.
+        assert by_title["Scheduling Compilers"].relevance < SETTINGS.min_relevance
+        _, _, content = digest_content(session, subscriber, None, NOW, SETTINGS)
+        shown = db.papers_by_id(session, [item.paper_id for item in content.items])
+        assert [shown[item.paper_id].title for item in content.items] == [
+            "Masks for Images",
+            "Segmentation Made Simple",
+            "Video Masks",
+        ]
+
+
 def test_star_is_the_period_by_upvotes_and_fills_the_digest(factory, tmp_path) -> None:
     votes = [3, 40, 0, 12, 7, 25, 1, 18, 9, 30, 5, 2, 14, 22]
     ingest(

@@ -56,14 +56,14 @@ def reference(
     if previous is not None and new_since < previous <= run.now:
         new_since = previous
     gains = run.gains(trend_window(subscriber))
-    best: dict[int, tuple[bool, float, int]] = {}
+    best: dict[int, tuple[bool, float, int, relevance.Match]] = {}
     for position, topic in enumerate(subscriber.topics):
         specific = topic.query != "*"
         for paper_id, match in run.matches(topic.query).items():
             if paper_id in received:
                 continue
-            if paper_id not in best or (specific, match.relevance) > best[paper_id][:2]:
-                best[paper_id] = (specific, match.relevance, position)
+            if paper_id not in best or (specific, match.weight) > best[paper_id][:2]:
+                best[paper_id] = (specific, match.weight, position, match)
     rising = sorted(
         (
             (trending_score(gains[pid], run.facts[pid].age_hours, settings.gravity), pid)
@@ -74,7 +74,7 @@ def reference(
     )
     trending = {pid for _, pid in rising[: min(settings.max_trending, settings.max_items)]}
     per_topic: list[list[SelectedItem]] = [[] for _ in subscriber.topics]
-    for paper_id, (_, rel, position) in best.items():
+    for paper_id, (_, weight, position, match) in best.items():
         facts = run.facts[paper_id]
         if paper_id not in trending and not new_since < facts.first_seen <= run.now:
             continue
@@ -86,8 +86,8 @@ def reference(
                 kind="trending" if paper_id in trending else "new",
                 topic=topic.query,
                 topic_label=topic.label,
-                relevance=rel,
-                score=ranking_score(rel, facts.upvotes, gain),
+                relevance=match.relevance,
+                score=ranking_score(weight, facts.upvotes, gain),
                 upvotes=facts.upvotes,
                 upvote_gain=gain,
             )
