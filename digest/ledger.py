@@ -28,15 +28,16 @@ once per message, and they leave objects already loaded in the session as they w
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 
-from sqlalchemy import Select, func, select, text, update
+from sqlalchemy import Date, Select, Update, bindparam, func, select, text, update
 from sqlalchemy.orm import Session
 
 from digest import db
-from digest.models import CLAIMABLE_SQL, CLAIMABLE_STATUSES, Delivery, DeliveryStatus
+from digest.models import CLAIMABLE_SQL, CLAIMABLE_STATUSES, Delivery, DeliveryStatus, UTCDateTime
 from digest.sources.records import one_line
 
 Status = DeliveryStatus
@@ -100,6 +101,65 @@ def unplannable(session: Session, failures: Sequence[tuple[int, date, str]], now
     return len(_insert(session, rows, now))
 
 
+# The statements of the send loop (a reservation, a take and a mark per message) are
+# built once, with their values as parameters: building one costs more than running it.
+_AT = bindparam("at", type_=UTCDateTime())
+_LEASE = bindparam("lease", type_=UTCDateTime())
+_DUE = (
+    select(Delivery)
+    .where(
+        text(CLAIMABLE_SQL),
+        Delivery.digest_date.in_(bindparam("dates", expanding=True, type_=Date())),
+        Delivery.next_attempt_at.is_(None) | (Delivery.next_attempt_at <= _AT),
+        Delivery.lease_until.is_(None) | (Delivery.lease_until < _AT),
+    )
+    .order_by(
+        Delivery.digest_date,
+        Delivery.next_attempt_at.is_not(None),
+        Delivery.next_attempt_at,
+        Delivery.id,
+    )
+)
+_TAKE = (
+    update(Delivery)
+    .where(
+        Delivery.id == bindparam("delivery"),
+        text(CLAIMABLE_SQL),
+        Delivery.lease_until == bindparam("held", type_=UTCDateTime()),
+    )
+    .values(
+        status=Status.SENDING, lease_until=_LEASE, attempts=Delivery.attempts + 1, updated_at=_AT
+    )
+)
+_MARK_SENT = (
+    update(Delivery)
+    .where(
+        Delivery.id.in_(bindparam("ids", expanding=True)),
+        Delivery.status.in_([Status.SENDING, Status.UNKNOWN]),
+    )
+    .values(
+        status=Status.SENT,
+        lease_until=None,
+        updated_at=_AT,
+        sent_at=_AT,
+        last_reply=bindparam("reply"),
+    )
+)
+
+
+@functools.cache
+def _reserve_statement(skip_locked: bool) -> Update:
+    due = _DUE.with_only_columns(Delivery.id).limit(1)
+    if skip_locked:
+        due = due.with_for_update(skip_locked=True)
+    return (
+        update(Delivery)
+        .where(Delivery.id == due.scalar_subquery(), text(CLAIMABLE_SQL))
+        .values(lease_until=_LEASE, updated_at=_AT)
+        .returning(Delivery.id)
+    )
+
+
 def due_rows(now: datetime, dates: Iterable[date]) -> Select[Delivery]:
     """The due queued or deferred rows of these dates that no sender holds, in claim order.
 
@@ -107,19 +167,7 @@ def due_rows(now: datetime, dates: Iterable[date]) -> Select[Delivery]:
     rest. The partial index ix_deliveries_claimable has this order, so the first due
     row is found without sorting the day.
     """
-    due = text(CLAIMABLE_SQL) & Delivery.digest_date.in_(list(dates))
-    due &= Delivery.next_attempt_at.is_(None) | (Delivery.next_attempt_at <= now)
-    due &= Delivery.lease_until.is_(None) | (Delivery.lease_until < now)
-    return (
-        select(Delivery)
-        .where(due)
-        .order_by(
-            Delivery.digest_date,
-            Delivery.next_attempt_at.is_not(None),
-            Delivery.next_attempt_at,
-            Delivery.id,
-        )
-    )
+    return _DUE.params(at=now, dates=list(dates))
 
 
 def reserve(
@@ -131,19 +179,9 @@ def reserve(
     runs out (the sender died) leaves it due again, as if never held. On PostgreSQL,
     rows another sender is reserving are skipped (`FOR UPDATE SKIP LOCKED`).
     """
-    due = due_rows(now, dates).with_only_columns(Delivery.id).limit(1)
-    if session.get_bind().dialect.name == "postgresql":
-        due = due.with_for_update(skip_locked=True)
-    reserved = (
-        session.connection()
-        .execute(
-            update(Delivery)
-            .where(Delivery.id == due.scalar_subquery(), text(CLAIMABLE_SQL))
-            .values(lease_until=lease_until, updated_at=now)
-            .returning(Delivery.id)
-        )
-        .scalar()
-    )
+    statement = _reserve_statement(session.get_bind().dialect.name == "postgresql")
+    values = {"at": now, "lease": lease_until, "dates": list(dates)}
+    reserved: int | None = session.connection().execute(statement, values).scalar()
     return reserved
 
 
@@ -156,21 +194,8 @@ def take(
 ) -> bool:
     """A row this sender reserved (until `reserved_until`) to `sending`, its attempt
     counted; False if it is no longer this sender's to send."""
-    result = session.connection().execute(
-        update(Delivery)
-        .where(
-            Delivery.id == delivery_id,
-            text(CLAIMABLE_SQL),
-            Delivery.lease_until == reserved_until,
-        )
-        .values(
-            status=Status.SENDING,
-            lease_until=lease_until,
-            attempts=Delivery.attempts + 1,
-            updated_at=now,
-        )
-    )
-    return bool(result.rowcount)
+    values = {"delivery": delivery_id, "held": reserved_until, "lease": lease_until, "at": now}
+    return bool(session.connection().execute(_TAKE, values).rowcount)
 
 
 def claim(
@@ -222,15 +247,10 @@ def release(session: Session, delivery_id: int, now: datetime) -> int:
 
 def mark_sent(session: Session, delivery_ids: Collection[int], now: datetime, reply: str) -> int:
     """The server accepted these messages (also rows whose lease ran out meanwhile)."""
-    return _move(
-        session,
-        delivery_ids,
-        [Status.SENDING, Status.UNKNOWN],
-        Status.SENT,
-        now,
-        sent_at=now,
-        last_reply=reply[:REPLY_CHARS],
-    )
+    if not delivery_ids:
+        return 0
+    values = {"ids": list(delivery_ids), "at": now, "reply": reply[:REPLY_CHARS]}
+    return int(session.connection().execute(_MARK_SENT, values).rowcount or 0)
 
 
 def mark_unknown(session: Session, delivery_id: int, now: datetime, reply: str) -> int:
