@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import itertools
 import json
 import os
 import pstats
@@ -43,6 +44,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -125,13 +127,15 @@ def _app(config: Path) -> Any:
 
 
 def _due(app: Any) -> Any:
+    """The due subscribers, streamed as `digest send` streams them."""
     from digest import db
     from digest.select import is_due_today, local_date
     from digest.subscribers import sendable
 
-    def due(session: Any) -> list[Any]:
-        active = sendable(db.list_subscribers(session, "active"))
-        return [(s, local_date(NOW, s.timezone)) for s in active if is_due_today(s, NOW)]
+    def due(session: Any) -> Iterator[tuple[Any, Any]]:
+        for subscriber in db.iter_subscribers(session, "active"):
+            if sendable([subscriber]) and is_due_today(subscriber, NOW):
+                yield subscriber, local_date(NOW, subscriber.timezone)
 
     return due
 
@@ -193,7 +197,7 @@ def stage_naive(config: Path, sample: int) -> dict[str, Any]:
     product = app.mailer()
     settings = app.config.digest
     with app.sessions()() as session:
-        due = _due(app)(session)[:sample]
+        due = list(itertools.islice(_due(app)(session), sample))
         run = SelectionRun(session, NOW, settings)
         chosen = [(s, day, run.select(s, day)) for s, day in due]
         chosen = [(s, day, selection) for s, day, selection in chosen if selection.items]

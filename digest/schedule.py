@@ -67,12 +67,13 @@ def due_date(subscriber: Subscriber, now: datetime, grace: timedelta) -> date | 
 
 
 def due_subscribers(session: Session, now: datetime, grace: timedelta) -> DueList:
-    due = []
-    for subscriber in sendable(db.list_subscribers(session, "active"), log.warning):
-        day = due_date(subscriber, now, grace)
-        if day is not None:
-            due.append((subscriber, day))
-    return due
+    """The active subscribers with a digest due, and its date; streamed from the
+    database (the send plans them in batches, never holding them all)."""
+    for subscriber in db.iter_subscribers(session, "active"):
+        if sendable([subscriber], log.warning):
+            day = due_date(subscriber, now, grace)
+            if day is not None:
+                yield subscriber, day
 
 
 def next_send_time(subscriber: Subscriber, now: datetime) -> datetime:
