@@ -238,7 +238,8 @@ def stage_naive(config: Path, sample: int) -> dict[str, Any]:
 
 
 def stage_send(config: Path) -> dict[str, Any]:
-    from digest.deliver import plan_in_batches, send_digests
+    from digest.deliver import send_digests
+    from digest.plan import plan_in_batches
 
     app = _app(config)
     app.engine()

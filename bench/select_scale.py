@@ -22,9 +22,9 @@ from sqlalchemy import event, func, select
 
 from digest import db
 from digest.config import DigestSettings
-from digest.deliver import plan_deliveries
 from digest.ingest import ingest_inputs
 from digest.models import Digest
+from digest.plan import plan_deliveries
 from digest.resources import resource_dir
 from digest.subscribers import subscribe
 

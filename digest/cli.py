@@ -52,6 +52,7 @@ if TYPE_CHECKING:
         doctor,
         ingest,
         links,
+        plan,
         query_plan,
         relevance,
         resources,
@@ -799,7 +800,7 @@ def run_send(
 
     left_out = 0
 
-    def due(session: Session) -> deliver.DueList:
+    def due(session: Session) -> plan.DueList:
         # Streamed: the subscribers are planned in batches, never all held at once.
         nonlocal left_out
         for subscriber in db.iter_subscribers(session, "active"):

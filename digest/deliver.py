@@ -1,8 +1,7 @@
-"""Deliver stage: the send loop. Plan each due subscriber's digest, claim each queued
-delivery, send its message through a transport and record the outcome.
+"""Deliver stage: the send loop. Claim each queued delivery, send its message through
+a transport and record the outcome.
 
-* `plan_deliveries` chooses each due subscriber's digest (`digest.select`) and
-  writes its ledger row (`digest.ledger`).
+* `send_digests` plans the due subscribers' digests (`digest.plan`) and sends them.
 * `Sender` claims each queued delivery, asks `digest.message.DigestMailer` for its
   message, sends it through a transport (`digest.transport`: SMTP, the Maildir
   outbox, memory) and records the outcome through the ledger's transitions. One
@@ -14,9 +13,8 @@ delivery, send its message through a transport and record the outcome.
 from __future__ import annotations
 
 import contextlib
-import itertools
 import random
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
@@ -29,17 +27,9 @@ from sqlalchemy.orm import Session, joinedload, sessionmaker
 
 from digest import db, ledger
 from digest.config import DeliveryConfig, DigestSettings
-from digest.errors import DigestError
 from digest.message import DigestMailer, Unsendable, describe
 from digest.models import CLAIMABLE_STATUSES, Delivery, DeliveryStatus, Digest, Subscriber
-from digest.relevance import Corpus
-from digest.select import (
-    Selection,
-    SelectionRun,
-    histories,
-    record_selections,
-    selection_time,
-)
+from digest.plan import DueList, plan_in_batches
 from digest.transport import (
     Encoded,
     FatalTransportError,
@@ -51,7 +41,7 @@ from digest.transport import (
 
 Status = DeliveryStatus
 
-# --- the ledger: plan, claim, send, mark ------------------------------------------------
+# --- the send loop: claim, send, mark ------------------------------------------------
 
 # This many recipients in a row failing the same way (the same hint) is the session's
 # problem, not theirs: the run stops rather than burn through the whole queue.
@@ -95,58 +85,8 @@ def day_end(digest_date: date, timezone: str) -> datetime:
     return datetime.combine(digest_date + timedelta(days=1), dtime(), tzinfo=ZoneInfo(timezone))
 
 
-# The due (subscriber, digest date) pairs; any iterable, so they may stream.
-DueList = Iterable[tuple[Subscriber, date]]
-PLAN_BATCH = 500  # subscribers planned per transaction
 WARM_BATCH = 500  # digests whose cards are inlined together before sending
 READ_AHEAD = 50  # due rows loaded together, ahead of their claims
-
-
-def plan_deliveries(
-    session: Session,
-    due: Iterable[tuple[Subscriber, date]],
-    *,
-    now: datetime,
-    settings: DigestSettings,
-    at_send_time: bool = False,
-    runs: dict[datetime, SelectionRun] | None = None,
-) -> tuple[set[date], int, int]:
-    """Choose the digest of each (subscriber, digest date) that has none yet.
-
-    Returns (the digest dates involved, deliveries queued, deliveries empty). What
-    the subscribers got before is read for them all at once, and their digests and
-    ledger rows are written in a few bulk statements; a row another process planned
-    first (the unique constraint) is simply left to it. Batches of one run share
-    `runs` (each topic is ranked once per run).
-    """
-    # With `at_send_time`, each digest is chosen as of its send time (now, if that is
-    # still ahead), so a past date or a late catch-up never sees later papers or upvotes;
-    # without, as of now (`digest send` for today). Runs at different instants share the
-    # corpus statistics.
-    runs = {} if runs is None else runs
-    corpus = next(iter(runs.values())).corpus if runs else Corpus(session)
-    pairs = list(due)
-    dates = {day for _, day in pairs}
-    planned = db.planned_deliveries(session, [(s.id, day) for s, day in pairs])
-    pairs = [(s, day) for s, day in pairs if (s.id, day) not in planned]
-    history = histories(session, [(s.id, day) for s, day in pairs])
-    chosen: list[tuple[int, Selection]] = []
-    failures: list[tuple[int, date, str]] = []
-    for subscriber, day in pairs:
-        as_of = selection_time(subscriber, day, now) if at_send_time else now
-        if as_of not in runs:
-            runs[as_of] = SelectionRun(session, as_of, settings, corpus)
-        try:
-            selection = runs[as_of].select(subscriber, day, history[(subscriber.id, day)])
-        except DigestError as exc:
-            # This subscriber's stored data (e.g. a topic query an older version
-            # accepted) cannot be used: their row fails, everyone else goes on.
-            failures.append((subscriber.id, day, f"not planned: {exc}"))
-            continue
-        chosen.append((subscriber.id, selection))
-    ledger.unplannable(session, failures, now)
-    queued, empty = record_selections(session, chosen, now, settings.send_empty)
-    return dates, queued, empty
 
 
 @dataclass
@@ -549,51 +489,6 @@ def send_digests(
         report.unknown = counts.get(Status.UNKNOWN, 0)
         report.queued = counts.get(Status.QUEUED, 0)
     return report
-
-
-def plan_in_batches(
-    factory: sessionmaker[Session],
-    due: Callable[[Session], DueList],
-    *,
-    now: datetime,
-    settings: DigestSettings,
-    at_send_time: bool,
-    each: Callable[[Session, list[tuple[Subscriber, date]]], None] | None = None,
-    write: bool = True,
-) -> tuple[set[date], int]:
-    """Plan the due subscribers `PLAN_BATCH` at a time, one transaction each.
-
-    Subscribers stream from their own session and nothing of a batch is kept
-    after it, so memory stays flat however many subscribers there are. `each`
-    sees every planned batch inside its transaction; without `write`, each
-    batch is rolled back (the dry run). Returns (the digest dates, empty plans).
-    """
-    runs: dict[datetime, SelectionRun] = {}
-    dates: set[date] = set()
-    empty = 0
-    with factory() as reader, factory() as writer:
-        pairs = iter(due(reader))
-        while batch := list(itertools.islice(pairs, PLAN_BATCH)):
-            transaction = writer.begin()
-            try:
-                if write:
-                    writer.connection(execution_options={"sqlite_begin": "IMMEDIATE"})
-                planned, _, emptied = plan_deliveries(
-                    writer, batch, now=now, settings=settings, at_send_time=at_send_time, runs=runs
-                )
-                if each is not None:
-                    each(writer, batch)
-            except BaseException:
-                transaction.rollback()
-                raise
-            if write:
-                transaction.commit()
-            else:
-                transaction.rollback()
-            dates |= planned
-            empty += emptied
-            writer.expunge_all()
-    return dates, empty
 
 
 def _dry_run(

@@ -40,10 +40,11 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from digest import db, ledger
 from digest.config import DigestSettings, ScheduleConfig
-from digest.deliver import DueList, Sender, SendReport, Workers, send_digests
+from digest.deliver import Sender, SendReport, Workers, send_digests
 from digest.errors import DigestError
 from digest.ingest import InputSummary
 from digest.models import CLAIMABLE_STATUSES, Subscriber
+from digest.plan import DueList
 from digest.select import local_date, send_time, sends_on
 from digest.subscribers import purge_pending, sendable
 

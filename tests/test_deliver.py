@@ -24,6 +24,7 @@ from digest.ingest import ingest_inputs
 from digest.links import token_payload, verify_token
 from digest.message import DigestMailer, Dkim, build_message
 from digest.models import Delivery, Subscriber
+from digest.plan import plan_deliveries
 from digest.render import Renderer
 from digest.subscribers import subscribe
 from digest.transport import MaildirTransport, MemoryTransport, SmtpTransport
@@ -297,9 +298,7 @@ def test_connection_reuse_and_rate_limit(factory, readers, smtp_server) -> None:
 def test_crash_after_acceptance_is_unknown_and_not_resent(factory, readers, smtp_server) -> None:
     lease = 600
     with db.transaction(factory) as session:
-        dates, _, _ = __import__("digest.deliver", fromlist=["plan_deliveries"]).plan_deliveries(
-            session, active(session), now=NOW, settings=DigestSettings()
-        )
+        dates, _, _ = plan_deliveries(session, active(session), now=NOW, settings=DigestSettings())
         # A sender claims a row, the server accepts it, and the process dies unmarked.
         claimed = delivery_ledger.claim(session, NOW, NOW + timedelta(seconds=lease), dates)
     assert claimed is not None

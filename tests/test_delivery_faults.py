@@ -21,17 +21,11 @@ from sqlalchemy.orm import Session
 
 from digest import db
 from digest.config import DigestSettings
-from digest.deliver import (
-    SESSION_STREAK,
-    DueList,
-    Sender,
-    SendReport,
-    plan_deliveries,
-    send_digests,
-)
+from digest.deliver import SESSION_STREAK, Sender, SendReport, send_digests
 from digest.ingest import ingest_inputs
 from digest.message import DigestMailer
 from digest.models import Delivery, Subscriber
+from digest.plan import DueList, plan_deliveries
 from digest.render import Renderer
 from digest.subscribers import sendable_address, subscribe
 from digest.transport import SmtpTransport

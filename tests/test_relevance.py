@@ -15,9 +15,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from digest import db, query_plan, relevance
 from digest.config import DigestSettings
-from digest.deliver import plan_deliveries
 from digest.ingest import ingest_inputs
 from digest.models import Delivery, Paper
+from digest.plan import plan_deliveries
 from digest.query import parse_query
 from digest.select import SelectionRun, digest_content
 from digest.subscribers import subscribe, transient_subscriber

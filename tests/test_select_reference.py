@@ -18,9 +18,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from bench.synthetic import REALISTIC_TOPICS
 from digest import db, relevance
 from digest.config import DigestSettings
-from digest.deliver import plan_deliveries
 from digest.ingest import ingest_inputs
 from digest.models import Delivery, Paper, Subscriber, Topic, UpvoteObservation
+from digest.plan import plan_deliveries
 from digest.select import (
     History,
     SelectedItem,
