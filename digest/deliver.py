@@ -28,7 +28,7 @@ from sqlalchemy.orm import Session, joinedload, sessionmaker
 from digest import db, ledger
 from digest.config import DeliveryConfig, DigestSettings
 from digest.message import DigestMailer, Unsendable, describe
-from digest.models import CLAIMABLE_STATUSES, Delivery, DeliveryStatus, Digest, Subscriber
+from digest.models import CLAIMABLE_STATUSES, Delivery, DeliveryStatus, Subscriber
 from digest.plan import DueList, plan_in_batches
 from digest.transport import (
     Encoded,
@@ -128,6 +128,7 @@ class Sender:
     on_progress: Callable[[str], None] | None = None
     # The due rows read ahead of their claims (`_read_ahead`), and the session they live in.
     _ahead: dict[int, Delivery] = field(default_factory=dict, repr=False)
+    _items: dict[int, list[db.StoredItem]] = field(default_factory=dict, repr=False)
     _session: Session | None = field(default=None, repr=False)
 
     def _record(self, transition: Callable[[Session, datetime], object]) -> None:
@@ -170,12 +171,15 @@ class Sender:
             message: EmailMessage | Encoded | Unsendable | None = None
             if subscriber.status == "active":
                 try:
+                    items = self._items.get(delivery.digest_id or 0)
                     if self.transport.takes_encoded:
                         message = self.mailer.delivery_message(
-                            session, delivery, self.clock(), encoded=True
+                            session, delivery, self.clock(), encoded=True, items=items
                         )
                     else:
-                        message = self.mailer.delivery_message(session, delivery, self.clock())
+                        message = self.mailer.delivery_message(
+                            session, delivery, self.clock(), items=items
+                        )
                 except Unsendable as exc:
                     message = exc
             return Composed(delivery, subscriber, message, reserved_until)
@@ -189,9 +193,10 @@ class Sender:
 
     def _read_ahead(self, delivery_id: int, dates: set[date]) -> None:
         """Load the claimed row and the next `READ_AHEAD` due ones in claim order, each
-        with its subscriber, their topics and its digest: a few queries per batch rather
-        than per message. A subscriber's status is thus read up to a batch before their
-        message is built (a fraction of a second at sending speed)."""
+        with its subscriber, their topics and its digest (its items as plain rows): a few
+        queries per batch rather than per message. A subscriber's status is thus read up
+        to a batch before their message is built (a fraction of a second at sending
+        speed)."""
         session = self._reader()
         upcoming = ledger.due_rows(self.clock(), dates).with_only_columns(Delivery.id)
         ids = [delivery_id, *session.scalars(upcoming.limit(READ_AHEAD))]
@@ -202,11 +207,14 @@ class Sender:
                 .where(Delivery.id.in_(ids))
                 .options(
                     joinedload(Delivery.subscriber).selectinload(Subscriber.topics),
-                    joinedload(Delivery.digest).selectinload(Digest.items),
+                    joinedload(Delivery.digest),
                 )
                 .execution_options(populate_existing=True)
             ).unique()
         }
+        self._items = db.digest_items(
+            session, (d.digest_id for d in self._ahead.values() if d.digest_id is not None)
+        )
         session.commit()
 
     def _retry_or_fail(self, delivery: Delivery, subscriber: Subscriber, reply: str) -> Status:
@@ -413,7 +421,7 @@ class Sender:
                         self._mark_sent(outcome, session)
             pool.shutdown(wait=False)
             self.transport.close()
-            self._ahead = {}
+            self._ahead, self._items = {}, {}
             if self._session is not None:
                 self._session.close()
                 self._session = None
@@ -512,10 +520,13 @@ def _dry_run(
         ).all()
         weekly = {subscriber.id: subscriber.weekday is not None for subscriber, _ in batch}
         digests = {(d.digest_id, weekly[d.subscriber_id]) for d in planned if d.digest_id}
-        sender.mailer.warm(session, sorted(digests))
+        items = db.digest_items(session, (digest_id for digest_id, _ in digests))
+        sender.mailer.warm(session, sorted(digests), items)
         for delivery in planned:
             try:
-                sender.mailer.delivery_message(session, delivery, now, encoded=True)
+                sender.mailer.delivery_message(
+                    session, delivery, now, encoded=True, items=items.get(delivery.digest_id or 0)
+                )
                 report.sent += 1
             except Unsendable:
                 report.failed += 1

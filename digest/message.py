@@ -29,14 +29,13 @@ from email.utils import format_datetime
 from typing import Literal, overload
 
 import sqlalchemy
-from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from digest import db
 from digest.config import DigestSettings, MailConfig
 from digest.links import subscriber_links
-from digest.models import Delivery, DigestItem, Paper, Subscriber
+from digest.models import Delivery, Paper, Subscriber
 from digest.render import (
     BoundedCache,
     ItemLike,
@@ -263,17 +262,18 @@ class DigestMailer:
                 self._papers.put(paper_id, kept)
         return found
 
-    def warm(self, session: Session, digests: Sequence[tuple[int, bool]]) -> int:
-        """Inline the paper cards of these (digest id, weekly) in few premailer runs."""
+    def warm(
+        self,
+        session: Session,
+        digests: Sequence[tuple[int, bool]],
+        items: Mapping[int, Sequence[ItemLike]] | None = None,
+    ) -> int:
+        """Inline the paper cards of these (digest id, weekly) in few premailer runs
+        (`items`: their items by digest id, if the caller read them already)."""
         if not digests:
             return 0
-        items: dict[int, list[DigestItem]] = {}
-        for item in session.scalars(
-            select(DigestItem)
-            .where(DigestItem.digest_id.in_({digest_id for digest_id, _ in digests}))
-            .order_by(DigestItem.digest_id, DigestItem.position)
-        ):
-            items.setdefault(item.digest_id, []).append(item)
+        if items is None:
+            items = db.digest_items(session, (digest_id for digest_id, _ in digests))
         papers = self.papers(session, {i.paper_id for group in items.values() for i in group})
         return self.renderer.warm(
             ((items.get(digest_id, []), weekly) for digest_id, weekly in digests), papers
@@ -281,18 +281,38 @@ class DigestMailer:
 
     @overload
     def delivery_message(
-        self, session: Session, delivery: Delivery, sent_at: datetime
+        self,
+        session: Session,
+        delivery: Delivery,
+        sent_at: datetime,
+        *,
+        items: Sequence[ItemLike] | None = None,
     ) -> EmailMessage: ...
 
     @overload
     def delivery_message(
-        self, session: Session, delivery: Delivery, sent_at: datetime, *, encoded: Literal[True]
+        self,
+        session: Session,
+        delivery: Delivery,
+        sent_at: datetime,
+        *,
+        encoded: Literal[True],
+        items: Sequence[ItemLike] | None = None,
     ) -> Encoded: ...
 
     def delivery_message(
-        self, session: Session, delivery: Delivery, sent_at: datetime, *, encoded: bool = False
+        self,
+        session: Session,
+        delivery: Delivery,
+        sent_at: datetime,
+        *,
+        encoded: bool = False,
+        items: Sequence[ItemLike] | None = None,
     ) -> EmailMessage | Encoded:
         """The message of a planned delivery, for its subscriber (`encoded`: as bytes).
+
+        `items` are its digest's items when the caller read them already
+        (`db.digest_items`); otherwise they are loaded when the digest is not cached.
 
         `Unsendable` if the digest cannot be rendered (shared by everyone who gets
         the same content: worth retrying once the cause is fixed) or this
@@ -308,7 +328,7 @@ class DigestMailer:
             rendered = self._cache.lookup((digest.content_hash, weekly)) or self.render_items(
                 session,
                 digest.content_hash,
-                list(digest.items),
+                list(digest.items) if items is None else items,
                 digest.digest_date,
                 weekly,
                 json.loads(digest.more_matched or "{}"),

@@ -6,6 +6,7 @@ import base64
 import json
 import mailbox
 import random
+import re
 import ssl
 from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
@@ -509,3 +510,26 @@ def test_an_unexpected_error_for_one_message_defers_it_and_the_run_goes_on(
     with factory() as session:
         row = session.scalars(select(Delivery).where(Delivery.status == "deferred")).one()
     assert row.last_reply == "could not be sent: RuntimeError: bug in the transport"
+
+
+def test_items_read_as_rows_build_the_same_message(factory, readers) -> None:
+    """The send loop reads digest items as plain rows (`db.digest_items`): the message
+    is byte for byte the one built from the `DigestItem` entities."""
+    with db.transaction(factory) as session:
+        plan_deliveries(session, active(session), now=NOW, settings=DigestSettings())
+    with factory() as session:
+        deliveries = session.scalars(select(Delivery).order_by(Delivery.id)).all()
+        rows = db.digest_items(session, {d.digest_id for d in deliveries if d.digest_id})
+        assert [len(rows[d.digest_id]) for d in deliveries if d.digest_id] == [3] * 5
+        for delivery in deliveries:
+            from_rows = make_sender(factory, MemoryTransport()).mailer.delivery_message(
+                session, delivery, NOW, encoded=True, items=rows[delivery.digest_id]
+            )
+            from_entities = make_sender(factory, MemoryTransport()).mailer.delivery_message(
+                session, delivery, NOW, encoded=True
+            )
+            boundary = re.compile(rb"===============\d+==")
+            assert boundary.sub(b"B", from_rows.data) == boundary.sub(b"B", from_entities.data)
+            assert [i.paper_id for i in rows[delivery.digest_id]] == [
+                i.paper_id for i in delivery.digest.items
+            ]
