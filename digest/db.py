@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
@@ -41,7 +41,7 @@ from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import DatabaseError, IntegrityError
-from sqlalchemy.orm import Session, aliased, selectinload, sessionmaker
+from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 from digest.errors import DigestError
 from digest.fulltext import (
@@ -291,23 +291,65 @@ def _table(name: str) -> Any:
     return Paper.metadata.tables[name]
 
 
-def paper_identities(
-    session: Session, keys: Sequence[tuple[str | None, str]]
-) -> list[tuple[int, str | None, str]]:
-    """(id, arXiv id, title key) of the stored papers that records with these (arXiv id,
-    title key) pairs may belong to: the one with the arXiv id, else those with the title."""
-    papers = _table("papers")
-    columns = (papers.c.id, papers.c.arxiv_id, papers.c.title_key)
-    found: dict[int, tuple[int, str | None, str]] = {}
-    for chunk in _chunks(sorted({arxiv_id for arxiv_id, _ in keys if arxiv_id})):
-        for row in session.execute(select(*columns).where(papers.c.arxiv_id.in_(chunk))):
-            found[row[0]] = (row[0], row[1], row[2])
-    stored = {arxiv_id for _, arxiv_id, _ in found.values()}
-    titles = sorted({title_key for arxiv_id, title_key in keys if arxiv_id not in stored})
-    for chunk in _chunks(titles):
-        for row in session.execute(select(*columns).where(papers.c.title_key.in_(chunk))):
-            found[row[0]] = (row[0], row[1], row[2])
-    return [found[paper_id] for paper_id in sorted(found)]
+class StoredPaper(NamedTuple):
+    """What ingest needs to know of a stored paper a batch of records may belong to."""
+
+    id: int
+    arxiv_id: str | None
+    title_key: str
+    sources: dict[str, str | None]  # source -> hash of the record it last gave
+    latest: tuple[datetime, int] | None  # the latest upvote observation (time, count)
+
+
+# Each paper with its sources and its latest upvote observation, in one statement (an
+# index probe each): `{column}` is arxiv_id or title_key, `{values}` the placeholders.
+_STORED_PAPERS = (
+    "SELECT p.id, p.arxiv_id, p.title_key, s.source, s.content_hash, o.observed_at, o.upvotes "
+    "FROM papers p LEFT JOIN paper_sources s ON s.paper_id = p.id {latest} "
+    "WHERE p.{column} IN ({values})"
+)
+_LATEST_ORDER = "ORDER BY l.observed_at DESC, l.id DESC LIMIT 1"
+_LATEST = {
+    # SQLite has no LATERAL; PostgreSQL would not use the primary key for `o.id = (...)`.
+    "sqlite": "LEFT JOIN upvote_observations o ON o.id = (SELECT l.id "
+    f"FROM upvote_observations l WHERE l.paper_id = p.id {_LATEST_ORDER})",
+    "postgresql": "LEFT JOIN LATERAL (SELECT l.observed_at, l.upvotes "
+    f"FROM upvote_observations l WHERE l.paper_id = p.id {_LATEST_ORDER}) o ON true",
+}
+
+
+def stored_papers(session: Session, column: str, values: Iterable[str]) -> dict[int, StoredPaper]:
+    """The stored papers whose `column` (arxiv_id or title_key) is one of `values`, by id,
+    each with its sources and latest upvote observation: one statement per CHUNK values."""
+    assert column in ("arxiv_id", "title_key")
+    connection = session.connection()
+    dialect = connection.dialect
+    observed_at = _table("upvote_observations").c.observed_at.type
+    to_time = observed_at.dialect_impl(dialect).result_processor(dialect, None)
+    placeholder = "?" if dialect.paramstyle == "qmark" else "%s"
+    found: dict[int, StoredPaper] = {}
+    for chunk in _chunks(sorted(set(values))):
+        sql = _STORED_PAPERS.format(
+            latest=_LATEST[dialect.name],
+            column=column,
+            values=", ".join([placeholder] * len(chunk)),
+        )
+        for (
+            paper_id,
+            arxiv_id,
+            title_key,
+            source,
+            content_hash,
+            time,
+            upvotes,
+        ) in connection.exec_driver_sql(sql, tuple(chunk)):
+            paper = found.get(paper_id)
+            if paper is None:
+                latest = None if time is None else (to_time(time) if to_time else time, upvotes)
+                paper = found[paper_id] = StoredPaper(paper_id, arxiv_id, title_key, {}, latest)
+            if source is not None:
+                paper.sources[source] = content_hash
+    return found
 
 
 def paper_rows(session: Session, ids: Iterable[int]) -> dict[int, dict[str, Any]]:
@@ -317,41 +359,6 @@ def paper_rows(session: Session, ids: Iterable[int]) -> dict[int, dict[str, Any]
     for chunk in _chunks(sorted(set(ids))):
         for row in session.execute(select(papers).where(papers.c.id.in_(chunk))).mappings():
             found[row["id"]] = dict(row)
-    return found
-
-
-def source_hashes(session: Session, ids: Iterable[int]) -> dict[int, dict[str, str | None]]:
-    """The sources of these papers, each with the hash of the record it last gave."""
-    sources = _table("paper_sources")
-    found: dict[int, dict[str, str | None]] = {}
-    for chunk in _chunks(sorted(set(ids))):
-        statement = select(sources.c.paper_id, sources.c.source, sources.c.content_hash).where(
-            sources.c.paper_id.in_(chunk)
-        )
-        for paper_id, source, content_hash in session.execute(statement):
-            found.setdefault(paper_id, {})[source] = content_hash
-    return found
-
-
-def latest_upvotes(session: Session, ids: Iterable[int]) -> dict[int, tuple[datetime, int]]:
-    """The latest upvote observation (time, count) of each of these papers that has one."""
-    latest = aliased(UpvoteObservation)
-    newest_id = (
-        select(latest.id)
-        .where(latest.paper_id == UpvoteObservation.paper_id)
-        .order_by(latest.observed_at.desc(), latest.id.desc())
-        .limit(1)
-        .scalar_subquery()
-    )
-    found: dict[int, tuple[datetime, int]] = {}
-    for chunk in _chunks(sorted(set(ids))):
-        statement = select(
-            UpvoteObservation.paper_id, UpvoteObservation.observed_at, UpvoteObservation.upvotes
-        ).where(UpvoteObservation.paper_id.in_(chunk), UpvoteObservation.id == newest_id)
-        found.update(
-            (paper_id, (observed_at, upvotes))
-            for paper_id, observed_at, upvotes in session.execute(statement)
-        )
     return found
 
 

@@ -17,10 +17,12 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from digest import db, query_plan, relevance
 from digest import ingest as ingest_module
+from digest import text as text_analysis
 from digest.fetch import HttpFetcher
 from digest.ingest import ingest_inputs
 from digest.models import Paper
 from digest.query import parse_query
+from digest.sources import hf_api, parse_input
 from digest.sources.records import InputError
 from tests.conftest import DATA, NOW
 
@@ -291,6 +293,121 @@ def test_a_changed_record_is_merged_and_its_new_hash_kept(factory, tmp_path: Pat
         assert paper.project_url == project
         assert paper.abstract.startswith("Which multimodal model should we use")
         assert paper.updated_at == NOW + timedelta(hours=2)
+
+
+def write_items(path: Path, items: list[dict]) -> Path:
+    path.write_text(json.dumps(items), encoding="utf-8")
+    return path
+
+
+def test_a_changed_text_is_analysed_again(factory, tmp_path: Path) -> None:
+    # The same paper, first without an abstract, then with one that defines an acronym.
+    items = json.loads(HF_JSON.read_text(encoding="utf-8"))
+    abstract = items[0].pop("summary")
+    items[0]["paper"].pop("summary")
+    ingest(factory, write_items(tmp_path / "bare.json", items))
+    with factory() as session:
+        paper = session.scalars(select(Paper)).one()
+        assert (paper.abstract, paper.abstract_terms, paper.acronyms) == ("", "", [])
+    items[0]["summary"] = abstract
+    [summary] = ingest(
+        factory, write_items(tmp_path / "full.json", items), now=NOW + timedelta(hours=1)
+    )
+    assert (summary.updated, summary.unchanged) == (1, 0)
+    with factory() as session:
+        paper = session.scalars(select(Paper)).one()
+        assert paper.abstract == abstract
+        assert paper.abstract_terms == text_analysis.indexed_terms(abstract)
+        assert sorted((a.term, a.expansion_terms) for a in paper.acronyms) == sorted(
+            {
+                (a.term, " ".join(a.expansion_terms))
+                for a in text_analysis.acronym_definitions(f"{paper.title}. {abstract}")
+            }
+        )
+        assert len(paper.acronyms) == 2
+
+
+def test_a_field_ingest_ignores_changes_the_hash_and_nothing_else(factory, tmp_path: Path) -> None:
+    items = json.loads(HF_JSON.read_text(encoding="utf-8"))
+    ingest(factory, HF_JSON)
+    [(_, _, first_hash)] = source_hashes(factory)
+    before = full_dump(factory)
+    items[0]["numComments"] = 7
+    items[0]["paper"]["upvotes"] += 1
+    [summary] = ingest(
+        factory, write_items(tmp_path / "more.json", items), now=NOW + timedelta(hours=1)
+    )
+    # Parsed again (its hash changed) and merged: only the upvote count is news.
+    assert (summary.new, summary.updated, summary.unchanged) == (0, 1, 0)
+    [(_, _, new_hash)] = source_hashes(factory)
+    assert new_hash not in (first_hash, None)
+    with factory() as session:
+        paper = session.scalars(select(Paper)).one()
+        assert [o.upvotes for o in paper.observations] == [10, 11]
+        assert (paper.upvotes, paper.updated_at) == (11, NOW + timedelta(hours=1))
+    changed = {row for row in full_dump(factory) if row not in before}
+    assert {row[0] for row in changed} == {"papers", "paper_sources", "upvote_observations"}
+
+
+def test_an_older_version_after_a_newer_one_in_one_input_is_merged(factory, tmp_path: Path) -> None:
+    # v1 is stored; an input then holds v2 (a project page more) and v1 again. v1's hash
+    # is the stored one, but v2 changed it in the same batch: v1 is parsed and merged.
+    items = json.loads(HF_JSON.read_text(encoding="utf-8"))
+    project = items[0]["paper"].pop("projectPage")
+    v1 = write_items(tmp_path / "v1.json", items)
+    ingest(factory, v1)
+    [(_, _, v1_hash)] = source_hashes(factory)
+    v2 = json.loads(json.dumps(items[0]))
+    v2["paper"]["projectPage"] = project
+    [summary] = ingest(
+        factory, write_items(tmp_path / "both.json", [v2, items[0]]), now=NOW + timedelta(hours=1)
+    )
+    assert (summary.parsed, summary.new, summary.updated, summary.unchanged) == (2, 0, 1, 1)
+    assert [h for _, _, h in source_hashes(factory)] == [v1_hash]
+    with factory() as session:
+        assert session.scalars(select(Paper)).one().project_url == project
+
+
+def test_a_new_parser_version_merges_every_record_once_more(
+    factory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ingest(factory, HF_JSON)
+    [(_, _, first_hash)] = source_hashes(factory)
+    before = full_dump(factory)
+    monkeypatch.setattr(hf_api, "PARSER_VERSION", hf_api.PARSER_VERSION + 1)
+    [summary] = ingest(factory, HF_JSON, now=NOW + timedelta(hours=1))
+    assert (summary.updated, summary.unchanged) == (0, 1)
+    [(_, _, new_hash)] = source_hashes(factory)
+    assert new_hash not in (first_hash, None)
+    after = full_dump(factory)
+    assert len(after) == len(before)
+    assert [row[0] for row in after if row not in before] == ["paper_sources"]
+
+
+def test_unparseable_entries_are_reported_whether_parsed_now_or_at_once(
+    factory, tmp_path: Path
+) -> None:
+    document = (
+        b'[{"title": "Kept", "paper": {"id": "2601.00001v2", "upvotes": 3}},'
+        b' {"paper": {"id": "2601.00002"}},'
+        b' {"title": "Bad date", "paper": {"publishedAt": "yesterday"}},'
+        b" 42]"
+    )
+    path = tmp_path / "bad.json"
+    path.write_bytes(document)
+    for hours in (0, 1):  # stored, then known
+        [summary] = ingest(factory, path, now=NOW + timedelta(hours=hours))
+        assert summary.parsed == 1
+        assert (
+            summary.skipped
+            == parse_input(document, NOW).skipped
+            == [
+                "record 2: no title",
+                "record 3 ('Bad date'): date does not parse: 'yesterday'",
+                "record 4: not a JSON object",
+            ]
+        )
+    assert (summary.new, summary.updated, summary.unchanged) == (0, 0, 1)
 
 
 BAD_INPUTS = {
