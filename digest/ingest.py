@@ -31,7 +31,11 @@ from __future__ import annotations
 
 import gc
 import hashlib
+import multiprocessing
+import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -256,6 +260,57 @@ def _known(entry: RawRecord, sources: dict[str, str | None] | None) -> bool:
     return bool(sources and entry.content_hash and sources.get(entry.source) == entry.content_hash)
 
 
+Texts = tuple[str, str, str, str]  # a paper's title, abstract, authors and categories
+Analysis = tuple[dict[str, str], list[dict[str, object]]]
+
+
+def analyse(texts: Sequence[Texts]) -> list[Analysis]:
+    """`paper_terms` and `acronym_rows` (with no paper id yet) of each paper's texts."""
+    return [(paper_terms(*t), acronym_rows(None, t[0], t[1])) for t in texts]
+
+
+# A batch with at least this many papers to analyse shares the work with a process of its
+# own (`Analyser`): analysis is most of a fresh load's time, and pure.
+PARALLEL_ANALYSIS = 400
+
+
+class Analyser:
+    """Analyses the papers of a batch (`analyse`), a large batch's second half in a worker
+    process (spawned, once, the first time; never on a single CPU). The worker runs the
+    same code on the same texts, so the terms are the same. If it dies, analysis goes on
+    here."""
+
+    def __init__(self) -> None:
+        self._pool: ProcessPoolExecutor | None = None
+        self._parallel = len(os.sched_getaffinity(0)) > 1
+
+    def analyse(self, texts: Sequence[Texts]) -> list[Analysis]:
+        if not self._parallel or len(texts) < PARALLEL_ANALYSIS:
+            return analyse(texts)
+        if self._pool is None:
+            context = multiprocessing.get_context("spawn")  # no fork of a threaded process
+            self._pool = ProcessPoolExecutor(1, mp_context=context)
+        half = len(texts) // 2
+        try:
+            theirs = self._pool.submit(analyse, texts[half:])
+        except BrokenProcessPool:  # pragma: no cover - a worker killed from outside
+            self.close()
+            self._parallel = False
+            return analyse(texts)
+        ours = analyse(texts[:half])
+        try:
+            return ours + theirs.result()
+        except BrokenProcessPool:  # pragma: no cover
+            self.close()
+            self._parallel = False
+            return ours + analyse(texts[half:])
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
+
+
 class _Stored:
     """A paper while a batch merges records into it."""
 
@@ -292,8 +347,11 @@ class _Stored:
 class _Batch:
     """Merges one batch of records into the papers they belong to, then writes it in bulk."""
 
-    def __init__(self, session: Session, entries: Sequence[Entry], now: datetime) -> None:
+    def __init__(
+        self, session: Session, entries: Sequence[Entry], now: datetime, analyser: Analyser
+    ) -> None:
         self.session = session
+        self.analyser = analyser
         self.now = now
         self.by_arxiv: dict[str, _Stored] = {}
         self.by_title: dict[str, list[_Stored]] = {}
@@ -469,13 +527,17 @@ class _Batch:
         sources and observations, a few statements in all."""
         papers = self.papers
         analysed: list[_Stored] = []
+        texts: list[Texts] = []
         for paper in papers:
             row, loaded = paper.row, paper.loaded
             if row is not None and (
                 loaded is None or any(row[c] != loaded[c] for c in _TEXT_COLUMNS)
             ):
-                row.update(paper_terms(*(row[c] for c in _TEXT_COLUMNS)))
                 analysed.append(paper)
+                texts.append((row["title"], row["abstract"], row["authors"], row["categories"]))
+        analyses = self.analyser.analyse(texts)
+        for paper, (terms, _) in zip(analysed, analyses, strict=True):
+            paper.row.update(terms)  # type: ignore[union-attr]
         ids = db.insert_papers(self.session, [{c: p.row[c] for c in _COLUMNS} for p in self.new])  # type: ignore[index]
         for paper in self.new:
             paper.id = ids[paper.row["key"]]  # type: ignore[index]
@@ -491,9 +553,9 @@ class _Batch:
             self.session,
             [p.id for p in analysed if p.loaded is not None],  # type: ignore[misc]
             [
-                row
-                for p in analysed
-                for row in acronym_rows(p.id, p.row["title"], p.row["abstract"])  # type: ignore[index]
+                row | {"paper_id": p.id}
+                for p, (_, acronyms) in zip(analysed, analyses, strict=True)
+                for row in acronyms
             ],
         )
         new_sources, changed_hashes = [], []
@@ -520,14 +582,14 @@ class _Batch:
 
 
 def store_records(
-    session: Session, records: Sequence[Entry], now: datetime
+    session: Session, records: Sequence[Entry], now: datetime, analyser: Analyser
 ) -> tuple[dict[str, int], list[str]]:
     """Insert or merge records, BATCH_SIZE at a time: how many were new, updated,
     unchanged or skipped, and the lines reporting entries skipped (unparseable)."""
     counts = {"new": 0, "updated": 0, "unchanged": 0, "skipped": 0}
     skipped: list[str] = []
     for start in range(0, len(records), BATCH_SIZE):
-        batch = _Batch(session, records[start : start + BATCH_SIZE], now)
+        batch = _Batch(session, records[start : start + BATCH_SIZE], now, analyser)
         for index in range(len(batch.records)):
             counts[batch.store(index)] += 1
         batch.write()
@@ -550,7 +612,7 @@ def _collector_paused() -> Iterator[None]:
 
 
 def ingest_data(
-    factory: sessionmaker[Session], name: str, data: bytes, now: datetime
+    factory: sessionmaker[Session], name: str, data: bytes, now: datetime, analyser: Analyser
 ) -> InputSummary:
     """Parse one input and store it in a single transaction.
 
@@ -558,11 +620,11 @@ def ingest_data(
     its source gave before is not parsed at all.
     """
     with _collector_paused():
-        return _ingest_data(factory, name, data, now)
+        return _ingest_data(factory, name, data, now, analyser)
 
 
 def _ingest_data(
-    factory: sessionmaker[Session], name: str, data: bytes, now: datetime
+    factory: sessionmaker[Session], name: str, data: bytes, now: datetime, analyser: Analyser
 ) -> InputSummary:
     summary = InputSummary(name=name)
     try:
@@ -574,7 +636,7 @@ def _ingest_data(
     entries: Sequence[Entry] = result.raw or result.records
     try:
         with db.transaction(factory) as session:
-            counts, skipped = store_records(session, entries, now)
+            counts, skipped = store_records(session, entries, now, analyser)
     except (IntegrityError, DataError) as exc:
         # This input's data broke a rule; a database that cannot be written at all
         # (read-only, corrupt, locked) raises instead, and stops the command.
@@ -601,14 +663,18 @@ def ingest_inputs(
 ) -> list[InputSummary]:
     """Ingest every input in turn; one failing input never stops the others."""
     summaries = []
-    for name in expand_inputs(names):
-        try:
-            data = read_input(name, max_bytes, fetcher)
-        except InputError as exc:
-            summary = InputSummary(name=name, error=str(exc))
-        else:
-            summary = ingest_data(factory, name, data, now)
-        summaries.append(summary)
-        if on_done is not None:
-            on_done(summary)
+    analyser = Analyser()
+    try:
+        for name in expand_inputs(names):
+            try:
+                data = read_input(name, max_bytes, fetcher)
+            except InputError as exc:
+                summary = InputSummary(name=name, error=str(exc))
+            else:
+                summary = ingest_data(factory, name, data, now, analyser)
+            summaries.append(summary)
+            if on_done is not None:
+                on_done(summary)
+    finally:
+        analyser.close()
     return summaries

@@ -215,6 +215,52 @@ def test_batches_of_any_size_store_the_same(
     assert db.integrity_problems(engine_of(factory), full=True) == []
 
 
+def test_a_worker_process_analyses_papers_exactly_as_this_one(
+    factory, databases, tmp_path: Path, seeds: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Every batch of the seeds (up to 333 new papers) shares its analysis with the worker.
+    monkeypatch.setattr(ingest_module, "PARALLEL_ANALYSIS", 2)
+    used: list[bool] = []
+    close = ingest_module.Analyser.close
+
+    def spy(self: ingest_module.Analyser) -> None:
+        used.append(self._pool is not None)
+        close(self)
+
+    monkeypatch.setattr(ingest_module.Analyser, "close", spy)
+    other = databases.new(tmp_path / "other")
+    engine = db.open_database(other)
+    try:
+        alone = db.session_factory(engine)
+        monkeypatch.setattr(ingest_module, "PARALLEL_ANALYSIS", 10**9)
+        ingest(alone, seeds)
+        monkeypatch.setattr(ingest_module, "PARALLEL_ANALYSIS", 2)
+        ingest(factory, seeds)
+        assert used == [False, True]
+        assert full_dump(factory) == full_dump(alone)
+    finally:
+        engine.dispose()
+        databases.drop(other)
+    with factory() as session:
+        texts = [
+            tuple(row)
+            for row in session.execute(
+                text("SELECT title, abstract, authors, categories FROM papers ORDER BY id")
+            )
+        ]
+    assert len(texts) == 540
+    analyser = ingest_module.Analyser()
+    try:
+        shared = analyser.analyse(texts)
+        assert analyser._pool is not None
+    finally:
+        analyser.close()
+    assert shared == ingest_module.analyse(texts)
+    assert [terms["abstract_terms"] for terms, _ in shared] == [
+        text_analysis.joined(text_analysis.terms(abstract)) for _, abstract, _, _ in texts
+    ]
+
+
 def engine_of(factory: sessionmaker[Session]):
     with factory() as session:
         return session.get_bind()
