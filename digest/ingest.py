@@ -29,13 +29,14 @@ other records are hashed once parsed (`record_hash`).
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import hashlib
-import multiprocessing
 import os
+import pickle
+import subprocess
+import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -276,39 +277,83 @@ PARALLEL_ANALYSIS = 400
 
 class Analyser:
     """Analyses the papers of a batch (`analyse`), a large batch's second half in a worker
-    process (spawned, once, the first time; never on a single CPU). The worker runs the
-    same code on the same texts, so the terms are the same. If it dies, analysis goes on
-    here."""
+    process (`serve_analysis`, started the first time and kept until `close`; never on a
+    single CPU). The worker runs the same code on the same texts, so the terms are the
+    same; should it fail, the analysis goes on here.
+
+    The worker is a plain `python -c` subprocess speaking pickle over its stdin and
+    stdout: multiprocessing's spawn would run the caller's main script again, and a fork
+    of a threaded process (`digest run`) is unsafe.
+    """
 
     def __init__(self) -> None:
-        self._pool: ProcessPoolExecutor | None = None
+        self._worker: subprocess.Popen[bytes] | None = None
         self._parallel = len(os.sched_getaffinity(0)) > 1
 
     def analyse(self, texts: Sequence[Texts]) -> list[Analysis]:
         if not self._parallel or len(texts) < PARALLEL_ANALYSIS:
             return analyse(texts)
-        if self._pool is None:
-            context = multiprocessing.get_context("spawn")  # no fork of a threaded process
-            self._pool = ProcessPoolExecutor(1, mp_context=context)
         half = len(texts) // 2
         try:
-            theirs = self._pool.submit(analyse, texts[half:])
-        except BrokenProcessPool:  # pragma: no cover - a worker killed from outside
-            self.close()
-            self._parallel = False
+            worker = self._start()
+            assert worker.stdin is not None and worker.stdout is not None
+            pickle.dump(list(texts[half:]), worker.stdin, protocol=5)
+            worker.stdin.flush()
+        except OSError:
+            self._give_up()
             return analyse(texts)
         ours = analyse(texts[:half])
         try:
-            return ours + theirs.result()
-        except BrokenProcessPool:  # pragma: no cover
-            self.close()
-            self._parallel = False
+            theirs: list[Analysis] = pickle.load(worker.stdout)
+        except (OSError, EOFError, pickle.UnpicklingError):
+            self._give_up()
             return ours + analyse(texts[half:])
+        return ours + theirs
+
+    def _start(self) -> subprocess.Popen[bytes]:
+        if self._worker is None:
+            env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+            self._worker = subprocess.Popen(
+                [sys.executable, "-c", "from digest.ingest import serve_analysis as s; s()"],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                env=env,
+            )
+        return self._worker
+
+    def _give_up(self) -> None:
+        self._parallel = False
+        if self._worker is not None:
+            self._worker.kill()
+            self.close()
 
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown()
-            self._pool = None
+        """Stop the worker, if any."""
+        worker, self._worker = self._worker, None
+        if worker is None:
+            return
+        with contextlib.suppress(OSError):
+            worker.stdin.close()  # type: ignore[union-attr]
+        try:
+            worker.wait(timeout=10)
+        except subprocess.TimeoutExpired:  # pragma: no cover - a worker that hangs
+            worker.kill()
+            worker.wait()
+        worker.stdout.close()  # type: ignore[union-attr]
+
+
+def serve_analysis() -> None:
+    """The worker process of `Analyser`: analyse each pickled list of texts read from
+    stdin (`analyse`) and write the result to stdout, until stdin closes."""
+    source, sink = sys.stdin.buffer, sys.stdout.buffer
+    while True:
+        try:
+            texts = pickle.load(source)
+        except EOFError:
+            return
+        pickle.dump(analyse(texts), sink, protocol=5)
+        sink.flush()
 
 
 class _Stored:

@@ -224,7 +224,7 @@ def test_a_worker_process_analyses_papers_exactly_as_this_one(
     close = ingest_module.Analyser.close
 
     def spy(self: ingest_module.Analyser) -> None:
-        used.append(self._pool is not None)
+        used.append(self._worker is not None)
         close(self)
 
     monkeypatch.setattr(ingest_module.Analyser, "close", spy)
@@ -252,7 +252,7 @@ def test_a_worker_process_analyses_papers_exactly_as_this_one(
     analyser = ingest_module.Analyser()
     try:
         shared = analyser.analyse(texts)
-        assert analyser._pool is not None
+        assert analyser._worker is not None
     finally:
         analyser.close()
     assert shared == ingest_module.analyse(texts)
