@@ -326,7 +326,7 @@ def stored_papers(session: Session, column: str, values: Iterable[str]) -> dict[
     dialect = connection.dialect
     observed_at = _table("upvote_observations").c.observed_at.type
     to_time = observed_at.dialect_impl(dialect).result_processor(dialect, None)
-    placeholder = "?" if dialect.paramstyle == "qmark" else "%s"
+    placeholder = _placeholder(dialect)
     found: dict[int, StoredPaper] = {}
     for chunk in _chunks(sorted(set(values))):
         sql = _STORED_PAPERS.format(
@@ -362,19 +362,13 @@ def paper_rows(session: Session, ids: Iterable[int]) -> dict[int, dict[str, Any]
     return found
 
 
-def insert_rows(session: Session, table: Any, rows: Sequence[Mapping[str, Any]]) -> None:
-    """Insert rows in bulk (the same columns in every row): multi-row INSERTs of up to 1000
-    rows, rendered once and run on the driver.
-
-    SQLAlchemy's executemany builds and converts the parameters of each row in Python, a
-    third of writing a fresh load; here each column's bind processor runs on the values
-    in turn, once per run of the same value (a batch's timestamps are all `now`).
-    """
-    if not rows:
-        return
-    connection = session.connection()
-    dialect = connection.dialect
-    names = list(rows[0])
+def _driver_values(
+    dialect: Any, table: Any, names: Sequence[str], rows: Sequence[Mapping[str, Any]]
+) -> list[list[Any]]:
+    """The rows' values of these columns, as the driver takes them: each column's bind
+    processor runs on the values in turn, once per run of the same value (a batch's
+    timestamps are all `now`). SQLAlchemy's executemany builds and converts the
+    parameters of each row in Python, a third of writing a fresh load."""
     values = [[row[name] for name in names] for row in rows]
     for index, name in enumerate(names):
         process = table.c[name].type.dialect_impl(dialect).bind_processor(dialect)
@@ -385,12 +379,28 @@ def insert_rows(session: Session, table: Any, rows: Sequence[Mapping[str, Any]])
             if row[index] is not last[0]:
                 last = (row[index], process(row[index]))
             row[index] = last[1]
+    return values
+
+
+def _placeholder(dialect: Any) -> str:
+    return "?" if dialect.paramstyle == "qmark" else "%s"
+
+
+def insert_rows(session: Session, table: Any, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Insert rows in bulk (the same columns in every row): multi-row INSERTs of up to 1000
+    rows, rendered once and run on the driver (`_driver_values`)."""
+    if not rows:
+        return
+    connection = session.connection()
+    dialect = connection.dialect
+    names = list(rows[0])
+    values = _driver_values(dialect, table, names, rows)
     quote = dialect.identifier_preparer.quote
     head = (
         f"INSERT INTO {dialect.identifier_preparer.format_table(table)} "
         f"({', '.join(map(quote, names))}) VALUES "
     )
-    one = "(" + ", ".join(["?" if dialect.paramstyle == "qmark" else "%s"] * len(names)) + ")"
+    one = "(" + ", ".join([_placeholder(dialect)] * len(names)) + ")"
     size = max(1, min(1000, dialect.insertmanyvalues_max_parameters // len(names)))
     for start in range(0, len(values), size):
         chunk = values[start : start + size]
@@ -419,23 +429,25 @@ def insert_papers(session: Session, rows: Sequence[Mapping[str, Any]]) -> dict[s
 def update_rows(
     session: Session, table: Any, keys: Sequence[str], rows: Sequence[Mapping[str, Any]]
 ) -> None:
-    """Update rows in bulk, found by their `keys` columns: one statement per set of columns."""
+    """Update rows in bulk, found by their `keys` columns: one statement per set of columns,
+    rendered once and run on the driver for every row (`_driver_values`)."""
     by_columns: dict[tuple[str, ...], list[Mapping[str, Any]]] = {}
     for row in rows:
         by_columns.setdefault(tuple(name for name in row if name not in keys), []).append(row)
+    connection = session.connection()
+    dialect = connection.dialect
+    quote, mark = dialect.identifier_preparer.quote, _placeholder(dialect)
     for columns, group in by_columns.items():
         if not columns:
             continue
-        statement = (
-            update(table)
-            .where(*(table.c[key] == bindparam(f"key_{key}") for key in keys))
-            .values({name: bindparam(name) for name in columns})
+        sql = (
+            f"UPDATE {dialect.identifier_preparer.format_table(table)} SET "
+            + ", ".join(f"{quote(name)} = {mark}" for name in columns)
+            + " WHERE "
+            + " AND ".join(f"{quote(key)} = {mark}" for key in keys)
         )
-        params = [
-            {name: row[name] for name in columns} | {f"key_{key}": row[key] for key in keys}
-            for row in group
-        ]
-        session.connection().execute(statement, params)
+        values = _driver_values(dialect, table, (*columns, *keys), group)
+        connection.exec_driver_sql(sql, [tuple(row) for row in values])
 
 
 def update_papers(session: Session, rows: Sequence[Mapping[str, Any]]) -> None:
