@@ -328,24 +328,22 @@ def stored_papers(session: Session, column: str, values: Iterable[str]) -> dict[
     to_time = observed_at.dialect_impl(dialect).result_processor(dialect, None)
     placeholder = _placeholder(dialect)
     found: dict[int, StoredPaper] = {}
+    last: tuple[object, Any] = (_UNSET, None)  # observations of one ingest share a time
     for chunk in _chunks(sorted(set(values))):
         sql = _STORED_PAPERS.format(
             latest=_LATEST[dialect.name],
             column=column,
             values=", ".join([placeholder] * len(chunk)),
         )
-        for (
-            paper_id,
-            arxiv_id,
-            title_key,
-            source,
-            content_hash,
-            time,
-            upvotes,
-        ) in connection.exec_driver_sql(sql, tuple(chunk)):
+        rows = connection.exec_driver_sql(sql, tuple(chunk)).fetchall()
+        for paper_id, arxiv_id, title_key, source, content_hash, time, upvotes in rows:
             paper = found.get(paper_id)
             if paper is None:
-                latest = None if time is None else (to_time(time) if to_time else time, upvotes)
+                latest = None
+                if time is not None:
+                    if time != last[0]:
+                        last = (time, to_time(time) if to_time else time)
+                    latest = (last[1], upvotes)
                 paper = found[paper_id] = StoredPaper(paper_id, arxiv_id, title_key, {}, latest)
             if source is not None:
                 paper.sources[source] = content_hash

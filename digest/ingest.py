@@ -288,7 +288,7 @@ class Analyser:
 
     def __init__(self) -> None:
         self._worker: subprocess.Popen[bytes] | None = None
-        self._parallel = len(os.sched_getaffinity(0)) > 1
+        self._parallel = _usable_cpus() > 1
 
     def analyse(self, texts: Sequence[Texts]) -> list[Analysis]:
         if not self._parallel or len(texts) < PARALLEL_ANALYSIS:
@@ -341,6 +341,13 @@ class Analyser:
             worker.kill()
             worker.wait()
         worker.stdout.close()  # type: ignore[union-attr]
+
+
+def _usable_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 def serve_analysis() -> None:
