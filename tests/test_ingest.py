@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
-from digest import db, query_plan, relevance
+from digest import analysis, db, query_plan, relevance
 from digest import ingest as ingest_module
 from digest import text as text_analysis
 from digest.fetch import HttpFetcher
@@ -219,22 +219,23 @@ def test_a_worker_process_analyses_papers_exactly_as_this_one(
     factory, databases, tmp_path: Path, seeds: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Every batch of the seeds (up to 333 new papers) shares its analysis with the worker.
-    monkeypatch.setattr(ingest_module, "PARALLEL_ANALYSIS", 2)
+    monkeypatch.setattr(analysis, "PARALLEL_ANALYSIS", 2)
+    monkeypatch.setattr(analysis, "spare_cpu", lambda: True)
     used: list[bool] = []
-    close = ingest_module.Analyser.close
+    close = analysis.Analyser.close
 
-    def spy(self: ingest_module.Analyser) -> None:
+    def spy(self: analysis.Analyser) -> None:
         used.append(self._worker is not None)
         close(self)
 
-    monkeypatch.setattr(ingest_module.Analyser, "close", spy)
+    monkeypatch.setattr(analysis.Analyser, "close", spy)
     other = databases.new(tmp_path / "other")
     engine = db.open_database(other)
     try:
         alone = db.session_factory(engine)
-        monkeypatch.setattr(ingest_module, "PARALLEL_ANALYSIS", 10**9)
+        monkeypatch.setattr(analysis, "PARALLEL_ANALYSIS", 10**9)
         ingest(alone, seeds)
-        monkeypatch.setattr(ingest_module, "PARALLEL_ANALYSIS", 2)
+        monkeypatch.setattr(analysis, "PARALLEL_ANALYSIS", 2)
         ingest(factory, seeds)
         assert used == [False, True]
         assert full_dump(factory) == full_dump(alone)
@@ -249,16 +250,38 @@ def test_a_worker_process_analyses_papers_exactly_as_this_one(
             )
         ]
     assert len(texts) == 540
-    analyser = ingest_module.Analyser()
+    analyser = analysis.Analyser()
     try:
         shared = analyser.analyse(texts)
         assert analyser._worker is not None
     finally:
         analyser.close()
-    assert shared == ingest_module.analyse(texts)
+    assert shared == analysis.analyse(texts)
     assert [terms["abstract_terms"] for terms, _ in shared] == [
         text_analysis.joined(text_analysis.terms(abstract)) for _, abstract, _, _ in texts
     ]
+
+
+def test_analysis_goes_on_here_when_the_worker_dies(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(analysis, "spare_cpu", lambda: True)
+    texts = [
+        (f"Mixture-of-Experts (MoE) routing {n}", f"We study RAG for LLMs, paper {n}.", "", "cs.CL")
+        for n in range(analysis.PARALLEL_ANALYSIS)
+    ]
+    analyser = analysis.Analyser()
+    try:
+        first = analyser.analyse(texts)
+        worker = analyser._worker
+        assert worker is not None
+        worker.kill()
+        worker.wait()
+        again = analyser.analyse(texts)
+        assert analyser._worker is None  # given up: no new worker
+        assert analyser.analyse(texts) == again
+    finally:
+        analyser.close()
+    assert first == again == analysis.analyse(texts)
+    assert first[0][1][0]["term"] == "qqmoe"
 
 
 def engine_of(factory: sessionmaker[Session]):
