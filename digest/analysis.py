@@ -133,7 +133,7 @@ class Analyser:
 def spare_cpu() -> bool:
     """Whether a CPU is idle for the worker: more than one is usable and the load average
     (this process included) leaves one free. On a busy machine the worker only adds its
-    overhead (measured on a shared 2-core machine at a load of 3: a fresh load 10 to 20 %
+    overhead (measured on a shared 2-core machine at a load of 3: a fresh load 5 to 25 %
     slower with it; see README)."""
     try:
         cpus = len(os.sched_getaffinity(0))
