@@ -6,7 +6,8 @@ JSON, 5,000 per file) and ingests them exactly as `digest ingest` does
 date), on a fresh database: first every paper is new, then the same files
 again an hour later, when every record is unchanged. Then the same files with
 every upvote count changed (one new observation per paper). It prints the time,
-papers per second and the peak RSS of each, on a temporary SQLite file and, with
+papers per second, CPU seconds (of this process and of ingest's analysis worker)
+and the peak RSS of each, on a temporary SQLite file and, with
 --url, on a scratch database of that PostgreSQL server.
 
 With --baseline DIR (a checkout of another version, e.g. `git archive d107dbd`),
@@ -52,6 +53,12 @@ def bump_upvotes(source: Path, target: Path) -> list[Path]:
     return paths
 
 
+def children_cpu() -> float:
+    """CPU seconds of this process's finished children (ingest's analysis worker)."""
+    times = os.times()
+    return times.children_user + times.children_system
+
+
 def measure(url: str, files: list[str], bumped: list[str]) -> dict[str, object]:
     """In this process: a fresh load, an unchanged re-ingest, an upvote change."""
     from digest import db
@@ -64,10 +71,11 @@ def measure(url: str, files: list[str], bumped: list[str]) -> dict[str, object]:
     runs = (("fresh", files, NOW), ("unchanged", files, NOW + timedelta(hours=1)))
     runs += (("upvotes", bumped, NOW + timedelta(hours=2)),)
     for label, names, now in runs:
-        start, cpu = time.perf_counter(), time.process_time()
+        start, cpu, workers = time.perf_counter(), time.process_time(), children_cpu()
         summaries = ingest_inputs(factory, names, now=now, max_bytes=MAX_BYTES)
         results[label] = time.perf_counter() - start
         results[f"{label}_cpu"] = time.process_time() - cpu
+        results[f"{label}_workers_cpu"] = children_cpu() - workers
         errors = [s.line() for s in summaries if not s.ok]
         if errors:
             raise SystemExit(f"ingest failed: {errors[0]}")
@@ -80,6 +88,7 @@ def measure(url: str, files: list[str], bumped: list[str]) -> dict[str, object]:
         results["papers"] = db.stats(session).papers
     engine.dispose()
     results["rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    results["worker_rss_mb"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     return results
 
 
@@ -110,14 +119,15 @@ def run_worker(tree: Path, files: Path, bumped: Path, url: str | None) -> dict[s
 def report(label: str, papers: int, result: dict) -> None:
     print(
         f"  {label} ({result['backend']}, {result['papers']} papers stored, "
-        f"peak RSS {result['rss_mb']:.0f} MB)"
+        f"peak RSS {result['rss_mb']:.0f} MB, its worker's {result['worker_rss_mb']:.0f} MB)"
     )
     for run in ("fresh", "unchanged", "upvotes"):
         seconds, cpu = result[run], result[f"{run}_cpu"]
+        workers = result.get(f"{run}_workers_cpu", 0.0)
         new, updated, unchanged = result[f"{run}_counts"]
         print(
             f"    {run:<10} {seconds:7.2f} s {papers / seconds:8.0f} papers/s "
-            f"(this process's CPU {cpu:6.2f} s)  "
+            f"(CPU: this process {cpu:6.2f} s, its worker {workers:5.2f} s)  "
             f"{new} new, {updated} updated, {unchanged} unchanged"
         )
 

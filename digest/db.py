@@ -41,7 +41,7 @@ from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import DatabaseError, IntegrityError
-from sqlalchemy.orm import Session, aliased, selectinload, sessionmaker
+from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 from digest.errors import DigestError
 from digest.fulltext import (
@@ -291,23 +291,63 @@ def _table(name: str) -> Any:
     return Paper.metadata.tables[name]
 
 
-def paper_identities(
-    session: Session, keys: Sequence[tuple[str | None, str]]
-) -> list[tuple[int, str | None, str]]:
-    """(id, arXiv id, title key) of the stored papers that records with these (arXiv id,
-    title key) pairs may belong to: the one with the arXiv id, else those with the title."""
-    papers = _table("papers")
-    columns = (papers.c.id, papers.c.arxiv_id, papers.c.title_key)
-    found: dict[int, tuple[int, str | None, str]] = {}
-    for chunk in _chunks(sorted({arxiv_id for arxiv_id, _ in keys if arxiv_id})):
-        for row in session.execute(select(*columns).where(papers.c.arxiv_id.in_(chunk))):
-            found[row[0]] = (row[0], row[1], row[2])
-    stored = {arxiv_id for _, arxiv_id, _ in found.values()}
-    titles = sorted({title_key for arxiv_id, title_key in keys if arxiv_id not in stored})
-    for chunk in _chunks(titles):
-        for row in session.execute(select(*columns).where(papers.c.title_key.in_(chunk))):
-            found[row[0]] = (row[0], row[1], row[2])
-    return [found[paper_id] for paper_id in sorted(found)]
+class StoredPaper(NamedTuple):
+    """What ingest needs to know of a stored paper a batch of records may belong to."""
+
+    id: int
+    arxiv_id: str | None
+    title_key: str
+    sources: dict[str, str | None]  # source -> hash of the record it last gave
+    latest: tuple[datetime, int] | None  # the latest upvote observation (time, count)
+
+
+# Each paper with its sources and its latest upvote observation, in one statement (an
+# index probe each): `{column}` is arxiv_id or title_key, `{values}` the placeholders.
+_STORED_PAPERS = (
+    "SELECT p.id, p.arxiv_id, p.title_key, s.source, s.content_hash, o.observed_at, o.upvotes "
+    "FROM papers p LEFT JOIN paper_sources s ON s.paper_id = p.id {latest} "
+    "WHERE p.{column} IN ({values})"
+)
+_LATEST_ORDER = "ORDER BY l.observed_at DESC, l.id DESC LIMIT 1"
+_LATEST = {
+    # SQLite has no LATERAL; PostgreSQL would not use the primary key for `o.id = (...)`.
+    "sqlite": "LEFT JOIN upvote_observations o ON o.id = (SELECT l.id "
+    f"FROM upvote_observations l WHERE l.paper_id = p.id {_LATEST_ORDER})",
+    "postgresql": "LEFT JOIN LATERAL (SELECT l.observed_at, l.upvotes "
+    f"FROM upvote_observations l WHERE l.paper_id = p.id {_LATEST_ORDER}) o ON true",
+}
+
+
+def stored_papers(session: Session, column: str, values: Iterable[str]) -> dict[int, StoredPaper]:
+    """The stored papers whose `column` (arxiv_id or title_key) is one of `values`, by id,
+    each with its sources and latest upvote observation: one statement per CHUNK values."""
+    assert column in ("arxiv_id", "title_key")
+    connection = session.connection()
+    dialect = connection.dialect
+    observed_at = _table("upvote_observations").c.observed_at.type
+    to_time = observed_at.dialect_impl(dialect).result_processor(dialect, None)
+    placeholder = _placeholder(dialect)
+    found: dict[int, StoredPaper] = {}
+    last: tuple[object, Any] = (_UNSET, None)  # observations of one ingest share a time
+    for chunk in _chunks(sorted(set(values))):
+        sql = _STORED_PAPERS.format(
+            latest=_LATEST[dialect.name],
+            column=column,
+            values=", ".join([placeholder] * len(chunk)),
+        )
+        rows = connection.exec_driver_sql(sql, tuple(chunk)).fetchall()
+        for paper_id, arxiv_id, title_key, source, content_hash, time, upvotes in rows:
+            paper = found.get(paper_id)
+            if paper is None:
+                latest = None
+                if time is not None:
+                    if time != last[0]:
+                        last = (time, to_time(time) if to_time else time)
+                    latest = (last[1], upvotes)
+                paper = found[paper_id] = StoredPaper(paper_id, arxiv_id, title_key, {}, latest)
+            if source is not None:
+                paper.sources[source] = content_hash
+    return found
 
 
 def paper_rows(session: Session, ids: Iterable[int]) -> dict[int, dict[str, Any]]:
@@ -320,54 +360,13 @@ def paper_rows(session: Session, ids: Iterable[int]) -> dict[int, dict[str, Any]
     return found
 
 
-def source_hashes(session: Session, ids: Iterable[int]) -> dict[int, dict[str, str | None]]:
-    """The sources of these papers, each with the hash of the record it last gave."""
-    sources = _table("paper_sources")
-    found: dict[int, dict[str, str | None]] = {}
-    for chunk in _chunks(sorted(set(ids))):
-        statement = select(sources.c.paper_id, sources.c.source, sources.c.content_hash).where(
-            sources.c.paper_id.in_(chunk)
-        )
-        for paper_id, source, content_hash in session.execute(statement):
-            found.setdefault(paper_id, {})[source] = content_hash
-    return found
-
-
-def latest_upvotes(session: Session, ids: Iterable[int]) -> dict[int, tuple[datetime, int]]:
-    """The latest upvote observation (time, count) of each of these papers that has one."""
-    latest = aliased(UpvoteObservation)
-    newest_id = (
-        select(latest.id)
-        .where(latest.paper_id == UpvoteObservation.paper_id)
-        .order_by(latest.observed_at.desc(), latest.id.desc())
-        .limit(1)
-        .scalar_subquery()
-    )
-    found: dict[int, tuple[datetime, int]] = {}
-    for chunk in _chunks(sorted(set(ids))):
-        statement = select(
-            UpvoteObservation.paper_id, UpvoteObservation.observed_at, UpvoteObservation.upvotes
-        ).where(UpvoteObservation.paper_id.in_(chunk), UpvoteObservation.id == newest_id)
-        found.update(
-            (paper_id, (observed_at, upvotes))
-            for paper_id, observed_at, upvotes in session.execute(statement)
-        )
-    return found
-
-
-def insert_rows(session: Session, table: Any, rows: Sequence[Mapping[str, Any]]) -> None:
-    """Insert rows in bulk (the same columns in every row): multi-row INSERTs of up to 1000
-    rows, rendered once and run on the driver.
-
-    SQLAlchemy's executemany builds and converts the parameters of each row in Python, a
-    third of writing a fresh load; here each column's bind processor runs on the values
-    in turn, once per run of the same value (a batch's timestamps are all `now`).
-    """
-    if not rows:
-        return
-    connection = session.connection()
-    dialect = connection.dialect
-    names = list(rows[0])
+def _driver_values(
+    dialect: Any, table: Any, names: Sequence[str], rows: Sequence[Mapping[str, Any]]
+) -> list[list[Any]]:
+    """The rows' values of these columns, as the driver takes them: each column's bind
+    processor runs on the values in turn, once per run of the same value (a batch's
+    timestamps are all `now`). SQLAlchemy's executemany builds and converts the
+    parameters of each row in Python, a third of writing a fresh load."""
     values = [[row[name] for name in names] for row in rows]
     for index, name in enumerate(names):
         process = table.c[name].type.dialect_impl(dialect).bind_processor(dialect)
@@ -378,12 +377,28 @@ def insert_rows(session: Session, table: Any, rows: Sequence[Mapping[str, Any]])
             if row[index] is not last[0]:
                 last = (row[index], process(row[index]))
             row[index] = last[1]
+    return values
+
+
+def _placeholder(dialect: Any) -> str:
+    return "?" if dialect.paramstyle == "qmark" else "%s"
+
+
+def insert_rows(session: Session, table: Any, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Insert rows in bulk (the same columns in every row): multi-row INSERTs of up to 1000
+    rows, rendered once and run on the driver (`_driver_values`)."""
+    if not rows:
+        return
+    connection = session.connection()
+    dialect = connection.dialect
+    names = list(rows[0])
+    values = _driver_values(dialect, table, names, rows)
     quote = dialect.identifier_preparer.quote
     head = (
         f"INSERT INTO {dialect.identifier_preparer.format_table(table)} "
         f"({', '.join(map(quote, names))}) VALUES "
     )
-    one = "(" + ", ".join(["?" if dialect.paramstyle == "qmark" else "%s"] * len(names)) + ")"
+    one = "(" + ", ".join([_placeholder(dialect)] * len(names)) + ")"
     size = max(1, min(1000, dialect.insertmanyvalues_max_parameters // len(names)))
     for start in range(0, len(values), size):
         chunk = values[start : start + size]
@@ -412,23 +427,25 @@ def insert_papers(session: Session, rows: Sequence[Mapping[str, Any]]) -> dict[s
 def update_rows(
     session: Session, table: Any, keys: Sequence[str], rows: Sequence[Mapping[str, Any]]
 ) -> None:
-    """Update rows in bulk, found by their `keys` columns: one statement per set of columns."""
+    """Update rows in bulk, found by their `keys` columns: one statement per set of columns,
+    rendered once and run on the driver for every row (`_driver_values`)."""
     by_columns: dict[tuple[str, ...], list[Mapping[str, Any]]] = {}
     for row in rows:
         by_columns.setdefault(tuple(name for name in row if name not in keys), []).append(row)
+    connection = session.connection()
+    dialect = connection.dialect
+    quote, mark = dialect.identifier_preparer.quote, _placeholder(dialect)
     for columns, group in by_columns.items():
         if not columns:
             continue
-        statement = (
-            update(table)
-            .where(*(table.c[key] == bindparam(f"key_{key}") for key in keys))
-            .values({name: bindparam(name) for name in columns})
+        sql = (
+            f"UPDATE {dialect.identifier_preparer.format_table(table)} SET "
+            + ", ".join(f"{quote(name)} = {mark}" for name in columns)
+            + " WHERE "
+            + " AND ".join(f"{quote(key)} = {mark}" for key in keys)
         )
-        params = [
-            {name: row[name] for name in columns} | {f"key_{key}": row[key] for key in keys}
-            for row in group
-        ]
-        session.connection().execute(statement, params)
+        values = _driver_values(dialect, table, (*columns, *keys), group)
+        connection.exec_driver_sql(sql, [tuple(row) for row in values])
 
 
 def update_papers(session: Session, rows: Sequence[Mapping[str, Any]]) -> None:

@@ -16,17 +16,23 @@ full-text index reads, and the acronyms its abstract defines ("Mixture-of-Expert
 (MoE)"), which expand queries both ways.
 
 Records are stored `BATCH_SIZE` at a time (`store_records`): the papers a batch
-may belong to are read with a few bulk queries, the records are merged in memory
-in input order, and the changes are written with a few bulk statements. Each paper
-source keeps the hash of the record it last gave (`record_hash`); a record with
-that hash again was merged already, so only its upvote count is looked at, and
-terms and acronyms are computed again only when a paper's text changed.
+may belong to are read with one statement per 500 arXiv ids (and, for records
+no stored arXiv id claims, per 500 titles), each with its sources and latest
+upvote observation; the records are merged in memory in input order, and the
+changes are written with a few bulk statements. Each paper source keeps the hash
+of the record it last gave: a record with that hash again was merged already, so
+only its upvote count is looked at, and terms and acronyms are computed again
+only when a paper's text changed. A parser that can (HF JSON) hashes each raw
+entry without parsing it (`RawRecord`), so an entry seen before is never parsed;
+other records are hashed once parsed (`record_hash`).
 """
 
 from __future__ import annotations
 
+import gc
 import hashlib
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -35,10 +41,11 @@ from typing import Any, Protocol
 from sqlalchemy.exc import DataError, IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from digest import db, text
+from digest import db
+from digest.analysis import Analyser, Texts
 from digest.models import Paper
 from digest.sources import InputError, PaperRecord, parse_input
-from digest.sources.records import SOURCE_PRIORITY, normalize_title
+from digest.sources.records import SOURCE_PRIORITY, RawRecord, normalize_title
 
 
 class Fetcher(Protocol):
@@ -210,32 +217,16 @@ def _merge(row: dict[str, Any], sources: Iterable[str], record: PaperRecord) -> 
     row["categories"] = " ".join(dict.fromkeys(merged))
 
 
-def paper_terms(title: str, abstract: str, authors: str, categories: str) -> dict[str, str]:
-    """The analysed columns of a paper, as the full-text index reads them."""
-    return {
-        "title_terms": text.indexed_terms(title),
-        "abstract_terms": text.indexed_terms(abstract),
-        "author_terms": text.joined(text.plain_terms(authors)),
-        "category_terms": text.joined(text.plain_terms(categories)),
-    }
+# "No observation yet".
+_NONE: tuple[datetime, int] = (datetime.min, -1)
+
+# What a batch stores: records, and entries not parsed yet (`RawRecord`).
+Entry = PaperRecord | RawRecord
 
 
-def acronym_rows(paper_id: int | None, title: str, abstract: str) -> list[dict[str, object]]:
-    """The acronym definitions in a paper's title and abstract, one row each."""
-    rows: dict[tuple[str, str], dict[str, object]] = {}
-    for found in text.acronym_definitions(f"{title}. {abstract}"):
-        key = (found.term, " ".join(found.expansion_terms))
-        rows.setdefault(
-            key,
-            {
-                "paper_id": paper_id,
-                "term": key[0][:64],
-                "expansion_terms": key[1][:300],
-                "acronym": found.acronym[:64],
-                "expansion": found.expansion[:300],
-            },
-        )
-    return list(rows.values())
+def _known(entry: RawRecord, sources: dict[str, str | None] | None) -> bool:
+    """Whether the stored paper with the entry's arXiv id has this entry from its source."""
+    return bool(sources and entry.content_hash and sources.get(entry.source) == entry.content_hash)
 
 
 class _Stored:
@@ -268,33 +259,59 @@ class _Stored:
         self.loaded: dict[str, Any] | None = None  # a stored paper's columns as loaded
         self.sources = sources  # source -> hash of the record it last gave
         self.stored_sources = dict(sources)
-        self.latest: tuple[datetime, int] | None = None  # the latest upvote observation
+        self.latest: tuple[datetime, int] = _NONE  # the latest upvote observation
 
 
 class _Batch:
     """Merges one batch of records into the papers they belong to, then writes it in bulk."""
 
-    def __init__(self, session: Session, records: Sequence[PaperRecord], now: datetime) -> None:
+    def __init__(
+        self, session: Session, entries: Sequence[Entry], now: datetime, analyser: Analyser
+    ) -> None:
         self.session = session
+        self.analyser = analyser
         self.now = now
         self.by_arxiv: dict[str, _Stored] = {}
         self.by_title: dict[str, list[_Stored]] = {}
         self.observations: list[tuple[_Stored, int]] = []
         self.new: list[_Stored] = []
         self.papers: list[_Stored] = []
+        self.skipped: list[str] = []  # entries that turned out unparseable, reported
+        found = db.stored_papers(session, "arxiv_id", [e.arxiv_id for e in entries if e.arxiv_id])
+        known = {paper.arxiv_id: paper.sources for paper in found.values()}
+        # An unparsed entry whose source gave this very entry before stays unparsed.
+        records: list[Entry] = []
+        for entry in entries:
+            if isinstance(entry, RawRecord) and not _known(entry, known.get(entry.arxiv_id)):
+                try:
+                    entry = entry.parse()
+                except ValueError as exc:
+                    self.skipped.append(str(exc))
+                    continue
+            records.append(entry)
         self.records = records
-        self.title_keys = title_keys = [normalize_title(record.title) for record in records]
-        self.hashes = [record_hash(record) for record in records]
-        identities = db.paper_identities(
-            session, [(r.arxiv_id, key) for r, key in zip(records, title_keys, strict=True)]
-        )
-        hashes = db.source_hashes(session, [paper_id for paper_id, _, _ in identities])
+        self.title_keys = [
+            normalize_title(r.title) if isinstance(r, PaperRecord) else "" for r in records
+        ]
+        self.hashes = [
+            r.content_hash if r.content_hash or isinstance(r, RawRecord) else record_hash(r)
+            for r in records
+        ]
+        titles = [
+            key
+            for r, key in zip(records, self.title_keys, strict=True)
+            if isinstance(r, PaperRecord) and r.arxiv_id not in known
+        ]
+        found.update(db.stored_papers(session, "title_key", titles))
         self.stored: dict[int, _Stored] = {}
-        for paper_id, arxiv_id, title_key in identities:
-            paper = _Stored(paper_id, arxiv_id, paper_id, hashes.get(paper_id, {}))
+        for paper_id in sorted(found):
+            stored = found[paper_id]
+            paper = _Stored(paper_id, stored.arxiv_id, paper_id, stored.sources)
+            if stored.latest is not None:
+                paper.latest = stored.latest
             self.stored[paper_id] = paper
             self.papers.append(paper)
-            self._index(paper, title_key)
+            self._index(paper, stored.title_key)
         self._prefetch()
 
     def _index(self, paper: _Stored, title_key: str) -> None:
@@ -316,31 +333,27 @@ class _Batch:
         return None
 
     def _prefetch(self) -> None:
-        """Load, in bulk, the columns and upvotes the stored papers of this batch will need.
+        """Load, in bulk, the columns of the stored papers that records will change.
 
-        A record its source gave before needs neither columns nor, without upvotes, the
-        latest observation. (Merges inside the batch can still send a record elsewhere:
-        `_load` then fetches that one paper.)
+        A record its source gave before needs none. (Merges inside the batch can still
+        send a record elsewhere: `_load` then fetches that one paper.)
         """
         rows: set[int] = set()
-        upvotes: set[int] = set()
         for record, title_key, content_hash in zip(
             self.records, self.title_keys, self.hashes, strict=True
         ):
-            paper = self._find(record.arxiv_id, title_key)
-            if paper is None or paper.id is None:
+            if isinstance(record, RawRecord):
                 continue
-            if paper.sources.get(record.source) != content_hash:
+            paper = self._find(record.arxiv_id, title_key)
+            if (
+                paper is not None
+                and paper.id is not None
+                and (paper.sources.get(record.source) != content_hash)
+            ):
                 rows.add(paper.id)
-            if record.upvotes is not None:
-                upvotes.add(paper.id)
         for paper_id, row in db.paper_rows(self.session, rows).items():
             self.stored[paper_id].row = row
             self.stored[paper_id].loaded = dict(row)
-        for paper_id, latest in db.latest_upvotes(self.session, upvotes).items():
-            self.stored[paper_id].latest = latest
-        for paper_id in upvotes:
-            self.stored[paper_id].latest = self.stored[paper_id].latest or _NONE
 
     def _load(self, paper: _Stored) -> dict[str, Any]:
         if paper.row is None:
@@ -358,21 +371,32 @@ class _Batch:
         else:
             paper.row[column] = value
 
-    def _latest(self, paper: _Stored) -> tuple[datetime, int] | None:
-        if paper.latest is None and paper.id is not None:
-            paper.latest = db.latest_upvotes(self.session, [paper.id]).get(paper.id, _NONE)
-        return None if paper.latest is _NONE else paper.latest
-
     def store(self, index: int) -> str:
-        """Merge the batch's record `index`; 'new', 'updated' or 'unchanged'."""
-        record, title_key = self.records[index], self.title_keys[index]
-        content_hash = self.hashes[index]
+        """Merge the batch's record `index`; 'new', 'updated', 'unchanged' or 'skipped'."""
+        entry, content_hash = self.records[index], self.hashes[index]
+        if isinstance(entry, PaperRecord):
+            return self._store(entry, self.title_keys[index], content_hash)
+        paper = self.by_arxiv.get(entry.arxiv_id or "")
+        if paper is None or paper.sources.get(entry.source) != content_hash:
+            # The batch merged another record of this source into its paper before.
+            try:
+                record = entry.parse()
+            except ValueError as exc:
+                self.skipped.append(str(exc))
+                return "skipped"
+            return self._store(record, normalize_title(record.title), content_hash)
+        # Merged already: only its upvote count may be news.
+        if entry.upvotes is not None and self._observe(paper, entry.upvotes):
+            self._set(paper, "updated_at", self.now)
+            return "updated"
+        return "unchanged"
+
+    def _store(self, record: PaperRecord, title_key: str, content_hash: str | None) -> str:
         paper = self._find(record.arxiv_id, title_key)
         outcome = "unchanged"
         if paper is None:
             paper = _Stored(None, record.arxiv_id, 2**62 + len(self.new), {})
             paper.row = _new_row(record, title_key, self.now)
-            paper.latest = _NONE
             self.new.append(paper)
             self.papers.append(paper)
             self._index(paper, title_key)
@@ -407,11 +431,11 @@ class _Batch:
 
     def _observe(self, paper: _Stored, upvotes: int) -> bool:
         """Record an upvote count that differs from the latest observation."""
-        latest = self._latest(paper)
-        if latest is not None and latest[1] == upvotes:
+        latest = paper.latest
+        if latest is not _NONE and latest[1] == upvotes:
             return False
         self.observations.append((paper, upvotes))
-        if latest is None or latest[0] <= self.now:
+        if latest is _NONE or latest[0] <= self.now:
             self._set(paper, "upvotes", upvotes)
             paper.latest = (self.now, upvotes)
         return True
@@ -421,13 +445,17 @@ class _Batch:
         sources and observations, a few statements in all."""
         papers = self.papers
         analysed: list[_Stored] = []
+        texts: list[Texts] = []
         for paper in papers:
             row, loaded = paper.row, paper.loaded
             if row is not None and (
                 loaded is None or any(row[c] != loaded[c] for c in _TEXT_COLUMNS)
             ):
-                row.update(paper_terms(*(row[c] for c in _TEXT_COLUMNS)))
                 analysed.append(paper)
+                texts.append((row["title"], row["abstract"], row["authors"], row["categories"]))
+        analyses = self.analyser.analyse(texts)
+        for paper, (terms, _) in zip(analysed, analyses, strict=True):
+            paper.row.update(terms)  # type: ignore[union-attr]
         ids = db.insert_papers(self.session, [{c: p.row[c] for c in _COLUMNS} for p in self.new])  # type: ignore[index]
         for paper in self.new:
             paper.id = ids[paper.row["key"]]  # type: ignore[index]
@@ -443,9 +471,9 @@ class _Batch:
             self.session,
             [p.id for p in analysed if p.loaded is not None],  # type: ignore[misc]
             [
-                row
-                for p in analysed
-                for row in acronym_rows(p.id, p.row["title"], p.row["abstract"])  # type: ignore[index]
+                row | {"paper_id": p.id}
+                for p, (_, acronyms) in zip(analysed, analyses, strict=True)
+                for row in acronyms
             ],
         )
         new_sources, changed_hashes = [], []
@@ -471,44 +499,69 @@ class _Batch:
         db.store_paper_links(self.session, new_sources, changed_hashes, observations)
 
 
-# "No observation": a cached answer, unlike None ("not looked up yet").
-_NONE: tuple[datetime, int] = (datetime.min, -1)
-
-
 def store_records(
-    session: Session, records: Sequence[PaperRecord], now: datetime
-) -> dict[str, int]:
-    """Insert or merge records, BATCH_SIZE at a time; how many were new, updated, unchanged."""
-    counts = {"new": 0, "updated": 0, "unchanged": 0}
+    session: Session, records: Sequence[Entry], now: datetime, analyser: Analyser
+) -> tuple[dict[str, int], list[str]]:
+    """Insert or merge records, BATCH_SIZE at a time: how many were new, updated,
+    unchanged or skipped, and the lines reporting entries skipped (unparseable)."""
+    counts = {"new": 0, "updated": 0, "unchanged": 0, "skipped": 0}
+    skipped: list[str] = []
     for start in range(0, len(records), BATCH_SIZE):
-        batch = _Batch(session, records[start : start + BATCH_SIZE], now)
+        batch = _Batch(session, records[start : start + BATCH_SIZE], now, analyser)
         for index in range(len(batch.records)):
             counts[batch.store(index)] += 1
         batch.write()
-    return counts
+        skipped += batch.skipped
+    return counts, skipped
+
+
+@contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Python's cycle collector paused: a parsed input is hundreds of thousands of
+    containers, none in a cycle, that each collection would walk again (a fifth of an
+    unchanged re-ingest). Cycles made meanwhile are collected once it resumes."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def ingest_data(
-    factory: sessionmaker[Session], name: str, data: bytes, now: datetime
+    factory: sessionmaker[Session], name: str, data: bytes, now: datetime, analyser: Analyser
 ) -> InputSummary:
-    """Parse one input and store it in a single transaction."""
+    """Parse one input and store it in a single transaction.
+
+    Entries are parsed as they are stored (`parse_input(..., lazy=True)`), and an entry
+    its source gave before is not parsed at all.
+    """
+    with _collector_paused():
+        return _ingest_data(factory, name, data, now, analyser)
+
+
+def _ingest_data(
+    factory: sessionmaker[Session], name: str, data: bytes, now: datetime, analyser: Analyser
+) -> InputSummary:
     summary = InputSummary(name=name)
     try:
-        result = parse_input(data, now)
+        result = parse_input(data, now, lazy=True)
     except InputError as exc:
         summary.error = str(exc)
         return summary
     summary.format = result.format
-    summary.parsed = len(result.records)
-    summary.skipped = list(result.skipped)
+    entries: Sequence[Entry] = result.raw or result.records
     try:
         with db.transaction(factory) as session:
-            counts = store_records(session, result.records, now)
+            counts, skipped = store_records(session, entries, now, analyser)
     except (IntegrityError, DataError) as exc:
         # This input's data broke a rule; a database that cannot be written at all
         # (read-only, corrupt, locked) raises instead, and stops the command.
         summary.error = f"database error, nothing stored: {db.error_detail(exc)}"
         return summary
+    summary.parsed = len(entries) - len(skipped)
+    summary.skipped = result.skipped + skipped
     summary.new, summary.updated, summary.unchanged = (
         counts["new"],
         counts["updated"],
@@ -528,14 +581,18 @@ def ingest_inputs(
 ) -> list[InputSummary]:
     """Ingest every input in turn; one failing input never stops the others."""
     summaries = []
-    for name in expand_inputs(names):
-        try:
-            data = read_input(name, max_bytes, fetcher)
-        except InputError as exc:
-            summary = InputSummary(name=name, error=str(exc))
-        else:
-            summary = ingest_data(factory, name, data, now)
-        summaries.append(summary)
-        if on_done is not None:
-            on_done(summary)
+    analyser = Analyser()
+    try:
+        for name in expand_inputs(names):
+            try:
+                data = read_input(name, max_bytes, fetcher)
+            except InputError as exc:
+                summary = InputSummary(name=name, error=str(exc))
+            else:
+                summary = ingest_data(factory, name, data, now, analyser)
+            summaries.append(summary)
+            if on_done is not None:
+                on_done(summary)
+    finally:
+        analyser.close()
     return summaries

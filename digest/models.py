@@ -162,8 +162,9 @@ class PaperSource(Base):
     )
     source: Mapped[str] = mapped_column(String(32), primary_key=True)
     first_seen_at: Mapped[datetime] = mapped_column(UTCDateTime)
-    # The hash of the record this source last gave (digest.ingest.record_hash): the same
-    # record again is merged already, so ingest only compares its upvotes.
+    # The hash of the record this source last gave (of its raw entry, `RawRecord`, or else
+    # digest.ingest.record_hash): the same record again is merged already, so ingest only
+    # compares its upvotes.
     content_hash: Mapped[str | None] = mapped_column(String(32))
 
     paper: Mapped[Paper] = relationship(back_populates="sources")

@@ -21,7 +21,8 @@ from sqlalchemy import Engine, event, insert, select, text, update
 from sqlalchemy.orm import Session
 
 from digest import db, fulltext, ledger, query_plan, relevance
-from digest.ingest import ingest_inputs, paper_terms
+from digest.analysis import paper_terms
+from digest.ingest import ingest_inputs
 from digest.models import Base, Delivery, Digest, Paper, Subscriber, UTCDateTime
 from digest.query import QueryError, parse_query
 from digest.text import Phrase

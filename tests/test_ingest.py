@@ -15,12 +15,14 @@ import pytest
 from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
-from digest import db, query_plan, relevance
+from digest import analysis, db, query_plan, relevance
 from digest import ingest as ingest_module
+from digest import text as text_analysis
 from digest.fetch import HttpFetcher
 from digest.ingest import ingest_inputs
 from digest.models import Paper
 from digest.query import parse_query
+from digest.sources import hf_api, parse_input
 from digest.sources.records import InputError
 from tests.conftest import DATA, NOW
 
@@ -213,6 +215,75 @@ def test_batches_of_any_size_store_the_same(
     assert db.integrity_problems(engine_of(factory), full=True) == []
 
 
+def test_a_worker_process_analyses_papers_exactly_as_this_one(
+    factory, databases, tmp_path: Path, seeds: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Every batch of the seeds (up to 333 new papers) shares its analysis with the worker.
+    monkeypatch.setattr(analysis, "PARALLEL_ANALYSIS", 2)
+    monkeypatch.setattr(analysis, "spare_cpu", lambda: True)
+    used: list[bool] = []
+    close = analysis.Analyser.close
+
+    def spy(self: analysis.Analyser) -> None:
+        used.append(self._worker is not None)
+        close(self)
+
+    monkeypatch.setattr(analysis.Analyser, "close", spy)
+    other = databases.new(tmp_path / "other")
+    engine = db.open_database(other)
+    try:
+        alone = db.session_factory(engine)
+        monkeypatch.setattr(analysis, "PARALLEL_ANALYSIS", 10**9)
+        ingest(alone, seeds)
+        monkeypatch.setattr(analysis, "PARALLEL_ANALYSIS", 2)
+        ingest(factory, seeds)
+        assert used == [False, True]
+        assert full_dump(factory) == full_dump(alone)
+    finally:
+        engine.dispose()
+        databases.drop(other)
+    with factory() as session:
+        texts = [
+            tuple(row)
+            for row in session.execute(
+                text("SELECT title, abstract, authors, categories FROM papers ORDER BY id")
+            )
+        ]
+    assert len(texts) == 540
+    analyser = analysis.Analyser()
+    try:
+        shared = analyser.analyse(texts)
+        assert analyser._worker is not None
+    finally:
+        analyser.close()
+    assert shared == analysis.analyse(texts)
+    assert [terms["abstract_terms"] for terms, _ in shared] == [
+        text_analysis.joined(text_analysis.terms(abstract)) for _, abstract, _, _ in texts
+    ]
+
+
+def test_analysis_goes_on_here_when_the_worker_dies(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(analysis, "spare_cpu", lambda: True)
+    texts = [
+        (f"Mixture-of-Experts (MoE) routing {n}", f"We study RAG for LLMs, paper {n}.", "", "cs.CL")
+        for n in range(analysis.PARALLEL_ANALYSIS)
+    ]
+    analyser = analysis.Analyser()
+    try:
+        first = analyser.analyse(texts)
+        worker = analyser._worker
+        assert worker is not None
+        worker.kill()
+        worker.wait()
+        again = analyser.analyse(texts)
+        assert analyser._worker is None  # given up: no new worker
+        assert analyser.analyse(texts) == again
+    finally:
+        analyser.close()
+    assert first == again == analysis.analyse(texts)
+    assert first[0][1][0]["term"] == "qqmoe"
+
+
 def engine_of(factory: sessionmaker[Session]):
     with factory() as session:
         return session.get_bind()
@@ -291,6 +362,121 @@ def test_a_changed_record_is_merged_and_its_new_hash_kept(factory, tmp_path: Pat
         assert paper.project_url == project
         assert paper.abstract.startswith("Which multimodal model should we use")
         assert paper.updated_at == NOW + timedelta(hours=2)
+
+
+def write_items(path: Path, items: list[dict]) -> Path:
+    path.write_text(json.dumps(items), encoding="utf-8")
+    return path
+
+
+def test_a_changed_text_is_analysed_again(factory, tmp_path: Path) -> None:
+    # The same paper, first without an abstract, then with one that defines an acronym.
+    items = json.loads(HF_JSON.read_text(encoding="utf-8"))
+    abstract = items[0].pop("summary")
+    items[0]["paper"].pop("summary")
+    ingest(factory, write_items(tmp_path / "bare.json", items))
+    with factory() as session:
+        paper = session.scalars(select(Paper)).one()
+        assert (paper.abstract, paper.abstract_terms, paper.acronyms) == ("", "", [])
+    items[0]["summary"] = abstract
+    [summary] = ingest(
+        factory, write_items(tmp_path / "full.json", items), now=NOW + timedelta(hours=1)
+    )
+    assert (summary.updated, summary.unchanged) == (1, 0)
+    with factory() as session:
+        paper = session.scalars(select(Paper)).one()
+        assert paper.abstract == abstract
+        assert paper.abstract_terms == text_analysis.indexed_terms(abstract)
+        assert sorted((a.term, a.expansion_terms) for a in paper.acronyms) == sorted(
+            {
+                (a.term, " ".join(a.expansion_terms))
+                for a in text_analysis.acronym_definitions(f"{paper.title}. {abstract}")
+            }
+        )
+        assert len(paper.acronyms) == 2
+
+
+def test_a_field_ingest_ignores_changes_the_hash_and_nothing_else(factory, tmp_path: Path) -> None:
+    items = json.loads(HF_JSON.read_text(encoding="utf-8"))
+    ingest(factory, HF_JSON)
+    [(_, _, first_hash)] = source_hashes(factory)
+    before = full_dump(factory)
+    items[0]["numComments"] = 7
+    items[0]["paper"]["upvotes"] += 1
+    [summary] = ingest(
+        factory, write_items(tmp_path / "more.json", items), now=NOW + timedelta(hours=1)
+    )
+    # Parsed again (its hash changed) and merged: only the upvote count is news.
+    assert (summary.new, summary.updated, summary.unchanged) == (0, 1, 0)
+    [(_, _, new_hash)] = source_hashes(factory)
+    assert new_hash not in (first_hash, None)
+    with factory() as session:
+        paper = session.scalars(select(Paper)).one()
+        assert [o.upvotes for o in paper.observations] == [10, 11]
+        assert (paper.upvotes, paper.updated_at) == (11, NOW + timedelta(hours=1))
+    changed = {row for row in full_dump(factory) if row not in before}
+    assert {row[0] for row in changed} == {"papers", "paper_sources", "upvote_observations"}
+
+
+def test_an_older_version_after_a_newer_one_in_one_input_is_merged(factory, tmp_path: Path) -> None:
+    # v1 is stored; an input then holds v2 (a project page more) and v1 again. v1's hash
+    # is the stored one, but v2 changed it in the same batch: v1 is parsed and merged.
+    items = json.loads(HF_JSON.read_text(encoding="utf-8"))
+    project = items[0]["paper"].pop("projectPage")
+    v1 = write_items(tmp_path / "v1.json", items)
+    ingest(factory, v1)
+    [(_, _, v1_hash)] = source_hashes(factory)
+    v2 = json.loads(json.dumps(items[0]))
+    v2["paper"]["projectPage"] = project
+    [summary] = ingest(
+        factory, write_items(tmp_path / "both.json", [v2, items[0]]), now=NOW + timedelta(hours=1)
+    )
+    assert (summary.parsed, summary.new, summary.updated, summary.unchanged) == (2, 0, 1, 1)
+    assert [h for _, _, h in source_hashes(factory)] == [v1_hash]
+    with factory() as session:
+        assert session.scalars(select(Paper)).one().project_url == project
+
+
+def test_a_new_parser_version_merges_every_record_once_more(
+    factory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ingest(factory, HF_JSON)
+    [(_, _, first_hash)] = source_hashes(factory)
+    before = full_dump(factory)
+    monkeypatch.setattr(hf_api, "PARSER_VERSION", hf_api.PARSER_VERSION + 1)
+    [summary] = ingest(factory, HF_JSON, now=NOW + timedelta(hours=1))
+    assert (summary.updated, summary.unchanged) == (0, 1)
+    [(_, _, new_hash)] = source_hashes(factory)
+    assert new_hash not in (first_hash, None)
+    after = full_dump(factory)
+    assert len(after) == len(before)
+    assert [row[0] for row in after if row not in before] == ["paper_sources"]
+
+
+def test_unparseable_entries_are_reported_whether_parsed_now_or_at_once(
+    factory, tmp_path: Path
+) -> None:
+    document = (
+        b'[{"title": "Kept", "paper": {"id": "2601.00001v2", "upvotes": 3}},'
+        b' {"paper": {"id": "2601.00002"}},'
+        b' {"title": "Bad date", "paper": {"publishedAt": "yesterday"}},'
+        b" 42]"
+    )
+    path = tmp_path / "bad.json"
+    path.write_bytes(document)
+    for hours in (0, 1):  # stored, then known
+        [summary] = ingest(factory, path, now=NOW + timedelta(hours=hours))
+        assert summary.parsed == 1
+        assert (
+            summary.skipped
+            == parse_input(document, NOW).skipped
+            == [
+                "record 2: no title",
+                "record 3 ('Bad date'): date does not parse: 'yesterday'",
+                "record 4: not a JSON object",
+            ]
+        )
+    assert (summary.new, summary.updated, summary.unchanged) == (0, 0, 1)
 
 
 BAD_INPUTS = {

@@ -36,7 +36,7 @@ def _parse_xml(data: bytes) -> ParseResult:
     return parse_arxiv_feed(feed)
 
 
-def _parse_json(text: str) -> ParseResult:
+def _parse_json(text: str, lazy: bool) -> ParseResult:
     try:
         document = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -45,18 +45,21 @@ def _parse_json(text: str) -> ParseResult:
         ) from None
     except RecursionError:
         raise InputError("JSON nested too deeply") from None
-    return parse_hf_api(document)
+    return parse_hf_api(document, lazy=lazy)
 
 
-def parse_input(data: bytes, as_of: datetime) -> ParseResult:
-    """Parse one whole input; raise InputError if it cannot be read at all."""
+def parse_input(data: bytes, as_of: datetime, *, lazy: bool = False) -> ParseResult:
+    """Parse one whole input; raise InputError if it cannot be read at all.
+
+    `lazy`: formats that support it leave their entries unparsed (`ParseResult.raw`).
+    """
     if not data.strip():
         raise InputError("empty file")
     if data.lstrip().startswith(b"<"):
         return _parse_xml(data)
     text = _decode(data)
     if text.lstrip()[:1] in ("[", "{"):
-        return _parse_json(text)
+        return _parse_json(text, lazy)
     if looks_like_hf_page(text):
         return parse_hf_page(text, as_of.date())
     raise InputError(f"unknown format; expected {KNOWN}")

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date
+from typing import Any
 
 # Source kinds, from least to most authoritative for bibliographic fields.
 SOURCE_PRIORITY = {"hf_page": 1, "hf_api": 2, "arxiv_rss": 3, "arxiv_api": 4}
@@ -38,15 +40,46 @@ class PaperRecord:
     github_url: str | None = None
     project_url: str | None = None
     upvotes: int | None = None
+    # The hash of the raw entry this record was parsed from, all of it but its upvote
+    # count, when its parser keeps one (`RawRecord`); ingest stores it to know the entry
+    # again without parsing it.
+    content_hash: str | None = field(default=None, compare=False, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class RawRecord:
+    """An entry of an input, not parsed yet: what ingest needs to recognise it.
+
+    `content_hash` covers the whole entry but its upvote count (None: an entry that
+    cannot be hashed, which is always parsed); `arxiv_id` and `upvotes` are what its
+    `PaperRecord` will say. `parse()` makes that record, or raises ValueError with the
+    line that reports the entry skipped ("record 3 ('Title'): no date").
+    """
+
+    source: str
+    arxiv_id: str | None
+    content_hash: str | None
+    upvotes: int | None
+    number: int  # its position in the input, from 1
+    entry: Any
+    parser: Callable[[RawRecord], PaperRecord]
+
+    def parse(self) -> PaperRecord:
+        return self.parser(self)
 
 
 @dataclass
 class ParseResult:
-    """What a parser made of one input: its format, good records and skipped ones."""
+    """What a parser made of one input: its format, good records and skipped ones.
+
+    Parsed lazily (`parse_input(..., lazy=True)`), an input whose parser supports it
+    gives `RawRecord`s, each parsed (or skipped) only when ingest needs it.
+    """
 
     format: str
     records: list[PaperRecord] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    raw: list[RawRecord] = field(default_factory=list)
 
 
 # Bidirectional marks, embeddings, overrides and isolates: U+202E can reverse a Subject
@@ -84,10 +117,15 @@ _ARXIV_URL = re.compile(r"^https?://(?:export\.|www\.)?arxiv\.org/(?:abs|pdf)/")
 _HTTP_URL = re.compile(r"^https?://[^\s/?#]+[^\s]*$", re.IGNORECASE)
 
 
+_PLAIN_ARXIV_ID = re.compile(r"\d{4}\.\d{4,5}")
+
+
 def arxiv_id_from(value: str | None) -> str | None:
     """The versionless arXiv id at the end of an id, URL or `oai:arXiv.org:` string."""
     if not value:
         return None
+    if _PLAIN_ARXIV_ID.fullmatch(value):  # the common case, at once
+        return value
     tail = value.strip().rstrip("/")
     for prefix in ("oai:arXiv.org:", "arXiv:"):
         if tail.startswith(prefix):

@@ -85,7 +85,7 @@ def _drop_sqlite_fts() -> None:
 
 
 def upgrade() -> None:
-    from digest.ingest import acronym_rows, paper_terms  # the analysis of this version
+    from digest.analysis import acronym_rows, paper_terms  # the analysis of this version
 
     sqlite = op.get_bind().dialect.name == "sqlite"
     if sqlite:
