@@ -33,11 +33,11 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from digest import db
+from digest.cache import BoundedCache
 from digest.config import DigestSettings, MailConfig
 from digest.links import subscriber_links
 from digest.models import Delivery, Paper, Subscriber
 from digest.render import (
-    BoundedCache,
     ItemLike,
     Notice,
     Part,

@@ -51,6 +51,7 @@ from itertools import pairwise
 from sqlalchemy.orm import Session
 
 from digest import db
+from digest.cache import BoundedCache
 from digest.models import Paper
 from digest.query import Query
 from digest.query_plan import Plan, plan_query
@@ -80,21 +81,25 @@ PASSING_PAIRS = frozenset(
     {("such", "as"), ("e", "g"), ("for", "exampl"), ("futur", "work"), ("futur", "direct")}
 )
 CANDIDATE_LIMIT = 400  # candidates rescored per query, the index's best first
+PAPER_CACHE = 1024  # papers whose analysis a run keeps (`Corpus`; about 25 KB each)
 
 
 @dataclass
 class Corpus:
     """Corpus statistics for one run: size, average lengths, document frequencies.
 
-    Also caches each paper's term positions and tf-idf vector, so a run that
-    evaluates many topics analyses each paper once.
+    Also caches the term positions and tf-idf vectors of the `PAPER_CACHE` papers used
+    last, so a run that evaluates many topics analyses a paper they share once, in
+    memory that does not grow with the corpus.
     """
 
     session: Session
     _size: db.CorpusSize | None = None
     _df: dict[str, int] = field(default_factory=dict)
-    _papers: dict[int, _Indexed] = field(default_factory=dict)
-    _vectors: dict[int, dict[str, float]] = field(default_factory=dict)
+    _papers: BoundedCache[int, _Indexed] = field(default_factory=lambda: BoundedCache(PAPER_CACHE))
+    _vectors: BoundedCache[int, dict[str, float]] = field(
+        default_factory=lambda: BoundedCache(PAPER_CACHE)
+    )
 
     @property
     def size(self) -> db.CorpusSize:
@@ -114,19 +119,26 @@ class Corpus:
         return math.log(1 + (n - df + 0.5) / (df + 0.5))
 
     def papers(self, ids: Sequence[int]) -> dict[int, _Indexed]:
-        missing = [paper_id for paper_id in ids if paper_id not in self._papers]
-        for paper_id, indexed in db.indexed_papers(self.session, missing).items():
-            self._papers[paper_id] = _Indexed(indexed)
-        return {paper_id: self._papers[paper_id] for paper_id in ids if paper_id in self._papers}
+        found: dict[int, _Indexed] = {}
+        missing: list[int] = []
+        for paper_id in ids:
+            if (indexed := self._papers.lookup(paper_id)) is not None:
+                found[paper_id] = indexed
+            else:
+                missing.append(paper_id)
+        for paper_id, stored in db.indexed_papers(self.session, missing).items():
+            found[paper_id] = _Indexed(stored)
+            self._papers.put(paper_id, found[paper_id])
+        return {paper_id: found[paper_id] for paper_id in ids if paper_id in found}
 
     def prepare_vectors(self, papers: dict[int, _Indexed]) -> None:
         """Fetch, in one go, the document frequencies the papers' vectors need."""
-        missing = [pid for pid in papers if pid not in self._vectors]
+        missing = [pid for pid in papers if self._vectors.lookup(pid) is None]
         self.df({t for pid in missing for t in (*papers[pid].title, *papers[pid].abstract)})
 
     def vector(self, paper_id: int, paper: _Indexed) -> dict[str, float]:
         """The paper's normalized tf-idf vector (title counted twice, no stop words)."""
-        if paper_id not in self._vectors:
+        if (vector := self._vectors.lookup(paper_id)) is None:
             counts = Counter(
                 term
                 for term in [*paper.title, *paper.title, *paper.abstract]
@@ -135,8 +147,9 @@ class Corpus:
             df = self.df(counts)
             weights = {t: (1 + math.log(n)) * self.idf(df[t]) for t, n in counts.items()}
             norm = math.sqrt(sum(w * w for w in weights.values())) or 1.0
-            self._vectors[paper_id] = {t: w / norm for t, w in weights.items()}
-        return self._vectors[paper_id]
+            vector = {t: w / norm for t, w in weights.items()}
+            self._vectors.put(paper_id, vector)
+        return vector
 
 
 class _Indexed:

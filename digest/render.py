@@ -25,17 +25,17 @@ from __future__ import annotations
 import functools
 import html
 import re
-from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from datetime import date
 from pathlib import Path
-from typing import Generic, NamedTuple, Protocol, TypeVar, cast
+from typing import NamedTuple, Protocol, cast
 from urllib.parse import quote
 
 import jinja2
 from premailer import Premailer
 
+from digest.cache import BoundedCache
 from digest.models import Paper
 from digest.prose import TEXT_WIDTH, latex_to_text, link_line, wrap_prose
 from digest.resources import resource_dir
@@ -594,43 +594,6 @@ def inline_css(markup: str) -> str:
             disable_validation=True,
         ).transform()
     )
-
-
-K = TypeVar("K", bound=Hashable)
-V = TypeVar("V")
-
-
-class BoundedCache(Generic[K, V]):
-    """At most `size` entries; the least recently used goes first."""
-
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self._entries: OrderedDict[K, V] = OrderedDict()
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    def get(self, key: K, make: Callable[[], V]) -> V:
-        """The entry of `key`, made (and kept) if missing."""
-        if (value := self.lookup(key)) is not None:
-            return value
-        value = make()
-        self.put(key, value)
-        return value
-
-    def lookup(self, key: K) -> V | None:
-        """The entry of `key`, or None."""
-        try:
-            self._entries.move_to_end(key)
-        except KeyError:
-            return None
-        return self._entries[key]
-
-    def put(self, key: K, value: V) -> None:
-        self._entries[key] = value
-        self._entries.move_to_end(key)
-        if len(self._entries) > self.size:
-            self._entries.popitem(last=False)
 
 
 # What a digest's HTML shows besides its papers, as tokens that the inlined shell keeps
