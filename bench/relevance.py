@@ -18,7 +18,7 @@ per topic and on average. `--split` reports a tuning half and a held-out half
 `--judged` may be repeated to pool folders (tests/data/relevance, its validation/
 and holdout/ sets). `--cv` measures how well tuning generalises. Each `--vary
 NAME=V1,V2,...` names a `digest.relevance` constant (FEEDBACK_PAPERS, NEAR_WEIGHT,
-...), a `digest.select` one (POPULARITY_WEIGHT) or a `digest.*` setting
+...), a `digest.select` one (POPULARITY_WEIGHT, TRENDING_MIN_RELEVANCE) or a `digest.*` setting
 (min_relevance, max_per_topic) and the values to try; every
 combination is run through the same real path, and for each topic the
 combination that is best on the *other* topics (mean precision + mean nDCG@10)
@@ -26,9 +26,16 @@ is scored on it (leave one topic out), as is each half with the combination
 best on the other half. Those held-out means are what to expect on new topics;
 the in-sample best is printed for comparison.
 
+The seed papers carry almost no upvotes, so the order's upvote signal changes
+nothing here. `--upvotes SEED` gives every paper synthetic upvotes drawn
+independently of the topics (`add_upvotes`): a count, and for a third of the
+papers a gain in the last day, so some trend. Whatever the scores lose then is
+what the community signal costs the relevance of what is shown.
+
 Run: .venv/bin/python bench/relevance.py [--judged DIR ...] [--as-of 2026-11-25T08:00] [--split]
      .venv/bin/python bench/relevance.py --cv --vary min_relevance=0.25,0.3
          --vary FEEDBACK_PAPERS=10,20
+     .venv/bin/python bench/relevance.py --upvotes 1 --cv --vary POPULARITY_WEIGHT=0,0.2
 """
 
 from __future__ import annotations
@@ -36,10 +43,11 @@ from __future__ import annotations
 import argparse
 import itertools
 import math
+import random
 import statistics
 import tempfile
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import ModuleType
 
@@ -50,7 +58,7 @@ from digest import db, query_plan, relevance
 from digest import select as selection
 from digest.config import DigestSettings
 from digest.ingest import ingest_inputs
-from digest.models import Paper
+from digest.models import Paper, UpvoteObservation
 from digest.resources import resource_dir
 from digest.select import digest_content
 from digest.subscribers import transient_subscriber
@@ -102,6 +110,30 @@ def score(shown: list[str], grades: dict[str, int]) -> Scores:
         ndcg=dcg(gains) / ideal if ideal else 0.0,
         recall=len(highly & set(shown)) / len(highly) if highly else 1.0,
     )
+
+
+def add_upvotes(factory: sessionmaker[Session], now: datetime, seed: int) -> int:
+    """Give every paper synthetic upvotes, drawn independently of any topic: a count a
+    day and a half before `now`, and at `now` that count plus, for a third of the
+    papers, a gain (so they trend). Returns the observations added.
+
+    Counts are log-normal (median 8, a long tail into the hundreds, like Hugging Face
+    daily papers), gains too (median 6). The observations at `now` come after the
+    seeds' own, so they are the papers' counts. As the votes know nothing of the
+    topics, whatever the scores lose is what the upvote signal costs.
+    """
+    rng = random.Random(seed)
+    with factory() as session:
+        rows: list[UpvoteObservation] = []
+        for paper_id in session.scalars(select(Paper.id).order_by(Paper.id)):
+            count = int(rng.lognormvariate(math.log(8), 1.3))
+            gain = 1 + int(rng.lognormvariate(math.log(5), 1.2)) if rng.random() < 1 / 3 else 0
+            for hours, upvotes in ((36, count), (0, count + gain)):
+                at = now - timedelta(hours=hours)
+                rows.append(UpvoteObservation(paper_id=paper_id, observed_at=at, upvotes=upvotes))
+        session.add_all(rows)
+        session.commit()
+        return len(rows)
 
 
 def preview_keys(
@@ -244,6 +276,13 @@ def main() -> None:
     parser.add_argument(
         "--min-relevance", type=float, help="digest.min_relevance to measure (default: built-in)"
     )
+    parser.add_argument(
+        "--upvotes",
+        type=int,
+        metavar="SEED",
+        help="add synthetic upvotes (independent of the topics, from this random seed) to "
+        "measure what the upvote signal in the order costs",
+    )
     parser.add_argument("--cv", action="store_true", help="cross-validate the --vary grid")
     parser.add_argument("--vary", action="append", default=[], metavar="NAME=V1,V2,...")
     args = parser.parse_args()
@@ -263,6 +302,8 @@ def main() -> None:
         engine = db.open_database(f"sqlite:///{Path(folder) / 'relevance.sqlite3'}")
         factory = db.session_factory(engine)
         ingest_inputs(factory, [str(resource_dir("seeds"))], now=now, max_bytes=10**8)
+        if args.upvotes is not None:
+            add_upvotes(factory, now, args.upvotes)
         with factory() as session:
             known = set(session.scalars(select(Paper.key)))
         for topic in judged:

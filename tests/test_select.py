@@ -6,6 +6,7 @@ import json
 from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from unittest.mock import patch
 
 import pytest
 from sqlalchemy import event, select
@@ -16,11 +17,14 @@ from digest.config import DigestSettings
 from digest.ingest import ingest_inputs
 from digest.models import Delivery, Digest, Subscriber
 from digest.select import (
+    TRENDING_MIN_RELEVANCE,
     SelectionRun,
     local_date,
+    ranking_score,
     record_selection,
     trending_score,
     upvote_gain,
+    votes,
 )
 from digest.subscribers import subscribe
 
@@ -118,11 +122,13 @@ def test_new_and_trending_over_three_days(factory, feed: Feed) -> None:
         ],
     )
     day2 = run_day(factory, DAY1 + timedelta(days=1))
-    # 2603.00001 gained 49 but was sent on day 1: never again. Equally relevant, the
-    # upvoted paper goes first: relevance * (1 + 0.1 * log2(1 + 30 + 25)).
+    # 2603.00001 gained 49 but was sent on day 1: never again. The old survey trends
+    # (+25; relevance 0.75, its title is longer), yet the new paper, the best match
+    # (relevance 1), goes first: the upvote boost is at most a fifth,
+    # 1 + 0.2 * ln(1 + 30 + 25) / ln(1 + 50 + 49) = 1.17 (2603.00001 has the most).
     assert day2["ada@example.org"] == [
-        ("2602.00001", "trending", "diffusion", 25),
         ("2603.00003", "new", "diffusion", 0),
+        ("2602.00001", "trending", "diffusion", 25),
     ]
     # Day 3: everything keeps gaining, but all of it was sent already.
     feed.ingest(
@@ -328,6 +334,50 @@ def test_trending_formula() -> None:
     assert trending_score(10, 0, 1.8) == pytest.approx(10 / 2**1.8)
     # Older papers need more upvotes for the same score.
     assert trending_score(10, 48, 1.8) < trending_score(10, 24, 1.8) < trending_score(5, 1, 1.8)
+
+
+def test_ranking_formula_bounds_the_upvote_boost() -> None:
+    # The topic's most upvoted match gains a fifth, others by their log share of it.
+    assert ranking_score(1.0, 0, 100) == 1.0
+    assert ranking_score(1.0, 100, 100) == pytest.approx(1.2)
+    assert ranking_score(1.5, 9, 99) == pytest.approx(1.5 * (1 + 0.2 * 0.5))
+    # No boost when no match has any upvotes.
+    assert ranking_score(0.7, 0, 0) == 0.7
+    # Whatever the counts, a match cannot overtake one more than a fifth more relevant.
+    assert ranking_score(0.8, 10**6, 10**6) < ranking_score(0.97, 0, 10**6)
+    assert votes(None, 4) == 4 and votes(12, -3) == 12 and votes(-1, 0) == 0
+
+
+def test_weak_matches_do_not_trend(factory, feed: Feed) -> None:
+    # Two papers gain 40 upvotes: one is about robots, the other mentions a robot once in a
+    # long abstract about something else (relevance below TRENDING_MIN_RELEVANCE).
+    feed.ingest(
+        DAY1 - timedelta(days=20),
+        [("2601.00300", "Robot Grasping", 2)],
+    )
+    feed.ingest(
+        DAY1 - timedelta(days=20),
+        [("2601.00301", "Protein Folding at Scale", 2)],
+        about="protein folding with large models on accelerators, with a robot arm used "
+        "once for sample handling, and detailed studies of folding kinetics, folding "
+        "energy landscapes, folding benchmarks and folding datasets",
+    )
+    feed.ingest(
+        DAY1 - timedelta(hours=3),
+        [("2601.00300", "Robot Grasping", 42), ("2601.00301", "Protein Folding at Scale", 42)],
+    )
+    add(factory, "ada@example.org", "robot", now=DAY1)
+    with factory() as session:
+        matches = SelectionRun(session, DAY1, SETTINGS).matches("robot")
+        weak = db.find_paper_by_reference(session, "2601.00301")
+        assert weak is not None
+        assert 0 < matches[weak.id].relevance < TRENDING_MIN_RELEVANCE
+        # Without the floor, both would trend.
+        [subscriber] = db.list_subscribers(session, "active")
+        with patch("digest.select.TRENDING_MIN_RELEVANCE", 0.0):
+            loose = SelectionRun(session, DAY1, SETTINGS).select(subscriber, DAY1.date())
+        assert sorted((i.kind, i.upvote_gain) for i in loose.items) == [("trending", 40)] * 2
+    assert run_day(factory, DAY1)["ada@example.org"] == [("2601.00300", "trending", "robot", 40)]
 
 
 def test_unsubscribed_and_bounced_subscribers_get_nothing(factory, feed: Feed) -> None:

@@ -22,6 +22,7 @@ from digest.ingest import ingest_inputs
 from digest.models import Delivery, Paper, Subscriber, Topic, UpvoteObservation
 from digest.plan import plan_deliveries
 from digest.select import (
+    TRENDING_MIN_RELEVANCE,
     History,
     SelectedItem,
     Selection,
@@ -30,6 +31,7 @@ from digest.select import (
     ranking_score,
     trend_window,
     trending_score,
+    votes,
 )
 from digest.subscribers import subscribe
 from tests.conftest import SEEDS
@@ -64,14 +66,27 @@ def reference(
                 continue
             if paper_id not in best or (specific, match.weight) > best[paper_id][:2]:
                 best[paper_id] = (specific, match.weight, position, match)
+    clear = {
+        pid
+        for topic in subscriber.topics
+        for pid, match in run.matches(topic.query).items()
+        if match.relevance >= TRENDING_MIN_RELEVANCE
+    }
     rising = sorted(
         (
             (trending_score(gains[pid], run.facts[pid].age_hours, settings.gravity), pid)
             for pid in best
-            if gains.get(pid, 0) >= settings.min_trending_gain
+            if gains.get(pid, 0) >= settings.min_trending_gain and pid in clear
         ),
         reverse=True,
     )
+    # Each topic's strongest upvote signal, over all its matches (received or not).
+    most = [
+        max(
+            (votes(run.facts[pid].upvotes, max(gains.get(pid, 0), 0)) for pid in matches), default=0
+        )
+        for matches in (run.matches(topic.query) for topic in subscriber.topics)
+    ]
     trending = {pid for _, pid in rising[: min(settings.max_trending, settings.max_items)]}
     per_topic: list[list[SelectedItem]] = [[] for _ in subscriber.topics]
     for paper_id, (_, weight, position, match) in best.items():
@@ -87,7 +102,7 @@ def reference(
                 topic=topic.query,
                 topic_label=topic.label,
                 relevance=match.relevance,
-                score=ranking_score(weight, facts.upvotes, gain),
+                score=ranking_score(weight, votes(facts.upvotes, gain), most[position]),
                 upvotes=facts.upvotes,
                 upvote_gain=gain,
             )
