@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from typing import Generic, TypeVar
 
 K = TypeVar("K", bound=Hashable)
@@ -27,6 +27,23 @@ class BoundedCache(Generic[K, V]):
         value = make()
         self.put(key, value)
         return value
+
+    def get_many(self, keys: Iterable[K], load: Callable[[list[K]], Mapping[K, V]]) -> dict[K, V]:
+        """The entries of `keys`, those missing loaded together by `load` (and kept); a
+        key that `load` does not find is left out. All are returned even when they are
+        more than the cache keeps."""
+        found: dict[K, V] = {}
+        missing: list[K] = []
+        for key in keys:
+            if (value := self.lookup(key)) is not None:
+                found[key] = value
+            else:
+                missing.append(key)
+        if missing:
+            for key, value in load(missing).items():
+                found[key] = value
+                self.put(key, value)
+        return found
 
     def lookup(self, key: K) -> V | None:
         """The entry of `key`, or None."""

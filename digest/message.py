@@ -249,18 +249,13 @@ class DigestMailer:
     def papers(self, session: Session, ids: Iterable[int]) -> dict[int, Paper]:
         """The papers of `ids`, each read once per mailer (a mailer serves one run: a send,
         a preview), as it was when first read."""
-        found: dict[int, Paper] = {}
-        missing: list[int] = []
-        for paper_id in ids:
-            if (paper := self._papers.lookup(paper_id)) is not None:
-                found[paper_id] = paper
-            else:
-                missing.append(paper_id)
-        if missing:
-            for paper_id, paper in db.papers_by_id(session, missing).items():
-                found[paper_id] = kept = _detached(paper)
-                self._papers.put(paper_id, kept)
-        return found
+        return self._papers.get_many(
+            ids,
+            lambda missing: {
+                paper_id: _detached(paper)
+                for paper_id, paper in db.papers_by_id(session, missing).items()
+            },
+        )
 
     def warm(
         self,

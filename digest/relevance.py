@@ -119,16 +119,13 @@ class Corpus:
         return math.log(1 + (n - df + 0.5) / (df + 0.5))
 
     def papers(self, ids: Sequence[int]) -> dict[int, _Indexed]:
-        found: dict[int, _Indexed] = {}
-        missing: list[int] = []
-        for paper_id in ids:
-            if (indexed := self._papers.lookup(paper_id)) is not None:
-                found[paper_id] = indexed
-            else:
-                missing.append(paper_id)
-        for paper_id, stored in db.indexed_papers(self.session, missing).items():
-            found[paper_id] = _Indexed(stored)
-            self._papers.put(paper_id, found[paper_id])
+        found = self._papers.get_many(
+            ids,
+            lambda missing: {
+                paper_id: _Indexed(stored)
+                for paper_id, stored in db.indexed_papers(self.session, missing).items()
+            },
+        )
         return {paper_id: found[paper_id] for paper_id in ids if paper_id in found}
 
     def prepare_vectors(self, papers: dict[int, _Indexed]) -> None:
