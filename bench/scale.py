@@ -106,6 +106,11 @@ class Sink:
         self.process.send_signal(signal.SIGUSR1)
         return int(self.process.stdout.readline())
 
+    def cpu(self) -> float:
+        """CPU seconds the sink has used so far (Linux: /proc)."""
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def stop(self) -> None:
         self.process.send_signal(signal.SIGTERM)
         self.process.communicate(timeout=30)
@@ -247,6 +252,7 @@ def stage_send(config: Path) -> dict[str, Any]:
     start = time.perf_counter()
     plan_in_batches(app.sessions(), _due(app), now=NOW, settings=settings, at_send_time=False)
     planned = time.perf_counter()
+    cpu = time.process_time()  # every thread of this process: the transport's too
     workers = app.config.delivery.workers
     report = send_digests(
         app.sender(),
@@ -259,6 +265,7 @@ def stage_send(config: Path) -> dict[str, Any]:
     return {
         "plan_s": planned - start,
         "send_s": done - planned,
+        "send_cpu_s": time.process_time() - cpu,
         "sent": report.sent,
         "line": report.line(),
         "workers_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
@@ -311,10 +318,15 @@ def stage_ceiling(config: Path, spool: Path) -> dict[str, Any]:
         return connections
 
     # As many concurrent streams as sender processes, each over its own connections.
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     with ThreadPoolExecutor(max_workers=streams) as pool:
         connections = sum(pool.map(push, range(streams)))
-    return {"ceiling_s": time.perf_counter() - start, "messages": count, "connections": connections}
+    return {
+        "ceiling_s": time.perf_counter() - start,
+        "ceiling_cpu_s": time.process_time() - cpu,
+        "messages": count,
+        "connections": connections,
+    }
 
 
 def run_stage(name: str, *extra: str) -> tuple[dict[str, Any], float]:
@@ -438,9 +450,12 @@ def main() -> None:
                 return
             dry, dry_rss = run_stage("dry-run", *common)
             naive, _ = run_stage("naive", *common)
+            sink_cpu = sink.cpu()
             send, send_rss = run_stage("send", *common)
             received = sink.received()
+            send["sink_cpu_s"], sink_cpu = sink.cpu() - sink_cpu, sink.cpu()
             ceiling, _ = run_stage("ceiling", *common)
+            ceiling["sink_cpu_s"] = sink.cpu() - sink_cpu
         finally:
             sink.stop()
         report(args, url, ingest, dry, dry_rss, naive, send, send_rss, ceiling, received)
@@ -485,6 +500,14 @@ def report(
         f"({ceiling['messages']} messages over {ceiling['connections']} connections)"
     )
     print(f"ratio to the ceiling: {e2e_rate / ceiling_rate if ceiling_rate else 0:8.2f}")
+    per_message = 1000 / max(1, sent)
+    print(
+        f"CPU per message:      {send['send_cpu_s'] * per_message:8.2f} ms sender, "
+        f"{send['sink_cpu_s'] * per_message:.2f} ms sink while sending; ceiling "
+        f"{ceiling['ceiling_cpu_s'] * 1000 / max(1, ceiling['messages']):.2f} ms smtplib, "
+        f"{ceiling['sink_cpu_s'] * 1000 / max(1, ceiling['messages']):.2f} ms sink "
+        f"({os.cpu_count()} CPUs)"
+    )
     workers = f", workers {send['workers_rss_mb']:.0f} MB" if args.workers > 1 else ""
     print(f"peak RSS:             {send_rss:8.0f} MB sending{workers}, {dry_rss:.0f} MB dry run")
     print(naive_line(naive))

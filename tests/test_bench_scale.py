@@ -48,5 +48,9 @@ def test_the_scale_benchmark_runs_end_to_end() -> None:
     assert re.search(r"^ratio to the ceiling: +\d+\.\d\d$", out, re.M), out
     assert re.search(r"^selection\+rendering: +\d+ digests/s", out, re.M), out
     assert re.search(r"^peak RSS: +\d+ MB sending", out, re.M), out
+    cpu = r"^CPU per message: +(\d+\.\d\d) ms sender, (\d+\.\d\d) ms sink while sending; "
+    cpu += r"ceiling (\d+\.\d\d) ms smtplib, (\d+\.\d\d) ms sink \(\d+ CPUs\)$"
+    used = re.search(cpu, out, re.M)
+    assert used is not None and float(used[1]) > 0 and float(used[3]) > 0, out
     naive = r"^naive baseline: .* \(\d+ recipients\); the product .*x faster, after inlining "
     assert re.search(naive + r"\d+ paper cards once per run in \d+\.\d\d s$", out, re.M), out
