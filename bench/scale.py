@@ -386,7 +386,7 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true", help="a tiny run, for CI")
     parser.add_argument(
         "--only",
-        choices=["naive"],
+        choices=["naive", "dry-run"],
         help="after ingest, run only this stage and print its figures",
     )
     parser.add_argument(
@@ -440,15 +440,20 @@ def main() -> None:
             if args.profile:
                 common += ["--profile", args.profile]
             ingest, _ = run_stage("ingest", *common)
-            if args.only == "naive":
-                naive, _ = run_stage("naive", *common)
+            if args.only:
                 print(
                     f"{url.split(':', 1)[0]}: {args.papers} papers, {ingest['subscribers']} "
                     f"subscribers, {args.topics} topics"
                 )
+            if args.only == "naive":
+                naive, _ = run_stage("naive", *common)
                 print(naive_line(naive))
                 return
             dry, dry_rss = run_stage("dry-run", *common)
+            if args.only == "dry-run":
+                print(dry_line(dry))
+                print(f"peak RSS:             {dry_rss:8.0f} MB dry run")
+                return
             naive, _ = run_stage("naive", *common)
             sink_cpu = sink.cpu()
             send, send_rss = run_stage("send", *common)
@@ -478,7 +483,6 @@ def report(
     end_to_end = send["plan_s"] + send["send_s"]
     e2e_rate = sent / end_to_end if end_to_end else 0.0
     ceiling_rate = ceiling["messages"] / ceiling["ceiling_s"] if ceiling["ceiling_s"] else 0.0
-    per_digest = dry["dry_run_s"] / max(1, dry["digests"] + dry["empty"])
     print(
         f"{backend}: {args.papers} papers, {ingest['subscribers']} subscribers, "
         f"{args.topics} topics, {args.workers} worker(s)"
@@ -490,10 +494,7 @@ def report(
     print(f"  plan (select, store) {send['plan_s']:8.2f} s")
     print(f"  send loop            {send['send_s']:8.2f} s  ({send['line']})")
     print(f"  ceiling (smtplib)    {ceiling['ceiling_s']:8.2f} s")
-    print(
-        f"selection+rendering:  {1 / per_digest:8.0f} digests/s "
-        f"({dry['digests']} digests, {dry['empty']} empty)"
-    )
+    print(dry_line(dry))
     print(f"end to end:           {e2e_rate:8.0f} emails/s ({sent} sent, {received} at the sink)")
     print(
         f"transport ceiling:    {ceiling_rate:8.0f} emails/s "
@@ -511,6 +512,15 @@ def report(
     workers = f", workers {send['workers_rss_mb']:.0f} MB" if args.workers > 1 else ""
     print(f"peak RSS:             {send_rss:8.0f} MB sending{workers}, {dry_rss:.0f} MB dry run")
     print(naive_line(naive))
+
+
+def dry_line(dry: dict[str, Any]) -> str:
+    """Digests per second of selection and rendering alone (the dry run)."""
+    rate = (dry["digests"] + dry["empty"]) / dry["dry_run_s"] if dry["dry_run_s"] else 0.0
+    return (
+        f"selection+rendering:  {rate:8.0f} digests/s "
+        f"({dry['digests']} digests, {dry['empty']} empty, {dry['dry_run_s']:.2f} s)"
+    )
 
 
 def naive_line(naive: dict[str, Any]) -> str:
