@@ -62,6 +62,9 @@ def analyse(texts: Sequence[Texts]) -> list[Analysis]:
 PARALLEL_ANALYSIS = 400
 
 
+_WORKER = "from digest.analysis import serve_analysis as s; s()"
+
+
 class Analyser:
     """Analyses the papers of a batch (`analyse`), a large batch's second half in a worker
     process (`serve_analysis`, started the first time and kept until `close`) when a CPU
@@ -101,7 +104,9 @@ class Analyser:
         if self._worker is None:
             env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
             self._worker = subprocess.Popen(
-                [sys.executable, "-c", "from digest.analysis import serve_analysis as s; s()"],
+                # -P: not the current directory first on the path (a folder holding
+                # another `digest` must not supply the worker's code).
+                [sys.executable, "-P", "-c", _WORKER],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.DEVNULL,

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import gc
 import hashlib
+import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -519,9 +520,12 @@ def store_records(
 def _collector_paused() -> Iterator[None]:
     """Python's cycle collector paused: a parsed input is hundreds of thousands of
     containers, none in a cycle, that each collection would walk again (a fifth of an
-    unchanged re-ingest). Cycles made meanwhile are collected once it resumes."""
-    enabled = gc.isenabled()
-    gc.disable()
+    unchanged re-ingest). Cycles made meanwhile are collected once it resumes. Only in a
+    process with no other thread: the pause is process-wide, and in the service
+    (`digest run`) a send may be running beside the ingest."""
+    enabled = gc.isenabled() and threading.active_count() == 1
+    if enabled:
+        gc.disable()
     try:
         yield
     finally:
@@ -552,6 +556,7 @@ def _ingest_data(
         return summary
     summary.format = result.format
     entries: Sequence[Entry] = result.raw or result.records
+    summary.parsed, summary.skipped = len(entries), list(result.skipped)
     try:
         with db.transaction(factory) as session:
             counts, skipped = store_records(session, entries, now, analyser)
@@ -561,7 +566,7 @@ def _ingest_data(
         summary.error = f"database error, nothing stored: {db.error_detail(exc)}"
         return summary
     summary.parsed = len(entries) - len(skipped)
-    summary.skipped = result.skipped + skipped
+    summary.skipped += skipped
     summary.new, summary.updated, summary.unchanged = (
         counts["new"],
         counts["updated"],

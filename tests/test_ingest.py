@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import socket
 import threading
@@ -486,6 +487,7 @@ BAD_INPUTS = {
         "malformed or truncated XML",
     ),
     "truncated.json": (HF_JSON.read_bytes()[:900], "truncated or invalid JSON"),
+    "long-number.json": (b'[{"paper": {"upvotes": ' + b"9" * 5000 + b"}}]", "invalid JSON"),
     "junk.bin": (bytes(range(256)) * 4, "binary data"),
     "empty.txt": (b"", "empty file"),
 }
@@ -696,3 +698,64 @@ def test_the_timeout_bounds_the_whole_download(dripping_server) -> None:
         ):
             fetcher.fetch(f"{url}/{part}")
         assert time.monotonic() - started < 3.0, part
+
+
+def test_the_worker_runs_the_installed_code_not_a_digest_in_the_current_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake = tmp_path / "digest"
+    fake.mkdir()
+    (fake / "__init__.py").write_text("", encoding="utf-8")
+    (fake / "analysis.py").write_text(
+        "import pickle, sys\n"
+        "def serve_analysis():\n"
+        "    texts = pickle.load(sys.stdin.buffer)\n"
+        "    pickle.dump([({}, [])] * len(texts), sys.stdout.buffer)\n"
+        "    sys.stdout.buffer.flush()\n",
+        encoding="utf-8",
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(analysis, "spare_cpu", lambda: True)
+    texts = [
+        (f"Paper {n} on RAG", "An abstract.", "", "") for n in range(analysis.PARALLEL_ANALYSIS)
+    ]
+    analyser = analysis.Analyser()
+    try:
+        shared = analyser.analyse(texts)
+        assert analyser._worker is not None
+    finally:
+        analyser.close()
+    assert shared == analysis.analyse(texts)
+
+
+def test_the_collector_stays_on_while_another_thread_runs() -> None:
+    """The pause is process-wide: in the service a send may run beside the ingest."""
+    release = threading.Event()
+    other = threading.Thread(target=release.wait)
+    other.start()
+    try:
+        with ingest_module._collector_paused():
+            assert gc.isenabled()
+    finally:
+        release.set()
+        other.join()
+    if threading.active_count() == 1:  # alone (the CLI): paused, then back on
+        with ingest_module._collector_paused():
+            assert not gc.isenabled()
+        assert gc.isenabled()
+
+
+@pytest.mark.parametrize("count", [2**31, 2**70])
+def test_an_implausible_upvote_count_is_dropped_not_fatal(
+    factory, tmp_path: Path, count: int
+) -> None:
+    items = [
+        {"title": "Huge", "summary": "Votes.", "paper": {"id": "2601.00001", "upvotes": count}},
+        {"title": "Fine", "summary": "Votes.", "paper": {"id": "2601.00002", "upvotes": 7}},
+    ]
+    capture = tmp_path / "votes.json"
+    capture.write_text(json.dumps(items), encoding="utf-8")
+    ingest(factory, capture)
+    with factory() as session:
+        votes = dict(session.execute(text("SELECT arxiv_id, upvotes FROM papers")).all())
+    assert votes == {"2601.00001": None, "2601.00002": 7}

@@ -12,7 +12,7 @@ import feedparser
 from digest.sources.arxiv import parse_arxiv_feed
 from digest.sources.hf_api import parse_hf_api
 from digest.sources.hf_page import looks_like_hf_page, parse_hf_page
-from digest.sources.records import InputError, ParseResult
+from digest.sources.records import InputError, ParseResult, one_line
 
 KNOWN = "an HF Daily Papers page, HF daily_papers JSON, arXiv API Atom or an arXiv listing feed"
 
@@ -45,6 +45,8 @@ def _parse_json(text: str, lazy: bool) -> ParseResult:
         ) from None
     except RecursionError:
         raise InputError("JSON nested too deeply") from None
+    except ValueError as exc:  # e.g. a number with more digits than Python converts
+        raise InputError(f"invalid JSON: {one_line(str(exc))}") from None
     return parse_hf_api(document, lazy=lazy)
 
 

@@ -22,6 +22,7 @@ from digest.sources.records import (
     clean_text,
     record_label,
     safe_http_url,
+    upvote_count,
 )
 
 FORMAT = "hf-daily-papers-json"
@@ -57,12 +58,6 @@ def _organization(item: dict[str, Any], paper: dict[str, Any]) -> str | None:
         elif isinstance(org, str) and org.strip():
             return clean_text(org)
     return None
-
-
-def _upvotes(value: Any) -> int | None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        return None
-    return value
 
 
 def _authors(value: Any) -> tuple[str, ...]:
@@ -121,7 +116,7 @@ def _raw(number: int, item: Any) -> RawRecord:
         return RawRecord(SOURCE, None, None, None, number, item, _parse_raw)
     nested = item.get("paper")
     paper: dict[str, Any] = nested if isinstance(nested, dict) else {}
-    upvotes = _upvotes(paper.pop("upvotes", None))
+    upvotes = upvote_count(paper.pop("upvotes", None))
     identifier = paper.get("id")
     arxiv_id = arxiv_id_from(identifier) if isinstance(identifier, str) else None
     try:

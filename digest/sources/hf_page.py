@@ -19,7 +19,13 @@ from __future__ import annotations
 import re
 from datetime import date
 
-from digest.sources.records import PaperRecord, ParseResult, clean_text, record_label
+from digest.sources.records import (
+    PaperRecord,
+    ParseResult,
+    clean_text,
+    record_label,
+    upvote_count,
+)
 
 FORMAT = "hf-page"
 
@@ -76,7 +82,8 @@ def _parse_date_line(line: str, reference: date) -> tuple[date, int | None]:
     except ValueError:
         raise ValueError(f"date does not parse: {line.strip()!r}") from None
     upvotes = match.group("upvotes")
-    return when, int(upvotes) if upvotes is not None else None
+    # A count longer than any plausible one is none (int() refuses 4,300+ digits).
+    return when, upvote_count(int(upvotes)) if upvotes and len(upvotes) <= 12 else None
 
 
 def _organization(line: str) -> str:

@@ -11,6 +11,18 @@ from typing import Any
 
 # Source kinds, from least to most authoritative for bibliographic fields.
 SOURCE_PRIORITY = {"hf_page": 1, "hf_api": 2, "arxiv_rss": 3, "arxiv_api": 4}
+# The largest vote count stored (a 32-bit integer column on PostgreSQL; SQLite is 64-bit).
+MAX_UPVOTES = 2**31 - 1
+
+
+def upvote_count(value: Any) -> int | None:
+    """A vote count as a source gives it, or None when it is not a plausible one: not an
+    integer, negative, or beyond what the database stores (one such entry must not fail
+    the whole input on one backend and not the other)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_UPVOTES:
+        return None
+    return value
+
 
 # New-style ids (0704.0001, 2602.23229) and old-style ones (astro-ph/9904306, math.GT/0309136).
 _ARXIV_ID = re.compile(
