@@ -9,11 +9,14 @@ from digest.text import (
     AcronymDefinition,
     acronym_definitions,
     indexed_terms,
+    inflection_bases,
+    inflects,
     joined,
     plain_terms,
     stem,
     terms,
     word_term,
+    words,
 )
 
 
@@ -112,6 +115,8 @@ def test_indexed_terms_are_the_joined_terms(sample: str) -> None:
     # Ingest stores `indexed_terms`, queries use `terms`: they must never disagree.
     assert indexed_terms(sample) == joined(terms(sample))
     assert indexed_terms(sample) == joined(terms(sample))  # from the chunk cache
+    # Relevance reads a term's word as written at the same position.
+    assert len(words(sample)) == len(terms(sample))
 
 
 def test_indexed_terms_of_a_text_in_capitals_and_after_the_cache_is_full(
@@ -178,3 +183,55 @@ def test_definition_terms_are_the_index_terms() -> None:
     [moe] = acronym_definitions("a Mixture of Experts (MoE)")
     assert moe.term == "qqmoe"
     assert moe.expansion_terms == ("mixtur", "of", "expert")
+
+
+# Snowball stems every word of each row alike; only the first ones are inflections.
+@pytest.mark.parametrize(
+    ("word", "inflections", "derivations"),
+    [
+        (
+            "optimizer",
+            ["optimizer", "optimizers", "optimiser", "optimisers"],
+            ["optimization", "optimisation", "optimize", "optimized", "optimal", "optimally"],
+        ),
+        ("tokenizer", ["tokenizers", "tokeniser"], ["token", "tokens", "tokenization"]),
+        ("generation", ["generations"], ["generate", "generated", "generative"]),
+        ("optimize", ["optimizes", "optimized", "optimizing", "optimise"], ["optimizer"]),
+        ("learning", ["learn", "learns", "learned"], []),
+        ("modeling", ["model", "models", "modelled", "modelling"], []),
+        ("planning", ["plan", "plans", "planned"], []),
+        ("study", ["studies", "studied"], []),
+        ("approach", ["approaches", "approached"], []),
+        ("speed", ["speeds"], []),
+        ("agents", ["agent"], ["agentic"]),
+        ("reasoning", ["reason", "reasons"], ["reasonable"]),
+    ],
+)
+def test_inflections_are_told_from_derivations(
+    word: str, inflections: list[str], derivations: list[str]
+) -> None:
+    # British spellings stem apart (optimis-): a query finds them as its other spelling.
+    assert all(stem(w.replace("is", "iz")) == stem(word) for w in inflections + derivations)
+    assert [w for w in inflections if not inflects(w, word)] == []
+    assert [w for w in derivations if inflects(w, word)] == []
+    assert all(inflects(word, w) == inflects(w, word) for w in inflections + derivations)
+
+
+def test_inflection_bases_of_short_and_odd_words() -> None:
+    assert inflection_bases("optimisers") == {"optimisers", "optimizers", "optimizer"}
+    # A plural -s is not taken from -ss, -us, -is; short words are only themselves.
+    assert inflection_bases("class") == {"class"}
+    assert inflection_bases("corpus") == {"corpus"}
+    assert inflection_bases("analysis") == {"analysis"}
+    assert inflection_bases("uses") == {"uses", "use"}
+    assert inflection_bases("gas") == {"gas"}
+    assert inflection_bases("gpt4s") == {"gpt4s"}
+    assert inflection_bases("café") == {"café"}
+
+
+@given(st.text(max_size=20), st.text(max_size=20))
+def test_inflects_takes_any_text(word: str, other: str) -> None:
+    bases = inflection_bases(word)
+    assert word in bases and all(isinstance(base, str) for base in bases)
+    assert inflects(word, word)
+    assert inflects(word, other) == inflects(other, word)
