@@ -59,7 +59,7 @@ from digest.text import (
     STOP_WORDS,
     Phrase,
     fold,
-    inflects,
+    same_word,
     tokens,
     words,
 )
@@ -85,8 +85,9 @@ PASSING_PAIRS = frozenset(
 )
 # An occurrence of a typed query word written only as a derivation of it (the same
 # Snowball stem, another derivational ending: "optimal" or "optimization" for the query
-# `optimizer`) counts DERIVED_WEIGHT of one written as the word or an inflection of it
-# (optimizers, optimiser): `text.inflects`.
+# `optimizer`) counts DERIVED_WEIGHT of one written as the word, an inflection of it
+# (optimizers, optimiser), or its verb or action noun (segmented for segmentation):
+# `text.same_word`.
 DERIVED_WEIGHT = 0.5
 CANDIDATE_LIMIT = 400  # candidates rescored per query, the index's best first
 PAPER_CACHE = 1024  # papers whose analysis a run keeps (`Corpus`; about 25 KB each)
@@ -237,7 +238,7 @@ class _Forms:
         if self.written is None:
             return 1.0
         meant = self.typed.get(self.terms[at])
-        if meant is None or any(inflects(self.written[at], word) for word in meant):
+        if meant is None or any(same_word(self.written[at], word) for word in meant):
             return 1.0
         return DERIVED_WEIGHT
 

@@ -16,8 +16,9 @@ PostgreSQL `simple`) and when a query is parsed, so both sides always agree:
 * in a text written mostly in capitals, case means nothing and every word is ordinary.
 
 Snowball also conflates derivations (optimizer, optimization, optimal all stem to
-``optim``); `inflects` tells a word's inflections (optimizers, optimiser) from
-them, which relevance uses to weigh a derivation below the word a query typed.
+``optim``); `inflection_bases` tells a word's inflections (optimizers, optimiser) from
+them, and `same_word` also a verb from its action noun (segment, segmentation):
+relevance weighs any other derivation below the word a query typed.
 
 Author names and categories are only folded (`plain_terms`), never stemmed.
 `acronym_definitions` finds "Mixture-of-Experts (MoE)"-style definitions.
@@ -159,9 +160,9 @@ def inflection_bases(word: str) -> frozenset[str]:
     way (optimiser -> optimizer) without a plural -s/-es or a verb's -ed/-ing, then
     without a final -e or a doubled final consonant (planned -> plann -> plan).
 
-    Two words are inflections of one another when they share a base (`inflects`):
-    optimizers, optimiser, optimizer; optimize, optimized, optimizing; speed, speeds;
-    but not optimizer, optimization, optimize and optimal, which Snowball stems alike.
+    Two words are inflections of one another when they share a base: optimizers,
+    optimiser, optimizer; optimize, optimized, optimizing; speed, speeds; but not
+    optimizer, optimization, optimize and optimal, which Snowball stems alike.
     Words of other scripts, with digits or of three letters or fewer are only themselves.
     """
     if len(word) < 4 or not word.isascii() or not word.isalpha():
@@ -180,9 +181,30 @@ def inflection_bases(word: str) -> frozenset[str]:
     return frozenset(found)
 
 
-def inflects(word: str, other: str) -> bool:
-    """Whether two folded words are inflections of one another (`inflection_bases`)."""
-    return word == other or not inflection_bases(word).isdisjoint(inflection_bases(other))
+_ACTION_NOUN = ("ation", "ion", "ment")  # segmentation, generation, alignment
+
+
+@lru_cache(maxsize=100_000)
+def action_bases(word: str) -> frozenset[str]:
+    """`inflection_bases`, and for an action noun also its verb's: segmentation ->
+    segment, hallucination -> hallucinat(e), optimization -> optimiz(e), alignment ->
+    align."""
+    bases = inflection_bases(word)
+    verbs = {
+        base[: -len(ending)]
+        for base in bases
+        for ending in _ACTION_NOUN
+        if base.endswith(ending) and len(base) - len(ending) >= _BASE_MIN
+    }
+    return bases | verbs
+
+
+def same_word(word: str, other: str) -> bool:
+    """Whether two folded words are one word for relevance: inflections of one another
+    (`inflection_bases`), or a verb and its action noun (`action_bases`: segmented and
+    segmentation, hallucinate and hallucination), not other derivations with the same
+    stem (optimizer and optimization, an agent noun; generation and generative)."""
+    return word == other or not action_bases(word).isdisjoint(action_bases(other))
 
 
 def is_acronym(word: str) -> bool:
