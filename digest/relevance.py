@@ -17,6 +17,15 @@ Scoring (`rank`), for a candidate paper d:
                  + tf_authors_and_categories
     idf(x)     = ln(1 + (N - df + 0.5) / (df + 0.5))   (df, N: the whole corpus)
 
+Each occurrence counts 1 in tf, except that a word the query typed, found through its
+Snowball stem but written in the paper as a derivation of it, counts DERIVED_WEIGHT =
+0.5 (a phrase: the product over its words): for `optimizer`, "optimal" and
+"optimization" count half, "optimizers" and "optimiser" in full. The same word is
+`text.same_word`: an inflection (plural, -ed/-ing, -ise/-ize), or a verb and its action
+noun (segmented, segmentation); agent nouns, adjectives and the like are derivations.
+The written words come from the candidates' stored titles and abstracts, so the
+database index (stems only) and the candidates are the same on every backend.
+
 so an exact phrase beats words close together, which beat words anywhere, and
 the title weighs three times the abstract. A paper that names the query only in
 passing, its title not at all and its abstract each time as one example in a
@@ -34,8 +43,9 @@ ordered by
 
     weight(d) = relevance(d) * (1.5 if d's title names every word group of the query)
 
-(`Match.weight`): a paper whose title names the topic is nearly always about it,
-so it goes ahead of papers whose abstracts merely use the words more; the
+(`Match.weight`; a derivation of a typed word does not name it): a paper whose
+title names the topic is nearly always about it, so it goes ahead of papers whose
+abstracts merely use the words more; the
 selection's cutoff compares relevance(d), so the bonus reorders what is shown,
 never adds to it.
 """
