@@ -57,6 +57,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from itertools import pairwise
+from sys import intern
 
 from sqlalchemy.orm import Session
 
@@ -187,11 +188,12 @@ class _Indexed:
     def written(self, where: str) -> list[str] | None:
         """The words of field `where` as written, folded, one for each term (None for a
         field without text, or whose text no longer gives its terms one for one)."""
-        if where not in self._texts:
-            return None
         if where not in self._words:
-            found = [fold(word) for word in words(self._texts[where])]
-            self._words[where] = found
+            if where not in self._texts:
+                return None
+            # Interned, and the text let go: a cached paper keeps a list of pointers to
+            # words every paper shares (about 2 KB), not its own copies (about 12 KB).
+            self._words[where] = [intern(fold(word)) for word in words(self._texts.pop(where))]
         found = self._words[where]
         return found if len(found) == len(getattr(self, where)) else None
 
