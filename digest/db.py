@@ -567,11 +567,14 @@ def window_papers(session: Session, window: Window | None = None) -> list[int]:
 
 @dataclass(frozen=True)
 class IndexedPaper:
-    """A paper's analysed fields, as lists of index terms."""
+    """A paper's analysed fields, as lists of index terms, and its title and abstract as
+    written (their words are the terms' words, one for one: `text.words`)."""
 
     title: list[str]
     abstract: list[str]
     other: list[str]  # authors and categories
+    title_text: str = ""
+    abstract_text: str = ""
 
 
 def indexed_papers(session: Session, ids: Iterable[int]) -> dict[int, IndexedPaper]:
@@ -583,14 +586,26 @@ def indexed_papers(session: Session, ids: Iterable[int]) -> dict[int, IndexedPap
         Paper.abstract_terms,
         Paper.author_terms,
         Paper.category_terms,
+        Paper.title,
+        Paper.abstract,
     )
     for start in range(0, len(wanted), 500):
         chunk = wanted[start : start + 500]
-        for paper_id, title, abstract, authors, categories in session.execute(
-            select(*columns).where(Paper.id.in_(chunk))
-        ):
+        for (
+            paper_id,
+            title,
+            abstract,
+            authors,
+            categories,
+            title_text,
+            abstract_text,
+        ) in session.execute(select(*columns).where(Paper.id.in_(chunk))):
             found[paper_id] = IndexedPaper(
-                title.split(), abstract.split(), authors.split() + categories.split()
+                title.split(),
+                abstract.split(),
+                authors.split() + categories.split(),
+                title_text,
+                abstract_text,
             )
     return found
 

@@ -15,6 +15,9 @@ Query analysis (`plan_query`):
   the query does not mean, or does not define it while the corpus mostly defines it
   as something else, does not match it (`Plan.meanings`, `Plan.foreign`);
 * a word with an -ise/-ize ending also matches the other spelling, if papers use it;
+* the words typed (folded) are kept with their index terms (`Plan.typed`), so that
+  scoring can tell a paper writing the word or an inflection of it from one writing
+  only a derivation with the same stem (optimizer, not optimization or optimal);
 * ``like:ID`` becomes the paper's `LIKE_TERMS` most distinctive terms (tf-idf over
   its title, counted twice, and abstract), any of which may match, each weighed
   by its tf-idf (Lucene's MoreLikeThis); the paper itself is left out.
@@ -25,7 +28,6 @@ The plan is scored by `digest.relevance`.
 from __future__ import annotations
 
 import math
-import re
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -42,6 +44,7 @@ from digest.text import (
     acronym_term,
     fold,
     is_acronym,
+    other_spelling,
     plain_terms,
     stem,
     word_term,
@@ -80,6 +83,9 @@ class Plan:
     # does not define it when the corpus mostly defines it as something else (`foreign`).
     meanings: dict[str, frozenset[str]] = field(default_factory=dict)
     foreign: frozenset[str] = frozenset()
+    # Index terms of the words the query typed (not acronyms, expansions, prefixes or
+    # like:ID terms) -> those words, folded: "optim" -> {"optimizer"} for `optimizer`.
+    typed: dict[str, frozenset[str]] = field(default_factory=dict)
     expansions: tuple[str, ...] = ()
     missing: tuple[str, ...] = ()
     everything: bool = False
@@ -127,16 +133,6 @@ def _prefix_stems(prefix: str) -> tuple[str, ...]:
     return tuple(sorted(t for t in found if len(t) < len(prefix) and t.isalnum()))
 
 
-_SPELLING = re.compile(r"(?<=[a-z]{3})([iy])([sz])(e|es|ed|ing|er|ers|ation|ations|able)$")
-
-
-def _other_spelling(word: str) -> str | None:
-    """The word with -ise/-ize (-yse/-yze) endings swapped: optimisation <-> optimization."""
-    if is_acronym(word):
-        return None
-    return _SPELLING.sub(lambda m: m[1] + ("z" if m[2] == "s" else "s") + m[3], word) or None
-
-
 def _phrase(term: Term) -> Phrase:
     if term.field in ("authors", "categories"):
         words = tuple(plain_terms(" ".join(term.words)))
@@ -149,6 +145,17 @@ def _phrase(term: Term) -> Phrase:
     return Phrase(tuple(word_term(word) for word in term.words), term.field)
 
 
+def _typed_word(term: Term, word: str) -> bool:
+    """Whether `word` of `term` is an ordinary word of the text that scoring weighs by its
+    written form (`Plan.typed`): not an acronym, a prefix, or in authors or categories."""
+    return (
+        term.field in (None, "title", "abstract")
+        and not term.prefix
+        and not is_acronym(word)
+        and fold(word).isalpha()
+    )
+
+
 def _show(phrase: Phrase, written: dict[str, str]) -> str:
     return " ".join(written.get(t, t.removeprefix(ACRONYM_MARK)) for t in phrase.terms)
 
@@ -159,6 +166,7 @@ def plan_query(session: Session, query: Query, corpus: Corpus) -> Plan:
         return Plan(everything=True)
     expansions: list[str] = []
     written: dict[str, str] = {}
+    typed_words: dict[str, set[str]] = {}
     groups: list[list[Phrase]] = []
     for group in query.groups:
         phrases: list[Phrase] = []
@@ -167,6 +175,8 @@ def plan_query(session: Session, query: Query, corpus: Corpus) -> Plan:
             phrases.append(phrase)
             for word, index_term in zip(term.words, phrase.terms, strict=False):
                 written.setdefault(index_term, word)
+                if _typed_word(term, word):
+                    typed_words.setdefault(index_term, set()).add(fold(word))
             if phrase.prefix and term.field in (None, "title"):
                 # A prefix of the words, not of their stems: optimiz* finds "optimization".
                 shorter_stems = _prefix_stems(phrase.terms[0])
@@ -180,13 +190,14 @@ def plan_query(session: Session, query: Query, corpus: Corpus) -> Plan:
     # British and American spellings find each other: quantisation, quantization.
     for group, phrases in zip(query.groups, groups, strict=True):
         for term, phrase in zip(group, list(phrases), strict=False):
-            other = _other_spelling(term.words[0]) if len(term.words) == 1 else None
+            other = other_spelling(term.words[0]) if len(term.words) == 1 else None
             if other is None or phrase.prefix or term.field not in (None, "title", "abstract"):
                 continue
             variant = word_term(other)
             if variant != phrase.terms[0] and corpus.df([variant])[variant]:
                 phrases.append(Phrase((variant,), phrase.field))
                 written.setdefault(variant, other)
+                typed_words.setdefault(variant, set()).add(fold(other))
                 expansions.append(f"{term.words[0]} → {other}")
 
     # A lowercase word the corpus mostly writes as an acronym (rag, moe) means the acronym.
@@ -294,6 +305,7 @@ def plan_query(session: Session, query: Query, corpus: Corpus) -> Plan:
         like_ids=tuple(like_ids),
         meanings={acronym: frozenset(terms) for acronym, terms in meanings.items()},
         foreign=frozenset(foreign - {a for a, terms in meanings.items() if len(terms) > 1}),
+        typed={term: frozenset(words) for term, words in typed_words.items()},
         expansions=tuple(dict.fromkeys(expansions)),
         missing=tuple(missing),
     )

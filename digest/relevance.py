@@ -17,6 +17,15 @@ Scoring (`rank`), for a candidate paper d:
                  + tf_authors_and_categories
     idf(x)     = ln(1 + (N - df + 0.5) / (df + 0.5))   (df, N: the whole corpus)
 
+Each occurrence counts 1 in tf, except that a word the query typed, found through its
+Snowball stem but written in the paper as a derivation of it, counts DERIVED_WEIGHT =
+0.5 (a phrase: the product over its words): for `optimizer`, "optimal" and
+"optimization" count half, "optimizers" and "optimiser" in full. The same word is
+`text.same_word`: an inflection (plural, -ed/-ing, -ise/-ize), or a verb and its action
+noun (segmented, segmentation); agent nouns, adjectives and the like are derivations.
+The written words come from the candidates' stored titles and abstracts, so the
+database index (stems only) and the candidates are the same on every backend.
+
 so an exact phrase beats words close together, which beat words anywhere, and
 the title weighs three times the abstract. A paper that names the query only in
 passing, its title not at all and its abstract each time as one example in a
@@ -34,8 +43,9 @@ ordered by
 
     weight(d) = relevance(d) * (1.5 if d's title names every word group of the query)
 
-(`Match.weight`): a paper whose title names the topic is nearly always about it,
-so it goes ahead of papers whose abstracts merely use the words more; the
+(`Match.weight`; a derivation of a typed word does not name it): a paper whose
+title names the topic is nearly always about it, so it goes ahead of papers whose
+abstracts merely use the words more; the
 selection's cutoff compares relevance(d), so the bonus reorders what is shown,
 never adds to it.
 """
@@ -47,6 +57,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from itertools import pairwise
+from sys import intern
 
 from sqlalchemy.orm import Session
 
@@ -58,7 +69,10 @@ from digest.query_plan import Plan, plan_query
 from digest.text import (
     STOP_WORDS,
     Phrase,
+    fold,
+    same_word,
     tokens,
+    words,
 )
 
 K1 = 1.2
@@ -80,6 +94,12 @@ PASSING_CUES = frozenset({"includ"})
 PASSING_PAIRS = frozenset(
     {("such", "as"), ("e", "g"), ("for", "exampl"), ("futur", "work"), ("futur", "direct")}
 )
+# An occurrence of a typed query word written only as a derivation of it (the same
+# Snowball stem, another derivational ending: "optimal" or "optimization" for the query
+# `optimizer`) counts DERIVED_WEIGHT of one written as the word, an inflection of it
+# (optimizers, optimiser), or its verb or action noun (segmented for segmentation):
+# `text.same_word`.
+DERIVED_WEIGHT = 0.5
 CANDIDATE_LIMIT = 400  # candidates rescored per query, the index's best first
 PAPER_CACHE = 1024  # papers whose analysis a run keeps (`Corpus`; about 25 KB each)
 
@@ -150,7 +170,8 @@ class Corpus:
 
 
 class _Indexed:
-    """A paper's terms with their positions, per field."""
+    """A paper's terms with their positions, per field, and its title and abstract as
+    written (their words, `written`, are worked out when first asked for)."""
 
     def __init__(self, paper: db.IndexedPaper) -> None:
         self.title = paper.title
@@ -158,6 +179,20 @@ class _Indexed:
         self.other = paper.other
         self.fields = {"title": _positions(paper.title), "abstract": _positions(paper.abstract)}
         self.fields["other"] = _positions(paper.other)
+        self._texts = {"title": paper.title_text, "abstract": paper.abstract_text}
+        self._words: dict[str, list[str]] = {}
+
+    def written(self, where: str) -> list[str] | None:
+        """The words of field `where` as written, folded, one for each term (None for a
+        field without text, or whose text no longer gives its terms one for one)."""
+        if where not in self._words:
+            if where not in self._texts:
+                return None
+            # Interned, and the text let go: a cached paper keeps a list of pointers to
+            # words every paper shares (about 2 KB), not its own copies (about 12 KB).
+            self._words[where] = [intern(fold(word)) for word in words(self._texts.pop(where))]
+        found = self._words[where]
+        return found if len(found) == len(getattr(self, where)) else None
 
 
 def _positions(terms: list[str]) -> dict[str, list[int]]:
@@ -199,8 +234,39 @@ def _starts(paper: _Indexed, phrase: Phrase, where: str) -> list[int]:
     return [i for i in first if all(i + j + 1 in r for j, r in enumerate(rest))]
 
 
-def _occurrences(paper: _Indexed, phrase: Phrase, where: str) -> int:
-    return len(_starts(paper, phrase, where))
+class _Forms:
+    """How much each occurrence of a term in a paper's field counts: 1, or DERIVED_WEIGHT
+    when the term stands for a typed query word and the paper writes a derivation of it."""
+
+    def __init__(self, paper: _Indexed, where: str, typed: dict[str, frozenset[str]]) -> None:
+        self.terms: list[str] = getattr(paper, where)
+        self.typed = typed
+        self.written = paper.written(where) if typed else None
+
+    def weight(self, at: int) -> float:
+        if self.written is None:
+            return 1.0
+        meant = self.typed.get(self.terms[at])
+        if meant is None or any(same_word(self.written[at], word) for word in meant):
+            return 1.0
+        return DERIVED_WEIGHT
+
+    def run(self, at: int, size: int) -> float:
+        """The weight of the `size` terms from `at` on, together."""
+        return math.prod(self.weight(i) for i in range(at, at + size))
+
+
+def _occurrences(
+    paper: _Indexed, phrase: Phrase, where: str, typed: dict[str, frozenset[str]]
+) -> tuple[float, float]:
+    """The occurrences of `phrase` in field `where`, each weighed (`_Forms`), and how many
+    of them count in full."""
+    starts = _starts(paper, phrase, where)
+    if not starts or phrase.prefix or typed.keys().isdisjoint(phrase.terms):
+        return len(starts), len(starts)
+    forms = _Forms(paper, where, typed)
+    weights = [forms.run(i, len(phrase.terms)) for i in starts]
+    return sum(weights), sum(1 for w in weights if w >= 1.0)
 
 
 def _in_passing(paper: _Indexed, phrases: Iterable[Phrase]) -> bool:
@@ -222,44 +288,55 @@ def _after_cue(terms: list[str], at: int) -> bool:
     )
 
 
-def _field_counts(paper: _Indexed, phrases: Iterable[Phrase]) -> tuple[int, int, int]:
-    title = abstract = other = 0
+def _field_counts(
+    paper: _Indexed, phrases: Iterable[Phrase], typed: dict[str, frozenset[str]] | None = None
+) -> tuple[float, float, float, float]:
+    """The weighed occurrences of `phrases` in the title, the abstract and the rest, and
+    how many in the title count in full (`_occurrences`)."""
+    typed = typed or {}
+    title = abstract = other = named = 0.0
     for phrase in phrases:
         if phrase.field in (None, "title"):
-            title += _occurrences(paper, phrase, "title")
+            found, full = _occurrences(paper, phrase, "title", typed)
+            title, named = title + found, named + full
         if phrase.field in (None, "abstract"):
-            abstract += _occurrences(paper, phrase, "abstract")
+            abstract += _occurrences(paper, phrase, "abstract", typed)[0]
         if phrase.field in (None, "authors", "categories"):
-            other += _occurrences(paper, phrase, "other")
-    return title, abstract, other
+            other += _occurrences(paper, phrase, "other", {})[0]
+    return title, abstract, other, named
 
 
 def _sequence_counts(
-    terms: list[str], positions: dict[str, list[int]], plan: Plan, blocked: frozenset[str]
-) -> tuple[int, int, tuple[str, ...] | None]:
+    paper: _Indexed, where: str, plan: Plan, blocked: frozenset[str]
+) -> tuple[float, float, tuple[str, ...] | None]:
     """Occurrences of the query's words as an exact phrase and within NEAR_WINDOW words,
-    and the terms of the first exact occurrence (`blocked` acronyms left out)."""
+    each weighed by its words (`_Forms`), and the terms of the first exact occurrence
+    (`blocked` acronyms left out)."""
+    terms: list[str] = getattr(paper, where)
+    positions = paper.fields[where]
     spots = [
         sorted({i for t in words - blocked for i in positions.get(t, ())})
         for words in plan.sequence
     ]
     wholes = [i for t in plan.whole if t not in blocked for i in positions.get(t, ())]
     first: tuple[str, ...] | None = (terms[min(wholes)],) if wholes else None
-    exact = len(wholes)
+    exact: float = len(wholes)
     if any(not s for s in spots):
         return exact, exact, first
+    forms = _Forms(paper, where, plan.typed)
     sets = [set(s) for s in spots]
     starts = [i for i in spots[0] if all(i + j in sets[j] for j in range(1, len(sets)))]
-    exact += len(starts)
+    exact += sum(forms.run(i, len(sets)) for i in starts)
     if starts:
         first = tuple(terms[starts[0] : starts[0] + len(sets)])
     content = [s for s, words in zip(spots, plan.sequence, strict=True) if words - STOP_WORDS]
-    anchor = min(content or spots, key=len)
-    near = sum(
-        1
-        for i in anchor
-        if all(any(abs(j - i) <= NEAR_WINDOW for j in s) for s in (content or spots))
-    )
+    words = content or spots
+    anchor = min(words, key=len)
+    near = 0.0
+    for i in anchor:
+        nearby = [[j for j in s if abs(j - i) <= NEAR_WINDOW] for s in words if s is not anchor]
+        if all(nearby):  # each other word weighed at its best occurrence nearby
+            near += forms.weight(i) * math.prod(max(map(forms.weight, js)) for js in nearby)
     return exact, max(near, exact), first
 
 
@@ -267,8 +344,10 @@ class _Scorer:
     def __init__(self, corpus: Corpus) -> None:
         self.size = corpus.size
 
-    def bm25f(self, paper: _Indexed, counts: tuple[int, int, int], idf: float) -> float:
-        title, abstract, other = counts
+    def bm25f(
+        self, paper: _Indexed, counts: tuple[float, float, float, float], idf: float
+    ) -> float:
+        title, abstract, other, _ = counts
         if not (title or abstract or other):
             return 0.0
         avg_title, avg_abstract = self.size.title_terms, self.size.abstract_terms
@@ -372,13 +451,13 @@ def _lexical(
     rarest: tuple[float, list[Phrase]] = (-1.0, [])  # the most distinctive group
     for group, idf in zip(plan.groups, group_idf, strict=True):
         phrases = [p for p in group.phrases if len(p.terms) > 1 or p.terms[0] not in blocked]
-        counts = _field_counts(paper, phrases)
+        counts = _field_counts(paper, phrases, plan.typed)
         value = scorer.bm25f(paper, counts, idf)
         if value == 0:
             return 0.0, [], False
         score += value
         in_title = in_title or counts[0] > 0
-        titled = titled and counts[0] > 0
+        titled = titled and counts[3] > 0  # the word or an inflection, not a derivation
         if idf > rarest[0]:
             rarest = (idf, phrases)
         found.extend(p.terms for p in phrases if any(_field_counts(paper, [p])))
@@ -393,13 +472,15 @@ def _lexical(
             return 0.0, [], False
         score += similar
     if plan.sequence:
-        title = _sequence_counts(paper.title, paper.fields["title"], plan, blocked)
-        abstract = _sequence_counts(paper.abstract, paper.fields["abstract"], plan, blocked)
-        score += PHRASE_WEIGHT * scorer.bm25f(paper, (title[0], abstract[0], 0), sequence_idf)
+        title = _sequence_counts(paper, "title", plan, blocked)
+        abstract = _sequence_counts(paper, "abstract", plan, blocked)
+        exact = (title[0], abstract[0], 0, 0)
+        score += PHRASE_WEIGHT * scorer.bm25f(paper, exact, sequence_idf)
         phrase = title[2] or abstract[2]
         if phrase:
             found.insert(0, phrase)
-        score += NEAR_WEIGHT * scorer.bm25f(paper, (title[1], abstract[1], 0), sequence_idf)
+        near = (title[1], abstract[1], 0, 0)
+        score += NEAR_WEIGHT * scorer.bm25f(paper, near, sequence_idf)
     if not in_title and _in_passing(paper, rarest[1]):
         score *= PASSING_WEIGHT
     return score, list(dict.fromkeys(t for t in found if t[0] not in STOP_WORDS)), titled

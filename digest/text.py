@@ -15,6 +15,11 @@ PostgreSQL `simple`) and when a query is parsed, so both sides always agree:
 * words with digits (``3D``, ``GPT4``, ``7B``) are kept as they are, case-folded;
 * in a text written mostly in capitals, case means nothing and every word is ordinary.
 
+Snowball also conflates derivations (optimizer, optimization, optimal all stem to
+``optim``); `inflection_bases` tells a word's inflections (optimizers, optimiser) from
+them, and `same_word` also a verb from its action noun (segment, segmentation):
+relevance weighs any other derivation below the word a query typed.
+
 Author names and categories are only folded (`plain_terms`), never stemmed.
 `acronym_definitions` finds "Mixture-of-Experts (MoE)"-style definitions.
 Everything here is pure: no database, no clock.
@@ -121,6 +126,87 @@ def _singular(word: str) -> str:
     return word
 
 
+# -ise/-ize (-yse/-yze) endings, British or American: optimiser, optimizer.
+_SPELLING = re.compile(r"(?<=[a-z]{3})([iy])([sz])(e|es|ed|ing|er|ers|ation|ations|able)$")
+
+
+def other_spelling(word: str) -> str | None:
+    """The word with -ise/-ize (-yse/-yze) endings swapped: optimisation <-> optimization."""
+    if is_acronym(word):
+        return None
+    return _SPELLING.sub(lambda m: m[1] + ("z" if m[2] == "s" else "s") + m[3], word) or None
+
+
+# Inflectional endings and what replaces them: studies -> study, approaches -> approach.
+_INFLECTIONS = (
+    ("ies", "y"),
+    ("ied", "y"),
+    ("sses", "ss"),
+    ("shes", "sh"),
+    ("ches", "ch"),
+    ("xes", "x"),
+    ("zes", "z"),
+    ("ing", ""),
+    ("ed", ""),
+    ("s", ""),
+)
+_NOT_PLURAL = ("ss", "us", "is")
+_BASE_MIN = 3  # letters an ending leaves at least
+
+
+@lru_cache(maxsize=100_000)
+def inflection_bases(word: str) -> frozenset[str]:
+    """What a folded word may be an inflection of: itself, and itself spelled the American
+    way (optimiser -> optimizer) without a plural -s/-es or a verb's -ed/-ing, then
+    without a final -e or a doubled final consonant (planned -> plann -> plan).
+
+    Two words are inflections of one another when they share a base: optimizers,
+    optimiser, optimizer; optimize, optimized, optimizing; speed, speeds; but not
+    optimizer, optimization, optimize and optimal, which Snowball stems alike.
+    Words of other scripts, with digits or of three letters or fewer are only themselves.
+    """
+    if len(word) < 4 or not word.isascii() or not word.isalpha():
+        return frozenset((word,))
+    american = _SPELLING.sub(lambda m: m[1] + "z" + m[3], word)
+    found = {word, american}
+    for ending, replacement in _INFLECTIONS:
+        plural = ending != "s" or not american.endswith(_NOT_PLURAL)
+        if american.endswith(ending) and len(american) - len(ending) >= _BASE_MIN and plural:
+            found.add(american[: -len(ending)] + replacement)
+    for base in list(found):
+        if len(base) > _BASE_MIN and base.endswith("e"):
+            found.add(base[:-1])
+        if len(base) > _BASE_MIN and base[-1] == base[-2] and base[-1] not in "aeiousy":
+            found.add(base[:-1])
+    return frozenset(found)
+
+
+_ACTION_NOUN = ("ation", "ion", "ment")  # segmentation, generation, alignment
+
+
+@lru_cache(maxsize=100_000)
+def action_bases(word: str) -> frozenset[str]:
+    """`inflection_bases`, and for an action noun also its verb's: segmentation ->
+    segment, hallucination -> hallucinat(e), optimization -> optimiz(e), alignment ->
+    align."""
+    bases = inflection_bases(word)
+    verbs = {
+        base[: -len(ending)]
+        for base in bases
+        for ending in _ACTION_NOUN
+        if base.endswith(ending) and len(base) - len(ending) >= _BASE_MIN
+    }
+    return bases | verbs
+
+
+def same_word(word: str, other: str) -> bool:
+    """Whether two folded words are one word for relevance: inflections of one another
+    (`inflection_bases`), or a verb and its action noun (`action_bases`: segmented and
+    segmentation, hallucinate and hallucination), not other derivations with the same
+    stem (optimizer and optimization, an agent noun; generation and generative)."""
+    return word == other or not action_bases(word).isdisjoint(action_bases(other))
+
+
 def is_acronym(word: str) -> bool:
     """Written with a capital after its first letter (RAG, CoDE, LLMs) and no digit."""
     if len(word) < 2 or any(c.isdigit() for c in word):
@@ -183,6 +269,11 @@ def terms(text: str) -> list[str]:
     # Ingest analyses every stored paper: one cached lookup per word, and loops in C.
     words = list(map(_word, _WORD.findall(text)))
     return list(map(_ORDINARY if _shouting_words(words) else _TERM, words))
+
+
+def words(text: str) -> list[str]:
+    """The words of a title or abstract as written, one for each of its `terms`."""
+    return _WORD.findall(text)
 
 
 def indexed_terms(text: str) -> str:

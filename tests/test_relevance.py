@@ -585,3 +585,50 @@ def test_british_and_american_spellings_find_each_other(factory, tmp_path) -> No
         # A spelling no paper uses adds nothing: "advize" is not a word here.
         plan = query_plan.plan_query(session, parse_query("advise"), corpus)
         assert plan.expansions == ()
+
+
+def test_a_query_word_beats_its_derivations_with_the_same_stem(factory, tmp_path) -> None:
+    # Snowball stems optimizer, optimization and optimal alike (optim): the papers that
+    # write the word itself, or an inflection of it, come first.
+    ingest_rows(
+        factory,
+        tmp_path,
+        [
+            (
+                "2601.01101",
+                "Optimal Transport",
+                "Optimal transport of images, optimally computed, optimal for images.",
+            ),
+            ("2601.01102", "Prompt Optimization", "Optimization of prompts for images."),
+            ("2601.01103", "Learned Optimizers", "Optimizers trained for images."),
+            ("2601.01104", "Fast Optimizer", "An optimizer for images."),
+        ],
+    )
+    with factory() as session:
+        corpus = relevance.Corpus(session)
+        plan = query_plan.plan_query(session, parse_query("optimizer"), corpus)
+        assert plan.typed == {"optim": {"optimizer"}}
+
+        def ranked(weight: float) -> list[tuple[str, bool]]:
+            saved, relevance.DERIVED_WEIGHT = relevance.DERIVED_WEIGHT, weight
+            try:
+                found = relevance.rank(session, plan, corpus)
+            finally:
+                relevance.DERIVED_WEIGHT = saved
+            papers = db.papers_by_id(session, [m.paper_id for m in found])
+            return [(papers[m.paper_id].title, m.titled) for m in found]
+
+        # A title naming only a derivation earns no title bonus either.
+        assert ranked(relevance.DERIVED_WEIGHT) == [
+            ("Fast Optimizer", True),
+            ("Learned Optimizers", True),
+            ("Optimal Transport", False),
+            ("Prompt Optimization", False),
+        ]
+        # Counted in full, a derivation used more often ranks among the word.
+        assert ranked(1.0) == [
+            ("Fast Optimizer", True),
+            ("Optimal Transport", True),
+            ("Learned Optimizers", True),
+            ("Prompt Optimization", True),
+        ]

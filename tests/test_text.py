@@ -8,12 +8,16 @@ from digest import text
 from digest.text import (
     AcronymDefinition,
     acronym_definitions,
+    action_bases,
     indexed_terms,
+    inflection_bases,
     joined,
     plain_terms,
+    same_word,
     stem,
     terms,
     word_term,
+    words,
 )
 
 
@@ -112,6 +116,8 @@ def test_indexed_terms_are_the_joined_terms(sample: str) -> None:
     # Ingest stores `indexed_terms`, queries use `terms`: they must never disagree.
     assert indexed_terms(sample) == joined(terms(sample))
     assert indexed_terms(sample) == joined(terms(sample))  # from the chunk cache
+    # Relevance reads a term's word as written at the same position.
+    assert len(words(sample)) == len(terms(sample))
 
 
 def test_indexed_terms_of_a_text_in_capitals_and_after_the_cache_is_full(
@@ -178,3 +184,72 @@ def test_definition_terms_are_the_index_terms() -> None:
     [moe] = acronym_definitions("a Mixture of Experts (MoE)")
     assert moe.term == "qqmoe"
     assert moe.expansion_terms == ("mixtur", "of", "expert")
+
+
+# Snowball stems every word of each row alike; only the first ones are the same word.
+@pytest.mark.parametrize(
+    ("word", "same", "derivations"),
+    [
+        (
+            "optimizer",
+            ["optimizer", "optimizers", "optimiser", "optimisers"],
+            ["optimization", "optimisation", "optimize", "optimized", "optimal", "optimally"],
+        ),
+        ("tokenizer", ["tokenizers", "tokeniser"], ["token", "tokens", "tokenization"]),
+        # An action noun and its verb are one word; the adjective and agent noun are not.
+        (
+            "generation",
+            ["generations", "generate", "generated", "generating"],
+            ["generative", "generator"],
+        ),
+        ("segmentation", ["segment", "segments", "segmented"], ["segmental"]),
+        ("hallucination", ["hallucinated", "hallucinate"], []),
+        ("alignment", ["align", "aligned", "alignments"], ["aligner"]),
+        ("optimize", ["optimizes", "optimized", "optimizing", "optimise"], ["optimizer"]),
+        ("learning", ["learn", "learns", "learned"], []),
+        ("modeling", ["model", "models", "modelled", "modelling"], []),
+        ("planning", ["plan", "plans", "planned"], []),
+        ("study", ["studies", "studied"], []),
+        ("approach", ["approaches", "approached"], []),
+        ("speed", ["speeds"], []),
+        ("agents", ["agent"], ["agentic"]),
+        ("robot", ["robots"], ["robotic", "robotics"]),
+        ("reasoning", ["reason", "reasons"], ["reasonable"]),
+    ],
+)
+def test_a_word_is_told_from_its_derivations(
+    word: str, same: list[str], derivations: list[str]
+) -> None:
+    # British spellings stem apart (optimis-): a query finds them as its other spelling.
+    assert all(stem(w.replace("is", "iz")) == stem(word) for w in same + derivations)
+    assert [w for w in same if not same_word(w, word)] == []
+    assert [w for w in derivations if same_word(w, word)] == []
+    assert all(same_word(word, w) == same_word(w, word) for w in same + derivations)
+
+
+def test_inflection_and_action_bases_of_short_and_odd_words() -> None:
+    assert inflection_bases("optimisers") == {"optimisers", "optimizers", "optimizer"}
+    assert action_bases("optimisations") == {
+        "optimisations",
+        "optimizations",
+        "optimization",
+        "optimiz",  # optimize, optimized (less -ation)
+        "optimizat",  # less -ion: no word's base
+    }
+    # A plural -s is not taken from -ss, -us, -is; short words are only themselves.
+    assert inflection_bases("class") == {"class"}
+    assert inflection_bases("corpus") == {"corpus"}
+    assert inflection_bases("analysis") == {"analysis"}
+    assert inflection_bases("uses") == {"uses", "use"}
+    assert action_bases("gas") == {"gas"}
+    assert action_bases("gpt4s") == {"gpt4s"}
+    assert action_bases("café") == {"café"}
+    assert action_bases("lion") == {"lion"}  # too short to be a verb's noun
+
+
+@given(st.text(max_size=20), st.text(max_size=20))
+def test_same_word_takes_any_text(word: str, other: str) -> None:
+    bases = action_bases(word)
+    assert word in bases and inflection_bases(word) <= bases
+    assert same_word(word, word)
+    assert same_word(word, other) == same_word(other, word)
