@@ -251,16 +251,22 @@ def test_a_worker_process_analyses_papers_exactly_as_this_one(
             )
         ]
     assert len(texts) == 540
+    shared = analysed_by_worker(texts)
+    assert shared == analysis.analyse(texts)
+    assert [terms["abstract_terms"] for terms, _ in shared] == [
+        text_analysis.joined(text_analysis.terms(abstract)) for _, abstract, _, _ in texts
+    ]
+
+
+def analysed_by_worker(texts: list) -> list[analysis.Analysis]:
+    """The analysis of `texts` by an `Analyser` that shared it with its worker."""
     analyser = analysis.Analyser()
     try:
         shared = analyser.analyse(texts)
         assert analyser._worker is not None
     finally:
         analyser.close()
-    assert shared == analysis.analyse(texts)
-    assert [terms["abstract_terms"] for terms, _ in shared] == [
-        text_analysis.joined(text_analysis.terms(abstract)) for _, abstract, _, _ in texts
-    ]
+    return shared
 
 
 def test_analysis_goes_on_here_when_the_worker_dies(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -719,12 +725,7 @@ def test_the_worker_runs_the_installed_code_not_a_digest_in_the_current_folder(
     texts = [
         (f"Paper {n} on RAG", "An abstract.", "", "") for n in range(analysis.PARALLEL_ANALYSIS)
     ]
-    analyser = analysis.Analyser()
-    try:
-        shared = analyser.analyse(texts)
-        assert analyser._worker is not None
-    finally:
-        analyser.close()
+    shared = analysed_by_worker(texts)
     assert shared == analysis.analyse(texts)
 
 
