@@ -87,6 +87,12 @@ def day_end(digest_date: date, timezone: str) -> datetime:
 
 WARM_BATCH = 500  # digests whose cards are inlined together before sending
 READ_AHEAD = 50  # due rows loaded together, ahead of their claims
+# What building a delivery's message reads: its subscriber, their topics and its digest,
+# loaded with the rows in a few queries rather than lazily per message.
+WITH_MESSAGE_DATA = (
+    joinedload(Delivery.subscriber).selectinload(Subscriber.topics),
+    joinedload(Delivery.digest),
+)
 
 
 @dataclass
@@ -205,10 +211,7 @@ class Sender:
             for delivery in session.scalars(
                 select(Delivery)
                 .where(Delivery.id.in_(ids))
-                .options(
-                    joinedload(Delivery.subscriber).selectinload(Subscriber.topics),
-                    joinedload(Delivery.digest),
-                )
+                .options(*WITH_MESSAGE_DATA)
                 .execution_options(populate_existing=True)
             ).unique()
         }
@@ -511,13 +514,19 @@ def _dry_run(
     report = SendReport(dry_run=True)
 
     def render(session: Session, batch: list[tuple[Subscriber, date]]) -> None:
-        planned = session.scalars(
-            select(Delivery).where(
-                Delivery.subscriber_id.in_([subscriber.id for subscriber, _ in batch]),
-                Delivery.digest_date.in_({day for _, day in batch}),
-                Delivery.status.in_(CLAIMABLE_STATUSES),
+        planned = (
+            session.scalars(
+                select(Delivery)
+                .where(
+                    Delivery.subscriber_id.in_([subscriber.id for subscriber, _ in batch]),
+                    Delivery.digest_date.in_({day for _, day in batch}),
+                    Delivery.status.in_(CLAIMABLE_STATUSES),
+                )
+                .options(*WITH_MESSAGE_DATA)
             )
-        ).all()
+            .unique()
+            .all()
+        )
         weekly = {subscriber.id: subscriber.weekday is not None for subscriber, _ in batch}
         digests = {(d.digest_id, weekly[d.subscriber_id]) for d in planned if d.digest_id}
         items = db.digest_items(session, (digest_id for digest_id, _ in digests))

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import trustme
-from sqlalchemy import select
+from sqlalchemy import event, select
 
 from digest import db
 from digest import ledger as delivery_ledger
@@ -332,6 +332,31 @@ def test_dry_run_renders_everything_and_records_nothing(factory, readers) -> Non
     assert (report.sent, report.dry_run) == (5, True)
     assert report.line().startswith("would send 5,")
     assert transport.messages == [] and ledger(factory) == {}
+
+
+def test_dry_run_reads_in_batches_not_per_subscriber(factory, engine, readers) -> None:
+    def statements_for_dry_run() -> int:
+        statements: list[str] = []
+
+        def listener(conn, cursor, statement, *rest) -> None:
+            statements.append(statement)
+
+        event.listen(engine, "before_cursor_execute", listener)
+        try:
+            report = send(make_sender(factory, MemoryTransport()), dry_run=True)
+        finally:
+            event.remove(engine, "before_cursor_execute", listener)
+        with factory() as session:
+            assert report.sent == len(db.list_subscribers(session, "active"))
+        return len(statements)
+
+    five = statements_for_dry_run()
+    with db.transaction(factory) as session:
+        for n in range(25):
+            subscribe(session, f"more{n}@example.org", ["diffusion"], now=NOW - timedelta(days=1))
+    # Thirty subscribers (two digests) read with as many statements as five: their
+    # subscriber rows, topics and digests are loaded with the batch, not one by one.
+    assert statements_for_dry_run() <= five + 2
 
 
 def test_limit_sends_at_most_n(factory, readers) -> None:
