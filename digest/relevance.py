@@ -22,7 +22,9 @@ Snowball stem but written in the paper as a derivation of it, counts DERIVED_WEI
 0.5 (a phrase: the product over its words): for `optimizer`, "optimal" and
 "optimization" count half, "optimizers" and "optimiser" in full. The same word is
 `text.same_word`: an inflection (plural, -ed/-ing, -ise/-ize), or a verb and its action
-noun (segmented, segmentation); agent nouns, adjectives and the like are derivations.
+noun (segmented, segmentation); agent nouns, adjectives and the like are derivations,
+and so is the action noun of a typed participle (`text.counts_as_typed`: "distribution"
+for `distributed training`).
 The written words come from the candidates' stored titles and abstracts, so the
 database index (stems only) and the candidates are the same on every backend.
 
@@ -69,8 +71,8 @@ from digest.query_plan import Plan, plan_query
 from digest.text import (
     STOP_WORDS,
     Phrase,
+    counts_as_typed,
     fold,
-    same_word,
     tokens,
     words,
 )
@@ -98,7 +100,7 @@ PASSING_PAIRS = frozenset(
 # Snowball stem, another derivational ending: "optimal" or "optimization" for the query
 # `optimizer`) counts DERIVED_WEIGHT of one written as the word, an inflection of it
 # (optimizers, optimiser), or its verb or action noun (segmented for segmentation):
-# `text.same_word`.
+# `text.counts_as_typed`.
 DERIVED_WEIGHT = 0.5
 CANDIDATE_LIMIT = 400  # candidates rescored per query, the index's best first
 PAPER_CACHE = 1024  # papers whose analysis a run keeps (`Corpus`; about 25 KB each)
@@ -247,7 +249,7 @@ class _Forms:
         if self.written is None:
             return 1.0
         meant = self.typed.get(self.terms[at])
-        if meant is None or any(same_word(self.written[at], word) for word in meant):
+        if meant is None or any(counts_as_typed(self.written[at], word) for word in meant):
             return 1.0
         return DERIVED_WEIGHT
 

@@ -17,8 +17,9 @@ PostgreSQL `simple`) and when a query is parsed, so both sides always agree:
 
 Snowball also conflates derivations (optimizer, optimization, optimal all stem to
 ``optim``); `inflection_bases` tells a word's inflections (optimizers, optimiser) from
-them, and `same_word` also a verb from its action noun (segment, segmentation):
-relevance weighs any other derivation below the word a query typed.
+them, and `same_word` also a verb from its action noun (segment, segmentation), except
+for a typed participle (`counts_as_typed`: distributed is not distribution): relevance
+weighs any other derivation below the word a query typed.
 
 Author names and categories are only folded (`plain_terms`), never stemmed.
 `acronym_definitions` finds "Mixture-of-Experts (MoE)"-style definitions.
@@ -205,6 +206,16 @@ def same_word(word: str, other: str) -> bool:
     segmentation, hallucinate and hallucination), not other derivations with the same
     stem (optimizer and optimization, an agent noun; generation and generative)."""
     return word == other or not action_bases(word).isdisjoint(action_bases(other))
+
+
+def counts_as_typed(written: str, typed: str) -> bool:
+    """Whether a paper's `written` word counts as the query's `typed` one (`same_word`),
+    except that a typed participle takes no action noun: "distributed" (training) is not
+    "distribution", nor "supervised" (learning) "supervision"; as a modifier it means
+    the state, not the act."""
+    if typed.endswith("ed"):
+        return written == typed or not inflection_bases(written).isdisjoint(inflection_bases(typed))
+    return same_word(written, typed)
 
 
 def is_acronym(word: str) -> bool:

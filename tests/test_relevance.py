@@ -587,6 +587,26 @@ def test_british_and_american_spellings_find_each_other(factory, tmp_path) -> No
         assert plan.expansions == ()
 
 
+def test_a_typed_participle_is_not_its_action_noun(factory, tmp_path) -> None:
+    # Snowball stems distributed and distribution alike (distribut).
+    ingest_rows(
+        factory,
+        tmp_path,
+        [
+            (
+                "2601.01201",
+                "Training under Distribution Shift",
+                "Training when the training distribution shifts.",
+            ),
+            ("2601.01202", "Faster Training at Scale", "Distributed training on many machines."),
+        ],
+    )
+    with factory() as session:
+        found = titles(session, "distributed training")
+    # The title "Distribution ... Training" names a derivation: no title bonus, half weight.
+    assert found == ["Faster Training at Scale", "Training under Distribution Shift"]
+
+
 def test_a_query_word_beats_its_derivations_with_the_same_stem(factory, tmp_path) -> None:
     # Snowball stems optimizer, optimization and optimal alike (optim): the papers that
     # write the word itself, or an inflection of it, come first.

@@ -9,6 +9,7 @@ from digest.text import (
     AcronymDefinition,
     acronym_definitions,
     action_bases,
+    counts_as_typed,
     indexed_terms,
     inflection_bases,
     joined,
@@ -225,6 +226,19 @@ def test_a_word_is_told_from_its_derivations(
     assert [w for w in same if not same_word(w, word)] == []
     assert [w for w in derivations if same_word(w, word)] == []
     assert all(same_word(word, w) == same_word(w, word) for w in same + derivations)
+
+
+def test_a_typed_participle_takes_its_inflections_not_its_action_noun() -> None:
+    # "distributed training" is not training under a distribution shift.
+    assert counts_as_typed("distributes", "distributed")
+    assert counts_as_typed("distributing", "distributed")
+    assert not counts_as_typed("distribution", "distributed")
+    assert not counts_as_typed("supervision", "supervised")
+    # Other typed words keep their verb or action noun, participles included.
+    assert counts_as_typed("distributed", "distribution")
+    assert counts_as_typed("generated", "generation")
+    assert counts_as_typed("segmentation", "segment")
+    assert not counts_as_typed("generative", "generation")
 
 
 def test_inflection_and_action_bases_of_short_and_odd_words() -> None:
