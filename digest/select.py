@@ -63,16 +63,16 @@ import heapq
 import itertools
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from datetime import UTC, date, datetime, time, timedelta
 from functools import partial
-from typing import TypeVar
 from zoneinfo import ZoneInfo
 
 from sqlalchemy.orm import Session
 
 from digest import db, ledger, query_plan, relevance
+from digest.cache import BoundedCache
 from digest.config import DigestSettings
 from digest.models import Delivery, DigestItem, Paper, Subscriber
 from digest.query import parse_query
@@ -282,18 +282,10 @@ class _Shares:
 
 
 # Per-run caches keyed by a new-paper boundary or a topic combination hold at most this
-# many entries (then start over), so a run over many subscribers stays in flat memory.
+# many entries (the least recently used go first), so a run over many subscribers stays
+# in flat memory.
 CACHE_ENTRIES = 4096
-K = TypeVar("K")
-V = TypeVar("V")
 _Chosen = tuple[tuple[SelectedItem, ...], tuple[tuple[str, int], ...], str]  # items, more, body
-
-
-def _remember(cache: dict[K, V], key: K, value: V) -> V:
-    if len(cache) >= CACHE_ENTRIES:
-        cache.clear()
-    cache[key] = value
-    return value
 
 
 class SelectionRun:
@@ -327,9 +319,11 @@ class SelectionRun:
         self.facts: dict[int, _Facts] = {}
         self._words: dict[tuple[str, int], str] = {}
         self._ranked: dict[tuple[str, timedelta], _Ranked] = {}
-        self._new: dict[tuple[str, timedelta, datetime], tuple[list[int], frozenset[int]]] = {}
-        self._assigned: dict[tuple[tuple[str, ...], timedelta, datetime], _Shares] = {}
-        self._chosen: dict[object, _Chosen] = {}
+        self._new: BoundedCache[tuple[str, timedelta, datetime], tuple[list[int], frozenset[int]]]
+        self._new = BoundedCache(CACHE_ENTRIES)
+        self._assigned: BoundedCache[tuple[tuple[str, ...], timedelta, datetime], _Shares]
+        self._assigned = BoundedCache(CACHE_ENTRIES)
+        self._chosen: BoundedCache[Hashable, _Chosen] = BoundedCache(CACHE_ENTRIES)
 
     def matches(self, topic: str) -> dict[int, relevance.Match]:
         """Eligible papers matching `topic` above the cutoff, with relevance in (0, 1]."""
@@ -396,19 +390,20 @@ class SelectionRun:
     ) -> tuple[list[int], frozenset[int]]:
         """`topic`'s matches first seen after `new_since`: in rank order, and as a set."""
         key = (topic, window, new_since)
-        found = self._new.get(key)
+        found = self._new.lookup(key)
         if found is None:
             facts, now = self.facts, self.now
             order = self.ranked(topic, window).order
             papers = [p for p in order if new_since < facts[p].first_seen <= now]
-            found = _remember(self._new, key, (papers, frozenset(papers)))
+            found = (papers, frozenset(papers))
+            self._new.put(key, found)
         return found
 
     def _shares(self, topics: _Topics, window: timedelta, new_since: datetime) -> _Shares:
         """How many new papers go under each topic of this combination (received or not),
         and which go elsewhere; once per combination, with set operations."""
         key = (topics.queries, window, new_since)
-        shares = self._assigned.get(key)
+        shares = self._assigned.lookup(key)
         if shares is None:
             new = [self.new_papers(query, window, new_since)[1] for query in topics.queries]
             elsewhere: list[set[int]] = [set() for _ in new]
@@ -430,7 +425,7 @@ class SelectionRun:
                     counts[i] = len(new[i] - taken)
                     taken |= new[i]
             shares = _Shares(counts, [frozenset(lost) for lost in elsewhere])
-            _remember(self._assigned, key, shares)
+            self._assigned.put(key, shares)
         return shares
 
     def select(
@@ -458,11 +453,9 @@ class SelectionRun:
         )
         window = trend_window(subscriber)
         key = (labels, window, new_since, received)
-        chosen = self._chosen.get(key)
-        if chosen is None:
-            chosen = _remember(
-                self._chosen, key, self._choose(topics, labels, window, new_since, received)
-            )
+        chosen = self._chosen.get(
+            key, lambda: self._choose(topics, labels, window, new_since, received)
+        )
         items, more, body = chosen
         selection = Selection(
             digest_date=digest_date,

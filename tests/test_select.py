@@ -318,6 +318,34 @@ def test_topic_queries_run_once_per_run_whatever_the_number_of_subscribers(
     assert len({tuple(v) for v in out.values()}) == 4
 
 
+def test_a_run_choosing_more_combinations_than_it_keeps_chooses_the_same(
+    factory, feed: Feed, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    feed.ingest(
+        DAY1 - timedelta(hours=1),
+        [
+            (f"2603.{i:05d}", f"{word} paper {i}", i)
+            for i, word in enumerate(["Graph", "Speech"] * 4)
+        ],
+    )
+    topics = [("graph",), ("speech",), ("graph", "speech"), ("*",)]
+    for n in range(12):
+        add(factory, f"user{n}@example.org", *topics[n % len(topics)])
+
+    def chosen(entries: int) -> dict[int, list[tuple[int, str, str]]]:
+        monkeypatch.setattr("digest.select.CACHE_ENTRIES", entries)
+        with factory() as session:
+            run = SelectionRun(session, DAY1, SETTINGS)
+            return {
+                s.id: [(i.paper_id, i.kind, i.topic) for i in run.select(s, DAY1.date()).items]
+                for s in db.list_subscribers(session, "active")
+            }
+
+    # Kept one at a time, combinations are chosen again as they come back: same digests.
+    assert chosen(1) == chosen(4096)
+    assert len({tuple(items) for items in chosen(1).values()}) == 4
+
+
 def test_trending_formula() -> None:
     t0 = DAY1
     history = [
