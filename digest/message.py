@@ -33,26 +33,17 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from digest import db
+from digest.assemble import Part
 from digest.cache import BoundedCache
 from digest.config import DigestSettings, MailConfig
 from digest.links import subscriber_links
 from digest.models import Delivery, Paper, Subscriber
-from digest.render import (
-    ItemLike,
-    Notice,
-    Part,
-    Recipient,
-    RenderedDigest,
-    Renderer,
-    has_placeholder,
-    personalize_html,
-    personalize_text,
-    topic_title,
-)
+from digest.render import Notice, RenderedDigest, Renderer, personalize_html, personalize_text
 from digest.select import DigestContent, digest_content
 from digest.sources.records import one_line
 from digest.subscribers import sendable_address
 from digest.transport import Encoded
+from digest.views import ItemLike, Recipient, has_placeholder, topic_title
 
 QP_LINE_LENGTH = 78  # policy.SMTP's max_line_length, which set_content encodes bodies with
 RENDER_CACHE = 64  # renderings kept (the most recent digests)

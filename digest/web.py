@@ -62,7 +62,7 @@ from digest.app import App
 from digest.config import Config, iana_timezones
 from digest.models import WEEKDAYS, Delivery, Digest, Subscriber
 from digest.query import QueryError, parse_query
-from digest.render import DigestView, Notice, paper_title, topic_title
+from digest.render import Notice
 from digest.resources import resource_dir
 from digest.schedule import next_send_time
 from digest.subscribers import (
@@ -82,6 +82,7 @@ from digest.subscribers import (
     request_subscription,
     transient_subscriber,
 )
+from digest.views import DigestView, paper_title, topic_title
 
 log = logging.getLogger("digest.web")
 

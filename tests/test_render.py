@@ -26,8 +26,9 @@ from digest.ingest import ingest_inputs
 from digest.message import DigestMailer, build_message
 from digest.models import Paper, Subscriber, Topic
 from digest.prose import latex_to_text, link_line, wrap_prose
-from digest.render import HTML_BUDGET, Recipient, Renderer, trim_abstract
+from digest.render import HTML_BUDGET, Renderer
 from digest.select import SelectionRun
+from digest.views import Recipient, trim_abstract
 from tests.conftest import SEEDS
 
 DAY = date(2026, 11, 25)

@@ -26,9 +26,9 @@ from digest.config import load_config
 from digest.deliver import send_digests
 from digest.links import insecure_base_url
 from digest.models import Delivery, Subscriber
-from digest.render import paper_title
 from digest.schedule import due_subscribers
 from digest.subscribers import subscribe
+from digest.views import paper_title
 from digest.web import create_app
 
 NOW = datetime(2026, 11, 25, 8, 0, tzinfo=UTC)
