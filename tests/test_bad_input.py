@@ -481,7 +481,7 @@ def test_a_locked_database_is_one_line_and_changes_nothing(
     data.mkdir(mode=0o700)
     database = data / "digest.sqlite3"
     shutil.copy(template, database)
-    monkeypatch.setattr(db, "SQLITE_BUSY_TIMEOUT_MS", 200)
+    monkeypatch.setattr(db.engine, "SQLITE_BUSY_TIMEOUT_MS", 200)
     before = snapshot(database, byte_for_byte=False)
     holder = sqlite3.connect(database, isolation_level=None)
     holder.execute("BEGIN IMMEDIATE")
