@@ -29,7 +29,7 @@ def _by_subscriber(pairs: Iterable[tuple[int, date]]) -> dict[int, list[date]]:
 
 
 class StoredItem(NamedTuple):
-    """A stored digest item as rendering reads it (`render.ItemLike`): a plain row, far
+    """A stored digest item as rendering reads it (`views.ItemLike`): a plain row, far
     cheaper to load than a `DigestItem` entity when a send reads thousands."""
 
     paper_id: int
