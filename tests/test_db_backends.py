@@ -18,6 +18,7 @@ from alembic.runtime.migration import MigrationContext
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import Engine, event, insert, select, text, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from digest import db, fulltext, ledger, query_plan, relevance
@@ -436,3 +437,50 @@ def test_a_claim_skips_rows_another_sender_holds(factory) -> None:
     with db.transaction(factory) as session:
         assert ledger.claim(session, NOW, lease, [DAY]) == 3
         assert ledger.claim(session, NOW, lease, [DAY]) is None
+
+
+def paper_row(key: str, text_value: str = "", n: int = 0) -> dict[str, object]:
+    """A `papers` row as ingest writes it in bulk."""
+    return {
+        "key": key,
+        "title_key": key,
+        "title": text_value,
+        "abstract": text_value,
+        "authors": "",
+        "categories": "",
+        "published_on": date(2026, 11, n + 1) if n % 2 else None,
+        "upvotes": None if n % 2 else n,
+        "first_seen_at": NOW - timedelta(minutes=n),
+        "updated_at": NOW,
+        "title_terms": "",
+        "abstract_terms": "",
+        "author_terms": "",
+        "category_terms": "",
+    }
+
+
+def test_bulk_inserts_store_every_value_as_given(factory) -> None:
+    # PostgreSQL takes them by COPY, SQLite by multi-row INSERTs: text that COPY's
+    # format escapes (tabs, newlines, backslashes, \N) and NULLs come back unchanged.
+    tricky = ["tab\there", "two\nlines", "back\\slash", "\\N", "", "café ∑ 🙂", "a|b,c;'d\""]
+    rows = [paper_row(f"title:row {n}", text_value, n) for n, text_value in enumerate(tricky)]
+    with db.transaction(factory) as session:
+        ids = db.insert_papers(session, rows)
+    with factory() as session:
+        stored = {p.key: p for p in session.scalars(select(Paper))}
+    assert set(ids) == set(stored) == {row["key"] for row in rows}
+    for row in rows:
+        paper = stored[str(row["key"])]
+        assert (paper.title, paper.abstract) == (row["title"], row["abstract"])
+        assert (paper.published_on, paper.upvotes) == (row["published_on"], row["upvotes"])
+        assert paper.first_seen_at == row["first_seen_at"]
+        assert paper.first_seen_at.tzinfo is not None
+
+
+def test_a_failed_bulk_insert_is_a_database_error_and_stores_nothing(factory) -> None:
+    with db.transaction(factory) as session:
+        db.insert_papers(session, [paper_row("title:one")])
+    with pytest.raises(IntegrityError), db.transaction(factory) as session:
+        db.insert_papers(session, [paper_row("title:two"), paper_row("title:one")])
+    with factory() as session:
+        assert session.scalars(select(Paper.key)).all() == ["title:one"]

@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any, NamedTuple
 
-from sqlalchemy import func, insert, select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session, selectinload
 
-from digest.db.engine import _chunks, _table, insert_new
+from digest.db.engine import _chunks, _table, insert_new, insert_rows
 from digest.models import RECEIVED_STATUSES, Delivery, DeliveryStatus, DigestItem, Subscriber
 
 
@@ -213,7 +213,7 @@ def store_digests(
         for item in d.items()
     ]
     if items:
-        session.connection().execute(insert(_table("digest_items")), items)
+        insert_rows(session, _table("digest_items"), items)
     ids |= added
     # Stored by another process meanwhile: theirs, with its items, is the same content.
     raced = [(d.digest_date, d.content_hash) for d in missing]

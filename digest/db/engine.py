@@ -29,7 +29,7 @@ from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import DatabaseError
+from sqlalchemy.exc import DatabaseError, DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from digest.errors import DigestError
@@ -283,8 +283,10 @@ def _placeholder(dialect: Any) -> str:
 
 
 def insert_rows(session: Session, table: Any, rows: Sequence[Mapping[str, Any]]) -> None:
-    """Insert rows in bulk (the same columns in every row): multi-row INSERTs of up to 1000
-    rows, rendered once and run on the driver (`_driver_values`)."""
+    """Insert rows in bulk (the same columns in every row), run on the driver
+    (`_driver_values`): multi-row INSERTs of up to 1000 rows rendered once, or on
+    PostgreSQL a COPY (psycopg parses a long INSERT's placeholders in Python each time:
+    36k rows of 10 columns took 2.1 s that way, 0.2 s by COPY)."""
     if not rows:
         return
     connection = session.connection()
@@ -292,10 +294,20 @@ def insert_rows(session: Session, table: Any, rows: Sequence[Mapping[str, Any]])
     names = list(rows[0])
     values = _driver_values(dialect, table, names, rows)
     quote = dialect.identifier_preparer.quote
-    head = (
-        f"INSERT INTO {dialect.identifier_preparer.format_table(table)} "
-        f"({', '.join(map(quote, names))}) VALUES "
-    )
+    into = f"{dialect.identifier_preparer.format_table(table)} ({', '.join(map(quote, names))})"
+    if dialect.name == "postgresql":
+        driver = connection.connection.driver_connection  # in this transaction
+        assert driver is not None
+        sql = f"COPY {into} FROM STDIN"
+        try:
+            with driver.cursor().copy(sql) as copy:
+                for row in values:
+                    copy.write_row(row)
+        except dialect.loaded_dbapi.Error as exc:  # raised as SQLAlchemy raises the rest
+            base = dialect.loaded_dbapi.Error
+            raise DBAPIError.instance(sql, None, exc, base, dialect=dialect) from exc
+        return
+    head = f"INSERT INTO {into} VALUES "
     one = "(" + ", ".join([_placeholder(dialect)] * len(names)) + ")"
     size = max(1, min(1000, dialect.insertmanyvalues_max_parameters // len(names)))
     for start in range(0, len(values), size):
