@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, selectinload
 
-from digest.db.engine import _chunks, _table, insert_new, insert_rows
+from digest.db.engine import chunked, insert_new, insert_rows, table_named
 from digest.models import RECEIVED_STATUSES, Delivery, DeliveryStatus, DigestItem, Subscriber
 
 
@@ -59,7 +59,7 @@ def digest_items(session: Session, digest_ids: Iterable[int]) -> dict[int, list[
     """The items of these digests, in order, by digest id (a digest without items is
     left out)."""
     found: dict[int, list[StoredItem]] = {}
-    for chunk in _chunks(sorted(set(digest_ids))):
+    for chunk in chunked(sorted(set(digest_ids))):
         for row in session.execute(_STORED_ITEMS.where(DigestItem.digest_id.in_(chunk))):
             found.setdefault(row[0], []).append(StoredItem._make(row[1:]))
     return found
@@ -72,7 +72,7 @@ def received_papers(
     may have) before that date. Pairs with none are left out."""
     days = _by_subscriber(pairs)
     found: dict[tuple[int, date], set[int]] = {}
-    for chunk in _chunks(sorted(days)):
+    for chunk in chunked(sorted(days)):
         rows = session.execute(
             select(Delivery.subscriber_id, Delivery.digest_date, DigestItem.paper_id)
             .join(Delivery, Delivery.digest_id == DigestItem.digest_id)
@@ -99,7 +99,7 @@ def previous_selections(
         by_day.setdefault(day, []).append(subscriber_id)
     found: dict[tuple[int, date], datetime] = {}
     for day, subscriber_ids in by_day.items():
-        for chunk in _chunks(sorted(set(subscriber_ids))):
+        for chunk in chunked(sorted(set(subscriber_ids))):
             latest = (
                 select(Delivery.subscriber_id, func.max(Delivery.digest_date).label("day"))
                 .where(
@@ -127,7 +127,7 @@ def planned_deliveries(
     """The (subscriber id, date) pairs among these that already have a delivery row."""
     days = _by_subscriber(pairs)
     found: set[tuple[int, date]] = set()
-    for chunk in _chunks(sorted(days)):
+    for chunk in chunked(sorted(days)):
         wanted = {day for s in chunk for day in days[s]}
         rows = session.execute(
             select(Delivery.subscriber_id, Delivery.digest_date).where(
@@ -174,11 +174,11 @@ def store_digests(
 ) -> dict[tuple[date, str], int]:
     """The ids of the shared digests with these contents by (date, content hash), storing
     those no subscriber got yet, with their items, in a few statements."""
-    table = _table("digests")
+    table = table_named("digests")
 
     def stored(keys: Sequence[tuple[date, str]]) -> dict[tuple[date, str], int]:
         found: dict[tuple[date, str], int] = {}
-        for chunk in _chunks(sorted(keys)):
+        for chunk in chunked(sorted(keys)):
             rows = session.execute(
                 select(table.c.digest_date, table.c.content_hash, table.c.id).where(
                     table.c.content_hash.in_([content_hash for _, content_hash in chunk]),
@@ -213,7 +213,7 @@ def store_digests(
         for item in d.items()
     ]
     if items:
-        insert_rows(session, _table("digest_items"), items)
+        insert_rows(session, table_named("digest_items"), items)
     ids |= added
     # Stored by another process meanwhile: theirs, with its items, is the same content.
     raced = [(d.digest_date, d.content_hash) for d in missing]

@@ -6,8 +6,8 @@ SQLite default migrates itself, a server database that is behind raises
 pragmas (WAL, foreign keys, busy timeout), its IMMEDIATE writers and its integrity
 checks are set up here; `transaction` is every caller's unit of work. The bulk
 helpers (`insert_rows`, `update_rows`, `insert_new`) render one statement per batch
-and run it on the driver; the underscored ones (`_chunks`, `_table`, `_placeholder`,
-`_UNSET`) are shared by the other modules of `digest.db` only.
+and run it on the driver; `chunked`, `table_named`, `param_marker` and `UNSET` are
+shared by the other modules of `digest.db` only (the package does not export them).
 """
 
 from __future__ import annotations
@@ -249,12 +249,14 @@ def transaction(factory: sessionmaker[Session], *, write: bool = True) -> Iterat
 CHUNK = 500
 
 
-def _chunks(values: Sequence[Any]) -> Iterator[Sequence[Any]]:
+def chunked(values: Sequence[Any]) -> Iterator[Sequence[Any]]:
+    """`values` in slices of at most CHUNK (an IN list each)."""
     for start in range(0, len(values), CHUNK):
         yield values[start : start + CHUNK]
 
 
-def _table(name: str) -> Any:
+def table_named(name: str) -> Any:
+    """The Core table of that name, for statements that need no ORM entities."""
     return Paper.metadata.tables[name]
 
 
@@ -270,7 +272,7 @@ def _driver_values(
         process = table.c[name].type.dialect_impl(dialect).bind_processor(dialect)
         if process is None:
             continue
-        last: tuple[object, object] = (_UNSET, None)
+        last: tuple[object, object] = (UNSET, None)
         for row in values:
             if row[index] is not last[0]:
                 last = (row[index], process(row[index]))
@@ -278,7 +280,8 @@ def _driver_values(
     return values
 
 
-def _placeholder(dialect: Any) -> str:
+def param_marker(dialect: Any) -> str:
+    """The driver's placeholder for one parameter (qmark for sqlite3, %s for psycopg)."""
     return "?" if dialect.paramstyle == "qmark" else "%s"
 
 
@@ -308,7 +311,7 @@ def insert_rows(session: Session, table: Any, rows: Sequence[Mapping[str, Any]])
             raise DBAPIError.instance(sql, None, exc, base, dialect=dialect) from exc
         return
     head = f"INSERT INTO {into} VALUES "
-    one = "(" + ", ".join([_placeholder(dialect)] * len(names)) + ")"
+    one = "(" + ", ".join([param_marker(dialect)] * len(names)) + ")"
     size = max(1, min(1000, dialect.insertmanyvalues_max_parameters // len(names)))
     for start in range(0, len(values), size):
         chunk = values[start : start + size]
@@ -316,7 +319,7 @@ def insert_rows(session: Session, table: Any, rows: Sequence[Mapping[str, Any]])
         connection.exec_driver_sql(sql, tuple(itertools.chain.from_iterable(chunk)))
 
 
-_UNSET = object()
+UNSET = object()  # stands for "no value yet", which None cannot (None is a value)
 
 
 def update_rows(
@@ -329,7 +332,7 @@ def update_rows(
         by_columns.setdefault(tuple(name for name in row if name not in keys), []).append(row)
     connection = session.connection()
     dialect = connection.dialect
-    quote, mark = dialect.identifier_preparer.quote, _placeholder(dialect)
+    quote, mark = dialect.identifier_preparer.quote, param_marker(dialect)
     for columns, group in by_columns.items():
         if not columns:
             continue

@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
-from digest.db.engine import _UNSET, _chunks, _placeholder, _table, insert_rows, update_rows
+from digest.db.engine import UNSET, chunked, insert_rows, param_marker, table_named, update_rows
 from digest.models import Paper, PaperSource, UpvoteObservation
 
 
@@ -53,12 +53,12 @@ def stored_papers(session: Session, column: str, values: Iterable[str]) -> dict[
     assert column in ("arxiv_id", "title_key")
     connection = session.connection()
     dialect = connection.dialect
-    observed_at = _table("upvote_observations").c.observed_at.type
+    observed_at = table_named("upvote_observations").c.observed_at.type
     to_time = observed_at.dialect_impl(dialect).result_processor(dialect, None)
-    placeholder = _placeholder(dialect)
+    placeholder = param_marker(dialect)
     found: dict[int, StoredPaper] = {}
-    last: tuple[object, Any] = (_UNSET, None)  # observations of one ingest share a time
-    for chunk in _chunks(sorted(set(values))):
+    last: tuple[object, Any] = (UNSET, None)  # observations of one ingest share a time
+    for chunk in chunked(sorted(set(values))):
         sql = _STORED_PAPERS.format(
             latest=_LATEST[dialect.name],
             column=column,
@@ -81,9 +81,9 @@ def stored_papers(session: Session, column: str, values: Iterable[str]) -> dict[
 
 def paper_rows(session: Session, ids: Iterable[int]) -> dict[int, dict[str, Any]]:
     """Every column of these papers, by id."""
-    papers = _table("papers")
+    papers = table_named("papers")
     found: dict[int, dict[str, Any]] = {}
-    for chunk in _chunks(sorted(set(ids))):
+    for chunk in chunked(sorted(set(ids))):
         for row in session.execute(select(papers).where(papers.c.id.in_(chunk))).mappings():
             found[row["id"]] = dict(row)
     return found
@@ -93,12 +93,12 @@ def insert_papers(session: Session, rows: Sequence[Mapping[str, Any]]) -> dict[s
     """Insert papers in bulk (column values, the same columns in every row); id by key."""
     if not rows:
         return {}
-    papers = _table("papers")
+    papers = table_named("papers")
     # Multi-row INSERTs, then the ids by key: an ordered RETURNING would make SQLite
     # insert one row per statement.
     insert_rows(session, papers, rows)
     ids: dict[str, int] = {}
-    for chunk in _chunks([row["key"] for row in rows]):
+    for chunk in chunked([row["key"] for row in rows]):
         statement = select(papers.c.key, papers.c.id).where(papers.c.key.in_(chunk))
         ids.update((key, paper_id) for key, paper_id in session.execute(statement))
     return ids
@@ -110,7 +110,7 @@ def update_papers(session: Session, rows: Sequence[Mapping[str, Any]]) -> None:
     Rows that leave the analysed terms alone do not touch the full-text index: the
     SQLite trigger fires only on an update of a terms column, so those are grouped apart.
     """
-    update_rows(session, _table("papers"), ("id",), rows)
+    update_rows(session, table_named("papers"), ("id",), rows)
 
 
 def store_paper_links(
@@ -120,17 +120,17 @@ def store_paper_links(
     observations: Sequence[Mapping[str, Any]],
 ) -> None:
     """Insert new paper sources and upvote observations, update changed source hashes."""
-    insert_rows(session, _table("paper_sources"), sources)
-    update_rows(session, _table("paper_sources"), ("paper_id", "source"), source_hashes)
-    insert_rows(session, _table("upvote_observations"), observations)
+    insert_rows(session, table_named("paper_sources"), sources)
+    update_rows(session, table_named("paper_sources"), ("paper_id", "source"), source_hashes)
+    insert_rows(session, table_named("upvote_observations"), observations)
 
 
 def replace_acronyms(
     session: Session, paper_ids: Sequence[int], rows: Sequence[Mapping[str, Any]]
 ) -> None:
     """Set the mined acronym definitions of these papers (`rows`), replacing theirs."""
-    acronyms = _table("acronyms")
-    for chunk in _chunks(sorted(set(paper_ids))):
+    acronyms = table_named("acronyms")
+    for chunk in chunked(sorted(set(paper_ids))):
         session.execute(delete(acronyms).where(acronyms.c.paper_id.in_(chunk)))
     insert_rows(session, acronyms, rows)
 
@@ -169,7 +169,7 @@ def upvotes_as_of(session: Session, ids: Iterable[int], until: datetime) -> dict
 def paper_dates(session: Session, ids: Iterable[int]) -> dict[int, tuple[datetime, date | None]]:
     """Each paper's (first seen, published on), by id."""
     found: dict[int, tuple[datetime, date | None]] = {}
-    for chunk in _chunks(sorted(set(ids))):
+    for chunk in chunked(sorted(set(ids))):
         rows = session.execute(
             select(Paper.id, Paper.first_seen_at, Paper.published_on).where(Paper.id.in_(chunk))
         )
