@@ -243,8 +243,8 @@ def stage_naive(config: Path, sample: int) -> dict[str, Any]:
 
 
 def _cpu() -> float:
-    """CPU seconds of this process (every thread: the transport's too) and of its ended
-    children (the sender processes of `--workers`)."""
+    """CPU seconds of this process (every thread: the transport's too) and of its ended,
+    waited-for children (the sender processes of `--workers`)."""
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     return time.process_time() + children.ru_utime + children.ru_stime
 

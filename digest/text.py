@@ -17,9 +17,10 @@ PostgreSQL `simple`) and when a query is parsed, so both sides always agree:
 
 Snowball also conflates derivations (optimizer, optimization, optimal all stem to
 ``optim``); `inflection_bases` tells a word's inflections (optimizers, optimiser) from
-them, and `same_word` also a verb from its action noun (segment, segmentation), except
-for a typed participle (`counts_as_typed`: distributed is not distribution): relevance
-weighs any other derivation below the word a query typed.
+them, and `same_word` also a verb from its action noun (segment, segmentation);
+`counts_as_typed` applies it to a query's typed word, but a typed participle keeps only
+its inflections (distributed is not distribution): relevance weighs any other
+derivation below the word a query typed.
 
 Author names and categories are only folded (`plain_terms`), never stemmed.
 `acronym_definitions` finds "Mixture-of-Experts (MoE)"-style definitions.
@@ -209,12 +210,14 @@ def same_word(word: str, other: str) -> bool:
 
 
 def counts_as_typed(written: str, typed: str) -> bool:
-    """Whether a paper's `written` word counts as the query's `typed` one (`same_word`),
-    except that a typed participle takes no action noun: "distributed" (training) is not
-    "distribution", nor "supervised" (learning) "supervision"; as a modifier it means
-    the state, not the act."""
+    """Whether a paper's `written` word counts as the query's `typed` one: `same_word`,
+    except that a typed -ed word (a participle) keeps only its inflections, not its
+    action noun. As a modifier it names a state, and the noun may mean something else:
+    "distributed" (training) is not "distribution", which ML papers mostly use for a
+    probability distribution. Where the two share a sense (quantized, quantization),
+    the noun's papers still match, as a derivation."""
     if typed.endswith("ed"):
-        return written == typed or not inflection_bases(written).isdisjoint(inflection_bases(typed))
+        return not inflection_bases(written).isdisjoint(inflection_bases(typed))
     return same_word(written, typed)
 
 

@@ -318,7 +318,7 @@ def test_topic_queries_run_once_per_run_whatever_the_number_of_subscribers(
     assert len({tuple(v) for v in out.values()}) == 4
 
 
-def test_a_run_choosing_more_combinations_than_it_keeps_chooses_the_same(
+def test_a_run_keeps_the_combinations_used_last_and_chooses_the_same(
     factory, feed: Feed, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     feed.ingest(
@@ -328,12 +328,22 @@ def test_a_run_choosing_more_combinations_than_it_keeps_chooses_the_same(
             for i, word in enumerate(["Graph", "Speech"] * 4)
         ],
     )
-    topics = [("graph",), ("speech",), ("graph", "speech"), ("*",)]
-    for n in range(12):
-        add(factory, f"user{n}@example.org", *topics[n % len(topics)])
+    # Subscribers in id order: A, B, A, C, A.
+    combinations = [("graph",), ("speech",), ("graph",), ("graph", "speech"), ("graph",)]
+    for n, topics in enumerate(combinations):
+        add(factory, f"user{n}@example.org", *topics)
+    chosen_calls: list[int] = []
+    choose = SelectionRun._choose
+
+    def counted(self, *args, **kwargs):
+        chosen_calls.append(1)
+        return choose(self, *args, **kwargs)
+
+    monkeypatch.setattr(SelectionRun, "_choose", counted)
 
     def chosen(entries: int) -> dict[int, list[tuple[int, str, str]]]:
         monkeypatch.setattr("digest.select.CACHE_ENTRIES", entries)
+        chosen_calls.clear()
         with factory() as session:
             run = SelectionRun(session, DAY1, SETTINGS)
             return {
@@ -341,9 +351,13 @@ def test_a_run_choosing_more_combinations_than_it_keeps_chooses_the_same(
                 for s in db.list_subscribers(session, "active")
             }
 
-    # Kept one at a time, combinations are chosen again as they come back: same digests.
-    assert chosen(1) == chosen(4096)
-    assert len({tuple(items) for items in chosen(1).values()}) == 4
+    everything = chosen(4096)
+    assert len(chosen_calls) == 3  # A, B and C, each chosen once
+    # Keeping two, the least recently used goes first: A stays (A, B, A, C, A: 3 choices).
+    assert chosen(2) == everything
+    assert len(chosen_calls) == 3
+    assert chosen(1) == everything  # kept one at a time: chosen again, the same
+    assert len(chosen_calls) == 5
 
 
 def test_trending_formula() -> None:

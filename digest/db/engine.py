@@ -5,8 +5,9 @@ SQLite default migrates itself, a server database that is behind raises
 `SchemaOutOfDate` telling the operator to run `digest db upgrade`. SQLite's
 pragmas (WAL, foreign keys, busy timeout), its IMMEDIATE writers and its integrity
 checks are set up here; `transaction` is every caller's unit of work. The bulk
-helpers (`insert_rows`, `update_rows`, `insert_new`) render one statement per batch
-and run it on the driver; `chunked`, `table_named`, `param_marker` and `UNSET` are
+helpers (`insert_rows`, `update_rows`) render one statement per batch and run it on
+the driver (or COPY on PostgreSQL), `insert_new` inserts what no unique constraint
+refuses; `chunked`, `table_named`, `param_marker` and `UNSET` are
 shared by the other modules of `digest.db` only (the package does not export them).
 """
 
@@ -303,10 +304,11 @@ def insert_rows(session: Session, table: Any, rows: Sequence[Mapping[str, Any]])
         assert driver is not None
         sql = f"COPY {into} FROM STDIN"
         try:
-            with driver.cursor().copy(sql) as copy:
+            with driver.cursor() as cursor, cursor.copy(sql) as copy:
                 for row in values:
                     copy.write_row(row)
         except dialect.loaded_dbapi.Error as exc:  # raised as SQLAlchemy raises the rest
+            # (a connection lost here is invalidated at the rollback that follows)
             base = dialect.loaded_dbapi.Error
             raise DBAPIError.instance(sql, None, exc, base, dialect=dialect) from exc
         return
