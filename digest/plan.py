@@ -2,7 +2,7 @@
 
 * `plan_deliveries` chooses the digest of each (subscriber, digest date) that has none
   yet (`digest.select`) and writes the digests, their items and the ledger rows
-  (`digest.ledger`) in a few bulk statements.
+  (`record_selections`, `digest.ledger`) in a few bulk statements.
 * `plan_in_batches` streams the due subscribers and plans them `PLAN_BATCH` at a time,
   one transaction each, so memory stays flat; the dry run plans without writing.
 
@@ -13,17 +13,19 @@ with these, then sends what is queued.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterable
+import json
+from collections.abc import Callable, Iterable, Sequence
 from datetime import date, datetime
+from functools import partial
 
 from sqlalchemy.orm import Session, sessionmaker
 
 from digest import db, ledger
 from digest.config import DigestSettings
 from digest.errors import DigestError
-from digest.models import Subscriber
+from digest.models import Delivery, Subscriber
 from digest.relevance import Corpus
-from digest.select import Selection, SelectionRun, histories, record_selections, selection_time
+from digest.select import ITEM_FIELDS, Selection, SelectionRun, histories, selection_time
 
 # The due (subscriber, digest date) pairs; any iterable, so they may stream.
 DueList = Iterable[tuple[Subscriber, date]]
@@ -120,3 +122,65 @@ def plan_in_batches(
             empty += emptied
             writer.expunge_all()
     return dates, empty
+
+
+def _item_rows(selection: Selection) -> list[dict[str, object]]:
+    # A selected item's fields are exactly the stored item's columns.
+    return [
+        {"position": position, **{name: getattr(item, name) for name in ITEM_FIELDS}}
+        for position, item in enumerate(selection.items)
+    ]
+
+
+def record_selection(
+    session: Session,
+    subscriber: Subscriber,
+    selection: Selection,
+    now: datetime,
+    send_empty: bool = False,
+) -> Delivery:
+    """Store one subscriber's selection (`record_selections`); their Delivery row."""
+    record_selections(session, [(subscriber.id, selection)], now, send_empty)
+    delivery = db.find_delivery(session, subscriber.id, selection.digest_date)
+    assert delivery is not None
+    return delivery
+
+
+def record_selections(
+    session: Session,
+    chosen: Sequence[tuple[int, Selection]],
+    now: datetime,
+    send_empty: bool = False,
+) -> tuple[int, int]:
+    """Store (subscriber id, selection) pairs: each content's shared Digest (if any
+    items) once, and each subscriber's Delivery row, in a few bulk statements.
+
+    A digest is chosen once per subscriber and day: a row planned first (by another
+    process: the unique constraint) is left alone. Returns (queued, empty) rows written.
+    """
+    contents: dict[tuple[date, str], db.NewDigest] = {}
+    keys: list[tuple[date, str] | None] = []
+    for _, selection in chosen:
+        if not (selection.items or send_empty):
+            keys.append(None)
+            continue
+        key = (selection.digest_date, selection.content_hash)
+        keys.append(key)
+        if key not in contents:
+            more = json.dumps(selection.more, sort_keys=True, ensure_ascii=False)
+            contents[key] = db.NewDigest(key[0], key[1], more, partial(_item_rows, selection))
+    digest_ids = db.store_digests(session, list(contents.values()), now)
+    # The next digest's new papers start where this one's knowledge ended.
+    return ledger.plan(
+        session,
+        [
+            ledger.Planned(
+                subscriber_id,
+                selection.digest_date,
+                None if key is None else digest_ids[key],
+                selection.as_of or now,
+            )
+            for (subscriber_id, selection), key in zip(chosen, keys, strict=True)
+        ],
+        now,
+    )

@@ -51,9 +51,9 @@ A paper appears once per digest, under the topic it matches best. Caps:
 `max_per_topic` per topic (`max_items` for `*`) and `max_items` in all, shared
 round-robin between topics, trending papers taking their places first; how
 many more papers matched each topic is kept (`Selection.more`) for the email's
-"N more matched" line. `record_selections` stores each content once as a `Digest`
-shared by every subscriber with the same items, plus each subscriber's `Delivery`
-row for the date, in bulk statements.
+"N more matched" line. `digest.plan.record_selections` stores each content once as
+a `Digest` shared by every subscriber with the same items, plus each subscriber's
+`Delivery` row for the date, in bulk statements.
 """
 
 from __future__ import annotations
@@ -66,15 +66,14 @@ import math
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from datetime import UTC, date, datetime, time, timedelta
-from functools import partial
 from zoneinfo import ZoneInfo
 
 from sqlalchemy.orm import Session
 
-from digest import db, ledger, query_plan, relevance
+from digest import db, query_plan, relevance
 from digest.cache import BoundedCache
 from digest.config import DigestSettings
-from digest.models import Delivery, DigestItem, Paper, Subscriber
+from digest.models import DigestItem, Paper, Subscriber
 from digest.query import parse_query
 
 POPULARITY_WEIGHT = 0.2  # the most upvoted match of a topic weighs this much more
@@ -553,68 +552,6 @@ class SelectionRun:
             if count > len(papers):
                 more[query] = count - len(papers)
         return tuple(items), tuple(more.items()), content_body(items, more)
-
-
-def _item_rows(selection: Selection) -> list[dict[str, object]]:
-    # A selected item's fields are exactly the stored item's columns.
-    return [
-        {"position": position, **{name: getattr(item, name) for name in ITEM_FIELDS}}
-        for position, item in enumerate(selection.items)
-    ]
-
-
-def record_selection(
-    session: Session,
-    subscriber: Subscriber,
-    selection: Selection,
-    now: datetime,
-    send_empty: bool = False,
-) -> Delivery:
-    """Store one subscriber's selection (`record_selections`); their Delivery row."""
-    record_selections(session, [(subscriber.id, selection)], now, send_empty)
-    delivery = db.find_delivery(session, subscriber.id, selection.digest_date)
-    assert delivery is not None
-    return delivery
-
-
-def record_selections(
-    session: Session,
-    chosen: Sequence[tuple[int, Selection]],
-    now: datetime,
-    send_empty: bool = False,
-) -> tuple[int, int]:
-    """Store (subscriber id, selection) pairs: each content's shared Digest (if any
-    items) once, and each subscriber's Delivery row, in a few bulk statements.
-
-    A digest is chosen once per subscriber and day: a row planned first (by another
-    process: the unique constraint) is left alone. Returns (queued, empty) rows written.
-    """
-    contents: dict[tuple[date, str], db.NewDigest] = {}
-    keys: list[tuple[date, str] | None] = []
-    for _, selection in chosen:
-        if not (selection.items or send_empty):
-            keys.append(None)
-            continue
-        key = (selection.digest_date, selection.content_hash)
-        keys.append(key)
-        if key not in contents:
-            more = json.dumps(selection.more, sort_keys=True, ensure_ascii=False)
-            contents[key] = db.NewDigest(key[0], key[1], more, partial(_item_rows, selection))
-    digest_ids = db.store_digests(session, list(contents.values()), now)
-    # The next digest's new papers start where this one's knowledge ended.
-    return ledger.plan(
-        session,
-        [
-            ledger.Planned(
-                subscriber_id,
-                selection.digest_date,
-                None if key is None else digest_ids[key],
-                selection.as_of or now,
-            )
-            for (subscriber_id, selection), key in zip(chosen, keys, strict=True)
-        ],
-        now,
-    )
 
 
 @dataclass(frozen=True)

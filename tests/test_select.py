@@ -16,12 +16,12 @@ from digest import db
 from digest.config import DigestSettings
 from digest.ingest import ingest_inputs
 from digest.models import Delivery, Digest, Subscriber
+from digest.plan import record_selection
 from digest.select import (
     TRENDING_MIN_RELEVANCE,
     SelectionRun,
     local_date,
     ranking_score,
-    record_selection,
     trending_score,
     upvote_gain,
     votes,
