@@ -9,8 +9,8 @@ Query analysis (`plan_query`):
 * acronyms expand both ways from the definitions mined at ingest: ``MoE`` also
   matches "mixture of experts" and ``mixture of experts`` (or
   ``mixture-of-experts``) also matches "MoE"; a definition of three words or more
-  also matches without its commonest last word when the shorter words mostly mean
-  it (`_without_head`);
+  also matches without its commonest first or last word when the shorter words
+  mostly mean it (`_shortened`: "machine translation" for ``NMT``);
 * an acronym means what each paper says: a paper that defines it only as something
   the query does not mean, or does not define it while the corpus mostly defines it
   as something else, does not match it (`Plan.meanings`, `Plan.foreign`);
@@ -55,6 +55,7 @@ if TYPE_CHECKING:
 
 TRUNCATE_EXPANSIONS = True
 SHORTENED_MIN_SHARE = 0.5
+SHORTEN_FIRST = True
 LIKE_TERMS = 10
 
 
@@ -235,7 +236,7 @@ def plan_query(session: Session, query: Query, corpus: Corpus) -> Plan:
                         phrases.append(expansion)
                         expanded.add(expansion)
                         expansions.append(f"{_show(phrase, written)} → {words}")
-                        short = _without_head(expansion, phrase, corpus)
+                        short = _shortened(expansion, phrase, corpus)
                         if short is not None:
                             phrases.append(short)
                             expanded.add(short)
@@ -311,21 +312,28 @@ def plan_query(session: Session, query: Query, corpus: Corpus) -> Plan:
     )
 
 
-def _without_head(expansion: Phrase, acronym: Phrase, corpus: Corpus) -> Phrase | None:
-    """A definition of three content words or more without its last word, when that word
-    is its least distinctive one and the shorter words mostly mean the same thing:
-    "retrieval augmented" for "retrieval augmented generation", which papers also write
-    "retrieval-augmented LLMs", but not "low rank" for "low rank adaptation" (LoRA).
+def _shortened(expansion: Phrase, acronym: Phrase, corpus: Corpus) -> Phrase | None:
+    """A definition of three content words or more without its first or last word, when
+    that word is its least distinctive one and the shorter words mostly mean the same
+    thing: "retrieval augmented" for "retrieval augmented generation", which papers also
+    write "retrieval-augmented LLMs", and "machine translation" for "neural machine
+    translation" (NMT); but not "low rank" for "low rank adaptation" (LoRA), which
+    low-rank compression papers write too.
 
     Mostly: at least SHORTENED_MIN_SHARE of the papers with the shorter words also have
     the whole definition or the acronym."""
-    content = [t for t in expansion.terms if t not in STOP_WORDS]
-    if not TRUNCATE_EXPANSIONS or len(content) < 3 or expansion.terms[-2] in STOP_WORDS:
+    terms = expansion.terms
+    content = [t for t in terms if t not in STOP_WORDS]
+    if not TRUNCATE_EXPANSIONS or len(content) < 3:
         return None
     df = corpus.df(content)
-    if df[expansion.terms[-1]] < max(df.values()):
+    commonest = max(df.values())
+    if df[terms[-1]] == commonest and terms[-2] not in STOP_WORDS:
+        short = Phrase(terms[:-1], expansion.field)
+    elif SHORTEN_FIRST and df[terms[0]] == commonest and terms[1] not in STOP_WORDS:
+        short = Phrase(terms[1:], expansion.field)
+    else:
         return None
-    short = Phrase(expansion.terms[:-1], expansion.field)
     having = len(db.match_candidates(corpus.session, [[short]]))
     meaning = len(db.match_candidates(corpus.session, [[short], [expansion, acronym]]))
     return short if meaning >= SHORTENED_MIN_SHARE * having else None

@@ -8,7 +8,7 @@ from datetime import timedelta
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from bench.relevance import add_upvotes, preview_keys, score
+from bench.relevance import JUDGED, add_upvotes, preview_keys, read_judged, score
 from digest import db
 from digest.config import DigestSettings
 from digest.ingest import ingest_inputs
@@ -76,3 +76,22 @@ def test_preview_keys_follow_the_selection(factory) -> None:
     keys = preview_keys(factory, "speech", NOW, DigestSettings())
     assert len(keys) == 10
     assert keys[0] == "title:deep speech scaling up end to end speech recognition"
+
+
+def test_every_judged_topic_grades_each_seed_paper_once(factory) -> None:
+    """The judged sets (tests/data/relevance and its subfolders) grade exactly the seed
+    papers, each once, 0, 1 or 2, and no two topics share a file name."""
+    ingest_inputs(factory, [str(SEEDS)], now=NOW, max_bytes=10**8)
+    with factory() as session:
+        keys = set(session.scalars(select(Paper.key)))
+    assert len(keys) == 540
+    paths = sorted(JUDGED.rglob("*.tsv"))
+    assert len(paths) == 54
+    assert len({path.stem for path in paths}) == len(paths)
+    for path in paths:
+        judged = read_judged(path)
+        graded = [line for line in path.read_text().splitlines() if not line.startswith("#")]
+        assert judged.query, path
+        assert len(graded) == 540 and set(judged.grades) == keys, path
+        assert set(judged.grades.values()) <= {0, 1, 2}, path
+        assert any(grade == 2 for grade in judged.grades.values()), path

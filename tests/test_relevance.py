@@ -21,6 +21,7 @@ from digest.plan import plan_deliveries
 from digest.query import parse_query
 from digest.select import SelectionRun, digest_content
 from digest.subscribers import subscribe, transient_subscriber
+from digest.text import Phrase, acronym_term
 from tests.conftest import NOW, SEEDS
 
 SETTINGS = DigestSettings()
@@ -526,6 +527,44 @@ def test_a_definition_is_shortened_only_to_words_that_mean_it(factory, tmp_path)
         # "adaptation" is the commonest word of the definition, but only one of the four
         # papers saying "low-rank" means low-rank adaptation: LoRA keeps all three words.
         assert set(titles(session, "LoRA")) == {"Efficient Fine-Tuning", "Adapters"}
+
+
+def test_a_definition_loses_a_common_first_word_only_when_the_rest_means_it(
+    factory, tmp_path
+) -> None:
+    ingest_rows(
+        factory,
+        tmp_path,
+        [
+            (
+                "2601.00721",
+                "Translating Bavarian",
+                "Neural machine translation (NMT) for a dialect.",
+            ),
+            ("2601.00722", "Few-Shot Translation", "Machine translation with few examples."),
+            ("2601.00723", "Neural Codecs", "A neural network compresses audio."),
+            ("2601.00724", "Neural Fields", "Deep neural scene representations."),
+            ("2601.00725", "Control", "Deep reinforcement learning (DRL) for control."),
+            ("2601.00726", "Bandits", "Reinforcement learning with bandit feedback."),
+            ("2601.00727", "Reward Models", "Reinforcement learning from human feedback."),
+            ("2601.00728", "Deep Nets", "Deep networks, deep features, deep models."),
+            ("2601.00729", "Depth", "Deep layers; deep networks."),
+        ],
+    )
+    with factory() as session:
+        # "neural" is the commonest word of "neural machine translation", and one of the
+        # two papers saying "machine translation" writes NMT: the rest means NMT.
+        plan = query_plan.plan_query(session, parse_query("NMT"), relevance.Corpus(session))
+        assert Phrase(("machin", "translat")) in plan.groups[0].phrases
+        assert set(titles(session, "NMT")) == {"Translating Bavarian", "Few-Shot Translation"}
+        # "deep" is the commonest word of "deep reinforcement learning", but only one of
+        # the three papers saying "reinforcement learning" means DRL: it keeps its words.
+        plan = query_plan.plan_query(session, parse_query("DRL"), relevance.Corpus(session))
+        assert [p.terms for p in plan.groups[0].phrases] == [
+            (acronym_term("DRL"),),
+            ("deep", "reinforc", "learn"),
+        ]
+        assert set(titles(session, "DRL")) == {"Control"}
 
 
 def test_an_acronym_defined_as_something_else_is_another_word(factory, tmp_path) -> None:
