@@ -47,6 +47,7 @@ from digest.text import (
     other_spelling,
     plain_terms,
     stem,
+    tokens,
     word_term,
 )
 
@@ -240,6 +241,8 @@ def plan_query(session: Session, query: Query, corpus: Corpus) -> Plan:
                         if short is not None:
                             phrases.append(short)
                             expanded.add(short)
+                            kept = _written_part(words, expansion, short)
+                            expansions.append(f"{_show(phrase, written)} → {kept}")
 
     # Words -> the acronym they define: a quoted phrase, or a run of plain words, which
     # may be hyphenated ("retrieval-augmented generation" -> RAG).
@@ -337,6 +340,17 @@ def _shortened(expansion: Phrase, acronym: Phrase, corpus: Corpus) -> Phrase | N
     having = len(db.match_candidates(corpus.session, [[short]]))
     meaning = len(db.match_candidates(corpus.session, [[short], [expansion, acronym]]))
     return short if meaning >= SHORTENED_MIN_SHARE * having else None
+
+
+def _written_part(words: str, whole: Phrase, part: Phrase) -> str:
+    """The written words of `whole` that its shortening `part` keeps: "machine
+    translation" of "neural machine translation"."""
+    found = list(tokens(words))
+    if len(found) != len(whole.terms):
+        return " ".join(part.terms)
+    if part.terms == whole.terms[1:]:
+        return words[found[1].start :]
+    return words[: found[-2].end]
 
 
 def like_terms(paper: Paper, corpus: Corpus) -> dict[str, float]:

@@ -478,6 +478,11 @@ def test_a_definition_also_matches_without_its_least_distinctive_last_word(
     with factory() as session:
         # "generation" is the commonest word of its definition: RAG also finds the paper
         # that writes "retrieval-augmented LLMs", not the ones on retrieval or generation.
+        plan = query_plan.plan_query(session, parse_query("RAG"), relevance.Corpus(session))
+        assert plan.expansions == (
+            "RAG → retrieval augmented generation",
+            "RAG → retrieval augmented",
+        )
         assert set(titles(session, "RAG")) == {
             "Grounded Answers",
             "Better Pipelines",
@@ -556,6 +561,8 @@ def test_a_definition_loses_a_common_first_word_only_when_the_rest_means_it(
         # two papers saying "machine translation" writes NMT: the rest means NMT.
         plan = query_plan.plan_query(session, parse_query("NMT"), relevance.Corpus(session))
         assert Phrase(("machin", "translat")) in plan.groups[0].phrases
+        # `digest match` names what it used.
+        assert plan.expansions == ("NMT → neural machine translation", "NMT → machine translation")
         assert set(titles(session, "NMT")) == {"Translating Bavarian", "Few-Shot Translation"}
         # "deep" is the commonest word of "deep reinforcement learning", but only one of
         # the three papers saying "reinforcement learning" means DRL: it keeps its words.
