@@ -163,7 +163,7 @@ class PaperSource(Base):
     source: Mapped[str] = mapped_column(String(32), primary_key=True)
     first_seen_at: Mapped[datetime] = mapped_column(UTCDateTime)
     # The hash of the record this source last gave (of its raw entry, `RawRecord`, or else
-    # digest.ingest.record_hash): the same record again is merged already, so ingest only
+    # digest.merge.record_hash): the same record again is merged already, so ingest only
     # compares its upvotes.
     content_hash: Mapped[str | None] = mapped_column(String(32))
 

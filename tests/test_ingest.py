@@ -16,7 +16,7 @@ import pytest
 from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
-from digest import analysis, db, query_plan, relevance
+from digest import analysis, db, merge, query_plan, relevance
 from digest import ingest as ingest_module
 from digest import text as text_analysis
 from digest.fetch import HttpFetcher
@@ -198,7 +198,7 @@ def test_batches_of_any_size_store_the_same(
         whole = db.session_factory(engine)
         ingest(whole, seeds)
         ingest(whole, seeds, HF_JSON, now=NOW + timedelta(hours=1))
-        monkeypatch.setattr(ingest_module, "BATCH_SIZE", 3)
+        monkeypatch.setattr(merge, "BATCH_SIZE", 3)
         first = ingest(factory, seeds)
         again = ingest(factory, seeds, HF_JSON, now=NOW + timedelta(hours=1))
         assert sum(s.new for s in first) == 540

@@ -245,7 +245,7 @@ def transaction(factory: sessionmaker[Session], *, write: bool = True) -> Iterat
 # --- bulk reads and writes shared by the stores ------------------------------------
 
 
-# Ingest reads and writes papers a batch at a time (digest.ingest): a few statements per
+# Ingest reads and writes papers a batch at a time (digest.merge): a few statements per
 # batch of records instead of several per record. IN lists are cut to CHUNK values.
 CHUNK = 500
 
