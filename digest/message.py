@@ -3,7 +3,8 @@
 * `DigestMailer` renders each digest (`digest.render`, from cards inlined once
   per run) and personalizes a copy per subscriber: greeting, signed links,
   headers. `DigestMailer.encoded` assembles the message's bytes from pieces
-  quoted-printable encoded once per run, encoding only the recipient's lines.
+  quoted-printable encoded once per run, encoding only the recipient's lines
+  (the wire form, a skeleton and encoded pieces, is `digest.wire`'s).
 * `build_message` makes the multipart/alternative message: From with a
   display name, Reply-To, To, Subject, Date, a deterministic Message-ID per
   subscriber and date, List-Id, List-Unsubscribe (+ One-Click POST, RFC 8058)
@@ -17,12 +18,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import secrets
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
-from email import policy, quoprimime
+from datetime import date, datetime
+from email import policy
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import format_datetime
@@ -44,8 +44,23 @@ from digest.sources.records import one_line
 from digest.subscribers import sendable_address
 from digest.transport import Encoded
 from digest.views import ItemLike, Recipient, has_placeholder, topic_title
+from digest.wire import (
+    MAIL_POLICY,
+    PLAIN_ADDRESS,
+    PLAIN_URL,
+    PLAIN_WORDS,
+    SKELETON_HTML_LINE,
+    SKELETON_ID,
+    SKELETON_SENT_AT,
+    SKELETON_SUBJECT_TEXT,
+    SKELETON_TEXT_LINE,
+    SKELETON_TO,
+    SKELETON_URL,
+    Skeleton,
+    encode_lines,
+    subject_line,
+)
 
-QP_LINE_LENGTH = 78  # policy.SMTP's max_line_length, which set_content encodes bodies with
 RENDER_CACHE = 64  # renderings kept (the most recent digests)
 PAPER_CACHE = 2048  # papers kept (a day's digests show a few hundred distinct papers)
 SUBJECT_CACHE = 4096  # encoded Subject lines kept
@@ -53,26 +68,7 @@ SUBJECT_CACHE = 4096  # encoded Subject lines kept
 # heading and "N more matched" row, and the frame's fixed lines. A day's digests show a few
 # hundred distinct cards.
 PIECE_CACHE = 8192
-# The skeleton's stand-ins for a recipient's values (see DigestMailer.encoded).
-_SKELETON_TO = b"pdxtoxpd@pdx.example.org"
-_SKELETON_ID = b"<pdxmsgidxpd@pdx.example.org>"
-_SKELETON_URL = b"https://pdx.example.org/pdxunsubscribexpd"
-_SKELETON_SUBJECT_TEXT = "PDXSUBJECTXPD"
-_SKELETON_SUBJECT = b"Subject: PDXSUBJECTXPD\r\n"
-_SKELETON_SENT_AT = datetime(2000, 1, 1, tzinfo=UTC)
-_SKELETON_DATE = format_datetime(_SKELETON_SENT_AT).encode("ascii")
-_SKELETON_TEXT_LINE = "PDXTEXTBODYXPD"
-_SKELETON_HTML_LINE = "PDXHTMLBODYXPD"
-_SKELETON_TEXT = _SKELETON_TEXT_LINE.encode() + b"\r\n"
-_SKELETON_HTML = _SKELETON_HTML_LINE.encode() + b"\r\n"
-# What a header shows exactly as given (no quoting, no encoded words, no folding).
-_PLAIN_ADDRESS = re.compile(r"[A-Za-z0-9._+-]+@[A-Za-z0-9.-]+")
-_PLAIN_URL = re.compile(r"[A-Za-z0-9%/:._~?=&+-]+")
-# Words a header writes as they are, after an encoded word (no folding within 200 characters).
-_PLAIN_WORDS = re.compile(r"[A-Za-z0-9,.+-]+(?: [A-Za-z0-9,.+-]+)*")
 
-# Unfolded headers (RFC 5322 allows 998 characters) keep the unsubscribe URL on one line.
-MAIL_POLICY = policy.SMTP.clone(max_line_length=998)
 # For a recipient whose local part is not ASCII: UTF-8 headers, sent with SMTPUTF8 (RFC 6531).
 MAIL_POLICY_UTF8 = MAIL_POLICY.clone(utf8=True)
 DKIM_HEADERS = (b"from", b"to", b"subject", b"date", b"list-unsubscribe", b"list-unsubscribe-post")
@@ -189,7 +185,7 @@ class DigestMailer:
     _papers: BoundedCache[int, Paper] = field(
         default_factory=lambda: BoundedCache(PAPER_CACHE), repr=False
     )
-    _skeleton: _Skeleton | None = field(default=None, repr=False)
+    _skeleton: Skeleton | None = field(default=None, repr=False)
     _subjects: BoundedCache[str, bytes] = field(
         default_factory=lambda: BoundedCache(SUBJECT_CACHE), repr=False
     )
@@ -446,8 +442,8 @@ class DigestMailer:
         unsubscribe = recipient.unsubscribe_url
         if (
             self.dkim is not None
-            or not _PLAIN_ADDRESS.fullmatch(address)
-            or not _PLAIN_URL.fullmatch(unsubscribe)
+            or not PLAIN_ADDRESS.fullmatch(address)
+            or not PLAIN_URL.fullmatch(unsubscribe)
             or len(unsubscribe) > 500
         ):
             return Encoded.of(self.message(subscriber, rendered, digest_date, sent_at, digest_id))
@@ -455,7 +451,7 @@ class DigestMailer:
         html_parts = rendered.html_parts or (Part(rendered.html, False),)
         text_parts = rendered.text_parts or (Part(rendered.text, False),)
         if self._skeleton is None:
-            self._skeleton = _Skeleton.of(self._skeleton_message())
+            self._skeleton = Skeleton.of(self._skeleton_message())
         subject = self._subject_line(rendered.subject)
         data = self._skeleton.fill(
             subject=subject,
@@ -469,30 +465,30 @@ class DigestMailer:
         return Encoded(self.mail.from_address, address, data)
 
     def _subject_line(self, subject: str) -> bytes:
-        """`_subject_line(subject)`, the folding of its start done once: a subject's words
+        """`subject_line(subject)`, the folding of its start done once: a subject's words
         after its last non-ASCII one (the digest's topics) are written as they are."""
         subject = one_line(subject)
         last = max((subject.rfind(c) for c in set(subject) if not c.isascii()), default=-1)
         space = subject.find(" ", last)
         rest = subject[space + 1 :]
-        if last < 0 or space < 0 or len(subject) > 200 or not _PLAIN_WORDS.fullmatch(rest):
-            return self._subjects.get(subject, lambda: _subject_line(subject))
+        if last < 0 or space < 0 or len(subject) > 200 or not PLAIN_WORDS.fullmatch(rest):
+            return self._subjects.get(subject, lambda: subject_line(subject))
         probe = subject[:space] + " x"  # the start, and a word written as it is
-        start = self._subjects.get(probe, lambda: _subject_line(probe))
+        start = self._subjects.get(probe, lambda: subject_line(probe))
         if not start.endswith(b" x\r\n"):
-            return self._subjects.get(subject, lambda: _subject_line(subject))
+            return self._subjects.get(subject, lambda: subject_line(subject))
         return start[:-3] + rest.encode("ascii") + b"\r\n"
 
     def _skeleton_message(self) -> bytes:
         message = build_message(
             mail=self.mail,
-            to=_SKELETON_TO.decode(),
-            subject=_SKELETON_SUBJECT_TEXT,
-            html=_SKELETON_HTML_LINE,
-            text=_SKELETON_TEXT_LINE,
-            msgid=_SKELETON_ID.decode(),
-            sent_at=_SKELETON_SENT_AT,
-            unsubscribe_url=_SKELETON_URL.decode(),
+            to=SKELETON_TO.decode(),
+            subject=SKELETON_SUBJECT_TEXT,
+            html=SKELETON_HTML_LINE,
+            text=SKELETON_TEXT_LINE,
+            msgid=SKELETON_ID.decode(),
+            sent_at=SKELETON_SENT_AT,
+            unsubscribe_url=SKELETON_URL.decode(),
         )
         return message.as_bytes()
 
@@ -528,7 +524,7 @@ class DigestMailer:
     def _piece(self, text: str) -> bytes | Literal[False]:
         """A shared piece, encoded once; False if it holds a placeholder."""
         if (encoded := self._pieces.lookup(text)) is None:
-            encoded = False if has_placeholder(text) else _encode_lines(text)
+            encoded = False if has_placeholder(text) else encode_lines(text)
             self._pieces.put(text, encoded)
         return encoded
 
@@ -543,41 +539,7 @@ class DigestMailer:
                 return b""
             if not (last or text.endswith("\n")):
                 return None
-        return _encode_lines(text)
-
-
-@dataclass(frozen=True)
-class _Skeleton:
-    """A serialized message cut at its slots: its literal bytes between them."""
-
-    literals: tuple[bytes, ...]
-    slots: tuple[str, ...]
-
-    @classmethod
-    def of(cls, message: bytes) -> _Skeleton:
-        stand_ins = {
-            "subject": _SKELETON_SUBJECT,
-            "to": _SKELETON_TO,
-            "date": _SKELETON_DATE,
-            "msgid": _SKELETON_ID,
-            "url": _SKELETON_URL,
-            "text": _SKELETON_TEXT,
-            "html": _SKELETON_HTML,
-        }
-        found = sorted((message.index(token), slot, token) for slot, token in stand_ins.items())
-        literals: list[bytes] = []
-        position = 0
-        for start, _, token in found:
-            literals.append(message[position:start])
-            position = start + len(token)
-        literals.append(message[position:])
-        return cls(tuple(literals), tuple(slot for _, slot, _ in found))
-
-    def fill(self, **values: bytes) -> bytes:
-        pieces = [self.literals[0]]
-        for slot, literal in zip(self.slots, self.literals[1:], strict=True):
-            pieces += (values[slot], literal)
-        return b"".join(pieces)
+        return encode_lines(text)
 
 
 def _detached(paper: Paper) -> Paper:
@@ -585,18 +547,3 @@ def _detached(paper: Paper) -> Paper:
     rollback expires what a session holds) and never loads anything."""
     columns = sqlalchemy.inspect(Paper).column_attrs
     return Paper(**{column.key: getattr(paper, column.key) for column in columns})
-
-
-def _subject_line(subject: str) -> bytes:
-    """The Subject header line as `build_message` and `as_bytes` write it."""
-    name, value = MAIL_POLICY.header_store_parse("Subject", one_line(subject))
-    return MAIL_POLICY.fold_binary(name, value)
-
-
-def _encode_lines(text: str) -> bytes:
-    """Whole lines of a body as `set_content(cte="quoted-printable")` encodes them (each
-    line on its own: a body's encoding is its pieces' encodings, end to end)."""
-    if not text.endswith("\n"):
-        text += "\n"
-    latin = text.encode("utf-8").decode("latin-1")
-    return quoprimime.body_encode(latin, QP_LINE_LENGTH, eol="\r\n").encode("ascii")
