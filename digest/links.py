@@ -25,6 +25,11 @@ from itsdangerous.serializer import Serializer
 
 PURPOSES = ("unsubscribe", "manage", "view", "confirm")
 SHORT_PAYLOAD = 64  # bytes of JSON that are signed as they are, without trying zlib
+# A token is an id or two numbers and its signature (under 100 characters). A longer
+# one is refused before it is decoded: itsdangerous inflates a compressed payload
+# (a leading ".") with no bound, so a 258 KB "token" could take 190 MB before its
+# signature fails; 256 characters inflate to at most about 200 KB.
+MAX_TOKEN_LENGTH = 256
 
 
 class _Serializer(URLSafeSerializer):
@@ -52,8 +57,16 @@ def make_token(site_key: str, subscriber_secret: str, purpose: str, payload: Any
     return str(_serializer(site_key, subscriber_secret, purpose).dumps(payload))
 
 
+def _decodable(token: str) -> bool:
+    """Whether `token` is short enough to be decoded at all."""
+    return len(token) <= MAX_TOKEN_LENGTH
+
+
 def token_payload(token: str) -> Any:
-    """The payload of a token before its signature is checked (to find the subscriber)."""
+    """The payload of a token before its signature is checked (to find the subscriber);
+    None for a token too long to be one of ours."""
+    if not _decodable(token):
+        return None
     _ok, payload = URLSafeSerializer("unchecked").loads_unsafe(token)
     return payload
 
@@ -74,6 +87,8 @@ def is_row_id(value: object) -> bool:
 
 def verify_token(site_key: str, subscriber_secret: str, purpose: str, token: str) -> Any:
     """The payload if the signature holds for this subscriber and purpose, else None."""
+    if not _decodable(token):
+        return None
     try:
         return _serializer(site_key, subscriber_secret, purpose).loads(token)
     except BadSignature:

@@ -587,3 +587,29 @@ def test_tokens_are_those_of_itsdangerous_and_read_back(payload: object) -> None
     assert token == stock.dumps(payload)
     assert links.verify_token(KEY, "secret", "manage", token) == payload
     assert links.verify_token(KEY, "other", "manage", token) is None
+
+
+def test_a_token_too_long_to_be_ours_is_not_decoded(site: Site, monkeypatch) -> None:
+    """A compressed "token" inflates without bound in itsdangerous: 300 KB of zlib would
+    take hundreds of MB before its signature failed. Tokens over MAX_TOKEN_LENGTH are
+    404s that decode nothing."""
+    import zlib
+
+    from itsdangerous.encoding import base64_encode
+
+    bomb = "." + base64_encode(zlib.compress(b" " * 10_000_000)).decode() + ".x"
+    assert len(bomb) > links.MAX_TOKEN_LENGTH
+    inflated: list[int] = []
+    real = zlib.decompress
+    monkeypatch.setattr(zlib, "decompress", lambda data, *a: inflated.append(1) or real(data, *a))
+    client = site.client()
+    for path in ("manage", "unsubscribe", "confirm", "view"):
+        assert client.get(f"/{path}/{bomb}").status_code == 404
+    assert links.token_payload(bomb) is None
+    assert links.verify_token(KEY, "secret", "manage", bomb) is None
+    assert inflated == []
+    # A short compressed payload is still read (tokens itsdangerous wrote stay valid).
+    token = links.make_token(KEY, "secret", "manage", list(range(40)))
+    assert token.startswith(".") and len(token) <= links.MAX_TOKEN_LENGTH
+    assert links.verify_token(KEY, "secret", "manage", token) == list(range(40))
+    assert inflated
