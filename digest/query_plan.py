@@ -331,9 +331,11 @@ def _shortened(expansion: Phrase, acronym: Phrase, corpus: Corpus) -> Phrase | N
         return None
     df = corpus.df(content)
     commonest = max(df.values())
-    if df[terms[-1]] == commonest and terms[-2] not in STOP_WORDS:
+    # An edge that is a stop word ("in" of "in context reinforcement learning") is not
+    # the definition's least distinctive word: it is kept.
+    if df.get(terms[-1]) == commonest and terms[-2] not in STOP_WORDS:
         short = Phrase(terms[:-1], expansion.field)
-    elif SHORTEN_FIRST and df[terms[0]] == commonest and terms[1] not in STOP_WORDS:
+    elif SHORTEN_FIRST and df.get(terms[0]) == commonest and terms[1] not in STOP_WORDS:
         short = Phrase(terms[1:], expansion.field)
     else:
         return None

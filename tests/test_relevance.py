@@ -574,6 +574,24 @@ def test_a_definition_loses_a_common_first_word_only_when_the_rest_means_it(
         assert set(titles(session, "DRL")) == {"Control"}
 
 
+def test_a_definition_ending_in_a_small_word_is_planned(factory, tmp_path) -> None:
+    ingest_rows(
+        factory,
+        tmp_path,
+        [
+            ("2601.00731", "Layers", "We stack a graph neural network of (GNN) layers."),
+            ("2601.00732", "Molecules", "A graph neural network for molecules."),
+            ("2601.00733", "Vision", "A neural network for images."),
+        ],
+    )
+    with factory() as session:
+        # A feed's text defined GNN as "graph neural network of": the definition's last
+        # term is a stop word, which is no word to drop (it was a KeyError).
+        plan = query_plan.plan_query(session, parse_query("GNN"), relevance.Corpus(session))
+        assert plan.expansions == ("GNN → graph neural network of",)
+        assert set(titles(session, "GNN")) == {"Layers"}
+
+
 def test_an_acronym_defined_as_something_else_is_another_word(factory, tmp_path) -> None:
     ingest_rows(
         factory,
