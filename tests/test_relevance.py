@@ -4,6 +4,7 @@ trending for first digests and previews, time travel."""
 from __future__ import annotations
 
 import json
+import random
 from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -21,7 +22,7 @@ from digest.plan import plan_deliveries
 from digest.query import parse_query
 from digest.select import SelectionRun, digest_content
 from digest.subscribers import subscribe, transient_subscriber
-from digest.text import Phrase, acronym_term
+from digest.text import STOP_WORDS, Phrase, acronym_term
 from tests.conftest import NOW, SEEDS
 
 SETTINGS = DigestSettings()
@@ -572,6 +573,36 @@ def test_a_definition_loses_a_common_first_word_only_when_the_rest_means_it(
             ("deep", "reinforc", "learn"),
         ]
         assert set(titles(session, "DRL")) == {"Control"}
+
+
+def test_any_mined_definition_plans_and_ranks(factory, tmp_path) -> None:
+    """Whatever definitions a feed's abstracts give (small words anywhere, hyphens,
+    plural or odd acronyms), every query over them is planned and ranked: a random
+    corpus of definitions, fixed by its seed, queried by each acronym and word run."""
+    rng = random.Random(1)
+    vocabulary = (  # noqa: SIM905 (a sentence reads better than 30 quoted words)
+        "of the in a for and to with on graph neural network model learning deep "
+        "reinforcement mixture experts low rank adaptation retrieval augmented generation "
+        "large language vision transformer self supervised"
+    ).split()
+
+    def phrase(size: int) -> list[str]:
+        return [rng.choice(vocabulary) for _ in range(size)]
+
+    rows, queries = [], []
+    for number in range(40):
+        sentences = []
+        for _ in range(rng.randint(1, 3)):
+            words = phrase(rng.randint(1, 5))
+            acronym = "".join(w[0] for w in words if w not in STOP_WORDS).upper() or "X"
+            acronym += rng.choice(["", "", "s", "O"])
+            sentences.append(rng.choice([" ", "-"]).join(words) + f" ({acronym}).")
+            queries += [acronym, acronym.lower(), " ".join(words), "-".join(words)]
+        rows.append((f"2601.{number:05d}", " ".join(phrase(4)), " ".join(sentences)))
+    ingest_rows(factory, tmp_path, rows)
+    with factory() as session:
+        for query in dict.fromkeys(queries):
+            titles(session, query)  # raises nothing
 
 
 def test_a_definition_ending_in_a_small_word_is_planned(factory, tmp_path) -> None:
