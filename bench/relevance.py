@@ -26,6 +26,10 @@ is scored on it (leave one topic out), as is each half with the combination
 best on the other half. Those held-out means are what to expect on new topics;
 the in-sample best is printed for comparison.
 
+`--bm25` also prints, topic by topic, the reference the issue measures against: a
+plain BM25 (k1 1.2, b 0.75) over each paper's title and abstract as one field,
+Snowball-stemmed words without stop words, its 10 best papers shown (`PlainBM25`).
+
 The seed papers carry almost no upvotes, so the order's upvote signal changes
 nothing here. `--upvotes SEED` gives every paper synthetic upvotes drawn
 independently of the topics (`add_upvotes`): a count, and for a third of the
@@ -33,6 +37,7 @@ papers a gain in the last day, so some trend. Whatever the scores lose then is
 what the community signal costs the relevance of what is shown.
 
 Run: .venv/bin/python bench/relevance.py [--judged DIR ...] [--as-of 2026-11-25T08:00] [--split]
+         [--bm25]
      .venv/bin/python bench/relevance.py --cv --vary min_relevance=0.25,0.3
          --vary FEEDBACK_PAPERS=10,20
      .venv/bin/python bench/relevance.py --upvotes 1 --cv --vary POPULARITY_WEIGHT=0,0.2
@@ -46,6 +51,7 @@ import math
 import random
 import statistics
 import tempfile
+from collections import Counter
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -62,6 +68,7 @@ from digest.models import Paper, UpvoteObservation
 from digest.resources import resource_dir
 from digest.select import digest_content
 from digest.subscribers import transient_subscriber
+from digest.text import STOP_WORDS, fold, stem, words
 
 JUDGED = Path(__file__).resolve().parent.parent / "tests" / "data" / "relevance"
 
@@ -147,6 +154,48 @@ def preview_keys(
         papers = db.papers_by_id(session, ids)
         session.rollback()
         return [papers[paper_id].key for paper_id in ids]
+
+
+class PlainBM25:
+    """The reference ranking: BM25 over title and abstract as one field, each word folded
+    and Snowball-stemmed, stop words left out (of the query; in a paper they only
+    count towards its length)."""
+
+    K1 = 1.2
+    B = 0.75
+
+    def __init__(self, papers: dict[str, str]) -> None:
+        self.tf = {key: Counter(self.terms(text)) for key, text in papers.items()}
+        self.length = {key: sum(tf.values()) for key, tf in self.tf.items()}
+        self.average = statistics.fmean(self.length.values()) if papers else 0.0
+        self.df = Counter(term for tf in self.tf.values() for term in tf)
+
+    @staticmethod
+    def terms(text: str) -> list[str]:
+        return [stem(fold(word)) for word in words(text)]
+
+    def scores(self, query: str) -> dict[str, float]:
+        n = len(self.tf)
+        wanted = {t for t in self.terms(query) if t not in STOP_WORDS}
+        found: dict[str, float] = {}
+        for key, tf in self.tf.items():
+            norm = self.K1 * (1 - self.B + self.B * self.length[key] / self.average)
+            score = sum(
+                math.log(1 + (n - self.df[t] + 0.5) / (self.df[t] + 0.5))
+                * tf[t]
+                * (self.K1 + 1)
+                / (tf[t] + norm)
+                for t in wanted
+                if tf[t]
+            )
+            if score > 0:
+                found[key] = score
+        return found
+
+    def top(self, query: str, size: int = 10) -> list[str]:
+        """The `size` best papers' keys, the best first (ties by key)."""
+        scores = self.scores(query)
+        return sorted(scores, key=lambda key: (-scores[key], key))[:size]
 
 
 def table(title: str, rows: list[tuple[str, Scores]]) -> None:
@@ -283,6 +332,9 @@ def main() -> None:
         help="add synthetic upvotes (independent of the topics, from this random seed) to "
         "measure what the upvote signal in the order costs",
     )
+    parser.add_argument(
+        "--bm25", action="store_true", help="also score the plain BM25 reference (`PlainBM25`)"
+    )
     parser.add_argument("--cv", action="store_true", help="cross-validate the --vary grid")
     parser.add_argument("--vary", action="append", default=[], metavar="NAME=V1,V2,...")
     args = parser.parse_args()
@@ -311,6 +363,17 @@ def main() -> None:
             if missing:
                 raise SystemExit(f"{topic.name}: {len(missing)} graded keys not in the seeds")
         rows = run_topics(factory, judged, now, settings)
+        reference: list[tuple[str, Scores]] = []
+        if args.bm25:
+            with factory() as session:
+                texts = {
+                    key: f"{title} {abstract}"
+                    for key, title, abstract in session.execute(
+                        select(Paper.key, Paper.title, Paper.abstract)
+                    )
+                }
+            bm25 = PlainBM25(texts)
+            reference = [(t.name, score(bm25.top(t.query), t.grades)) for t in judged]
         results = {}
         if args.cv:
             for combination in combinations:
@@ -318,6 +381,8 @@ def main() -> None:
         engine.dispose()
     where = ", ".join(map(str, folders))
     table(f"all {len(rows)} judged topics in {where}, as of {now:%Y-%m-%d %H:%M} UTC", rows)
+    if reference:
+        table("plain BM25 (Snowball, title and abstract, its 10 best), the same topics", reference)
     if args.split:
         table("tuning half (1st, 3rd, ... topic)", rows[0::2])
         table("held-out half (2nd, 4th, ... topic)", rows[1::2])

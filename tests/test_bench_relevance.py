@@ -3,12 +3,13 @@ count and gain, and the same seed gives the same votes."""
 
 from __future__ import annotations
 
+import math
 from datetime import timedelta
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from bench.relevance import JUDGED, add_upvotes, preview_keys, read_judged, score
+from bench.relevance import JUDGED, PlainBM25, add_upvotes, preview_keys, read_judged, score
 from digest import db
 from digest.config import DigestSettings
 from digest.ingest import ingest_inputs
@@ -95,3 +96,25 @@ def test_every_judged_topic_grades_each_seed_paper_once(factory) -> None:
         assert len(graded) == 540 and set(judged.grades) == keys, path
         assert set(judged.grades.values()) <= {0, 1, 2}, path
         assert any(grade == 2 for grade in judged.grades.values()), path
+
+
+def test_plain_bm25_reference_ranks_by_stemmed_words() -> None:
+    bm25 = PlainBM25(
+        {
+            "a": "Diffusion models. Diffusion models generate images.",
+            "b": "A diffusion model for audio.",
+            "c": "Language models of the web.",
+            "d": "Sorting networks.",
+        }
+    )
+    # Snowball stems "models" and "model" alike; stop words in the query count nothing.
+    assert bm25.terms("Diffusion Models") == ["diffus", "model"]
+    assert bm25.top("the diffusion models") == ["a", "b", "c"]
+    assert bm25.top("diffusion", size=1) == ["a"]
+    assert bm25.top("of the") == []
+    # BM25 itself: idf ln(1 + (N - df + 0.5) / (df + 0.5)), k1 1.2, b 0.75; a paper's
+    # length counts its stop words (c: languag model of the web, 5; average 18 / 4).
+    idf = math.log(1 + (4 - 1 + 0.5) / (1 + 0.5))
+    expected = idf * 1 * 2.2 / (1 + 1.2 * (0.25 + 0.75 * 5 / 4.5))
+    assert abs(bm25.scores("web")["c"] - expected) < 1e-12
+    assert set(bm25.scores("web")) == {"c"}
