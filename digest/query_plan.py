@@ -220,7 +220,6 @@ def plan_query(session: Session, query: Query, corpus: Corpus) -> Plan:
                 written[acronym] = written.get(phrase.terms[0], phrase.terms[0])
 
     # Acronym -> its definitions (those at least a quarter as common as the most common).
-    expanded: set[Phrase] = set()
     meanings: dict[str, set[str]] = {}
     foreign: set[str] = set()
     for phrases in groups:
@@ -235,12 +234,10 @@ def plan_query(session: Session, query: Query, corpus: Corpus) -> Plan:
                         meanings.setdefault(phrase.terms[0], set()).add(terms)
                         expansion = Phrase(tuple(terms.split()), phrase.field)
                         phrases.append(expansion)
-                        expanded.add(expansion)
                         expansions.append(f"{_show(phrase, written)} → {words}")
                         short = _shortened(expansion, phrase, corpus)
                         if short is not None:
                             phrases.append(short)
-                            expanded.add(short)
                             kept = _written_part(words, expansion, short)
                             expansions.append(f"{_show(phrase, written)} → {kept}")
 
@@ -254,8 +251,8 @@ def plan_query(session: Session, query: Query, corpus: Corpus) -> Plan:
     ]
     runs: dict[str, list[int]] = {}
     for i, phrases in enumerate(groups):
-        for phrase in phrases:
-            if len(phrase.terms) > 1 and phrase.field is None and phrase not in expanded:
+        for phrase in phrases[: typed[i]]:  # typed, not an expansion equal to one
+            if len(phrase.terms) > 1 and phrase.field is None:
                 runs.setdefault(" ".join(phrase.terms), [i])
     for start in range(len(single_run)):
         for end in range(start + 2, len(single_run) + 1):
@@ -324,15 +321,16 @@ def _shortened(expansion: Phrase, acronym: Phrase, corpus: Corpus) -> Phrase | N
     low-rank compression papers write too.
 
     Mostly: at least SHORTENED_MIN_SHARE of the papers with the shorter words also have
-    the whole definition or the acronym."""
+    the whole definition or the acronym; and not all of them, or the shortening finds
+    nothing more."""
     terms = expansion.terms
     content = [t for t in terms if t not in STOP_WORDS]
     if not TRUNCATE_EXPANSIONS or len(content) < 3:
         return None
     df = corpus.df(content)
     commonest = max(df.values())
-    # An edge that is a stop word ("in" of "in context reinforcement learning") is not
-    # the definition's least distinctive word: it is kept.
+    # An edge that is a stop word (a feed's "graph neural network of (GNN)") is not the
+    # definition's least distinctive word: it is kept.
     if df.get(terms[-1]) == commonest and terms[-2] not in STOP_WORDS:
         short = Phrase(terms[:-1], expansion.field)
     elif SHORTEN_FIRST and df.get(terms[0]) == commonest and terms[1] not in STOP_WORDS:
@@ -341,7 +339,8 @@ def _shortened(expansion: Phrase, acronym: Phrase, corpus: Corpus) -> Phrase | N
         return None
     having = len(db.match_candidates(corpus.session, [[short]]))
     meaning = len(db.match_candidates(corpus.session, [[short], [expansion, acronym]]))
-    return short if meaning >= SHORTENED_MIN_SHARE * having else None
+    # It must find papers the definition does not, or it only repeats it.
+    return short if SHORTENED_MIN_SHARE * having <= meaning < having else None
 
 
 def _written_part(words: str, whole: Phrase, part: Phrase) -> str:

@@ -260,15 +260,13 @@ class _Forms:
 
 def _occurrences(
     paper: _Indexed, phrase: Phrase, where: str, typed: dict[str, frozenset[str]]
-) -> tuple[float, float]:
-    """The occurrences of `phrase` in field `where`, each weighed (`_Forms`), and how many
-    of them count in full."""
+) -> list[tuple[int, float]]:
+    """Where `phrase` occurs in field `where` and what each occurrence weighs (`_Forms`)."""
     starts = _starts(paper, phrase, where)
     if not starts or phrase.prefix or typed.keys().isdisjoint(phrase.terms):
-        return len(starts), len(starts)
+        return [(i, 1.0) for i in starts]
     forms = _Forms(paper, where, typed)
-    weights = [forms.run(i, len(phrase.terms)) for i in starts]
-    return sum(weights), sum(1 for w in weights if w >= 1.0)
+    return [(i, forms.run(i, len(phrase.terms))) for i in starts]
 
 
 def _in_passing(paper: _Indexed, phrases: Iterable[Phrase]) -> bool:
@@ -294,18 +292,29 @@ def _field_counts(
     paper: _Indexed, phrases: Iterable[Phrase], typed: dict[str, frozenset[str]] | None = None
 ) -> tuple[float, float, float, float]:
     """The weighed occurrences of `phrases` in the title, the abstract and the rest, and
-    how many in the title count in full (`_occurrences`)."""
+    how many in the title count in full (`_occurrences`).
+
+    An occurrence inside a longer phrase's occurrence counts once, as the longer one:
+    "neural architecture search" is not also "architecture search" (a definition and
+    its shortening, `query_plan._shortened`)."""
     typed = typed or {}
-    title = abstract = other = named = 0.0
-    for phrase in phrases:
-        if phrase.field in (None, "title"):
-            found, full = _occurrences(paper, phrase, "title", typed)
-            title, named = title + found, named + full
-        if phrase.field in (None, "abstract"):
-            abstract += _occurrences(paper, phrase, "abstract", typed)[0]
-        if phrase.field in (None, "authors", "categories"):
-            other += _occurrences(paper, phrase, "other", {})[0]
-    return title, abstract, other, named
+    counts = {"title": [0.0, 0.0], "abstract": [0.0, 0.0], "other": [0.0, 0.0]}
+    fields = {None: ("title", "abstract", "other"), "title": ("title",)}
+    fields.update({"abstract": ("abstract",), "authors": ("other",), "categories": ("other",)})
+    longest_first = sorted(phrases, key=lambda p: -len(p.terms))
+    for where, total in counts.items():
+        covered: set[int] = set()
+        for phrase in longest_first:
+            if where not in fields.get(phrase.field, ()):
+                continue
+            size = len(phrase.terms)
+            for at, weight in _occurrences(paper, phrase, where, typed if where != "other" else {}):
+                span = range(at, at + size)
+                if not covered.issuperset(span):
+                    total[0] += weight
+                    total[1] += weight >= 1.0
+                    covered.update(span)
+    return counts["title"][0], counts["abstract"][0], counts["other"][0], counts["title"][1]
 
 
 def _sequence_counts(

@@ -575,6 +575,44 @@ def test_a_definition_loses_a_common_first_word_only_when_the_rest_means_it(
         assert set(titles(session, "DRL")) == {"Control"}
 
 
+def test_a_shortening_finds_more_and_counts_no_occurrence_twice(factory, tmp_path) -> None:
+    ingest_rows(
+        factory,
+        tmp_path,
+        [
+            ("2601.00741", "Dialects", "Neural machine translation (NMT) for a dialect."),
+            ("2601.00742", "Few Examples", "Machine translation with few examples."),
+            ("2601.00743", "Metrics", "We define machine translation (MT) and NMT metrics."),
+            ("2601.00744", "Nets", "Neural nets."),
+            ("2601.00745", "Fields", "Neural fields."),
+            ("2601.00746", "Codecs", "Neural codecs."),
+            ("2601.00747", "Control", "Deep reinforcement learning (DRL) for control."),
+            ("2601.00748", "Scale", "DRL: reinforcement learning at scale."),
+            ("2601.00749", "Deep Nets", "Deep nets, deep layers."),
+            ("2601.00750", "Depth", "Deep features."),
+        ],
+    )
+    with factory() as session:
+        corpus = relevance.Corpus(session)
+        whole, short = Phrase(("neural", "machin", "translat")), Phrase(("machin", "translat"))
+        plan = query_plan.plan_query(session, parse_query("NMT"), corpus)
+        assert short in plan.groups[0].phrases
+        # "neural machine translation" is one occurrence, not also one of "machine
+        # translation": the dialect paper's abstract counts 1 for the pair, as for the
+        # whole alone.
+        (dialects,) = [m.paper_id for m in relevance.rank(session, plan, corpus)[:1]]
+        paper = corpus.papers([dialects])[dialects]
+        assert relevance._field_counts(paper, [whole, short])[1] == 1
+        assert relevance._field_counts(paper, [short])[1] == 1
+        # Typed words equal to a shortening still find their own acronym (MT).
+        plan = query_plan.plan_query(session, parse_query('"machine translation" NMT'), corpus)
+        assert Phrase((acronym_term("MT"),)) in plan.groups[0].phrases
+        # When every paper saying "reinforcement learning" says DRL, the shortening
+        # would find nothing more: it is neither used nor listed.
+        plan = query_plan.plan_query(session, parse_query("DRL"), corpus)
+        assert plan.expansions == ("DRL → deep reinforcement learning",)
+
+
 def test_any_mined_definition_plans_and_ranks(factory, tmp_path) -> None:
     """Whatever definitions a feed's abstracts give (small words anywhere, hyphens,
     plural or odd acronyms), every query over them is planned and ranked: a random
