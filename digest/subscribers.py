@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 
 from digest import db
 from digest.config import iana_timezones
-from digest.errors import DigestError
+from digest.errors import DigestError, shown
 from digest.models import WEEKDAYS, Subscriber, Topic
 from digest.query import QueryError, parse_query
 from digest.sources.records import CONTROL_CHARS, one_line
@@ -103,6 +103,17 @@ def check_hour(hour: int) -> int:
     if not 0 <= hour <= 23:
         raise SubscriberError(f"hour must be between 0 and 23, got {hour}")
     return hour
+
+
+def parse_hour(text: str) -> int:
+    """An hour typed as text (a CSV cell, a form field): one or two ASCII digits, 0-23.
+
+    `str.isdigit` alone would let "²" or a 5,000-digit number through to `int()`.
+    """
+    value = text.strip()
+    if not (value.isascii() and value.isdigit() and len(value) <= 2):
+        raise SubscriberError(f"hour must be between 0 and 23, got {shown(value)}")
+    return check_hour(int(value))
 
 
 def parse_weekday(name: str) -> int:

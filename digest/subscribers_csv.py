@@ -45,10 +45,10 @@ from digest.subscribers import (
     SubscriberError,
     TopicSpec,
     apply_settings,
-    check_hour,
     new_secret,
     normalize_email,
     parse_frequency,
+    parse_hour,
     parse_preferences,
     parse_topic,
 )
@@ -115,14 +115,12 @@ def parse_row(line: int, values: dict[str, str]) -> Row:
     email, key = normalize_email(_cell(values, "email") or "")
     topics = [part for part in (_cell(values, "topics") or "").split(TOPIC_SEPARATOR)]
     hour = _cell(values, "hour")
-    if hour is not None and not hour.isdigit():
-        raise SubscriberError(f"hour must be between 0 and 23, got {hour!r}")
     frequency = _cell(values, "frequency")
     weekday = None if frequency is None else parse_frequency(frequency)
     preferences = parse_preferences(
         [topic for topic in topics if topic.strip()],
         timezone=_cell(values, "timezone"),
-        hour=None if hour is None else check_hour(int(hour)),
+        hour=None if hour is None else parse_hour(hour),
         weekday=weekday,
         daily=frequency is not None and weekday is None,
         name=_cell(values, "name"),

@@ -75,6 +75,7 @@ from digest.subscribers import (
     check_timezone,
     confirm,
     normalize_email,
+    parse_hour,
     parse_preferences,
     parse_topic,
     parse_weekday,
@@ -121,17 +122,24 @@ class FormValues:
 
 
 def form_from_request(form: MultiDict[str, str], default_timezone: str) -> FormValues:
-    hour = form.get("hour", "")
     return FormValues(
         email=form.get("email", "").strip()[:320],
         name=form.get("name", "").strip()[:100],
         topics=[topic.strip() for topic in form.getlist("topic") if topic.strip()][:50],
         timezone=form.get("timezone", default_timezone)[:64],
         timezone_chosen=True,
-        hour=int(hour) if hour.isdigit() and len(hour) <= 2 else -1,
+        hour=_form_hour(form.get("hour", "")),
         frequency="weekly" if form.get("frequency") == "weekly" else "daily",
         weekday=form.get("weekday", "mon")[:3],
     )
+
+
+def _form_hour(text: str) -> int:
+    """The hour field as a number; -1 (which check_form reports on the field) if it is not one."""
+    try:
+        return parse_hour(text)
+    except SubscriberError:
+        return -1
 
 
 def form_from_subscriber(subscriber: Subscriber) -> FormValues:

@@ -149,6 +149,26 @@ def test_each_bad_row_is_one_line_and_the_rest_is_imported(cli, tmp_path: Path, 
     assert stored(db_url)["multi@example.org"][6] == [(None, "graph"), (None, "speech")]
 
 
+def test_an_hour_that_is_not_ascii_digits_is_a_bad_row(cli, tmp_path: Path, db_url) -> None:
+    """ "²" and "٧" pass str.isdigit, and 5,000 digits exceed int()'s limit: each is one bad row."""
+    people = write(
+        tmp_path,
+        "email,topics,hour\ngood@example.org,diffusion,7\nbad@example.org,diffusion,\u00b2\n"
+        "arabic@example.org,diffusion,\u0667\nlong@example.org,diffusion," + "9" * 5000 + "\n",
+    )
+    result = cli("subscribers", "import", str(people))
+    assert result.exit_code == 1
+    assert result.output.splitlines() == [
+        f"{people}:3: hour must be between 0 and 23, got '\u00b2'",
+        f"{people}:4: hour must be between 0 and 23, got '\u0667'",
+        f"{people}:5: hour must be between 0 and 23, got '{'9' * 60}…'",
+        "added 1, updated 0, unchanged 0, bad rows 3",
+        "Error: 3 bad rows were skipped",
+    ]
+    assert list(stored(db_url)) == ["good@example.org"]
+    assert stored(db_url)["good@example.org"][4] == 7
+
+
 @pytest.mark.parametrize(
     ("content", "message"),
     [
