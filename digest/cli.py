@@ -25,7 +25,7 @@ import click
 
 from digest import __version__
 from digest.app import App, database_error_message, database_errors, safe_url
-from digest.errors import ConfigError, DigestError
+from digest.errors import ConfigError, DigestError, shown
 from digest.states import SUBSCRIBER_STATUSES
 
 
@@ -90,7 +90,9 @@ class DateTimeParam(click.ParamType):  # type: ignore[type-arg]
         try:
             parsed = datetime.fromisoformat(str(value).strip().replace("Z", "+00:00"))
         except ValueError:
-            self.fail(f"{value!r} is not an ISO date or datetime (2026-11-25T06:00)", param, ctx)
+            self.fail(
+                f"{shown(str(value))} is not an ISO date or datetime (2026-11-25T06:00)", param, ctx
+            )
         return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 

@@ -42,11 +42,11 @@ class TopicSpec:
 
 def _validated(address: str) -> ValidatedEmail:
     if CONTROL_CHARS.search(address):
-        raise SubscriberError(f"invalid email address {address!r}: control characters")
+        raise SubscriberError(f"invalid email address {shown(address)}: control characters")
     try:
         return validate_email(address.strip(), check_deliverability=False)
     except EmailNotValidError as exc:
-        raise SubscriberError(f"invalid email address {address!r}: {exc}") from None
+        raise SubscriberError(f"invalid email address {shown(address)}: {exc}") from None
 
 
 def normalize_email(address: str) -> tuple[str, str]:
@@ -72,7 +72,9 @@ def sendable_address(address: str) -> str:
 
 def check_timezone(name: str) -> str:
     if name not in iana_timezones():
-        raise SubscriberError(f"unknown timezone {name!r}: use an IANA name such as Europe/Paris")
+        raise SubscriberError(
+            f"unknown timezone {shown(name)}: use an IANA name such as Europe/Paris"
+        )
     return name
 
 
@@ -119,7 +121,9 @@ def parse_hour(text: str) -> int:
 def parse_weekday(name: str) -> int:
     key = name.strip().casefold()[:3]
     if key not in WEEKDAYS or not name.strip().casefold().startswith(key):
-        raise SubscriberError(f"unknown weekday {name!r}: use mon, tue, wed, thu, fri, sat or sun")
+        raise SubscriberError(
+            f"unknown weekday {shown(name)}: use mon, tue, wed, thu, fri, sat or sun"
+        )
     return WEEKDAYS.index(key)
 
 
@@ -130,7 +134,7 @@ def parse_frequency(text: str) -> int | None:
         return None
     if len(words) == 2 and words[0].casefold() == "weekly":
         return parse_weekday(words[1])
-    raise SubscriberError(f"frequency {text!r}: use daily or weekly DAY (mon..sun)")
+    raise SubscriberError(f"frequency {shown(text)}: use daily or weekly DAY (mon..sun)")
 
 
 @functools.lru_cache(maxsize=4096)  # pure; a bulk import repeats the same few topics
@@ -143,13 +147,13 @@ def parse_topic(text: str) -> TopicSpec:
         label, query_text = head.strip(), tail
     if label is not None and (len(label) > MAX_LABEL or not is_plain(label)):
         raise SubscriberError(
-            f"topic label {label[:40]!r}: at most {MAX_LABEL} characters, "
+            f"topic label {shown(label)}: at most {MAX_LABEL} characters, "
             "without control or bidirectional-override characters"
         )
     try:
         query = parse_query(query_text)
     except QueryError as exc:
-        raise SubscriberError(f"topic {text!r}: {exc}") from None
+        raise SubscriberError(f"topic {shown(text)}: {exc}") from None
     canonical = query.canonical()
     typed = one_line(query_text)
     if label is None and typed != canonical and len(typed) <= MAX_LABEL and is_plain(typed):
@@ -167,7 +171,7 @@ def check_name(name: str) -> str | None:
     text = name.strip()
     if not is_plain(text):
         raise SubscriberError(
-            f"name {name[:40]!r}: one line of text, without control or direction characters"
+            f"name {shown(name)}: one line of text, without control or direction characters"
         )
     if len(text) > MAX_NAME:
         raise SubscriberError(f"name: at most {MAX_NAME} characters, got {len(text)}")
@@ -389,7 +393,7 @@ def existing_subscriber(session: Session, address: str) -> Subscriber:
     _, key = normalize_email(address)
     subscriber = db.find_subscriber(session, key)
     if subscriber is None:
-        raise SubscriberError(f"no subscriber {address!r}")
+        raise SubscriberError(f"no subscriber {shown(address)}")
     return subscriber
 
 

@@ -37,7 +37,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from digest import db
-from digest.errors import DigestError
+from digest.errors import DigestError, shown
 from digest.models import Subscriber
 from digest.states import SUBSCRIBER_STATUSES
 from digest.subscribers import (
@@ -127,7 +127,9 @@ def parse_row(line: int, values: dict[str, str]) -> Row:
     )
     status = _cell(values, "status")
     if status is not None and status not in SUBSCRIBER_STATUSES:
-        raise SubscriberError(f"status {status!r}: use one of {', '.join(SUBSCRIBER_STATUSES)}")
+        raise SubscriberError(
+            f"status {shown(status)}: use one of {', '.join(SUBSCRIBER_STATUSES)}"
+        )
     return Row(line=line, email=email, key=key, preferences=preferences, status=status)
 
 
@@ -154,9 +156,9 @@ def read_rows(path: Path, report: ImportReport) -> Iterator[Row]:
     twice = sorted({name for name in header if header.count(name) > 1})
     missing = [name for name in REQUIRED if name not in header]
     problem = (
-        f"unknown column {unknown[0]!r}"
+        f"unknown column {shown(unknown[0])}"
         if unknown
-        else f"column {twice[0]!r} appears twice"
+        else f"column {shown(twice[0])} appears twice"
         if twice
         else f"no {missing[0]} column"
         if missing

@@ -370,6 +370,19 @@ CASES = [
         "Invalid value for '--date': must be within a year of today",
         exit_code=2,
     ),
+    *[
+        Case(
+            f"a 100 KB topic is echoed cut short: {command}",
+            (command, *before, "--topic", "a" * 100_000),
+            "topic '" + "a" * 60 + "…': query is longer than 500 characters",
+        )
+        for command, before in (("subscribe", ("eve@example.org",)), ("preview", ()))
+    ],
+    Case(
+        "a 100 KB address is echoed cut short",
+        ("subscribe", "e" * 100_000, "--topic", "x"),
+        "invalid email address '" + "e" * 60 + "…': ",
+    ),
     Case(
         "a data directory that cannot be created, with the database elsewhere",
         ("send",),
@@ -415,6 +428,7 @@ def test_bad_input_is_one_line_and_changes_nothing(
     errors = [line for line in result.stderr.splitlines() if line.startswith("Error")]
     assert len(errors) == 1, result.stderr
     assert case.error.format(tmp=tmp_path) in errors[0], result.stderr
+    assert len(errors[0]) < 300, errors[0][:300]  # a user's value is echoed cut short
     others = [line for line in result.stderr.splitlines() if not line.startswith("Error")]
     if case.exit_code == 1:
         assert others == [], result.stderr
