@@ -705,6 +705,18 @@ def print_table(header: Sequence[str], rows: Sequence[Sequence[str]], width: int
 # --- preview ----------------------------------------------------------------
 
 
+def digest_day(digest_date: datetime | None, now: datetime) -> date | None:
+    """The --date of `send` and `preview`, refused unless within a year of today.
+
+    A date further off is a typo, and one near the ends of the calendar overflows
+    the look-back arithmetic.
+    """
+    day = digest_date.date() if digest_date else None
+    if day is not None and abs((day - now.date()).days) > 366:
+        raise click.BadParameter("must be within a year of today", param_hint="'--date'")
+    return day
+
+
 @main.command("preview")
 @click.option("--email", "-e", help="Preview what this subscriber would receive now.")
 @click.option(
@@ -747,6 +759,7 @@ def preview_command(
     if bool(email) == bool(topics):
         raise click.UsageError("give either --email or at least one --topic")
     now = app.clock()
+    day = digest_day(digest_date, now)
     settings = app.config.digest
     with app.sessions()() as session:
         if email is not None:
@@ -760,9 +773,7 @@ def preview_command(
             subscriber = subscribers.transient_subscriber(
                 list(topics), settings.default_timezone, settings.default_hour
             )
-        message, html, text = app.mailer().preview(
-            session, subscriber, digest_date.date() if digest_date else None, now, settings
-        )
+        message, html, text = app.mailer().preview(session, subscriber, day, now, settings)
         session.rollback()
     body = {"html": html, "text": text, "eml": message.as_string()}[fmt]
     if out is None:
@@ -892,9 +903,7 @@ def send_command(
     """
     print_config_warnings(app)
     now = app.clock()
-    day = digest_date.date() if digest_date else None
-    if day is not None and abs((day - now.date()).days) > 366:
-        raise click.BadParameter("must be within a year of today", param_hint="'--date'")
+    day = digest_day(digest_date, now)
     stop = threading.Event()
     signals: list[str] = []
 

@@ -383,6 +383,15 @@ CASES = [
         ("subscribe", "e" * 100_000, "--topic", "x"),
         "invalid email address '" + "e" * 60 + "…': ",
     ),
+    *[
+        Case(
+            f"a preview date at the start of time: {who[0]}",
+            ("preview", *who, "--date", "0001-01-01"),
+            "Invalid value for '--date': must be within a year of today",
+            exit_code=2,
+        )
+        for who in (("--topic", "diffusion"), ("--email", "ada@example.org"))
+    ],
     Case(
         "a data directory that cannot be created, with the database elsewhere",
         ("send",),
