@@ -1062,11 +1062,10 @@ def run_command(app: App, verbose: bool, serve: bool, host: str | None, port: in
     web = threading.Thread(
         target=serve_web,
         args=(app, host or config.web.host, port or config.web.port),
-        kwargs={"stop": stop},
+        kwargs={"stop": stop, "on_listening": lambda: announce_web(app, host, port)},
         name="digest-web",
         daemon=True,
     )
-    announce_web(app, host, port)
     web.start()
     service.run_forever()
     web.join(timeout=15)
@@ -1104,8 +1103,8 @@ def serve_command(app: App, host: str | None, port: int | None, debug: bool, ver
 
     setup_logging(verbose)
     config = app.config
-    announce_web(app, host, port)
     if debug:
+        announce_web(app, host, port)
         create_app(wiring=app).run(
             host=host or config.web.host, port=port or config.web.port, debug=True
         )
@@ -1114,7 +1113,13 @@ def serve_command(app: App, host: str | None, port: int | None, debug: bool, ver
     with schedule.stopping_on_signals(
         stop, lambda name: click.echo(f"received {name}: stopping", err=True)
     ):
-        serve(app, host or config.web.host, port or config.web.port, stop=stop)
+        serve(
+            app,
+            host or config.web.host,
+            port or config.web.port,
+            stop=stop,
+            on_listening=lambda: announce_web(app, host, port),
+        )
 
 
 @main.command("status")

@@ -60,6 +60,7 @@ from wtforms import ValidationError
 from digest import db, links, relevance
 from digest.app import App
 from digest.config import Config, iana_timezones
+from digest.errors import DigestError, shown
 from digest.models import WEEKDAYS, Delivery, Digest, Subscriber
 from digest.query import QueryError, parse_query
 from digest.render import Notice
@@ -686,12 +687,28 @@ def create_app(config: Config | None = None, *, wiring: App | None = None) -> Fl
     return app
 
 
-def serve(wiring: App, host: str, port: int, *, stop: threading.Event | None = None) -> None:
-    """Serve the web front with waitress until interrupted (or `stop` is set)."""
+def serve(
+    wiring: App,
+    host: str,
+    port: int,
+    *,
+    stop: threading.Event | None = None,
+    on_listening: Callable[[], None] | None = None,
+) -> None:
+    """Serve the web front with waitress until interrupted (or `stop` is set).
+
+    `on_listening` is called once the socket is bound, before the first request.
+    """
     from waitress.server import create_server
 
     app = create_app(wiring=wiring)
-    server = create_server(app, host=host, port=port, threads=wiring.config.web.threads)
+    try:
+        server = create_server(app, host=host, port=port, threads=wiring.config.web.threads)
+    except ValueError as exc:  # waitress: a host that does not resolve to an address
+        app.extensions["digest.postman"].drain(10)
+        raise DigestError(f"cannot listen on host {shown(host)}, port {port}: {exc}") from None
+    if on_listening is not None:
+        on_listening()
     if stop is not None:
         threading.Thread(
             target=lambda: (stop.wait(), server.close()), name="digest-web-stop", daemon=True

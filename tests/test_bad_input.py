@@ -393,6 +393,11 @@ CASES = [
         for who in (("--topic", "diffusion"), ("--email", "ada@example.org"))
     ],
     Case(
+        "a web host that is not a host",
+        ("serve", "--host", "not a host", "--port", "18474"),
+        "cannot listen on host 'not a host', port 18474: Invalid host/port specified.",
+    ),
+    Case(
         "a data directory that cannot be created, with the database elsewhere",
         ("send",),
         "cannot create the data directory {tmp}/not-a-folder",
