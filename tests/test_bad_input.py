@@ -397,6 +397,35 @@ CASES = [
         ("serve", "--host", "not a host", "--port", "18474"),
         "cannot listen on host 'not a host', port 18474: Invalid host/port specified.",
     ),
+    *[
+        Case(
+            f"a site.base_url {what}",
+            ("stats",),
+            f"config: site.base_url: {error}",
+            config=f'[site]\nbase_url = "{url}"\n',
+        )
+        for what, url, error in (
+            ("with a header in it", "http://x\\r\\nX: y", "one line without control"),
+            ("without a host", "https://", "expected an absolute http(s) URL with a host"),
+            ("with a space", "https://digest example.org", "expected an absolute http(s) URL"),
+            ("with a bad port", "https://digest.example.org:99999", "expected an absolute"),
+        )
+    ],
+    *[
+        Case(
+            f"a line break in {key}",
+            ("stats",),
+            f"config: {key}: one line without control or direction characters",
+            config=f'[{key.split(".")[0]}]\n{key.split(".")[1]} = "a\\r\\nBcc: x@y.org"\n',
+        )
+        for key in ("mail.from_name", "site.name", "ingest.user_agent", "web.host")
+    ],
+    Case(
+        "a templates folder that does not exist",
+        ("stats",),
+        "config: site.templates_dir: '/nonexistent' is not an existing folder",
+        config='[site]\ntemplates_dir = "/nonexistent"\n',
+    ),
     Case(
         "a data directory that cannot be created, with the database elsewhere",
         ("send",),
