@@ -38,6 +38,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from digest import db
 from digest.errors import DigestError, shown
+from digest.files import FileRefused, read_regular_file
 from digest.models import Subscriber
 from digest.states import SUBSCRIBER_STATUSES
 from digest.subscribers import (
@@ -57,6 +58,8 @@ COLUMNS = ("email", "topics", "timezone", "hour", "frequency", "name", "status")
 REQUIRED = COLUMNS[:2]
 TOPIC_SEPARATOR = ";"
 BATCH_SIZE = 1000
+# Ample for a million subscribers with a few topics each; the file is held in memory.
+MAX_FILE_BYTES = 256 * 1024 * 1024
 # Statuses an import may not leave for active or pending: the person said no.
 FINAL_STATUSES = ("unsubscribed", "bounced")
 
@@ -139,9 +142,9 @@ def read_rows(path: Path, report: ImportReport) -> Iterator[Row]:
     Raises CsvFileError before yielding anything if the file cannot be imported.
     """
     try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise CsvFileError(f"{path}: {exc.strerror or exc}") from None
+        raw = read_regular_file(path, MAX_FILE_BYTES, "the subscriber import limit")
+    except FileRefused as exc:
+        raise CsvFileError(f"{path}: {exc}") from None
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:

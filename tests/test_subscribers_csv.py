@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import pytest
 from freezegun import freeze_time
 from sqlalchemy import select, text
 
-from digest import db
+from digest import db, subscribers_csv
 from digest.models import Subscriber
 from digest.subscribers_csv import ImportInterrupted, import_subscribers
 
@@ -196,7 +197,26 @@ def test_a_file_that_cannot_be_imported_writes_nothing(
     assert result.output.count("\n") == 1
     assert list(stored(db_url)) == ["ada@example.org"]
     missing = cli("subscribers", "import", str(tmp_path / "nope.csv"))
-    assert missing.output == f"Error: {tmp_path / 'nope.csv'}: No such file or directory\n"
+    assert missing.output == f"Error: {tmp_path / 'nope.csv'}: no such file\n"
+
+
+def test_only_a_regular_file_within_the_limit_is_imported(
+    cli, tmp_path: Path, db_url, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A FIFO used to hang forever and /dev/zero to end in a MemoryError: one line each."""
+    cli("subscribe", "ada@example.org", "--topic", "graph")
+    fifo = tmp_path / "people.fifo"
+    os.mkfifo(fifo)
+    big = write(tmp_path, HEADER + "bob@example.org,graph,,,,,\n" * 3, "big.csv")
+    monkeypatch.setattr(subscribers_csv, "MAX_FILE_BYTES", 100)
+    for path, message in (
+        (fifo, "is a named pipe (FIFO), not a regular file"),
+        (Path("/dev/zero"), "is a device, not a regular file"),
+        (big, "file is 130 bytes, over the 100 byte limit (the subscriber import limit)"),
+    ):
+        result = cli("subscribers", "import", str(path))
+        assert (result.exit_code, result.output) == (1, f"Error: {path}: {message}\n")
+    assert list(stored(db_url)) == ["ada@example.org"]
 
 
 def test_an_import_never_resubscribes_but_may_unsubscribe(cli, tmp_path: Path, db_url) -> None:
