@@ -50,6 +50,7 @@ if TYPE_CHECKING:
         db,
         deliver,
         doctor,
+        files,
         ingest,
         links,
         plan,
@@ -67,6 +68,7 @@ else:
     db = LazyModule("digest.db")
     deliver = LazyModule("digest.deliver")
     doctor = LazyModule("digest.doctor")
+    files = LazyModule("digest.files")
     ingest = LazyModule("digest.ingest")
     links = LazyModule("digest.links")
     queries = LazyModule("digest.query")
@@ -588,6 +590,7 @@ def subscribers_export_command(app: App, status: str | None, out: Path | None) -
         if out is None:
             subscribers_csv.export_subscribers(session, sys.stdout, status)
             return
+        files.check_replaceable(out)
         partial = out.with_name(f".{out.name}.partial")
         try:
             with partial.open("w", encoding="utf-8", newline="") as handle:
@@ -780,6 +783,7 @@ def preview_command(
         slug = re.sub(r"[^a-z0-9]+", "-", (email or "-".join(topics)).casefold()).strip("-")[:40]
         ext = {"html": "html", "text": "txt", "eml": "eml"}[fmt]
         out = app.data_dir() / "previews" / f"preview-{slug or 'all'}.{ext}"
+    files.check_replaceable(out)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(body, encoding="utf-8")

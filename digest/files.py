@@ -63,6 +63,8 @@ def read_regular_file(path: Path, max_bytes: int, limit: str) -> bytes:
 def check_replaceable(path: Path) -> None:
     """Refuse to replace anything but a regular file: not a symlink, FIFO or device.
 
+    The message names the path (the CLI prints it as it is).
+
     Writing goes to a temporary file renamed over `path`, which would turn
     /dev/full or a link into a plain file; refusing is clearer than following.
     """
@@ -71,6 +73,6 @@ def check_replaceable(path: Path) -> None:
     except FileNotFoundError:
         return
     except OSError as exc:
-        raise FileRefused(f"cannot write: {exc.strerror or exc}") from None
+        raise FileRefused(f"cannot write {path}: {exc.strerror or exc}") from None
     if not stat.S_ISREG(mode):
-        raise FileRefused(f"is {_kind(mode)}: write to a regular file or a new path")
+        raise FileRefused(f"{path} is {_kind(mode)}: write to a regular file or a new path instead")

@@ -67,4 +67,6 @@ def test_only_a_regular_file_or_a_new_path_may_be_replaced(tmp_path: Path) -> No
     ):
         with pytest.raises(FileRefused) as refused:
             check_replaceable(path)
-        assert str(refused.value) == f"is {kind}: write to a regular file or a new path"
+        assert (
+            str(refused.value) == f"{path} is {kind}: write to a regular file or a new path instead"
+        )

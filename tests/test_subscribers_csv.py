@@ -327,6 +327,34 @@ def test_export_to_a_file_by_status_and_listing_stays_the_default(cli, tmp_path:
     assert "--status goes after the subcommand it is for" in misplaced.output
 
 
+def test_export_refuses_to_replace_anything_but_a_regular_file(cli, tmp_path: Path) -> None:
+    """It writes a temporary file renamed over the target: /dev/full, a link or a FIFO would
+    have become a plain file (and /dev/full reported success)."""
+    cli("subscribe", "ada@example.org", "--topic", "graph")
+    kept = write(tmp_path, "kept\n", "kept.csv")
+    link = tmp_path / "link.csv"
+    link.symlink_to(kept)
+    fifo = tmp_path / "out.fifo"
+    os.mkfifo(fifo)
+    # /dev/full is checked in test_files (without a command that could replace it).
+    for path, kind in ((link, "a symbolic link"), (fifo, "a named pipe (FIFO)")):
+        result = cli("subscribers", "export", "--out", str(path))
+        assert (result.exit_code, result.output) == (
+            1,
+            f"Error: {path} is {kind}: write to a regular file or a new path instead\n",
+        )
+        assert not path.with_name(f".{path.name}.partial").exists()
+    assert link.is_symlink() and fifo.is_fifo()
+    preview = cli("preview", "--topic", "graph", "--out", str(fifo))
+    assert (preview.exit_code, preview.output) == (
+        1,
+        f"Error: {fifo} is a named pipe (FIFO): write to a regular file or a new path instead\n",
+    )
+    assert kept.read_text(encoding="utf-8") == "kept\n"
+    assert cli("subscribers", "export", "--out", str(kept)).exit_code == 0
+    assert kept.read_text(encoding="utf-8").splitlines()[1].startswith("ada@example.org,graph")
+
+
 def test_cells_a_spreadsheet_would_run_are_exported_behind_a_quote(
     cli, tmp_path: Path, db_url
 ) -> None:
