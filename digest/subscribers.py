@@ -143,7 +143,9 @@ def parse_topic(text: str) -> TopicSpec:
     label: str | None = None
     query_text = text
     head, sep, tail = text.partition("=")
-    if sep and head.strip() and '"' not in head and ":" not in head:
+    if sep and not head.strip():
+        raise SubscriberError(f"topic {shown(text)}: the label before '=' is empty")
+    if sep and '"' not in head and ":" not in head:
         label, query_text = head.strip(), tail
     if label is not None and (len(label) > MAX_LABEL or not is_plain(label)):
         raise SubscriberError(
@@ -159,6 +161,31 @@ def parse_topic(text: str) -> TopicSpec:
     if label is None and typed != canonical and len(typed) <= MAX_LABEL and is_plain(typed):
         label = typed  # shown as the subscriber typed it: "3D", not "3d"
     return TopicSpec(query=canonical, label=label)
+
+
+def check_distinct(topics: list[str]) -> tuple[TopicSpec, ...]:
+    """Parse topics, refusing two that are the same query (one would silently go)."""
+    typed: dict[str, str] = {}
+    for text in topics:
+        query = parse_topic(text).query
+        if query in typed:
+            raise SubscriberError(
+                f"topics {shown(typed[query])} and {shown(text)} are the same query "
+                f"{shown(query)}: give it once"
+            )
+        typed[query] = text
+    return tuple(parse_topic(text) for text in typed.values())
+
+
+def check_papers_exist(session: Session, preferences: Preferences) -> None:
+    """Refuse a like:ID topic naming a paper that is not in the database."""
+    for spec in preferences.topics:
+        for reference in parse_query(spec.query).likes:
+            if db.find_paper_by_reference(session, reference) is None:
+                raise SubscriberError(
+                    f"topic {shown(spec.label or spec.query)}: like:{reference}: "
+                    "no such paper (see `digest papers`)"
+                )
 
 
 def is_plain(text: str) -> bool:
@@ -204,7 +231,7 @@ def parse_preferences(
         raise SubscriberError("give at least one topic")
     if len(topics) > MAX_TOPICS:
         raise SubscriberError(f"at most {MAX_TOPICS} topics per subscriber")
-    specs = tuple({spec.query: spec for spec in map(parse_topic, topics)}.values())
+    specs = check_distinct(topics)
     return Preferences(
         topics=specs,
         timezone=None if timezone is None else check_timezone(timezone),
@@ -295,6 +322,7 @@ def subscribe(
     preferences = parse_preferences(
         topics, timezone=timezone, hour=hour, weekday=weekday, daily=daily, name=name
     )
+    check_papers_exist(session, preferences)
     subscriber, created = find_or_create(session, address, now, default_timezone, default_hour)
     subscriber.email = email
     subscriber.status = "active"

@@ -427,6 +427,24 @@ CASES = [
         config='[site]\ntemplates_dir = "/nonexistent"\n',
     ),
     Case(
+        "two topics with one query",
+        ("subscribe", "eve@example.org", "--topic", "A=diffusion", "--topic", "B=diffusion"),
+        "topics 'A=diffusion' and 'B=diffusion' are the same query 'diffusion': give it once",
+    ),
+    *[
+        Case(
+            f"an empty topic label: {command}",
+            (command, *before, "--topic", "=diffusion"),
+            "topic '=diffusion': the label before '=' is empty",
+        )
+        for command, before in (("subscribe", ("eve@example.org",)), ("preview", ()))
+    ],
+    Case(
+        "a like: topic naming no paper",
+        ("subscribe", "eve@example.org", "--topic", "like:99999"),
+        "topic 'like:99999': like:99999: no such paper (see `digest papers`)",
+    ),
+    Case(
         "a data directory that cannot be created, with the database elsewhere",
         ("send",),
         "cannot create the data directory {tmp}/not-a-folder",
