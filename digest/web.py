@@ -73,6 +73,7 @@ from digest.subscribers import (
     apply_preferences,
     check_hour,
     check_name,
+    check_papers_exist,
     check_timezone,
     confirm,
     normalize_email,
@@ -198,6 +199,15 @@ def check_form(values: FormValues) -> tuple[Preferences | None, dict[str, str]]:
         )
     except SubscriberError as exc:
         return None, {"topics": str(exc)}
+
+
+def missing_papers(session: Session, preferences: Preferences) -> dict[str, str]:
+    """The topics field's error if a like:ID topic names no paper, else no errors."""
+    try:
+        check_papers_exist(session, preferences)
+    except SubscriberError as exc:
+        return {"topics": str(exc)}
+    return {}
 
 
 @dataclass
@@ -483,6 +493,10 @@ def create_app(config: Config | None = None, *, wiring: App | None = None) -> Fl
             errors["email"] = "Enter a valid email address, like ada@example.org."
         if preferences is None or errors:
             return subscribe_form(values, errors, 400)
+        with sessions() as session:
+            errors = missing_papers(session, preferences)
+        if errors:
+            return subscribe_form(values, errors, 400)
         with db.transaction(wiring.sessions()) as session:
             purge_pending(session, g.now, timedelta(days=web.pending_days))
             subscriber, kind = request_subscription(
@@ -573,6 +587,8 @@ def create_app(config: Config | None = None, *, wiring: App | None = None) -> Fl
                 values.email = subscriber.email
                 preferences, errors = check_form(values)
                 if preferences is not None:
+                    errors = missing_papers(session, preferences)
+                if preferences is not None and not errors:
                     apply_preferences(session, subscriber, preferences, g.now)
                     return redirect(url_for("manage_page", token=token, saved=1), 303)
         with sessions() as session:
