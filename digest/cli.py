@@ -25,7 +25,7 @@ import click
 
 from digest import __version__
 from digest.app import App, database_error_message, database_errors, safe_url
-from digest.errors import ConfigError, DigestError
+from digest.errors import ConfigError, DigestError, shown
 from digest.states import SUBSCRIBER_STATUSES
 
 
@@ -50,6 +50,7 @@ if TYPE_CHECKING:
         db,
         deliver,
         doctor,
+        files,
         ingest,
         links,
         plan,
@@ -67,6 +68,7 @@ else:
     db = LazyModule("digest.db")
     deliver = LazyModule("digest.deliver")
     doctor = LazyModule("digest.doctor")
+    files = LazyModule("digest.files")
     ingest = LazyModule("digest.ingest")
     links = LazyModule("digest.links")
     queries = LazyModule("digest.query")
@@ -90,7 +92,9 @@ class DateTimeParam(click.ParamType):  # type: ignore[type-arg]
         try:
             parsed = datetime.fromisoformat(str(value).strip().replace("Z", "+00:00"))
         except ValueError:
-            self.fail(f"{value!r} is not an ISO date or datetime (2026-11-25T06:00)", param, ctx)
+            self.fail(
+                f"{shown(str(value))} is not an ISO date or datetime (2026-11-25T06:00)", param, ctx
+            )
         return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
@@ -586,6 +590,7 @@ def subscribers_export_command(app: App, status: str | None, out: Path | None) -
         if out is None:
             subscribers_csv.export_subscribers(session, sys.stdout, status)
             return
+        files.check_replaceable(out)
         partial = out.with_name(f".{out.name}.partial")
         try:
             with partial.open("w", encoding="utf-8", newline="") as handle:
@@ -703,6 +708,18 @@ def print_table(header: Sequence[str], rows: Sequence[Sequence[str]], width: int
 # --- preview ----------------------------------------------------------------
 
 
+def digest_day(digest_date: datetime | None, now: datetime) -> date | None:
+    """The --date of `send` and `preview`, refused unless within a year of today.
+
+    A date further off is a typo, and one near the ends of the calendar overflows
+    the look-back arithmetic.
+    """
+    day = digest_date.date() if digest_date else None
+    if day is not None and abs((day - now.date()).days) > 366:
+        raise click.BadParameter("must be within a year of today", param_hint="'--date'")
+    return day
+
+
 @main.command("preview")
 @click.option("--email", "-e", help="Preview what this subscriber would receive now.")
 @click.option(
@@ -745,6 +762,7 @@ def preview_command(
     if bool(email) == bool(topics):
         raise click.UsageError("give either --email or at least one --topic")
     now = app.clock()
+    day = digest_day(digest_date, now)
     settings = app.config.digest
     with app.sessions()() as session:
         if email is not None:
@@ -758,15 +776,14 @@ def preview_command(
             subscriber = subscribers.transient_subscriber(
                 list(topics), settings.default_timezone, settings.default_hour
             )
-        message, html, text = app.mailer().preview(
-            session, subscriber, digest_date.date() if digest_date else None, now, settings
-        )
+        message, html, text = app.mailer().preview(session, subscriber, day, now, settings)
         session.rollback()
     body = {"html": html, "text": text, "eml": message.as_string()}[fmt]
     if out is None:
         slug = re.sub(r"[^a-z0-9]+", "-", (email or "-".join(topics)).casefold()).strip("-")[:40]
         ext = {"html": "html", "text": "txt", "eml": "eml"}[fmt]
         out = app.data_dir() / "previews" / f"preview-{slug or 'all'}.{ext}"
+    files.check_replaceable(out)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(body, encoding="utf-8")
@@ -890,9 +907,7 @@ def send_command(
     """
     print_config_warnings(app)
     now = app.clock()
-    day = digest_date.date() if digest_date else None
-    if day is not None and abs((day - now.date()).days) > 366:
-        raise click.BadParameter("must be within a year of today", param_hint="'--date'")
+    day = digest_day(digest_date, now)
     stop = threading.Event()
     signals: list[str] = []
 
@@ -1051,11 +1066,10 @@ def run_command(app: App, verbose: bool, serve: bool, host: str | None, port: in
     web = threading.Thread(
         target=serve_web,
         args=(app, host or config.web.host, port or config.web.port),
-        kwargs={"stop": stop},
+        kwargs={"stop": stop, "on_listening": lambda: announce_web(app, host, port)},
         name="digest-web",
         daemon=True,
     )
-    announce_web(app, host, port)
     web.start()
     service.run_forever()
     web.join(timeout=15)
@@ -1093,8 +1107,8 @@ def serve_command(app: App, host: str | None, port: int | None, debug: bool, ver
 
     setup_logging(verbose)
     config = app.config
-    announce_web(app, host, port)
     if debug:
+        announce_web(app, host, port)
         create_app(wiring=app).run(
             host=host or config.web.host, port=port or config.web.port, debug=True
         )
@@ -1103,7 +1117,13 @@ def serve_command(app: App, host: str | None, port: int | None, debug: bool, ver
     with schedule.stopping_on_signals(
         stop, lambda name: click.echo(f"received {name}: stopping", err=True)
     ):
-        serve(app, host or config.web.host, port or config.web.port, stop=stop)
+        serve(
+            app,
+            host or config.web.host,
+            port or config.web.port,
+            stop=stop,
+            on_listening=lambda: announce_web(app, host, port),
+        )
 
 
 @main.command("status")

@@ -20,7 +20,7 @@ from typing import Any
 from urllib.parse import urlsplit
 from zoneinfo import available_timezones
 
-from digest.errors import ConfigError
+from digest.errors import ConfigError, shown
 
 
 def default_data_dir(environ: Mapping[str, str]) -> Path:
@@ -91,6 +91,31 @@ def _opt_str(key: str, value: Any) -> str | None:
     return text or None
 
 
+def _line(key: str, value: Any) -> str:
+    """A string that goes into a mail or HTTP header, a path or a footer line: no control
+    characters (a CR/LF would fail every send later, not here)."""
+    from digest.sources.records import CONTROL_CHARS  # imported here: `digest --help` is lean
+
+    text = _str(key, value)
+    if CONTROL_CHARS.search(text):
+        raise ConfigError(
+            f"{key}: one line without control or direction characters, got {shown(text)}"
+        )
+    return text
+
+
+def _opt_line(key: str, value: Any) -> str | None:
+    return _line(key, value).strip() or None
+
+
+def _folder(key: str, value: Any) -> str | None:
+    """An existing folder, or unset."""
+    text = _opt_line(key, value)
+    if text is not None and not Path(text).expanduser().is_dir():
+        raise ConfigError(f"{key}: {shown(text)} is not an existing folder")
+    return text
+
+
 def mask_password(url: str) -> str:
     """`url` with any password in it replaced by ***, even when it does not parse."""
     return re.sub(r"(://[^/@:]*:)[^@/]*@", r"\1***@", url)
@@ -128,10 +153,22 @@ def _in_memory(database: str | None, query: Mapping[str, Any]) -> bool:
 
 
 def _http_url(key: str, value: Any) -> str:
-    text = _str(key, value).strip().rstrip("/")
+    """An absolute http(s) URL with a host: it goes into every email's links and headers."""
+    text = _line(key, value).strip().rstrip("/")
     parts = urlsplit(text)
-    if parts.scheme not in {"http", "https"} or not parts.netloc:
-        raise ConfigError(f"{key}: expected an http(s) URL, got {text!r}")
+    try:
+        port_ok = parts.port is None or parts.port > 0
+    except ValueError:
+        port_ok = False
+    if (
+        parts.scheme not in {"http", "https"}
+        or not parts.hostname
+        or not port_ok
+        or any(char.isspace() for char in text)
+    ):
+        raise ConfigError(
+            f"{key}: expected an absolute http(s) URL with a host and no spaces, got {shown(text)}"
+        )
     return text
 
 
@@ -278,33 +315,33 @@ DAY = 86_400
 MAX_WORKERS = 32
 
 KEYS: dict[str, Key] = {
-    "data_dir": Key(_opt_str, None, "DIGEST_DATA_DIR"),
+    "data_dir": Key(_opt_line, None, "DIGEST_DATA_DIR"),
     "database.url": Key(_database_url, None, "DIGEST_DATABASE_URL"),
-    "smtp.host": Key(_opt_str, None, "DIGEST_SMTP_HOST"),
+    "smtp.host": Key(_opt_line, None, "DIGEST_SMTP_HOST"),
     "smtp.port": Key(_port, 587, "DIGEST_SMTP_PORT"),
-    "smtp.username": Key(_opt_str, None, "DIGEST_SMTP_USERNAME"),
+    "smtp.username": Key(_opt_line, None, "DIGEST_SMTP_USERNAME"),
     "smtp.password": Key(_secret, None, "DIGEST_SMTP_PASSWORD"),
     "smtp.starttls": Key(_bool, True),
     "smtp.ssl": Key(_bool, False),
     "smtp.timeout": Key(_positive(_float, HOUR), 30.0),
     "delivery.transport": Key(_transport, None, "DIGEST_TRANSPORT"),
-    "delivery.maildir": Key(_opt_str, None),
+    "delivery.maildir": Key(_opt_line, None),
     "delivery.max_per_connection": Key(_positive(_int), 100),
     "delivery.rate_limit": Key(_non_negative(_float, 1e6), 0.0),
     "delivery.lease_seconds": Key(_positive(_int, DAY), 600),
     "delivery.retry_base_seconds": Key(_positive(_int, DAY), 60),
     "delivery.workers": Key(_positive(_int, MAX_WORKERS), 1),
     "mail.from_address": Key(_email, "digest@localhost.localdomain"),
-    "mail.from_name": Key(_str, "Papers Digest"),
+    "mail.from_name": Key(_line, "Papers Digest"),
     "mail.reply_to": Key(_opt_email, None),
-    "mail.postal_address": Key(_str, ""),
+    "mail.postal_address": Key(_line, ""),
     "mail.unsubscribe_mailto": Key(_opt_email, None),
     "mail.dkim_selector": Key(_dkim_selector, None),
-    "mail.dkim_key_file": Key(_opt_str, None, "DIGEST_DKIM_KEY_FILE"),
+    "mail.dkim_key_file": Key(_opt_line, None, "DIGEST_DKIM_KEY_FILE"),
     "site.base_url": Key(_http_url, "http://localhost:8000", "DIGEST_BASE_URL"),
     "site.secret_key": Key(_secret, None, "DIGEST_SECRET_KEY"),
-    "site.name": Key(_str, "papers digest"),
-    "site.templates_dir": Key(_opt_str, None),
+    "site.name": Key(_line, "papers digest"),
+    "site.templates_dir": Key(_folder, None),
     "digest.lookback_days": Key(_positive(_int, 3660), 7),
     "digest.max_items": Key(_positive(_int), 20),
     "digest.max_per_topic": Key(_positive(_int), 10),
@@ -324,8 +361,8 @@ KEYS: dict[str, Key] = {
     "ingest.retries": Key(_non_negative(_int, 20), 3),
     "ingest.backoff": Key(_non_negative(_float, HOUR), 2.0),
     "ingest.host_delay": Key(_non_negative(_float, HOUR), 3.0),
-    "ingest.user_agent": Key(_str, "papers-digest/0.1 (+self-hosted)"),
-    "web.host": Key(_str, "127.0.0.1", "DIGEST_WEB_HOST"),
+    "ingest.user_agent": Key(_line, "papers-digest/0.1 (+self-hosted)"),
+    "web.host": Key(_line, "127.0.0.1", "DIGEST_WEB_HOST"),
     "web.port": Key(_port, 8000, "DIGEST_WEB_PORT"),
     "web.threads": Key(_positive(_int), 8),
     "web.proxy_hops": Key(_non_negative(_int), 0),

@@ -19,3 +19,16 @@ class ConfigError(DigestError, ValueError):
 
 class DatabaseUnavailable(DigestError):
     """The database cannot be opened, read or written (missing driver, corrupt, read-only...)."""
+
+
+SHOWN_CHARS = 60
+
+
+def shown(value: str) -> str:
+    """A user's value quoted for an error line: its first SHOWN_CHARS characters, then "…".
+
+    Errors echo what was typed so it can be found, but a 100 KB argument must not
+    become a 100 KB error line.
+    """
+    cut = value if len(value) <= SHOWN_CHARS else value[:SHOWN_CHARS] + "…"
+    return repr(cut)

@@ -26,6 +26,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from digest import db
 from digest.analysis import Analyser
+from digest.files import FileRefused, read_regular_file
 from digest.merge import Entry, store_records
 from digest.sources import InputError, parse_input
 
@@ -89,23 +90,12 @@ def read_input(name: str, max_bytes: int, fetcher: Fetcher | None) -> bytes:
             raise InputError("URL inputs need a fetcher")
         return fetcher.fetch(name)
     path = Path(name)
+    if path.is_dir():
+        raise InputError("folder has no files to ingest")
     try:
-        if path.is_dir():
-            raise InputError("folder has no files to ingest")
-        size = path.stat().st_size
-        if size > max_bytes:
-            raise InputError(
-                f"file is {size} bytes, over the {max_bytes} byte limit (ingest.max_input_bytes)"
-            )
-        with path.open("rb") as handle:
-            data = handle.read(max_bytes + 1)
-    except FileNotFoundError:
-        raise InputError("no such file") from None
-    except OSError as exc:
-        raise InputError(f"cannot read: {exc.strerror or exc}") from None
-    if len(data) > max_bytes:
-        raise InputError(f"file is over the {max_bytes} byte limit (ingest.max_input_bytes)")
-    return data
+        return read_regular_file(path, max_bytes, "ingest.max_input_bytes")
+    except FileRefused as exc:
+        raise InputError(str(exc)) from None
 
 
 @contextmanager

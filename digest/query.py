@@ -23,7 +23,7 @@ import re
 import unicodedata
 from dataclasses import dataclass
 
-from digest.errors import DigestError
+from digest.errors import DigestError, shown
 from digest.text import fold, is_acronym
 
 FIELDS = {"title": "title", "author": "authors", "authors": "authors", "cat": "categories"}
@@ -102,7 +102,7 @@ def _term(field: str | None, text: str, prefix: bool) -> Term | None:
         column = FIELDS.get(field.casefold())
         if column is None:
             raise QueryError(
-                f"unknown field {field + ':'!r}; use title:, author:, cat: or like: "
+                f"unknown field {shown(field + ':')}; use title:, author:, cat: or like: "
                 "(e.g. cat:cs.CL)"
             )
         field = column
@@ -120,7 +120,7 @@ def _paper_id(text: str) -> str:
     if not _PAPER_ID.fullmatch(value):
         raise QueryError(
             f"like: takes a paper id as shown by `digest papers` or an arXiv id "
-            f"(like:2602.23229), not {text[:40]!r}"
+            f"(like:2602.23229), not {shown(text)}"
         )
     return value.lower() if not value.isdigit() else str(int(value))
 
@@ -144,7 +144,9 @@ def parse_query(text: str) -> Query:
             join_next = bool(groups)
             continue
         if word and word.endswith(":") and word[:-1].lstrip("-").casefold() in FIELDS:
-            raise QueryError(f'{word!r} needs a word or "phrase" right after it, e.g. title:agents')
+            raise QueryError(
+                f'{shown(word)} needs a word or "phrase" right after it, e.g. title:agents'
+            )
         phrase = match.group("phrase")
         if (match.group("field") or "").casefold() == "like":
             if match.group("neg"):

@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 
 from digest import db
 from digest.config import iana_timezones
-from digest.errors import DigestError
+from digest.errors import DigestError, shown
 from digest.models import WEEKDAYS, Subscriber, Topic
 from digest.query import QueryError, parse_query
 from digest.sources.records import CONTROL_CHARS, one_line
@@ -42,11 +42,11 @@ class TopicSpec:
 
 def _validated(address: str) -> ValidatedEmail:
     if CONTROL_CHARS.search(address):
-        raise SubscriberError(f"invalid email address {address!r}: control characters")
+        raise SubscriberError(f"invalid email address {shown(address)}: control characters")
     try:
         return validate_email(address.strip(), check_deliverability=False)
     except EmailNotValidError as exc:
-        raise SubscriberError(f"invalid email address {address!r}: {exc}") from None
+        raise SubscriberError(f"invalid email address {shown(address)}: {exc}") from None
 
 
 def normalize_email(address: str) -> tuple[str, str]:
@@ -72,7 +72,9 @@ def sendable_address(address: str) -> str:
 
 def check_timezone(name: str) -> str:
     if name not in iana_timezones():
-        raise SubscriberError(f"unknown timezone {name!r}: use an IANA name such as Europe/Paris")
+        raise SubscriberError(
+            f"unknown timezone {shown(name)}: use an IANA name such as Europe/Paris"
+        )
     return name
 
 
@@ -105,10 +107,23 @@ def check_hour(hour: int) -> int:
     return hour
 
 
+def parse_hour(text: str) -> int:
+    """An hour typed as text (a CSV cell, a form field): one or two ASCII digits, 0-23.
+
+    `str.isdigit` alone would let "²" or a 5,000-digit number through to `int()`.
+    """
+    value = text.strip()
+    if not (value.isascii() and value.isdigit() and len(value) <= 2):
+        raise SubscriberError(f"hour must be between 0 and 23, got {shown(value)}")
+    return check_hour(int(value))
+
+
 def parse_weekday(name: str) -> int:
     key = name.strip().casefold()[:3]
     if key not in WEEKDAYS or not name.strip().casefold().startswith(key):
-        raise SubscriberError(f"unknown weekday {name!r}: use mon, tue, wed, thu, fri, sat or sun")
+        raise SubscriberError(
+            f"unknown weekday {shown(name)}: use mon, tue, wed, thu, fri, sat or sun"
+        )
     return WEEKDAYS.index(key)
 
 
@@ -119,7 +134,7 @@ def parse_frequency(text: str) -> int | None:
         return None
     if len(words) == 2 and words[0].casefold() == "weekly":
         return parse_weekday(words[1])
-    raise SubscriberError(f"frequency {text!r}: use daily or weekly DAY (mon..sun)")
+    raise SubscriberError(f"frequency {shown(text)}: use daily or weekly DAY (mon..sun)")
 
 
 @functools.lru_cache(maxsize=4096)  # pure; a bulk import repeats the same few topics
@@ -128,22 +143,49 @@ def parse_topic(text: str) -> TopicSpec:
     label: str | None = None
     query_text = text
     head, sep, tail = text.partition("=")
-    if sep and head.strip() and '"' not in head and ":" not in head:
+    if sep and not head.strip():
+        raise SubscriberError(f"topic {shown(text)}: the label before '=' is empty")
+    if sep and '"' not in head and ":" not in head:
         label, query_text = head.strip(), tail
     if label is not None and (len(label) > MAX_LABEL or not is_plain(label)):
         raise SubscriberError(
-            f"topic label {label[:40]!r}: at most {MAX_LABEL} characters, "
+            f"topic label {shown(label)}: at most {MAX_LABEL} characters, "
             "without control or bidirectional-override characters"
         )
     try:
         query = parse_query(query_text)
     except QueryError as exc:
-        raise SubscriberError(f"topic {text!r}: {exc}") from None
+        raise SubscriberError(f"topic {shown(text)}: {exc}") from None
     canonical = query.canonical()
     typed = one_line(query_text)
     if label is None and typed != canonical and len(typed) <= MAX_LABEL and is_plain(typed):
         label = typed  # shown as the subscriber typed it: "3D", not "3d"
     return TopicSpec(query=canonical, label=label)
+
+
+def check_distinct(topics: list[str]) -> tuple[TopicSpec, ...]:
+    """Parse topics, refusing two that are the same query (one would silently go)."""
+    typed: dict[str, str] = {}
+    for text in topics:
+        query = parse_topic(text).query
+        if query in typed:
+            raise SubscriberError(
+                f"topics {shown(typed[query])} and {shown(text)} are the same query "
+                f"{shown(query)}: give it once"
+            )
+        typed[query] = text
+    return tuple(parse_topic(text) for text in typed.values())
+
+
+def check_papers_exist(session: Session, preferences: Preferences) -> None:
+    """Refuse a like:ID topic naming a paper that is not in the database."""
+    for spec in preferences.topics:
+        for reference in parse_query(spec.query).likes:
+            if db.find_paper_by_reference(session, reference) is None:
+                raise SubscriberError(
+                    f"topic {shown(spec.label or spec.query)}: like:{reference}: "
+                    "no such paper (see `digest papers`)"
+                )
 
 
 def is_plain(text: str) -> bool:
@@ -156,7 +198,7 @@ def check_name(name: str) -> str | None:
     text = name.strip()
     if not is_plain(text):
         raise SubscriberError(
-            f"name {name[:40]!r}: one line of text, without control or direction characters"
+            f"name {shown(name)}: one line of text, without control or direction characters"
         )
     if len(text) > MAX_NAME:
         raise SubscriberError(f"name: at most {MAX_NAME} characters, got {len(text)}")
@@ -189,7 +231,7 @@ def parse_preferences(
         raise SubscriberError("give at least one topic")
     if len(topics) > MAX_TOPICS:
         raise SubscriberError(f"at most {MAX_TOPICS} topics per subscriber")
-    specs = tuple({spec.query: spec for spec in map(parse_topic, topics)}.values())
+    specs = check_distinct(topics)
     return Preferences(
         topics=specs,
         timezone=None if timezone is None else check_timezone(timezone),
@@ -280,6 +322,7 @@ def subscribe(
     preferences = parse_preferences(
         topics, timezone=timezone, hour=hour, weekday=weekday, daily=daily, name=name
     )
+    check_papers_exist(session, preferences)
     subscriber, created = find_or_create(session, address, now, default_timezone, default_hour)
     subscriber.email = email
     subscriber.status = "active"
@@ -378,7 +421,7 @@ def existing_subscriber(session: Session, address: str) -> Subscriber:
     _, key = normalize_email(address)
     subscriber = db.find_subscriber(session, key)
     if subscriber is None:
-        raise SubscriberError(f"no subscriber {address!r}")
+        raise SubscriberError(f"no subscriber {shown(address)}")
     return subscriber
 
 

@@ -37,7 +37,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from digest import db
-from digest.errors import DigestError
+from digest.errors import DigestError, shown
+from digest.files import FileRefused, read_regular_file
 from digest.models import Subscriber
 from digest.states import SUBSCRIBER_STATUSES
 from digest.subscribers import (
@@ -45,10 +46,10 @@ from digest.subscribers import (
     SubscriberError,
     TopicSpec,
     apply_settings,
-    check_hour,
     new_secret,
     normalize_email,
     parse_frequency,
+    parse_hour,
     parse_preferences,
     parse_topic,
 )
@@ -57,6 +58,8 @@ COLUMNS = ("email", "topics", "timezone", "hour", "frequency", "name", "status")
 REQUIRED = COLUMNS[:2]
 TOPIC_SEPARATOR = ";"
 BATCH_SIZE = 1000
+# Ample for a million subscribers with a few topics each; the file is held in memory.
+MAX_FILE_BYTES = 256 * 1024 * 1024
 # Statuses an import may not leave for active or pending: the person said no.
 FINAL_STATUSES = ("unsubscribed", "bounced")
 
@@ -115,21 +118,21 @@ def parse_row(line: int, values: dict[str, str]) -> Row:
     email, key = normalize_email(_cell(values, "email") or "")
     topics = [part for part in (_cell(values, "topics") or "").split(TOPIC_SEPARATOR)]
     hour = _cell(values, "hour")
-    if hour is not None and not hour.isdigit():
-        raise SubscriberError(f"hour must be between 0 and 23, got {hour!r}")
     frequency = _cell(values, "frequency")
     weekday = None if frequency is None else parse_frequency(frequency)
     preferences = parse_preferences(
         [topic for topic in topics if topic.strip()],
         timezone=_cell(values, "timezone"),
-        hour=None if hour is None else check_hour(int(hour)),
+        hour=None if hour is None else parse_hour(hour),
         weekday=weekday,
         daily=frequency is not None and weekday is None,
         name=_cell(values, "name"),
     )
     status = _cell(values, "status")
     if status is not None and status not in SUBSCRIBER_STATUSES:
-        raise SubscriberError(f"status {status!r}: use one of {', '.join(SUBSCRIBER_STATUSES)}")
+        raise SubscriberError(
+            f"status {shown(status)}: use one of {', '.join(SUBSCRIBER_STATUSES)}"
+        )
     return Row(line=line, email=email, key=key, preferences=preferences, status=status)
 
 
@@ -139,9 +142,9 @@ def read_rows(path: Path, report: ImportReport) -> Iterator[Row]:
     Raises CsvFileError before yielding anything if the file cannot be imported.
     """
     try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise CsvFileError(f"{path}: {exc.strerror or exc}") from None
+        raw = read_regular_file(path, MAX_FILE_BYTES, "the subscriber import limit")
+    except FileRefused as exc:
+        raise CsvFileError(f"{path}: {exc}") from None
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -156,9 +159,9 @@ def read_rows(path: Path, report: ImportReport) -> Iterator[Row]:
     twice = sorted({name for name in header if header.count(name) > 1})
     missing = [name for name in REQUIRED if name not in header]
     problem = (
-        f"unknown column {unknown[0]!r}"
+        f"unknown column {shown(unknown[0])}"
         if unknown
-        else f"column {twice[0]!r} appears twice"
+        else f"column {shown(twice[0])} appears twice"
         if twice
         else f"no {missing[0]} column"
         if missing

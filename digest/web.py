@@ -60,6 +60,7 @@ from wtforms import ValidationError
 from digest import db, links, relevance
 from digest.app import App
 from digest.config import Config, iana_timezones
+from digest.errors import DigestError, shown
 from digest.models import WEEKDAYS, Delivery, Digest, Subscriber
 from digest.query import QueryError, parse_query
 from digest.render import Notice
@@ -72,9 +73,11 @@ from digest.subscribers import (
     apply_preferences,
     check_hour,
     check_name,
+    check_papers_exist,
     check_timezone,
     confirm,
     normalize_email,
+    parse_hour,
     parse_preferences,
     parse_topic,
     parse_weekday,
@@ -121,17 +124,24 @@ class FormValues:
 
 
 def form_from_request(form: MultiDict[str, str], default_timezone: str) -> FormValues:
-    hour = form.get("hour", "")
     return FormValues(
         email=form.get("email", "").strip()[:320],
         name=form.get("name", "").strip()[:100],
         topics=[topic.strip() for topic in form.getlist("topic") if topic.strip()][:50],
         timezone=form.get("timezone", default_timezone)[:64],
         timezone_chosen=True,
-        hour=int(hour) if hour.isdigit() and len(hour) <= 2 else -1,
+        hour=_form_hour(form.get("hour", "")),
         frequency="weekly" if form.get("frequency") == "weekly" else "daily",
         weekday=form.get("weekday", "mon")[:3],
     )
+
+
+def _form_hour(text: str) -> int:
+    """The hour field as a number; -1 (which check_form reports on the field) if it is not one."""
+    try:
+        return parse_hour(text)
+    except SubscriberError:
+        return -1
 
 
 def form_from_subscriber(subscriber: Subscriber) -> FormValues:
@@ -189,6 +199,15 @@ def check_form(values: FormValues) -> tuple[Preferences | None, dict[str, str]]:
         )
     except SubscriberError as exc:
         return None, {"topics": str(exc)}
+
+
+def missing_papers(session: Session, preferences: Preferences) -> dict[str, str]:
+    """The topics field's error if a like:ID topic names no paper, else no errors."""
+    try:
+        check_papers_exist(session, preferences)
+    except SubscriberError as exc:
+        return {"topics": str(exc)}
+    return {}
 
 
 @dataclass
@@ -474,6 +493,10 @@ def create_app(config: Config | None = None, *, wiring: App | None = None) -> Fl
             errors["email"] = "Enter a valid email address, like ada@example.org."
         if preferences is None or errors:
             return subscribe_form(values, errors, 400)
+        with sessions() as session:
+            errors = missing_papers(session, preferences)
+        if errors:
+            return subscribe_form(values, errors, 400)
         with db.transaction(wiring.sessions()) as session:
             purge_pending(session, g.now, timedelta(days=web.pending_days))
             subscriber, kind = request_subscription(
@@ -564,6 +587,8 @@ def create_app(config: Config | None = None, *, wiring: App | None = None) -> Fl
                 values.email = subscriber.email
                 preferences, errors = check_form(values)
                 if preferences is not None:
+                    errors = missing_papers(session, preferences)
+                if preferences is not None and not errors:
                     apply_preferences(session, subscriber, preferences, g.now)
                     return redirect(url_for("manage_page", token=token, saved=1), 303)
         with sessions() as session:
@@ -678,12 +703,28 @@ def create_app(config: Config | None = None, *, wiring: App | None = None) -> Fl
     return app
 
 
-def serve(wiring: App, host: str, port: int, *, stop: threading.Event | None = None) -> None:
-    """Serve the web front with waitress until interrupted (or `stop` is set)."""
+def serve(
+    wiring: App,
+    host: str,
+    port: int,
+    *,
+    stop: threading.Event | None = None,
+    on_listening: Callable[[], None] | None = None,
+) -> None:
+    """Serve the web front with waitress until interrupted (or `stop` is set).
+
+    `on_listening` is called once the socket is bound, before the first request.
+    """
     from waitress.server import create_server
 
     app = create_app(wiring=wiring)
-    server = create_server(app, host=host, port=port, threads=wiring.config.web.threads)
+    try:
+        server = create_server(app, host=host, port=port, threads=wiring.config.web.threads)
+    except ValueError as exc:  # waitress: a host that does not resolve to an address
+        app.extensions["digest.postman"].drain(10)
+        raise DigestError(f"cannot listen on host {shown(host)}, port {port}: {exc}") from None
+    if on_listening is not None:
+        on_listening()
     if stop is not None:
         threading.Thread(
             target=lambda: (stop.wait(), server.close()), name="digest-web-stop", daemon=True

@@ -370,6 +370,80 @@ CASES = [
         "Invalid value for '--date': must be within a year of today",
         exit_code=2,
     ),
+    *[
+        Case(
+            f"a 100 KB topic is echoed cut short: {command}",
+            (command, *before, "--topic", "a" * 100_000),
+            "topic '" + "a" * 60 + "…': query is longer than 500 characters",
+        )
+        for command, before in (("subscribe", ("eve@example.org",)), ("preview", ()))
+    ],
+    Case(
+        "a 100 KB address is echoed cut short",
+        ("subscribe", "e" * 100_000, "--topic", "x"),
+        "invalid email address '" + "e" * 60 + "…': ",
+    ),
+    *[
+        Case(
+            f"a preview date at the start of time: {who[0]}",
+            ("preview", *who, "--date", "0001-01-01"),
+            "Invalid value for '--date': must be within a year of today",
+            exit_code=2,
+        )
+        for who in (("--topic", "diffusion"), ("--email", "ada@example.org"))
+    ],
+    Case(
+        "a web host that is not a host",
+        ("serve", "--host", "not a host", "--port", "18474"),
+        "cannot listen on host 'not a host', port 18474: Invalid host/port specified.",
+    ),
+    *[
+        Case(
+            f"a site.base_url {what}",
+            ("stats",),
+            f"config: site.base_url: {error}",
+            config=f'[site]\nbase_url = "{url}"\n',
+        )
+        for what, url, error in (
+            ("with a header in it", "http://x\\r\\nX: y", "one line without control"),
+            ("without a host", "https://", "expected an absolute http(s) URL with a host"),
+            ("with a space", "https://digest example.org", "expected an absolute http(s) URL"),
+            ("with a bad port", "https://digest.example.org:99999", "expected an absolute"),
+        )
+    ],
+    *[
+        Case(
+            f"a line break in {key}",
+            ("stats",),
+            f"config: {key}: one line without control or direction characters",
+            config=f'[{key.split(".")[0]}]\n{key.split(".")[1]} = "a\\r\\nBcc: x@y.org"\n',
+        )
+        for key in ("mail.from_name", "site.name", "ingest.user_agent", "web.host")
+    ],
+    Case(
+        "a templates folder that does not exist",
+        ("stats",),
+        "config: site.templates_dir: '/nonexistent' is not an existing folder",
+        config='[site]\ntemplates_dir = "/nonexistent"\n',
+    ),
+    Case(
+        "two topics with one query",
+        ("subscribe", "eve@example.org", "--topic", "A=diffusion", "--topic", "B=diffusion"),
+        "topics 'A=diffusion' and 'B=diffusion' are the same query 'diffusion': give it once",
+    ),
+    *[
+        Case(
+            f"an empty topic label: {command}",
+            (command, *before, "--topic", "=diffusion"),
+            "topic '=diffusion': the label before '=' is empty",
+        )
+        for command, before in (("subscribe", ("eve@example.org",)), ("preview", ()))
+    ],
+    Case(
+        "a like: topic naming no paper",
+        ("subscribe", "eve@example.org", "--topic", "like:99999"),
+        "topic 'like:99999': like:99999: no such paper (see `digest papers`)",
+    ),
     Case(
         "a data directory that cannot be created, with the database elsewhere",
         ("send",),
@@ -415,6 +489,7 @@ def test_bad_input_is_one_line_and_changes_nothing(
     errors = [line for line in result.stderr.splitlines() if line.startswith("Error")]
     assert len(errors) == 1, result.stderr
     assert case.error.format(tmp=tmp_path) in errors[0], result.stderr
+    assert len(errors[0]) < 300, errors[0][:300]  # a user's value is echoed cut short
     others = [line for line in result.stderr.splitlines() if not line.startswith("Error")]
     if case.exit_code == 1:
         assert others == [], result.stderr

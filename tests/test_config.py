@@ -76,7 +76,7 @@ def test_digest_config_environment_variable_picks_the_file(tmp_path: Path) -> No
         (
             "[site]\nbase_url = 'javascript:alert(1)'\n",
             {},
-            "site.base_url: expected an http(s) URL",
+            "site.base_url: expected an absolute http(s) URL",
         ),
         ("[smtp]\nstarttls = 'maybe'\n", {}, "smtp.starttls: expected true or false"),
         ("[smtp]\ntimeout = -1\n", {}, "smtp.timeout: must be greater than 0"),

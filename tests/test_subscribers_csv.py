@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import pytest
 from freezegun import freeze_time
 from sqlalchemy import select, text
 
-from digest import db
+from digest import db, subscribers_csv
 from digest.models import Subscriber
 from digest.subscribers_csv import ImportInterrupted, import_subscribers
 
@@ -149,6 +150,26 @@ def test_each_bad_row_is_one_line_and_the_rest_is_imported(cli, tmp_path: Path, 
     assert stored(db_url)["multi@example.org"][6] == [(None, "graph"), (None, "speech")]
 
 
+def test_an_hour_that_is_not_ascii_digits_is_a_bad_row(cli, tmp_path: Path, db_url) -> None:
+    """ "²" and "٧" pass str.isdigit, and 5,000 digits exceed int()'s limit: each is one bad row."""
+    people = write(
+        tmp_path,
+        "email,topics,hour\ngood@example.org,diffusion,7\nbad@example.org,diffusion,\u00b2\n"
+        "arabic@example.org,diffusion,\u0667\nlong@example.org,diffusion," + "9" * 5000 + "\n",
+    )
+    result = cli("subscribers", "import", str(people))
+    assert result.exit_code == 1
+    assert result.output.splitlines() == [
+        f"{people}:3: hour must be between 0 and 23, got '\u00b2'",
+        f"{people}:4: hour must be between 0 and 23, got '\u0667'",
+        f"{people}:5: hour must be between 0 and 23, got '{'9' * 60}…'",
+        "added 1, updated 0, unchanged 0, bad rows 3",
+        "Error: 3 bad rows were skipped",
+    ]
+    assert list(stored(db_url)) == ["good@example.org"]
+    assert stored(db_url)["good@example.org"][4] == 7
+
+
 @pytest.mark.parametrize(
     ("content", "message"),
     [
@@ -176,7 +197,26 @@ def test_a_file_that_cannot_be_imported_writes_nothing(
     assert result.output.count("\n") == 1
     assert list(stored(db_url)) == ["ada@example.org"]
     missing = cli("subscribers", "import", str(tmp_path / "nope.csv"))
-    assert missing.output == f"Error: {tmp_path / 'nope.csv'}: No such file or directory\n"
+    assert missing.output == f"Error: {tmp_path / 'nope.csv'}: no such file\n"
+
+
+def test_only_a_regular_file_within_the_limit_is_imported(
+    cli, tmp_path: Path, db_url, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A FIFO used to hang forever and /dev/zero to end in a MemoryError: one line each."""
+    cli("subscribe", "ada@example.org", "--topic", "graph")
+    fifo = tmp_path / "people.fifo"
+    os.mkfifo(fifo)
+    big = write(tmp_path, HEADER + "bob@example.org,graph,,,,,\n" * 3, "big.csv")
+    monkeypatch.setattr(subscribers_csv, "MAX_FILE_BYTES", 100)
+    for path, message in (
+        (fifo, "is a named pipe (FIFO), not a regular file"),
+        (Path("/dev/zero"), "is a device, not a regular file"),
+        (big, "file is 130 bytes, over the 100 byte limit (the subscriber import limit)"),
+    ):
+        result = cli("subscribers", "import", str(path))
+        assert (result.exit_code, result.output) == (1, f"Error: {path}: {message}\n")
+    assert list(stored(db_url)) == ["ada@example.org"]
 
 
 def test_an_import_never_resubscribes_but_may_unsubscribe(cli, tmp_path: Path, db_url) -> None:
@@ -285,6 +325,34 @@ def test_export_to_a_file_by_status_and_listing_stays_the_default(cli, tmp_path:
     misplaced = cli("subscribers", "--status", "active", "export")
     assert misplaced.exit_code == 2
     assert "--status goes after the subcommand it is for" in misplaced.output
+
+
+def test_export_refuses_to_replace_anything_but_a_regular_file(cli, tmp_path: Path) -> None:
+    """It writes a temporary file renamed over the target: /dev/full, a link or a FIFO would
+    have become a plain file (and /dev/full reported success)."""
+    cli("subscribe", "ada@example.org", "--topic", "graph")
+    kept = write(tmp_path, "kept\n", "kept.csv")
+    link = tmp_path / "link.csv"
+    link.symlink_to(kept)
+    fifo = tmp_path / "out.fifo"
+    os.mkfifo(fifo)
+    # /dev/full is checked in test_files (without a command that could replace it).
+    for path, kind in ((link, "a symbolic link"), (fifo, "a named pipe (FIFO)")):
+        result = cli("subscribers", "export", "--out", str(path))
+        assert (result.exit_code, result.output) == (
+            1,
+            f"Error: {path} is {kind}: write to a regular file or a new path instead\n",
+        )
+        assert not path.with_name(f".{path.name}.partial").exists()
+    assert link.is_symlink() and fifo.is_fifo()
+    preview = cli("preview", "--topic", "graph", "--out", str(fifo))
+    assert (preview.exit_code, preview.output) == (
+        1,
+        f"Error: {fifo} is a named pipe (FIFO): write to a regular file or a new path instead\n",
+    )
+    assert kept.read_text(encoding="utf-8") == "kept\n"
+    assert cli("subscribers", "export", "--out", str(kept)).exit_code == 0
+    assert kept.read_text(encoding="utf-8").splitlines()[1].startswith("ada@example.org,graph")
 
 
 def test_cells_a_spreadsheet_would_run_are_exported_behind_a_quote(

@@ -242,6 +242,42 @@ def test_form_errors_name_the_field_and_keep_the_input(site: Site) -> None:
     assert site.count() == 0 and site.mail() == []
 
 
+@pytest.mark.parametrize("hour", ["\u00b2", "\u0667", "9" * 5000, "-1", "24"])
+def test_an_hour_that_is_not_0_to_23_is_a_field_error(site: Site, hour: str) -> None:
+    """ "²" passes str.isdigit but not int(): a 400 naming the hour field, never a 500."""
+    ada = active_subscriber(site)
+    client = site.client()
+    response = client.post("/", data=subscribe_form(client, "new@example.org", "robot", hour=hour))
+    assert response.status_code == 400
+    assert 'id="hour-error"' in response.get_data(as_text=True)
+    path = token_links(site, ada).manage
+    form = subscribe_form(client, "ada@example.org", "robot", hour=hour)
+    form.update(csrf_token=csrf_token(client, path), action="save")
+    manage = client.post(path, data=form)
+    assert manage.status_code == 400
+    assert 'id="hour-error"' in manage.get_data(as_text=True)
+    assert site.count() == 1 and site.subscriber("ada@example.org").send_hour == 7  # type: ignore[union-attr]
+
+
+def test_a_like_topic_naming_no_paper_is_a_field_error(site: Site) -> None:
+    """The same check as `digest subscribe`: like:99999 is refused on the topics field."""
+    ada = active_subscriber(site)
+    client = site.client()
+    response = client.post("/", data=subscribe_form(client, "new@example.org", "like:99999"))
+    assert response.status_code == 400
+    page = response.get_data(as_text=True)
+    assert "like:99999: no such paper" in page and 'id="topics-error"' in page
+    path = token_links(site, ada).manage
+    form = subscribe_form(client, "ada@example.org", "like:99999")
+    form.update(csrf_token=csrf_token(client, path), action="save")
+    manage = client.post(path, data=form)
+    assert manage.status_code == 400 and "like:99999: no such paper" in manage.get_data(
+        as_text=True
+    )
+    assert site.count() == 1 and site.mail() == []
+    assert [t.query for t in site.subscriber("ada@example.org").topics] == ["diffusion"]  # type: ignore[union-attr]
+
+
 def test_hostile_input_is_escaped_or_refused(site: Site) -> None:
     client = site.client()
     attack = "<script>alert(1)</script>"
