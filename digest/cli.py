@@ -255,21 +255,36 @@ def db_check(app: App) -> None:
 
 
 def run_ingest(app: App, inputs: Sequence[str], now: datetime) -> list[ingest.InputSummary]:
-    """Ingest inputs with a progress bar and print one summary line per input."""
+    """Ingest inputs with a progress bar and print one summary line per input.
+
+    The inputs done (stored) are reported even when a later one stops the command.
+    """
     app.engine()
-    with click.progressbar(
-        length=len(inputs),
-        label="ingesting",
-        file=sys.stderr,
-        show_pos=True,
-        hidden=len(inputs) < 2 or not sys.stderr.isatty(),
-    ) as bar:
-        summaries = app.ingest(inputs, now, on_done=lambda _summary: bar.update(1))
-    for summary in summaries:
-        click.echo(summary.line(), err=not summary.ok)
-        for reason in summary.skipped:
-            click.echo(f"  skipped {reason}")
-    return summaries
+    done: list[ingest.InputSummary] = []
+
+    def finished(summary: ingest.InputSummary) -> None:
+        done.append(summary)
+        bar.update(1)
+
+    try:
+        with click.progressbar(
+            length=len(inputs),
+            label="ingesting",
+            file=sys.stderr,
+            show_pos=True,
+            hidden=len(inputs) < 2 or not sys.stderr.isatty(),
+        ) as bar:
+            app.ingest(inputs, now, on_done=finished)
+    finally:
+        for summary in done:
+            click.echo(summary.line(), err=not summary.ok)
+            for reason in summary.skipped:
+                click.echo(f"  skipped {reason}")
+    return done
+
+
+# `digest ingest --as-of` replays an old capture, never one from before arXiv or the future.
+EARLIEST_AS_OF = datetime(1990, 1, 1, tzinfo=UTC)
 
 
 @main.command("ingest")
@@ -293,7 +308,12 @@ def ingest_command(app: App, inputs: tuple[str, ...], as_of: datetime | None) ->
         digest ingest 'https://export.arxiv.org/api/query?search_query=cat:cs.CL'
         digest ingest capture.txt --as-of 2025-12-09T08:00
     """
-    summaries = run_ingest(app, ingest.expand_inputs(inputs), as_of or app.clock())
+    now = app.clock()
+    if as_of is not None and not EARLIEST_AS_OF <= as_of <= now:
+        raise click.BadParameter(
+            f"must be between {EARLIEST_AS_OF:%Y-%m-%d} and now", param_hint="'--as-of'"
+        )
+    summaries = run_ingest(app, ingest.expand_inputs(inputs), as_of or now)
     failed = [summary for summary in summaries if not summary.ok]
     if failed:
         raise click.ClickException(f"{len(failed)} of {len(summaries)} inputs failed")

@@ -165,9 +165,15 @@ class HttpFetcher:
 
     def fetch(self, url: str) -> bytes:
         """The body of `url`; InputError once the retries are used up."""
-        parts = urlsplit(url)
-        if parts.scheme not in {"http", "https"} or not parts.netloc:
+        try:
+            parts = urlsplit(url)
+            host = parts.hostname
+        except ValueError:  # an unclosed [IPv6 address, say
+            raise InputError("not a valid URL") from None
+        if parts.scheme not in {"http", "https"}:
             raise InputError("only http and https URLs can be fetched")
+        if not host:
+            raise InputError("the URL has no host")
         attempt = 0
         while True:
             self._wait_for_host(parts.netloc)

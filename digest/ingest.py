@@ -29,6 +29,7 @@ from digest.analysis import Analyser
 from digest.files import FileRefused, read_regular_file
 from digest.merge import Entry, store_records
 from digest.sources import InputError, parse_input
+from digest.sources.records import one_line
 
 
 class Fetcher(Protocol):
@@ -53,10 +54,12 @@ class InputSummary:
         return self.error is None
 
     def line(self) -> str:
+        """One line, whatever the input's name or error holds (CR, LF, nothing at all)."""
+        name = self.name if self.name.strip() and self.name.isprintable() else repr(self.name)
         if self.error:
-            return f"{self.name}: error: {self.error}"
+            return f"{name}: error: {one_line(self.error)}"
         return (
-            f"{self.name}: {self.format}, {self.parsed} parsed, {self.new} new, "
+            f"{name}: {self.format}, {self.parsed} parsed, {self.new} new, "
             f"{self.updated} updated, {self.unchanged} unchanged, {len(self.skipped)} skipped"
         )
 
@@ -70,7 +73,7 @@ def expand_inputs(names: Iterable[str]) -> list[str]:
     expanded: list[str] = []
     for name in names:
         path = Path(name)
-        if not is_url(name) and path.is_dir():
+        if name.strip() and not is_url(name) and path.is_dir():  # Path("") is "."
             files = sorted(
                 str(child)
                 for child in path.rglob("*")
@@ -89,6 +92,8 @@ def read_input(name: str, max_bytes: int, fetcher: Fetcher | None) -> bytes:
         if fetcher is None:
             raise InputError("URL inputs need a fetcher")
         return fetcher.fetch(name)
+    if not name.strip():
+        raise InputError("empty file name")
     path = Path(name)
     if path.is_dir():
         raise InputError("folder has no files to ingest")
@@ -146,6 +151,11 @@ def _ingest_data(
         # This input's data broke a rule; a database that cannot be written at all
         # (read-only, corrupt, locked) raises instead, and stops the command.
         summary.error = f"database error, nothing stored: {db.error_detail(exc)}"
+        return summary
+    except (ValueError, OverflowError) as exc:
+        # A value the database driver refused before the database saw it (the parsers
+        # normalise text and bound numbers, so this is a parser's bug): this input only.
+        summary.error = f"cannot store, nothing stored: {type(exc).__name__}: {exc}"
         return summary
     summary.parsed = len(entries) - len(skipped)
     summary.skipped += skipped

@@ -15,7 +15,6 @@ Both are read with feedparser, never with regular expressions over XML.
 from __future__ import annotations
 
 import re
-import time
 from datetime import date
 from typing import Any
 
@@ -25,6 +24,7 @@ from digest.sources.records import (
     ParseResult,
     arxiv_id_from,
     clean_text,
+    publication_date,
     record_label,
     safe_http_url,
 )
@@ -37,14 +37,15 @@ _ANNOUNCE = re.compile(
 )
 
 
-def _date(parsed: Any) -> date | None:
-    if isinstance(parsed, time.struct_time):
-        return date(parsed.tm_year, parsed.tm_mon, parsed.tm_mday)
-    return None
+def _published(entry: Any, today: date) -> date | None:
+    """The entry's date read from its own text, not feedparser's normalised one (which
+    turns Feb 30 into Mar 2)."""
+    raw = entry.get("published")
+    return publication_date(raw, today) if raw else None
 
 
 def _tags(entry: Any) -> tuple[str, ...]:
-    primary = (entry.get("arxiv_primary_category") or {}).get("term")
+    primary = clean_text((entry.get("arxiv_primary_category") or {}).get("term"))
     terms = [primary] if primary else []
     for tag in entry.get("tags") or []:
         term = clean_text(tag.get("term"))
@@ -77,15 +78,14 @@ def is_api(feed: Any) -> bool:
     return any("arxiv.org/abs/" in str(entry.get("id", "")) for entry in feed.entries)
 
 
-def _api_record(entry: Any) -> PaperRecord:
+def _api_record(entry: Any, today: date) -> PaperRecord:
     title = clean_text(entry.get("title"))
     if not title:
         raise ValueError("no title")
     arxiv_id = arxiv_id_from(entry.get("id"))
     if arxiv_id is None:
         raise ValueError(f"not an arXiv id: {entry.get('id')!r}")
-    if entry.get("published") and _date(entry.get("published_parsed")) is None:
-        raise ValueError(f"date does not parse: {entry.get('published')!r}")
+    published = _published(entry, today)
     authors = tuple(
         clean_text(author.get("name"))
         for author in entry.get("authors") or []
@@ -98,13 +98,13 @@ def _api_record(entry: Any) -> PaperRecord:
         abstract=clean_text(entry.get("summary")),
         authors=authors,
         author_count=len(authors) or None,
-        published_on=_date(entry.get("published_parsed")),
+        published_on=published,
         categories=_tags(entry),
         pdf_url=_pdf_link(entry),
     )
 
 
-def _listing_record(entry: Any) -> PaperRecord | str:
+def _listing_record(entry: Any, today: date) -> PaperRecord | str:
     """A record, or the reason the entry is not a new paper."""
     title = clean_text(entry.get("title"))
     if not title:
@@ -119,8 +119,7 @@ def _listing_record(entry: Any) -> PaperRecord | str:
     ).lower()
     if announce_type.startswith("replace"):
         return f"announce type {announce_type!r} is a revision of an older paper"
-    if entry.get("published") and _date(entry.get("published_parsed")) is None:
-        raise ValueError(f"date does not parse: {entry.get('published')!r}")
+    published = _published(entry, today)
     abstract = summary[announce.end() :] if announce else summary
     # dc:creator carries every author in one comma-joined string.
     creators = ", ".join(
@@ -134,13 +133,13 @@ def _listing_record(entry: Any) -> PaperRecord | str:
         abstract=clean_text(abstract),
         authors=authors,
         author_count=len(authors) or None,
-        published_on=_date(entry.get("published_parsed")),
+        published_on=published,
         categories=_tags(entry),
     )
 
 
-def parse_arxiv_feed(feed: Any) -> ParseResult:
-    """Parse a feed already read by feedparser as an API response or a listing."""
+def parse_arxiv_feed(feed: Any, today: date) -> ParseResult:
+    """Parse a feed already read by feedparser as an API response or a listing, on `today`."""
     if is_listing(feed):
         result = ParseResult(format=LISTING_FORMAT)
         make = _listing_record
@@ -151,7 +150,7 @@ def parse_arxiv_feed(feed: Any) -> ParseResult:
         raise InputError("XML feed is neither an arXiv API response nor an arXiv listing")
     for number, entry in enumerate(feed.entries, 1):
         try:
-            made = make(entry)
+            made = make(entry, today)
         except ValueError as exc:
             result.skipped.append(f"{record_label(number, clean_text(entry.get('title')))}: {exc}")
             continue

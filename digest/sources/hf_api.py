@@ -8,9 +8,11 @@ has no title or carries a date that does not parse is skipped and reported.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import pickle
-from datetime import date, datetime
+from collections.abc import Callable
+from datetime import date
 from typing import Any
 
 from digest.sources.records import (
@@ -20,6 +22,7 @@ from digest.sources.records import (
     RawRecord,
     arxiv_id_from,
     clean_text,
+    publication_date,
     record_label,
     safe_http_url,
     upvote_count,
@@ -30,22 +33,15 @@ SOURCE = "hf_api"
 
 # How `_record` reads an item, as a number that goes into every item's hash (`_raw`).
 # Raise it whenever that changes: then every item merges once more on its next ingest.
-PARSER_VERSION = 1
+PARSER_VERSION = 2
 
 
 def _text(value: Any) -> str:
     return clean_text(value) if isinstance(value, str) else ""
 
 
-def _date(value: Any) -> date | None:
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        raise ValueError(f"date does not parse: {value!r}")
-    try:
-        return datetime.fromisoformat(value.strip().replace("Z", "+00:00")).date()
-    except ValueError:
-        raise ValueError(f"date does not parse: {value!r}") from None
+def _date(value: Any, today: date) -> date | None:
+    return None if value is None else publication_date(value, today)
 
 
 def _organization(item: dict[str, Any], paper: dict[str, Any]) -> str | None:
@@ -61,14 +57,13 @@ def _organization(item: dict[str, Any], paper: dict[str, Any]) -> str | None:
 
 
 def _authors(value: Any) -> tuple[str, ...]:
-    # `_text` of each author's name, inlined: a paper has several, and ingest parses 100,000s.
     if not isinstance(value, list):
         return ()
     names = [author.get("name") for author in value if isinstance(author, dict)]
-    return tuple(filter(None, [" ".join(name.split()) for name in names if isinstance(name, str)]))
+    return tuple(filter(None, [clean_text(name) for name in names if isinstance(name, str)]))
 
 
-def _record(raw: RawRecord) -> PaperRecord:
+def _record(raw: RawRecord, today: date) -> PaperRecord:
     item = raw.entry
     if not isinstance(item, dict):
         raise ValueError("not a JSON object")
@@ -78,7 +73,7 @@ def _record(raw: RawRecord) -> PaperRecord:
     if not title:
         raise ValueError("no title")
     authors = _authors(paper.get("authors"))
-    published = _date(paper.get("publishedAt") or item.get("publishedAt"))
+    published = _date(paper.get("publishedAt") or item.get("publishedAt"), today)
     return PaperRecord(
         title=title,
         source=SOURCE,
@@ -95,16 +90,16 @@ def _record(raw: RawRecord) -> PaperRecord:
     )
 
 
-def _parse_raw(raw: RawRecord) -> PaperRecord:
+def _parse_raw(raw: RawRecord, today: date) -> PaperRecord:
     try:
-        return _record(raw)
+        return _record(raw, today)
     except ValueError as exc:
         item = raw.entry
         title = _text(item.get("title")) if isinstance(item, dict) else None
         raise ValueError(f"{record_label(raw.number, title)}: {exc}") from None
 
 
-def _raw(number: int, item: Any) -> RawRecord:
+def _raw(number: int, item: Any, parse: Callable[[RawRecord], PaperRecord]) -> RawRecord:
     """An item as it comes, with its arXiv id, its upvote count and a hash of the rest.
 
     The hash covers the whole item (and `PARSER_VERSION`) but `paper.upvotes`, which
@@ -113,7 +108,7 @@ def _raw(number: int, item: Any) -> RawRecord:
     same pickle (a pickle that differs, say from another Python, only costs a merge).
     """
     if not isinstance(item, dict):
-        return RawRecord(SOURCE, None, None, None, number, item, _parse_raw)
+        return RawRecord(SOURCE, None, None, None, number, item, parse)
     nested = item.get("paper")
     paper: dict[str, Any] = nested if isinstance(nested, dict) else {}
     upvotes = upvote_count(paper.pop("upvotes", None))
@@ -122,20 +117,21 @@ def _raw(number: int, item: Any) -> RawRecord:
     try:
         content = pickle.dumps((PARSER_VERSION, item), protocol=5)
     except RecursionError:  # nested too deep
-        return RawRecord(SOURCE, arxiv_id, None, upvotes, number, item, _parse_raw)
+        return RawRecord(SOURCE, arxiv_id, None, upvotes, number, item, parse)
     content_hash = hashlib.blake2b(content, digest_size=16).hexdigest()
-    return RawRecord(SOURCE, arxiv_id, content_hash, upvotes, number, item, _parse_raw)
+    return RawRecord(SOURCE, arxiv_id, content_hash, upvotes, number, item, parse)
 
 
-def parse_hf_api(document: Any, *, lazy: bool = False) -> ParseResult:
-    """Parse a decoded `daily_papers` response (a JSON list of items).
+def parse_hf_api(document: Any, today: date, *, lazy: bool = False) -> ParseResult:
+    """Parse a decoded `daily_papers` response (a JSON list of items), ingested on `today`.
 
     `lazy`: leave each item a `RawRecord` (in `ParseResult.raw`), parsed when needed.
     """
     if not isinstance(document, list):
         raise InputError("JSON is not a list of Hugging Face daily_papers items")
     result = ParseResult(format=FORMAT)
-    raw = [_raw(number, item) for number, item in enumerate(document, 1)]
+    parse = functools.partial(_parse_raw, today=today)
+    raw = [_raw(number, item, parse) for number, item in enumerate(document, 1)]
     if lazy:
         result.raw = raw
         return result

@@ -23,6 +23,7 @@ from digest.sources.records import (
     PaperRecord,
     ParseResult,
     clean_text,
+    plausible_date,
     record_label,
     upvote_count,
 )
@@ -50,6 +51,8 @@ _DATE = re.compile(
 )
 _AUTHORS = re.compile(r"•\s*(?P<count>\d+) authors?")
 _SEPARATOR = "·"
+# More authors than any paper has (the largest have a few thousand): no count.
+MAX_AUTHORS = 100_000
 
 
 def looks_like_hf_page(text: str) -> bool:
@@ -58,9 +61,12 @@ def looks_like_hf_page(text: str) -> bool:
 
 
 def resolve_date(month: int, day: int, year: int | None, reference: date) -> date:
-    """The date itself when it has a year; else the latest such day not after `reference`."""
+    """The date itself when it has a year; else the latest such day not after `reference`.
+
+    A date outside the plausible range (`plausible_date`, seen from `reference`) raises.
+    """
     if year is not None:
-        return date(year, month, day)
+        return plausible_date(date(year, month, day), reference)
     for candidate_year in range(reference.year, reference.year - 8, -1):
         try:
             candidate = date(candidate_year, month, day)
@@ -79,22 +85,30 @@ def _parse_date_line(line: str, reference: date) -> tuple[date, int | None]:
     year = int(match.group("year")) if match.group("year") else None
     try:
         when = resolve_date(month, int(match.group("day")), year, reference)
-    except ValueError:
-        raise ValueError(f"date does not parse: {line.strip()!r}") from None
+    except ValueError as exc:
+        reason = str(exc) if str(exc).startswith("date out of range") else "date does not parse"
+        raise ValueError(f"{reason}: {line.strip()!r}") from None
+    # No count shown is zero votes; a count no page shows is none.
     upvotes = match.group("upvotes")
-    # A count longer than any plausible one is none (int() refuses 4,300+ digits).
-    return when, upvote_count(int(upvotes)) if upvotes and len(upvotes) <= 12 else None
+    return when, upvote_count(_count(upvotes)) if upvotes else 0
+
+
+def _count(digits: str) -> int | None:
+    """The number `digits` say, or None beyond 12 of them (int() refuses 4,300+)."""
+    return int(digits) if len(digits) <= 12 else None
 
 
 def _organization(line: str) -> str:
     # The org line is the avatar's alt text (the org's handle) then its full name.
     parts = line.split(maxsplit=1)
-    return parts[1] if len(parts) == 2 else line
+    return clean_text(parts[1] if len(parts) == 2 else line)
 
 
-def _strip_header(lines: list[str], as_of: date) -> tuple[list[str], date | None]:
-    """Drop the page header; return the remaining lines and the page's own date."""
+def _strip_header(lines: list[str], as_of: date) -> tuple[list[str], date | None, str | None]:
+    """Drop the page header; return the remaining lines, the page's own date, and why
+    that date was left out when it does not parse (the header goes all the same)."""
     page_date: date | None = None
+    error: str | None = None
     index = 0
     while index < len(lines):
         line = lines[index]
@@ -104,12 +118,15 @@ def _strip_header(lines: list[str], as_of: date) -> tuple[list[str], date | None
         elif lowered.startswith("subscribe"):
             lines[index] = line[len("subscribe") :].strip()
             break
-        elif page_date is None and _DATE.fullmatch(line) and index > 0:
-            page_date, _ = _parse_date_line(line, as_of)
+        elif page_date is None and error is None and _DATE.fullmatch(line) and index > 0:
+            try:
+                page_date, _ = _parse_date_line(line, as_of)
+            except ValueError as exc:
+                error = str(exc)
             index += 1
         else:
             break
-    return lines[index:], page_date
+    return lines[index:], page_date, error
 
 
 def _is_meta_start(lines: list[str], index: int) -> bool:
@@ -124,11 +141,9 @@ def parse_hf_page(text: str, as_of: date) -> ParseResult:
     """Parse a Daily Papers page capture into records; bad entries are skipped and reported."""
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     result = ParseResult(format=FORMAT)
-    try:
-        lines, page_date = _strip_header(lines, as_of)
-    except ValueError as exc:
-        result.skipped.append(f"page date: {exc}")
-        page_date = None
+    lines, page_date, page_date_error = _strip_header(lines, as_of)
+    if page_date_error:
+        result.skipped.append(f"page date: {page_date_error}")
     reference = page_date or as_of
     index = 0
     number = 0
@@ -149,7 +164,9 @@ def parse_hf_page(text: str, as_of: date) -> ParseResult:
             who = lines[index]
             authors = _AUTHORS.fullmatch(who)
             if authors:
-                author_count = int(authors.group("count"))
+                author_count = _count(authors.group("count"))
+                if author_count is not None and author_count > MAX_AUTHORS:
+                    author_count = None
             elif who != _SEPARATOR:
                 organization = _organization(who)
             index += 1
@@ -160,8 +177,8 @@ def parse_hf_page(text: str, as_of: date) -> ParseResult:
                 except (ValueError, IndexError) as exc:
                     error = str(exc) if isinstance(exc, ValueError) else "date missing"
                 index += 1
-            # A metadata block without a count shows no upvotes: that is zero.
-            upvotes = upvotes if upvotes is not None or error else 0
+            else:
+                upvotes = 0  # a metadata block without a date line shows no upvotes
         if error:
             result.skipped.append(f"{record_label(number, title)}: {error}")
             continue

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import UTC, date, datetime, timedelta
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 # Source kinds, from least to most authoritative for bibliographic fields.
@@ -28,6 +30,46 @@ def upvote_count(value: Any) -> int | None:
 _ARXIV_ID = re.compile(
     r"(?P<id>\d{4}\.\d{4,5}|[a-z][a-z\-]*(?:\.[A-Z]{2})?/\d{7})(?:v\d+)?$", re.IGNORECASE
 )
+
+
+# Publication dates outside [EARLIEST_DATE, the ingest's day + DAYS_AHEAD] are bad dates:
+# no arXiv paper predates arXiv, and a feed's clock may run a little ahead (time zones).
+EARLIEST_DATE = date(1990, 1, 1)
+DAYS_AHEAD = 3
+
+
+def plausible_date(day: date, today: date) -> date:
+    """`day` if a paper can be published then (seen on `today`); else ValueError."""
+    if not EARLIEST_DATE <= day <= today + timedelta(days=DAYS_AHEAD):
+        raise ValueError(
+            f"date out of range: {day.isoformat()} (before {EARLIEST_DATE.isoformat()} "
+            f"or more than {DAYS_AHEAD} days after {today.isoformat()})"
+        )
+    return day
+
+
+def publication_date(value: object, today: date) -> date:
+    """A date as a source writes it, read strictly: ISO 8601 (`2026-03-01T00:00:00Z`) or
+    RFC 2822 (`Wed, 20 Aug 2025 00:00:00 -0400`), its day in UTC; a day that does not
+    exist (Feb 30) or is not plausible (`plausible_date`) raises ValueError."""
+    text = value.strip() if isinstance(value, str) else None
+    parsed: datetime | None = None
+    if text:
+        try:
+            parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        except ValueError:
+            try:
+                parsed = parsedate_to_datetime(text)
+            except (TypeError, ValueError, IndexError):
+                parsed = None
+        try:
+            parsed = parsed.astimezone(UTC) if parsed and parsed.tzinfo else parsed
+        except OverflowError:  # year 1 or 9999 moved across midnight
+            parsed = None
+    if parsed is None:
+        shown = value[:60] if isinstance(value, str) else value
+        raise ValueError(f"date does not parse: {shown!r}")
+    return plausible_date(parsed.date(), today)
 
 
 class InputError(ValueError):
@@ -97,32 +139,57 @@ class ParseResult:
 # Bidirectional marks, embeddings, overrides and isolates: U+202E can reverse a Subject
 # on screen. Dropped from one-line fields, refused where a person types a label.
 BIDI_CONTROLS = "\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069"
-_BIDI = re.compile(f"[{BIDI_CONTROLS}]")
 # Control characters, including CR and LF, C1 controls, line and paragraph separators and
 # the bidirectional controls: never allowed in a one-line field or header.
 CONTROL_CHARS = re.compile(f"[\x00-\x1f\x7f-\x9f\u2028\u2029{BIDI_CONTROLS}]")
 
 
+# Lone surrogates: no database stores them (UTF-8 cannot encode them).
+_SURROGATES = "\ud800-\udfff"
+_DROPPED = re.compile(f"[{BIDI_CONTROLS}{_SURROGATES}]")
+
+
 def clean_text(value: str | None) -> str:
-    """Collapse runs of whitespace (feeds wrap titles and abstracts) and trim."""
-    return " ".join((value or "").split())
+    """The one normaliser of every text field a parser reads, and of one-line messages.
+
+    Runs of whitespace collapse to one space (feeds wrap titles and abstracts) and the
+    ends are trimmed; control characters (NUL, ESC, BEL, C1...) become spaces too, and
+    bidirectional controls and lone surrogates are dropped: a feed cannot make a title
+    that a database refuses (NUL on PostgreSQL, surrogates on both) or that rewrites
+    the terminal or the screen it is shown on.
+    """
+    if not value:
+        return ""
+    if not value.isascii():
+        value = _DROPPED.sub("", value)
+    return " ".join(CONTROL_CHARS.sub(" ", value).split())
 
 
 def one_line(text: str) -> str:
     """No CR, LF or other control characters: safe in headers and one-line fields."""
-    return clean_text(CONTROL_CHARS.sub(" ", _BIDI.sub("", text)))
+    return clean_text(text)
 
 
 _TITLE_WORD = re.compile(r"\w+")
 
 
+# A title key is stored in 512 characters, and a paper's key is "title:" + it: a longer
+# one keeps its first characters and a hash of all of it, so two long titles stay apart.
+MAX_TITLE_KEY = 480
+
+
 def normalize_title(title: str) -> str:
     """The title as an identity: case-folded, accents and punctuation dropped."""
     if title.isascii():  # the same, faster: nothing to decompose
-        return " ".join(_TITLE_WORD.findall(title.lower()))
-    decomposed = unicodedata.normalize("NFKD", title.casefold())
-    stripped = "".join(ch for ch in decomposed if not unicodedata.combining(ch))
-    return " ".join(re.findall(r"\w+", stripped))
+        key = " ".join(_TITLE_WORD.findall(title.lower()))
+    else:
+        decomposed = unicodedata.normalize("NFKD", title.casefold())
+        stripped = "".join(ch for ch in decomposed if not unicodedata.combining(ch))
+        key = " ".join(re.findall(r"\w+", stripped))
+    if len(key) > MAX_TITLE_KEY:
+        digest = hashlib.blake2b(key.encode(), digest_size=8).hexdigest()
+        key = f"{key[: MAX_TITLE_KEY - len(digest) - 1]} {digest}"
+    return key
 
 
 _ARXIV_URL = re.compile(r"^https?://(?:export\.|www\.)?arxiv\.org/(?:abs|pdf)/")
@@ -153,7 +220,7 @@ def safe_http_url(value: object) -> str | None:
     if not isinstance(value, str):
         return None
     url = value.strip()
-    if _HTTP_URL.match(url) and len(url) <= 2048:
+    if _HTTP_URL.match(url) and len(url) <= 2048 and clean_text(url) == url:
         return url
     return None
 
