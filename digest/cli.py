@@ -1066,6 +1066,13 @@ def run_command(app: App, verbose: bool, serve: bool, host: str | None, port: in
     setup_logging(verbose)
     config = app.config
     print_config_warnings(app)
+    listening = None
+    if serve:
+        from digest.web import listen
+
+        # Bound before anything starts, not in the web thread: a host that does not
+        # resolve or a port in use is one line, and nothing runs.
+        listening = listen(app, host or config.web.host, port or config.web.port)
     stop = threading.Event()
     service = app.service(stop)
     service.install_signal_handlers()
@@ -1078,18 +1085,11 @@ def run_command(app: App, verbose: bool, serve: bool, host: str | None, port: in
         ),
         err=True,
     )
-    if not serve:
+    if listening is None:
         service.run_forever()
         return
-    from digest.web import serve as serve_web
-
-    web = threading.Thread(
-        target=serve_web,
-        args=(app, host or config.web.host, port or config.web.port),
-        kwargs={"stop": stop, "on_listening": lambda: announce_web(app, host, port)},
-        name="digest-web",
-        daemon=True,
-    )
+    announce_web(app, host, port)
+    web = threading.Thread(target=listening.run, args=(stop,), name="digest-web", daemon=True)
     web.start()
     service.run_forever()
     web.join(timeout=15)

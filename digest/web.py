@@ -703,6 +703,48 @@ def create_app(config: Config | None = None, *, wiring: App | None = None) -> Fl
     return app
 
 
+@dataclass
+class Listening:
+    """The web front bound to its socket (`listen`), ready to `run`."""
+
+    app: Flask
+    server: Any  # waitress's server
+
+    def run(self, stop: threading.Event | None = None) -> None:
+        """Serve until interrupted (or `stop` is set)."""
+        if stop is not None:
+            server = self.server
+            threading.Thread(
+                target=lambda: (stop.wait(), server.close()), name="digest-web-stop", daemon=True
+            ).start()
+        try:
+            self.server.run()
+        except (OSError, ValueError):
+            if stop is None or not stop.is_set():
+                raise
+        finally:
+            self.app.extensions["digest.postman"].drain(10)
+
+
+def listen(wiring: App, host: str, port: int) -> Listening:
+    """The web front bound to `host`:`port` with waitress, in the caller's thread, so a host
+    that does not resolve or a port in use is the caller's one-line error (`digest run
+    --serve` binds before it starts the web thread)."""
+    from waitress.server import create_server
+
+    app = create_app(wiring=wiring)
+    try:
+        server = create_server(app, host=host, port=port, threads=wiring.config.web.threads)
+    except ValueError as exc:  # waitress: a host that does not resolve to an address
+        app.extensions["digest.postman"].drain(10)
+        raise DigestError(f"cannot listen on host {shown(host)}, port {port}: {exc}") from None
+    except OSError as exc:  # the port is in use, or not ours to bind
+        app.extensions["digest.postman"].drain(10)
+        reason = exc.strerror or exc
+        raise DigestError(f"cannot listen on host {shown(host)}, port {port}: {reason}") from None
+    return Listening(app, server)
+
+
 def serve(
     wiring: App,
     host: str,
@@ -715,24 +757,7 @@ def serve(
 
     `on_listening` is called once the socket is bound, before the first request.
     """
-    from waitress.server import create_server
-
-    app = create_app(wiring=wiring)
-    try:
-        server = create_server(app, host=host, port=port, threads=wiring.config.web.threads)
-    except ValueError as exc:  # waitress: a host that does not resolve to an address
-        app.extensions["digest.postman"].drain(10)
-        raise DigestError(f"cannot listen on host {shown(host)}, port {port}: {exc}") from None
+    listening = listen(wiring, host, port)
     if on_listening is not None:
         on_listening()
-    if stop is not None:
-        threading.Thread(
-            target=lambda: (stop.wait(), server.close()), name="digest-web-stop", daemon=True
-        ).start()
-    try:
-        server.run()
-    except (OSError, ValueError):
-        if stop is None or not stop.is_set():
-            raise
-    finally:
-        app.extensions["digest.postman"].drain(10)
+    listening.run(stop)

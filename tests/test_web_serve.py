@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -65,3 +66,41 @@ def test_serve_on_a_local_base_url_does_not_warn(tmp_path: Path, db_url) -> None
     _, err = process.communicate(timeout=30)
     assert process.returncode == 0, err
     assert "not https" not in err
+
+
+def test_a_port_in_use_or_a_bad_host_is_one_line_and_nothing_runs(tmp_path: Path, db_url) -> None:
+    """`digest serve` and `digest run --serve` bind before anything starts: a port taken by
+    another program, or a host that does not resolve, is one line and exit 1 (run --serve
+    bound in its web thread, printing a traceback while the scheduler ran on)."""
+    env = digest_env(
+        tmp_path / "data",
+        db_url,
+        DIGEST_BASE_URL="http://localhost:8000",
+        DIGEST_SECRET_KEY="serve-test-key-0123456789abcdefghijklmnop",
+    )
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        for command in (("serve",), ("run", "--serve")):
+            for host, reason in (
+                (["--host", "127.0.0.1"], "Address already in use"),
+                (
+                    ["--host", "not a host"],
+                    "Invalid host/port specified.",
+                ),
+            ):
+                done = subprocess.run(
+                    [sys.executable, "-m", "digest", *command, *host, "--port", str(port)],
+                    env=env,
+                    capture_output=True,
+                    text=True,
+                    timeout=60,
+                )
+                lines = done.stderr.strip().splitlines()
+                assert done.returncode == 1, (command, host, done.stderr)
+                assert lines[-1] == (
+                    f"Error: cannot listen on host '{host[1]}', port {port}: {reason}"
+                ), (command, host)
+                assert "Traceback" not in done.stderr
+                assert "dispatching" not in done.stderr
