@@ -711,10 +711,16 @@ def run_match(session: Session, query: queries.Query, limit: int) -> MatchResult
 
 
 def print_table(header: Sequence[str], rows: Sequence[Sequence[str]], width: int = 70) -> None:
-    """Print rows in aligned columns; the last column is cut at `width` characters."""
+    """Print rows in aligned columns; the last column is cut at `width` characters.
+
+    Cells are printed as one line without control characters (`one_line`): a title
+    stored before ingest cleaned them cannot move the cursor or retitle the terminal."""
+    from digest.sources.records import one_line
+
+    clean = [[one_line(str(cell)) for cell in row] for row in rows]
     cut = [
         [*row[:-1], row[-1] if len(row[-1]) <= width else row[-1][: width - 3] + "..."]
-        for row in rows
+        for row in clean
     ]
     widths = [max(len(str(cell)) for cell in column) for column in zip(header, *cut, strict=False)]
     for row in [list(header), *cut]:

@@ -7,10 +7,12 @@ from pathlib import Path
 
 import click
 import pytest
+from sqlalchemy import update
 
 from digest import db
 from digest.app import safe_url
 from digest.cli import main
+from digest.models import Paper
 from tests.conftest import DATA
 
 
@@ -104,6 +106,24 @@ def test_papers_and_stats(cli, seeds: Path) -> None:
     assert lines[0].split() == ["id", "arxiv", "published", "votes", "sources", "title"]
     assert lines[1].split()[:5] == ["541", "2602.23229", "2026-02-26", "10", "hf_api"]
     assert cli("papers", "--limit", "0").exit_code == 2
+
+
+def test_listings_print_no_control_characters(cli, factory, seeds: Path) -> None:
+    """A title stored with an escape sequence (before ingest cleaned them) is listed on one
+    line without it: it cannot retitle the terminal or reverse the text after it."""
+    cli("ingest", str(seeds))
+    with factory() as session:
+        session.execute(
+            update(Paper)
+            .where(Paper.title.like("%World Modeling%"))
+            .values(title="Ctrl\x1b]0;pwned\x07 title\x00 nul\u202eRTL\nnext")
+        )
+        session.commit()
+    listing = cli("papers", "--search", "World Modeling Probabilistic Structure")
+    assert listing.exit_code == 0, listing.output
+    (row,) = [line for line in listing.output.splitlines() if "Ctrl" in line]
+    assert row.endswith("Ctrl ]0;pwned title nulRTL next")
+    assert not any(ord(c) < 32 or c == "\u202e" for c in listing.output.replace("\n", ""))
 
 
 def test_demo_runs_the_main_job_into_the_maildir_outbox(cli, tmp_path: Path) -> None:
