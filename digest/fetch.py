@@ -168,7 +168,8 @@ class HttpFetcher:
         try:
             parts = urlsplit(url)
             host = parts.hostname
-        except ValueError:  # an unclosed [IPv6 address, say
+            parts.port  # noqa: B018 (raises ValueError for a port that is not 0-65535)
+        except ValueError:  # an unclosed [IPv6 address, a port "abc" or 99999
             raise InputError("not a valid URL") from None
         if parts.scheme not in {"http", "https"}:
             raise InputError("only http and https URLs can be fetched")

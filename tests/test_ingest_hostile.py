@@ -282,13 +282,18 @@ def test_a_url_that_does_not_parse_is_its_own_error_and_the_others_load(
     factory, tmp_path: Path
 ) -> None:
     hf = write_json(tmp_path / "x.json", [hf_item("2602.00060", "Loads")])
-    fetcher = HttpFetcher(retries=0, sleep=lambda _: None)
-    summaries = ingest(factory, "http://[::1", "http://", hf, fetcher=fetcher)
+    slept: list[float] = []
+    fetcher = HttpFetcher(retries=3, sleep=slept.append)
+    bad = ("http://[::1", "http://", "http://h:abc/", "http://h:99999/")
+    summaries = ingest(factory, *bad, hf, fetcher=fetcher)
     assert [s.line() for s in summaries] == [
         "http://[::1: error: not a valid URL",
         "http://: error: the URL has no host",
+        "http://h:abc/: error: not a valid URL",
+        "http://h:99999/: error: not a valid URL",
         f"{hf}: hf-daily-papers-json, 1 parsed, 1 new, 0 updated, 0 unchanged, 0 skipped",
     ]
+    assert slept == []  # a URL that cannot be valid is not retried
 
 
 def test_error_lines_stay_one_line(factory, tmp_path: Path) -> None:
