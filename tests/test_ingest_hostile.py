@@ -380,7 +380,10 @@ def test_json_with_a_utf16_byte_order_mark_loads() -> None:
     [
         '<!DOCTYPE f [<!ENTITY xxe SYSTEM "file:///etc/passwd">]>',
         '<!DOCTYPE lolz [<!ENTITY lol "lol"><!ENTITY lol2 "&lol;&lol;&lol;">]>',
+        # After a comment longer than any head a parser might look at first.
+        "<!--" + "x" * 70_000 + '-->\n<!DOCTYPE f [<!ENTITY xxe "expanded">]>',
     ],
+    ids=["external", "billion laughs", "after 70 KB"],
 )
 def test_xml_with_entities_is_refused_by_name(factory, tmp_path: Path, declaration: str) -> None:
     feed = tmp_path / "dtd.xml"

@@ -32,7 +32,7 @@ def _decode(data: bytes) -> str:
 # one, and no database stores one; dropped, as the text normaliser drops them.
 _SURROGATE_REFERENCE = re.compile(rb"&#(?:[xX]0*[dD][89a-fA-F][0-9a-fA-F]{2}|0*5[5-7]\d{3});")
 # A DTD may declare entities (billion laughs, external entities): no feed needs one.
-_DTD = re.compile(rb"<!(?:DOCTYPE|ENTITY)")
+_DTD = re.compile(rb"<!(?:DOCTYPE|ENTITY)", re.IGNORECASE)
 
 
 def _surrogate_reference(match: re.Match[bytes]) -> bytes:
@@ -42,8 +42,8 @@ def _surrogate_reference(match: re.Match[bytes]) -> bytes:
 
 
 def _parse_xml(data: bytes, today: date) -> ParseResult:
-    head = data[:65536]
-    if _DTD.search(head) or _DTD.search(head.replace(b"\x00", b"")):  # UTF-16 too
+    # The whole input, not its first bytes: a long comment may come before the DTD.
+    if _DTD.search(data) or (b"\x00" in data and _DTD.search(data.replace(b"\x00", b""))):
         raise InputError("XML with a DTD or entity declarations is not allowed")
     data = _SURROGATE_REFERENCE.sub(_surrogate_reference, data)
     try:
