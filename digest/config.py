@@ -167,8 +167,11 @@ def _http_url(key: str, value: Any) -> str:
         or any(char.isspace() for char in text)
     ):
         raise ConfigError(
-            f"{key}: expected an absolute http(s) URL with a host and no spaces, got {shown(text)}"
+            f"{key}: expected an absolute http(s) URL with a host and no spaces, "
+            f"got {shown(mask_password(text))}"
         )
+    if "@" in parts.netloc:  # it would go into every link of every email
+        raise ConfigError(f"{key}: a public URL carries no user name or password")
     return text
 
 

@@ -409,6 +409,17 @@ CASES = [
             ("without a host", "https://", "expected an absolute http(s) URL with a host"),
             ("with a space", "https://digest example.org", "expected an absolute http(s) URL"),
             ("with a bad port", "https://digest.example.org:99999", "expected an absolute"),
+            (
+                "with a password in it",
+                "https://admin:S3cret@digest.example.org",
+                "a public URL carries no user name or password",
+            ),
+            (
+                "with a password and a bad port",
+                "https://admin:S3cret@digest.example.org:99999",
+                "expected an absolute http(s) URL with a host and no spaces, got "
+                "'https://admin:***@digest.example.org:99999'",
+            ),
         )
     ],
     *[
