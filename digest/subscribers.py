@@ -180,6 +180,8 @@ def check_distinct(topics: list[str]) -> tuple[TopicSpec, ...]:
 def check_papers_exist(session: Session, preferences: Preferences) -> None:
     """Refuse a like:ID topic naming a paper that is not in the database."""
     for spec in preferences.topics:
+        if "like:" not in spec.query.casefold():
+            continue  # most topics: no second parse
         for reference in parse_query(spec.query).likes:
             if db.find_paper_by_reference(session, reference) is None:
                 raise SubscriberError(
@@ -355,6 +357,7 @@ def request_subscription(
     to send (`CONFIRM`, `ALREADY`), or None when one went to this address less
     than `resend_after` ago: the form cannot be used to flood an inbox.
     """
+    check_papers_exist(session, preferences)
     subscriber, _ = find_or_create(session, address, now, default_timezone, default_hour)
     if subscriber.status == "active":
         kind = ALREADY

@@ -46,6 +46,7 @@ from digest.subscribers import (
     SubscriberError,
     TopicSpec,
     apply_settings,
+    check_papers_exist,
     new_secret,
     normalize_email,
     parse_frequency,
@@ -252,6 +253,7 @@ def _store(
     default_hour: int,
 ) -> None:
     """Add or update one batch of rows in `session`, in bulk statements."""
+    batch = [row for row in batch if _papers_exist(session, row, report)]
     stored = db.subscribers_by_key(session, [row.key for row in batch])
     added: list[Row] = []
     updated: list[dict[str, object]] = []
@@ -286,6 +288,16 @@ def _store(
         topics[subscriber_id] = [(spec.query, spec.label) for spec in row.preferences.topics]
     db.replace_topics(session, topics)
     report.added += len(added)
+
+
+def _papers_exist(session: Session, row: Row, report: ImportReport) -> bool:
+    """Whether every like:ID topic of `row` names a stored paper; else a bad row."""
+    try:
+        check_papers_exist(session, row.preferences)
+    except SubscriberError as exc:
+        report.errors.append((row.line, str(exc)))
+        return False
+    return True
 
 
 def _new_subscriber(

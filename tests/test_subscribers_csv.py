@@ -170,6 +170,22 @@ def test_an_hour_that_is_not_ascii_digits_is_a_bad_row(cli, tmp_path: Path, db_u
     assert stored(db_url)["good@example.org"][4] == 7
 
 
+def test_a_like_topic_naming_no_paper_is_a_bad_row(cli, tmp_path: Path, db_url) -> None:
+    """As `digest subscribe` and the web form refuse it: the import checks like:ID too."""
+    people = write(
+        tmp_path,
+        "email,topics\ngood@example.org,diffusion\nlike@example.org,diffusion; like:99999\n",
+    )
+    result = cli("subscribers", "import", str(people))
+    assert result.exit_code == 1
+    lines = result.output.splitlines()
+    assert lines[0] == (
+        f"{people}:3: topic 'like:99999': like:99999: no such paper (see `digest papers`)"
+    )
+    assert lines[1] == "added 1, updated 0, unchanged 0, bad rows 1"
+    assert list(stored(db_url)) == ["good@example.org"]
+
+
 @pytest.mark.parametrize(
     ("content", "message"),
     [
