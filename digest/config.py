@@ -31,7 +31,7 @@ def default_data_dir(environ: Mapping[str, str]) -> Path:
 
 def _str(key: str, value: Any) -> str:
     if not isinstance(value, str):
-        raise ConfigError(f"{key}: expected a string, got {value!r}")
+        raise ConfigError(f"{key}: expected a string, got {shown(value)}")
     return value
 
 
@@ -41,14 +41,14 @@ MAX_INT = 2**31 - 1
 
 def _int(key: str, value: Any) -> int:
     if isinstance(value, bool):
-        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        raise ConfigError(f"{key}: expected an integer, got {shown(value)}")
     if isinstance(value, str):
         try:
             value = int(value.strip())
         except ValueError:
-            raise ConfigError(f"{key}: expected an integer, got {value!r}") from None
+            raise ConfigError(f"{key}: expected an integer, got {shown(value)}") from None
     if not isinstance(value, int):
-        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        raise ConfigError(f"{key}: expected an integer, got {shown(value)}")
     if abs(value) > MAX_INT:
         raise ConfigError(f"{key}: {value} is too large (at most {MAX_INT})")
     return value
@@ -56,16 +56,16 @@ def _int(key: str, value: Any) -> int:
 
 def _float(key: str, value: Any) -> float:
     if isinstance(value, bool):
-        raise ConfigError(f"{key}: expected a number, got {value!r}")
+        raise ConfigError(f"{key}: expected a number, got {shown(value)}")
     if isinstance(value, str):
         try:
             value = float(value.strip())
         except ValueError:
-            raise ConfigError(f"{key}: expected a number, got {value!r}") from None
+            raise ConfigError(f"{key}: expected a number, got {shown(value)}") from None
     if not isinstance(value, int | float):
-        raise ConfigError(f"{key}: expected a number, got {value!r}")
+        raise ConfigError(f"{key}: expected a number, got {shown(value)}")
     if not math.isfinite(value):
-        raise ConfigError(f"{key}: expected a finite number, got {value!r}")
+        raise ConfigError(f"{key}: expected a finite number, got {shown(value)}")
     return float(value)
 
 
@@ -82,7 +82,7 @@ def _bool(key: str, value: Any) -> bool:
     if isinstance(value, str) and value.strip().lower() in {"0", "false", "no", "off"}:
         return False
     if not isinstance(value, bool):
-        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        raise ConfigError(f"{key}: expected true or false, got {shown(value)}")
     return value
 
 
@@ -130,12 +130,14 @@ def _database_url(key: str, value: Any) -> str:
         url = make_url(text)
         _ = url.port
     except (ArgumentError, ValueError):
-        raise ConfigError(f"{key}: not a database URL: {mask_password(text)!r}") from None
+        raise ConfigError(f"{key}: not a database URL: {shown(mask_password(text))}") from None
     if url.get_backend_name() not in {"sqlite", "postgresql"}:
-        raise ConfigError(f"{key}: unsupported database {url.drivername!r} (sqlite or postgresql)")
+        raise ConfigError(
+            f"{key}: unsupported database {shown(url.drivername)} (sqlite or postgresql)"
+        )
     if url.get_backend_name() == "sqlite" and _in_memory(url.database, url.query):
         raise ConfigError(
-            f"{key}: an in-memory SQLite database ({mask_password(text)!r}) loses everything "
+            f"{key}: an in-memory SQLite database ({shown(mask_password(text))}) loses everything "
             "when the command ends; give a file, e.g. sqlite:////var/lib/papers-digest/digest.sqlite3"
         )
     return text
@@ -183,9 +185,9 @@ def _email(key: str, value: Any) -> str:
     try:
         valid = validate_email(text, check_deliverability=False)
     except EmailNotValidError as exc:
-        raise ConfigError(f"{key}: not an email address: {text!r} ({exc})") from None
+        raise ConfigError(f"{key}: not an email address: {shown(text)} ({exc})") from None
     if valid.ascii_email is None:
-        raise ConfigError(f"{key}: {text!r}: use an address whose part before the @ is ASCII")
+        raise ConfigError(f"{key}: {shown(text)}: use an address whose part before the @ is ASCII")
     return valid.ascii_email
 
 
@@ -196,7 +198,7 @@ def _opt_email(key: str, value: Any) -> str | None:
 def _transport(key: str, value: Any) -> str:
     text = _str(key, value).strip().lower()
     if text not in {"maildir", "smtp"}:
-        raise ConfigError(f"{key}: unknown transport {text!r} (maildir or smtp)")
+        raise ConfigError(f"{key}: unknown transport {shown(text)} (maildir or smtp)")
     return text
 
 
@@ -206,7 +208,7 @@ def _positive(
     def wrapped(key: str, value: Any) -> Any:
         number = check(key, value)
         if number <= 0:
-            raise ConfigError(f"{key}: must be greater than 0, got {value!r}")
+            raise ConfigError(f"{key}: must be greater than 0, got {shown(value)}")
         return _at_most(key, number, at_most)
 
     return wrapped
@@ -218,7 +220,7 @@ def _non_negative(
     def wrapped(key: str, value: Any) -> Any:
         number = check(key, value)
         if number < 0:
-            raise ConfigError(f"{key}: must not be negative, got {value!r}")
+            raise ConfigError(f"{key}: must not be negative, got {shown(value)}")
         return _at_most(key, number, at_most)
 
     return wrapped
@@ -226,7 +228,7 @@ def _non_negative(
 
 def _at_most(key: str, number: Any, limit: float | None) -> Any:
     if limit is not None and number > limit:
-        raise ConfigError(f"{key}: must be at most {limit:g}, got {number!r}")
+        raise ConfigError(f"{key}: must be at most {limit:g}, got {shown(number)}")
     return number
 
 
@@ -234,14 +236,14 @@ def _dkim_selector(key: str, value: Any) -> str | None:
     text = _opt_str(key, value)
     label = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?")
     if text is not None and not all(label.fullmatch(part) for part in text.split(".")):
-        raise ConfigError(f"{key}: not a DNS name such as 'digest': {text!r}")
+        raise ConfigError(f"{key}: not a DNS name such as 'digest': {shown(text)}")
     return text
 
 
 def _port(key: str, value: Any) -> int:
     port = _int(key, value)
     if not 0 < port < 65536:
-        raise ConfigError(f"{key}: not a TCP port: {value!r}")
+        raise ConfigError(f"{key}: not a TCP port: {shown(value)}")
     return port
 
 
@@ -262,14 +264,14 @@ def iana_timezones() -> frozenset[str]:
 def _timezone(key: str, value: Any) -> str:
     name = _str(key, value).strip()
     if name not in iana_timezones():
-        raise ConfigError(f"{key}: unknown IANA timezone {name!r} (e.g. Europe/Paris)")
+        raise ConfigError(f"{key}: unknown IANA timezone {shown(name)} (e.g. Europe/Paris)")
     return name
 
 
 def _hour(key: str, value: Any) -> int:
     hour = _int(key, value)
     if not 0 <= hour <= 23:
-        raise ConfigError(f"{key}: hour must be 0-23, got {value!r}")
+        raise ConfigError(f"{key}: hour must be 0-23, got {shown(value)}")
     return hour
 
 
@@ -277,7 +279,7 @@ def _str_list(key: str, value: Any) -> list[str]:
     if isinstance(value, str):
         value = [part for part in value.split(",") if part.strip()]
     if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
-        raise ConfigError(f"{key}: expected a list of strings, got {value!r}")
+        raise ConfigError(f"{key}: expected a list of strings, got {shown(value)}")
     return [item.strip() for item in value]
 
 
@@ -288,7 +290,7 @@ def _cron(key: str, value: Any) -> str:
     try:
         CronTrigger.from_crontab(text, timezone="UTC")
     except ValueError as exc:
-        raise ConfigError(f"{key}: not a cron expression: {text!r} ({exc})") from None
+        raise ConfigError(f"{key}: not a cron expression: {shown(text)} ({exc})") from None
     return text
 
 
@@ -300,7 +302,9 @@ def _rate_limit(key: str, value: Any) -> str:
     try:
         parse_many(text)
     except ValueError as exc:
-        raise ConfigError(f"{key}: not a rate limit like '10 per hour': {text!r} ({exc})") from None
+        raise ConfigError(
+            f"{key}: not a rate limit like '10 per hour': {shown(text)} ({exc})"
+        ) from None
     return text
 
 
@@ -504,7 +508,7 @@ def _flatten(table: Mapping[str, Any], path: Path) -> dict[str, Any]:
             flat[name] = value
     unknown = sorted(set(flat) - set(KEYS))
     if unknown:
-        raise ConfigError(f"{path}: unknown key {unknown[0]!r}")
+        raise ConfigError(f"{path}: unknown key {shown(unknown[0])}")
     return flat
 
 

@@ -24,11 +24,15 @@ class DatabaseUnavailable(DigestError):
 SHOWN_CHARS = 60
 
 
-def shown(value: str) -> str:
-    """A user's value quoted for an error line: its first SHOWN_CHARS characters, then "…".
+def shown(value: object) -> str:
+    """A user's value quoted for an error line: its first SHOWN_CHARS characters, then "…"
+    (any other value: its repr, cut alike).
 
     Errors echo what was typed so it can be found, but a 100 KB argument must not
     become a 100 KB error line.
     """
+    if not isinstance(value, str):
+        text = repr(value)
+        return text if len(text) <= SHOWN_CHARS else text[:SHOWN_CHARS] + "…"
     cut = value if len(value) <= SHOWN_CHARS else value[:SHOWN_CHARS] + "…"
     return repr(cut)

@@ -393,6 +393,12 @@ CASES = [
         for who in (("--topic", "diffusion"), ("--email", "ada@example.org"))
     ],
     Case(
+        "a 50,000-character port",
+        ("stats",),
+        "config: smtp.port: expected an integer, got '" + "9" * 60 + "…'",
+        config='[smtp]\nport = "' + "9" * 50_000 + 'x"\n',
+    ),
+    Case(
         "a web host that is not a host",
         ("serve", "--host", "not a host", "--port", "18474"),
         "cannot listen on host 'not a host', port 18474: Invalid host/port specified.",

@@ -18,6 +18,7 @@ import re
 from datetime import date
 from typing import Any
 
+from digest.errors import shown
 from digest.sources.records import (
     InputError,
     PaperRecord,
@@ -84,7 +85,7 @@ def _api_record(entry: Any, today: date) -> PaperRecord:
         raise ValueError("no title")
     arxiv_id = arxiv_id_from(entry.get("id"))
     if arxiv_id is None:
-        raise ValueError(f"not an arXiv id: {entry.get('id')!r}")
+        raise ValueError(f"not an arXiv id: {shown(entry.get('id'))}")
     published = _published(entry, today)
     authors = tuple(
         clean_text(author.get("name"))
@@ -111,7 +112,7 @@ def _listing_record(entry: Any, today: date) -> PaperRecord | str:
         raise ValueError("no title")
     arxiv_id = arxiv_id_from(entry.get("id")) or arxiv_id_from(entry.get("link"))
     if arxiv_id is None:
-        raise ValueError(f"not an arXiv id: {entry.get('id')!r}")
+        raise ValueError(f"not an arXiv id: {shown(entry.get('id'))}")
     summary = entry.get("summary") or ""
     announce = _ANNOUNCE.match(summary)
     announce_type = (

@@ -19,6 +19,7 @@ from __future__ import annotations
 import re
 from datetime import date
 
+from digest.errors import shown
 from digest.sources.records import (
     PaperRecord,
     ParseResult,
@@ -81,13 +82,13 @@ def _parse_date_line(line: str, reference: date) -> tuple[date, int | None]:
     match = _DATE.fullmatch(line.strip())
     month = _MONTHS.get(match.group("month").casefold()) if match else None
     if match is None or month is None:
-        raise ValueError(f"date does not parse: {line.strip()!r}")
+        raise ValueError(f"date does not parse: {shown(line.strip())}")
     year = int(match.group("year")) if match.group("year") else None
     try:
         when = resolve_date(month, int(match.group("day")), year, reference)
     except ValueError as exc:
         reason = str(exc) if str(exc).startswith("date out of range") else "date does not parse"
-        raise ValueError(f"{reason}: {line.strip()!r}") from None
+        raise ValueError(f"{reason}: {shown(line.strip())}") from None
     # No count shown is zero votes; a count no page shows is none.
     upvotes = match.group("upvotes")
     return when, upvote_count(_count(upvotes)) if upvotes else 0

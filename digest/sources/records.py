@@ -11,6 +11,8 @@ from datetime import UTC, date, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from typing import Any
 
+from digest.errors import shown
+
 # Source kinds, from least to most authoritative for bibliographic fields.
 SOURCE_PRIORITY = {"hf_page": 1, "hf_api": 2, "arxiv_rss": 3, "arxiv_api": 4}
 # The largest vote count stored (a 32-bit integer column on PostgreSQL; SQLite is 64-bit).
@@ -67,8 +69,7 @@ def publication_date(value: object, today: date) -> date:
         except OverflowError:  # year 1 or 9999 moved across midnight
             parsed = None
     if parsed is None:
-        shown = value[:60] if isinstance(value, str) else value
-        raise ValueError(f"date does not parse: {shown!r}")
+        raise ValueError(f"date does not parse: {shown(value)}")
     return plausible_date(parsed.date(), today)
 
 
