@@ -91,6 +91,12 @@ def _opt_str(key: str, value: Any) -> str | None:
     return text or None
 
 
+def _postal_address(key: str, value: Any) -> str:
+    """The footer's postal address: lines written in the file are joined with ", "."""
+    text = ", ".join(part.strip() for part in _str(key, value).splitlines() if part.strip())
+    return _line(key, text)
+
+
 def _line(key: str, value: Any) -> str:
     """A string that goes into a mail or HTTP header, a path or a footer line: no control
     characters (a CR/LF would fail every send later, not here)."""
@@ -341,7 +347,7 @@ KEYS: dict[str, Key] = {
     "mail.from_address": Key(_email, "digest@localhost.localdomain"),
     "mail.from_name": Key(_line, "Papers Digest"),
     "mail.reply_to": Key(_opt_email, None),
-    "mail.postal_address": Key(_line, ""),
+    "mail.postal_address": Key(_postal_address, ""),
     "mail.unsubscribe_mailto": Key(_opt_email, None),
     "mail.dkim_selector": Key(_dkim_selector, None),
     "mail.dkim_key_file": Key(_opt_line, None, "DIGEST_DKIM_KEY_FILE"),

@@ -54,6 +54,14 @@ from_name = "Lab Digest"
     assert not env_db.is_embedded_database
 
 
+def test_a_postal_address_on_several_lines_is_one_footer_line(tmp_path: Path) -> None:
+    path = write(tmp_path, '[mail]\npostal_address = """Acme Inc\n  1 Main St\n\nSpringfield"""\n')
+    assert load_config(path, {}).mail.postal_address == "Acme Inc, 1 Main St, Springfield"
+    path = write(tmp_path, '[mail]\npostal_address = "Acme\\u202eInc"\n')
+    with pytest.raises(ConfigError, match=r"mail\.postal_address: one line without control"):
+        load_config(path, {})
+
+
 def test_digest_config_environment_variable_picks_the_file(tmp_path: Path) -> None:
     path = write(tmp_path, '[mail]\nfrom_address = "papers@example.org"\n')
     assert load_config(None, {"DIGEST_CONFIG": str(path)}).mail.from_address == "papers@example.org"
