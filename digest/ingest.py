@@ -13,6 +13,7 @@ record seen before go unparsed) is digest.merge's `store_records`.
 from __future__ import annotations
 
 import gc
+import logging
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -30,6 +31,8 @@ from digest.files import FileRefused, read_regular_file
 from digest.merge import Entry, store_records
 from digest.sources import InputError, parse_input
 from digest.sources.records import one_line
+
+logger = logging.getLogger(__name__)
 
 
 class Fetcher(Protocol):
@@ -154,7 +157,9 @@ def _ingest_data(
         return summary
     except (ValueError, OverflowError) as exc:
         # A value the database driver refused before the database saw it (the parsers
-        # normalise text and bound numbers, so this is a parser's bug): this input only.
+        # normalise text and bound numbers, so this is a parser's bug): this input only,
+        # with the traceback in the log (`digest -v`) for whoever fixes it.
+        logger.debug("storing %s failed", summary.name, exc_info=True)
         summary.error = f"cannot store, nothing stored: {type(exc).__name__}: {exc}"
         return summary
     summary.parsed = len(entries) - len(skipped)
