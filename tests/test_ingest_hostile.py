@@ -392,3 +392,19 @@ def test_xml_with_entities_is_refused_by_name(factory, tmp_path: Path, declarati
     (summary,) = ingest(factory, feed)
     assert summary.line() == f"{feed}: error: XML with a DTD or entity declarations is not allowed"
     assert papers(factory) == []
+
+
+def test_the_plausible_dates_end_three_days_after_the_ingest() -> None:
+    from datetime import date
+
+    from digest.sources.records import publication_date
+
+    today = date(2026, 11, 25)
+    assert publication_date("2026-11-28T23:00:00Z", today) == date(2026, 11, 28)
+    assert publication_date("1990-01-01", today) == date(1990, 1, 1)
+    # An offset moves the day to UTC's: 23:30 at -01:00 is the next day.
+    assert publication_date("2026-11-27T23:30:00-01:00", today) == date(2026, 11, 28)
+    assert publication_date("Wed, 25 Nov 2026 10:00:00 +0000", today) == today
+    for bad in ("2026-11-29T00:00:00Z", "1989-12-31", "2026-02-30", "", "soon"):
+        with pytest.raises(ValueError):
+            publication_date(bad, today)
