@@ -116,7 +116,7 @@ def test_listings_print_no_control_characters(cli, factory, seeds: Path) -> None
         session.execute(
             update(Paper)
             .where(Paper.title.like("%World Modeling%"))
-            .values(title="Ctrl\x1b]0;pwned\x07 title\x00 nul\u202eRTL\nnext")
+            .values(title="Ctrl\x1b]0;pwned\x07 title nul\u202eRTL\nnext")  # no NUL: PostgreSQL
         )
         session.commit()
     listing = cli("papers", "--search", "World Modeling Probabilistic Structure")
