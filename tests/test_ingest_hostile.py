@@ -405,6 +405,19 @@ def test_the_plausible_dates_end_three_days_after_the_ingest() -> None:
     # An offset moves the day to UTC's: 23:30 at -01:00 is the next day.
     assert publication_date("2026-11-27T23:30:00-01:00", today) == date(2026, 11, 28)
     assert publication_date("Wed, 25 Nov 2026 10:00:00 +0000", today) == today
-    for bad in ("2026-11-29T00:00:00Z", "1989-12-31", "2026-02-30", "", "soon"):
+    # RFC 2822 without a time, as feedparser reads it.
+    assert publication_date("Wed, 20 Aug 2025", today) == date(2025, 8, 20)
+    assert publication_date(" 2 Jan 2026 ", today) == date(2026, 1, 2)
+    for bad in (
+        "2026-11-29T00:00:00Z",
+        "1989-12-31",
+        "2026-02-30",
+        "",
+        "soon",
+        "Mon, 30 Feb 2026",
+        "29 Nov 2026",
+        "20 Aug 2025 junk",
+        "20 Foo 2025",
+    ):
         with pytest.raises(ValueError):
             publication_date(bad, today)

@@ -50,20 +50,34 @@ def plausible_date(day: date, today: date) -> date:
     return day
 
 
+# RFC 2822's date without a time ("Wed, 20 Aug 2025", "20 Aug 2025"), which feeds write
+# and `parsedate_to_datetime` refuses; the weekday is not checked, as feedparser does not.
+_RFC2822_DAY = re.compile(r"(?:[A-Za-z]{3},\s*)?(\d{1,2}\s+[A-Za-z]{3}\s+\d{4})")
+
+
+def _rfc2822(text: str) -> datetime | None:
+    try:
+        return parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError):
+        pass
+    day = _RFC2822_DAY.fullmatch(text)
+    try:  # %b is the C locale's English month abbreviation (Python never sets LC_TIME)
+        return datetime.strptime(day.group(1), "%d %b %Y") if day else None
+    except ValueError:  # Feb 30
+        return None
+
+
 def publication_date(value: object, today: date) -> date:
     """A date as a source writes it, read strictly: ISO 8601 (`2026-03-01T00:00:00Z`) or
-    RFC 2822 (`Wed, 20 Aug 2025 00:00:00 -0400`), its day in UTC; a day that does not
-    exist (Feb 30) or is not plausible (`plausible_date`) raises ValueError."""
+    RFC 2822 (`Wed, 20 Aug 2025 00:00:00 -0400`, or its date alone), its day in UTC; a day
+    that does not exist (Feb 30) or is not plausible (`plausible_date`) raises ValueError."""
     text = value.strip() if isinstance(value, str) else None
     parsed: datetime | None = None
     if text:
         try:
             parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
         except ValueError:
-            try:
-                parsed = parsedate_to_datetime(text)
-            except (TypeError, ValueError, IndexError):
-                parsed = None
+            parsed = _rfc2822(text)
         try:
             parsed = parsed.astimezone(UTC) if parsed and parsed.tzinfo else parsed
         except OverflowError:  # year 1 or 9999 moved across midnight
