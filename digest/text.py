@@ -398,6 +398,8 @@ def acronym_definitions(text: str) -> list[AcronymDefinition]:
 
 def _expansion(acronym: str, before: list[str]) -> list[str] | None:
     """The shortest run of words ending `before` whose initials spell `acronym`."""
+    if not before or before[-1].casefold() in STOP_WORDS:
+        return None  # a definition ends in a content word ("graph network of (GNN)")
     letters = fold(acronym)
     capitals = [c.casefold() for c in acronym if c.isupper()]
     spelled = "".join(capitals) if len(capitals) >= 2 else ""

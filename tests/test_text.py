@@ -167,6 +167,7 @@ def test_authors_and_categories_are_only_folded() -> None:
             ("RLHF", "reinforcement learning from human feedback"),
         ),
         ("Low-Rank Adaptation (LoRA)", ("LoRA", "low rank adaptation")),
+        ("the Internet of Things (IoT)", ("IoT", "internet of things")),
     ],
 )
 def test_acronym_definitions_are_mined(text: str, found: tuple[str, str]) -> None:
@@ -175,7 +176,15 @@ def test_acronym_definitions_are_mined(text: str, found: tuple[str, str]) -> Non
 
 @pytest.mark.parametrize(
     "text",
-    ["(see Table 1)", "results (FID) improve", "a model (GPT-4) and", "in the (RAG)", "(x)"],
+    [
+        "(see Table 1)",
+        "results (FID) improve",
+        "a model (GPT-4) and",
+        "in the (RAG)",
+        "(x)",
+        "graph neural network of (GNN)",
+        "Internet of Things of (IoT)",
+    ],
 )
 def test_parentheses_that_define_nothing(text: str) -> None:
     assert acronym_definitions(text) == []
