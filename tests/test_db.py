@@ -206,3 +206,57 @@ def test_the_pgscale_revision_downgrades_and_upgrades_again(engine) -> None:
     assert lease_aware == postgresql
     with db.session_factory(engine)() as session:
         assert db.current_lease(session, "x").expires_at == seen  # type: ignore[union-attr]
+
+
+def test_long_title_keys_stored_before_they_were_bounded_are_bounded(
+    empty_db_url: str, tmp_path: Path
+) -> None:
+    """0008: a key over 480 characters, as SQLite stored one before ingest bounded them,
+    becomes the bounded key, so the paper's next record updates it instead of adding it
+    again; an arXiv-keyed paper's title key too; a bounded key already taken stays."""
+    import json
+
+    from digest.sources.records import normalize_title
+
+    def title(tail: str) -> str:
+        return "A" + " word" * 99 + f" {tail}"  # a 500-character title key
+
+    engine = db.create_db_engine(empty_db_url)
+    db.upgrade(engine, "0007_ingestfast")
+    insert = text(
+        "INSERT INTO papers (key, title_key, title, abstract, authors, categories, "
+        "first_seen_at, updated_at) VALUES (:key, :title_key, :title, '', '', '', "
+        "'2026-01-01 00:00:00', '2026-01-01 00:00:00')"
+    )
+    long, bounded = title("three").lower(), normalize_title(title("three"))
+    rows = [
+        ("title:" + title("one").lower(), title("one").lower()),
+        ("2601.00001", title("two").lower()),
+        ("title:" + long, long),
+        ("title:" + bounded, bounded),  # its record came again after ingest bounded keys
+    ]
+    with engine.begin() as connection:
+        for key, title_key in rows:
+            connection.execute(insert, {"key": key, "title_key": title_key, "title": key})
+    db.upgrade(engine)
+    with engine.connect() as connection:
+        stored = connection.execute(text("SELECT key, title_key FROM papers ORDER BY id")).all()
+    assert stored == [
+        ("title:" + normalize_title(title("one")), normalize_title(title("one"))),
+        ("2601.00001", normalize_title(title("two"))),
+        rows[2],
+        rows[3],
+    ]
+    assert len(stored[0][0]) == 486
+    feed = tmp_path / "again.json"
+    feed.write_text(json.dumps([{"title": title("one")}, {"title": title("two")}]))
+    (summary,) = ingest_inputs(
+        db.session_factory(engine),
+        [str(feed)],
+        now=datetime(2026, 11, 27, tzinfo=UTC),
+        max_bytes=1_000_000,
+    )
+    assert (summary.new, summary.error) == (0, None)
+    with engine.connect() as connection:
+        assert connection.execute(text("SELECT count(*) FROM papers")).scalar() == 4
+    engine.dispose()
