@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from digest import db, query_plan, relevance
 from digest.config import DigestSettings
 from digest.ingest import ingest_inputs
-from digest.models import Delivery, Paper
+from digest.models import Acronym, Delivery, Paper
 from digest.plan import plan_deliveries
 from digest.query import parse_query
 from digest.select import SelectionRun, digest_content
@@ -654,8 +654,21 @@ def test_a_definition_ending_in_a_small_word_is_planned(factory, tmp_path) -> No
         ],
     )
     with factory() as session:
-        # A feed's text defined GNN as "graph neural network of": the definition's last
-        # term is a stop word, which is no word to drop (it was a KeyError).
+        # Ingest no longer mines a definition ending in a stop word; a database from before
+        # holds "graph neural network of" for GNN, whose last term is no word to drop in a
+        # shortening (it was a KeyError).
+        assert session.scalars(select(Acronym)).all() == []
+        layers = session.scalars(select(Paper.id).where(Paper.title == "Layers")).one()
+        session.add(
+            Acronym(
+                paper_id=layers,
+                term="qqgnn",
+                expansion_terms="graph neural network of",
+                acronym="GNN",
+                expansion="graph neural network of",
+            )
+        )
+        session.commit()
         plan = query_plan.plan_query(session, parse_query("GNN"), relevance.Corpus(session))
         assert plan.expansions == ("GNN → graph neural network of",)
         assert set(titles(session, "GNN")) == {"Layers"}
