@@ -29,6 +29,10 @@ the in-sample best is printed for comparison.
 `--bm25` also prints, topic by topic, the reference the issue measures against: a
 plain BM25 (k1 1.2, b 0.75) over each paper's title and abstract as one field,
 Snowball-stemmed words without stop words, its 10 best papers shown (`PlainBM25`).
+`--uncapped` also scores every match above the cutoff (`max_per_topic` and `max_items`
+lifted): a digest shows the matches first seen since the last one, a few a day, so over
+the days a subscriber receives all of them, and their precision and grade-2 recall are
+what the topic delivers (nDCG@10 is that of the same first ten).
 
 The seed papers carry almost no upvotes, so the order's upvote signal changes
 nothing here. `--upvotes SEED` gives every paper synthetic upvotes drawn
@@ -37,7 +41,7 @@ papers a gain in the last day, so some trend. Whatever the scores lose then is
 what the community signal costs the relevance of what is shown.
 
 Run: .venv/bin/python bench/relevance.py [--judged DIR ...] [--as-of 2026-11-25T08:00] [--split]
-         [--bm25]
+         [--bm25] [--uncapped]
      .venv/bin/python bench/relevance.py --cv --vary min_relevance=0.25,0.3
          --vary FEEDBACK_PAPERS=10,20
      .venv/bin/python bench/relevance.py --upvotes 1 --cv --vary POPULARITY_WEIGHT=0,0.2
@@ -335,6 +339,12 @@ def main() -> None:
     parser.add_argument(
         "--bm25", action="store_true", help="also score the plain BM25 reference (`PlainBM25`)"
     )
+    parser.add_argument(
+        "--uncapped",
+        action="store_true",
+        help="also score every match above the cutoff (max_per_topic lifted): what a "
+        "subscriber receives over the days, as each day brings a few of them",
+    )
     parser.add_argument("--cv", action="store_true", help="cross-validate the --vary grid")
     parser.add_argument("--vary", action="append", default=[], metavar="NAME=V1,V2,...")
     args = parser.parse_args()
@@ -363,6 +373,16 @@ def main() -> None:
             if missing:
                 raise SystemExit(f"{topic.name}: {len(missing)} graded keys not in the seeds")
         rows = run_topics(factory, judged, now, settings)
+        uncapped = (
+            run_topics(
+                factory,
+                judged,
+                now,
+                replace(settings, max_per_topic=len(known), max_items=len(known)),
+            )
+            if args.uncapped
+            else []
+        )
         reference: list[tuple[str, Scores]] = []
         if args.bm25:
             with factory() as session:
@@ -381,6 +401,8 @@ def main() -> None:
         engine.dispose()
     where = ", ".join(map(str, folders))
     table(f"all {len(rows)} judged topics in {where}, as of {now:%Y-%m-%d %H:%M} UTC", rows)
+    if uncapped:
+        table("every match above the cutoff (precision and R(2) over all of them)", uncapped)
     if reference:
         table("plain BM25 (Snowball, title and abstract, its 10 best), the same topics", reference)
     if args.split:

@@ -15,6 +15,9 @@ Query analysis (`plan_query`):
   the query does not mean, or does not define it while the corpus mostly defines it
   as something else, does not match it (`Plan.meanings`, `Plan.foreign`);
 * a word with an -ise/-ize ending also matches the other spelling, if papers use it;
+* a compound written closed also matches it hyphenated, and two words (hyphenated,
+  quoted or typed apart) also match them written as one, if papers write them so
+  (`_compound`: ``pretraining`` and "pre-training", ``fine tuning`` and "finetuning");
 * the words typed (folded) are kept with their index terms (`Plan.typed`), so that
   scoring can tell a paper writing the word or an inflection of it from one writing
   only a derivation with the same stem (optimizer, not optimization or optimal);
@@ -28,6 +31,8 @@ The plan is scored by `digest.relevance`.
 from __future__ import annotations
 
 import math
+import os
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -58,6 +63,10 @@ TRUNCATE_EXPANSIONS = True
 SHORTENED_MIN_SHARE = 0.5
 SHORTEN_FIRST = True
 LIKE_TERMS = 10
+# A word written closed ("pretraining") also matches its hyphenated form ("pre-training")
+# when at least this share of the papers with the two words in a row write the hyphen.
+COMPOUND_MIN_SHARE = 0.5
+COMPOUND_SAMPLE = 200  # papers read to tell (the index has no hyphens)
 
 
 @dataclass(frozen=True)
@@ -202,6 +211,16 @@ def plan_query(session: Session, query: Query, corpus: Corpus) -> Plan:
                 typed_words.setdefault(variant, set()).add(fold(other))
                 expansions.append(f"{term.words[0]} → {other}")
 
+    # Closed and hyphenated compounds find each other: pretraining, pre-training.
+    for group, phrases in zip(query.groups, groups, strict=True):
+        for term, phrase in zip(group, list(phrases), strict=False):
+            if phrase.prefix or not all(_typed_word(term, word) for word in term.words):
+                continue
+            compound = _compound(term.words, phrase.field, corpus)
+            if compound is not None:
+                phrases.append(compound[0])
+                expansions.append(_compound_noted(compound, written, typed_words, term.words))
+
     # A lowercase word the corpus mostly writes as an acronym (rag, moe) means the acronym.
     singles = {p.terms[0]: p for g in groups for p in g if len(p.terms) == 1 and p.field is None}
     acronyms = {
@@ -271,6 +290,16 @@ def plan_query(session: Session, query: Query, corpus: Corpus) -> Plan:
             if len(indexes) > 1:
                 whole.append(acronym)
             expansions.append(f"{' '.join(written.get(t, t) for t in key.split())} → {shown}")
+        # Two words typed apart also match them written as one: fine tuning, finetuning.
+        apart = [query.groups[i][0] for i in indexes]
+        if len(apart) == 2 and all(_typed_word(term, term.words[0]) for term in apart):
+            typed_pair = tuple(term.words[0] for term in apart)
+            compound = _compound(typed_pair, None, corpus)
+            if compound is not None:
+                for i in indexes:
+                    groups[i].append(compound[0])
+                whole.extend(compound[0].terms)
+                expansions.append(_compound_noted(compound, written, typed_words, typed_pair))
 
     # The words in order, a hyphenated word's parts each in its place.
     sequence = tuple(
@@ -310,6 +339,68 @@ def plan_query(session: Session, query: Query, corpus: Corpus) -> Plan:
         expansions=tuple(dict.fromkeys(expansions)),
         missing=tuple(missing),
     )
+
+
+def _compound(
+    words: tuple[str, ...], field: str | None, corpus: Corpus
+) -> tuple[Phrase, tuple[str, ...]] | None:
+    """The other way to write a compound, with its words (folded), if the corpus uses it:
+    two typed words ("pre-training", "fine tuning" in quotes) as one ("pretraining") when
+    papers write that; one word as two joined by a hyphen (`_hyphenated`)."""
+    folded = tuple(fold(word) for word in words)
+    if len(folded) == 2 and not STOP_WORDS.intersection(folded):
+        joined = "".join(folded)
+        term = word_term(joined)
+        return (Phrase((term,), field), (joined,)) if corpus.df([term])[term] else None
+    return _hyphenated(folded[0], field, corpus) if len(folded) == 1 else None
+
+
+def _compound_noted(
+    compound: tuple[Phrase, tuple[str, ...]],
+    written: dict[str, str],
+    typed_words: dict[str, set[str]],
+    typed: tuple[str, ...],
+) -> str:
+    """Records a compound's words as written and typed; says what it expanded to."""
+    variant, variant_words = compound
+    for index_term, word in zip(variant.terms, variant_words, strict=True):
+        written.setdefault(index_term, word)
+        typed_words.setdefault(index_term, set()).add(word)
+    return f"{' '.join(typed)} → {'-'.join(variant_words)}"
+
+
+def _hyphenated(
+    word: str, field: str | None, corpus: Corpus
+) -> tuple[Phrase, tuple[str, ...]] | None:
+    """`word` split in two where papers write the parts in a row, mostly with a hyphen
+    between them ("pre-training" for `pretraining`, "multi-modal" for `multimodal`); the
+    split the most papers write. A space alone is not enough: "not able" is not
+    "notable"."""
+    splits = [
+        (word[:cut], word[cut:])
+        for cut in range(2, len(word) - 2)
+        if word[:cut] not in STOP_WORDS and word[cut:] not in STOP_WORDS
+    ]
+    if len(word) < 6 or not word.isalpha() or not splits:
+        return None
+    terms = {split: (word_term(split[0]), word_term(split[1])) for split in splits}
+    df = corpus.df({t for pair in terms.values() for t in pair})
+    best: tuple[int, Phrase, tuple[str, ...]] | None = None
+    for (left, right), pair in terms.items():
+        if not (df[pair[0]] and df[pair[1]]):
+            continue
+        phrase = Phrase(pair, field)
+        having = db.match_candidates(corpus.session, [[phrase]])
+        if not having or (best is not None and len(having) <= best[0]):
+            continue
+        # The right part's words as its stem and the typed part begin them: tun- (tuning).
+        start = os.path.commonprefix([pair[1], right])  # noqa: RUF071 (strings, not paths)
+        pattern = re.compile(rf"\b{left}\s*[-\u2010\u2011]\s*{start}", re.IGNORECASE)
+        sample = db.papers_by_id(corpus.session, having[:COMPOUND_SAMPLE]).values()
+        hyphen = sum(1 for p in sample if pattern.search(fold(f"{p.title} {p.abstract}")))
+        if hyphen >= COMPOUND_MIN_SHARE * len(sample):
+            best = (len(having), phrase, (left, right))
+    return (best[1], best[2]) if best else None
 
 
 def _shortened(expansion: Phrase, acronym: Phrase, corpus: Corpus) -> Phrase | None:

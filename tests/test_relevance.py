@@ -798,3 +798,38 @@ def test_a_query_word_beats_its_derivations_with_the_same_stem(factory, tmp_path
             ("Learned Optimizers", True),
             ("Prompt Optimization", True),
         ]
+
+
+def test_closed_and_hyphenated_compounds_find_each_other(factory, tmp_path) -> None:
+    ingest_rows(
+        factory,
+        tmp_path,
+        [
+            ("2601.00901", "Closed", "We study pretraining of language models."),
+            ("2601.00902", "Hyphenated", "We study pre-training of language models."),
+            ("2601.00903", "Participle", "A pre-trained encoder, fine-tuned on code."),
+            ("2601.00904", "Spaced", "Data is pre processed, then finetuned."),
+            ("2601.00905", "Notable", "A notable gain."),
+            ("2601.00906", "Not able", "It is not able to train; a not able model."),
+        ],
+    )
+    with factory() as session:
+        corpus = relevance.Corpus(session)
+
+        def expansions(query: str) -> tuple[str, ...]:
+            return query_plan.plan_query(session, parse_query(query), corpus).expansions
+
+        # One word finds its parts joined by a hyphen, and the parts find the word.
+        assert set(titles(session, "pretraining")) == {"Closed", "Hyphenated", "Participle"}
+        assert expansions("pretraining") == ("pretraining → pre-training",)
+        assert set(titles(session, "pre-training")) == {"Closed", "Hyphenated", "Participle"}
+        assert expansions("pre-training") == ("pre training → pretraining",)
+        # Typed apart, quoted or not, the words find the word.
+        assert set(titles(session, "fine tuning")) == {"Participle", "Spaced"}
+        assert set(titles(session, '"fine tuning"')) == {"Participle", "Spaced"}
+        assert set(titles(session, "finetuning")) == {"Participle", "Spaced"}
+        # Words merely in a row are no compound: "not able" is not "notable", and "pre
+        # processed" with a space is not enough (no paper hyphenates it).
+        assert titles(session, "notable") == ["Notable"]
+        assert expansions("notable") == ()
+        assert expansions("preprocessing") == ()
