@@ -177,7 +177,7 @@ AGREED = {
     '"large language models"': 174,
     "rlhf OR dpo": 30,
     "llm -survey": 173,
-    "multimodal OR vision": 69,
+    "multimodal OR vision": 74,  # and multi-modal
     "title:agents": 8,
     "title:benchmark*": 4,
     "diffus*": 31,
