@@ -17,10 +17,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 from zoneinfo import available_timezones
 
 from digest.errors import ConfigError, shown
+from digest.urls import MAX_FETCHED, UrlRefused, http_url, is_url, mask_password
 
 
 def default_data_dir(environ: Mapping[str, str]) -> Path:
@@ -122,11 +122,6 @@ def _folder(key: str, value: Any) -> str | None:
     return text
 
 
-def mask_password(url: str) -> str:
-    """`url` with any password in it replaced by ***, even when it does not parse."""
-    return re.sub(r"(://[^/@:]*:)[^@/]*@", r"\1***@", url)
-
-
 def _database_url(key: str, value: Any) -> str:
     from sqlalchemy.engine import make_url  # imported here: `digest --help` loads no SQLAlchemy
     from sqlalchemy.exc import ArgumentError
@@ -161,26 +156,15 @@ def _in_memory(database: str | None, query: Mapping[str, Any]) -> bool:
 
 
 def _http_url(key: str, value: Any) -> str:
-    """An absolute http(s) URL with a host: it goes into every email's links and headers."""
-    text = _line(key, value).strip().rstrip("/")
-    parts = urlsplit(text)
+    """An http(s) URL with no query or fragment, in ASCII (`digest.urls.http_url`): it goes
+    into every email's links and List-Unsubscribe header, with paths appended."""
+    text = _str(key, value).strip()
     try:
-        port_ok = parts.port is None or parts.port > 0
-    except ValueError:
-        port_ok = False
-    if (
-        parts.scheme not in {"http", "https"}
-        or not parts.hostname
-        or not port_ok
-        or any(char.isspace() for char in text)
-    ):
+        return http_url(text.rstrip("/"), base=True, ascii=True)
+    except UrlRefused as exc:
         raise ConfigError(
-            f"{key}: expected an absolute http(s) URL with a host and no spaces, "
-            f"got {shown(mask_password(text))}"
-        )
-    if "@" in parts.netloc:  # it would go into every link of every email
-        raise ConfigError(f"{key}: a public URL carries no user name or password")
-    return text
+            f"{key}: expected an absolute http(s) URL, got {shown(mask_password(text))} ({exc})"
+        ) from None
 
 
 def _email(key: str, value: Any) -> str:
@@ -289,6 +273,19 @@ def _str_list(key: str, value: Any) -> list[str]:
     return [item.strip() for item in value]
 
 
+def _sources(key: str, value: Any) -> list[str]:
+    """Files, folders or URLs to ingest: a URL is checked now as `digest ingest` would
+    before fetching it, so a bad one stops `digest run` at start rather than each ingest."""
+    sources = _str_list(key, value)
+    for source in sources:
+        if is_url(source):
+            try:
+                http_url(source, max_length=MAX_FETCHED)
+            except UrlRefused as exc:
+                raise ConfigError(f"{key}: {shown(mask_password(source))}: {exc}") from None
+    return sources
+
+
 def _cron(key: str, value: Any) -> str:
     from apscheduler.triggers.cron import CronTrigger
 
@@ -365,7 +362,7 @@ KEYS: dict[str, Key] = {
     "digest.send_empty": Key(_bool, False),
     "digest.default_timezone": Key(_timezone, "UTC"),
     "digest.default_hour": Key(_hour, 7),
-    "schedule.sources": Key(_str_list, []),
+    "schedule.sources": Key(_sources, []),
     "schedule.ingest_cron": Key(_cron, "0 */3 * * *"),
     "schedule.dispatch_minutes": Key(_positive(_int, 1440), 5),
     "schedule.grace_hours": Key(_positive(_float, 48), 6.0),

@@ -155,6 +155,50 @@ def test_sender_addresses_are_kept_in_ascii(tmp_path: Path) -> None:
     assert config.mail.reply_to == "Team@xn--exmple-cua.org"
 
 
+def test_the_base_url_is_kept_in_ascii_without_its_trailing_slash(tmp_path: Path) -> None:
+    """It goes into List-Unsubscribe headers: an IDN host in punycode, a path %-encoded."""
+    path = write(tmp_path, "[site]\nbase_url = ' https://Dïgest.Exämple.org:8443/lab/café/ '\n")
+    expected = "https://xn--dgest-cta.xn--exmple-cua.org:8443/lab/caf%C3%A9"
+    assert load_config(path, {}).site.base_url == expected
+    env = {"DIGEST_BASE_URL": "https://[2001:db8::1]/"}
+    assert load_config(path, env).site.base_url == "https://[2001:db8::1]"
+
+
+@pytest.mark.parametrize(
+    ("url", "why"),
+    [
+        ("https://a\r\nb.org", "the URL has a space or control character"),
+        ("https://user:hunter2@example.org", "the URL carries a user name or password"),
+        ("https://example.org/?utm=1", "the URL has a query or fragment"),
+        ("https://☃.example", "host '☃.example' is not a valid international domain name"),
+    ],
+)
+def test_a_base_url_from_the_environment_follows_the_same_rule(url: str, why: str) -> None:
+    with pytest.raises(ConfigError) as error:
+        load_config(None, {"DIGEST_BASE_URL": url})
+    assert str(error.value).startswith("site.base_url: expected an absolute http(s) URL, got ")
+    assert str(error.value).endswith(f" ({why})")
+    assert "hunter2" not in str(error.value)
+
+
+def test_scheduled_url_sources_are_checked_as_ingest_fetches_them(tmp_path: Path) -> None:
+    good = "https://export.arxiv.org/api/query?id_list=" + ",".join(["2602.23229"] * 300)
+    path = write(tmp_path, f"[schedule]\nsources = ['{good}', 'feeds/', 'local file.json']\n")
+    assert load_config(path, {}).schedule.sources == (good, "feeds/", "local file.json")
+    for source, why in (
+        (
+            "https://me:hunter2@example.org/feed",
+            "'https://me:***@example.org/feed': the URL carries",
+        ),
+        ("https://example.org:0/feed", "'https://example.org:0/feed': port 0 is not a TCP port"),
+        ("http://[::1/feed", "'http://[::1/feed': not a valid URL"),
+    ):
+        path = write(tmp_path, f"[schedule]\nsources = ['feeds/', '{source}']\n")
+        with pytest.raises(ConfigError) as error:
+            load_config(path, {})
+        assert str(error.value).startswith(f"schedule.sources: {why}")
+
+
 def test_missing_config_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="config file not found"):
         load_config(tmp_path / "absent.toml", {})
