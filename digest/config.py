@@ -253,10 +253,18 @@ def load_config(path: Path | None = None, environ: Mapping[str, str] | None = No
     raw = _flatten(read_toml(path), path) if path is not None else {}
     values: dict[str, Any] = {}
     for name, key in KEYS.items():
+        # The file's value is checked even when the environment overrides it: it is still
+        # wrong, and would be used as soon as a shell or unit without the variable runs.
         value = raw.get(name, key.default)
-        if key.env and env.get(key.env) is not None:
-            value = env[key.env]
-        values[name] = None if value is None else key.parse(name, value)
+        override = env.get(key.env) if key.env else None
+        try:
+            values[name] = None if value is None else key.parse(name, value)
+        except ConfigError as exc:
+            if override is not None:
+                raise ConfigError(f"{exc} (in {path}; {key.env} overrides it)") from None
+            raise
+        if override is not None:
+            values[name] = key.parse(name, override)
 
     data_dir = _path(values["data_dir"]) or default_data_dir(env)
     database_url = values["database.url"] or f"sqlite:///{data_dir / 'digest.sqlite3'}"

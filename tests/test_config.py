@@ -199,6 +199,52 @@ def test_scheduled_url_sources_are_checked_as_ingest_fetches_them(tmp_path: Path
         assert str(error.value).startswith(f"schedule.sources: {why}")
 
 
+@pytest.mark.parametrize(
+    ("body", "env", "message"),
+    [
+        (
+            'data_dir = "/srv/a\\r\\nb"\n',
+            {"DIGEST_DATA_DIR": "/srv/digest"},
+            "data_dir: one line without control or direction characters, got '/srv/a\\r\\nb'",
+        ),
+        (
+            "[smtp]\nport = 'abc'\n",
+            {"DIGEST_SMTP_PORT": "2525"},
+            "smtp.port: expected an integer, got 'abc'",
+        ),
+        (
+            "[site]\nbase_url = 'ftp://example.org'\n",
+            {"DIGEST_BASE_URL": "https://example.org"},
+            "site.base_url: expected an absolute http(s) URL, got 'ftp://example.org' "
+            "(not an http or https URL)",
+        ),
+        (
+            "[database]\nurl = 'mysql://x/y'\n",
+            {"DIGEST_DATABASE_URL": "sqlite:////srv/d.sqlite3"},
+            "database.url: unsupported database 'mysql' (sqlite or postgresql)",
+        ),
+    ],
+)
+def test_a_bad_file_value_is_refused_even_when_the_environment_overrides_it(
+    tmp_path: Path, body: str, env: dict, message: str
+) -> None:
+    path = write(tmp_path, body)
+    with pytest.raises(ConfigError) as error:
+        load_config(path, env)
+    [variable] = env
+    assert str(error.value) == f"{message} (in {path}; {variable} overrides it)"
+    good = load_config(None, env)  # the same environment with no file loads
+    assert good.source is None
+
+
+def test_the_environment_still_overrides_a_good_file_value(tmp_path: Path) -> None:
+    path = write(tmp_path, 'data_dir = "/srv/from-file"\n')
+    assert load_config(path, {}).data_dir == Path("/srv/from-file")
+    assert load_config(path, {"DIGEST_DATA_DIR": "/srv/from-env"}).data_dir == Path("/srv/from-env")
+    with pytest.raises(ConfigError, match=r"^data_dir: one line without control"):
+        load_config(path, {"DIGEST_DATA_DIR": "/srv/a\nb"})
+
+
 def test_missing_config_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="config file not found"):
         load_config(tmp_path / "absent.toml", {})
