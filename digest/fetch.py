@@ -167,7 +167,7 @@ class HttpFetcher:
 
     def fetch(self, url: str) -> bytes:
         """The body of `url`; InputError once the retries are used up."""
-        try:  # in ASCII: the request line is
+        try:  # in ASCII: http.client cannot send anything else in the request line
             url = http_url(url, max_length=MAX_FETCHED, ascii=True)
         except UrlRefused as exc:
             raise InputError(str(exc)) from None

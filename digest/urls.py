@@ -36,7 +36,8 @@ from digest.errors import shown
 MAX_LINK = 2048
 MAX_FETCHED = 8000
 
-_LABEL = re.compile(r"[a-z0-9_-]{1,63}")
+# Labels of letters, digits, "-" and "_" (some real names have one), the root's "." at the end.
+_HOST_NAME = re.compile(r"(?:[a-z0-9_-]{1,63}\.)*[a-z0-9_-]{1,63}\.?")
 _BRACKETED = re.compile(r"\[[^\]]*\](?::[0-9]*)?")
 _PORT = re.compile(r"[0-9]*")
 _NON_ASCII = re.compile(r"[^\x00-\x7f]+")
@@ -64,11 +65,12 @@ def http_url(
         raise UrlRefused("not an http or https URL")
     if "@" in parts.netloc:
         raise UrlRefused("the URL carries a user name or password")
-    if not parts.hostname:
+    hostname = parts.hostname
+    if not hostname:
         raise UrlRefused("the URL has no host")
     if port == 0:
         raise UrlRefused("port 0 is not a TCP port")
-    _check_host(parts.netloc, parts.hostname)
+    _check_host(parts.netloc, hostname)
     if base and (parts.query or parts.fragment or "?" in text or "#" in text):
         raise UrlRefused("the URL has a query or fragment")
     if not ascii or text.isascii():
@@ -93,8 +95,7 @@ def _check_host(netloc: str, hostname: str) -> None:
     if not _PORT.fullmatch(netloc.partition(":")[2]):
         raise UrlRefused("not a valid URL")
     if hostname.isascii():
-        labels = hostname.removesuffix(".").split(".")
-        if len(hostname) > 253 or not all(_LABEL.fullmatch(label) for label in labels):
+        if len(hostname) > 253 or not _HOST_NAME.fullmatch(hostname):
             raise UrlRefused(f"host {shown(hostname)} is not a host name")
     else:
         _ascii_name(hostname)
