@@ -58,7 +58,7 @@ def safe_url(url: str) -> str:
     try:
         return make_url(url).render_as_string(hide_password=True)
     except (ArgumentError, ValueError):
-        from digest.config import mask_password
+        from digest.urls import mask_password
 
         return mask_password(url)
 

@@ -1,6 +1,7 @@
 """Fetch URL inputs politely: a deadline, retries with backoff, a delay per host, a size cap.
 
-`HttpFetcher.fetch(url) -> bytes` is the only network I/O of ingestion; the
+`HttpFetcher.fetch(url) -> bytes` is the only network I/O of ingestion; the URL must
+pass `digest.urls.http_url` (sent in ASCII: an international host in punycode); the
 parsers in `digest.sources` never touch the network. The clock and sleep are
 injected so tests can check the delays without waiting for them.
 
@@ -26,6 +27,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from digest.sources.records import InputError
+from digest.urls import MAX_FETCHED, UrlRefused, http_url
 
 RETRY_STATUSES = {408, 425, 429, 500, 502, 503, 504}
 
@@ -165,19 +167,14 @@ class HttpFetcher:
 
     def fetch(self, url: str) -> bytes:
         """The body of `url`; InputError once the retries are used up."""
-        try:
-            parts = urlsplit(url)
-            host = parts.hostname
-            parts.port  # noqa: B018 (raises ValueError for a port that is not 0-65535)
-        except ValueError:  # an unclosed [IPv6 address, a port "abc" or 99999
-            raise InputError("not a valid URL") from None
-        if parts.scheme not in {"http", "https"}:
-            raise InputError("only http and https URLs can be fetched")
-        if not host:
-            raise InputError("the URL has no host")
+        try:  # in ASCII: http.client cannot send anything else in the request line
+            url = http_url(url, max_length=MAX_FETCHED, ascii=True)
+        except UrlRefused as exc:
+            raise InputError(str(exc)) from None
+        host = urlsplit(url).netloc
         attempt = 0
         while True:
-            self._wait_for_host(parts.netloc)
+            self._wait_for_host(host)
             delay = self.backoff * (2**attempt)
             try:
                 return self._read(url)

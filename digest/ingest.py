@@ -31,6 +31,7 @@ from digest.files import FileRefused, read_regular_file
 from digest.merge import Entry, store_records
 from digest.sources import InputError, parse_input
 from digest.sources.records import one_line
+from digest.urls import is_url, mask_password
 
 logger = logging.getLogger(__name__)
 
@@ -58,17 +59,14 @@ class InputSummary:
 
     def line(self) -> str:
         """One line, whatever the input's name or error holds (CR, LF, nothing at all)."""
-        name = self.name if self.name.strip() and self.name.isprintable() else repr(self.name)
+        name = mask_password(self.name) if is_url(self.name) else self.name
+        name = name if name.strip() and name.isprintable() else repr(name)
         if self.error:
             return f"{name}: error: {one_line(self.error)}"
         return (
             f"{name}: {self.format}, {self.parsed} parsed, {self.new} new, "
             f"{self.updated} updated, {self.unchanged} unchanged, {len(self.skipped)} skipped"
         )
-
-
-def is_url(name: str) -> bool:
-    return name.startswith(("http://", "https://"))
 
 
 def expand_inputs(names: Iterable[str]) -> list[str]:

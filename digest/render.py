@@ -35,7 +35,8 @@ from digest.assemble import CARD_MARK, HtmlParts, Part, TextParts, inline_css, t
 from digest.cache import BoundedCache
 from digest.models import Paper
 from digest.prose import TEXT_WIDTH, wrap_prose
-from digest.sources.records import one_line, safe_http_url
+from digest.sources.records import one_line
+from digest.urls import safe_http_url
 from digest.views import (
     ABSTRACT_CHARS,
     PLACEHOLDERS,

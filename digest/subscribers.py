@@ -19,7 +19,7 @@ from email_validator import EmailNotValidError, ValidatedEmail, validate_email
 from sqlalchemy.orm import Session
 
 from digest import db
-from digest.config import iana_timezones
+from digest.config_values import iana_timezones
 from digest.errors import DigestError, shown
 from digest.models import WEEKDAYS, Subscriber, Topic
 from digest.query import QueryError, parse_query

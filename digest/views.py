@@ -6,7 +6,7 @@ What the reader sees is prepared here, once: LaTeX in titles, abstracts and
 authors becomes Unicode (`prose.latex_to_text`), each paper's links and reason
 (`PaperView.reason`), plurals, the subject line and the name of the `*` topic;
 abstracts are trimmed at a sentence boundary (`trim_abstract`). Every link passes
-`safe_http_url`, so `javascript:` and relative links are dropped.
+`digest.urls.safe_http_url`, so `javascript:` and relative links are dropped.
 
 A recipient's own values (`Recipient`) stand in a rendered digest as the tokens of
 `PLACEHOLDERS` until `render` substitutes them (`has_placeholder` finds them).
@@ -26,7 +26,8 @@ from urllib.parse import quote
 
 from digest.models import Paper
 from digest.prose import latex_to_text
-from digest.sources.records import one_line, safe_http_url
+from digest.sources.records import one_line
+from digest.urls import safe_http_url
 
 ABSTRACT_CHARS = 400
 MAX_SUBJECT = 78

@@ -59,7 +59,8 @@ from wtforms import ValidationError
 
 from digest import db, links, relevance
 from digest.app import App
-from digest.config import Config, iana_timezones
+from digest.config import Config
+from digest.config_values import iana_timezones
 from digest.errors import DigestError, shown
 from digest.models import WEEKDAYS, Delivery, Digest, Subscriber
 from digest.query import QueryError, parse_query

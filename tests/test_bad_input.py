@@ -407,24 +407,64 @@ CASES = [
         Case(
             f"a site.base_url {what}",
             ("stats",),
-            f"config: site.base_url: {error}",
+            f"config: site.base_url: expected an absolute http(s) URL, got {url_shown} ({why})",
             config=f'[site]\nbase_url = "{url}"\n',
         )
-        for what, url, error in (
-            ("with a header in it", "http://x\\r\\nX: y", "one line without control"),
-            ("without a host", "https://", "expected an absolute http(s) URL with a host"),
-            ("with a space", "https://digest example.org", "expected an absolute http(s) URL"),
-            ("with a bad port", "https://digest.example.org:99999", "expected an absolute"),
+        for what, url, url_shown, why in (
+            (
+                "with a header in it",
+                "http://x\\r\\nX: y",
+                "'http://x\\r\\nX: y'",
+                "the URL has a space or control character",
+            ),
+            ("without a host", "https://", "'https://'", "the URL has no host"),
+            (
+                "with a space",
+                "https://digest example.org",
+                "'https://digest example.org'",
+                "the URL has a space or control character",
+            ),
+            (
+                "with a bad port",
+                "https://digest.example.org:99999",
+                "'https://digest.example.org:99999'",
+                "not a valid URL",
+            ),
+            (
+                "with port 0",
+                "https://digest.example.org:0",
+                "'https://digest.example.org:0'",
+                "port 0 is not a TCP port",
+            ),
+            (
+                "with a query",
+                "https://digest.example.org/?a=1",
+                "'https://digest.example.org/?a=1'",
+                "the URL has a query or fragment",
+            ),
+            (
+                "with a fragment",
+                "https://digest.example.org/#top",
+                "'https://digest.example.org/#top'",
+                "the URL has a query or fragment",
+            ),
+            (
+                "that is javascript:",
+                "javascript:alert(1)",
+                "'javascript:alert(1)'",
+                "not an http or https URL",
+            ),
             (
                 "with a password in it",
                 "https://admin:S3cret@digest.example.org",
-                "a public URL carries no user name or password",
+                "'https://admin:***@digest.example.org'",
+                "the URL carries a user name or password",
             ),
             (
                 "with a password and a bad port",
                 "https://admin:S3cret@digest.example.org:99999",
-                "expected an absolute http(s) URL with a host and no spaces, got "
                 "'https://admin:***@digest.example.org:99999'",
+                "not a valid URL",
             ),
         )
     ],

@@ -155,6 +155,96 @@ def test_sender_addresses_are_kept_in_ascii(tmp_path: Path) -> None:
     assert config.mail.reply_to == "Team@xn--exmple-cua.org"
 
 
+def test_the_base_url_is_kept_in_ascii_without_its_trailing_slash(tmp_path: Path) -> None:
+    """It goes into List-Unsubscribe headers: an IDN host in punycode, a path %-encoded."""
+    path = write(tmp_path, "[site]\nbase_url = ' https://Dïgest.Exämple.org:8443/lab/café/ '\n")
+    expected = "https://xn--dgest-cta.xn--exmple-cua.org:8443/lab/caf%C3%A9"
+    assert load_config(path, {}).site.base_url == expected
+    env = {"DIGEST_BASE_URL": "https://[2001:db8::1]/"}
+    assert load_config(path, env).site.base_url == "https://[2001:db8::1]"
+
+
+@pytest.mark.parametrize(
+    ("url", "why"),
+    [
+        ("https://a\r\nb.org", "the URL has a space or control character"),
+        ("https://user:hunter2@example.org", "the URL carries a user name or password"),
+        ("https://example.org/?utm=1", "the URL has a query or fragment"),
+        ("https://☃.example", "host '☃.example' is not a valid international domain name"),
+    ],
+)
+def test_a_base_url_from_the_environment_follows_the_same_rule(url: str, why: str) -> None:
+    with pytest.raises(ConfigError) as error:
+        load_config(None, {"DIGEST_BASE_URL": url})
+    assert str(error.value).startswith("site.base_url: expected an absolute http(s) URL, got ")
+    assert str(error.value).endswith(f" ({why})")
+    assert "hunter2" not in str(error.value)
+
+
+def test_scheduled_url_sources_are_checked_as_ingest_fetches_them(tmp_path: Path) -> None:
+    good = "https://export.arxiv.org/api/query?id_list=" + ",".join(["2602.23229"] * 300)
+    path = write(tmp_path, f"[schedule]\nsources = ['{good}', 'feeds/', 'local file.json']\n")
+    assert load_config(path, {}).schedule.sources == (good, "feeds/", "local file.json")
+    for source, why in (
+        (
+            "https://me:hunter2@example.org/feed",
+            "'https://me:***@example.org/feed': the URL carries",
+        ),
+        ("https://example.org:0/feed", "'https://example.org:0/feed': port 0 is not a TCP port"),
+        ("http://[::1/feed", "'http://[::1/feed': not a valid URL"),
+    ):
+        path = write(tmp_path, f"[schedule]\nsources = ['feeds/', '{source}']\n")
+        with pytest.raises(ConfigError) as error:
+            load_config(path, {})
+        assert str(error.value).startswith(f"schedule.sources: {why}")
+
+
+@pytest.mark.parametrize(
+    ("body", "env", "message"),
+    [
+        (
+            'data_dir = "/srv/a\\r\\nb"\n',
+            {"DIGEST_DATA_DIR": "/srv/digest"},
+            "data_dir: one line without control or direction characters, got '/srv/a\\r\\nb'",
+        ),
+        (
+            "[smtp]\nport = 'abc'\n",
+            {"DIGEST_SMTP_PORT": "2525"},
+            "smtp.port: expected an integer, got 'abc'",
+        ),
+        (
+            "[site]\nbase_url = 'ftp://example.org'\n",
+            {"DIGEST_BASE_URL": "https://example.org"},
+            "site.base_url: expected an absolute http(s) URL, got 'ftp://example.org' "
+            "(not an http or https URL)",
+        ),
+        (
+            "[database]\nurl = 'mysql://x/y'\n",
+            {"DIGEST_DATABASE_URL": "sqlite:////srv/d.sqlite3"},
+            "database.url: unsupported database 'mysql' (sqlite or postgresql)",
+        ),
+    ],
+)
+def test_a_bad_file_value_is_refused_even_when_the_environment_overrides_it(
+    tmp_path: Path, body: str, env: dict, message: str
+) -> None:
+    path = write(tmp_path, body)
+    with pytest.raises(ConfigError) as error:
+        load_config(path, env)
+    [variable] = env
+    assert str(error.value) == f"{message} (in {path}; {variable} overrides it)"
+    good = load_config(None, env)  # the same environment with no file loads
+    assert good.source is None
+
+
+def test_the_environment_still_overrides_a_good_file_value(tmp_path: Path) -> None:
+    path = write(tmp_path, 'data_dir = "/srv/from-file"\n')
+    assert load_config(path, {}).data_dir == Path("/srv/from-file")
+    assert load_config(path, {"DIGEST_DATA_DIR": "/srv/from-env"}).data_dir == Path("/srv/from-env")
+    with pytest.raises(ConfigError, match=r"^data_dir: one line without control"):
+        load_config(path, {"DIGEST_DATA_DIR": "/srv/a\nb"})
+
+
 def test_missing_config_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="config file not found"):
         load_config(tmp_path / "absent.toml", {})

@@ -659,6 +659,42 @@ def test_refused_connections_are_reported(factory) -> None:
     assert (summary.error or "").startswith("fetch failed after 2 attempts:")
 
 
+def test_a_url_is_sent_in_ascii(factory, server: str) -> None:
+    """A non-ASCII path is percent-encoded as UTF-8 (http.client cannot send it raw)."""
+    fetcher = HttpFetcher(retries=0, host_delay=0)
+    [summary] = ingest(factory, f"{server}/café.json?q=ü", fetcher=fetcher)
+    assert summary.error == "HTTP 404 Not Found"
+    assert Handler.hits == ["/caf%C3%A9.json?q=%C3%BC"]
+
+
+def test_urls_that_fail_the_url_rule_are_refused_before_any_request(factory, server: str) -> None:
+    clock = FakeClock()
+    fetcher = HttpFetcher(retries=3, monotonic=clock.monotonic, sleep=clock.sleep)
+    port = server.rsplit(":", 1)[1]
+    bad = (
+        f"http://reader:s3cret@127.0.0.1:{port}/hf_daily_papers.json",
+        f"{server}/hf_daily_papers.json\r\nX-Injected: 1",
+        f"{server}/hf daily papers.json",
+        "http://127.0.0.1:0/hf_daily_papers.json",
+        "http://[::1]junk/feed.xml",
+        f"{server}/?id_list=" + "a" * 8000,
+    )
+    summaries = ingest(factory, *bad, fetcher=fetcher)
+    assert [s.line() for s in summaries[:3]] == [
+        f"http://reader:***@127.0.0.1:{port}/hf_daily_papers.json: error: "
+        "the URL carries a user name or password",
+        repr(bad[1]) + ": error: the URL has a space or control character",
+        f"{server}/hf daily papers.json: error: the URL has a space or control character",
+    ]
+    assert [s.error for s in summaries[3:]] == [
+        "port 0 is not a TCP port",
+        "host '[::1]' is not an IPv6 address",
+        "the URL is longer than 8000 characters",
+    ]
+    assert Handler.hits == []
+    assert clock.sleeps == []  # refused, not retried
+
+
 def test_downloads_over_the_size_limit_are_refused(factory, server: str) -> None:
     fetcher = HttpFetcher(host_delay=0, max_bytes=1000)
     [summary] = ingest(factory, f"{server}/arxiv_api_query.xml", fetcher=fetcher)

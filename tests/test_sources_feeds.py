@@ -1,5 +1,6 @@
 """The HF daily_papers JSON and arXiv Atom/RSS parsers, on real captures and shaped fixtures."""
 
+import json
 from datetime import date
 
 import pytest
@@ -204,3 +205,48 @@ def test_arxiv_ids_lose_their_version(value: str, expected: str | None) -> None:
 def test_title_normalization() -> None:
     assert normalize_title("UE4-NeRF:Neural  Radiance Field") == "ue4 nerf neural radiance field"
     assert normalize_title("Café <b>Über</b>") == normalize_title("cafe b uber b")
+
+
+def test_json_links_that_fail_the_url_rule_are_dropped() -> None:
+    """A paper's code and project links pass digest.urls: anything else is no link."""
+    items = [
+        ("https://github.com/org/repo", "https://bücher.example/p", "kept"),
+        ("https://github.com@evil.example/org/repo", "javascript:alert(1)", "userinfo, script"),
+        ("https://github.com:99999/org/repo", "http://[::1/", "bad port, unclosed IPv6"),
+        ("https://github.com/org/repo\r\nBcc: x@y.org", "data:text/html,x", "CR/LF, data:"),
+        ("https://github.com/" + "a" * 2048, "https://exa mple.org/", "too long, a space"),
+    ]
+    document = json.dumps(
+        [
+            {
+                "title": title,
+                "paper": {"id": f"2601.0000{n}", "githubRepo": code, "projectPage": site},
+            }
+            for n, (code, site, title) in enumerate(items, 1)
+        ]
+    ).encode()
+    result = parse_input(document, NOW)
+    assert [(r.title, r.github_url, r.project_url) for r in result.records] == [
+        ("kept", "https://github.com/org/repo", "https://bücher.example/p"),
+        ("userinfo, script", None, None),
+        ("bad port, unclosed IPv6", None, None),
+        ("CR/LF, data:", None, None),
+        ("too long, a space", None, None),
+    ]
+
+
+def test_arxiv_pdf_links_that_fail_the_url_rule_are_passed_over() -> None:
+    links = (
+        '<link title="pdf" href="https://arxiv.org@evil.example/pdf/2601.00001v1"/>'
+        '<link title="pdf" href="javascript:alert(1)"/>'
+        '<link title="pdf" href="https://arxiv.org:0/pdf/2601.00001v1"/>'
+        '<link title="pdf" href="https://arxiv.org/pdf/2601.00001v1"/>'
+    )
+    document = (
+        '<?xml version="1.0"?><feed xmlns="http://www.w3.org/2005/Atom">'
+        "<id>https://arxiv.org/api/query</id><title>arXiv Query</title>"
+        "<entry><id>http://arxiv.org/abs/2601.00001v1</id><title>Linked</title>"
+        f"<published>2026-02-28T00:00:00Z</published>{links}</entry></feed>"
+    ).encode()
+    [record] = parse_input(document, NOW).records
+    assert record.pdf_url == "https://arxiv.org/pdf/2601.00001v1"

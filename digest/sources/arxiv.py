@@ -27,8 +27,8 @@ from digest.sources.records import (
     clean_text,
     publication_date,
     record_label,
-    safe_http_url,
 )
+from digest.urls import safe_http_url
 
 API_FORMAT = "arxiv-api-atom"
 LISTING_FORMAT = "arxiv-listing"

@@ -24,9 +24,9 @@ from digest.sources.records import (
     clean_text,
     publication_date,
     record_label,
-    safe_http_url,
     upvote_count,
 )
+from digest.urls import safe_http_url
 
 FORMAT = "hf-daily-papers-json"
 SOURCE = "hf_api"

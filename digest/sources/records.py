@@ -208,7 +208,6 @@ def normalize_title(title: str) -> str:
 
 
 _ARXIV_URL = re.compile(r"^https?://(?:export\.|www\.)?arxiv\.org/(?:abs|pdf)/")
-_HTTP_URL = re.compile(r"^https?://[^\s/?#]+[^\s]*$", re.IGNORECASE)
 
 
 _PLAIN_ARXIV_ID = re.compile(r"\d{4}\.\d{4,5}")
@@ -228,16 +227,6 @@ def arxiv_id_from(value: str | None) -> str | None:
     tail = tail.removesuffix(".pdf")
     match = _ARXIV_ID.fullmatch(tail)
     return match.group("id") if match else None
-
-
-def safe_http_url(value: object) -> str | None:
-    """`value` if it is an absolute http(s) URL, else None: feeds may carry anything."""
-    if not isinstance(value, str):
-        return None
-    url = value.strip()
-    if _HTTP_URL.match(url) and len(url) <= 2048 and clean_text(url) == url:
-        return url
-    return None
 
 
 def record_label(index: int, title: str | None = None) -> str:
