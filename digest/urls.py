@@ -135,7 +135,7 @@ def safe_http_url(value: object) -> str | None:
 
 def is_url(name: str) -> bool:
     """Whether an input or source names a URL (else a file or folder)."""
-    return name.startswith(("http://", "https://"))
+    return name[:8].lower().startswith(("http://", "https://"))
 
 
 def mask_password(url: str) -> str:

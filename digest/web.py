@@ -344,7 +344,7 @@ def create_app(config: Config | None = None, *, wiring: App | None = None) -> Fl
         SECRET_KEY=hmac.new(site_key.encode(), b"flask-session", hashlib.sha256).hexdigest(),
         SESSION_COOKIE_NAME="digest_session",
         SESSION_COOKIE_SAMESITE="Lax",
-        SESSION_COOKIE_SECURE=settings.site.base_url.startswith("https://"),
+        SESSION_COOKIE_SECURE=settings.site.base_url.lower().startswith("https://"),
         MAX_CONTENT_LENGTH=MAX_FORM_BYTES,
         WTF_CSRF_TIME_LIMIT=None,  # the token lives as long as the session cookie
         TEMPLATES_AUTO_RELOAD=False,

@@ -172,7 +172,7 @@ def test_is_url_and_mask_password() -> None:
     assert [is_url(n) for n in ("http://x", "https://x", "HTTP://x", "feed.xml", "")] == [
         True,
         True,
-        False,
+        True,
         False,
         False,
     ]

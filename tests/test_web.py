@@ -649,3 +649,13 @@ def test_a_token_too_long_to_be_ours_is_not_decoded(site: Site, monkeypatch) -> 
     assert token.startswith(".") and len(token) <= links.MAX_TOKEN_LENGTH
     assert links.verify_token(KEY, "secret", "manage", token) == list(range(40))
     assert inflated
+
+
+def test_an_uppercase_https_base_url_keeps_the_session_cookie_secure(tmp_path: Path) -> None:
+    env = {
+        "DIGEST_DATA_DIR": str(tmp_path / "data"),
+        "DIGEST_SECRET_KEY": KEY,
+        "DIGEST_BASE_URL": "HTTPS://digest.example.org",
+    }
+    app = create_app(load_config(None, env))
+    assert app.config["SESSION_COOKIE_SECURE"] is True
