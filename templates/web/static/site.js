@@ -27,7 +27,7 @@
   // As a topic is typed, show how many papers it matches and a few titles.
   var endpoint = document.body.getAttribute("data-match-url");
   function watch(input) {
-    var box = document.getElementById(input.getAttribute("aria-describedby").split(" ").pop());
+    var box = document.getElementById(input.id + "-matches");
     var timer = null;
     var seq = 0;
     function show(data, ticket) {
