@@ -1,9 +1,12 @@
 """Subscribers and their topics: validation, subscribe, unsubscribe.
 
-Used by the CLI now and by the web front later. Addresses are validated and
+Used by the CLI, the CSV import and the web front. Addresses are validated and
 normalized with email-validator (syntax only, no DNS); timezones must be IANA
 names; topics are parsed with `digest.query` and stored in canonical form, so
-equivalent spellings are one topic evaluated once per run.
+equivalent spellings are one topic evaluated once per run. The `check_*`
+functions taking `FieldErrors` note every bad field (the web forms show them
+all); `parse_preferences` and `check_papers_exist` raise the first, the one
+line of the CLI and of an import row.
 """
 
 from __future__ import annotations

@@ -8,7 +8,9 @@ Pages (Jinja templates in templates/web/, with the email's look):
   match counts and example titles from `/api/match` as you type), timezone
   (detected in the browser), send hour, daily or weekly. Submitting makes the
   address *pending* and emails a confirmation link; the answer is the same page
-  whatever the address's state, so addresses cannot be enumerated.
+  whatever the address's state, so addresses cannot be enumerated. A submit with
+  bad fields (here and on /manage) answers with every field's message at once,
+  each by its field and all in a summary, and the values sent kept in the form.
 * `/confirm/<token>` (expires after `web.confirm_hours`): a button that activates
   the subscription. Opening a link never changes anything: mail scanners fetch
   links with GET.
