@@ -1,9 +1,12 @@
 """Subscribers and their topics: validation, subscribe, unsubscribe.
 
-Used by the CLI now and by the web front later. Addresses are validated and
+Used by the CLI, the CSV import and the web front. Addresses are validated and
 normalized with email-validator (syntax only, no DNS); timezones must be IANA
 names; topics are parsed with `digest.query` and stored in canonical form, so
-equivalent spellings are one topic evaluated once per run.
+equivalent spellings are one topic evaluated once per run. The `check_*`
+functions taking `FieldErrors` note every bad field (the web forms show them
+all); `parse_preferences` and `check_papers_exist` raise the first, the one
+line of the CLI and of an import row.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import secrets
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from email_validator import EmailNotValidError, ValidatedEmail, validate_email
@@ -29,9 +33,32 @@ MAX_TOPICS = 20
 MAX_LABEL = 100
 MAX_NAME = 100
 
+T = TypeVar("T")
+
 
 class SubscriberError(DigestError, ValueError):
     """Invalid subscriber input: address, timezone, hour, weekday or topic."""
+
+
+class FieldErrors(dict[str, str]):
+    """Each bad field's message, in the order checked.
+
+    The web forms show them all at once, each by its field; the CLI and the CSV
+    import raise the first (`first`) as their one line. Both apply the same rules
+    in the same words.
+    """
+
+    def check(self, field: str, validate: Callable[[], T]) -> T | None:
+        """`validate()`, or None with its SubscriberError as `field`'s message (the first kept)."""
+        try:
+            return validate()
+        except SubscriberError as exc:
+            self.setdefault(field, str(exc))
+            return None
+
+    def first(self) -> SubscriberError:
+        """The first message, as the one error of a front that stops there."""
+        return SubscriberError(next(iter(self.values())))
 
 
 @dataclass(frozen=True)
@@ -163,31 +190,64 @@ def parse_topic(text: str) -> TopicSpec:
     return TopicSpec(query=canonical, label=label)
 
 
-def check_distinct(topics: list[str]) -> tuple[TopicSpec, ...]:
-    """Parse topics, refusing two that are the same query (one would silently go)."""
+def topic_field(position: int) -> str:
+    """The field name of the topic at `position` (from 1) in `FieldErrors`: "topic-2"."""
+    return f"topic-{position}"
+
+
+def check_topics(topics: list[str], errors: FieldErrors) -> tuple[TopicSpec, ...]:
+    """Parse topics, refusing two that are the same query (one would silently go).
+
+    A bad topic's message goes to its own field (`topic_field`), one about the
+    list as a whole to "topics"; the topics that parse are returned.
+    """
+    if not topics:
+        errors["topics"] = "give at least one topic"
+    elif len(topics) > MAX_TOPICS:
+        errors["topics"] = f"at most {MAX_TOPICS} topics per subscriber"
     typed: dict[str, str] = {}
-    for text in topics:
-        query = parse_topic(text).query
-        if query in typed:
-            raise SubscriberError(
-                f"topics {shown(typed[query])} and {shown(text)} are the same query "
-                f"{shown(query)}: give it once"
+    specs: list[TopicSpec] = []
+    for position, text in enumerate(topics, 1):
+        spec = errors.check(topic_field(position), functools.partial(parse_topic, text))
+        if spec is None:
+            continue
+        if spec.query in typed:
+            errors[topic_field(position)] = (
+                f"topics {shown(typed[spec.query])} and {shown(text)} are the same query "
+                f"{shown(spec.query)}: give it once"
             )
-        typed[query] = text
-    return tuple(parse_topic(text) for text in typed.values())
+            continue
+        typed[spec.query] = text
+        specs.append(spec)
+    return tuple(specs)
+
+
+def check_paper_exists(session: Session, spec: TopicSpec) -> None:
+    """Refuse a like:ID topic naming a paper that is not in the database."""
+    if "like:" not in spec.query.casefold():
+        return  # most topics: no second parse
+    for reference in parse_query(spec.query).likes:
+        if db.find_paper_by_reference(session, reference) is None:
+            raise SubscriberError(
+                f"topic {shown(spec.label or spec.query)}: like:{reference}: "
+                "no such paper (see `digest papers`)"
+            )
 
 
 def check_papers_exist(session: Session, preferences: Preferences) -> None:
-    """Refuse a like:ID topic naming a paper that is not in the database."""
+    """Refuse a like:ID topic naming a paper that is not in the database (the first such)."""
     for spec in preferences.topics:
-        if "like:" not in spec.query.casefold():
-            continue  # most topics: no second parse
-        for reference in parse_query(spec.query).likes:
-            if db.find_paper_by_reference(session, reference) is None:
-                raise SubscriberError(
-                    f"topic {shown(spec.label or spec.query)}: like:{reference}: "
-                    "no such paper (see `digest papers`)"
-                )
+        check_paper_exists(session, spec)
+
+
+def check_topic_papers(session: Session, topics: list[str], errors: FieldErrors) -> None:
+    """`check_paper_exists` on each topic that parsed, into that topic's field of `errors`."""
+    for position, text in enumerate(topics, 1):
+        if topic_field(position) not in errors:
+            errors.check(
+                topic_field(position),
+                functools.partial(check_paper_exists, session, parse_topic(text)),
+            )
 
 
 def is_plain(text: str) -> bool:
@@ -219,6 +279,31 @@ class Preferences:
     name: str | None = None  # None keeps the current name, "" removes it
 
 
+def check_preferences(
+    topics: list[str],
+    errors: FieldErrors,
+    *,
+    timezone: str | None = None,
+    hour: int | None = None,
+    weekday: int | None = None,
+    daily: bool = False,
+    name: str | None = None,
+) -> Preferences | None:
+    """Validate everything a subscriber chooses, every field: None if `errors` has any."""
+    specs = check_topics(topics, errors)
+    checked = Preferences(
+        topics=specs,
+        timezone=None
+        if timezone is None
+        else errors.check("timezone", lambda: check_timezone(timezone)),
+        hour=None if hour is None else errors.check("hour", lambda: check_hour(hour)),
+        weekday=weekday,
+        daily=daily,
+        name=None if name is None else errors.check("name", lambda: check_name(name) or ""),
+    )
+    return None if errors else checked
+
+
 def parse_preferences(
     topics: list[str],
     *,
@@ -229,19 +314,13 @@ def parse_preferences(
     name: str | None = None,
 ) -> Preferences:
     """Validate everything a subscriber chooses; SubscriberError names the first bad field."""
-    if not topics:
-        raise SubscriberError("give at least one topic")
-    if len(topics) > MAX_TOPICS:
-        raise SubscriberError(f"at most {MAX_TOPICS} topics per subscriber")
-    specs = check_distinct(topics)
-    return Preferences(
-        topics=specs,
-        timezone=None if timezone is None else check_timezone(timezone),
-        hour=None if hour is None else check_hour(hour),
-        weekday=weekday,
-        daily=daily,
-        name=None if name is None else (check_name(name) or ""),
+    errors = FieldErrors()
+    preferences = check_preferences(
+        topics, errors, timezone=timezone, hour=hour, weekday=weekday, daily=daily, name=name
     )
+    if preferences is None:
+        raise errors.first()
+    return preferences
 
 
 def apply_preferences(

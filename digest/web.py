@@ -8,7 +8,9 @@ Pages (Jinja templates in templates/web/, with the email's look):
   match counts and example titles from `/api/match` as you type), timezone
   (detected in the browser), send hour, daily or weekly. Submitting makes the
   address *pending* and emails a confirmation link; the answer is the same page
-  whatever the address's state, so addresses cannot be enumerated.
+  whatever the address's state, so addresses cannot be enumerated. A submit with
+  bad fields (here and on /manage) answers with every field's message at once,
+  each by its field and all in a summary, and the values sent kept in the form.
 * `/confirm/<token>` (expires after `web.confirm_hours`): a button that activates
   the subscription. Opening a link never changes anything: mail scanners fetch
   links with GET.
@@ -69,18 +71,15 @@ from digest.resources import resource_dir
 from digest.schedule import next_send_time
 from digest.subscribers import (
     CONFIRM,
+    FieldErrors,
     Preferences,
     SubscriberError,
     apply_preferences,
-    check_hour,
-    check_name,
-    check_papers_exist,
-    check_timezone,
+    check_preferences,
+    check_topic_papers,
     confirm,
     normalize_email,
     parse_hour,
-    parse_preferences,
-    parse_topic,
     parse_weekday,
     purge_pending,
     request_subscription,
@@ -114,7 +113,7 @@ class FormValues:
     topics: list[str] = field(default_factory=list)
     timezone: str = "UTC"
     timezone_chosen: bool = False
-    hour: int = 7
+    hour: str = "7"  # as submitted when it is not an hour, so the form shows it back
     frequency: str = "daily"
     weekday: str = "mon"
 
@@ -137,12 +136,15 @@ def form_from_request(form: MultiDict[str, str], default_timezone: str) -> FormV
     )
 
 
-def _form_hour(text: str) -> int:
-    """The hour field as a number; -1 (which check_form reports on the field) if it is not one."""
+def _form_hour(text: str) -> str:
+    """The hour field as check_form reads it: "7" for "07"; what was sent if it is no hour.
+
+    Cut after stripping: past two characters it is no hour, whole or cut.
+    """
     try:
-        return parse_hour(text)
+        return str(parse_hour(text))
     except SubscriberError:
-        return -1
+        return text.strip()[:8]
 
 
 def form_from_subscriber(subscriber: Subscriber) -> FormValues:
@@ -155,60 +157,79 @@ def form_from_subscriber(subscriber: Subscriber) -> FormValues:
         ],
         timezone=subscriber.timezone,
         timezone_chosen=True,
-        hour=subscriber.send_hour,
+        hour=str(subscriber.send_hour),
         frequency="daily" if subscriber.weekday is None else "weekly",
         weekday=WEEKDAYS[subscriber.weekday or 0],
     )
 
 
-def check_form(values: FormValues) -> tuple[Preferences | None, dict[str, str]]:
-    """Validate a preferences form field by field: (preferences, {} ) or (None, errors)."""
-    errors: dict[str, str] = {}
+INVALID_EMAIL = "Enter a valid email address, like ada@example.org."
 
-    def check(name: str, test: Callable[[], object]) -> None:
-        try:
-            test()
-        except SubscriberError as exc:
-            errors[name] = str(exc)
 
-    if not values.topics:
-        errors["topics"] = "Give at least one topic."
-    for position, topic in enumerate(values.topics, 1):
-        try:
-            parse_topic(topic)
-        except SubscriberError as exc:
-            errors["topics"] = f"Topic {position}: {exc}"
-            break
-    check("timezone", lambda: check_timezone(values.timezone))
-    check("hour", lambda: check_hour(values.hour))
-    check("name", lambda: check_name(values.name))
+def check_form(
+    session: Session, values: FormValues, *, email: bool
+) -> tuple[Preferences | None, FieldErrors]:
+    """Validate every field of a preferences form (and `email` on the subscribe form).
+
+    The rules are those of `digest subscribe` (digest.subscribers); each bad field
+    gets its message, so one submit shows them all.
+    """
+    errors = FieldErrors()
+    if email:
+        errors.check("email", lambda: normalize_email(values.email))
+        if "email" in errors:
+            errors["email"] = INVALID_EMAIL
+    hour = errors.check("hour", lambda: parse_hour(values.hour))
     weekly = values.frequency == "weekly"
-    check("frequency", lambda: parse_weekday(values.weekday) if weekly else None)
-    if errors:
-        return None, errors
-    try:
-        return (
-            parse_preferences(
-                values.topics,
-                timezone=values.timezone,
-                hour=values.hour,
-                weekday=parse_weekday(values.weekday) if weekly else None,
-                daily=not weekly,
-                name=values.name,
-            ),
-            {},
-        )
-    except SubscriberError as exc:
-        return None, {"topics": str(exc)}
+    weekday = errors.check("frequency", lambda: parse_weekday(values.weekday)) if weekly else None
+    preferences = check_preferences(
+        values.topics,
+        errors,
+        timezone=values.timezone,
+        hour=hour,
+        weekday=weekday,
+        daily=not weekly,
+        name=values.name,
+    )
+    check_topic_papers(session, values.topics, errors)
+    return (None if errors else preferences), errors
 
 
-def missing_papers(session: Session, preferences: Preferences) -> dict[str, str]:
-    """The topics field's error if a like:ID topic names no paper, else no errors."""
-    try:
-        check_papers_exist(session, preferences)
-    except SubscriberError as exc:
-        return {"topics": str(exc)}
-    return {}
+@dataclass(frozen=True)
+class FieldError:
+    """One line of a form's error summary: a link to the field's input, and its message."""
+
+    anchor: str  # the id of the input
+    label: str
+    message: str
+
+
+# The fields of the preferences forms in the order they appear: summary label, input id.
+FORM_FIELDS = {
+    "email": ("Email address", "email"),
+    "name": ("Your name", "name"),
+    "topics": ("Topics", "topic-1"),
+    "timezone": ("Timezone", "timezone"),
+    "hour": ("Send at", "hour"),
+    "frequency": ("How often", "weekday"),
+}
+
+
+def error_summary(errors: dict[str, str]) -> list[FieldError]:
+    """The errors of a form in the order of its fields, topics by position."""
+    order = list(FORM_FIELDS)
+    lines: list[tuple[tuple[int, int], FieldError]] = []
+    for name, message in errors.items():
+        position = name.removeprefix("topic-")
+        if position.isdigit():
+            key = (order.index("topics"), int(position))
+            line = FieldError(name, f"Topic {position}", message)
+        else:
+            label, anchor = FORM_FIELDS[name]
+            key = (order.index(name), 0)
+            line = FieldError(anchor, label, message)
+        lines.append((key, line))
+    return [line for _, line in sorted(lines, key=lambda pair: pair[0])]
 
 
 @dataclass
@@ -470,6 +491,7 @@ def create_app(config: Config | None = None, *, wiring: App | None = None) -> Fl
             status,
             form=values.padded(),
             errors=errors,
+            summary=error_summary(errors),
             timezones=timezones,
             weekdays=weekdays,
         )
@@ -479,7 +501,7 @@ def create_app(config: Config | None = None, *, wiring: App | None = None) -> Fl
         values = FormValues(
             topics=[t.strip() for t in request.args.getlist("topic") if t.strip()][:TOPIC_FIELDS],
             timezone=settings.digest.default_timezone,
-            hour=settings.digest.default_hour,
+            hour=str(settings.digest.default_hour),
         )
         return subscribe_form(values, {}, 200)
 
@@ -487,16 +509,9 @@ def create_app(config: Config | None = None, *, wiring: App | None = None) -> Fl
     @limiter.limit(web.subscribe_rate_limit)
     def subscribe_submit() -> ResponseReturnValue:
         values = form_from_request(request.form, settings.digest.default_timezone)
-        preferences, errors = check_form(values)
-        try:
-            normalize_email(values.email)
-        except SubscriberError:
-            errors["email"] = "Enter a valid email address, like ada@example.org."
-        if preferences is None or errors:
-            return subscribe_form(values, errors, 400)
         with sessions() as session:
-            errors = missing_papers(session, preferences)
-        if errors:
+            preferences, errors = check_form(session, values, email=True)
+        if preferences is None:
             return subscribe_form(values, errors, 400)
         with db.transaction(wiring.sessions()) as session:
             purge_pending(session, g.now, timedelta(days=web.pending_days))
@@ -586,10 +601,8 @@ def create_app(config: Config | None = None, *, wiring: App | None = None) -> Fl
                     return redirect(url_for("manage_page", token=token, saved=1), 303)
                 values = form_from_request(request.form, subscriber.timezone)
                 values.email = subscriber.email
-                preferences, errors = check_form(values)
+                preferences, errors = check_form(session, values, email=False)
                 if preferences is not None:
-                    errors = missing_papers(session, preferences)
-                if preferences is not None and not errors:
                     apply_preferences(session, subscriber, preferences, g.now)
                     return redirect(url_for("manage_page", token=token, saved=1), 303)
         with sessions() as session:
@@ -609,6 +622,7 @@ def create_app(config: Config | None = None, *, wiring: App | None = None) -> Fl
                 400 if errors else 200,
                 form=values.padded(),
                 errors=errors,
+                summary=error_summary(errors),
                 saved=saved and not errors,
                 timezones=timezones,
                 weekdays=weekdays,

@@ -502,6 +502,16 @@ CASES = [
         "topic 'like:99999': like:99999: no such paper (see `digest papers`)",
     ),
     Case(
+        "several bad fields: the first is the one line (the web form shows them all)",
+        (
+            "subscribe",
+            "eve@example.org",
+            *("--topic", "diffusion", "--topic", "-survey", "--topic", "like:99999"),
+            *("--timezone", "Mars/Olympus", "--name", "Eve\u202e"),
+        ),
+        "Error: topic '-survey': query only excludes words; add at least one word to look for",
+    ),
+    Case(
         "a data directory that cannot be created, with the database elsewhere",
         ("send",),
         "cannot create the data directory {tmp}/not-a-folder",

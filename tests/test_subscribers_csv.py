@@ -150,6 +150,26 @@ def test_each_bad_row_is_one_line_and_the_rest_is_imported(cli, tmp_path: Path, 
     assert stored(db_url)["multi@example.org"][6] == [(None, "graph"), (None, "speech")]
 
 
+def test_a_row_with_several_bad_cells_is_one_line_naming_the_first(
+    cli, tmp_path: Path, db_url
+) -> None:
+    """The web form lists every bad field; an import row stays one line, as before."""
+    people = write(
+        tmp_path,
+        HEADER + "eve@example.org,graph;graph;-survey,Mars/Olympus,7,,Eve\u202e,\n"
+        "bob@example.org,graph,Mars/Olympus,,,Bob\u202e,\n",
+    )
+    result = cli("subscribers", "import", str(people))
+    assert result.exit_code == 1
+    assert result.output.splitlines() == [
+        f"{people}:2: topics 'graph' and 'graph' are the same query 'graph': give it once",
+        f"{people}:3: unknown timezone 'Mars/Olympus': use an IANA name such as Europe/Paris",
+        "added 0, updated 0, unchanged 0, bad rows 2",
+        "Error: 2 bad rows were skipped",
+    ]
+    assert stored(db_url) == {}
+
+
 def test_an_hour_that_is_not_ascii_digits_is_a_bad_row(cli, tmp_path: Path, db_url) -> None:
     """ "²" and "٧" pass str.isdigit, and 5,000 digits exceed int()'s limit: each is one bad row."""
     people = write(

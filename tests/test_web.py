@@ -13,12 +13,14 @@ from email import message_from_bytes, policy
 from email.message import EmailMessage
 from pathlib import Path
 
+import lxml.html
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import func, select
+from werkzeug.test import TestResponse
 
 from digest import db, links
 from digest.app import App
@@ -225,6 +227,175 @@ def test_at_most_one_email_per_address_per_resend_window(site: Site) -> None:
     assert len(site.mail()) == 2
 
 
+def form_errors(response: TestResponse) -> list[tuple[str, str, str]]:
+    """The error summary of a form page as (field id, label, message), each checked to stand
+    by its field too: the field is aria-invalid and described by an element with that message.
+    No other field is marked invalid."""
+    tree = lxml.html.fromstring(response.get_data(as_text=True))
+    summary = [
+        (item.xpath("a/@href")[0].removeprefix("#"), item.xpath("a")[0].text_content(), item)
+        for item in tree.xpath("//div[@id='error-summary']//li")
+    ]
+    found = []
+    for anchor, label, item in summary:
+        message = item.text_content().removeprefix(f"{label}: ")
+        [field] = tree.xpath(f"//*[@id='{anchor}']")
+        assert field.get("aria-invalid") == "true", anchor
+        described = [
+            tree.get_element_by_id(i).text_content() for i in field.get("aria-describedby").split()
+        ]
+        assert message in described, (anchor, message, described)
+        found.append((anchor, label, message))
+    invalid = tree.xpath("//*[@aria-invalid='true']/@id")
+    assert sorted(invalid) == sorted({anchor for anchor, _, _ in found})
+    return found
+
+
+def selected(response: TestResponse, select: str) -> list[str]:
+    tree = lxml.html.fromstring(response.get_data(as_text=True))
+    return tree.xpath(f"//select[@id='{select}']/option[@selected]/@value")
+
+
+def input_values(response: TestResponse, name: str) -> list[str]:
+    tree = lxml.html.fromstring(response.get_data(as_text=True))
+    return [value for value in tree.xpath(f"//input[@name='{name}']/@value") if value]
+
+
+SEVERAL_BAD_FIELDS = {
+    "topic": ["diffusion", "-survey", "like:99999", "Diffusion", "robot"],
+    "name": "Eve\u202e",
+    "timezone": "Mars/Olympus",
+    "hour": "25",
+    "frequency": "weekly",
+    "weekday": "xyz",
+}
+SEVERAL_BAD_FIELDS_ERRORS = [
+    (
+        "name",
+        "Your name",
+        "name 'Eve\\u202e': one line of text, without control or direction characters",
+    ),
+    (
+        "topic-2",
+        "Topic 2",
+        "topic '-survey': query only excludes words; add at least one word to look for",
+    ),
+    ("topic-3", "Topic 3", "topic 'like:99999': like:99999: no such paper (see `digest papers`)"),
+    (
+        "topic-4",
+        "Topic 4",
+        "topics 'diffusion' and 'Diffusion' are the same query 'diffusion': give it once",
+    ),
+    (
+        "timezone",
+        "Timezone",
+        "unknown timezone 'Mars/Olympus': use an IANA name such as Europe/Paris",
+    ),
+    ("hour", "Send at", "hour must be between 0 and 23, got 25"),
+    ("weekday", "How often", "unknown weekday 'xyz': use mon, tue, wed, thu, fri, sat or sun"),
+]
+
+
+def assert_kept(response: TestResponse) -> None:
+    """Everything SEVERAL_BAD_FIELDS sent is in the form again, bad values included."""
+    assert input_values(response, "topic") == SEVERAL_BAD_FIELDS["topic"]
+    assert input_values(response, "name") == ["Eve\u202e"]
+    assert selected(response, "timezone") == ["Mars/Olympus"]
+    assert selected(response, "hour") == ["25"]
+    assert selected(response, "weekday") == ["xyz"]
+    tree = lxml.html.fromstring(response.get_data(as_text=True))
+    assert tree.xpath("//input[@name='frequency'][@checked]/@value") == ["weekly"]
+
+
+def test_a_subscribe_with_several_bad_fields_shows_every_error_at_once(site: Site) -> None:
+    client = site.client()
+    form = subscribe_form(client, "not-an-address", **SEVERAL_BAD_FIELDS)  # type: ignore[arg-type]
+    response = client.post("/", data=form)
+    assert response.status_code == 400
+    assert form_errors(response) == [
+        ("email", "Email address", "Enter a valid email address, like ada@example.org."),
+        *SEVERAL_BAD_FIELDS_ERRORS,
+    ]
+    assert_kept(response)
+    assert input_values(response, "email") == ["not-an-address"]
+    assert site.count() == 0 and site.mail() == []
+
+
+def test_a_manage_save_with_several_bad_fields_shows_every_error_and_saves_nothing(
+    site: Site,
+) -> None:
+    ada = active_subscriber(site)
+    path = token_links(site, ada).manage
+    client = site.client()
+    form = {"csrf_token": csrf_token(client, path), "action": "save", **SEVERAL_BAD_FIELDS}
+    response = client.post(path, data=form)
+    assert response.status_code == 400
+    assert form_errors(response) == SEVERAL_BAD_FIELDS_ERRORS
+    assert "Nothing was saved." in response.get_data(as_text=True)
+    assert_kept(response)
+    after = site.subscriber("ada@example.org")
+    assert after is not None
+    assert [(t.label, t.query) for t in after.topics] == [(None, "diffusion")]
+    assert (after.timezone, after.send_hour, after.weekday, after.name, after.updated_at) == (
+        "UTC",
+        7,
+        None,
+        None,
+        ada.updated_at,
+    )
+
+
+@pytest.mark.parametrize(
+    ("fields", "error"),
+    [
+        (
+            {"email": "ada@"},
+            ("email", "Email address", "Enter a valid email address, like ada@example.org."),
+        ),
+        ({"topic": []}, ("topic-1", "Topics", "give at least one topic")),
+        (
+            {"topic": ["robot", "-survey"]},
+            (
+                "topic-2",
+                "Topic 2",
+                "topic '-survey': query only excludes words; add at least one word to look for",
+            ),
+        ),
+        (
+            {"timezone": "localtime"},
+            (
+                "timezone",
+                "Timezone",
+                "unknown timezone 'localtime': use an IANA name such as Europe/Paris",
+            ),
+        ),
+        (
+            {"frequency": "weekly", "weekday": "fun"},
+            (
+                "weekday",
+                "How often",
+                "unknown weekday 'fun': use mon, tue, wed, thu, fri, sat or sun",
+            ),
+        ),
+        (
+            {"name": "Ada\x07"},
+            (
+                "name",
+                "Your name",
+                "name 'Ada\\x07': one line of text, without control or direction characters",
+            ),
+        ),
+    ],
+)
+def test_one_bad_field_is_exactly_one_error(site: Site, fields: dict, error: tuple) -> None:
+    client = site.client()
+    form = {**subscribe_form(client, "new@example.org", "robot"), **fields}
+    response = client.post("/", data=form)
+    assert response.status_code == 400
+    assert form_errors(response) == [error]
+    assert site.count() == 0 and site.mail() == []
+
+
 def test_form_errors_name_the_field_and_keep_the_input(site: Site) -> None:
     client = site.client()
     response = client.post(
@@ -236,9 +407,10 @@ def test_form_errors_name_the_field_and_keep_the_input(site: Site) -> None:
     assert response.status_code == 400
     page = response.get_data(as_text=True)
     assert "Enter a valid email address" in page
-    assert "Topic 2: topic &#39;-only -exclusions&#39;: query only excludes words" in page
+    assert "topic &#39;-only -exclusions&#39;: query only excludes words" in page
     assert "unknown timezone &#39;localtime&#39;" in page
     assert 'value="ok topic"' in page
+    assert [anchor for anchor, _, _ in form_errors(response)] == ["email", "topic-2", "timezone"]
     assert site.count() == 0 and site.mail() == []
 
 
@@ -249,31 +421,41 @@ def test_an_hour_that_is_not_0_to_23_is_a_field_error(site: Site, hour: str) -> 
     client = site.client()
     response = client.post("/", data=subscribe_form(client, "new@example.org", "robot", hour=hour))
     assert response.status_code == 400
-    assert 'id="hour-error"' in response.get_data(as_text=True)
+    [(field, _, message)] = form_errors(response)
+    assert field == "hour" and message.startswith("hour must be between 0 and 23, got ")
+    assert selected(response, "hour") == [hour[:8]]
     path = token_links(site, ada).manage
     form = subscribe_form(client, "ada@example.org", "robot", hour=hour)
     form.update(csrf_token=csrf_token(client, path), action="save")
     manage = client.post(path, data=form)
     assert manage.status_code == 400
-    assert 'id="hour-error"' in manage.get_data(as_text=True)
+    assert [field for field, _, _ in form_errors(manage)] == ["hour"]
     assert site.count() == 1 and site.subscriber("ada@example.org").send_hour == 7  # type: ignore[union-attr]
 
 
 def test_a_like_topic_naming_no_paper_is_a_field_error(site: Site) -> None:
-    """The same check as `digest subscribe`: like:99999 is refused on the topics field."""
+    """The same check as `digest subscribe`: like:99999 is refused on its topic's field,
+    along with the other fields' errors (it needs the database, they do not)."""
     ada = active_subscriber(site)
     client = site.client()
-    response = client.post("/", data=subscribe_form(client, "new@example.org", "like:99999"))
+    response = client.post(
+        "/", data=subscribe_form(client, "new@example.org", "robot", "like:99999", hour="24")
+    )
     assert response.status_code == 400
-    page = response.get_data(as_text=True)
-    assert "like:99999: no such paper" in page and 'id="topics-error"' in page
+    assert [field for field, _, _ in form_errors(response)] == ["topic-2", "hour"]
+    assert "like:99999: no such paper" in response.get_data(as_text=True)
     path = token_links(site, ada).manage
     form = subscribe_form(client, "ada@example.org", "like:99999")
     form.update(csrf_token=csrf_token(client, path), action="save")
     manage = client.post(path, data=form)
-    assert manage.status_code == 400 and "like:99999: no such paper" in manage.get_data(
-        as_text=True
-    )
+    assert manage.status_code == 400
+    assert form_errors(manage) == [
+        (
+            "topic-1",
+            "Topic 1",
+            "topic 'like:99999': like:99999: no such paper (see `digest papers`)",
+        )
+    ]
     assert site.count() == 1 and site.mail() == []
     assert [t.query for t in site.subscriber("ada@example.org").topics] == ["diffusion"]  # type: ignore[union-attr]
 

@@ -212,3 +212,62 @@ def test_subscribe_confirm_receive_manage_unsubscribe_in_a_browser(service) -> N
     assert again.returncode == 0, again.stderr
     after = outbox(maildir)
     assert [m["To"] for m in after[before:]] == ["control@example.org"]
+
+
+def test_every_bad_field_shows_its_error_at_once_in_a_browser(service) -> None:
+    """Three bad fields, three messages by their fields and in the summary, on one submit;
+    fixing two leaves exactly one; nothing is stored or sent until the form is right."""
+    base, env, maildir = service
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
+        page: Page = browser.new_page(timezone_id="Europe/Berlin")
+        page.goto(base + "/")
+        page.get_by_label("Email address").fill("ada@")
+        page.get_by_label("Topic 1 (required)").fill("diffusion model")
+        page.get_by_label("Topic 2").fill("like:99999")
+        # The menu offers 0-23 only: a forged 25, as a hand-made request would send.
+        page.locator("#hour").evaluate("s => { s.add(new Option('25', '25')); s.value = '25'; }")
+        page.get_by_role("button", name="Subscribe").click()
+
+        summary = page.locator("#error-summary li")
+        expect(summary).to_have_text(
+            [
+                "Email address: Enter a valid email address, like ada@example.org.",
+                "Topic 2: topic 'like:99999': like:99999: no such paper (see `digest papers`)",
+                "Send at: hour must be between 0 and 23, got 25",
+            ]
+        )
+        for field in ("email", "topic-2", "hour"):
+            expect(page.locator(f"#{field}")).to_have_attribute("aria-invalid", "true")
+            expect(page.locator(f"#{field}-error")).to_be_visible()
+        expect(page.locator("#topic-2")).to_have_accessible_description(
+            re.compile(r"like:99999: no such paper")
+        )
+        expect(page.locator("[aria-invalid=true]")).to_have_count(3)
+        expect(page.get_by_label("Email address")).to_have_value("ada@")
+        expect(page.get_by_label("Topic 1 (required)")).to_have_value("diffusion model")
+        expect(page.get_by_label("Topic 2")).to_have_value("like:99999")
+        expect(page.locator("#hour")).to_have_value("25")
+        expect(page.locator("#timezone")).to_have_value("Europe/Berlin")
+        page.get_by_role("link", name="Topic 2").click()
+        expect(page.locator("#topic-2")).to_be_focused()
+
+        # Fix two: exactly one message is left, on the topic.
+        page.get_by_label("Email address").fill("ada@example.org")
+        page.get_by_label("Send at").select_option("6")
+        page.get_by_role("button", name="Subscribe").click()
+        expect(summary).to_have_text(
+            ["Topic 2: topic 'like:99999': like:99999: no such paper (see `digest papers`)"]
+        )
+        expect(page.locator("[aria-invalid=true]")).to_have_count(1)
+        expect(page.locator(".error-text")).to_have_count(1)
+        expect(page.get_by_label("Send at")).to_have_value("6")
+        listed = run_digest(env, "subscribers")
+        assert listed.returncode == 0 and "ada@example.org" not in listed.stdout, listed.stdout
+        assert outbox(maildir) == []
+
+        page.get_by_label("Topic 2").fill("robot")
+        page.get_by_role("button", name="Subscribe").click()
+        expect(page.get_by_role("heading", name="Check your inbox")).to_be_visible()
+        browser.close()
+    wait_for_mail(maildir, "ada@example.org", "Confirm your subscription")

@@ -13,6 +13,17 @@
     } catch (e) { /* keep the server's default */ }
   }
 
+  // The error summary's links take the focus to their field, not only the view.
+  document.querySelectorAll('#error-summary a[href^="#"]').forEach(function (anchor) {
+    anchor.addEventListener("click", function (event) {
+      var field = document.getElementById(anchor.getAttribute("href").slice(1));
+      if (field) {
+        event.preventDefault();
+        field.focus();
+      }
+    });
+  });
+
   // Weekly subscribers pick a day; the day menu only matters then.
   var weekday = document.getElementById("weekday");
   function syncWeekday() {
@@ -27,7 +38,7 @@
   // As a topic is typed, show how many papers it matches and a few titles.
   var endpoint = document.body.getAttribute("data-match-url");
   function watch(input) {
-    var box = document.getElementById(input.getAttribute("aria-describedby").split(" ").pop());
+    var box = document.getElementById(input.id + "-matches");
     var timer = null;
     var seq = 0;
     function show(data, ticket) {
