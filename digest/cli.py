@@ -15,7 +15,7 @@ import re
 import sys
 import threading
 import traceback
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -63,7 +63,7 @@ if TYPE_CHECKING:
     )
     from digest import query as queries
     from digest import select as selection
-    from digest.models import Paper
+    from digest.models import Paper, Subscriber
 else:
     db = LazyModule("digest.db")
     deliver = LazyModule("digest.deliver")
@@ -842,9 +842,9 @@ def run_send(
     """
 
     left_out = 0
+    grace = timedelta(hours=app.config.schedule.grace_hours)
 
-    def due(session: Session) -> plan.DueList:
-        # Streamed: the subscribers are planned in batches, never all held at once.
+    def today(session: Session) -> Iterator[Subscriber]:
         nonlocal left_out
         for subscriber in db.iter_subscribers(session, "active"):
             if not subscribers.sendable(
@@ -852,7 +852,18 @@ def run_send(
             ):
                 left_out += 1
             elif selection.is_due_today(subscriber, now):
-                yield subscriber, digest_date or selection.local_date(now, subscriber.timezone)
+                yield subscriber
+
+    def due(session: Session) -> plan.DueList:
+        # Streamed: the subscribers are planned in batches, never all held at once.
+        if digest_date is not None:  # the operator's explicit date
+            yield from ((subscriber, digest_date) for subscriber in today(session))
+            return
+        since = schedule.recent_since(now, grace)
+        for subscriber, recent in schedule.with_recent(session, today(session), since):
+            day = selection.local_date(now, subscriber.timezone)
+            if schedule.allowed(day, now, recent):  # no earlier date, no second one too soon
+                yield subscriber, day
 
     sender = app.sender(should_stop=stop.is_set) if stop is not None else app.sender()
     bars: list[Any] = []
