@@ -1184,7 +1184,8 @@ def status_command(app: App) -> None:
     with app.sessions()() as session:
         last = {job: db.last_job_run(session, job) for job in ("ingest", "dispatch")}
         lease = db.current_lease(session, schedule.DISPATCH_LEASE)
-        upcoming = schedule.due_within(session, now, timedelta(hours=1))
+        grace = timedelta(hours=config.schedule.grace_hours)
+        upcoming = schedule.due_within(session, now, timedelta(hours=1), grace)
         problems = [
             *db.deliveries_with_status(session, (Status.DEFERRED, Status.UNKNOWN, Status.SENDING)),
             *db.deliveries_with_status(session, (Status.FAILED,), now - timedelta(days=1)),

@@ -185,28 +185,18 @@ def due_subscribers(session: Session, now: datetime, grace: timedelta) -> DueLis
             yield subscriber, day
 
 
-def next_send_time(subscriber: Subscriber, now: datetime) -> datetime:
-    """The first send time of the subscriber at or after `now` (their next digest day)."""
-    today = local_date(now, subscriber.timezone)
-    for offset in range(8):
-        day = today + timedelta(days=offset)
-        if sends_on(subscriber, day) and (at := send_time(subscriber, day)) >= now:
-            return at
-    raise AssertionError("every subscriber sends at least once a week")
-
-
 def due_within(
-    session: Session, now: datetime, window: timedelta
+    session: Session, now: datetime, window: timedelta, grace: timedelta
 ) -> list[tuple[Subscriber, datetime]]:
-    """Active subscribers whose next send time falls in [now, now + window)."""
+    """Active subscribers whose next digest (`next_digest`: due and not yet delivered, or
+    ahead) has its send time before now + window, by send time."""
+    active = sendable(db.list_subscribers(session, "active"))
     upcoming = [
-        (subscriber, next_send_time(subscriber, now))
-        for subscriber in sendable(db.list_subscribers(session, "active"))
+        (subscriber, coming.at)
+        for subscriber, recent in with_recent(session, active, recent_since(now, grace))
+        if (coming := next_digest(subscriber, now, grace, recent)) and coming.at < now + window
     ]
-    return sorted(
-        [(subscriber, at) for subscriber, at in upcoming if at < now + window],
-        key=lambda pair: pair[1],
-    )
+    return sorted(upcoming, key=lambda pair: pair[1])
 
 
 def skip_stale(session: Session, now: datetime, grace: timedelta) -> int:

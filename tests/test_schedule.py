@@ -568,6 +568,16 @@ def test_status_shows_next_runs_last_results_due_and_problems(
     assert "an old failure" not in output
 
 
+def test_status_counts_a_digest_due_and_not_yet_sent(cli) -> None:
+    with freeze_time("2026-11-26 02:00:00"):
+        cli("subscribe", "ada@example.org", "--topic", "*", "--timezone", "UTC", "--hour", "2")
+    with freeze_time("2026-11-26 02:03:00"):
+        output = cli("status").output
+        assert "due in the next hour: 1\n  02:00 UTC  ada@example.org (02:00 UTC)\n" in output
+        assert cli("send").output.startswith("sent 0, empty 1,")  # nothing ingested
+        assert "due in the next hour: 0\n" in cli("status").output
+
+
 # --- the real process -----------------------------------------------------------------------
 
 
