@@ -790,6 +790,7 @@ def preview_command(
     now = app.clock()
     day = digest_day(digest_date, now)
     settings = app.config.digest
+    about = None
     with app.sessions()() as session:
         if email is not None:
             subscriber = subscribers.existing_subscriber(session, email)
@@ -798,6 +799,17 @@ def preview_command(
                     f"{subscriber.email} has an unknown timezone {subscriber.timezone!r}: "
                     f"fix it with digest subscribe {subscriber.email} --topic ... --timezone ZONE"
                 )
+            if day is None:
+                grace = timedelta(hours=app.config.schedule.grace_hours)
+                coming = schedule.upcoming_digest(session, subscriber, now, grace)
+                day = coming.day if coming is not None else None
+            elif not selection.sends_on(subscriber, day):
+                raise click.ClickException(
+                    f"{subscriber.email} gets no digest on {day:%a %d %b %Y}: "
+                    f"theirs is {subscriber.frequency}"
+                )
+            if day is not None:
+                about = preview_basis(session, subscriber, day, now)
         else:
             subscriber = subscribers.transient_subscriber(
                 list(topics), settings.default_timezone, settings.default_hour
@@ -817,8 +829,32 @@ def preview_command(
         raise click.ClickException(f"cannot write {out}: {exc}") from None
     click.echo(f"{message['Subject']}")
     click.echo(str(out))
+    if about is not None:
+        click.echo(about)
     if open_it:
         click.launch(str(out))
+
+
+def preview_basis(session: Session, subscriber: Subscriber, day: date, now: datetime) -> str:
+    """One line saying which digest a subscriber's preview shows, and as of when."""
+    from digest.models import CLAIMABLE_STATUSES, RECEIVED_STATUSES, DeliveryStatus
+
+    row = db.find_delivery(session, subscriber.id, day)
+    at = selection.send_time(subscriber, day)
+    named = f"the digest of {day:%a %d %b %Y} ({at:%Y-%m-%d %H:%M} UTC)"
+    if row is None:
+        if at <= now:
+            return f"{named}: not planned; chosen as of its send time"
+        return f"{named}: the next one, as it would be if it were sent now"
+    status = DeliveryStatus(row.status)
+    if status in CLAIMABLE_STATUSES:
+        return f"{named}: planned, not sent yet; as it will be sent"
+    if status in RECEIVED_STATUSES:
+        return f"{named}: {status}; as it was sent (history, not a preview)"
+    if status == DeliveryStatus.EMPTY:
+        return f"{named}: nothing was sent (nothing matched)"
+    held = "what it held" if row.digest_id is not None else "chosen as of its send time"
+    return f"{named}: {status}, not sent; {held}"
 
 
 # --- send -------------------------------------------------------------------
