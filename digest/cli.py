@@ -1237,10 +1237,15 @@ def status_command(app: App) -> None:
             for d in problems
         ]
     last_dispatch = last["dispatch"].started_at if last["dispatch"] else None
-    upcoming_runs = schedule.next_runs(config.schedule, last_dispatch, now)
-    click.echo("next runs:")
+    running = lease is not None and lease.expires_at > now
+    upcoming_runs = schedule.next_runs(config.schedule, last_dispatch if running else None, now)
+    # Without a running `digest run`, nothing runs: say what one would do once started.
+    click.echo("next runs:" if running else "next runs, once `digest run` starts:")
     for job, when in upcoming_runs.items():
-        click.echo(f"  {job:<9} {when.isoformat(timespec='minutes') if when else '-'}")
+        if job == "dispatch" and not running:
+            click.echo(f"  {job:<9} at start-up")
+        else:
+            click.echo(f"  {job:<9} {when.isoformat(timespec='minutes') if when else '-'}")
     if lease is not None:
         state = "active" if lease.expires_at > now else "expired"
         click.echo(

@@ -494,8 +494,9 @@ def test_status_shows_next_runs_last_results_due_and_problems(
     )
     cli("subscribe", "later@example.org", "--topic", "*", "--timezone", "UTC", "--hour", "9")
     output = cli("status").output
-    assert "  ingest    2026-11-25T09:00+00:00" in output
-    assert "dispatcher: none running" in output
+    # No `digest run` is running: the runs are what one would do once started.
+    assert "next runs, once `digest run` starts:\n  ingest    2026-11-25T09:00+00:00\n" in output
+    assert "  dispatch  at start-up\ndispatcher: none running\n" in output
     assert "  dispatch  never" in output
     assert "due in the next hour: 1" in output
     assert "  06:30 UTC  soon@example.org (12:00 Asia/Kolkata)" in output
@@ -539,7 +540,18 @@ def test_status_shows_next_runs_last_results_due_and_problems(
         db.record_job_run(session, "dispatch", "host:1", now, now, True, "sent 0, empty 0")
     engine.dispose()
     output = cli("status").output
-    assert "  dispatch  2026-11-25T06:35+00:00" in output
+    assert "  dispatch  at start-up\ndispatcher: none running\n" in output
+    # With a dispatcher running, its next dispatch is one interval after the last.
+    engine = db.open_database(db_url)
+    with db.transaction(db.session_factory(engine)) as session:
+        assert db.acquire_lease(session, "dispatcher", "host:1", now, now + timedelta(minutes=15))
+    engine.dispose()
+    output = cli("status").output
+    assert (
+        "next runs:\n  ingest    2026-11-25T09:00+00:00\n  dispatch  2026-11-25T06:35+00:00\n"
+        in (output)
+    )
+    assert "dispatcher: host:1 (active until 2026-11-25 06:45 UTC)" in output
     assert "  dispatch  2026-11-25 06:30 UTC ok: sent 0, empty 0" in output
     assert "deferred, unknown, in flight, or failed in the last 24 h: 2" in output
     rows = output.splitlines()[-2:]
