@@ -15,7 +15,7 @@ import re
 import sys
 import threading
 import traceback
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -63,7 +63,7 @@ if TYPE_CHECKING:
     )
     from digest import query as queries
     from digest import select as selection
-    from digest.models import Paper
+    from digest.models import Paper, Subscriber
 else:
     db = LazyModule("digest.db")
     deliver = LazyModule("digest.deliver")
@@ -790,6 +790,7 @@ def preview_command(
     now = app.clock()
     day = digest_day(digest_date, now)
     settings = app.config.digest
+    about = None
     with app.sessions()() as session:
         if email is not None:
             subscriber = subscribers.existing_subscriber(session, email)
@@ -798,6 +799,17 @@ def preview_command(
                     f"{subscriber.email} has an unknown timezone {subscriber.timezone!r}: "
                     f"fix it with digest subscribe {subscriber.email} --topic ... --timezone ZONE"
                 )
+            if day is None:
+                grace = timedelta(hours=app.config.schedule.grace_hours)
+                coming = schedule.upcoming_digest(session, subscriber, now, grace)
+                day = coming.day if coming is not None else None
+            elif not selection.sends_on(subscriber, day):
+                raise click.ClickException(
+                    f"{subscriber.email} gets no digest on {day:%a %d %b %Y}: "
+                    f"theirs is {subscriber.frequency}"
+                )
+            if day is not None:
+                about = preview_basis(session, subscriber, day, now)
         else:
             subscriber = subscribers.transient_subscriber(
                 list(topics), settings.default_timezone, settings.default_hour
@@ -817,8 +829,32 @@ def preview_command(
         raise click.ClickException(f"cannot write {out}: {exc}") from None
     click.echo(f"{message['Subject']}")
     click.echo(str(out))
+    if about is not None:
+        click.echo(about)
     if open_it:
         click.launch(str(out))
+
+
+def preview_basis(session: Session, subscriber: Subscriber, day: date, now: datetime) -> str:
+    """One line saying which digest a subscriber's preview shows, and as of when."""
+    from digest.models import CLAIMABLE_STATUSES, RECEIVED_STATUSES, DeliveryStatus
+
+    row = db.find_delivery(session, subscriber.id, day)
+    at = selection.send_time(subscriber, day)
+    named = f"the digest of {day:%a %d %b %Y} ({at:%Y-%m-%d %H:%M} UTC)"
+    if row is None:
+        if at <= now:
+            return f"{named}: not planned; chosen as of its send time"
+        return f"{named}: the next one, as it would be if it were sent now"
+    status = DeliveryStatus(row.status)
+    if status in CLAIMABLE_STATUSES:
+        return f"{named}: planned, not sent yet; as it will be sent"
+    if status in RECEIVED_STATUSES:
+        return f"{named}: {status}; as it was sent (history, not a preview)"
+    if status == DeliveryStatus.EMPTY:
+        return f"{named}: nothing was sent (nothing matched)"
+    held = "what it held" if row.digest_id is not None else "chosen as of its send time"
+    return f"{named}: {status}, not sent; {held}"
 
 
 # --- send -------------------------------------------------------------------
@@ -842,9 +878,9 @@ def run_send(
     """
 
     left_out = 0
+    grace = timedelta(hours=app.config.schedule.grace_hours)
 
-    def due(session: Session) -> plan.DueList:
-        # Streamed: the subscribers are planned in batches, never all held at once.
+    def today(session: Session) -> Iterator[Subscriber]:
         nonlocal left_out
         for subscriber in db.iter_subscribers(session, "active"):
             if not subscribers.sendable(
@@ -852,7 +888,18 @@ def run_send(
             ):
                 left_out += 1
             elif selection.is_due_today(subscriber, now):
-                yield subscriber, digest_date or selection.local_date(now, subscriber.timezone)
+                yield subscriber
+
+    def due(session: Session) -> plan.DueList:
+        # Streamed: the subscribers are planned in batches, never all held at once.
+        if digest_date is not None:  # the operator's explicit date
+            yield from ((subscriber, digest_date) for subscriber in today(session))
+            return
+        since = schedule.recent_since(now, grace)
+        for subscriber, recent in schedule.with_recent(session, today(session), since):
+            day = selection.local_date(now, subscriber.timezone)
+            if schedule.allowed(day, now, recent):  # no earlier date, no second one too soon
+                yield subscriber, day
 
     sender = app.sender(should_stop=stop.is_set) if stop is not None else app.sender()
     bars: list[Any] = []
@@ -1173,7 +1220,8 @@ def status_command(app: App) -> None:
     with app.sessions()() as session:
         last = {job: db.last_job_run(session, job) for job in ("ingest", "dispatch")}
         lease = db.current_lease(session, schedule.DISPATCH_LEASE)
-        upcoming = schedule.due_within(session, now, timedelta(hours=1))
+        grace = timedelta(hours=config.schedule.grace_hours)
+        upcoming = schedule.due_within(session, now, timedelta(hours=1), grace)
         problems = [
             *db.deliveries_with_status(session, (Status.DEFERRED, Status.UNKNOWN, Status.SENDING)),
             *db.deliveries_with_status(session, (Status.FAILED,), now - timedelta(days=1)),
@@ -1189,10 +1237,15 @@ def status_command(app: App) -> None:
             for d in problems
         ]
     last_dispatch = last["dispatch"].started_at if last["dispatch"] else None
-    upcoming_runs = schedule.next_runs(config.schedule, last_dispatch, now)
-    click.echo("next runs:")
+    running = lease is not None and lease.expires_at > now
+    upcoming_runs = schedule.next_runs(config.schedule, last_dispatch if running else None, now)
+    # Without a running `digest run`, nothing runs: say what one would do once started.
+    click.echo("next runs:" if running else "next runs, once `digest run` starts:")
     for job, when in upcoming_runs.items():
-        click.echo(f"  {job:<9} {when.isoformat(timespec='minutes') if when else '-'}")
+        if job == "dispatch" and not running:
+            click.echo(f"  {job:<9} at start-up")
+        else:
+            click.echo(f"  {job:<9} {when.isoformat(timespec='minutes') if when else '-'}")
     if lease is not None:
         state = "active" if lease.expires_at > now else "expired"
         click.echo(

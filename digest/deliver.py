@@ -50,7 +50,8 @@ SESSION_STREAK = 3
 
 @dataclass
 class SendReport:
-    """What a `digest send` run did, and where the ledger stands for its dates."""
+    """What a `digest send` run did (sent, and found empty), and where the ledger stands
+    for its dates (deferred, failed, unknown, still queued)."""
 
     sent: int = 0
     empty: int = 0
@@ -481,7 +482,8 @@ def send_digests(
         return _dry_run(sender, due, now=now, settings=settings, at_send_time=at_send_time)
     with db.transaction(sender.factory) as session:
         ledger.expire_leases(session, now)
-    dates, _ = plan_in_batches(
+    # Empty: the rows this run found nothing to send for (not those of earlier runs).
+    dates, report.empty = plan_in_batches(
         sender.factory, due, now=now, settings=settings, at_send_time=at_send_time
     )
     if retry_unknown:
@@ -494,7 +496,6 @@ def send_digests(
             merge_reports(report, workers(dates, limit))
         with sender.factory() as session:
             counts = ledger.counts(session, dates)
-        report.empty = counts.get(Status.EMPTY, 0)
         report.deferred = counts.get(Status.DEFERRED, 0)
         report.failed = counts.get(Status.FAILED, 0)
         report.unknown = counts.get(Status.UNKNOWN, 0)

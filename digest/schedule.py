@@ -12,6 +12,18 @@
   fires at the transition; on the day an hour repeats, it fires once, at the
   first occurrence.
 
+**One digest per date, in date order, never two too close** (`allowed`): a subscriber
+never gets a digest for a date on or before the latest date they already have a ledger
+row for (whatever its status; that date's own row is its digest), and never one whose
+send time is less than `MIN_GAP` (20 hours) after the selection time of a digest of an
+earlier date that was planned or (may have been) sent; such a date is skipped. So moving
+the timezone west after today's digest went out never brings a second digest dated the
+day before, and moving the send hour more than four hours earlier (or the timezone more
+than four hours east) skips one day instead of sending twice within hours. Weekly
+subscribers follow the same rules. `next_digest` is the one answer to "when is this
+subscriber's next digest" (a digest due within its grace window and not yet delivered
+counts); `due_date`, the web's pages and `digest status` all read it.
+
 Only one dispatcher works at a time: each run first takes (or renews) a lease
 in the database; a second `digest run` waits and takes over when the lease of
 a dead one runs out. The ledger's unique row per subscriber and day is the
@@ -22,12 +34,13 @@ and recorded, nothing new is started, and the process exits 0.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import os
 import signal
 import socket
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from types import FrameType
@@ -43,8 +56,8 @@ from digest.config import DigestSettings, ScheduleConfig
 from digest.deliver import Sender, SendReport, Workers, send_digests
 from digest.errors import DigestError
 from digest.ingest import InputSummary
-from digest.models import CLAIMABLE_STATUSES, Subscriber
-from digest.plan import DueList
+from digest.models import CLAIMABLE_STATUSES, RECEIVED_STATUSES, Subscriber
+from digest.plan import PLAN_BATCH, DueList
 from digest.select import local_date, send_time, sends_on
 from digest.subscribers import purge_pending, sendable
 
@@ -53,52 +66,137 @@ log = logging.getLogger("digest.schedule")
 DISPATCH_LEASE = "dispatcher"
 
 
-def due_date(subscriber: Subscriber, now: datetime, grace: timedelta) -> date | None:
-    """The digest date whose send window [send time, + grace) holds `now`, if any."""
+# Two digests to one subscriber are never closer than this (from the earlier one's
+# selection time, its send time for the scheduler, to the later one's send time): a
+# day may have 23 hours, and moving the send hour up to four hours earlier (or the
+# timezone up to four hours east) keeps the daily rhythm; a bigger move skips a day.
+MIN_GAP = timedelta(hours=20)
+# The rows that count for MIN_GAP: digests planned to go out, or that (may have) gone.
+GIVEN_STATUSES = frozenset((*CLAIMABLE_STATUSES, *RECEIVED_STATUSES))
+HORIZON_DAYS = 400  # a digest date further ahead than this is never looked for
+
+
+@dataclass(frozen=True)
+class NextDigest:
+    """A subscriber's next digest: its (local) date and its send time."""
+
+    day: date
+    at: datetime
+
+
+def allowed(day: date, at: datetime, recent: Sequence[db.RecentDelivery]) -> bool:
+    """Whether a digest for `day` going out at `at` keeps the rules, given the subscriber's
+    recent ledger rows: no digest for a date before one they already have a row for (the
+    row of `day` itself is that digest's own), and none within MIN_GAP after a digest of
+    an earlier date planned or sent."""
+    for row in recent:
+        if row.digest_date > day:
+            return False
+        if (
+            row.digest_date < day
+            and row.status in GIVEN_STATUSES
+            and at < row.selected_at + MIN_GAP
+        ):
+            return False
+    return True
+
+
+def send_dates(
+    subscriber: Subscriber,
+    now: datetime,
+    grace: timedelta,
+    recent: Sequence[db.RecentDelivery] = (),
+) -> Iterator[NextDigest]:
+    """The subscriber's digest dates, in order, whose send window [send time, + grace)
+    has not closed at `now` and that the rules (`allowed`) let them have."""
+    today = local_date(now, subscriber.timezone)
+    for offset in range(-1, HORIZON_DAYS):
+        day = today + timedelta(days=offset)
+        if sends_on(subscriber, day):
+            at = send_time(subscriber, day)
+            if now < at + grace and allowed(day, at, recent):
+                yield NextDigest(day, at)
+
+
+def due_date(
+    subscriber: Subscriber,
+    now: datetime,
+    grace: timedelta,
+    recent: Sequence[db.RecentDelivery] = (),
+) -> date | None:
+    """The digest date whose send window [send time, + grace) holds `now`, if any.
+
+    A date that already has its row is still due (the planner leaves the row alone and
+    the sender retries it if it is queued or deferred)."""
     if subscriber.status != "active":
         return None
-    today = local_date(now, subscriber.timezone)
-    for day in (today, today - timedelta(days=1)):
-        if not sends_on(subscriber, day):
-            continue
-        start = send_time(subscriber, day)
-        if start <= now < start + grace:
-            return day
-    return None
+    first = next(send_dates(subscriber, now, grace, recent), None)
+    return first.day if first is not None and first.at <= now else None
+
+
+def next_digest(
+    subscriber: Subscriber,
+    now: datetime,
+    grace: timedelta,
+    recent: Sequence[db.RecentDelivery] = (),
+) -> NextDigest | None:
+    """The digest the subscriber gets next: one due now and not yet delivered (its send
+    time may have passed, within the grace window), else the first one ahead."""
+    done = {row.digest_date for row in recent if row.status not in CLAIMABLE_STATUSES}
+    return next((d for d in send_dates(subscriber, now, grace, recent) if d.day not in done), None)
+
+
+def recent_since(now: datetime, grace: timedelta) -> date:
+    """The earliest digest date whose row can matter to `allowed` at `now`."""
+    return (now - grace - MIN_GAP).date() - timedelta(days=2)  # local dates: +-14 h
+
+
+def upcoming_digest(
+    session: Session, subscriber: Subscriber, now: datetime, grace: timedelta
+) -> NextDigest | None:
+    """`next_digest` of one stored subscriber, reading their recent rows."""
+    recent = db.recent_deliveries(session, [subscriber.id], recent_since(now, grace))
+    return next_digest(subscriber, now, grace, recent.get(subscriber.id, []))
+
+
+def with_recent(
+    session: Session, subscribers: Iterable[Subscriber], since: date
+) -> Iterator[tuple[Subscriber, list[db.RecentDelivery]]]:
+    """Each subscriber with their ledger rows from `since` on, read `PLAN_BATCH` at a time."""
+    stream = iter(subscribers)
+    while batch := list(itertools.islice(stream, PLAN_BATCH)):
+        recent = db.recent_deliveries(session, [s.id for s in batch], since)
+        for subscriber in batch:
+            yield subscriber, recent.get(subscriber.id, [])
 
 
 def due_subscribers(session: Session, now: datetime, grace: timedelta) -> DueList:
     """The active subscribers with a digest due, and its date; streamed from the
     database (the send plans them in batches, never holding them all)."""
-    for subscriber in db.iter_subscribers(session, "active"):
-        if sendable([subscriber], log.warning):
-            day = due_date(subscriber, now, grace)
-            if day is not None:
-                yield subscriber, day
-
-
-def next_send_time(subscriber: Subscriber, now: datetime) -> datetime:
-    """The first send time of the subscriber at or after `now` (their next digest day)."""
-    today = local_date(now, subscriber.timezone)
-    for offset in range(8):
-        day = today + timedelta(days=offset)
-        if sends_on(subscriber, day) and (at := send_time(subscriber, day)) >= now:
-            return at
-    raise AssertionError("every subscriber sends at least once a week")
+    # Only those with a send window open at all need their recent rows read.
+    candidates = (
+        subscriber
+        for subscriber in db.iter_subscribers(session, "active")
+        if sendable([subscriber], log.warning) and due_date(subscriber, now, grace) is not None
+    )
+    for subscriber, recent in with_recent(session, candidates, recent_since(now, grace)):
+        day = due_date(subscriber, now, grace, recent)
+        if day is not None:
+            yield subscriber, day
 
 
 def due_within(
-    session: Session, now: datetime, window: timedelta
+    session: Session, now: datetime, window: timedelta, grace: timedelta
 ) -> list[tuple[Subscriber, datetime]]:
-    """Active subscribers whose next send time falls in [now, now + window)."""
+    """Active subscribers whose next digest (`next_digest`: due and not yet delivered, or
+    ahead) has its send time before now + window, by send time."""
+    active = sendable(db.list_subscribers(session, "active"))
     upcoming = [
-        (subscriber, next_send_time(subscriber, now))
-        for subscriber in sendable(db.list_subscribers(session, "active"))
+        (subscriber, coming.at)
+        for subscriber, recent in with_recent(session, active, recent_since(now, grace))
+        if (coming := next_digest(subscriber, now, grace, recent)) and coming.at < now + window
     ]
-    return sorted(
-        [(subscriber, at) for subscriber, at in upcoming if at < now + window],
-        key=lambda pair: pair[1],
-    )
+    return sorted(upcoming, key=lambda pair: pair[1])
 
 
 def skip_stale(session: Session, now: datetime, grace: timedelta) -> int:

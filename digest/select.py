@@ -73,7 +73,7 @@ from sqlalchemy.orm import Session
 from digest import db, query_plan, relevance
 from digest.cache import BoundedCache
 from digest.config import DigestSettings
-from digest.models import DigestItem, Paper, Subscriber
+from digest.models import DeliveryStatus, DigestItem, Paper, Subscriber
 from digest.query import parse_query
 
 POPULARITY_WEIGHT = 0.2  # the most upvoted match of a topic weighs this much more
@@ -574,10 +574,12 @@ def digest_content(
 ) -> tuple[date, datetime, DigestContent]:
     """What `subscriber` receives (or would) on `digest_date` (default: their local today).
 
-    The digest already planned for that date if there is one, else a fresh
-    selection; writes nothing. Returns the date, the effective `now` (a past
-    date is seen as of its send time) and the content. `digest preview` and the
-    web's preview pages run exactly this.
+    The digest planned for that date if there is one (sent, or to be sent); nothing
+    if that date's row found nothing to send (`empty`); else a fresh selection, as of
+    the date's send time if that has passed, else as of now. Writes nothing. Returns
+    the date, the effective `now` and the content. `digest preview` and the web's
+    preview pages run exactly this (for a subscriber's next digest, see
+    `digest.schedule.next_digest`).
     """
     day = digest_date or local_date(now, subscriber.timezone)
     if digest_date is not None:
@@ -587,6 +589,8 @@ def digest_content(
         stored = delivery.digest
         more = json.loads(stored.more_matched or "{}")
         return day, now, DigestContent(stored.items, stored.content_hash, more, stored.id)
+    if delivery is not None and delivery.status == DeliveryStatus.EMPTY:
+        return day, now, DigestContent([], content_hash(day, content_body([], {})))
     selection = SelectionRun(session, now, settings).select(subscriber, day)
     return day, now, DigestContent(selection.items, selection.content_hash, selection.more)
 

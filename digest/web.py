@@ -68,7 +68,7 @@ from digest.models import WEEKDAYS, Delivery, Digest, Subscriber
 from digest.query import QueryError, parse_query
 from digest.render import Notice
 from digest.resources import resource_dir
-from digest.schedule import next_send_time
+from digest.schedule import NextDigest, upcoming_digest
 from digest.subscribers import (
     CONFIRM,
     FieldErrors,
@@ -341,6 +341,15 @@ def frequency(subscriber: Subscriber) -> str:
     )
 
 
+def when(coming: NextDigest | None, timezone: str, now: datetime) -> str:
+    """When a digest goes out, in the subscriber's words: "at 07:00 on Friday 27 November
+    (UTC)", or "shortly (it was due at ...)" once its send time has come."""
+    if coming is None:
+        return ""
+    local = f"{coming.at.astimezone(ZoneInfo(timezone)):%H:%M on %A %d %B} ({timezone})"
+    return f"shortly (it was due at {local})" if coming.at <= now else f"at {local}"
+
+
 def status_text(subscriber: Subscriber) -> str:
     return {
         "unsubscribed": "you unsubscribed",
@@ -354,6 +363,7 @@ def create_app(config: Config | None = None, *, wiring: App | None = None) -> Fl
     wiring = wiring or (App.from_config(config) if config is not None else App())
     settings = wiring.config
     web = settings.web
+    grace = timedelta(hours=settings.schedule.grace_hours)
     site_key = wiring.secret_key()
     wiring.engine()  # fail at start-up, not on the first request
 
@@ -472,12 +482,15 @@ def create_app(config: Config | None = None, *, wiring: App | None = None) -> Fl
             settings.site.base_url, site_key, subscriber.id, subscriber.secret
         ).manage
 
-    def next_digest_view(session: Session, subscriber: Subscriber) -> DigestView:
-        """The digest `subscriber` gets next (today's if not sent yet), as of now."""
-        day = None
-        if subscriber.id:
-            upcoming = next_send_time(subscriber, g.now)
-            day = upcoming.astimezone(ZoneInfo(subscriber.timezone)).date()
+    def next_digest(session: Session, subscriber: Subscriber) -> NextDigest | None:
+        """When `subscriber` gets their next digest (`schedule.next_digest`)."""
+        return upcoming_digest(session, subscriber, g.now, grace)
+
+    def next_digest_view(
+        session: Session, subscriber: Subscriber, coming: NextDigest | None
+    ) -> DigestView:
+        """The digest `coming` (an ad hoc subscriber's: today's), as `digest preview` shows it."""
+        day = coming.day if coming is not None else None
         mailer = wiring.mailer()
         return mailer.rendered_for(session, subscriber, day, g.now, settings.digest)[1].view
 
@@ -557,18 +570,14 @@ def create_app(config: Config | None = None, *, wiring: App | None = None) -> Fl
 
     def confirm_page(session: Session, subscriber: Subscriber) -> ResponseReturnValue:
         state = "pending" if subscriber.status == "pending" else "active"
-        next_send = (
-            next_send_time(subscriber, g.now).astimezone(ZoneInfo(subscriber.timezone))
-            if state == "active"
-            else None
-        )
+        coming = next_digest(session, subscriber) if state == "active" else None
         return page(
             "confirm.html",
             state=state,
             email=subscriber.email,
             frequency=frequency(subscriber),
             topics="; ".join(topic_title(t.query, t.label) for t in subscriber.topics),
-            next_send=f"{next_send:%H:%M on %A %d %B} ({subscriber.timezone})" if next_send else "",
+            next_send=when(coming, subscriber.timezone, g.now),
             manage_url=manage_url(subscriber),
         )
 
@@ -613,7 +622,9 @@ def create_app(config: Config | None = None, *, wiring: App | None = None) -> Fl
                 values.email = subscriber.email
             else:
                 values = form_from_subscriber(subscriber)
-            view = next_digest_view(session, subscriber) if subscriber.topics else None
+            coming = next_digest(session, subscriber)  # what they would get, when active
+            active = subscriber.status == "active"
+            view = next_digest_view(session, subscriber, coming) if subscriber.topics else None
             unsubscribe = links.subscriber_links(
                 settings.site.base_url, site_key, subscriber.id, subscriber.secret
             ).unsubscribe
@@ -631,6 +642,8 @@ def create_app(config: Config | None = None, *, wiring: App | None = None) -> Fl
                 status_text=status_text(subscriber),
                 frequency=frequency(subscriber),
                 view=view,
+                next_send=when(coming, subscriber.timezone, g.now) if active else "",
+                due=coming is not None and coming.at <= g.now,
                 unsubscribe_url=unsubscribe,
             )
 
@@ -711,7 +724,7 @@ def create_app(config: Config | None = None, *, wiring: App | None = None) -> Fl
         except SubscriberError as exc:
             return page("preview.html", 400, topics=topics, view=None, error=str(exc))
         with sessions() as session:
-            view = next_digest_view(session, subscriber)
+            view = next_digest_view(session, subscriber, None)
             session.rollback()
         return page("preview.html", topics=topics, view=view, error=None)
 

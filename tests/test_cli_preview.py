@@ -67,6 +67,65 @@ def test_subscriber_preview_has_no_side_effects(
     assert again.output == first.output  # nothing was recorded, so nothing changed
 
 
+def test_a_subscriber_preview_shows_the_next_digest_they_would_receive(
+    cli, seeds: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "p.txt"
+
+    def preview(*args: str) -> list[str]:
+        result = cli("preview", *args, "--format", "text", "--out", str(out))
+        assert result.exit_code == 0, result.output
+        return [line for line in result.output.splitlines() if line != str(out)]
+
+    with freeze_time("2026-11-25 07:00:00"):  # Wednesday
+        cli("ingest", str(seeds))
+        cli("subscribe", "ada@example.org", "--topic", "diffusion")  # daily at 07:00 UTC
+        cli("subscribe", "bob@example.org", "--topic", "quantum chromodynamics")
+        cli("subscribe", "cy@example.org", "--topic", "diffusion", "--weekly", "fri")
+        # Due now, not sent yet: today's, chosen as of its send time.
+        assert preview("--email", "ada@example.org") == [
+            "Daily Papers · Wed 25 Nov · 10 new in diffusion",
+            "the digest of Wed 25 Nov 2026 (2026-11-25 07:00 UTC): "
+            "not planned; chosen as of its send time",
+        ]
+        # A weekly subscriber on another day: their Friday digest, as if sent now.
+        assert preview("--email", "cy@example.org") == [
+            "Weekly Papers · Fri 27 Nov · 10 new in diffusion",
+            "the digest of Fri 27 Nov 2026 (2026-11-27 07:00 UTC): "
+            "the next one, as it would be if it were sent now",
+        ]
+        assert cli("send").output.startswith("sent 1, empty 1,")
+    with freeze_time("2026-11-25 07:05:00"):
+        cli("subscribe", "ada@example.org", "--topic", "*")
+        cli("subscribe", "bob@example.org", "--topic", "diffusion")
+        # Today's went out: the next is tomorrow's, with the new topic and nothing sent again.
+        ada = preview("--email", "ada@example.org")
+        assert ada[0].startswith("Daily Papers · Thu 26 Nov · ")
+        assert "in diffusion" not in ada[0]
+        assert ada[1] == (
+            "the digest of Thu 26 Nov 2026 (2026-11-26 07:00 UTC): "
+            "the next one, as it would be if it were sent now"
+        )
+        # Today's digest itself is history, shown as it was sent.
+        assert preview("--email", "ada@example.org", "--date", "2026-11-25") == [
+            "Daily Papers · Wed 25 Nov · 10 new in diffusion",
+            "the digest of Wed 25 Nov 2026 (2026-11-25 07:00 UTC): "
+            "sent; as it was sent (history, not a preview)",
+        ]
+        # Nothing matched Bob's old topic today: nothing went, and nothing is shown.
+        bob = preview("--email", "bob@example.org", "--date", "2026-11-25")
+        assert bob[1] == (
+            "the digest of Wed 25 Nov 2026 (2026-11-25 07:00 UTC): "
+            "nothing was sent (nothing matched)"
+        )
+        assert "\n* " not in out.read_text(encoding="utf-8")
+        monday = cli("preview", "--email", "cy@example.org", "--date", "2026-11-30")
+        assert monday.exit_code == 1
+        assert monday.output == (
+            "Error: cy@example.org gets no digest on Mon 30 Nov 2026: theirs is weekly (fri)\n"
+        )
+
+
 def test_preview_errors(cli, tmp_path: Path) -> None:
     neither = cli("preview")
     assert neither.exit_code == 2

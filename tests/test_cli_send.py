@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from freezegun import freeze_time
 from sqlalchemy import select
 
 from digest import db
@@ -131,7 +132,27 @@ def test_send_into_the_maildir_outbox(cli, seeds: Path, tmp_path: Path) -> None:
         f"outbox: {tmp_path / 'data' / 'outbox'}",
     ]
     assert len(list((tmp_path / "data" / "outbox" / "new").iterdir())) == 1
-    assert cli("send").output.startswith("sent 0, empty 1,")
+    # Again: nothing sent, and the row found empty before is not counted again.
+    assert cli("send").output.startswith("sent 0, empty 0, deferred 0, failed 0, unknown 0\n")
+
+
+def test_moving_west_after_todays_digest_sends_no_earlier_date(cli, seeds: Path, tmp_path) -> None:
+    with freeze_time("2026-11-27 02:01:00"):
+        cli("ingest", str(seeds))
+        cli("subscribe", "ada@example.org", "--topic", "*", "--timezone", "UTC", "--hour", "2")
+        assert cli("send").output.startswith("sent 1, empty 0,")
+    with freeze_time("2026-11-27 02:07:00"):
+        # Still Thursday 26th in Los Angeles: that date comes before the one Ada has.
+        moved = cli(
+            "subscribe", "ada@example.org", "--topic", "*",
+            "--timezone", "America/Los_Angeles", "--hour", "18",
+        )  # fmt: skip
+        assert moved.exit_code == 0, moved.output
+        assert cli("send").output.startswith("sent 0, empty 0,")
+    with freeze_time("2026-11-28 22:00:00"):  # Saturday 28th, 14:00 in Los Angeles
+        # Saturday's is planned (every seed paper went out on Friday: nothing new).
+        assert cli("send").output.startswith("sent 0, empty 1,")
+    assert len(list((tmp_path / "data" / "outbox" / "new").iterdir())) == 1
 
 
 def test_internationalized_addresses_into_the_outbox(cli, seeds: Path, tmp_path: Path) -> None:

@@ -242,6 +242,106 @@ def test_a_catch_up_chooses_the_digest_as_of_its_send_time(world: World, tmp_pat
         assert [(i.paper.arxiv_id, i.upvotes) for i in delivery.digest.items] == [("2611.00001", 4)]
 
 
+def ledger_rows(world: World) -> dict[str, list[tuple[date, str, datetime | None]]]:
+    rows: dict[str, list[tuple[date, str, datetime | None]]] = defaultdict(list)
+    with world.factory() as session:
+        for row in session.scalars(select(Delivery).order_by(Delivery.digest_date)):
+            rows[row.subscriber.email].append((row.digest_date, row.status, row.sent_at))
+    return rows
+
+
+def move(world: World, email: str, timezone: str, hour: int, weekday: int | None = None) -> None:
+    with db.transaction(world.factory) as session:
+        subscribe(
+            session,
+            email,
+            ["*"],
+            now=world.now,
+            timezone=timezone,
+            hour=hour,
+            weekday=weekday,
+            daily=weekday is None,
+        )
+
+
+def run_every_ten_minutes(world: World, start: datetime, hours: int) -> None:
+    dispatcher = world.dispatcher()
+    for step in range(hours * 6):
+        world.now = start + timedelta(minutes=10 * step)
+        assert dispatcher.run(world.now) is not None
+
+
+def test_moving_west_after_a_digest_never_sends_an_earlier_date(world: World) -> None:
+    # Friday 27 November, 02:00 UTC: both get their Friday digest.
+    world.add("daily@example.org", "UTC", 2)
+    world.add("weekly@example.org", "UTC", 2, weekday=4)  # Fridays
+    world.now = datetime(2026, 11, 27, 2, 1, tzinfo=UTC)
+    report = world.dispatcher().run(world.now)
+    assert report is not None and report.sent == 2
+    # Minutes later both move to Los Angeles at 18:00, where it is still Thursday 26th and
+    # its 18:00 came at 02:00 UTC: a digest dated Thursday would be due at once.
+    world.now = datetime(2026, 11, 27, 2, 5, tzinfo=UTC)
+    move(world, "daily@example.org", "America/Los_Angeles", 18)
+    move(world, "weekly@example.org", "America/Los_Angeles", 18, weekday=3)  # Thursdays
+    run_every_ten_minutes(world, datetime(2026, 11, 27, 2, 7, tzinfo=UTC), hours=73)
+    friday = datetime(2026, 11, 27, 2, 1, tzinfo=UTC)
+    rows = ledger_rows(world)
+    # Friday 27th was had (in UTC); the next dates follow at 18:00 Los Angeles time.
+    assert rows["daily@example.org"] == [
+        (date(2026, 11, 27), "sent", friday),
+        (date(2026, 11, 28), "sent", datetime(2026, 11, 29, 2, 7, tzinfo=UTC)),
+        (date(2026, 11, 29), "sent", datetime(2026, 11, 30, 2, 7, tzinfo=UTC)),
+    ]
+    assert rows["weekly@example.org"] == [(date(2026, 11, 27), "sent", friday)]
+
+
+def test_two_digests_are_never_less_than_twenty_hours_apart(world: World) -> None:
+    world.add("east@example.org", "UTC", 7)
+    world.add("earlier@example.org", "UTC", 7)
+    world.add("dst@example.org", "Europe/London", 7)
+    world.now = datetime(2026, 11, 25, 7, 1, tzinfo=UTC)
+    report = world.dispatcher().run(world.now)
+    assert report is not None and report.sent == 3
+    # Tokyo's Thursday 07:00 is Wednesday 22:00 UTC, 15 hours after Wednesday's digest:
+    # Thursday is skipped. Moving the hour four hours earlier keeps the rhythm (20 h).
+    world.now = datetime(2026, 11, 25, 8, 0, tzinfo=UTC)
+    move(world, "east@example.org", "Asia/Tokyo", 7)
+    move(world, "earlier@example.org", "UTC", 3)
+    run_every_ten_minutes(world, datetime(2026, 11, 25, 8, 0, tzinfo=UTC), hours=2 * 24)
+    rows = ledger_rows(world)
+    assert [(day, at) for day, _, at in rows["east@example.org"]] == [
+        (date(2026, 11, 25), datetime(2026, 11, 25, 7, 1, tzinfo=UTC)),
+        (date(2026, 11, 27), datetime(2026, 11, 26, 22, 0, tzinfo=UTC)),
+    ]
+    assert [(day, at) for day, _, at in rows["earlier@example.org"]] == [
+        (date(2026, 11, 25), datetime(2026, 11, 25, 7, 1, tzinfo=UTC)),
+        (date(2026, 11, 26), datetime(2026, 11, 26, 3, 0, tzinfo=UTC)),
+        (date(2026, 11, 27), datetime(2026, 11, 27, 3, 0, tzinfo=UTC)),
+    ]
+    assert len(rows["dst@example.org"]) == 3
+
+
+def test_the_schedule_rules_on_recent_rows() -> None:
+    from digest.db import RecentDelivery
+    from digest.schedule import MIN_GAP, allowed
+
+    thursday = date(2026, 11, 26)
+    sent = RecentDelivery(date(2026, 11, 27), "sent", datetime(2026, 11, 27, 2, 0, tzinfo=UTC))
+    at = datetime(2026, 11, 27, 2, 0, tzinfo=UTC)
+    assert not allowed(thursday, at, [sent])  # an earlier date than one they have
+    assert allowed(date(2026, 11, 27), at, [sent])  # that date's own row
+    saturday, gap_ends = date(2026, 11, 28), sent.selected_at + MIN_GAP
+    assert not allowed(saturday, gap_ends - timedelta(seconds=1), [sent])
+    assert allowed(saturday, gap_ends, [sent])
+    # Nothing was sent for an empty (or failed, or skipped) row: no gap needed after it,
+    # but it still closes the dates before it.
+    empty = sent._replace(status="empty")
+    assert allowed(date(2026, 11, 28), sent.selected_at + timedelta(hours=1), [empty])
+    assert not allowed(thursday, at, [empty])
+    queued = sent._replace(status="queued")
+    assert not allowed(date(2026, 11, 28), sent.selected_at + timedelta(hours=1), [queued])
+
+
 def test_a_planned_but_unsent_digest_is_skipped_once_stale(world: World) -> None:
     world.add("seven@example.org", "UTC", 7)
     world.now = datetime(2026, 11, 25, 7, 0, tzinfo=UTC)
@@ -394,8 +494,9 @@ def test_status_shows_next_runs_last_results_due_and_problems(
     )
     cli("subscribe", "later@example.org", "--topic", "*", "--timezone", "UTC", "--hour", "9")
     output = cli("status").output
-    assert "  ingest    2026-11-25T09:00+00:00" in output
-    assert "dispatcher: none running" in output
+    # No `digest run` is running: the runs are what one would do once started.
+    assert "next runs, once `digest run` starts:\n  ingest    2026-11-25T09:00+00:00\n" in output
+    assert "  dispatch  at start-up\ndispatcher: none running\n" in output
     assert "  dispatch  never" in output
     assert "due in the next hour: 1" in output
     assert "  06:30 UTC  soon@example.org (12:00 Asia/Kolkata)" in output
@@ -439,7 +540,18 @@ def test_status_shows_next_runs_last_results_due_and_problems(
         db.record_job_run(session, "dispatch", "host:1", now, now, True, "sent 0, empty 0")
     engine.dispose()
     output = cli("status").output
-    assert "  dispatch  2026-11-25T06:35+00:00" in output
+    assert "  dispatch  at start-up\ndispatcher: none running\n" in output
+    # With a dispatcher running, its next dispatch is one interval after the last.
+    engine = db.open_database(db_url)
+    with db.transaction(db.session_factory(engine)) as session:
+        assert db.acquire_lease(session, "dispatcher", "host:1", now, now + timedelta(minutes=15))
+    engine.dispose()
+    output = cli("status").output
+    assert (
+        "next runs:\n  ingest    2026-11-25T09:00+00:00\n  dispatch  2026-11-25T06:35+00:00\n"
+        in (output)
+    )
+    assert "dispatcher: host:1 (active until 2026-11-25 06:45 UTC)" in output
     assert "  dispatch  2026-11-25 06:30 UTC ok: sent 0, empty 0" in output
     assert "deferred, unknown, in flight, or failed in the last 24 h: 2" in output
     rows = output.splitlines()[-2:]
@@ -466,6 +578,16 @@ def test_status_shows_next_runs_last_results_due_and_problems(
         "user",
     ]
     assert "an old failure" not in output
+
+
+def test_status_counts_a_digest_due_and_not_yet_sent(cli) -> None:
+    with freeze_time("2026-11-26 02:00:00"):
+        cli("subscribe", "ada@example.org", "--topic", "*", "--timezone", "UTC", "--hour", "2")
+    with freeze_time("2026-11-26 02:03:00"):
+        output = cli("status").output
+        assert "due in the next hour: 1\n  02:00 UTC  ada@example.org (02:00 UTC)\n" in output
+        assert cli("send").output.startswith("sent 0, empty 1,")  # nothing ingested
+        assert "due in the next hour: 0\n" in cli("status").output
 
 
 # --- the real process -----------------------------------------------------------------------

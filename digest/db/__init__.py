@@ -27,6 +27,7 @@ PostgreSQL.
 
 from digest.db.digests import (
     NewDigest,
+    RecentDelivery,
     StoredItem,
     deliveries_with_status,
     digest_is_weekly,
@@ -35,6 +36,7 @@ from digest.db.digests import (
     planned_deliveries,
     previous_selections,
     received_papers,
+    recent_deliveries,
     store_digests,
 )
 from digest.db.engine import (
@@ -115,6 +117,7 @@ __all__ = [
     "CorpusSize",
     "IndexedPaper",
     "NewDigest",
+    "RecentDelivery",
     "SchemaOutOfDate",
     "Stats",
     "StoredItem",
@@ -157,6 +160,7 @@ __all__ = [
     "planned_deliveries",
     "previous_selections",
     "received_papers",
+    "recent_deliveries",
     "record_job_run",
     "release_lease",
     "replace_acronyms",

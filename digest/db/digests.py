@@ -3,8 +3,9 @@
 `store_digests` stores the shared digests (one per date and content) with their
 items, `digest_items` reads them back as plain rows; `received_papers`,
 `previous_selections` and `planned_deliveries` tell the planner what each
-subscriber got before; `deliveries_with_status` lists rows by status. Only
-digest.ledger changes a delivery's status.
+subscriber got before, `recent_deliveries` the schedule what they got lately;
+`deliveries_with_status` lists rows by status. Only digest.ledger changes a
+delivery's status.
 """
 
 from __future__ import annotations
@@ -135,6 +136,36 @@ def planned_deliveries(
             )
         )
         found.update((subscriber_id, day) for subscriber_id, day in rows)
+    return found
+
+
+class RecentDelivery(NamedTuple):
+    """A ledger row as the schedule reads it (`digest.schedule.allowed`)."""
+
+    digest_date: date
+    status: str
+    selected_at: datetime
+
+
+def recent_deliveries(
+    session: Session, subscriber_ids: Iterable[int], since: date
+) -> dict[int, list[RecentDelivery]]:
+    """The rows of these subscribers for digest dates from `since` on, by subscriber id
+    (through the unique (subscriber, date) index; subscribers with none are left out)."""
+    found: dict[int, list[RecentDelivery]] = {}
+    for chunk in chunked(sorted(set(subscriber_ids))):
+        rows = session.execute(
+            select(
+                Delivery.subscriber_id,
+                Delivery.digest_date,
+                Delivery.status,
+                Delivery.selected_at,
+            )
+            .where(Delivery.subscriber_id.in_(chunk), Delivery.digest_date >= since)
+            .order_by(Delivery.subscriber_id, Delivery.digest_date)
+        )
+        for subscriber_id, *row in rows:
+            found.setdefault(subscriber_id, []).append(RecentDelivery._make(row))
     return found
 
 
