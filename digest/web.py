@@ -600,9 +600,12 @@ def create_app(config: Config | None = None, *, wiring: App | None = None) -> Fl
             else:
                 values = form_from_subscriber(subscriber)
             view = next_digest_view(session, subscriber) if subscriber.topics else None
-            unsubscribe = links.subscriber_links(
-                settings.site.base_url, site_key, subscriber.id, subscriber.secret
-            ).unsubscribe
+            # A relative action: CSP form-action 'self' blocks a post to base_url's host
+            # when the page was opened under another name (localhost, 127.0.0.1).
+            unsubscribe = url_for(
+                "unsubscribe_link",
+                token=links.make_token(site_key, subscriber.secret, "unsubscribe", subscriber.id),
+            )
             return page(
                 "manage.html",
                 400 if errors else 200,
@@ -621,8 +624,9 @@ def create_app(config: Config | None = None, *, wiring: App | None = None) -> Fl
 
     # --- unsubscribe ------------------------------------------------------------------
 
-    @app.route("/unsubscribe/<token>", methods=["GET", "POST"])
+    # The older /u/ path is registered second, so url_for builds /unsubscribe/.
     @app.route("/u/<token>", methods=["GET", "POST"])
+    @app.route("/unsubscribe/<token>", methods=["GET", "POST"])
     def unsubscribe_link(token: str) -> ResponseReturnValue:
         one_click = request.method == "POST" and (
             request.form.get("List-Unsubscribe") == "One-Click"
