@@ -19,7 +19,9 @@ Pages (Jinja templates in templates/web/, with the email's look):
   token) unsubscribes and answers 200.
 * `/digest/<ref>`: the web copy of a sent digest, with no personal data (the
   older per-subscriber `/view/<token>` links redirect there).
-* `/preview?topic=...`: an ad hoc topic's digest as of now (`digest preview --topic`).
+* `/preview?topic=...`: a topic's page, where an email's "N more matched" leads: every
+  paper its digest counts (`select.SelectionRun.topic_listing`, the count `/api/match`
+  gives too), PAGE_SIZE per page, and a button to subscribe to it.
 
 Security: tokens signed with itsdangerous and each subscriber's secret (see
 `digest.links`); a bad, expired or revoked token gets the same friendly 404
@@ -57,7 +59,7 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
 from wtforms import ValidationError
 
-from digest import db, links, relevance
+from digest import db, links
 from digest.app import App
 from digest.config import Config, iana_timezones
 from digest.errors import DigestError, shown
@@ -66,6 +68,7 @@ from digest.query import QueryError, parse_query
 from digest.render import Notice
 from digest.resources import resource_dir
 from digest.schedule import next_send_time
+from digest.select import SelectionRun, TopicListing, local_date
 from digest.subscribers import (
     CONFIRM,
     Preferences,
@@ -83,14 +86,14 @@ from digest.subscribers import (
     parse_weekday,
     purge_pending,
     request_subscription,
-    transient_subscriber,
 )
-from digest.views import DigestView, paper_title, topic_title
+from digest.views import DigestView, build_view, paper_title, topic_title
 
 log = logging.getLogger("digest.web")
 
 TOPIC_FIELDS = 6  # topic inputs on a form (a subscriber may have more via the CLI)
 MATCH_EXAMPLES = 3
+PAGE_SIZE = 25  # papers per page of a topic's page
 MAX_FORM_BYTES = 64 * 1024
 WEEKDAY_NAMES = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
 CONTENT_SECURITY_POLICY = (
@@ -517,6 +520,10 @@ def create_app(config: Config | None = None, *, wiring: App | None = None) -> Fl
             resend_minutes=f"{web.resend_minutes:g}",
         )
 
+    def topic_listing(session: Session, query: str, label: str | None = None) -> TopicListing:
+        """Every match of `query` that a digest counts, as of now (see `SelectionRun`)."""
+        return SelectionRun(session, g.now, settings.digest).topic_listing(query, label)
+
     @app.get("/api/match")
     @limiter.limit(web.api_rate_limit)
     def match_api() -> ResponseReturnValue:
@@ -526,13 +533,15 @@ def create_app(config: Config | None = None, *, wiring: App | None = None) -> Fl
         except QueryError as exc:
             return {"query": None, "count": 0, "examples": [], "error": str(exc)}, 200
         with sessions() as session:
-            _, found = relevance.search(session, query)
-            shown = [match.paper_id for match in found[:MATCH_EXAMPLES]]
+            listing = topic_listing(session, query.canonical())
+            shown = [item.paper_id for item in listing.items[:MATCH_EXAMPLES]]
             papers = db.papers_by_id(session, shown)
             examples = [paper_title(papers[pid]) for pid in shown]
         return {
             "query": query.canonical(),
-            "count": len(found),
+            "count": len(listing.items),
+            "capped": listing.capped,
+            "days": listing.days,
             "examples": examples,
             "error": None,
         }
@@ -690,19 +699,47 @@ def create_app(config: Config | None = None, *, wiring: App | None = None) -> Fl
     @app.get("/preview")
     @limiter.limit(web.api_rate_limit)
     def preview_page() -> ResponseReturnValue:
-        topics = [t.strip() for t in request.args.getlist("topic") if t.strip()][:TOPIC_FIELDS]
-        if not topics:
-            return page("preview.html", topics=[], view=None, error=None)
+        text = request.args.get("topic", "").strip()
+        if not text:
+            return page("preview.html", topic="", listing=None, error=None)
         try:
-            subscriber = transient_subscriber(
-                topics, settings.digest.default_timezone, settings.digest.default_hour
-            )
+            spec = parse_topic(text)
         except SubscriberError as exc:
-            return page("preview.html", 400, topics=topics, view=None, error=str(exc))
+            return page("preview.html", 400, topic=text, listing=None, error=str(exc))
+        number = request.args.get("page", "1")
         with sessions() as session:
-            view = next_digest_view(session, subscriber)
-            session.rollback()
-        return page("preview.html", topics=topics, view=view, error=None)
+            listing = topic_listing(session, spec.query, spec.label)
+            pages = max(1, -(-len(listing.items) // PAGE_SIZE))
+            current = int(number) if number.isdigit() and 0 < int(number) <= pages else 1
+            chunk = listing.items[(current - 1) * PAGE_SIZE : current * PAGE_SIZE]
+            papers = db.papers_by_id(session, [item.paper_id for item in chunk])
+            view = build_view(
+                chunk,
+                papers,
+                digest_date=local_date(g.now, settings.digest.default_timezone),
+                weekly=False,
+                site_name=settings.site.name,
+                postal_address=settings.mail.postal_address,
+            )
+
+        def page_url(number: int) -> str | None:
+            if not 0 < number <= pages:
+                return None
+            return url_for("preview_page", topic=text, page=number if number > 1 else None)
+
+        return page(
+            "preview.html",
+            topic=text,
+            title=topic_title(spec.query, spec.label),
+            listing=listing,
+            papers=[paper for section in view.sections for paper in section.papers],
+            first=(current - 1) * PAGE_SIZE + 1,
+            page_number=current,
+            pages=pages,
+            previous_url=page_url(current - 1),
+            next_url=page_url(current + 1),
+            error=None,
+        )
 
     return app
 

@@ -327,11 +327,16 @@ def test_match_api_counts_and_examples(site: Site) -> None:
     with site.wiring.sessions()() as session:
         from digest import relevance
         from digest.query import parse_query
+        from digest.select import SelectionRun
 
         _, found = relevance.search(session, parse_query("diffusion"))
-        papers = db.papers_by_id(session, [match.paper_id for match in found[:3]])
-        examples = [paper_title(papers[match.paper_id]) for match in found[:3]]
-    assert body["count"] == len(found) > 3
+        listing = SelectionRun(session, NOW, site.wiring.config.digest).topic_listing("diffusion")
+        shown = [item.paper_id for item in listing.items[:3]]
+        papers = db.papers_by_id(session, shown)
+        examples = [paper_title(papers[paper_id]) for paper_id in shown]
+    # Every seed is in the digest's window: the matches above the digest's cutoff count.
+    cutoff = site.wiring.config.digest.min_relevance
+    assert body["count"] == sum(1 for m in found if m.relevance >= cutoff) == 25 < len(found)
     assert body["examples"] == examples
     assert body["query"] == "diffusion" and body["error"] is None
     bad = client.get('/api/match?q=title:"').get_json()
@@ -539,7 +544,8 @@ def test_preview_page_shows_an_ad_hoc_topic(site: Site) -> None:
     page = client.get("/preview?topic=diffusion")
     assert page.status_code == 200
     body = page.get_data(as_text=True)
-    assert "papers on diffusion" in body and body.count('class="paper"') >= 3
+    assert "25 papers match “diffusion” in the last 7 days" in body
+    assert body.count('class="paper"') == 25
     bad = client.get("/preview?topic=-survey")
     assert bad.status_code == 400 and "only excludes words" in bad.get_data(as_text=True)
 
