@@ -36,6 +36,7 @@ same time whether or not it sent one.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import logging
@@ -76,7 +77,6 @@ from digest.subscribers import (
     apply_preferences,
     check_hour,
     check_name,
-    check_papers_exist,
     check_timezone,
     confirm,
     normalize_email,
@@ -87,7 +87,15 @@ from digest.subscribers import (
     purge_pending,
     request_subscription,
 )
-from digest.views import DigestView, build_view, paper_title, topic_title
+from digest.views import (
+    DigestView,
+    build_view,
+    liked_titles,
+    paper_title,
+    paper_view,
+    topic_title,
+    topic_titles,
+)
 
 log = logging.getLogger("digest.web")
 
@@ -204,12 +212,25 @@ def check_form(values: FormValues) -> tuple[Preferences | None, dict[str, str]]:
         return None, {"topics": str(exc)}
 
 
+def unknown_paper(session: Session, query: str) -> str | None:
+    """A reader's error if a like:ID in `query` names no paper here (the web's wording of
+    `check_papers_exist`'s, without its CLI command), else None."""
+    if "like:" not in query.casefold():
+        return None
+    for reference in parse_query(query).likes:
+        if db.find_paper_by_reference(session, reference) is None:
+            return (
+                f"like:{reference}: no such paper here. To follow papers like one you read, "
+                "use its “More like this” link in a digest or on a topic's page."
+            )
+    return None
+
+
 def missing_papers(session: Session, preferences: Preferences) -> dict[str, str]:
     """The topics field's error if a like:ID topic names no paper, else no errors."""
-    try:
-        check_papers_exist(session, preferences)
-    except SubscriberError as exc:
-        return {"topics": str(exc)}
+    for spec in preferences.topics:
+        if error := unknown_paper(session, spec.query):
+            return {"topics": error}
     return {}
 
 
@@ -284,7 +305,7 @@ class Postman:
         key = self.wiring.secret_key()
         base = config.site.base_url
         site = config.site.name
-        topics = "; ".join(topic_title(t.query, t.label) for t in subscriber.topics)
+        topics = "; ".join(topic_titles(subscriber))
         if kind == CONFIRM:
             token = links.confirm_token(key, subscriber.secret, subscriber.id, now)
             hours = f"{config.web.confirm_hours:g}"
@@ -533,6 +554,8 @@ def create_app(config: Config | None = None, *, wiring: App | None = None) -> Fl
         except QueryError as exc:
             return {"query": None, "count": 0, "examples": [], "error": str(exc)}, 200
         with sessions() as session:
+            if error := unknown_paper(session, query.canonical()):
+                return {"query": None, "count": 0, "examples": [], "error": error}, 200
             listing = topic_listing(session, query.canonical())
             shown = [item.paper_id for item in listing.items[:MATCH_EXAMPLES]]
             papers = db.papers_by_id(session, shown)
@@ -560,7 +583,7 @@ def create_app(config: Config | None = None, *, wiring: App | None = None) -> Fl
             state=state,
             email=subscriber.email,
             frequency=frequency(subscriber),
-            topics="; ".join(topic_title(t.query, t.label) for t in subscriber.topics),
+            topics="; ".join(topic_titles(subscriber)),
             next_send=f"{next_send:%H:%M on %A %d %B} ({subscriber.timezone})" if next_send else "",
             manage_url=manage_url(subscriber),
         )
@@ -708,6 +731,9 @@ def create_app(config: Config | None = None, *, wiring: App | None = None) -> Fl
             return page("preview.html", 400, topic=text, listing=None, error=str(exc))
         number = request.args.get("page", "1")
         with sessions() as session:
+            if error := unknown_paper(session, spec.query):
+                return page("preview.html", 400, topic=text, listing=None, error=error)
+            liked = liked_titles(session, [spec.query])
             listing = topic_listing(session, spec.query, spec.label)
             pages = max(1, -(-len(listing.items) // PAGE_SIZE))
             current = int(number) if number.isdigit() and 0 < int(number) <= pages else 1
@@ -720,6 +746,8 @@ def create_app(config: Config | None = None, *, wiring: App | None = None) -> Fl
                 weekly=False,
                 site_name=settings.site.name,
                 postal_address=settings.mail.postal_address,
+                views=functools.partial(paper_view, base_url=settings.site.base_url),
+                liked=liked,
             )
 
         def page_url(number: int) -> str | None:
@@ -730,7 +758,7 @@ def create_app(config: Config | None = None, *, wiring: App | None = None) -> Fl
         return page(
             "preview.html",
             topic=text,
-            title=topic_title(spec.query, spec.label),
+            title=topic_title(spec.query, spec.label, liked=liked),
             listing=listing,
             papers=[paper for section in view.sections for paper in section.papers],
             first=(current - 1) * PAGE_SIZE + 1,

@@ -12,12 +12,25 @@ from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
+from sqlalchemy import select
 
 from digest import db, relevance
 from digest.deliver import send_digests
+from digest.models import Delivery, Paper
+from digest.render import Renderer
 from digest.schedule import due_subscribers
+from digest.select import SelectionRun
 from digest.subscribers import subscribe
-from tests.test_web import BASE, NOW, Site, active_subscriber, make_site, token_links
+from digest.views import paper_title
+from tests.test_web import (
+    BASE,
+    NOW,
+    Site,
+    active_subscriber,
+    make_site,
+    subscribe_form,
+    token_links,
+)
 
 
 @pytest.fixture
@@ -111,3 +124,95 @@ def test_a_count_that_hit_the_candidate_limit_says_so(site: Site) -> None:
     assert f"Only the {hint['count']} best are listed" in page
     # Below the limit the count is exact.
     assert site.client().get("/api/match?q=diffusion").get_json()["capped"] is False
+
+
+def paper_named(site: Site, paper_id: int) -> tuple[str, str]:
+    """(reference, title as shown) of a seed paper: its arXiv id, else its id."""
+    with site.wiring.sessions()() as session:
+        paper = session.get(Paper, paper_id)
+        assert paper is not None
+        return paper.arxiv_id or str(paper.id), paper_title(paper)
+
+
+def liked_name(title: str) -> str:
+    return f'papers like "{title[:49].rstrip()}…"' if len(title) > 50 else f'papers like "{title}"'
+
+
+def test_every_paper_in_a_digest_links_to_papers_like_it(site: Site) -> None:
+    message = send_first_digest(site, "diffusion model")
+    html_part = message.get_body(("html",)).get_content()
+    text = message.get_body(("plain",)).get_content()
+    with site.wiring.sessions()() as session:
+        delivery = session.scalars(select(Delivery)).one()
+        assert delivery.digest is not None
+        papers = [item.paper for item in delivery.digest.items]
+        wanted = [f"{BASE}/preview?topic=like%3A{paper.arxiv_id or paper.id}" for paper in papers]
+    assert len(wanted) == 10
+    assert re.findall(
+        r'<a class="like-link" href="([^"]+)"[^>]*>More like this</a>', html_part
+    ) == (wanted)
+    assert re.findall(r"More like this: (\S+)", text) == wanted
+    # The link opens a page of papers like it, named by its title, with a way to subscribe.
+    first = papers[0]
+    reference, title = paper_named(site, first.id)
+    page = site.client().get(wanted[0].removeprefix(BASE))
+    assert page.status_code == 200
+    body = html.unescape(page.get_data(as_text=True))
+    heading = re.search(r'<h2 id="matches-title">([^<]*)</h2>', body)
+    assert (
+        heading
+        and heading.group(1) == f"{len(listed_titles(body))} {liked_name(title)} in the last 7 days"
+    )
+    # The raw id only where the reader can edit or subscribe to it.
+    assert body.count(f"like:{reference}") == 2
+    subscribe_link = re.search(r'href="(/\?topic=[^"]+)">Subscribe to this topic', body)
+    assert subscribe_link and subscribe_link.group(1) == f"/?topic=like:{reference}"
+    form = site.client().get(f"/?topic=like%3A{reference}").get_data(as_text=True)
+    assert f'name="topic" value="like:{reference}"' in form
+
+
+def test_without_a_base_url_there_is_no_like_link(site: Site) -> None:
+    with site.wiring.sessions()() as session:
+        items = SelectionRun(session, NOW, site.wiring.config.digest).topic_listing("gan").items
+        papers = db.papers_by_id(session, [item.paper_id for item in items])
+    rendered = Renderer().render(items, papers, digest_date=NOW.date())
+    assert items and "More like this" not in rendered.html + rendered.text
+    linked = Renderer().render(items, papers, digest_date=NOW.date(), base_url=BASE)
+    assert linked.html.count("More like this") == linked.text.count("More like this") == len(items)
+
+
+def test_a_like_topic_is_shown_by_its_paper_title(site: Site) -> None:
+    reference, title = paper_named(site, 492)
+    name = liked_name(title)
+    message = send_first_digest(site, f"like:{reference}")
+    text = message.get_body(("plain",)).get_content()
+    html_part = html.unescape(message.get_body(("html",)).get_content())
+    assert f" in {name}"[:30] in message["Subject"] and "like:" not in message["Subject"]
+    assert f"== {name} ==" in text
+    assert f"follows {name} on" in " ".join(text.split())
+    assert re.findall(r'<h2 class="topic"[^>]*>([^<]*)</h2>', html_part) == [name]
+    assert f"like:{reference}" not in text and f"like:{reference}" not in html_part
+    # The stored topic stays the query.
+    ada = site.subscriber("ada@example.org")
+    assert ada is not None and [t.query for t in ada.topics] == [f"like:{reference}"]
+    # The manage page shows the query only in its field; the confirmation email names it.
+    manage = html.unescape(site.client().get(token_links(site, ada).manage).get_data(as_text=True))
+    assert manage.count(f"like:{reference}") == 1 and 'value="like:' in manage
+    client = site.client()
+    client.post("/", data=subscribe_form(client, "bob@example.org", f"like:{reference}"))
+    confirm = site.mail()[-1].get_body(("plain",)).get_content()
+    assert f"on: {name}." in " ".join(confirm.replace("-\n", "-").split())
+
+
+def test_an_unknown_like_id_is_an_error_in_words_for_the_web(site: Site) -> None:
+    client = site.client()
+    wording = "like:99999: no such paper here."
+    hint = client.get("/api/match?q=like:99999").get_json()
+    assert hint["error"].startswith(wording) and hint["count"] == 0
+    page = client.get("/preview?topic=like:99999")
+    body = html.unescape(page.get_data(as_text=True))
+    assert page.status_code == 400 and wording in body and "Nothing new" not in body
+    form = client.post("/", data=subscribe_form(client, "new@example.org", "like:99999"))
+    body = html.unescape(form.get_data(as_text=True))
+    assert form.status_code == 400 and wording in body
+    assert "digest papers" not in body and "`" not in body
