@@ -39,6 +39,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import hmac
+import json
 import logging
 import queue
 import threading
@@ -698,7 +699,12 @@ def create_app(config: Config | None = None, *, wiring: App | None = None) -> Fl
                 abort(404)
             weekly = db.digest_is_weekly(session, digest.id)
             rendered = wiring.mailer().render_items(
-                session, digest.content_hash, list(digest.items), digest.digest_date, weekly
+                session,
+                digest.content_hash,
+                list(digest.items),
+                digest.digest_date,
+                weekly,
+                json.loads(digest.more_matched or "{}"),
             )
             return page("digest.html", view=rendered.view)
 

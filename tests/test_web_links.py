@@ -216,3 +216,12 @@ def test_an_unknown_like_id_is_an_error_in_words_for_the_web(site: Site) -> None
     body = html.unescape(form.get_data(as_text=True))
     assert form.status_code == 400 and wording in body
     assert "digest papers" not in body and "`" not in body
+
+
+def test_the_web_copy_of_a_digest_has_its_more_matched_links(site: Site) -> None:
+    message = send_first_digest(site, "diffusion model")
+    text = message.get_body(("plain",)).get_content()
+    path = re.search(rf"{re.escape(BASE)}(/digest/\S+)", text)
+    assert path and "12 more matched" in text
+    page = site.client().get(path.group(1)).get_data(as_text=True)
+    assert f'<a href="{BASE}/preview?topic=diffusion%20model">12 more matched</a>' in page
