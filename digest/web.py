@@ -109,6 +109,7 @@ CONTENT_SECURITY_POLICY = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
     "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
 )
+FOREVER = timedelta(days=365 * 100)
 NOT_FOUND = (
     "Link not valid",
     "This link is not valid any more: it may be incomplete, expired, or replaced by a newer "
@@ -427,6 +428,8 @@ def create_app(config: Config | None = None, *, wiring: App | None = None) -> Fl
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> ResponseReturnValue:
         status = exc.code or 500
+        if status == 404 and request.url_rule is None:  # no such page: not a token's
+            return error_page(404, "Page not found", "There is no page at this address.")
         if status == 404:
             return error_page(404, *NOT_FOUND)
         if status == 429:
@@ -483,6 +486,13 @@ def create_app(config: Config | None = None, *, wiring: App | None = None) -> Fl
             day = upcoming.astimezone(ZoneInfo(subscriber.timezone)).date()
         mailer = wiring.mailer()
         return mailer.rendered_for(session, subscriber, day, g.now, settings.digest)[1].view
+
+    @app.get("/robots.txt")
+    def robots() -> ResponseReturnValue:
+        """Crawlers may read the subscribe and topic pages, never a token's page."""
+        hidden = ("/confirm/", "/manage/", "/unsubscribe/", "/u/", "/digest/", "/view/", "/api/")
+        lines = ["User-agent: *", *(f"Disallow: {path}" for path in hidden)]
+        return Response("\n".join(lines) + "\n", 200, mimetype="text/plain")
 
     # --- subscribe --------------------------------------------------------------------
 
@@ -589,10 +599,28 @@ def create_app(config: Config | None = None, *, wiring: App | None = None) -> Fl
             manage_url=manage_url(subscriber),
         )
 
+    def expired(session: Session, token: str) -> bool:
+        """Whether `token` is a genuine confirmation link of a still pending request, too old."""
+        subscriber_id = links.token_subscriber_id(token)
+        subscriber = session.get(Subscriber, subscriber_id) if subscriber_id else None
+        return (
+            subscriber is not None
+            and subscriber.status == "pending"
+            and links.verify_confirm_token(site_key, subscriber.secret, token, g.now, FOREVER)
+            == subscriber.id
+        )
+
     @app.route("/confirm/<token>", methods=["GET", "POST"])
     def confirm_link(token: str) -> ResponseReturnValue:
         with db.transaction(wiring.sessions(), write=request.method == "POST") as session:
             subscriber = find(session, token, "confirm")
+            if subscriber is None and expired(session, token):
+                return error_page(
+                    410,
+                    "Link expired",
+                    f"This confirmation link has expired (links work for "
+                    f"{web.confirm_hours:g} hours). Subscribe again to get a new link.",
+                )
             if subscriber is None or subscriber.status not in ("pending", "active"):
                 abort(404)
             if request.method == "POST":

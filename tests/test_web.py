@@ -402,8 +402,8 @@ def test_confirmation_links_expire(site: Site) -> None:
     site.clock.now = NOW + timedelta(hours=47)
     assert client.get(path).status_code == 200
     site.clock.now = NOW + timedelta(hours=49)
-    assert client.get(path).status_code == 404
-    assert client.post(path, data={"csrf_token": csrf_token(client)}).status_code == 404
+    assert client.get(path).status_code == 410
+    assert client.post(path, data={"csrf_token": csrf_token(client)}).status_code == 410
     assert site.subscriber("late@example.org").status == "pending"  # type: ignore[union-attr]
 
 

@@ -225,3 +225,38 @@ def test_the_web_copy_of_a_digest_has_its_more_matched_links(site: Site) -> None
     assert path and "12 more matched" in text
     page = site.client().get(path.group(1)).get_data(as_text=True)
     assert f'<a href="{BASE}/preview?topic=diffusion%20model">12 more matched</a>' in page
+
+
+def test_unknown_paths_are_a_plain_404_and_robots_keep_off_token_pages(site: Site) -> None:
+    client = site.client()
+    for path in ("/nothing-here", "/favicon.ico", "/manage"):
+        response = client.get(path)
+        body = response.get_data(as_text=True)
+        assert response.status_code == 404, path
+        assert "Page not found" in body and "This link is not valid" not in body
+    # A token's page keeps its message.
+    assert "This link is not valid any more" in client.get("/manage/garbage").get_data(as_text=True)
+    robots = client.get("/robots.txt")
+    assert robots.status_code == 200 and robots.mimetype == "text/plain"
+    assert robots.get_data(as_text=True) == (
+        "User-agent: *\nDisallow: /confirm/\nDisallow: /manage/\nDisallow: /unsubscribe/\n"
+        "Disallow: /u/\nDisallow: /digest/\nDisallow: /view/\nDisallow: /api/\n"
+    )
+    # Pages declare no favicon, so browsers do not ask for /favicon.ico.
+    assert '<link rel="icon" href="data:,">' in client.get("/").get_data(as_text=True)
+
+
+def test_an_expired_confirmation_link_says_to_subscribe_again(site: Site) -> None:
+    client = site.client()
+    client.post("/", data=subscribe_form(client, "late@example.org", "diffusion"))
+    message = site.mail()[-1].get_body(("plain",)).get_content()
+    found = re.search(rf"{re.escape(BASE)}(/confirm/\S+)", message)
+    assert found
+    site.clock.now = NOW + timedelta(hours=49)
+    page = client.get(found.group(1))
+    body = html.unescape(page.get_data(as_text=True))
+    assert page.status_code == 410
+    assert "This confirmation link has expired (links work for 48 hours)." in body
+    assert "Subscribe again to get a new link." in body
+    # A forged or unknown confirmation token still gets the token message.
+    assert client.get(found.group(1)[:-3] + "xyz").status_code == 404
