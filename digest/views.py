@@ -181,6 +181,7 @@ class DigestView:
     new_count: int = 0
     trending_count: int = 0
     omitted: int = 0
+    today: date | None = None  # the reader's date, when a page shows a later day's digest
 
     @property
     def brand(self) -> str:
@@ -208,7 +209,9 @@ class DigestView:
     @functools.cached_property
     def heading(self) -> str:
         if not self.sections:
-            return f"Nothing new {self.gain_period}"
+            if self.weekly or self.today in (None, self.digest_date):
+                return f"Nothing new {self.gain_period}"
+            return f"Nothing new yet for {self.digest_date:%A}"
         named = self._named_titles()
         count = self.paper_count
         if not named:  # only the everything topic

@@ -45,7 +45,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -63,7 +63,7 @@ from wtforms import ValidationError
 
 from digest import db, links
 from digest.app import App
-from digest.config import Config, iana_timezones
+from digest.config import Config, canonical_timezones
 from digest.errors import DigestError, shown
 from digest.models import WEEKDAYS, Delivery, Digest, Subscriber
 from digest.query import QueryError, parse_query
@@ -389,7 +389,12 @@ def create_app(config: Config | None = None, *, wiring: App | None = None) -> Fl
     postman = Postman(wiring)
     app.extensions["digest"] = wiring
     app.extensions["digest.postman"] = postman
-    timezones = sorted(iana_timezones())
+    listed = list(canonical_timezones())
+
+    def timezones_with(chosen: str) -> list[str]:
+        """The listed zones, plus a chosen alias (a stored Asia/Calcutta) so it shows."""
+        return listed if chosen in listed else sorted([*listed, chosen])
+
     weekdays = [
         {"key": key, "name": name} for key, name in zip(WEEKDAYS, WEEKDAY_NAMES, strict=True)
     ]
@@ -485,7 +490,9 @@ def create_app(config: Config | None = None, *, wiring: App | None = None) -> Fl
             upcoming = next_send_time(subscriber, g.now)
             day = upcoming.astimezone(ZoneInfo(subscriber.timezone)).date()
         mailer = wiring.mailer()
-        return mailer.rendered_for(session, subscriber, day, g.now, settings.digest)[1].view
+        view = mailer.rendered_for(session, subscriber, day, g.now, settings.digest)[1].view
+        # "Nothing new today" only for today: the next digest may be another day's.
+        return replace(view, today=local_date(g.now, subscriber.timezone))
 
     @app.get("/robots.txt")
     def robots() -> ResponseReturnValue:
@@ -504,7 +511,7 @@ def create_app(config: Config | None = None, *, wiring: App | None = None) -> Fl
             status,
             form=values.padded(),
             errors=errors,
-            timezones=timezones,
+            timezones=timezones_with(values.timezone),
             weekdays=weekdays,
         )
 
@@ -673,7 +680,7 @@ def create_app(config: Config | None = None, *, wiring: App | None = None) -> Fl
                 form=values.padded(),
                 errors=errors,
                 saved=saved and not errors,
-                timezones=timezones,
+                timezones=timezones_with(values.timezone),
                 weekdays=weekdays,
                 email=subscriber.email,
                 status=subscriber.status,
@@ -712,6 +719,11 @@ def create_app(config: Config | None = None, *, wiring: App | None = None) -> Fl
                 email=subscriber.email,
                 frequency=frequency(subscriber),
                 manage_url=manage_url(subscriber),
+                # One step back: the manage page's "subscribe again" action, same origin.
+                resubscribe_action=url_for(
+                    "manage_page",
+                    token=links.make_token(site_key, subscriber.secret, "manage", subscriber.id),
+                ),
             )
 
     csrf.exempt(unsubscribe_link)  # RFC 8058: the one-click POST carries no token

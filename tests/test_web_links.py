@@ -15,6 +15,7 @@ import pytest
 from sqlalchemy import select
 
 from digest import db, relevance
+from digest.config import canonical_timezones
 from digest.deliver import send_digests
 from digest.models import Delivery, Paper
 from digest.render import Renderer
@@ -27,6 +28,7 @@ from tests.test_web import (
     NOW,
     Site,
     active_subscriber,
+    csrf_token,
     make_site,
     subscribe_form,
     token_links,
@@ -260,3 +262,51 @@ def test_an_expired_confirmation_link_says_to_subscribe_again(site: Site) -> Non
     assert "Subscribe again to get a new link." in body
     # A forged or unknown confirmation token still gets the token message.
     assert client.get(found.group(1)[:-3] + "xyz").status_code == 404
+
+
+def test_subscribing_again_from_the_unsubscribe_page_is_one_step(site: Site) -> None:
+    ada = active_subscriber(site)
+    paths = token_links(site, ada)
+    client = site.client()
+    done = client.post(
+        paths.unsubscribe, data={"csrf_token": csrf_token(client, paths.unsubscribe)}
+    )
+    page = done.get_data(as_text=True)
+    assert site.subscriber("ada@example.org").status == "unsubscribed"  # type: ignore[union-attr]
+    assert form_actions(page) == [paths.manage]
+    token = re.search(r'name="csrf_token" value="([^"]+)"', page)
+    assert token and 'name="action" value="resubscribe"' in page
+    back = client.post(paths.manage, data={"csrf_token": token.group(1), "action": "resubscribe"})
+    assert back.status_code == 303
+    assert site.subscriber("ada@example.org").status == "active"  # type: ignore[union-attr]
+
+
+def test_forms_list_canonical_timezones_and_keep_a_stored_alias(site: Site) -> None:
+    page = site.client().get("/").get_data(as_text=True)
+    zones = re.findall(r'<option value="([A-Za-z_/+-]+/[^"]+|UTC)"', page)
+    assert "Africa/Asmara" in zones and "Europe/Kyiv" in zones and "UTC" in zones
+    for alias in (
+        "Africa/Asmera",
+        "America/Argentina/ComodRivadavia",
+        "Asia/Calcutta",
+        "US/Eastern",
+    ):
+        assert alias not in zones
+    assert len(zones) == len(set(zones)) == len(canonical_timezones())
+    # A subscriber whose stored zone is an alias still sees it chosen, and may keep it.
+    with db.transaction(site.wiring.sessions()) as session:
+        ada, _ = subscribe(session, "ada@example.org", ["gan"], now=NOW, timezone="Asia/Calcutta")
+        list(ada.topics)
+    manage = site.client().get(token_links(site, ada).manage).get_data(as_text=True)
+    assert '<option value="Asia/Calcutta" selected>' in manage
+    assert '<option value="Asia/Kolkata">' in manage
+
+
+def test_the_manage_page_words_an_empty_next_digest_for_its_date(site: Site) -> None:
+    """NOW is a Wednesday at 08:00 UTC; a subscriber sent at 07:00 next gets Thursday's."""
+    with db.transaction(site.wiring.sessions()) as session:
+        ada, _ = subscribe(session, "ada@example.org", ["zzzqx"], now=NOW, timezone="UTC")
+        list(ada.topics)
+    page = site.client().get(token_links(site, ada).manage).get_data(as_text=True)
+    assert "Thursday 26 November 2026" in page
+    assert "Nothing new yet for Thursday" in page and "Nothing new today" not in page
