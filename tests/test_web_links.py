@@ -6,41 +6,31 @@ from __future__ import annotations
 
 import html
 import re
-from collections.abc import Iterator
 from datetime import timedelta
 from email.message import EmailMessage
-from pathlib import Path
 
-import pytest
 from sqlalchemy import select
 
 from digest import db, relevance
 from digest.config import canonical_timezones
-from digest.deliver import send_digests
 from digest.models import Delivery, Paper
 from digest.render import Renderer
-from digest.schedule import due_subscribers
 from digest.select import SelectionRun
 from digest.subscribers import subscribe
 from digest.views import paper_title
+from tests import test_web as web_tests
 from tests.test_web import (
     BASE,
     NOW,
     Site,
     active_subscriber,
     csrf_token,
-    make_site,
+    send_due_digests,
     subscribe_form,
     token_links,
 )
 
-
-@pytest.fixture
-def site(tmp_path: Path, seeds: Path, db_url: str) -> Iterator[Site]:
-    site = make_site(tmp_path, seeds, db_url, subscribe_rate_limit="1000 per minute")
-    yield site
-    site.app.extensions["digest.postman"].drain()
-    site.wiring.dispose()
+site = web_tests.site  # the same fixture: a fresh site on the seeds per test
 
 
 def form_actions(page: str) -> list[str]:
@@ -61,14 +51,7 @@ def test_every_form_on_the_manage_page_posts_to_the_same_origin(site: Site) -> N
 def send_first_digest(site: Site, *topics: str) -> EmailMessage:
     with db.transaction(site.wiring.sessions()) as session:
         subscribe(session, "ada@example.org", list(topics), now=NOW, timezone="UTC")
-    site.clock.now = NOW.replace(hour=7, minute=30)
-    report = send_digests(
-        site.wiring.sender(),
-        lambda session: due_subscribers(session, site.clock.now, timedelta(hours=6)),
-        now=site.clock.now,
-        settings=site.wiring.config.digest,
-    )
-    assert report.sent == 1
+    assert send_due_digests(site) == 1
     return site.mail()[-1]
 
 
