@@ -13,6 +13,7 @@ import functools
 import math
 import re
 from collections.abc import Callable, Mapping
+from importlib import resources
 from pathlib import Path
 from typing import Any
 from zoneinfo import available_timezones
@@ -241,6 +242,23 @@ def iana_timezones() -> frozenset[str]:
         for name in available_timezones()
         if name not in _NOT_ZONES and not name.startswith(("posix/", "right/"))
     )
+
+
+@functools.cache
+def canonical_timezones() -> tuple[str, ...]:
+    """The zones a form lists, sorted: the tz database's zone.tab (one canonical name per
+    region, none of the backward-compatibility aliases such as Africa/Asmera) and UTC.
+    Aliases stay valid (`iana_timezones`); without zone.tab, every zone is listed."""
+    try:
+        table = resources.files("tzdata").joinpath("zoneinfo", "zone.tab").read_text("utf-8")
+    except (ModuleNotFoundError, OSError):
+        return tuple(sorted(iana_timezones()))
+    names = {
+        fields[2]
+        for line in table.splitlines()
+        if not line.startswith("#") and len(fields := line.split("\t")) >= 3
+    }
+    return tuple(sorted((names | {"UTC"}) & iana_timezones()))
 
 
 def timezone(key: str, value: Any) -> str:

@@ -43,7 +43,7 @@ from digest.select import DigestContent, digest_content
 from digest.sources.records import one_line
 from digest.subscribers import sendable_address
 from digest.transport import Encoded
-from digest.views import ItemLike, Recipient, has_placeholder, topic_title
+from digest.views import ItemLike, Recipient, has_placeholder, liked_titles, topic_titles
 from digest.wire import (
     MAIL_POLICY,
     PLAIN_ADDRESS,
@@ -202,6 +202,7 @@ class DigestMailer:
         digest_date: date,
         weekly: bool,
         more: Mapping[str, int] | None = None,
+        liked: Mapping[str, str] | None = None,
     ) -> RenderedDigest:
         """The rendering of content `key` (e.g. the digest's content hash), made once."""
 
@@ -214,6 +215,7 @@ class DigestMailer:
                 weekly=weekly,
                 more=more,
                 base_url=self.base_url,
+                liked=liked,
             )
 
         return self._cache.get((key, weekly), render)
@@ -231,7 +233,8 @@ class DigestMailer:
         if (cached := self._cache.lookup((key, weekly))) is not None:
             return cached
         papers = self.papers(session, [item.paper_id for item in items])
-        return self.rendered(key, items, papers, digest_date, weekly, more)
+        liked = liked_titles(session, {item.topic for item in items})
+        return self.rendered(key, items, papers, digest_date, weekly, more, liked)
 
     def papers(self, session: Session, ids: Iterable[int]) -> dict[int, Paper]:
         """The papers of `ids`, each read once per mailer (a mailer serves one run: a send,
@@ -258,7 +261,9 @@ class DigestMailer:
             items = db.digest_items(session, (digest_id for digest_id, _ in digests))
         papers = self.papers(session, {i.paper_id for group in items.values() for i in group})
         return self.renderer.warm(
-            ((items.get(digest_id, []), weekly) for digest_id, weekly in digests), papers
+            ((items.get(digest_id, []), weekly) for digest_id, weekly in digests),
+            papers,
+            self.base_url,
         )
 
     @overload
@@ -386,7 +391,7 @@ class DigestMailer:
         weekly = subscriber.weekday is not None
         return Recipient(
             email=subscriber.email,
-            topics=[topic_title(t.query, t.label, weekly) for t in subscriber.topics],
+            topics=topic_titles(subscriber, weekly),
             unsubscribe_url=links.unsubscribe,
             manage_url=links.manage,
             view_url=links.view,

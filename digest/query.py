@@ -125,6 +125,15 @@ def _paper_id(text: str) -> str:
     return value.lower() if not value.isdigit() else str(int(value))
 
 
+def paper_reference(text: str) -> str | None:
+    """The paper a like: operator's argument names, normalised as `Query.likes` holds it;
+    None if it names none."""
+    try:
+        return _paper_id(text)
+    except QueryError:
+        return None
+
+
 def parse_query(text: str) -> Query:
     """Parse a topic query; raise QueryError if it is empty or can match nothing."""
     if len(text) > MAX_QUERY_LENGTH:

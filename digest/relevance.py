@@ -224,6 +224,13 @@ class Match:
         return self.relevance * (TITLE_BONUS if self.titled else 1.0)
 
 
+class Ranking(list[Match]):
+    """`rank`'s matches, the most relevant first; `capped` when the index had more
+    candidates than were rescored (`limit`), so the count is a lower bound."""
+
+    capped: bool = False
+
+
 def _starts(paper: _Indexed, phrase: Phrase, where: str) -> list[int]:
     """Where `phrase` occurs in the field `where` (the positions of its first terms)."""
     positions = paper.fields[where]
@@ -381,15 +388,17 @@ def rank(
     *,
     window: db.Window | None = None,
     limit: int = CANDIDATE_LIMIT,
-) -> list[Match]:
+) -> Ranking:
     """The papers `plan` matches (within `window`, if given), the most relevant first."""
     if plan.everything:
-        return [Match(paper_id, 1.0, ()) for paper_id in db.window_papers(session, window)]
+        return Ranking(Match(paper_id, 1.0, ()) for paper_id in db.window_papers(session, window))
     if plan.empty:
-        return []
+        return Ranking()
     ids = db.match_candidates(
         session, plan.retrieval_groups(), plan.excluded, window=window, limit=limit
     )
+    ranking = Ranking()
+    ranking.capped = len(ids) >= limit
     ids = [paper_id for paper_id in ids if paper_id not in plan.like_ids]
     papers = corpus.papers(ids)
     all_terms = {t for g in plan.groups for p in g.phrases for t in p.terms}
@@ -423,12 +432,14 @@ def rank(
         if named:
             titled.add(paper_id)
     if not lexical:
-        return []
+        return ranking
     relevance = _feedback(lexical, papers, corpus)
     found_matches = [
         Match(pid, relevance[pid], tuple(matched[pid]), pid in titled) for pid in relevance
     ]
-    return sorted(found_matches, key=lambda m: (-m.weight, -lexical[m.paper_id], -m.paper_id))
+    found_matches.sort(key=lambda m: (-m.weight, -lexical[m.paper_id], -m.paper_id))
+    ranking.extend(found_matches)
+    return ranking
 
 
 def _other_meanings(plan: Plan, defined: dict[str, set[str]]) -> frozenset[str]:

@@ -176,7 +176,7 @@ class Renderer:
         self.text_parts = TextParts(self._paper_text) if self.templates is None else None
 
     def paper_view(
-        self, paper: Paper, item: ItemLike, abstract_chars: int, weekly: bool
+        self, paper: Paper, item: ItemLike, abstract_chars: int, weekly: bool, base_url: str = ""
     ) -> PaperView:
         """`paper_view`, made once per paper and way of showing it."""
         key = (
@@ -190,18 +190,24 @@ class Renderer:
             item.matched,
             abstract_chars,
             weekly,
+            base_url,
         )
-        return self._views.get(key, lambda: paper_view(paper, item, abstract_chars, weekly))
+        return self._views.get(
+            key, lambda: paper_view(paper, item, abstract_chars, weekly, base_url)
+        )
 
     def warm(
-        self, digests: Iterable[tuple[Sequence[ItemLike], bool]], papers: dict[int, Paper]
+        self,
+        digests: Iterable[tuple[Sequence[ItemLike], bool]],
+        papers: dict[int, Paper],
+        base_url: str = "",
     ) -> int:
         """Inline the cards these (items, weekly) digests show, in few premailer runs, and
         render their text cards; how many cards were inlined. Rendering them afterwards
         inlines nothing more."""
         views = list(
             dict.fromkeys(
-                self.paper_view(papers[item.paper_id], item, ABSTRACT_CHARS, weekly)
+                self.paper_view(papers[item.paper_id], item, ABSTRACT_CHARS, weekly, base_url)
                 for items, weekly in digests
                 for item in items
                 if item.paper_id in papers
@@ -260,11 +266,14 @@ class Renderer:
         weekly: bool = False,
         more: Mapping[str, int] | None = None,
         base_url: str | None = None,
+        liked: Mapping[str, str] | None = None,
     ) -> RenderedDigest:
         """Render once; trim abstracts, then drop the last papers, until under budget.
 
-        `more` and `base_url` make each topic's "N more matched" line and link.
+        `more` and `base_url` make each topic's "N more matched" line and link, and each
+        paper's "More like this" link; `liked` names like:ID topics (`views.liked_titles`).
         """
+        views = functools.partial(self.paper_view, base_url=base_url or "")
         attempts = [(ABSTRACT_CHARS, None)] + [
             (SHORT_ABSTRACT_CHARS, limit) for limit in range(len(items), 0, -1)
         ]
@@ -280,7 +289,8 @@ class Renderer:
                 limit=limit,
                 more=more,
                 base_url=base_url,
-                views=self.paper_view,
+                views=views,
+                liked=liked,
             )
             rendered = self._render(view)
             if len(rendered.html.encode("utf-8")) <= self.budget - PERSONAL_ROOM:

@@ -314,6 +314,7 @@ class SelectionRun:
             until=now,
         )
         self._matches: dict[str, dict[int, relevance.Match]] = {}
+        self.capped: set[str] = set()  # topics whose candidates hit relevance.CANDIDATE_LIMIT
         self._gains: dict[timedelta, dict[int, int]] = {}
         self.facts: dict[int, _Facts] = {}
         self._words: dict[tuple[str, int], str] = {}
@@ -330,6 +331,8 @@ class SelectionRun:
             plan = query_plan.plan_query(self.session, parse_query(topic), self.corpus)
             found = relevance.rank(self.session, plan, self.corpus, window=self.window)
             cutoff = self.settings.min_relevance
+            if isinstance(found, relevance.Ranking) and found.capped:
+                self.capped.add(topic)
             self._matches[topic] = {m.paper_id: m for m in found if m.relevance >= cutoff}
             missing = [pid for pid in self._matches[topic] if pid not in self.facts]
             upvotes = db.upvotes_as_of(self.session, missing, self.now)
@@ -535,23 +538,60 @@ class SelectionRun:
         for position, ((query, label), papers) in enumerate(zip(labels, taken, strict=True)):
             rank = ranked[position]
             for pid in sorted(papers, key=rank.place.__getitem__):
-                item = SelectedItem(
-                    paper_id=pid,
-                    kind="trending" if pid in trending else "new",
-                    topic=query,
-                    topic_label=label,
-                    relevance=topics.matches[position][pid].relevance,
-                    score=rank.score[pid],
-                    upvotes=facts[pid].upvotes,
-                    upvote_gain=rank.gain[pid],
-                    matched=self.matched_words(query, pid),
-                )
-                items.append(item)
+                items.append(self._item(query, label, pid, pid in trending, rank))
         more: dict[str, int] = {}
         for query, count, papers in zip(topics.queries, counts, taken, strict=True):
             if count > len(papers):
                 more[query] = count - len(papers)
         return tuple(items), tuple(more.items()), content_body(items, more)
+
+    def _item(
+        self, query: str, label: str | None, pid: int, trending: bool, rank: _Ranked
+    ) -> SelectedItem:
+        return SelectedItem(
+            paper_id=pid,
+            kind="trending" if trending else "new",
+            topic=query,
+            topic_label=label,
+            relevance=self.matches(query)[pid].relevance,
+            score=rank.score[pid],
+            upvotes=self.facts[pid].upvotes,
+            upvote_gain=rank.gain[pid],
+            matched=self.matched_words(query, pid),
+        )
+
+    def topic_listing(
+        self, query: str, label: str | None = None, window: timedelta = DAY
+    ) -> TopicListing:
+        """Every paper a first digest on `query` alone counts, shown or in its "N more
+        matched": matches above the cutoff, new in the lookback window or among the
+        `max_trending` trending ones, in the digest's order."""
+        rank = self.ranked(query, window)
+        limit = min(self.settings.max_trending, self.settings.max_items)
+        trending = {pid for _, pid in rank.rising[: max(limit, 0)]}
+        new = self.new_papers(query, window, self.window.new_since)[1]
+        items = [
+            self._item(query, label, pid, pid in trending, rank)
+            for pid in rank.order
+            if pid in new or pid in trending
+        ]
+        return TopicListing(query, items, query in self.capped, self.settings.lookback_days)
+
+
+@dataclass(frozen=True)
+class TopicListing:
+    """Every match of one topic that its digest counts (`SelectionRun.topic_listing`):
+    what the web's topic page lists and `/api/match` counts."""
+
+    query: str
+    items: list[SelectedItem]
+    capped: bool  # the index had more candidates than were scored: `count` is a lower bound
+    days: int  # the lookback window
+
+    @property
+    def count(self) -> str:
+        """How many, as a reader should read it: "400+" when the candidates were capped."""
+        return f"{len(self.items)}+" if self.capped else str(len(self.items))
 
 
 @dataclass(frozen=True)

@@ -19,13 +19,17 @@ import functools
 import html
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from datetime import date
 from typing import Protocol
 from urllib.parse import quote
 
-from digest.models import Paper
+from sqlalchemy.orm import Session, object_session
+
+from digest import db
+from digest.models import Paper, Subscriber
 from digest.prose import latex_to_text
+from digest.query import paper_reference
 from digest.sources.records import one_line
 from digest.urls import safe_http_url
 
@@ -33,6 +37,8 @@ ABSTRACT_CHARS = 400
 MAX_SUBJECT = 78
 AUTHORS_SHOWN = 3
 SEARCH_LABEL = "Search on Hugging Face"
+LIKE_LABEL = "More like this"
+LIKE_TITLE_CHARS = 50  # of the paper's title in a like:ID topic's name
 
 # Per-recipient fields, rendered as these tokens and substituted by `personalize`.
 PLACEHOLDERS = {
@@ -44,6 +50,7 @@ PLACEHOLDERS = {
     "view_url": "PDXVIEWXPD",
 }
 
+_LIKE = re.compile(r"\blike:(\S+)", re.IGNORECASE)
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(\[])")
 
 
@@ -121,6 +128,7 @@ class PaperView:
     trimmed: bool
     links: tuple[Link, ...]
     period: str = "today"
+    like_url: str | None = None  # the site's page of papers like this one
 
     def __hash__(self) -> int:
         return self._hash  # a view keys several caches: hash its fields once
@@ -174,6 +182,7 @@ class DigestView:
     new_count: int = 0
     trending_count: int = 0
     omitted: int = 0
+    today: date | None = None  # the reader's date, when a page shows a later day's digest
 
     @property
     def brand(self) -> str:
@@ -201,7 +210,9 @@ class DigestView:
     @functools.cached_property
     def heading(self) -> str:
         if not self.sections:
-            return f"Nothing new {self.gain_period}"
+            if self.weekly or self.today in (None, self.digest_date):
+                return f"Nothing new {self.gain_period}"
+            return f"Nothing new yet for {self.digest_date:%A}"
         named = self._named_titles()
         count = self.paper_count
         if not named:  # only the everything topic
@@ -296,11 +307,54 @@ def everything_title(weekly: bool = False) -> str:
     return "This week's top papers" if weekly else "Today's top papers"
 
 
-def topic_title(query: str, label: str | None, weekly: bool = False) -> str:
-    """How a topic is shown: its label (the query as typed), else its query; `*` is named."""
+def topic_title(
+    query: str, label: str | None, weekly: bool = False, liked: Mapping[str, str] | None = None
+) -> str:
+    """How a topic is shown: its label (the query as typed), else its query; `*` is named;
+    each like:ID of a paper in `liked` (`liked_titles`) reads 'papers like "<its title>"'."""
     if label:
-        return one_line(label)
-    return everything_title(weekly) if query == "*" else one_line(query)
+        text = one_line(label)
+    else:
+        text = everything_title(weekly) if query == "*" else one_line(query)
+    if not liked or "like:" not in text.casefold():
+        return text
+
+    def named(match: re.Match[str]) -> str:
+        title = liked.get(paper_reference(match.group(1)) or "")
+        return f'papers like "{clip(title, LIKE_TITLE_CHARS)}"' if title else match.group(0)
+
+    return _LIKE.sub(named, text)
+
+
+def liked_titles(session: Session, queries: Iterable[str]) -> dict[str, str]:
+    """The titles of the papers the like:ID topics among `queries` name, by reference
+    (what `topic_title` needs to name them)."""
+    references = {
+        reference
+        for query in queries
+        if "like:" in query.casefold()
+        for match in _LIKE.finditer(query)
+        if (reference := paper_reference(match.group(1)))
+    }
+    papers = {ref: db.find_paper_by_reference(session, ref) for ref in sorted(references)}
+    return {ref: paper_title(paper) for ref, paper in papers.items() if paper is not None}
+
+
+def topic_titles(subscriber: Subscriber, weekly: bool = False) -> list[str]:
+    """How each of `subscriber`'s topics is shown (`topic_title`), like:ID topics named
+    by their paper when the subscriber is in a session to look it up."""
+    session = object_session(subscriber)
+    queries = [topic.query for topic in subscriber.topics]
+    liked = liked_titles(session, queries) if session is not None else {}
+    return [topic_title(t.query, t.label, weekly, liked) for t in subscriber.topics]
+
+
+def like_url(base_url: str, paper: Paper) -> str | None:
+    """The site's page of papers like `paper` (by arXiv id, else its id), if there is a site."""
+    if not base_url:
+        return None
+    reference = paper.arxiv_id or str(paper.id)
+    return safe_http_url(f"{base_url.rstrip('/')}/preview?topic={quote('like:' + reference)}")
 
 
 def paper_links(paper: Paper) -> tuple[str, tuple[Link, ...]]:
@@ -328,7 +382,9 @@ def paper_title(paper: Paper) -> str:
     return one_line(latex_to_text(paper.title))
 
 
-def paper_view(paper: Paper, item: ItemLike, abstract_chars: int, weekly: bool) -> PaperView:
+def paper_view(
+    paper: Paper, item: ItemLike, abstract_chars: int, weekly: bool, base_url: str = ""
+) -> PaperView:
     abstract, trimmed = trim_abstract(latex_to_text(paper.abstract), abstract_chars)
     votes = ""
     period = "this week" if weekly else "today"
@@ -353,6 +409,7 @@ def paper_view(paper: Paper, item: ItemLike, abstract_chars: int, weekly: bool) 
         trimmed=trimmed,
         links=links,
         period=period,
+        like_url=like_url(base_url, paper),
     )
 
 
@@ -369,12 +426,14 @@ def build_view(
     more: Mapping[str, int] | None = None,
     base_url: str | None = None,
     views: Callable[[Paper, ItemLike, int, bool], PaperView] = paper_view,
+    liked: Mapping[str, str] | None = None,
 ) -> DigestView:
     """Group items by topic, in their order, into what the templates show.
 
     `more` counts, per topic query, the papers that matched beyond the caps; with a
     `base_url` their section links to the site's preview of that topic. `views`
-    makes each paper's view (a caching `paper_view`, by default `paper_view`).
+    makes each paper's view (a caching `paper_view`, by default `paper_view`); `liked`
+    names like:ID topics (`liked_titles`).
     """
     chosen = list(items)
     omitted = 0
@@ -386,6 +445,8 @@ def build_view(
     everything: set[str] = set()
     for item in chosen:
         view = views(papers[item.paper_id], item, abstract_chars, weekly)
+        if liked and "like:" in view.topic:
+            view = replace(view, topic=topic_title(item.topic, item.topic_label, weekly, liked))
         sections.setdefault(view.topic, []).append(view)
         queries.setdefault(view.topic, item.topic)
         if view.everything:

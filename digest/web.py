@@ -21,7 +21,9 @@ Pages (Jinja templates in templates/web/, with the email's look):
   token) unsubscribes and answers 200.
 * `/digest/<ref>`: the web copy of a sent digest, with no personal data (the
   older per-subscriber `/view/<token>` links redirect there).
-* `/preview?topic=...`: an ad hoc topic's digest as of now (`digest preview --topic`).
+* `/preview?topic=...`: a topic's page, where an email's "N more matched" leads: every
+  paper its digest counts (`select.SelectionRun.topic_listing`, the count `/api/match`
+  gives too), PAGE_SIZE per page, and a button to subscribe to it.
 
 Security: tokens signed with itsdangerous and each subscriber's secret (see
 `digest.links`); a bad, expired or revoked token gets the same friendly 404
@@ -36,14 +38,16 @@ same time whether or not it sent one.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
+import json
 import logging
 import queue
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -59,16 +63,17 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
 from wtforms import ValidationError
 
-from digest import db, links, relevance
+from digest import db, links
 from digest.app import App
 from digest.config import Config
-from digest.config_values import iana_timezones
+from digest.config_values import canonical_timezones
 from digest.errors import DigestError, shown
 from digest.models import WEEKDAYS, Delivery, Digest, Subscriber
 from digest.query import QueryError, parse_query
 from digest.render import Notice
 from digest.resources import resource_dir
 from digest.schedule import NextDigest, upcoming_digest
+from digest.select import SelectionRun, TopicListing, local_date
 from digest.subscribers import (
     CONFIRM,
     FieldErrors,
@@ -80,23 +85,33 @@ from digest.subscribers import (
     confirm,
     normalize_email,
     parse_hour,
+    parse_topic,
     parse_weekday,
     purge_pending,
     request_subscription,
-    transient_subscriber,
 )
-from digest.views import DigestView, paper_title, topic_title
+from digest.views import (
+    DigestView,
+    build_view,
+    liked_titles,
+    paper_title,
+    paper_view,
+    topic_title,
+    topic_titles,
+)
 
 log = logging.getLogger("digest.web")
 
 TOPIC_FIELDS = 6  # topic inputs on a form (a subscriber may have more via the CLI)
 MATCH_EXAMPLES = 3
+PAGE_SIZE = 25  # papers per page of a topic's page
 MAX_FORM_BYTES = 64 * 1024
 WEEKDAY_NAMES = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
 CONTENT_SECURITY_POLICY = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
     "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
 )
+FOREVER = timedelta(days=365 * 100)
 NOT_FOUND = (
     "Link not valid",
     "This link is not valid any more: it may be incomplete, expired, or replaced by a newer "
@@ -232,6 +247,20 @@ def error_summary(errors: dict[str, str]) -> list[FieldError]:
     return [line for _, line in sorted(lines, key=lambda pair: pair[0])]
 
 
+def unknown_paper(session: Session, query: str) -> str | None:
+    """A reader's error if a like:ID in `query` names no paper here (the web's wording of
+    `check_papers_exist`'s, without its CLI command), else None."""
+    if "like:" not in query.casefold():
+        return None
+    for reference in parse_query(query).likes:
+        if db.find_paper_by_reference(session, reference) is None:
+            return (
+                f"like:{reference}: no such paper here. To follow papers like one you read, "
+                "use its “More like this” link in a digest or on a topic's page."
+            )
+    return None
+
+
 @dataclass
 class Postman:
     """Sends one-off emails (confirmations) from one background thread, in order.
@@ -303,7 +332,7 @@ class Postman:
         key = self.wiring.secret_key()
         base = config.site.base_url
         site = config.site.name
-        topics = "; ".join(topic_title(t.query, t.label) for t in subscriber.topics)
+        topics = "; ".join(topic_titles(subscriber))
         if kind == CONFIRM:
             token = links.confirm_token(key, subscriber.secret, subscriber.id, now)
             hours = f"{config.web.confirm_hours:g}"
@@ -395,7 +424,12 @@ def create_app(config: Config | None = None, *, wiring: App | None = None) -> Fl
     postman = Postman(wiring)
     app.extensions["digest"] = wiring
     app.extensions["digest.postman"] = postman
-    timezones = sorted(iana_timezones())
+    listed = list(canonical_timezones())
+
+    def timezones_with(chosen: str) -> list[str]:
+        """The listed zones, plus a chosen alias (a stored Asia/Calcutta) so it shows."""
+        return listed if chosen in listed else sorted([*listed, chosen])
+
     weekdays = [
         {"key": key, "name": name} for key, name in zip(WEEKDAYS, WEEKDAY_NAMES, strict=True)
     ]
@@ -434,6 +468,8 @@ def create_app(config: Config | None = None, *, wiring: App | None = None) -> Fl
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> ResponseReturnValue:
         status = exc.code or 500
+        if status == 404 and request.url_rule is None:  # no such page: not a token's
+            return error_page(404, "Page not found", "There is no page at this address.")
         if status == 404:
             return error_page(404, *NOT_FOUND)
         if status == 429:
@@ -492,7 +528,16 @@ def create_app(config: Config | None = None, *, wiring: App | None = None) -> Fl
         """The digest `coming` (an ad hoc subscriber's: today's), as `digest preview` shows it."""
         day = coming.day if coming is not None else None
         mailer = wiring.mailer()
-        return mailer.rendered_for(session, subscriber, day, g.now, settings.digest)[1].view
+        view = mailer.rendered_for(session, subscriber, day, g.now, settings.digest)[1].view
+        # "Nothing new today" only for today: the next digest may be another day's.
+        return replace(view, today=local_date(g.now, subscriber.timezone))
+
+    @app.get("/robots.txt")
+    def robots() -> ResponseReturnValue:
+        """Crawlers may read the subscribe and topic pages, never a token's page."""
+        hidden = ("/confirm/", "/manage/", "/unsubscribe/", "/u/", "/digest/", "/view/", "/api/")
+        lines = ["User-agent: *", *(f"Disallow: {path}" for path in hidden)]
+        return Response("\n".join(lines) + "\n", 200, mimetype="text/plain")
 
     # --- subscribe --------------------------------------------------------------------
 
@@ -505,7 +550,7 @@ def create_app(config: Config | None = None, *, wiring: App | None = None) -> Fl
             form=values.padded(),
             errors=errors,
             summary=error_summary(errors),
-            timezones=timezones,
+            timezones=timezones_with(values.timezone),
             weekdays=weekdays,
         )
 
@@ -546,6 +591,10 @@ def create_app(config: Config | None = None, *, wiring: App | None = None) -> Fl
             resend_minutes=f"{web.resend_minutes:g}",
         )
 
+    def topic_listing(session: Session, query: str, label: str | None = None) -> TopicListing:
+        """Every match of `query` that a digest counts, as of now (see `SelectionRun`)."""
+        return SelectionRun(session, g.now, settings.digest).topic_listing(query, label)
+
     @app.get("/api/match")
     @limiter.limit(web.api_rate_limit)
     def match_api() -> ResponseReturnValue:
@@ -555,13 +604,17 @@ def create_app(config: Config | None = None, *, wiring: App | None = None) -> Fl
         except QueryError as exc:
             return {"query": None, "count": 0, "examples": [], "error": str(exc)}, 200
         with sessions() as session:
-            _, found = relevance.search(session, query)
-            shown = [match.paper_id for match in found[:MATCH_EXAMPLES]]
+            if error := unknown_paper(session, query.canonical()):
+                return {"query": None, "count": 0, "examples": [], "error": error}, 200
+            listing = topic_listing(session, query.canonical())
+            shown = [item.paper_id for item in listing.items[:MATCH_EXAMPLES]]
             papers = db.papers_by_id(session, shown)
             examples = [paper_title(papers[pid]) for pid in shown]
         return {
             "query": query.canonical(),
-            "count": len(found),
+            "count": len(listing.items),
+            "capped": listing.capped,
+            "days": listing.days,
             "examples": examples,
             "error": None,
         }
@@ -576,15 +629,33 @@ def create_app(config: Config | None = None, *, wiring: App | None = None) -> Fl
             state=state,
             email=subscriber.email,
             frequency=frequency(subscriber),
-            topics="; ".join(topic_title(t.query, t.label) for t in subscriber.topics),
+            topics="; ".join(topic_titles(subscriber)),
             next_send=when(coming, subscriber.timezone, g.now),
             manage_url=manage_url(subscriber),
+        )
+
+    def expired(session: Session, token: str) -> bool:
+        """Whether `token` is a genuine confirmation link of a still pending request, too old."""
+        subscriber_id = links.token_subscriber_id(token)
+        subscriber = session.get(Subscriber, subscriber_id) if subscriber_id else None
+        return (
+            subscriber is not None
+            and subscriber.status == "pending"
+            and links.verify_confirm_token(site_key, subscriber.secret, token, g.now, FOREVER)
+            == subscriber.id
         )
 
     @app.route("/confirm/<token>", methods=["GET", "POST"])
     def confirm_link(token: str) -> ResponseReturnValue:
         with db.transaction(wiring.sessions(), write=request.method == "POST") as session:
             subscriber = find(session, token, "confirm")
+            if subscriber is None and expired(session, token):
+                return error_page(
+                    410,
+                    "Link expired",
+                    f"This confirmation link has expired (links work for "
+                    f"{web.confirm_hours:g} hours). Subscribe again to get a new link.",
+                )
             if subscriber is None or subscriber.status not in ("pending", "active"):
                 abort(404)
             if request.method == "POST":
@@ -625,9 +696,12 @@ def create_app(config: Config | None = None, *, wiring: App | None = None) -> Fl
             coming = next_digest(session, subscriber)  # what they would get, when active
             active = subscriber.status == "active"
             view = next_digest_view(session, subscriber, coming) if subscriber.topics else None
-            unsubscribe = links.subscriber_links(
-                settings.site.base_url, site_key, subscriber.id, subscriber.secret
-            ).unsubscribe
+            # A relative action: CSP form-action 'self' blocks a post to base_url's host
+            # when the page was opened under another name (localhost, 127.0.0.1).
+            unsubscribe = url_for(
+                "unsubscribe_link",
+                token=links.make_token(site_key, subscriber.secret, "unsubscribe", subscriber.id),
+            )
             return page(
                 "manage.html",
                 400 if errors else 200,
@@ -635,7 +709,7 @@ def create_app(config: Config | None = None, *, wiring: App | None = None) -> Fl
                 errors=errors,
                 summary=error_summary(errors),
                 saved=saved and not errors,
-                timezones=timezones,
+                timezones=timezones_with(values.timezone),
                 weekdays=weekdays,
                 email=subscriber.email,
                 status=subscriber.status,
@@ -649,8 +723,9 @@ def create_app(config: Config | None = None, *, wiring: App | None = None) -> Fl
 
     # --- unsubscribe ------------------------------------------------------------------
 
-    @app.route("/unsubscribe/<token>", methods=["GET", "POST"])
+    # The older /u/ path is registered second, so url_for builds /unsubscribe/.
     @app.route("/u/<token>", methods=["GET", "POST"])
+    @app.route("/unsubscribe/<token>", methods=["GET", "POST"])
     def unsubscribe_link(token: str) -> ResponseReturnValue:
         one_click = request.method == "POST" and (
             request.form.get("List-Unsubscribe") == "One-Click"
@@ -675,6 +750,11 @@ def create_app(config: Config | None = None, *, wiring: App | None = None) -> Fl
                 email=subscriber.email,
                 frequency=frequency(subscriber),
                 manage_url=manage_url(subscriber),
+                # One step back: the manage page's "subscribe again" action, same origin.
+                resubscribe_action=url_for(
+                    "manage_page",
+                    token=links.make_token(site_key, subscriber.secret, "manage", subscriber.id),
+                ),
             )
 
     csrf.exempt(unsubscribe_link)  # RFC 8058: the one-click POST carries no token
@@ -690,7 +770,12 @@ def create_app(config: Config | None = None, *, wiring: App | None = None) -> Fl
                 abort(404)
             weekly = db.digest_is_weekly(session, digest.id)
             rendered = wiring.mailer().render_items(
-                session, digest.content_hash, list(digest.items), digest.digest_date, weekly
+                session,
+                digest.content_hash,
+                list(digest.items),
+                digest.digest_date,
+                weekly,
+                json.loads(digest.more_matched or "{}"),
             )
             return page("digest.html", view=rendered.view)
 
@@ -714,19 +799,52 @@ def create_app(config: Config | None = None, *, wiring: App | None = None) -> Fl
     @app.get("/preview")
     @limiter.limit(web.api_rate_limit)
     def preview_page() -> ResponseReturnValue:
-        topics = [t.strip() for t in request.args.getlist("topic") if t.strip()][:TOPIC_FIELDS]
-        if not topics:
-            return page("preview.html", topics=[], view=None, error=None)
+        text = request.args.get("topic", "").strip()
+        if not text:
+            return page("preview.html", topic="", listing=None, error=None)
         try:
-            subscriber = transient_subscriber(
-                topics, settings.digest.default_timezone, settings.digest.default_hour
-            )
+            spec = parse_topic(text)
         except SubscriberError as exc:
-            return page("preview.html", 400, topics=topics, view=None, error=str(exc))
+            return page("preview.html", 400, topic=text, listing=None, error=str(exc))
+        number = request.args.get("page", "1")
         with sessions() as session:
-            view = next_digest_view(session, subscriber, None)
-            session.rollback()
-        return page("preview.html", topics=topics, view=view, error=None)
+            if error := unknown_paper(session, spec.query):
+                return page("preview.html", 400, topic=text, listing=None, error=error)
+            liked = liked_titles(session, [spec.query])
+            listing = topic_listing(session, spec.query, spec.label)
+            pages = max(1, -(-len(listing.items) // PAGE_SIZE))
+            current = int(number) if number.isdigit() and 0 < int(number) <= pages else 1
+            chunk = listing.items[(current - 1) * PAGE_SIZE : current * PAGE_SIZE]
+            papers = db.papers_by_id(session, [item.paper_id for item in chunk])
+            view = build_view(
+                chunk,
+                papers,
+                digest_date=local_date(g.now, settings.digest.default_timezone),
+                weekly=False,
+                site_name=settings.site.name,
+                postal_address=settings.mail.postal_address,
+                views=functools.partial(paper_view, base_url=settings.site.base_url),
+                liked=liked,
+            )
+
+        def page_url(number: int) -> str | None:
+            if not 0 < number <= pages:
+                return None
+            return url_for("preview_page", topic=text, page=number if number > 1 else None)
+
+        return page(
+            "preview.html",
+            topic=text,
+            title=topic_title(spec.query, spec.label, liked=liked),
+            listing=listing,
+            papers=[paper for section in view.sections for paper in section.papers],
+            first=(current - 1) * PAGE_SIZE + 1,
+            page_number=current,
+            pages=pages,
+            previous_url=page_url(current - 1),
+            next_url=page_url(current + 1),
+            error=None,
+        )
 
     return app
 

@@ -52,8 +52,11 @@
         return;
       }
       var line = document.createElement("span");
-      line.textContent = data.count === 1 ? "1 paper matches" :
-        data.count + " papers match" + (data.count ? ", for example:" : " so far");
+      // The same count as the topic's page and the email: "400+" when it hit the limit.
+      var count = data.count + (data.capped ? "+" : "");
+      var days = data.days ? " in the last " + data.days + " days" : "";
+      line.textContent = (count === "1" ? "1 paper matches" : count + " papers match") + days +
+        (data.count ? ", for example:" : "");
       box.appendChild(line);
       if (data.examples.length) {
         var list = document.createElement("ul");
