@@ -222,15 +222,18 @@ def check_topics(topics: list[str], errors: FieldErrors) -> tuple[TopicSpec, ...
     return tuple(specs)
 
 
-def check_paper_exists(session: Session, spec: TopicSpec) -> None:
-    """Refuse a like:ID topic naming a paper that is not in the database."""
+CLI_PAPER_HINT = "(see `digest papers`)"
+
+
+def check_paper_exists(session: Session, spec: TopicSpec, hint: str = CLI_PAPER_HINT) -> None:
+    """Refuse a like:ID topic naming a paper that is not in the database (`hint`: where to
+    find one)."""
     if "like:" not in spec.query.casefold():
         return  # most topics: no second parse
     for reference in parse_query(spec.query).likes:
         if db.find_paper_by_reference(session, reference) is None:
             raise SubscriberError(
-                f"topic {shown(spec.label or spec.query)}: like:{reference}: "
-                "no such paper (see `digest papers`)"
+                f"topic {shown(spec.label or spec.query)}: like:{reference}: no such paper {hint}"
             )
 
 
@@ -240,13 +243,15 @@ def check_papers_exist(session: Session, preferences: Preferences) -> None:
         check_paper_exists(session, spec)
 
 
-def check_topic_papers(session: Session, topics: list[str], errors: FieldErrors) -> None:
+def check_topic_papers(
+    session: Session, topics: list[str], errors: FieldErrors, hint: str = CLI_PAPER_HINT
+) -> None:
     """`check_paper_exists` on each topic that parsed, into that topic's field of `errors`."""
     for position, text in enumerate(topics, 1):
         if topic_field(position) not in errors:
             errors.check(
                 topic_field(position),
-                functools.partial(check_paper_exists, session, parse_topic(text)),
+                functools.partial(check_paper_exists, session, parse_topic(text), hint),
             )
 
 

@@ -66,7 +66,7 @@ from wtforms import ValidationError
 from digest import db, links
 from digest.app import App
 from digest.config import Config
-from digest.config_values import canonical_timezones
+from digest.config_values import canonical_timezones, iana_timezones
 from digest.errors import DigestError, shown
 from digest.models import WEEKDAYS, Delivery, Digest, Subscriber
 from digest.query import QueryError, parse_query
@@ -206,7 +206,7 @@ def check_form(
         daily=not weekly,
         name=values.name,
     )
-    check_topic_papers(session, values.topics, errors)
+    check_topic_papers(session, values.topics, errors, WEB_PAPER_HINT)
     return (None if errors else preferences), errors
 
 
@@ -247,6 +247,13 @@ def error_summary(errors: dict[str, str]) -> list[FieldError]:
     return [line for _, line in sorted(lines, key=lambda pair: pair[0])]
 
 
+# Where a reader finds a paper for like:ID (the CLI's hint names a command).
+WEB_PAPER_HINT = (
+    "here. To follow papers like one you read, "
+    "use its “More like this” link in a digest or on a topic's page."
+)
+
+
 def unknown_paper(session: Session, query: str) -> str | None:
     """A reader's error if a like:ID in `query` names no paper here (the web's wording of
     `check_papers_exist`'s, without its CLI command), else None."""
@@ -254,10 +261,7 @@ def unknown_paper(session: Session, query: str) -> str | None:
         return None
     for reference in parse_query(query).likes:
         if db.find_paper_by_reference(session, reference) is None:
-            return (
-                f"like:{reference}: no such paper here. To follow papers like one you read, "
-                "use its “More like this” link in a digest or on a topic's page."
-            )
+            return f"like:{reference}: no such paper {WEB_PAPER_HINT}"
     return None
 
 
@@ -427,8 +431,11 @@ def create_app(config: Config | None = None, *, wiring: App | None = None) -> Fl
     listed = list(canonical_timezones())
 
     def timezones_with(chosen: str) -> list[str]:
-        """The listed zones, plus a chosen alias (a stored Asia/Calcutta) so it shows."""
-        return listed if chosen in listed else sorted([*listed, chosen])
+        """The listed zones, plus a chosen valid alias (a stored Asia/Calcutta) so it
+        shows; a refused value is shown by the form beside its error."""
+        if chosen in listed or chosen not in iana_timezones():
+            return listed
+        return sorted([*listed, chosen])
 
     weekdays = [
         {"key": key, "name": name} for key, name in zip(WEEKDAYS, WEEKDAY_NAMES, strict=True)

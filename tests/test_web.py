@@ -31,7 +31,7 @@ from digest.models import Delivery, Subscriber
 from digest.schedule import due_subscribers
 from digest.subscribers import subscribe
 from digest.views import paper_title
-from digest.web import create_app
+from digest.web import WEB_PAPER_HINT, create_app
 
 NOW = datetime(2026, 11, 25, 8, 0, tzinfo=UTC)
 KEY = "test-site-key-that-is-long-enough-0123456789"
@@ -314,7 +314,11 @@ SEVERAL_BAD_FIELDS_ERRORS = [
         "Topic 2",
         "topic '-survey': query only excludes words; add at least one word to look for",
     ),
-    ("topic-3", "Topic 3", "topic 'like:99999': like:99999: no such paper (see `digest papers`)"),
+    (
+        "topic-3",
+        "Topic 3",
+        f"topic 'like:99999': like:99999: no such paper {WEB_PAPER_HINT}",
+    ),
     (
         "topic-4",
         "Topic 4",
@@ -487,7 +491,7 @@ def test_a_like_topic_naming_no_paper_is_a_field_error(site: Site) -> None:
         (
             "topic-1",
             "Topic 1",
-            "topic 'like:99999': like:99999: no such paper (see `digest papers`)",
+            f"topic 'like:99999': like:99999: no such paper {WEB_PAPER_HINT}",
         )
     ]
     assert site.count() == 1 and site.mail() == []

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from digest.web import WEB_PAPER_HINT
 from tests.processes import digest_env
 from tests.smtp_server import free_port
 
@@ -233,7 +234,7 @@ def test_every_bad_field_shows_its_error_at_once_in_a_browser(service) -> None:
         expect(summary).to_have_text(
             [
                 "Email address: Enter a valid email address, like ada@example.org.",
-                "Topic 2: topic 'like:99999': like:99999: no such paper (see `digest papers`)",
+                f"Topic 2: topic 'like:99999': like:99999: no such paper {WEB_PAPER_HINT}",
                 "Send at: hour must be between 0 and 23, got 25",
             ]
         )
@@ -257,7 +258,7 @@ def test_every_bad_field_shows_its_error_at_once_in_a_browser(service) -> None:
         page.get_by_label("Send at").select_option("6")
         page.get_by_role("button", name="Subscribe").click()
         expect(summary).to_have_text(
-            ["Topic 2: topic 'like:99999': like:99999: no such paper (see `digest papers`)"]
+            [f"Topic 2: topic 'like:99999': like:99999: no such paper {WEB_PAPER_HINT}"]
         )
         expect(page.locator("[aria-invalid=true]")).to_have_count(1)
         expect(page.locator(".error-text")).to_have_count(1)

@@ -12,7 +12,7 @@ from email.message import EmailMessage
 from sqlalchemy import select
 
 from digest import db, relevance
-from digest.config import canonical_timezones
+from digest.config_values import canonical_timezones
 from digest.models import Delivery, Paper
 from digest.render import Renderer
 from digest.select import SelectionRun
@@ -286,9 +286,10 @@ def test_forms_list_canonical_timezones_and_keep_a_stored_alias(site: Site) -> N
 
 
 def test_the_manage_page_words_an_empty_next_digest_for_its_date(site: Site) -> None:
-    """NOW is a Wednesday at 08:00 UTC; a subscriber sent at 07:00 next gets Thursday's."""
+    """NOW is a Wednesday at 08:00 UTC; a subscriber sent at 01:00, whose window for today
+    (grace_hours) has closed, next gets Thursday's."""
     with db.transaction(site.wiring.sessions()) as session:
-        ada, _ = subscribe(session, "ada@example.org", ["zzzqx"], now=NOW, timezone="UTC")
+        ada, _ = subscribe(session, "ada@example.org", ["zzzqx"], now=NOW, timezone="UTC", hour=1)
         list(ada.topics)
     page = site.client().get(token_links(site, ada).manage).get_data(as_text=True)
     assert "Thursday 26 November 2026" in page
