@@ -287,6 +287,19 @@ def test_a_like_topic_naming_no_paper_is_a_field_error(site: Site) -> None:
     assert [t.query for t in site.subscriber("ada@example.org").topics] == ["diffusion"]  # type: ignore[union-attr]
 
 
+def test_a_stop_word_topic_is_a_field_error(site: Site) -> None:
+    client = site.client()
+    response = client.post("/", data=subscribe_form(client, "new@example.org", "robot", "the"))
+    assert response.status_code == 400
+    page = response.get_data(as_text=True)
+    assert "Topic 2: topic &#39;the&#39;: query looks only for common words (the)" in page
+    assert client.get("/api/match?q=of+the").get_json()["error"] == (
+        "query looks only for common words (of the) that nearly every paper has; "
+        "add a word that names the topic"
+    )
+    assert site.count() == 0 and site.mail() == []
+
+
 def test_hostile_input_is_escaped_or_refused(site: Site) -> None:
     client = site.client()
     attack = "<script>alert(1)</script>"
