@@ -316,8 +316,8 @@ class Postman:
                 subject=f"Confirm your subscription to {site}",
                 heading="Confirm your subscription",
                 paragraphs=(
-                    f"Someone, hopefully you, asked to receive the {frequency(subscriber)} "
-                    f"{site} digest at this address, on: {topics}.",
+                    f"Someone, hopefully you, asked {site} to send a {frequency(subscriber)} "
+                    f"digest to this address, on: {topics}.",
                     "Nothing will be sent until you confirm.",
                 ),
                 action_label="Confirm subscription",

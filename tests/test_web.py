@@ -168,6 +168,10 @@ def test_subscribe_confirm_is_double_opt_in(site: Site) -> None:
     [message] = site.mail()
     assert message["To"] == "Ada@example.org"
     assert message["Subject"] == "Confirm your subscription to papers digest"
+    assert (
+        "Someone, hopefully you, asked papers digest to send a daily digest to this address, "
+        "on: diffusion model; RLHF."
+    ) in words(message)
     path = link_in(message, "confirm")
 
     # A pending subscriber is never sent a digest.
