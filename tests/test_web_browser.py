@@ -238,7 +238,7 @@ def test_notice_emails_fit_a_phone() -> None:
         subject="Confirm your subscription to papers digest",
         heading="Confirm your subscription",
         paragraphs=(
-            "Someone, hopefully you, asked to receive the daily papers digest at this "
+            "Someone, hopefully you, asked papers digest to send a daily digest to this "
             "address, on: large language model; Today's top papers.",
             "Nothing will be sent until you confirm.",
         ),
