@@ -274,12 +274,16 @@ class Postman:
                 transport.send(message)
             finally:
                 transport.close()
-            if request_id:
-                with db.transaction(self.wiring.sessions()) as session:
-                    request_sent(session, request_id, now)
         except Exception:
             log.exception("could not send the %s email to subscriber %s", kind, subscriber_id)
             self._forget(subscriber_id, request_id)
+            return
+        if request_id:
+            try:
+                with db.transaction(self.wiring.sessions()) as session:
+                    request_sent(session, request_id, now)
+            except Exception:  # the email went: its link works, the older ones too
+                log.exception("could not mark the request of subscriber %s", subscriber_id)
 
     def _forget(self, subscriber_id: int, request_id: int | None) -> None:
         """Clear the resend mark, and drop the request whose email did not go out."""
@@ -306,7 +310,9 @@ class Postman:
         key = self.wiring.secret_key()
         base = config.site.base_url
         site = config.site.name
-        if kind == CONFIRM and request is not None:
+        if kind == CONFIRM:
+            if request is None:
+                raise ValueError("a confirmation email confirms a subscription request")
             claim = request_claim(request)
             subscriber = requested(subscriber, request)
             topics = topics_text(subscriber)
