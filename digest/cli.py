@@ -642,7 +642,9 @@ def topics_command(app: App) -> None:
                     len(
                         relevance.rank(
                             session,
-                            query_plan.plan_query(session, queries.parse_query(query), corpus),
+                            query_plan.plan_query(
+                                session, queries.parse_query(query, stored=True), corpus
+                            ),
                             corpus,
                         )
                     )

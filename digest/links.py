@@ -1,7 +1,8 @@
 """Signed links: per-subscriber (confirm, unsubscribe, manage) and per-digest (the web copy).
 
 A subscriber token is the subscriber id (plus, for confirmations, the time it
-was issued; for old view links, the digest date), signed with itsdangerous
+was issued and the subscription request it confirms; for old view links, the
+digest date), signed with itsdangerous
 under a key made of the site's secret key and the subscriber's own secret, so
 a token is short, cannot be forged or moved to another subscriber, and is
 revoked by rotating that subscriber's secret. Confirmation tokens expire;
@@ -95,24 +96,51 @@ def verify_token(site_key: str, subscriber_secret: str, purpose: str, token: str
         return None
 
 
-def confirm_token(site_key: str, subscriber_secret: str, subscriber_id: int, now: datetime) -> str:
-    """A confirmation token issued at `now`."""
-    return make_token(site_key, subscriber_secret, "confirm", [subscriber_id, int(now.timestamp())])
+def confirm_token(
+    site_key: str,
+    subscriber_secret: str,
+    subscriber_id: int,
+    now: datetime,
+    request: tuple[int, str] | None = None,
+) -> str:
+    """A confirmation token issued at `now`, for one subscription request (its id and the
+    hash of what it asked for): the link confirms that request and nothing else."""
+    payload: list[Any] = [subscriber_id, int(now.timestamp())]
+    if request is not None:
+        payload.extend(request)
+    return make_token(site_key, subscriber_secret, "confirm", payload)
+
+
+@dataclass(frozen=True)
+class Confirmation:
+    """What a valid confirmation token confirms: a request, or (a token issued before
+    requests were kept apart) the subscriber's stored settings."""
+
+    subscriber_id: int
+    request: tuple[int, str] | None
 
 
 def verify_confirm_token(
     site_key: str, subscriber_secret: str, token: str, now: datetime, max_age: timedelta
-) -> int | None:
-    """The subscriber id of a confirmation token issued at most `max_age` before `now`."""
+) -> Confirmation | None:
+    """What a confirmation token issued at most `max_age` before `now` confirms."""
     payload = verify_token(site_key, subscriber_secret, "confirm", token)
-    if not (isinstance(payload, list) and len(payload) == 2):
+    if not (isinstance(payload, list) and len(payload) in (2, 4)):
         return None
-    subscriber_id, issued = payload
+    subscriber_id, issued, *rest = payload
     if not isinstance(subscriber_id, int) or not isinstance(issued, int):
         return None
+    request: tuple[int, str] | None = None
+    if rest:
+        request_id, digest = rest
+        if not (is_row_id(request_id) and isinstance(digest, str)):
+            return None
+        request = (request_id, digest)
     age = now.timestamp() - issued
     # A minute of tolerance for clocks of several hosts that disagree slightly.
-    return subscriber_id if -60 <= age <= max_age.total_seconds() else None
+    if not -60 <= age <= max_age.total_seconds():
+        return None
+    return Confirmation(subscriber_id, request)
 
 
 def _digest_signer(site_key: str) -> Signer:

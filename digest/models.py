@@ -211,6 +211,9 @@ class Subscriber(Base):
     topics: Mapped[list[Topic]] = relationship(
         back_populates="subscriber", cascade="all, delete-orphan", order_by="Topic.position"
     )
+    requests: Mapped[list[SubscriptionRequest]] = relationship(
+        cascade="all, delete-orphan", passive_deletes=True, order_by="SubscriptionRequest.id"
+    )
 
     @property
     def frequency(self) -> str:
@@ -236,6 +239,25 @@ class Topic(Base):
     @property
     def title(self) -> str:
         return self.label or self.query
+
+
+class SubscriptionRequest(Base):
+    """A subscription asked for on the public form, waiting for the address to confirm it.
+
+    `preferences` is the request as JSON (`digest.subscribers.Preferences`); nothing of it
+    reaches the subscriber's row until the link in its own confirmation email is used.
+    `sent_at` is set once that email went out (which retires the older requests).
+    """
+
+    __tablename__ = "subscription_requests"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    subscriber_id: Mapped[int] = mapped_column(
+        ForeignKey("subscribers.id", ondelete="CASCADE"), index=True
+    )
+    preferences: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class Digest(Base):

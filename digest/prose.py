@@ -116,6 +116,6 @@ def wrap_prose(text: str, indent: str = "", first: str | None = None) -> str:
 
 
 def link_line(label: str, url: str, indent: str = "  ") -> str:
-    """'label: url' on one line when it fits in TEXT_WIDTH, else the URL on the next line."""
-    line = f"{indent}{label}: {url}"
-    return line if len(line) <= TEXT_WIDTH else f"{indent}{label}:\n{indent}{url}"
+    """'label:' and the URL whole on the next line: alone on its line, a mail client links
+    all of it, and a reader can copy it."""
+    return f"{indent}{label}:\n{indent}{url}"

@@ -24,7 +24,7 @@ import unicodedata
 from dataclasses import dataclass
 
 from digest.errors import DigestError, shown
-from digest.text import fold, is_acronym
+from digest.text import STOP_WORDS, fold, is_acronym
 
 FIELDS = {"title": "title", "author": "authors", "authors": "authors", "cat": "categories"}
 MAX_QUERY_LENGTH = 500
@@ -134,8 +134,25 @@ def paper_reference(text: str) -> str | None:
         return None
 
 
-def parse_query(text: str) -> Query:
-    """Parse a topic query; raise QueryError if it is empty or can match nothing."""
+def _only_stop_words(term: Term) -> bool:
+    """A term of words with no topic of their own ("the", "of the") in the text or title.
+
+    An author or category may well be one ("author:an"), and a prefix is not a word.
+    """
+    return (
+        term.field in (None, "title")
+        and not term.prefix
+        and all(word in STOP_WORDS for word in term.words)
+    )
+
+
+def parse_query(text: str, *, stored: bool = False) -> Query:
+    """Parse a topic query; raise QueryError if it is empty or can match nothing.
+
+    A query whose words to look for are all stop words ("the", "of the") is refused
+    too: stop words are never required, so it would match about every paper. A
+    `stored` topic, saved before that rule, is parsed as it was then.
+    """
     if len(text) > MAX_QUERY_LENGTH:
         raise QueryError(f"query is longer than {MAX_QUERY_LENGTH} characters")
     stripped = text.strip()
@@ -182,6 +199,12 @@ def parse_query(text: str) -> Query:
         if excluded:
             raise QueryError("query only excludes words; add at least one word to look for")
         raise QueryError("query has no words to look for")
+    if not stored and not likes and all(map(_only_stop_words, (t for g in groups for t in g))):
+        words = " ".join(dict.fromkeys(word for group in groups for t in group for word in t.words))
+        raise QueryError(
+            f"query looks only for common words ({words}) that nearly every paper has; "
+            "add a word that names the topic"
+        )
     if len(likes) + len(excluded) + sum(len(group) for group in groups) > MAX_TERMS:
         raise QueryError(f"query has more than {MAX_TERMS} terms")
     for group in groups:

@@ -328,7 +328,7 @@ class SelectionRun:
     def matches(self, topic: str) -> dict[int, relevance.Match]:
         """Eligible papers matching `topic` above the cutoff, with relevance in (0, 1]."""
         if topic not in self._matches:
-            plan = query_plan.plan_query(self.session, parse_query(topic), self.corpus)
+            plan = query_plan.plan_query(self.session, parse_query(topic, stored=True), self.corpus)
             found = relevance.rank(self.session, plan, self.corpus, window=self.window)
             cutoff = self.settings.min_relevance
             if isinstance(found, relevance.Ranking) and found.capped:

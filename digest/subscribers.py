@@ -12,6 +12,9 @@ line of the CLI and of an import row.
 from __future__ import annotations
 
 import functools
+import hashlib
+import hmac
+import json
 import secrets
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -25,7 +28,7 @@ from sqlalchemy.orm import Session
 from digest import db
 from digest.config_values import iana_timezones
 from digest.errors import DigestError, shown
-from digest.models import WEEKDAYS, Subscriber, Topic
+from digest.models import WEEKDAYS, Subscriber, SubscriptionRequest, Topic
 from digest.query import QueryError, parse_query
 from digest.sources.records import CONTROL_CHARS, one_line
 
@@ -336,11 +339,16 @@ def apply_preferences(
     subscriber.updated_at = now
     subscriber.topics.clear()
     session.flush()
-    subscriber.topics.extend(
-        Topic(position=position, query=spec.query, label=spec.label)
-        for position, spec in enumerate(preferences.topics)
-    )
+    subscriber.topics.extend(topic_rows(preferences.topics))
     session.flush()
+
+
+def topic_rows(specs: Iterable[TopicSpec]) -> list[Topic]:
+    """New `Topic` rows for these topics, in order."""
+    return [
+        Topic(position=position, query=spec.query, label=spec.label)
+        for position, spec in enumerate(specs)
+    ]
 
 
 def apply_settings(subscriber: Subscriber, preferences: Preferences) -> None:
@@ -418,7 +426,7 @@ def subscribe(
 
 
 # What the subscribe form sends to the address it was given.
-CONFIRM = "confirm"  # a link that activates the (pending) subscription
+CONFIRM = "confirm"  # a link that confirms this request (and activates the address)
 ALREADY = "already"  # the address already receives digests: a link to manage them
 
 
@@ -431,49 +439,151 @@ def request_subscription(
     resend_after: timedelta,
     default_timezone: str = "UTC",
     default_hour: int = 7,
-) -> tuple[Subscriber, str | None]:
-    """The double opt-in path (the web form, `digest subscribe --confirm`).
+) -> tuple[Subscriber, str | None, SubscriptionRequest | None]:
+    """The double opt-in path (the public web form): whoever typed the address may not own it.
 
-    A new, pending, unsubscribed or bounced address becomes `pending` with these
-    preferences and gets a confirmation email; an active subscriber's settings
-    are left alone (whoever typed the address may not own it) and the owner is
-    sent a link to manage them instead. Returns the subscriber and which email
-    to send (`CONFIRM`, `ALREADY`), or None when one went to this address less
-    than `resend_after` ago: the form cannot be used to flood an inbox.
+    Nothing here changes what an existing address (pending, active, unsubscribed or
+    bounced) receives or would receive: the preferences are stored as a
+    `SubscriptionRequest`, applied only when the link in that request's own
+    confirmation email is used (`confirm`). A new address is stored `pending` with
+    them (nobody else's settings to protect). An active subscriber gets no request:
+    the owner is sent a link to manage their settings instead.
+
+    Returns the subscriber, which email to send (`CONFIRM`, `ALREADY`) and the request
+    it is about; (subscriber, None, None), with nothing stored, when an email went to
+    this address less than `resend_after` ago: the form cannot flood an inbox.
     """
     check_papers_exist(session, preferences)
-    subscriber, _ = find_or_create(session, address, now, default_timezone, default_hour)
-    if subscriber.status == "active":
-        kind = ALREADY
-    else:
-        subscriber.status = "pending"
+    subscriber, created = find_or_create(session, address, now, default_timezone, default_hour)
+    if created:
         apply_preferences(session, subscriber, preferences, now)
-        kind = CONFIRM
     last = subscriber.confirm_sent_at
     if last is not None and now - last < resend_after:
-        return subscriber, None
+        return subscriber, None, None
     subscriber.confirm_sent_at = now
-    session.flush()
-    return subscriber, kind
-
-
-def confirm(session: Session, subscriber: Subscriber, now: datetime) -> bool:
-    """Activate a pending subscriber; True if it is (now) active, False if it left since."""
-    if subscriber.status == "pending":
-        subscriber.status = "active"
-        subscriber.confirmed_at = now
-        subscriber.updated_at = now
+    if subscriber.status == "active":
         session.flush()
-    return subscriber.status == "active"
+        return subscriber, ALREADY, None
+    request = SubscriptionRequest(preferences=preferences_json(preferences), created_at=now)
+    subscriber.requests.append(request)
+    session.flush()
+    return subscriber, CONFIRM, request
+
+
+def preferences_json(preferences: Preferences) -> str:
+    """Preferences as the JSON a `SubscriptionRequest` stores (one spelling per request)."""
+    return json.dumps(
+        {
+            "topics": [[spec.query, spec.label] for spec in preferences.topics],
+            "timezone": preferences.timezone,
+            "hour": preferences.hour,
+            "weekday": preferences.weekday,
+            "daily": preferences.daily,
+            "name": preferences.name,
+        },
+        sort_keys=True,
+        separators=(",", ":"),
+    )
+
+
+def request_preferences(request: SubscriptionRequest) -> Preferences:
+    """The preferences a stored request asks for."""
+    stored = json.loads(request.preferences)
+    return Preferences(
+        topics=tuple(TopicSpec(query=query, label=label) for query, label in stored["topics"]),
+        timezone=stored["timezone"],
+        hour=stored["hour"],
+        weekday=stored["weekday"],
+        daily=stored["daily"],
+        name=stored["name"],
+    )
+
+
+def request_digest(request: SubscriptionRequest) -> str:
+    """A short hash of what a request asks for: its confirmation token carries it, so the
+    link confirms exactly what its email described."""
+    return hashlib.sha256(request.preferences.encode()).hexdigest()[:16]
+
+
+def request_claim(request: SubscriptionRequest) -> tuple[int, str]:
+    """What a confirmation token names of its request: id and hash."""
+    return request.id, request_digest(request)
+
+
+def find_request(
+    session: Session, subscriber: Subscriber, claim: tuple[int, str]
+) -> SubscriptionRequest | None:
+    """The request of `subscriber` a confirmation token names, if it is still open and asks
+    for what it did when the token was made."""
+    request_id, digest = claim
+    request = session.get(SubscriptionRequest, request_id)
+    if request is None or request.subscriber_id != subscriber.id:
+        return None
+    return request if hmac.compare_digest(request_digest(request), digest) else None
+
+
+def requested(subscriber: Subscriber, request: SubscriptionRequest) -> Subscriber:
+    """`subscriber` as `request` would make it, never stored: what its email and its
+    confirmation page describe."""
+    preferences = request_preferences(request)
+    view = Subscriber(
+        id=subscriber.id,
+        email=subscriber.email,
+        name=subscriber.name,
+        secret=subscriber.secret,
+        status=subscriber.status,
+        timezone=subscriber.timezone,
+        send_hour=subscriber.send_hour,
+        weekday=subscriber.weekday,
+        topics=topic_rows(preferences.topics),
+    )
+    apply_settings(view, preferences)
+    return view
+
+
+def request_sent(session: Session, request_id: int, now: datetime) -> None:
+    """The confirmation email of a request went out: it supersedes the older requests of
+    that address (their links stop working)."""
+    request = session.get(SubscriptionRequest, request_id)
+    if request is not None:
+        request.sent_at = now
+        db.delete_requests_before(session, request.subscriber_id, request.id)
+
+
+def confirm(
+    session: Session, subscriber: Subscriber, request: SubscriptionRequest | None, now: datetime
+) -> bool:
+    """Confirm a subscription request: the address becomes active with what `request` asks
+    for; True if it is (now) active.
+
+    An active subscriber is left as is (their settings change on their manage page
+    only), so a second click, or another request's link, changes nothing; the
+    requests stay until `purge_pending` forgets them. `request` None is a link sent
+    before requests were kept apart: it activates a pending subscriber's stored
+    settings, and nothing else.
+    """
+    if subscriber.status == "active":
+        return True
+    if request is not None:
+        apply_preferences(session, subscriber, request_preferences(request), now)
+    elif subscriber.status != "pending":
+        return False
+    subscriber.status = "active"
+    subscriber.confirmed_at = now
+    subscriber.updated_at = now
+    session.flush()
+    return True
 
 
 def purge_pending(session: Session, now: datetime, older_than: timedelta) -> int:
     """Forget subscription requests nobody confirmed within `older_than`.
 
-    A pending address that was never confirmed is deleted; one that had been a
-    subscriber before (it has a sent history to keep) goes back to `unsubscribed`.
+    Every `SubscriptionRequest` older than that goes. A pending address that was
+    never confirmed is deleted; one that had been a subscriber before (it has a sent
+    history to keep) goes back to `unsubscribed`.
     """
     cutoff = now - older_than
+    db.delete_stale_requests(session, cutoff)
     purged = 0
     for subscriber in db.stale_pending_subscribers(session, cutoff):
         if subscriber.confirmed_at is None:
@@ -497,9 +607,7 @@ def transient_subscriber(topics: list[str], timezone: str, hour: int) -> Subscri
         timezone=check_timezone(timezone),
         send_hour=check_hour(hour),
         weekday=None,
-        topics=[
-            Topic(position=i, query=spec.query, label=spec.label) for i, spec in enumerate(specs)
-        ],
+        topics=topic_rows(specs),
     )
 
 

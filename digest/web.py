@@ -68,7 +68,7 @@ from digest.app import App
 from digest.config import Config
 from digest.config_values import canonical_timezones, iana_timezones
 from digest.errors import DigestError, shown
-from digest.models import WEEKDAYS, Delivery, Digest, Subscriber
+from digest.models import WEEKDAYS, Delivery, Digest, Subscriber, SubscriptionRequest
 from digest.query import QueryError, parse_query
 from digest.render import Notice
 from digest.resources import resource_dir
@@ -83,12 +83,16 @@ from digest.subscribers import (
     check_preferences,
     check_topic_papers,
     confirm,
+    find_request,
     normalize_email,
     parse_hour,
     parse_topic,
     parse_weekday,
     purge_pending,
+    request_claim,
+    request_sent,
     request_subscription,
+    requested,
 )
 from digest.views import (
     DigestView,
@@ -275,12 +279,15 @@ class Postman:
     """
 
     wiring: App
-    _queue: queue.Queue[tuple[int, str, datetime]] = field(default_factory=queue.Queue)
+    _queue: queue.Queue[tuple[int, str, datetime, int | None]] = field(default_factory=queue.Queue)
     _worker: threading.Thread | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def post(self, subscriber_id: int, kind: str, now: datetime) -> None:
-        self._queue.put((subscriber_id, kind, now))
+    def post(
+        self, subscriber_id: int, kind: str, now: datetime, request_id: int | None = None
+    ) -> None:
+        """Send the `kind` email to a subscriber (about subscription request `request_id`)."""
+        self._queue.put((subscriber_id, kind, now, request_id))
         with self._lock:
             if self._worker is None:
                 self._worker = threading.Thread(
@@ -299,20 +306,24 @@ class Postman:
 
     def _work(self) -> None:
         while True:
-            subscriber_id, kind, now = self._queue.get()
+            subscriber_id, kind, now, request_id = self._queue.get()
             try:
-                self._deliver(subscriber_id, kind, now)
+                self._deliver(subscriber_id, kind, now, request_id)
             finally:
                 self._queue.task_done()
 
-    def _deliver(self, subscriber_id: int, kind: str, now: datetime) -> None:
+    def _deliver(
+        self, subscriber_id: int, kind: str, now: datetime, request_id: int | None
+    ) -> None:
         try:
             with self.wiring.sessions()() as session:
                 subscriber = session.get(Subscriber, subscriber_id)
-                if subscriber is None:
-                    return
+                request = session.get(SubscriptionRequest, request_id) if request_id else None
+                if subscriber is None or (request_id and request is None):
+                    return  # forgotten since (purged, or confirmed by an earlier email)
                 mailer = self.wiring.mailer()
-                message = mailer.notice_message(subscriber, self.notice(subscriber, kind, now), now)
+                notice = self.notice(subscriber, kind, now, request)
+                message = mailer.notice_message(subscriber, notice, now)
             transport = self.wiring.transport()
             try:
                 transport.send(message)
@@ -320,32 +331,54 @@ class Postman:
                 transport.close()
         except Exception:
             log.exception("could not send the %s email to subscriber %s", kind, subscriber_id)
-            self._forget(subscriber_id)
+            self._forget(subscriber_id, request_id)
+            return
+        if request_id:
+            try:
+                with db.transaction(self.wiring.sessions()) as session:
+                    request_sent(session, request_id, now)
+            except Exception:  # the email went: its link works, the older ones too
+                log.exception("could not mark the request of subscriber %s", subscriber_id)
 
-    def _forget(self, subscriber_id: int) -> None:
+    def _forget(self, subscriber_id: int, request_id: int | None) -> None:
+        """Clear the resend mark, and drop the request whose email did not go out."""
         try:
             with db.transaction(self.wiring.sessions()) as session:
                 subscriber = session.get(Subscriber, subscriber_id)
                 if subscriber is not None:
                     subscriber.confirm_sent_at = None
+                request = session.get(SubscriptionRequest, request_id) if request_id else None
+                if request is not None and request.sent_at is None:
+                    session.delete(request)
         except Exception:
             log.exception("could not clear the resend mark of subscriber %s", subscriber_id)
 
-    def notice(self, subscriber: Subscriber, kind: str, now: datetime) -> Notice:
+    def notice(
+        self,
+        subscriber: Subscriber,
+        kind: str,
+        now: datetime,
+        request: SubscriptionRequest | None = None,
+    ) -> Notice:
+        """The `kind` email; a confirmation describes, and its link confirms, `request`."""
         config = self.wiring.config
         key = self.wiring.secret_key()
         base = config.site.base_url
         site = config.site.name
-        topics = "; ".join(topic_titles(subscriber))
         if kind == CONFIRM:
-            token = links.confirm_token(key, subscriber.secret, subscriber.id, now)
+            if request is None:
+                raise ValueError("a confirmation email confirms a subscription request")
+            claim = request_claim(request)
+            subscriber = requested(subscriber, request)
+            topics = topics_text(subscriber)
+            token = links.confirm_token(key, subscriber.secret, subscriber.id, now, claim)
             hours = f"{config.web.confirm_hours:g}"
             return Notice(
                 subject=f"Confirm your subscription to {site}",
                 heading="Confirm your subscription",
                 paragraphs=(
-                    f"Someone, hopefully you, asked to receive the {frequency(subscriber)} "
-                    f"{site} digest at this address, on: {topics}.",
+                    f"Someone, hopefully you, asked {site} to send a {frequency(subscriber)} "
+                    f"digest to this address, on: {topics}.",
                     "Nothing will be sent until you confirm.",
                 ),
                 action_label="Confirm subscription",
@@ -353,6 +386,7 @@ class Postman:
                 footnote=f"The link works for {hours} hours. Didn't ask for this? "
                 "Ignore this email and the request is forgotten.",
             )
+        topics = topics_text(subscriber)
         manage = links.subscriber_links(base, key, subscriber.id, subscriber.secret).manage
         return Notice(
             subject=f"You already receive {site}",
@@ -366,6 +400,10 @@ class Postman:
             action_label="Manage your subscription",
             action_url=manage,
         )
+
+
+def topics_text(subscriber: Subscriber) -> str:
+    return "; ".join(topic_titles(subscriber))
 
 
 def frequency(subscriber: Subscriber) -> str:
@@ -510,15 +548,24 @@ def create_app(config: Config | None = None, *, wiring: App | None = None) -> Fl
         subscriber = session.get(Subscriber, subscriber_id) if subscriber_id else None
         if subscriber is None:
             return None
-        if purpose == "confirm":
-            valid = links.verify_confirm_token(
-                site_key, subscriber.secret, token, g.now, confirm_for
-            )
-        elif links.verify_token(site_key, subscriber.secret, purpose, token) is not None:
-            valid = subscriber_id
-        else:
-            valid = None
-        return subscriber if valid == subscriber.id else None
+        valid = links.verify_token(site_key, subscriber.secret, purpose, token) is not None
+        return subscriber if valid else None
+
+    def find_confirmation(
+        session: Session, token: str
+    ) -> tuple[Subscriber, SubscriptionRequest | None] | None:
+        """The subscriber and the open request a confirmation token confirms, if it holds."""
+        subscriber_id = links.token_subscriber_id(token)
+        subscriber = session.get(Subscriber, subscriber_id) if subscriber_id else None
+        if subscriber is None:
+            return None
+        claim = links.verify_confirm_token(site_key, subscriber.secret, token, g.now, confirm_for)
+        if claim is None or claim.subscriber_id != subscriber.id:
+            return None
+        if claim.request is None:  # a link from before requests were kept apart
+            return (subscriber, None) if subscriber.status in ("pending", "active") else None
+        request = find_request(session, subscriber, claim.request)
+        return None if request is None else (subscriber, request)
 
     def manage_url(subscriber: Subscriber) -> str:
         return links.subscriber_links(
@@ -580,7 +627,7 @@ def create_app(config: Config | None = None, *, wiring: App | None = None) -> Fl
             return subscribe_form(values, errors, 400)
         with db.transaction(wiring.sessions()) as session:
             purge_pending(session, g.now, timedelta(days=web.pending_days))
-            subscriber, kind = request_subscription(
+            subscriber, kind, pending = request_subscription(
                 session,
                 values.email,
                 preferences,
@@ -590,8 +637,9 @@ def create_app(config: Config | None = None, *, wiring: App | None = None) -> Fl
                 default_hour=settings.digest.default_hour,
             )
             subscriber_id = subscriber.id
+            request_id = None if pending is None else pending.id
         if kind is not None:
-            postman.post(subscriber_id, kind, g.now)
+            postman.post(subscriber_id, kind, g.now, request_id)
         return page(
             "check_inbox.html",
             confirm_hours=f"{web.confirm_hours:g}",
@@ -628,15 +676,19 @@ def create_app(config: Config | None = None, *, wiring: App | None = None) -> Fl
 
     # --- confirm ----------------------------------------------------------------------
 
-    def confirm_page(session: Session, subscriber: Subscriber) -> ResponseReturnValue:
-        state = "pending" if subscriber.status == "pending" else "active"
+    def confirm_page(
+        session: Session, subscriber: Subscriber, request: SubscriptionRequest | None
+    ) -> ResponseReturnValue:
+        state = "active" if subscriber.status == "active" else "pending"
         coming = next_digest(session, subscriber) if state == "active" else None
+        if state == "pending" and request is not None:
+            subscriber = requested(subscriber, request)
         return page(
             "confirm.html",
             state=state,
             email=subscriber.email,
             frequency=frequency(subscriber),
-            topics="; ".join(topic_titles(subscriber)),
+            topics=topics_text(subscriber),
             next_send=when(coming, subscriber.timezone, g.now),
             manage_url=manage_url(subscriber),
         )
@@ -645,29 +697,28 @@ def create_app(config: Config | None = None, *, wiring: App | None = None) -> Fl
         """Whether `token` is a genuine confirmation link of a still pending request, too old."""
         subscriber_id = links.token_subscriber_id(token)
         subscriber = session.get(Subscriber, subscriber_id) if subscriber_id else None
-        return (
-            subscriber is not None
-            and subscriber.status == "pending"
-            and links.verify_confirm_token(site_key, subscriber.secret, token, g.now, FOREVER)
-            == subscriber.id
-        )
+        if subscriber is None or subscriber.status == "active":
+            return False
+        claim = links.verify_confirm_token(site_key, subscriber.secret, token, g.now, FOREVER)
+        return claim is not None and claim.subscriber_id == subscriber.id
 
     @app.route("/confirm/<token>", methods=["GET", "POST"])
     def confirm_link(token: str) -> ResponseReturnValue:
         with db.transaction(wiring.sessions(), write=request.method == "POST") as session:
-            subscriber = find(session, token, "confirm")
-            if subscriber is None and expired(session, token):
+            found = find_confirmation(session, token)
+            if found is None and expired(session, token):
                 return error_page(
                     410,
                     "Link expired",
                     f"This confirmation link has expired (links work for "
                     f"{web.confirm_hours:g} hours). Subscribe again to get a new link.",
                 )
-            if subscriber is None or subscriber.status not in ("pending", "active"):
+            if found is None:
                 abort(404)
+            subscriber, pending = found
             if request.method == "POST":
-                confirm(session, subscriber, g.now)
-            return confirm_page(session, subscriber)
+                confirm(session, subscriber, pending, g.now)
+            return confirm_page(session, subscriber, pending)
 
     # --- manage -----------------------------------------------------------------------
 

@@ -5,11 +5,11 @@ from pathlib import Path
 
 import pytest
 from freezegun import freeze_time
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from digest import db
 from digest.links import make_token, verify_token
-from digest.models import Subscriber
+from digest.models import Subscriber, Topic
 
 
 def subscribers(db_url: str) -> list[Subscriber]:
@@ -82,6 +82,10 @@ def test_subscribe_update_and_unsubscribe(cli, db_url: str) -> None:
         (["a@example.org", "--topic", ""], "Error: topic '': query is empty"),
         (["a@example.org", "--topic", "-survey"], "query only excludes words"),
         (
+            ["a@example.org", "--topic", "x", "--topic", "of the"],
+            "Error: topic 'of the': query looks only for common words (of the)",
+        ),
+        (
             ["a@example.org", "--topic", "x", "--timezone", "Mars/Olympus"],
             "unknown timezone 'Mars/Olympus'",
         ),
@@ -138,6 +142,23 @@ def test_topics_and_match_on_the_seed_data(cli, seeds: Path) -> None:
 
 
 @freeze_time("2026-11-25 09:30:00")
+def test_a_stop_word_topic_saved_before_the_rule_is_still_served(
+    cli, db_url: str, seeds: Path
+) -> None:
+    """`digest subscribe` now refuses "of the"; a row that has it keeps working."""
+    cli("ingest", str(seeds))
+    cli("subscribe", "a@example.org", "--topic", "placeholder")
+    engine = db.open_database(db_url)
+    with db.transaction(db.session_factory(engine)) as session:
+        session.execute(update(Topic).values(query="of the"))
+    engine.dispose()
+    topics = cli("topics")
+    assert topics.exit_code == 0
+    assert topics.output.splitlines()[1].split()[:2] == ["of", "the"]
+    preview = cli("preview", "--email", "a@example.org", "--format", "text")
+    assert preview.exit_code == 0, preview.output
+
+
 def test_greeting_name_and_topics_as_typed(cli, db_url: str) -> None:
     added = cli(
         "subscribe",

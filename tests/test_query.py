@@ -89,11 +89,38 @@ def test_star_is_everything() -> None:
         ("agents author:", "'author:' needs a word"),
         ("title: agents", "'title:' needs a word"),  # not the word "title" and then "agents"
         ("-cat:", "'cat:' needs a word"),
+        ("a", r"looks only for common words \(a\) that nearly every paper has"),
+        ("The", r"common words \(the\)"),
+        ("of the", r"common words \(of the\)"),
+        ('"of the"', r"common words \(of the\)"),
+        ("the OR a -survey", r"common words \(the a\)"),
+        ("title:the", r"common words \(the\)"),
     ],
 )
 def test_bad_queries_are_rejected_clearly(text: str, message: str) -> None:
     with pytest.raises(QueryError, match=message):
         parse_query(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "canonical"),
+    [
+        ("the transformer", "the transformer"),
+        ("the OR diffusion", "the OR diffusion"),
+        ("author:An", "author:an"),  # a surname
+        ("like:42 the", "like:42 the"),
+        ("IT", "IT"),  # typed as an acronym
+        ("a*", "a*"),  # a prefix, not a word
+        ("*", "*"),
+    ],
+)
+def test_stop_words_are_fine_beside_a_word_to_look_for(text: str, canonical: str) -> None:
+    assert parse_query(text).canonical() == canonical
+
+
+def test_a_stored_stop_word_topic_still_parses() -> None:
+    """Topics saved before the rule keep being selected (and shown) as they were."""
+    assert parse_query("of the", stored=True).canonical() == "of the"
 
 
 @pytest.fixture(scope="module")

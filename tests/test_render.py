@@ -173,6 +173,15 @@ def long_lines(text: str) -> list[str]:
     ]
 
 
+def url_lines_not_alone(text: str) -> list[str]:
+    """Lines holding a URL and anything else (the README: every URL on a line of its own)."""
+    return [
+        line
+        for line in text.splitlines()
+        if "://" in line and not re.fullmatch(r"\s*\(?https?://\S+", line)
+    ]
+
+
 def test_text_part_carries_the_same_papers(seed_digest) -> None:
     items, papers = seed_digest
     _, html, text = render(items, papers)
@@ -187,7 +196,8 @@ def test_text_part_carries_the_same_papers(seed_digest) -> None:
     assert max(len(line) for line in text.splitlines()) > 78  # long search URLs stay whole
     for paper in (papers[i.paper_id] for i in items):
         assert f"\n  {paper.search_url}\n" in text  # seed papers have no arXiv id
-    assert "Unsubscribe: https://digest.example.org/u/TOKEN" in text
+    assert "\nUnsubscribe:\nhttps://digest.example.org/u/TOKEN\n" in text
+    assert url_lines_not_alone(text) == []
     assert "Papers Digest, 1 Rue Example, Paris" in text
     assert "== Diffusion ==" in text and "== Today's top papers ==" in text
     assert "Hello" not in text and "\n\n\n" not in text
@@ -250,11 +260,11 @@ def test_paper_details() -> None:
     assert "\n  Matched “Diff”: “Diffusion Models”, “<b>” · ▲ +25 today\n" in text
     assert "score" not in text and "score" not in html
     assert (
-        "  Hugging Face: https://huggingface.co/papers/2611.00001\n"
-        "  arXiv: https://arxiv.org/abs/2611.00001\n"
-        "  PDF: https://arxiv.org/pdf/2611.00001\n"
-        "  Code: https://github.com/ada/engine\n"
-        "  Project: https://engine.example.org\n"
+        "  Hugging Face:\n  https://huggingface.co/papers/2611.00001\n"
+        "  arXiv:\n  https://arxiv.org/abs/2611.00001\n"
+        "  PDF:\n  https://arxiv.org/pdf/2611.00001\n"
+        "  Code:\n  https://github.com/ada/engine\n"
+        "  Project:\n  https://engine.example.org\n"
     ) in text
 
 
@@ -277,8 +287,7 @@ def test_authors_as_a_count_and_papers_without_arxiv_ids() -> None:
     search = "https://huggingface.co/papers?q=Paper%20number%202"
     assert tree.xpath("//p[@class='title']/a/@href") == [search]
     assert tree.xpath("//p[@class='links']/a/text()") == ["Search on Hugging Face"]
-    assert f"  Search on Hugging Face:\n  {search}\n" not in text  # it fits on one line
-    assert f"  Search on Hugging Face: {search}\n" in text
+    assert f"  Search on Hugging Face:\n  {search}\n" in text  # on a line of its own
     # Known source pages (an arXiv listing without an id, a PDF) come before any search.
     listed = make_paper(
         3,
@@ -532,8 +541,9 @@ def test_wrap_prose_keeps_urls_whole_and_lines_short() -> None:
     assert wrap_prose("Grace Hopper et\u00a0al.", "", None) == "Grace Hopper et\u00a0al."
     address = "someone." + "x" * 80 + "@example.org"
     assert wrap_prose(f"sent to {address} today") == f"sent to\n{address}\ntoday"
+    # A URL on a line of its own, however short.
     assert link_line("PDF", "https://arxiv.org/pdf/2611.00001") == (
-        "  PDF: https://arxiv.org/pdf/2611.00001"
+        "  PDF:\n  https://arxiv.org/pdf/2611.00001"
     )
     assert link_line("PDF", url) == f"  PDF:\n  {url}"
 
@@ -589,10 +599,18 @@ def test_topics_say_how_many_more_matched_and_link_to_their_preview() -> None:
         ("7 more matched", "https://digest.example.org/preview?topic=diffusion"),
         ("1 more matched", "https://digest.example.org/preview?topic=%22LLM%20agents%22%20-survey"),
     ]
-    assert "\n7 more matched: https://digest.example.org/preview?topic=diffusion\n" in text
+    # The URL on its own line, and a blank line before the next section and the footer.
+    assert (
+        "\n\n7 more matched:\nhttps://digest.example.org/preview?topic=diffusion\n\n== Agents ==\n"
+    ) in text
+    assert (
+        "\n\n1 more matched:\n"
+        "https://digest.example.org/preview?topic=%22LLM%20agents%22%20-survey\n\n--\n"
+    ) in text
+    assert url_lines_not_alone(text) == []
     # Without a site address, the count alone.
     plain = Renderer().render(items, papers, digest_date=DAY, more={"diffusion": 7})
-    assert "7 more matched" in plain.text and "/preview?" not in plain.text
+    assert "\n\n7 more matched\n\n== Agents ==\n" in plain.text and "/preview?" not in plain.text
 
 
 TOPIC_MIX = [

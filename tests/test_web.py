@@ -27,11 +27,12 @@ from digest.app import App
 from digest.config import load_config
 from digest.deliver import send_digests
 from digest.links import insecure_base_url
-from digest.models import Delivery, Subscriber
+from digest.models import Delivery, Subscriber, SubscriptionRequest
 from digest.schedule import due_subscribers
-from digest.subscribers import subscribe
+from digest.subscribers import parse_preferences, request_digest, request_subscription, subscribe
 from digest.views import paper_title
 from digest.web import WEB_PAPER_HINT, create_app
+from tests.smtp_server import SmtpServer
 
 NOW = datetime(2026, 11, 25, 8, 0, tzinfo=UTC)
 KEY = "test-site-key-that-is-long-enough-0123456789"
@@ -77,15 +78,23 @@ class Site:
             return session.scalar(select(func.count()).select_from(Subscriber)) or 0
 
 
-def make_site(tmp_path: Path, seeds: Path, database_url: str, **web: object) -> Site:
+def make_site(
+    tmp_path: Path, seeds: Path, database_url: str, smtp_port: int | None = None, **web: object
+) -> Site:
+    """The web front on a database with the seed papers; emails go to a Maildir outbox, or
+    to the SMTP server on `smtp_port`."""
     env = {
         "DIGEST_DATA_DIR": str(tmp_path / "data"),
         "DIGEST_DATABASE_URL": database_url,
         "DIGEST_SECRET_KEY": KEY,
         "DIGEST_BASE_URL": BASE,
     }
+    lines = []
+    if smtp_port is not None:
+        env.update(DIGEST_SMTP_HOST="127.0.0.1", DIGEST_SMTP_PORT=str(smtp_port))
+        lines += ["[smtp]", "starttls = false"]
     config_file = tmp_path / "config.toml"
-    lines = ["[web]"] + [f"{key} = {value!r}" for key, value in web.items()]
+    lines += ["[web]"] + [f"{key} = {value!r}" for key, value in web.items()]
     config_file.write_text("\n".join(lines).replace("'", '"') + "\n", encoding="utf-8")
     config = load_config(config_file, env)
     clock = Clock(NOW)
@@ -161,6 +170,10 @@ def test_subscribe_confirm_is_double_opt_in(site: Site) -> None:
     [message] = site.mail()
     assert message["To"] == "Ada@example.org"
     assert message["Subject"] == "Confirm your subscription to papers digest"
+    assert (
+        "Someone, hopefully you, asked papers digest to send a daily digest to this address, "
+        "on: diffusion model; RLHF."
+    ) in words(message)
     path = link_in(message, "confirm")
 
     # A pending subscriber is never sent a digest.
@@ -498,6 +511,19 @@ def test_a_like_topic_naming_no_paper_is_a_field_error(site: Site) -> None:
     assert [t.query for t in site.subscriber("ada@example.org").topics] == ["diffusion"]  # type: ignore[union-attr]
 
 
+def test_a_stop_word_topic_is_a_field_error(site: Site) -> None:
+    client = site.client()
+    response = client.post("/", data=subscribe_form(client, "new@example.org", "robot", "the"))
+    assert response.status_code == 400
+    page = response.get_data(as_text=True)
+    assert "Topic 2: topic &#39;the&#39;: query looks only for common words (the)" in page
+    assert client.get("/api/match?q=of+the").get_json()["error"] == (
+        "query looks only for common words (of the) that nearly every paper has; "
+        "add a word that names the topic"
+    )
+    assert site.count() == 0 and site.mail() == []
+
+
 def test_hostile_input_is_escaped_or_refused(site: Site) -> None:
     client = site.client()
     attack = "<script>alert(1)</script>"
@@ -775,6 +801,17 @@ def test_preview_page_shows_an_ad_hoc_topic(site: Site) -> None:
     assert bad.status_code == 400 and "only excludes words" in bad.get_data(as_text=True)
 
 
+def open_requests(site: Site) -> dict[str, int]:
+    """How many subscription requests each address has waiting."""
+    with site.wiring.sessions()() as session:
+        rows = session.execute(
+            select(Subscriber.email, func.count(SubscriptionRequest.id))
+            .join(SubscriptionRequest, SubscriptionRequest.subscriber_id == Subscriber.id)
+            .group_by(Subscriber.email)
+        )
+        return {email: count for email, count in rows}
+
+
 def test_unconfirmed_requests_are_forgotten(site: Site) -> None:
     client = site.client()
     client.post("/", data=subscribe_form(client, "never@example.org", "gan"))
@@ -783,13 +820,219 @@ def test_unconfirmed_requests_are_forgotten(site: Site) -> None:
         stored = session.get(Subscriber, former.id)
         assert stored is not None
         stored.status = "unsubscribed"
+        # A request made before requests were kept apart left an address that had been a
+        # subscriber pending: it goes back to unsubscribed (its history stays).
+        legacy, _ = subscribe(session, "legacy@example.org", ["gan"], now=NOW)
+        legacy.status = "pending"
     client.post("/", data=subscribe_form(client, "former@example.org", "gan"))
-    assert site.subscriber("former@example.org").status == "pending"  # type: ignore[union-attr]
+    assert site.subscriber("former@example.org").status == "unsubscribed"  # type: ignore[union-attr]
+    assert open_requests(site) == {"never@example.org": 1, "former@example.org": 1}
     site.clock.now = NOW + timedelta(days=8)
     client.post("/", data=subscribe_form(client, "someone@example.org", "gan"))
     assert site.subscriber("never@example.org") is None
-    # Someone with a history goes back to unsubscribed (the history stays, so nothing repeats).
     assert site.subscriber("former@example.org").status == "unsubscribed"  # type: ignore[union-attr]
+    assert site.subscriber("legacy@example.org").status == "unsubscribed"  # type: ignore[union-attr]
+    assert open_requests(site) == {"someone@example.org": 1}
+
+
+# --- what a form submission may change ---------------------------------------------
+
+
+def topics_of(site: Site, email: str) -> tuple[str, list[str]]:
+    subscriber = site.subscriber(email)
+    assert subscriber is not None
+    return subscriber.status, [t.query for t in subscriber.topics]
+
+
+def words(message: EmailMessage) -> str:
+    """The plain-text part with its line wrapping undone."""
+    return " ".join(message.get_body(("plain",)).get_content().split())
+
+
+def confirm_link(site: Site, path: str) -> int:
+    """Press the button of a confirmation page; the status code."""
+    client = site.client()
+    page = client.get(path)
+    if page.status_code != 200:
+        return page.status_code
+    return client.post(path, data={"csrf_token": csrf_token(client, path)}).status_code
+
+
+def test_a_second_request_for_a_pending_address_changes_nothing_until_its_own_email(
+    site: Site,
+) -> None:
+    """The QA repro: a second form submission (another spelling of the address) used to
+    replace Bob's pending topics; his email still listed the old ones, his link confirmed
+    the new ones."""
+    client = site.client()
+    form = subscribe_form(client, "bob+papers@example.org", "large language model", "*")
+    assert client.post("/", data=form).status_code == 200
+    [first] = site.mail()
+    assert "on: large language model; Today's top papers." in words(first)
+    assert topics_of(site, "bob+papers@example.org") == (
+        "pending",
+        ["large language model", "*"],
+    )
+    # Within the resend window: no email, and nothing stored or changed.
+    site.clock.now = NOW + timedelta(minutes=5)
+    client = site.client()
+    form = subscribe_form(client, "BOB+PAPERS@EXAMPLE.ORG", "robotics", hour="22")
+    assert client.post("/", data=form).status_code == 200
+    assert len(site.mail()) == 1
+    assert open_requests(site) == {"bob+papers@example.org": 1}
+    bob = site.subscriber("bob+papers@example.org")
+    assert bob is not None and (bob.email, bob.send_hour) == ("bob+papers@example.org", 6)
+    # Bob's link confirms what his email described.
+    assert confirm_link(site, link_in(first, "confirm")) == 200
+    assert topics_of(site, "bob+papers@example.org") == (
+        "active",
+        ["large language model", "*"],
+    )
+
+
+def test_a_newer_request_supersedes_an_older_one_once_its_email_went_out(site: Site) -> None:
+    client = site.client()
+    client.post("/", data=subscribe_form(client, "bob@example.org", "large language model"))
+    site.clock.now = NOW + timedelta(minutes=61)
+    client = site.client()
+    client.post("/", data=subscribe_form(client, "bob@example.org", "robotics", hour="22"))
+    first, second = site.mail()
+    assert "on: large language model." in words(first)
+    assert "on: robotics." in words(second)
+    # Stored topics are still those of the first request until one is confirmed.
+    assert topics_of(site, "bob@example.org") == ("pending", ["large language model"])
+    assert open_requests(site) == {"bob@example.org": 1}
+    old, new = link_in(first, "confirm"), link_in(second, "confirm")
+    assert confirm_link(site, old) == 404
+    page = site.client().get(new).get_data(as_text=True)
+    assert "on: robotics." in page
+    assert confirm_link(site, new) == 200
+    bob = site.subscriber("bob@example.org")
+    assert bob is not None
+    assert (bob.status, [t.query for t in bob.topics], bob.send_hour) == (
+        "active",
+        ["robotics"],
+        22,
+    )
+    # Opening the link again shows the subscription; nothing changes.
+    again = site.client().get(new)
+    assert again.status_code == 200 and "You're subscribed" in again.get_data(as_text=True)
+    assert topics_of(site, "bob@example.org") == ("active", ["robotics"])
+
+
+@pytest.mark.parametrize("status", ["unsubscribed", "bounced"])
+def test_a_request_for_a_former_subscriber_waits_for_their_confirmation(
+    site: Site, status: str
+) -> None:
+    former = active_subscriber(site, "carol@example.org")
+    with db.transaction(site.wiring.sessions()) as session:
+        stored = session.get(Subscriber, former.id)
+        assert stored is not None
+        stored.status = status
+    client = site.client()
+    client.post("/", data=subscribe_form(client, "Carol@Example.org", "robotics", hour="22"))
+    # Nothing changed before she confirms: not her topics, schedule or state.
+    carol = site.subscriber("carol@example.org")
+    assert carol is not None
+    assert (carol.status, [t.query for t in carol.topics], carol.send_hour, carol.timezone) == (
+        status,
+        ["diffusion"],
+        7,
+        "UTC",
+    )
+    [message] = site.mail()
+    assert message["To"] == "carol@example.org"
+    assert "on: robotics." in words(message)
+    assert confirm_link(site, link_in(message, "confirm")) == 200
+    carol = site.subscriber("carol@example.org")
+    assert carol is not None
+    assert (carol.status, [t.query for t in carol.topics], carol.send_hour, carol.timezone) == (
+        "active",
+        ["robotics"],
+        22,
+        "Europe/Paris",
+    )
+
+
+def test_a_request_link_never_changes_an_active_subscriber(site: Site) -> None:
+    """Carol asked while unsubscribed, then came back on her manage page: the pending
+    request's link must not rewrite the settings she has now."""
+    former = active_subscriber(site, "carol@example.org")
+    with db.transaction(site.wiring.sessions()) as session:
+        stored = session.get(Subscriber, former.id)
+        assert stored is not None
+        stored.status = "unsubscribed"
+    client = site.client()
+    client.post("/", data=subscribe_form(client, "carol@example.org", "robotics"))
+    [message] = site.mail()
+    with db.transaction(site.wiring.sessions()) as session:
+        stored = session.get(Subscriber, former.id)
+        assert stored is not None
+        stored.status = "active"
+    client = site.client()
+    path = link_in(message, "confirm")
+    done = client.post(path, data={"csrf_token": csrf_token(client)})
+    assert done.status_code == 200 and "You're subscribed" in done.get_data(as_text=True)
+    assert topics_of(site, "carol@example.org") == ("active", ["diffusion"])
+
+
+def test_a_request_whose_email_failed_leaves_the_older_link_working(
+    tmp_path: Path, seeds: Path, db_url: str, smtp_server: SmtpServer
+) -> None:
+    site = make_site(
+        tmp_path, seeds, db_url, smtp_port=smtp_server.port, subscribe_rate_limit="100/minute"
+    )
+    try:
+        client = site.client()
+        client.post("/", data=subscribe_form(client, "dan@example.org", "diffusion"))
+        assert site.app.extensions["digest.postman"].drain()
+        [first] = smtp_server.handler.parsed()
+        smtp_server.handler.rcpt_replies["dan@example.org"] = "550 5.1.1 Mailbox unavailable"
+        site.clock.now = NOW + timedelta(minutes=61)
+        client = site.client()
+        client.post("/", data=subscribe_form(client, "dan@example.org", "robotics"))
+        assert site.app.extensions["digest.postman"].drain()
+        assert len(smtp_server.handler.parsed()) == 1
+        # The failed request is gone; the one Dan did receive still confirms.
+        assert open_requests(site) == {"dan@example.org": 1}
+        assert confirm_link(site, link_in(first, "confirm")) == 200
+        assert topics_of(site, "dan@example.org") == ("active", ["diffusion"])
+    finally:
+        site.app.extensions["digest.postman"].drain()
+        site.wiring.dispose()
+
+
+def test_a_confirmation_link_from_before_requests_still_confirms(site: Site) -> None:
+    """Emails sent by the previous version carry [id, issued]: they confirm the pending
+    subscriber's stored settings, as they did."""
+    with db.transaction(site.wiring.sessions()) as session:
+        old, _ = subscribe(session, "old@example.org", ["gan"], now=NOW)
+        old.status = "pending"
+        token = links.confirm_token(KEY, old.secret, old.id, NOW)
+    assert confirm_link(site, f"/confirm/{token}") == 200
+    assert topics_of(site, "old@example.org") == ("active", ["gan"])
+    with db.transaction(site.wiring.sessions()) as session:
+        gone = db.find_subscriber(session, "old@example.org")
+        assert gone is not None
+        gone.status = "unsubscribed"
+    assert confirm_link(site, f"/confirm/{token}") == 404
+
+
+def test_a_confirmation_token_for_twenty_long_topics_stays_short(site: Site) -> None:
+    topics = [f"t{n}=" + " ".join(f"word{n}x{k}" for k in range(12)) for n in range(20)]
+    with db.transaction(site.wiring.sessions()) as session:
+        subscriber, kind, request = request_subscription(
+            session,
+            "many@example.org",
+            parse_preferences(topics),
+            now=NOW,
+            resend_after=timedelta(hours=1),
+        )
+        assert kind == "confirm" and request is not None
+        token = links.confirm_token(
+            KEY, subscriber.secret, 2**31 - 1, NOW, (2**31 - 1, request_digest(request))
+        )
+    assert len(token) <= links.MAX_TOKEN_LENGTH
 
 
 def test_insecure_base_url_warning() -> None:

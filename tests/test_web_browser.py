@@ -272,3 +272,51 @@ def test_every_bad_field_shows_its_error_at_once_in_a_browser(service) -> None:
         expect(page.get_by_role("heading", name="Check your inbox")).to_be_visible()
         browser.close()
     wait_for_mail(maildir, "ada@example.org", "Confirm your subscription")
+
+
+# Everything wider than the viewport, as "tag.class: right edge" (the page must not scroll
+# sideways or cut text off on a phone).
+OVERFLOWING = """(width) => {
+  const wide = [];
+  if (document.documentElement.scrollWidth > width) {
+    wide.push(`page: ${document.documentElement.scrollWidth}`);
+  }
+  for (const element of document.body.querySelectorAll("*")) {
+    const right = Math.ceil(element.getBoundingClientRect().right);
+    if (right > width) wide.push(`${element.tagName.toLowerCase()}.${element.className}: ${right}`);
+  }
+  return wide;
+}"""
+
+
+def test_notice_emails_fit_a_phone() -> None:
+    """The confirmation email at 375 px: the container shrinks and the long link breaks."""
+    from digest.render import Notice, Renderer
+
+    token = "WzEyMzQ1LDE3OTU1OTcyNjAsNjc4OSwiYzQ2MDFhZTRmMWI3NGZhNSJd.2-IA5y8Qa2C2B-Ek31SqFGn9WJE"
+    notice = Notice(
+        subject="Confirm your subscription to papers digest",
+        heading="Confirm your subscription",
+        paragraphs=(
+            "Someone, hopefully you, asked papers digest to send a daily digest to this "
+            "address, on: large language model; Today's top papers.",
+            "Nothing will be sent until you confirm.",
+        ),
+        action_label="Confirm subscription",
+        action_url=f"https://papers.example-university.org/confirm/{token}",
+        footnote="The link works for 48 hours. Didn't ask for this? Ignore this email.",
+    )
+    html, _ = Renderer().render_notice(notice)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
+        try:
+            for width in (375, 320):
+                page = browser.new_page(viewport={"width": width, "height": 800})
+                page.set_content(html)
+                assert page.evaluate(OVERFLOWING, width) == [], width
+                # The whole URL is still there to copy, and the button to press.
+                assert page.get_by_role("link", name="Confirm subscription").is_visible()
+                assert page.locator(f"a[href$='{token}']").count() == 2
+                page.close()
+        finally:
+            browser.close()

@@ -100,6 +100,8 @@ from digest.db.search import (
     window_papers,
 )
 from digest.db.subscribers import (
+    delete_requests_before,
+    delete_stale_requests,
     find_subscriber,
     insert_subscribers,
     iter_subscribers,
@@ -131,6 +133,8 @@ __all__ = [
     "current_lease",
     "current_revision",
     "defined_acronyms",
+    "delete_requests_before",
+    "delete_stale_requests",
     "deliveries_with_status",
     "digest_is_weekly",
     "digest_items",

@@ -12,7 +12,7 @@ from sqlalchemy import delete, func, insert, select
 from sqlalchemy.orm import Session, selectinload
 
 from digest.db.engine import update_rows
-from digest.models import Subscriber, Topic
+from digest.models import Subscriber, SubscriptionRequest, Topic
 
 
 def find_subscriber(session: Session, email_key: str) -> Subscriber | None:
@@ -25,6 +25,24 @@ def stale_pending_subscribers(session: Session, cutoff: datetime) -> Sequence[Su
     return session.scalars(
         select(Subscriber).where(Subscriber.status == "pending", requested < cutoff)
     ).all()
+
+
+def delete_requests_before(session: Session, subscriber_id: int, request_id: int) -> None:
+    """Delete the subscription requests of a subscriber made before request `request_id`."""
+    session.execute(
+        delete(SubscriptionRequest).where(
+            SubscriptionRequest.subscriber_id == subscriber_id, SubscriptionRequest.id < request_id
+        ),
+        execution_options={"synchronize_session": "fetch"},
+    )
+
+
+def delete_stale_requests(session: Session, cutoff: datetime) -> None:
+    """Delete the subscription requests made before `cutoff`: nobody confirmed them."""
+    session.execute(
+        delete(SubscriptionRequest).where(SubscriptionRequest.created_at < cutoff),
+        execution_options={"synchronize_session": "fetch"},
+    )
 
 
 def list_subscribers(session: Session, status: str | None = None) -> Sequence[Subscriber]:
