@@ -340,10 +340,12 @@ def liked_titles(session: Session, queries: Iterable[str]) -> dict[str, str]:
     return {ref: paper_title(paper) for ref, paper in papers.items() if paper is not None}
 
 
-def topic_titles(subscriber: Subscriber, weekly: bool = False) -> list[str]:
+def topic_titles(
+    subscriber: Subscriber, weekly: bool = False, session: Session | None = None
+) -> list[str]:
     """How each of `subscriber`'s topics is shown (`topic_title`), like:ID topics named
-    by their paper when the subscriber is in a session to look it up."""
-    session = object_session(subscriber)
+    by their paper when there is a session to look it up (`session`, or the subscriber's)."""
+    session = session or object_session(subscriber)
     queries = [topic.query for topic in subscriber.topics]
     liked = liked_titles(session, queries) if session is not None else {}
     return [topic_title(t.query, t.label, weekly, liked) for t in subscriber.topics]

@@ -57,7 +57,7 @@ from flask.typing import ResponseReturnValue
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
 from flask_wtf.csrf import CSRFError, CSRFProtect, validate_csrf
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, object_session
 from werkzeug.datastructures import MultiDict
 from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
@@ -369,8 +369,9 @@ class Postman:
             if request is None:
                 raise ValueError("a confirmation email confirms a subscription request")
             claim = request_claim(request)
+            session = object_session(subscriber)
             subscriber = requested(subscriber, request)
-            topics = topics_text(subscriber)
+            topics = topics_text(subscriber, session)
             token = links.confirm_token(key, subscriber.secret, subscriber.id, now, claim)
             hours = f"{config.web.confirm_hours:g}"
             return Notice(
@@ -402,8 +403,8 @@ class Postman:
         )
 
 
-def topics_text(subscriber: Subscriber) -> str:
-    return "; ".join(topic_titles(subscriber))
+def topics_text(subscriber: Subscriber, session: Session | None = None) -> str:
+    return "; ".join(topic_titles(subscriber, session=session))
 
 
 def frequency(subscriber: Subscriber) -> str:
@@ -657,10 +658,22 @@ def create_app(config: Config | None = None, *, wiring: App | None = None) -> Fl
         try:
             query = parse_query(text)
         except QueryError as exc:
-            return {"query": None, "count": 0, "examples": [], "error": str(exc)}, 200
+            return {
+                "query": None,
+                "count": 0,
+                "capped": False,
+                "examples": [],
+                "error": str(exc),
+            }, 200
         with sessions() as session:
             if error := unknown_paper(session, query.canonical()):
-                return {"query": None, "count": 0, "examples": [], "error": error}, 200
+                return {
+                    "query": None,
+                    "count": 0,
+                    "capped": False,
+                    "examples": [],
+                    "error": error,
+                }, 200
             listing = topic_listing(session, query.canonical())
             shown = [item.paper_id for item in listing.items[:MATCH_EXAMPLES]]
             papers = db.papers_by_id(session, shown)
@@ -683,12 +696,13 @@ def create_app(config: Config | None = None, *, wiring: App | None = None) -> Fl
         coming = next_digest(session, subscriber) if state == "active" else None
         if state == "pending" and request is not None:
             subscriber = requested(subscriber, request)
+        topics = topics_text(subscriber, session)
         return page(
             "confirm.html",
             state=state,
             email=subscriber.email,
             frequency=frequency(subscriber),
-            topics=topics_text(subscriber),
+            topics=topics,
             next_send=when(coming, subscriber.timezone, g.now),
             manage_url=manage_url(subscriber),
         )
@@ -699,8 +713,12 @@ def create_app(config: Config | None = None, *, wiring: App | None = None) -> Fl
         subscriber = session.get(Subscriber, subscriber_id) if subscriber_id else None
         if subscriber is None or subscriber.status == "active":
             return False
-        claim = links.verify_confirm_token(site_key, subscriber.secret, token, g.now, FOREVER)
-        return claim is not None and claim.subscriber_id == subscriber.id
+
+        def holds(max_age: timedelta) -> bool:
+            claim = links.verify_confirm_token(site_key, subscriber.secret, token, g.now, max_age)
+            return claim is not None and claim.subscriber_id == subscriber.id
+
+        return holds(FOREVER) and not holds(confirm_for)  # genuine, only too old
 
     @app.route("/confirm/<token>", methods=["GET", "POST"])
     def confirm_link(token: str) -> ResponseReturnValue:

@@ -516,7 +516,7 @@ def test_a_stop_word_topic_is_a_field_error(site: Site) -> None:
     response = client.post("/", data=subscribe_form(client, "new@example.org", "robot", "the"))
     assert response.status_code == 400
     page = response.get_data(as_text=True)
-    assert "Topic 2: topic &#39;the&#39;: query looks only for common words (the)" in page
+    assert "topic &#39;the&#39;: query looks only for common words (the)" in page
     assert client.get("/api/match?q=of+the").get_json()["error"] == (
         "query looks only for common words (of the) that nearly every paper has; "
         "add a word that names the topic"

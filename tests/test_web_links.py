@@ -62,7 +62,7 @@ def listed_titles(page: str) -> list[str]:
 def test_n_more_matched_leads_to_a_page_listing_every_match_it_counted(site: Site) -> None:
     message = send_first_digest(site, "diffusion model")
     text = message.get_body(("plain",)).get_content()
-    found = re.search(rf"(\d+) more matched: {re.escape(BASE)}(/preview\?\S+)", text)
+    found = re.search(rf"(\d+) more matched:\s+{re.escape(BASE)}(/preview\?\S+)", text)
     assert found, text
     more, path = int(found.group(1)), found.group(2)
     assert path == "/preview?topic=diffusion%20model"
@@ -102,10 +102,10 @@ def test_a_topic_page_pages_through_every_match(site: Site) -> None:
 
 
 def test_a_count_that_hit_the_candidate_limit_says_so(site: Site) -> None:
-    hint = site.client().get("/api/match?q=the").get_json()
+    hint = site.client().get("/api/match?q=model").get_json()
     assert hint["capped"] is True and 0 < hint["count"] <= relevance.CANDIDATE_LIMIT
-    page = site.client().get("/preview?topic=the").get_data(as_text=True)
-    assert f"{hint['count']}+ papers match “the”" in page
+    page = site.client().get("/preview?topic=model").get_data(as_text=True)
+    assert f"{hint['count']}+ papers match “model”" in page
     assert f"Only the {hint['count']} best are listed" in page
     # Below the limit the count is exact.
     assert site.client().get("/api/match?q=diffusion").get_json()["capped"] is False
@@ -136,7 +136,7 @@ def test_every_paper_in_a_digest_links_to_papers_like_it(site: Site) -> None:
     assert re.findall(
         r'<a class="like-link" href="([^"]+)"[^>]*>More like this</a>', html_part
     ) == (wanted)
-    assert re.findall(r"More like this: (\S+)", text) == wanted
+    assert re.findall(r"More like this:\s+(\S+)", text) == wanted
     # The link opens a page of papers like it, named by its title, with a way to subscribe.
     first = papers[0]
     reference, title = paper_named(site, first.id)
