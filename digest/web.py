@@ -67,8 +67,18 @@ from digest import db, links
 from digest.app import App
 from digest.config import Config
 from digest.config_values import canonical_timezones, iana_timezones
-from digest.errors import DigestError, shown
+from digest.errors import DigestError, SubscriberError, shown
 from digest.models import WEEKDAYS, Delivery, Digest, Subscriber, SubscriptionRequest
+from digest.preferences import (
+    FieldErrors,
+    Preferences,
+    check_preferences,
+    check_topic_papers,
+    normalize_email,
+    parse_hour,
+    parse_topic,
+    parse_weekday,
+)
 from digest.query import QueryError, parse_query
 from digest.render import Notice
 from digest.resources import resource_dir
@@ -76,18 +86,9 @@ from digest.schedule import NextDigest, upcoming_digest
 from digest.select import SelectionRun, TopicListing, local_date
 from digest.subscribers import (
     CONFIRM,
-    FieldErrors,
-    Preferences,
-    SubscriberError,
     apply_preferences,
-    check_preferences,
-    check_topic_papers,
     confirm,
     find_request,
-    normalize_email,
-    parse_hour,
-    parse_topic,
-    parse_weekday,
     purge_pending,
     request_claim,
     request_sent,
@@ -190,7 +191,7 @@ def check_form(
 ) -> tuple[Preferences | None, FieldErrors]:
     """Validate every field of a preferences form (and `email` on the subscribe form).
 
-    The rules are those of `digest subscribe` (digest.subscribers); each bad field
+    The rules are those of `digest subscribe` (digest.preferences); each bad field
     gets its message, so one submit shows them all.
     """
     errors = FieldErrors()

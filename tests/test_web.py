@@ -28,8 +28,9 @@ from digest.config import load_config
 from digest.deliver import send_digests
 from digest.links import insecure_base_url
 from digest.models import Delivery, Subscriber, SubscriptionRequest
+from digest.preferences import parse_preferences
 from digest.schedule import due_subscribers
-from digest.subscribers import parse_preferences, request_digest, request_subscription, subscribe
+from digest.subscribers import request_digest, request_subscription, subscribe
 from digest.views import paper_title
 from digest.web import WEB_PAPER_HINT, create_app
 from tests.smtp_server import SmtpServer
