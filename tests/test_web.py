@@ -32,7 +32,8 @@ from digest.preferences import parse_preferences
 from digest.schedule import due_subscribers
 from digest.subscribers import request_digest, request_subscription, subscribe
 from digest.views import paper_title
-from digest.web import WEB_PAPER_HINT, create_app
+from digest.web import create_app
+from digest.web_forms import WEB_PAPER_HINT
 from tests.smtp_server import SmtpServer
 
 NOW = datetime(2026, 11, 25, 8, 0, tzinfo=UTC)
@@ -60,7 +61,7 @@ class Site:
 
     def mail(self) -> list[EmailMessage]:
         """Every message in the outbox, oldest first, once the background sends are done."""
-        assert self.app.extensions["digest.postman"].drain()
+        assert self.app.extensions["digest.outbox"].drain()
         if not self.outbox.exists():
             return []
         box = mailbox.Maildir(self.outbox, create=False)
@@ -110,7 +111,7 @@ def site(tmp_path: Path, seeds: Path, db_url: str) -> Iterator[Site]:
     # Generous limits: the rate limit test sets its own.
     site = make_site(tmp_path, seeds, db_url, subscribe_rate_limit="1000 per minute")
     yield site
-    site.app.extensions["digest.postman"].drain()
+    site.app.extensions["digest.outbox"].drain()
     site.wiring.dispose()
 
 
@@ -564,7 +565,7 @@ def test_subscribe_and_lookup_rate_limits(tmp_path: Path, seeds: Path, db_url: s
     # Another client IP is not limited by the first one's requests.
     other = client.get("/api/match?q=gan", environ_base={"REMOTE_ADDR": "10.0.0.9"})
     assert other.status_code == 200
-    site.app.extensions["digest.postman"].drain()
+    site.app.extensions["digest.outbox"].drain()
     site.wiring.dispose()
 
 
@@ -986,20 +987,20 @@ def test_a_request_whose_email_failed_leaves_the_older_link_working(
     try:
         client = site.client()
         client.post("/", data=subscribe_form(client, "dan@example.org", "diffusion"))
-        assert site.app.extensions["digest.postman"].drain()
+        assert site.app.extensions["digest.outbox"].drain()
         [first] = smtp_server.handler.parsed()
         smtp_server.handler.rcpt_replies["dan@example.org"] = "550 5.1.1 Mailbox unavailable"
         site.clock.now = NOW + timedelta(minutes=61)
         client = site.client()
         client.post("/", data=subscribe_form(client, "dan@example.org", "robotics"))
-        assert site.app.extensions["digest.postman"].drain()
+        assert site.app.extensions["digest.outbox"].drain()
         assert len(smtp_server.handler.parsed()) == 1
         # The failed request is gone; the one Dan did receive still confirms.
         assert open_requests(site) == {"dan@example.org": 1}
         assert confirm_link(site, link_in(first, "confirm")) == 200
         assert topics_of(site, "dan@example.org") == ("active", ["diffusion"])
     finally:
-        site.app.extensions["digest.postman"].drain()
+        site.app.extensions["digest.outbox"].drain()
         site.wiring.dispose()
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from digest.web import WEB_PAPER_HINT
+from digest.web_forms import WEB_PAPER_HINT
 from tests.processes import digest_env
 from tests.smtp_server import free_port
 
