@@ -51,7 +51,18 @@ from datetime import date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from flask import Flask, Response, abort, g, redirect, render_template, request, url_for
+from flask import (
+    Flask,
+    Response,
+    abort,
+    flash,
+    g,
+    get_flashed_messages,
+    redirect,
+    render_template,
+    request,
+    url_for,
+)
 from flask.typing import ResponseReturnValue
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
@@ -109,6 +120,7 @@ CONTENT_SECURITY_POLICY = (
     "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
 )
 FOREVER = timedelta(days=365 * 100)
+SAVED = "saved"  # the flash category of a manage page's "Saved." (the message: whose page)
 NOT_FOUND = (
     "Link not valid",
     "This link is not valid any more: it may be incomplete, expired, or replaced by a newer "
@@ -443,10 +455,16 @@ def create_app(config: Config | None = None, *, wiring: App | None = None) -> Fl
 
     # --- manage -----------------------------------------------------------------------
 
+    def saved_redirect(subscriber: Subscriber, token: str) -> ResponseReturnValue:
+        """Back to the manage page, which says "Saved." once: the mark is flashed in the
+        session cookie (the CSRF token's), so a reload or a bookmark of the page does not
+        say it again."""
+        flash(str(subscriber.id), SAVED)
+        return redirect(url_for("manage_page", token=token), 303)
+
     @app.route("/manage/<token>", methods=["GET", "POST"])
     def manage_page(token: str) -> ResponseReturnValue:
         errors: dict[str, str] = {}
-        saved = request.args.get("saved") == "1"
         if request.method == "POST":
             with db.transaction(wiring.sessions()) as session:
                 subscriber = find(session, token, "manage")
@@ -457,17 +475,18 @@ def create_app(config: Config | None = None, *, wiring: App | None = None) -> Fl
                         subscriber.status = "active"
                         subscriber.confirmed_at = subscriber.confirmed_at or g.now
                         subscriber.updated_at = g.now
-                    return redirect(url_for("manage_page", token=token, saved=1), 303)
+                    return saved_redirect(subscriber, token)
                 values = form_from_request(request.form, subscriber.timezone)
                 values.email = subscriber.email
                 preferences, errors = check_form(session, values, email=False)
                 if preferences is not None:
                     apply_preferences(session, subscriber, preferences, g.now)
-                    return redirect(url_for("manage_page", token=token, saved=1), 303)
+                    return saved_redirect(subscriber, token)
         with sessions() as session:
             subscriber = find(session, token, "manage")
             if subscriber is None:
                 abort(404)
+            saved = str(subscriber.id) in get_flashed_messages(category_filter=[SAVED])
             if errors:
                 values.email = subscriber.email
             else:

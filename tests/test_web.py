@@ -736,8 +736,8 @@ def test_manage_edits_preferences_and_previews(site: Site) -> None:
             "name": "Ada",
         },
     )
-    assert saved.status_code == 303
-    assert "Saved." in client.get(saved.headers["Location"]).get_data(as_text=True)
+    assert saved.status_code == 303 and saved.headers["Location"] == path
+    assert "Saved." in client.get(path).get_data(as_text=True)
     after = site.subscriber("ada@example.org")
     assert after is not None
     assert [(t.label, t.query) for t in after.topics] == [(None, "robot"), ("Agents", "llm agents")]
@@ -752,6 +752,38 @@ def test_manage_edits_preferences_and_previews(site: Site) -> None:
     assert "Subscribe again" in client.get(path).get_data(as_text=True)
     client.post(path, data={"csrf_token": token, "action": "resubscribe"})
     assert site.subscriber("ada@example.org").status == "active"  # type: ignore[union-attr]
+
+
+SAVED = "Saved. Your next digest follows these settings."
+
+
+def test_saved_is_said_once_after_a_save_never_on_reload_or_a_bookmark(site: Site) -> None:
+    ada = active_subscriber(site)
+    bob = active_subscriber(site, "bob@example.org")
+    path = token_links(site, ada).manage
+    client = site.client()
+    token = csrf_token(client, path)
+    form = {"csrf_token": token, "action": "save", "topic": ["robot"], "timezone": "UTC"}
+    form |= {"hour": "7", "frequency": "daily"}
+    saved = client.post(path, data=form)
+    assert (saved.status_code, saved.headers["Location"]) == (303, path)
+    assert client.get(path).get_data(as_text=True).count(SAVED) == 1
+    assert SAVED not in client.get(path).get_data(as_text=True)  # reloaded
+    # An address from before, with the old ?saved=1 flag: nothing was saved.
+    assert SAVED not in client.get(path + "?saved=1").get_data(as_text=True)
+    # The mark names the subscriber saved: another's page in the same browser says nothing.
+    client.post(path, data=form)
+    assert SAVED not in client.get(token_links(site, bob).manage).get_data(as_text=True)
+    # A failed save says "Nothing was saved", never "Saved.".
+    bad = client.post(path, data={**form, "topic": ["-survey"]})
+    assert bad.status_code == 400 and SAVED not in bad.get_data(as_text=True)
+    # Subscribing again from the manage page is a save too.
+    client.post(token_links(site, ada).unsubscribe, data={"List-Unsubscribe": "One-Click"})
+    again = client.post(path, data={"csrf_token": token, "action": "resubscribe"})
+    assert (again.status_code, again.headers["Location"]) == (303, path)
+    page = client.get(path).get_data(as_text=True)
+    assert page.count(SAVED) == 1 and "ada@example.org receives the daily digest" in page
+    assert SAVED not in client.get(path).get_data(as_text=True)
 
 
 def send_due_digests(site: Site) -> int:
