@@ -54,6 +54,7 @@ if TYPE_CHECKING:
         ingest,
         links,
         plan,
+        preferences,
         query_plan,
         relevance,
         resources,
@@ -71,6 +72,7 @@ else:
     files = LazyModule("digest.files")
     ingest = LazyModule("digest.ingest")
     links = LazyModule("digest.links")
+    preferences = LazyModule("digest.preferences")
     queries = LazyModule("digest.query")
     query_plan = LazyModule("digest.query_plan")
     relevance = LazyModule("digest.relevance")
@@ -451,7 +453,7 @@ def subscribe_command(
         raise click.UsageError("--weekly and --daily exclude each other")
     now = app.clock()
     settings = app.config.digest
-    weekday = subscribers.parse_weekday(weekly) if weekly else None
+    weekday = preferences.parse_weekday(weekly) if weekly else None
     with db.transaction(app.sessions()) as session:
         subscriber, created = subscribers.subscribe(
             session,
