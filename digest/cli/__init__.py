@@ -9,7 +9,6 @@ stderr and a non-zero exit status, never a traceback.
 from __future__ import annotations
 
 import contextlib
-import importlib
 import logging
 import re
 import sys
@@ -24,61 +23,33 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from digest import __version__
-from digest.app import App, database_error_message, database_errors, safe_url
+from digest.app import App, database_error_message, safe_url
+from digest.cli.common import (
+    db,
+    deliver,
+    doctor,
+    files,
+    ingest,
+    links,
+    print_table,
+    queries,
+    query_plan,
+    relevance,
+    resources,
+    schedule,
+    selection,
+    subscribers,
+    subscribers_csv,
+)
+from digest.cli.database import db_group
 from digest.errors import ConfigError, DigestError, shown
 from digest.states import SUBSCRIBER_STATUSES
-
-
-class LazyModule:
-    """A module imported when one of its attributes is first used.
-
-    Most commands need only some of the stages, and `digest --help` needs none:
-    SQLAlchemy, Alembic, premailer and the stemmer load when a command uses them.
-    """
-
-    def __init__(self, name: str) -> None:
-        self._name = name
-
-    def __getattr__(self, attribute: str) -> Any:
-        return getattr(importlib.import_module(self._name), attribute)
-
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
-    from digest import (
-        db,
-        deliver,
-        doctor,
-        files,
-        ingest,
-        links,
-        plan,
-        query_plan,
-        relevance,
-        resources,
-        schedule,
-        subscribers,
-        subscribers_csv,
-    )
-    from digest import query as queries
-    from digest import select as selection
+    from digest import plan
     from digest.models import Paper, Subscriber
-else:
-    db = LazyModule("digest.db")
-    deliver = LazyModule("digest.deliver")
-    doctor = LazyModule("digest.doctor")
-    files = LazyModule("digest.files")
-    ingest = LazyModule("digest.ingest")
-    links = LazyModule("digest.links")
-    queries = LazyModule("digest.query")
-    query_plan = LazyModule("digest.query_plan")
-    relevance = LazyModule("digest.relevance")
-    resources = LazyModule("digest.resources")
-    schedule = LazyModule("digest.schedule")
-    selection = LazyModule("digest.select")
-    subscribers = LazyModule("digest.subscribers")
-    subscribers_csv = LazyModule("digest.subscribers_csv")
 
 
 class DateTimeParam(click.ParamType):  # type: ignore[type-arg]
@@ -155,100 +126,6 @@ def main(ctx: click.Context, config_path: Path | None, verbose: bool) -> None:
     ctx.meta["digest.verbose"] = verbose
     ctx.obj = App(config_path)
     ctx.call_on_close(ctx.obj.dispose)  # close database connections when the command ends
-
-
-# --- database ---------------------------------------------------------------
-
-
-@main.group("db")
-def db_group() -> None:
-    """Manage the database schema.
-
-    \b
-    Example:
-        digest db upgrade
-    """
-
-
-@db_group.command("upgrade")
-@click.pass_obj
-def db_upgrade(app: App) -> None:
-    """Apply pending migrations (needed before a server database can be used).
-
-    \b
-    Example:
-        DIGEST_DATABASE_URL=postgresql://digest@db/digest digest db upgrade
-    """
-    with database_errors(app.config.database_url):
-        engine = db.create_db_engine(app.config.database_url)
-        try:
-            before = db.current_revision(engine)
-            db.upgrade(engine)
-            after = db.current_revision(engine)
-        finally:
-            engine.dispose()
-    click.echo(f"database at {after} (was {before or 'empty'})")
-
-
-@db_group.command("status")
-@click.pass_obj
-def db_status(app: App) -> None:
-    """Show the database URL, its schema revision and the one this version needs.
-
-    \b
-    Example:
-        digest db status
-    """
-    with database_errors(app.config.database_url):
-        engine = db.create_db_engine(app.config.database_url)
-        try:
-            current = db.current_revision(engine)
-            problems = db.integrity_problems(engine)
-        finally:
-            engine.dispose()
-    head = db.head_revision()
-    click.echo(f"database: {safe_url(app.config.database_url)}")
-    click.echo(f"schema:   {current or 'empty'} (needs {head})")
-    if current != head:
-        click.echo("run `digest db upgrade` to bring it up to date")
-    if problems:
-        raise click.ClickException(
-            f"database {safe_url(app.config.database_url)} is damaged (quick check: "
-            f"{problems[0]}): restore it from a backup; `digest db check` reports what is damaged"
-        )
-    click.echo("quick check: ok")
-
-
-@db_group.command("check")
-@click.pass_obj
-def db_check(app: App) -> None:
-    """Check the whole SQLite file: every page and index, foreign keys, the full-text index.
-
-    Prints what is damaged and exits 1, or prints "ok". It reads every page, so
-    it takes a while on a large database; `digest db status` runs the quick check.
-
-    \b
-    Example:
-        digest db check
-    """
-    with database_errors(app.config.database_url):
-        engine = db.create_db_engine(app.config.database_url)
-        try:
-            problems = db.integrity_problems(engine, full=True)
-        finally:
-            engine.dispose()
-    where = safe_url(app.config.database_url)
-    if engine.dialect.name != "sqlite":
-        click.echo(f"{where}: a server database checks itself; nothing to do here")
-        return
-    for problem in problems:
-        click.echo(f"  {problem}")
-    if problems:
-        raise click.ClickException(
-            f"database {where} is damaged ({len(problems)} problems listed above): "
-            "restore it from a backup"
-        )
-    click.echo(f"{where}: ok")
 
 
 # --- ingest -----------------------------------------------------------------
@@ -710,27 +587,6 @@ def run_match(session: Session, query: queries.Query, limit: int) -> MatchResult
     found = found[:limit]
     papers = db.papers_by_id(session, [match.paper_id for match in found])
     return MatchResult(plan, [(papers[match.paper_id], match) for match in found])
-
-
-def print_table(header: Sequence[str], rows: Sequence[Sequence[str]], width: int = 70) -> None:
-    """Print rows in aligned columns; the last column is cut at `width` characters.
-
-    Cells are printed as one line without control characters (`one_line`): a title
-    stored before ingest cleaned them cannot move the cursor or retitle the terminal."""
-    from digest.sources.records import one_line
-
-    clean = [[one_line(str(cell)) for cell in row] for row in rows]
-    cut = [
-        [*row[:-1], row[-1] if len(row[-1]) <= width else row[-1][: width - 3] + "..."]
-        for row in clean
-    ]
-    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *cut, strict=False)]
-    for row in [list(header), *cut]:
-        click.echo(
-            "  ".join(cell.ljust(size) for cell, size in zip(row, widths, strict=True)).rstrip()
-        )
-    if not rows:
-        click.echo("(none)")
 
 
 # --- preview ----------------------------------------------------------------
@@ -1324,3 +1180,7 @@ def demo_command(app: App) -> None:
         outbox = app.config.delivery.maildir
         click.echo(f"outbox:  {outbox} (a Maildir: open it with mutt -f {outbox}, or read new/)")
     click.echo(f"preview: {preview}")
+
+
+for command in (db_group,):
+    main.add_command(command)
