@@ -147,9 +147,6 @@ def preview_basis(session: Session, subscriber: Subscriber, day: date, now: date
     return f"{named}: {status}, not sent; {held}"
 
 
-# --- send -------------------------------------------------------------------
-
-
 def run_send(
     app: App,
     now: datetime,
