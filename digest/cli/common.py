@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, Any
 import click
 
 __all__ = [
-    "LazyModule",
     "db",
     "deliver",
     "doctor",
