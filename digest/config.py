@@ -212,6 +212,16 @@ class Config:
         return self.database_url.startswith("sqlite")
 
 
+def _section(values: dict[str, Any], section: str) -> dict[str, Any]:
+    """The keys of one config section, without the section's prefix."""
+    prefix = f"{section}."
+    return {
+        name.removeprefix(prefix): value
+        for name, value in values.items()
+        if name.startswith(prefix)
+    }
+
+
 def _path(value: str | None) -> Path | None:
     return Path(value).expanduser() if value else None
 
@@ -312,33 +322,14 @@ def load_config(path: Path | None = None, environ: Mapping[str, str] | None = No
             name=values["site.name"],
             templates_dir=_path(values["site.templates_dir"]),
         ),
-        ingest=IngestConfig(
-            max_input_bytes=values["ingest.max_input_bytes"],
-            timeout=values["ingest.timeout"],
-            retries=values["ingest.retries"],
-            backoff=values["ingest.backoff"],
-            host_delay=values["ingest.host_delay"],
-            user_agent=values["ingest.user_agent"],
-        ),
-        digest=DigestSettings(
-            **{
-                name.split(".", 1)[1]: value
-                for name, value in values.items()
-                if name.startswith("digest.")
-            }
-        ),
+        ingest=IngestConfig(**_section(values, "ingest")),
+        digest=DigestSettings(**_section(values, "digest")),
         schedule=ScheduleConfig(
             sources=tuple(values["schedule.sources"]),
             ingest_cron=values["schedule.ingest_cron"],
             dispatch_minutes=values["schedule.dispatch_minutes"],
             grace_hours=values["schedule.grace_hours"],
         ),
-        web=WebConfig(
-            **{
-                name.split(".", 1)[1]: value
-                for name, value in values.items()
-                if name.startswith("web.")
-            }
-        ),
+        web=WebConfig(**_section(values, "web")),
         source=path,
     )

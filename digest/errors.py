@@ -17,6 +17,10 @@ class ConfigError(DigestError, ValueError):
     """A configuration value is missing, malformed or of the wrong type."""
 
 
+class SubscriberError(DigestError, ValueError):
+    """Invalid subscriber input: address, timezone, hour, weekday or topic."""
+
+
 class DatabaseUnavailable(DigestError):
     """The database cannot be opened, read or written (missing driver, corrupt, read-only...)."""
 

@@ -38,10 +38,10 @@ from digest.cache import BoundedCache
 from digest.config import DigestSettings, MailConfig
 from digest.links import subscriber_links
 from digest.models import Delivery, Paper, Subscriber
+from digest.preferences import sendable_address
 from digest.render import Notice, RenderedDigest, Renderer, personalize_html, personalize_text
 from digest.select import DigestContent, digest_content
 from digest.sources.records import one_line
-from digest.subscribers import sendable_address
 from digest.transport import Encoded
 from digest.views import ItemLike, Recipient, has_placeholder, liked_titles, topic_titles
 from digest.wire import (

@@ -250,7 +250,7 @@ class Topic(Base):
 class SubscriptionRequest(Base):
     """A subscription asked for on the public form, waiting for the address to confirm it.
 
-    `preferences` is the request as JSON (`digest.subscribers.Preferences`); nothing of it
+    `preferences` is the request as JSON (`digest.preferences.Preferences`); nothing of it
     reaches the subscriber's row until the link in its own confirmation email is used.
     `sent_at` is set once that email went out (which retires the older requests).
     """

@@ -9,7 +9,7 @@ The file is UTF-8 CSV with a header row naming its columns, in any order:
 replace a subscriber's topics) are required. Every other cell may be empty: a
 new subscriber then gets the configured timezone and hour, daily digests and
 the `active` status; an existing one keeps what it has. Every value goes
-through the same validation as `digest subscribe` (digest.subscribers), and a
+through the same validation as `digest subscribe` (digest.preferences), and a
 cell that a spreadsheet would run as a formula is exported behind a `'`, which
 the import takes off. An import never moves an unsubscribed or bounced address
 back to active or pending: that takes the person's own consent (`digest
@@ -37,24 +37,21 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from digest import db
-from digest.errors import DigestError, shown
+from digest.errors import DigestError, SubscriberError, shown
 from digest.files import FileRefused, read_regular_file
 from digest.models import Subscriber
-from digest.states import SUBSCRIBER_STATUSES
-from digest.subscribers import (
+from digest.preferences import (
     Preferences,
-    SubscriberError,
     TopicSpec,
-    added_times,
-    apply_settings,
     check_papers_exist,
-    new_secret,
     normalize_email,
     parse_frequency,
     parse_hour,
     parse_preferences,
     parse_topic,
 )
+from digest.states import SUBSCRIBER_STATUSES
+from digest.subscribers import added_times, apply_settings, new_secret
 
 COLUMNS = ("email", "topics", "timezone", "hour", "frequency", "name", "status")
 REQUIRED = COLUMNS[:2]

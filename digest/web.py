@@ -32,8 +32,9 @@ one-click POST; per-IP rate limits (Flask-Limiter) and at most one email per
 address per `web.resend_minutes`; a strict Content-Security-Policy (scripts
 and styles only from /static), `X-Frame-Options: DENY`, `nosniff`,
 `Referrer-Policy: no-referrer` (links carry tokens) and `no-store` caching.
-Emails go out from a background thread, so a form answers at once and in the
-same time whether or not it sent one.
+Emails go out from a background thread (`digest.notices.Outbox`), so a form
+answers at once and in the same time whether or not it sent one. The forms'
+fields and their checks are `digest.web_forms`'.
 """
 
 from __future__ import annotations
@@ -43,22 +44,30 @@ import hashlib
 import hmac
 import json
 import logging
-import queue
 import threading
-import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from flask import Flask, Response, abort, g, redirect, render_template, request, url_for
+from flask import (
+    Flask,
+    Response,
+    abort,
+    flash,
+    g,
+    get_flashed_messages,
+    redirect,
+    render_template,
+    request,
+    url_for,
+)
 from flask.typing import ResponseReturnValue
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
 from flask_wtf.csrf import CSRFError, CSRFProtect, validate_csrf
-from sqlalchemy.orm import Session, object_session
-from werkzeug.datastructures import MultiDict
+from sqlalchemy.orm import Session
 from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
 from wtforms import ValidationError
@@ -67,30 +76,19 @@ from digest import db, links
 from digest.app import App
 from digest.config import Config
 from digest.config_values import canonical_timezones, iana_timezones
-from digest.errors import DigestError, shown
+from digest.errors import DigestError, SubscriberError, shown
 from digest.models import WEEKDAYS, Delivery, Digest, Subscriber, SubscriptionRequest
+from digest.notices import WEEKDAY_NAMES, Outbox, frequency, topics_text
+from digest.preferences import parse_topic
 from digest.query import QueryError, parse_query
-from digest.render import Notice
 from digest.resources import resource_dir
 from digest.schedule import NextDigest, upcoming_digest
 from digest.select import SelectionRun, TopicListing, local_date
 from digest.subscribers import (
-    CONFIRM,
-    FieldErrors,
-    Preferences,
-    SubscriberError,
     apply_preferences,
-    check_preferences,
-    check_topic_papers,
     confirm,
     find_request,
-    normalize_email,
-    parse_hour,
-    parse_topic,
-    parse_weekday,
     purge_pending,
-    request_claim,
-    request_sent,
     request_subscription,
     requested,
 )
@@ -102,316 +100,33 @@ from digest.views import (
     paper_view,
     quoted,
     topic_title,
-    topic_titles,
+)
+from digest.web_forms import (
+    TOPIC_FIELDS,
+    FormValues,
+    check_form,
+    error_summary,
+    form_from_request,
+    form_from_subscriber,
+    unknown_paper,
 )
 
 log = logging.getLogger("digest.web")
 
-TOPIC_FIELDS = 6  # topic inputs on a form (a subscriber may have more via the CLI)
 MATCH_EXAMPLES = 3
 PAGE_SIZE = 25  # papers per page of a topic's page
 MAX_FORM_BYTES = 64 * 1024
-WEEKDAY_NAMES = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
 CONTENT_SECURITY_POLICY = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
     "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
 )
 FOREVER = timedelta(days=365 * 100)
+SAVED = "saved"  # the flash category of a manage page's "Saved." (the message: whose page)
 NOT_FOUND = (
     "Link not valid",
     "This link is not valid any more: it may be incomplete, expired, or replaced by a newer "
     "one. The most recent email you received has working links.",
 )
-
-
-@dataclass
-class FormValues:
-    """What a preferences form shows: the submitted values, or a subscriber's settings."""
-
-    email: str = ""
-    name: str = ""
-    topics: list[str] = field(default_factory=list)
-    timezone: str = "UTC"
-    timezone_chosen: bool = False
-    hour: str = "7"  # as submitted when it is not an hour, so the form shows it back
-    frequency: str = "daily"
-    weekday: str = "mon"
-
-    def padded(self) -> FormValues:
-        """The same values with empty topic fields up to TOPIC_FIELDS."""
-        extra = max(TOPIC_FIELDS - len(self.topics), 1 if len(self.topics) >= TOPIC_FIELDS else 0)
-        return FormValues(**{**self.__dict__, "topics": [*self.topics, *([""] * extra)]})
-
-
-def form_from_request(form: MultiDict[str, str], default_timezone: str) -> FormValues:
-    return FormValues(
-        email=form.get("email", "").strip()[:320],
-        name=form.get("name", "").strip()[:100],
-        topics=[topic.strip() for topic in form.getlist("topic") if topic.strip()][:50],
-        timezone=form.get("timezone", default_timezone)[:64],
-        timezone_chosen=True,
-        hour=_form_hour(form.get("hour", "")),
-        frequency="weekly" if form.get("frequency") == "weekly" else "daily",
-        weekday=form.get("weekday", "mon")[:3],
-    )
-
-
-def _form_hour(text: str) -> str:
-    """The hour field as check_form reads it: "7" for "07"; what was sent if it is no hour.
-
-    Cut after stripping: past two characters it is no hour, whole or cut.
-    """
-    try:
-        return str(parse_hour(text))
-    except SubscriberError:
-        return text.strip()[:8]
-
-
-def form_from_subscriber(subscriber: Subscriber) -> FormValues:
-    return FormValues(
-        email=subscriber.email,
-        name=subscriber.name or "",
-        topics=[
-            f"{topic.label}={topic.query}" if topic.label else topic.query
-            for topic in subscriber.topics
-        ],
-        timezone=subscriber.timezone,
-        timezone_chosen=True,
-        hour=str(subscriber.send_hour),
-        frequency="daily" if subscriber.weekday is None else "weekly",
-        weekday=WEEKDAYS[subscriber.weekday or 0],
-    )
-
-
-INVALID_EMAIL = "Enter a valid email address, like ada@example.org."
-
-
-def check_form(
-    session: Session, values: FormValues, *, email: bool
-) -> tuple[Preferences | None, FieldErrors]:
-    """Validate every field of a preferences form (and `email` on the subscribe form).
-
-    The rules are those of `digest subscribe` (digest.subscribers); each bad field
-    gets its message, so one submit shows them all.
-    """
-    errors = FieldErrors()
-    if email:
-        errors.check("email", lambda: normalize_email(values.email))
-        if "email" in errors:
-            errors["email"] = INVALID_EMAIL
-    hour = errors.check("hour", lambda: parse_hour(values.hour))
-    weekly = values.frequency == "weekly"
-    weekday = errors.check("frequency", lambda: parse_weekday(values.weekday)) if weekly else None
-    preferences = check_preferences(
-        values.topics,
-        errors,
-        timezone=values.timezone,
-        hour=hour,
-        weekday=weekday,
-        daily=not weekly,
-        name=values.name,
-    )
-    check_topic_papers(session, values.topics, errors, WEB_PAPER_HINT)
-    return (None if errors else preferences), errors
-
-
-@dataclass(frozen=True)
-class FieldError:
-    """One line of a form's error summary: a link to the field's input, and its message."""
-
-    anchor: str  # the id of the input
-    label: str
-    message: str
-
-
-# The fields of the preferences forms in the order they appear: summary label, input id.
-FORM_FIELDS = {
-    "email": ("Email address", "email"),
-    "name": ("Your name", "name"),
-    "topics": ("Topics", "topic-1"),
-    "timezone": ("Timezone", "timezone"),
-    "hour": ("Send at", "hour"),
-    "frequency": ("How often", "weekday"),
-}
-
-
-def error_summary(errors: dict[str, str]) -> list[FieldError]:
-    """The errors of a form in the order of its fields, topics by position."""
-    order = list(FORM_FIELDS)
-    lines: list[tuple[tuple[int, int], FieldError]] = []
-    for name, message in errors.items():
-        position = name.removeprefix("topic-")
-        if position.isdigit():
-            key = (order.index("topics"), int(position))
-            line = FieldError(name, f"Topic {position}", message)
-        else:
-            label, anchor = FORM_FIELDS[name]
-            key = (order.index(name), 0)
-            line = FieldError(anchor, label, message)
-        lines.append((key, line))
-    return [line for _, line in sorted(lines, key=lambda pair: pair[0])]
-
-
-# Where a reader finds a paper for like:ID (the CLI's hint names a command).
-WEB_PAPER_HINT = (
-    "here. To follow papers like one you read, "
-    "use its “More like this” link in a digest or on a topic's page."
-)
-
-
-def unknown_paper(session: Session, query: str) -> str | None:
-    """A reader's error if a like:ID in `query` names no paper here (the web's wording of
-    `check_papers_exist`'s, without its CLI command), else None."""
-    if "like:" not in query.casefold():
-        return None
-    for reference in parse_query(query).likes:
-        if db.find_paper_by_reference(session, reference) is None:
-            return f"like:{reference}: no such paper {WEB_PAPER_HINT}"
-    return None
-
-
-@dataclass
-class Postman:
-    """Sends one-off emails (confirmations) from one background thread, in order.
-
-    The request that asks for one answers at once, and in the same time whether
-    or not an email is due. A send that fails is logged and clears the
-    address's resend mark, so asking again works.
-    """
-
-    wiring: App
-    _queue: queue.Queue[tuple[int, str, datetime, int | None]] = field(default_factory=queue.Queue)
-    _worker: threading.Thread | None = None
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def post(
-        self, subscriber_id: int, kind: str, now: datetime, request_id: int | None = None
-    ) -> None:
-        """Send the `kind` email to a subscriber (about subscription request `request_id`)."""
-        self._queue.put((subscriber_id, kind, now, request_id))
-        with self._lock:
-            if self._worker is None:
-                self._worker = threading.Thread(
-                    target=self._work, name="digest-postman", daemon=True
-                )
-                self._worker.start()
-
-    def drain(self, timeout: float = 30.0) -> bool:
-        """Wait until every posted email was handed to the transport (tests, shutdown)."""
-        deadline = time.monotonic() + timeout
-        while self._queue.unfinished_tasks:
-            if time.monotonic() > deadline:
-                return False
-            time.sleep(0.01)
-        return True
-
-    def _work(self) -> None:
-        while True:
-            subscriber_id, kind, now, request_id = self._queue.get()
-            try:
-                self._deliver(subscriber_id, kind, now, request_id)
-            finally:
-                self._queue.task_done()
-
-    def _deliver(
-        self, subscriber_id: int, kind: str, now: datetime, request_id: int | None
-    ) -> None:
-        try:
-            with self.wiring.sessions()() as session:
-                subscriber = session.get(Subscriber, subscriber_id)
-                request = session.get(SubscriptionRequest, request_id) if request_id else None
-                if subscriber is None or (request_id and request is None):
-                    return  # forgotten since (purged, or confirmed by an earlier email)
-                mailer = self.wiring.mailer()
-                notice = self.notice(subscriber, kind, now, request)
-                message = mailer.notice_message(subscriber, notice, now)
-            transport = self.wiring.transport()
-            try:
-                transport.send(message)
-            finally:
-                transport.close()
-        except Exception:
-            log.exception("could not send the %s email to subscriber %s", kind, subscriber_id)
-            self._forget(subscriber_id, request_id)
-            return
-        if request_id:
-            try:
-                with db.transaction(self.wiring.sessions()) as session:
-                    request_sent(session, request_id, now)
-            except Exception:  # the email went: its link works, the older ones too
-                log.exception("could not mark the request of subscriber %s", subscriber_id)
-
-    def _forget(self, subscriber_id: int, request_id: int | None) -> None:
-        """Clear the resend mark, and drop the request whose email did not go out."""
-        try:
-            with db.transaction(self.wiring.sessions()) as session:
-                subscriber = session.get(Subscriber, subscriber_id)
-                if subscriber is not None:
-                    subscriber.confirm_sent_at = None
-                request = session.get(SubscriptionRequest, request_id) if request_id else None
-                if request is not None and request.sent_at is None:
-                    session.delete(request)
-        except Exception:
-            log.exception("could not clear the resend mark of subscriber %s", subscriber_id)
-
-    def notice(
-        self,
-        subscriber: Subscriber,
-        kind: str,
-        now: datetime,
-        request: SubscriptionRequest | None = None,
-    ) -> Notice:
-        """The `kind` email; a confirmation describes, and its link confirms, `request`."""
-        config = self.wiring.config
-        key = self.wiring.secret_key()
-        base = config.site.base_url
-        site = config.site.name
-        if kind == CONFIRM:
-            if request is None:
-                raise ValueError("a confirmation email confirms a subscription request")
-            claim = request_claim(request)
-            session = object_session(subscriber)
-            subscriber = requested(subscriber, request)
-            topics = topics_text(subscriber, session)
-            token = links.confirm_token(key, subscriber.secret, subscriber.id, now, claim)
-            hours = f"{config.web.confirm_hours:g}"
-            return Notice(
-                subject=f"Confirm your subscription to {site}",
-                heading="Confirm your subscription",
-                paragraphs=(
-                    f"Someone, hopefully you, asked {site} to send a {frequency(subscriber)} "
-                    f"digest to this address, on: {topics}.",
-                    "Nothing will be sent until you confirm.",
-                ),
-                action_label="Confirm subscription",
-                action_url=f"{base}/confirm/{token}",
-                footnote=f"The link works for {hours} hours. Didn't ask for this? "
-                "Ignore this email and the request is forgotten.",
-            )
-        topics = topics_text(subscriber)
-        manage = links.subscriber_links(base, key, subscriber.id, subscriber.secret).manage
-        return Notice(
-            subject=f"You already receive {site}",
-            heading="You're already subscribed",
-            paragraphs=(
-                f"Someone, hopefully you, asked to subscribe this address to {site}. "
-                f"It already receives the {frequency(subscriber)} digest, on: {topics}.",
-                "Nothing was changed. To change your topics or schedule, or to unsubscribe, "
-                "use the link below.",
-            ),
-            action_label="Manage your subscription",
-            action_url=manage,
-        )
-
-
-def topics_text(subscriber: Subscriber, session: Session | None = None) -> str:
-    return "; ".join(topic_titles(subscriber, session=session))
-
-
-def frequency(subscriber: Subscriber) -> str:
-    return (
-        "daily" if subscriber.weekday is None else f"weekly ({WEEKDAY_NAMES[subscriber.weekday]})"
-    )
 
 
 def when(coming: NextDigest | None, timezone: str, now: datetime) -> str:
@@ -466,9 +181,9 @@ def create_app(config: Config | None = None, *, wiring: App | None = None) -> Fl
         default_limits=[],
         headers_enabled=True,
     )
-    postman = Postman(wiring)
+    outbox = Outbox(wiring)
     app.extensions["digest"] = wiring
-    app.extensions["digest.postman"] = postman
+    app.extensions["digest.outbox"] = outbox
     listed = list(canonical_timezones())
 
     def timezones_with(chosen: str) -> list[str]:
@@ -642,7 +357,7 @@ def create_app(config: Config | None = None, *, wiring: App | None = None) -> Fl
             subscriber_id = subscriber.id
             request_id = None if pending is None else pending.id
         if kind is not None:
-            postman.post(subscriber_id, kind, g.now, request_id)
+            outbox.post(subscriber_id, kind, g.now, request_id)
         return page(
             "check_inbox.html",
             confirm_hours=f"{web.confirm_hours:g}",
@@ -742,10 +457,16 @@ def create_app(config: Config | None = None, *, wiring: App | None = None) -> Fl
 
     # --- manage -----------------------------------------------------------------------
 
+    def saved_redirect(subscriber: Subscriber, token: str) -> ResponseReturnValue:
+        """Back to the manage page, which says "Saved." once: the mark is flashed in the
+        session cookie (the CSRF token's), so a reload or a bookmark of the page does not
+        say it again."""
+        flash(str(subscriber.id), SAVED)
+        return redirect(url_for("manage_page", token=token), 303)
+
     @app.route("/manage/<token>", methods=["GET", "POST"])
     def manage_page(token: str) -> ResponseReturnValue:
         errors: dict[str, str] = {}
-        saved = request.args.get("saved") == "1"
         if request.method == "POST":
             with db.transaction(wiring.sessions()) as session:
                 subscriber = find(session, token, "manage")
@@ -756,17 +477,18 @@ def create_app(config: Config | None = None, *, wiring: App | None = None) -> Fl
                         subscriber.status = "active"
                         subscriber.confirmed_at = subscriber.confirmed_at or g.now
                         subscriber.updated_at = g.now
-                    return redirect(url_for("manage_page", token=token, saved=1), 303)
+                    return saved_redirect(subscriber, token)
                 values = form_from_request(request.form, subscriber.timezone)
                 values.email = subscriber.email
                 preferences, errors = check_form(session, values, email=False)
                 if preferences is not None:
                     apply_preferences(session, subscriber, preferences, g.now)
-                    return redirect(url_for("manage_page", token=token, saved=1), 303)
+                    return saved_redirect(subscriber, token)
         with sessions() as session:
             subscriber = find(session, token, "manage")
             if subscriber is None:
                 abort(404)
+            saved = str(subscriber.id) in get_flashed_messages(category_filter=[SAVED])
             if errors:
                 values.email = subscriber.email
             else:
@@ -947,7 +669,7 @@ class Listening:
             if stop is None or not stop.is_set():
                 raise
         finally:
-            self.app.extensions["digest.postman"].drain(10)
+            self.app.extensions["digest.outbox"].drain(10)
 
 
 def listen(wiring: App, host: str, port: int) -> Listening:
@@ -960,10 +682,10 @@ def listen(wiring: App, host: str, port: int) -> Listening:
     try:
         server = create_server(app, host=host, port=port, threads=wiring.config.web.threads)
     except ValueError as exc:  # waitress: a host that does not resolve to an address
-        app.extensions["digest.postman"].drain(10)
+        app.extensions["digest.outbox"].drain(10)
         raise DigestError(f"cannot listen on host {shown(host)}, port {port}: {exc}") from None
     except OSError as exc:  # the port is in use, or not ours to bind
-        app.extensions["digest.postman"].drain(10)
+        app.extensions["digest.outbox"].drain(10)
         reason = exc.strerror or exc
         raise DigestError(f"cannot listen on host {shown(host)}, port {port}: {reason}") from None
     return Listening(app, server)

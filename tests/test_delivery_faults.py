@@ -26,8 +26,9 @@ from digest.ingest import ingest_inputs
 from digest.message import DigestMailer
 from digest.models import Delivery, Subscriber
 from digest.plan import DueList, plan_deliveries
+from digest.preferences import sendable_address
 from digest.render import Renderer
-from digest.subscribers import sendable_address, subscribe
+from digest.subscribers import subscribe
 from digest.transport import SmtpTransport
 from tests.smtp_server import Handler, SmtpServer, free_port
 from tests.test_deliver import MAIL, NOW, SECRET, make_sender, smtp_settings

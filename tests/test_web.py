@@ -28,11 +28,13 @@ from digest.config import load_config
 from digest.deliver import send_digests
 from digest.links import insecure_base_url
 from digest.models import Delivery, Paper, Subscriber, SubscriptionRequest
+from digest.preferences import parse_preferences
 from digest.schedule import due_subscribers
 from digest.select import SelectionRun
-from digest.subscribers import parse_preferences, request_digest, request_subscription, subscribe
+from digest.subscribers import request_digest, request_subscription, subscribe
 from digest.views import paper_title
-from digest.web import WEB_PAPER_HINT, create_app
+from digest.web import create_app
+from digest.web_forms import WEB_PAPER_HINT
 from tests.smtp_server import SmtpServer
 
 NOW = datetime(2026, 11, 25, 8, 0, tzinfo=UTC)
@@ -60,7 +62,7 @@ class Site:
 
     def mail(self) -> list[EmailMessage]:
         """Every message in the outbox, oldest first, once the background sends are done."""
-        assert self.app.extensions["digest.postman"].drain()
+        assert self.app.extensions["digest.outbox"].drain()
         if not self.outbox.exists():
             return []
         box = mailbox.Maildir(self.outbox, create=False)
@@ -110,7 +112,7 @@ def site(tmp_path: Path, seeds: Path, db_url: str) -> Iterator[Site]:
     # Generous limits: the rate limit test sets its own.
     site = make_site(tmp_path, seeds, db_url, subscribe_rate_limit="1000 per minute")
     yield site
-    site.app.extensions["digest.postman"].drain()
+    site.app.extensions["digest.outbox"].drain()
     site.wiring.dispose()
 
 
@@ -564,7 +566,7 @@ def test_subscribe_and_lookup_rate_limits(tmp_path: Path, seeds: Path, db_url: s
     # Another client IP is not limited by the first one's requests.
     other = client.get("/api/match?q=gan", environ_base={"REMOTE_ADDR": "10.0.0.9"})
     assert other.status_code == 200
-    site.app.extensions["digest.postman"].drain()
+    site.app.extensions["digest.outbox"].drain()
     site.wiring.dispose()
 
 
@@ -735,8 +737,8 @@ def test_manage_edits_preferences_and_previews(site: Site) -> None:
             "name": "Ada",
         },
     )
-    assert saved.status_code == 303
-    assert "Saved." in client.get(saved.headers["Location"]).get_data(as_text=True)
+    assert saved.status_code == 303 and saved.headers["Location"] == path
+    assert "Saved." in client.get(path).get_data(as_text=True)
     after = site.subscriber("ada@example.org")
     assert after is not None
     assert [(t.label, t.query) for t in after.topics] == [(None, "robot"), ("Agents", "llm agents")]
@@ -751,6 +753,38 @@ def test_manage_edits_preferences_and_previews(site: Site) -> None:
     assert "Subscribe again" in client.get(path).get_data(as_text=True)
     client.post(path, data={"csrf_token": token, "action": "resubscribe"})
     assert site.subscriber("ada@example.org").status == "active"  # type: ignore[union-attr]
+
+
+SAVED = "Saved. Your next digest follows these settings."
+
+
+def test_saved_is_said_once_after_a_save_never_on_reload_or_a_bookmark(site: Site) -> None:
+    ada = active_subscriber(site)
+    bob = active_subscriber(site, "bob@example.org")
+    path = token_links(site, ada).manage
+    client = site.client()
+    token = csrf_token(client, path)
+    form = {"csrf_token": token, "action": "save", "topic": ["robot"], "timezone": "UTC"}
+    form |= {"hour": "7", "frequency": "daily"}
+    saved = client.post(path, data=form)
+    assert (saved.status_code, saved.headers["Location"]) == (303, path)
+    assert client.get(path).get_data(as_text=True).count(SAVED) == 1
+    assert SAVED not in client.get(path).get_data(as_text=True)  # reloaded
+    # An address from before, with the old ?saved=1 flag: nothing was saved.
+    assert SAVED not in client.get(path + "?saved=1").get_data(as_text=True)
+    # The mark names the subscriber saved: another's page in the same browser says nothing.
+    client.post(path, data=form)
+    assert SAVED not in client.get(token_links(site, bob).manage).get_data(as_text=True)
+    # A failed save says "Nothing was saved", never "Saved.".
+    bad = client.post(path, data={**form, "topic": ["-survey"]})
+    assert bad.status_code == 400 and SAVED not in bad.get_data(as_text=True)
+    # Subscribing again from the manage page is a save too.
+    client.post(token_links(site, ada).unsubscribe, data={"List-Unsubscribe": "One-Click"})
+    again = client.post(path, data={"csrf_token": token, "action": "resubscribe"})
+    assert (again.status_code, again.headers["Location"]) == (303, path)
+    page = client.get(path).get_data(as_text=True)
+    assert page.count(SAVED) == 1 and "ada@example.org receives the daily digest" in page
+    assert SAVED not in client.get(path).get_data(as_text=True)
 
 
 def send_due_digests(site: Site) -> int:
@@ -1044,20 +1078,20 @@ def test_a_request_whose_email_failed_leaves_the_older_link_working(
     try:
         client = site.client()
         client.post("/", data=subscribe_form(client, "dan@example.org", "diffusion"))
-        assert site.app.extensions["digest.postman"].drain()
+        assert site.app.extensions["digest.outbox"].drain()
         [first] = smtp_server.handler.parsed()
         smtp_server.handler.rcpt_replies["dan@example.org"] = "550 5.1.1 Mailbox unavailable"
         site.clock.now = NOW + timedelta(minutes=61)
         client = site.client()
         client.post("/", data=subscribe_form(client, "dan@example.org", "robotics"))
-        assert site.app.extensions["digest.postman"].drain()
+        assert site.app.extensions["digest.outbox"].drain()
         assert len(smtp_server.handler.parsed()) == 1
         # The failed request is gone; the one Dan did receive still confirms.
         assert open_requests(site) == {"dan@example.org": 1}
         assert confirm_link(site, link_in(first, "confirm")) == 200
         assert topics_of(site, "dan@example.org") == ("active", ["diffusion"])
     finally:
-        site.app.extensions["digest.postman"].drain()
+        site.app.extensions["digest.outbox"].drain()
         site.wiring.dispose()
 
 

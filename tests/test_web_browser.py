@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from digest.web import WEB_PAPER_HINT
+from digest.web_forms import WEB_PAPER_HINT
 from tests.processes import digest_env
 from tests.smtp_server import free_port
 
@@ -189,6 +189,10 @@ def test_subscribe_confirm_receive_manage_unsubscribe_in_a_browser(service) -> N
         page.get_by_role("button", name="Save").click()
         expect(page.get_by_text("Saved.")).to_be_visible()
         expect(page.get_by_label("Topic 2")).to_have_value("robot")
+        assert page.url == manage_url  # no flag in the address to bookmark
+        page.reload()  # says it once: not again on reload
+        expect(page.get_by_label("Topic 2")).to_have_value("robot")
+        expect(page.get_by_text("Saved.")).to_have_count(0)
 
         # The unsubscribe page asks first (screenshot only; the email's one-click does it).
         unsubscribe_url = str(digest["List-Unsubscribe"]).split(",")[0].strip("<> ")
