@@ -132,15 +132,22 @@ def _app(config: Path) -> Any:
 
 
 def _due(app: Any) -> Any:
-    """The due subscribers, streamed as `digest send` streams them."""
+    """The due subscribers, streamed as `digest send` streams them (with its rules:
+    `schedule.allowed_today`)."""
     from digest import db
-    from digest.select import is_due_today, local_date
+    from digest.schedule import allowed_today
+    from digest.select import is_due_today
     from digest.subscribers import sendable
 
+    grace = timedelta(hours=app.config.schedule.grace_hours)
+
     def due(session: Any) -> Iterator[tuple[Any, Any]]:
-        for subscriber in db.iter_subscribers(session, "active"):
-            if sendable([subscriber]) and is_due_today(subscriber, NOW):
-                yield subscriber, local_date(NOW, subscriber.timezone)
+        today = (
+            subscriber
+            for subscriber in db.iter_subscribers(session, "active")
+            if sendable([subscriber]) and is_due_today(subscriber, NOW)
+        )
+        yield from allowed_today(session, today, NOW, grace)
 
     return due
 

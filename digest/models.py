@@ -221,7 +221,12 @@ class Subscriber(Base):
 
 
 class Topic(Base):
-    """One of a subscriber's topics: a query in canonical form, with an optional label."""
+    """One of a subscriber's topics: a query in canonical form, with an optional label.
+
+    `added_at` is when the subscriber started following this query (a new label keeps it,
+    a changed query is a new topic): the topic's first digest after that looks back like
+    a first digest (`digest.select`).
+    """
 
     __tablename__ = "topics"
     __table_args__ = (UniqueConstraint("subscriber_id", "query"),)
@@ -233,6 +238,7 @@ class Topic(Base):
     position: Mapped[int] = mapped_column(Integer)
     query: Mapped[str] = mapped_column(String(600), index=True)
     label: Mapped[str | None] = mapped_column(String(100))
+    added_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
     subscriber: Mapped[Subscriber] = relationship(back_populates="topics")
 

@@ -185,6 +185,18 @@ def due_subscribers(session: Session, now: datetime, grace: timedelta) -> DueLis
             yield subscriber, day
 
 
+def allowed_today(
+    session: Session, subscribers: Iterable[Subscriber], now: datetime, grace: timedelta
+) -> DueList:
+    """Each of these subscribers (due today, `select.is_due_today`) with their local date at
+    `now`, when the rules (`allowed`) let them have that date's digest now: what `digest
+    send` sends without --date. Their recent rows are read `PLAN_BATCH` at a time."""
+    for subscriber, recent in with_recent(session, subscribers, recent_since(now, grace)):
+        day = local_date(now, subscriber.timezone)
+        if allowed(day, now, recent):  # no earlier date, no second one too soon
+            yield subscriber, day
+
+
 def due_within(
     session: Session, now: datetime, window: timedelta, grace: timedelta
 ) -> list[tuple[Subscriber, datetime]]:

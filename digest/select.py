@@ -5,7 +5,7 @@ each distinct topic query once, however many subscribers follow it, ranking its
 matches once per trend period; `run.select(subscriber, digest_date, history)`
 then assembles one subscriber's digest by walking their topics' ranked papers up
 to the caps (what they received before, `History`, is read in bulk by
-`histories`). Subscribers with the same topics, period and new-paper boundary
+`histories`). Subscribers with the same topics, period and new-paper boundaries
 who received none of the papers involved share one selection. A run sees only
 what was known at its `now`: papers first seen by then and upvote observations
 made by then, so the digest of a past date (`digest send --date`, the
@@ -17,7 +17,9 @@ the topic's best match in the run, so weak matches don't pad a topic), have
 never been sent to this subscriber, and are either
 
 * **new**: first seen after the subscriber's previous digest (at most
-  `lookback_days` back; a first digest or a preview looks back the whole window), or
+  `lookback_days` back; a first digest or a preview looks back the whole window, and
+  so does a topic's first digest after it was added, `Topic.added_at`, for that topic
+  only: its section shows its best recent papers, the other topics' only new ones), or
 * **trending**: gained at least `min_trending_gain` upvotes in the subscriber's
   period (1 day, or 7 for weekly subscribers): ``gain`` is the latest count at
   `now` minus the latest before the period (or the first one in it: a first
@@ -47,7 +49,9 @@ floor cost at most 0.007 nDCG@10, where the earlier unbounded
 The `*` topic matches every eligible paper with relevance 1, so it is the
 period's papers by upvotes (the Hugging Face view) and may fill the whole digest.
 
-A paper appears once per digest, under the topic it matches best. Caps:
+A paper appears once per digest, under the topic it matches best: a trending one of all
+its topics, a new one of those it is new in (a paper older than the previous digest is
+new only in a topic added since). Caps:
 `max_per_topic` per topic (`max_items` for `*`) and `max_items` in all, shared
 round-robin between topics, trending papers taking their places first; how
 many more papers matched each topic is kept (`Selection.more`) for the email's
@@ -105,7 +109,7 @@ class Selection:
     """One subscriber's digest for one local date."""
 
     digest_date: date
-    new_since: datetime
+    new_since: datetime  # where new papers start (for a topic added since: the window's start)
     items: list[SelectedItem] = field(default_factory=list)
     as_of: datetime | None = None  # the instant it was chosen as of (the run's now)
     more: dict[str, int] = field(default_factory=dict)  # topic query -> matches left out
@@ -215,11 +219,12 @@ def ranking_score(weight: float, votes: int, most: int) -> float:
 @dataclass(frozen=True)
 class History:
     """What a subscriber got before a digest date: the papers they received (or may
-    have), never sent again, and when their previous digest was chosen (where the new
-    papers start)."""
+    have), never sent again, when their previous digest was chosen as of (where the new
+    papers start), and when it was planned (a topic added later was not in it)."""
 
     received: frozenset[int] = frozenset()
     previous_selected_at: datetime | None = None
+    previous_planned_at: datetime | None = None
 
 
 def histories(
@@ -228,7 +233,10 @@ def histories(
     """The `History` of each (subscriber id, digest date), in a few queries for them all."""
     received = db.received_papers(session, pairs)
     previous = db.previous_selections(session, pairs)
-    return {pair: History(frozenset(received.get(pair, ())), previous.get(pair)) for pair in pairs}
+    return {
+        pair: History(frozenset(received.get(pair, ())), *previous.get(pair, (None, None)))
+        for pair in pairs
+    }
 
 
 @dataclass(frozen=True)
@@ -258,11 +266,14 @@ class _Topics:
     queries: tuple[str, ...]
     matches: list[dict[int, relevance.Match]]
 
-    def best(self, paper_id: int) -> int:
+    def best(self, paper_id: int, among: Sequence[frozenset[int]] | None = None) -> int:
         """The position of the topic `paper_id` matches best; the first one on a tie, and
-        any real query before `*`, which matches everything equally."""
+        any real query before `*`, which matches everything equally. With `among` (a set
+        of papers per topic), only the topics whose set holds it count; -1 if none does."""
         position, top = -1, (False, 0.0)
         for index, matches in enumerate(self.matches):
+            if among is not None and paper_id not in among[index]:
+                continue
             match = matches.get(paper_id)
             if match is not None:
                 key = (self.queries[index] != "*", match.weight)
@@ -321,7 +332,9 @@ class SelectionRun:
         self._ranked: dict[tuple[str, timedelta], _Ranked] = {}
         self._new: BoundedCache[tuple[str, timedelta, datetime], tuple[list[int], frozenset[int]]]
         self._new = BoundedCache(CACHE_ENTRIES)
-        self._assigned: BoundedCache[tuple[tuple[str, ...], timedelta, datetime], _Shares]
+        self._assigned: BoundedCache[
+            tuple[tuple[str, ...], timedelta, tuple[datetime, ...]], _Shares
+        ]
         self._assigned = BoundedCache(CACHE_ENTRIES)
         self._chosen: BoundedCache[Hashable, _Chosen] = BoundedCache(CACHE_ENTRIES)
 
@@ -401,21 +414,30 @@ class SelectionRun:
             self._new.put(key, found)
         return found
 
-    def _shares(self, topics: _Topics, window: timedelta, new_since: datetime) -> _Shares:
+    def _new_sets(
+        self, topics: _Topics, window: timedelta, since: tuple[datetime, ...]
+    ) -> list[frozenset[int]]:
+        """Each topic's new papers, first seen after its own boundary in `since`."""
+        return [
+            self.new_papers(query, window, new_since)[1]
+            for query, new_since in zip(topics.queries, since, strict=True)
+        ]
+
+    def _shares(self, topics: _Topics, window: timedelta, since: tuple[datetime, ...]) -> _Shares:
         """How many new papers go under each topic of this combination (received or not),
         and which go elsewhere; once per combination, with set operations."""
-        key = (topics.queries, window, new_since)
+        key = (topics.queries, window, since)
         shares = self._assigned.lookup(key)
         if shares is None:
-            new = [self.new_papers(query, window, new_since)[1] for query in topics.queries]
+            new = self._new_sets(topics, window, since)
             elsewhere: list[set[int]] = [set() for _ in new]
             specific = [i for i, query in enumerate(topics.queries) if query != "*"]
-            # Papers in several real queries go under the best of them: these are few.
+            # Papers new in several real queries go under the best of them: these are few.
             contested: set[int] = set()
             for a, b in itertools.combinations(specific, 2):
                 contested |= new[a] & new[b]
             for pid in contested:
-                best = topics.best(pid)
+                best = topics.best(pid, new)
                 for i in specific:
                     if i != best and pid in new[i]:
                         elsewhere[i].add(pid)
@@ -441,10 +463,16 @@ class SelectionRun:
             history = histories(self.session, [(subscriber.id, digest_date)])[
                 (subscriber.id, digest_date)
             ]
-        new_since = self.window.new_since
+        start = self.window.new_since
         previous = history.previous_selected_at
-        if previous is not None and new_since < previous <= self.now:
-            new_since = previous
+        new_since = previous if previous is not None and start < previous <= self.now else start
+        # A topic added after the previous digest was planned was not in it: its first
+        # digest looks back like a first digest.
+        planned = history.previous_planned_at
+        since = tuple(
+            start if planned is not None and topic.added_at > planned else new_since
+            for topic in subscriber.topics
+        )
         labels = tuple((topic.query, topic.label) for topic in subscriber.topics)
         topics = _Topics(
             tuple(query for query, _ in labels), [self.matches(query) for query, _ in labels]
@@ -454,9 +482,9 @@ class SelectionRun:
             pid for pid in history.received if any(pid in m for m in topics.matches)
         )
         window = trend_window(subscriber)
-        key = (labels, window, new_since, received)
+        key = (labels, window, since, received)
         chosen = self._chosen.get(
-            key, lambda: self._choose(topics, labels, window, new_since, received)
+            key, lambda: self._choose(topics, labels, window, since, received)
         )
         items, more, body = chosen
         selection = Selection(
@@ -474,10 +502,10 @@ class SelectionRun:
         topics: _Topics,
         labels: tuple[tuple[str, str | None], ...],
         window: timedelta,
-        new_since: datetime,
+        since: tuple[datetime, ...],
         received: frozenset[int],
     ) -> _Chosen:
-        settings, facts, now = self.settings, self.facts, self.now
+        settings = self.settings
         ranked = [self.ranked(query, window) for query in topics.queries]
 
         # The papers shown as trending: of the clear matches, the best `max_trending` by
@@ -492,30 +520,35 @@ class SelectionRun:
                 if len(trending) >= limit:
                     break
 
-        def is_new(pid: int) -> bool:
-            return new_since < facts[pid].first_seen <= now
-
         # Each topic's queue: its trending papers first, then its new ones, in rank order.
-        # Only the head a topic can show is built; the rest is counted.
-        shares = self._shares(topics, window, new_since)
+        # Only the head a topic can show is built; the rest is counted. A new paper counts
+        # under the best of the topics it is new in (`home`), a trending one where it shows.
+        new = self._new_sets(topics, window, since)
+        shares = self._shares(topics, window, since)
         counts = list(shares.counts)
         for pid in received:
-            if is_new(pid):
-                counts[topics.best(pid)] -= 1
-        real = [m for q, m in zip(topics.queries, topics.matches, strict=True) if q != "*"]
+            home = topics.best(pid, new)
+            if home >= 0:
+                counts[home] -= 1
+        for pid, position in trending.items():
+            home = topics.best(pid, new)
+            if home != position:
+                counts[position] += 1
+                if home >= 0:
+                    counts[home] -= 1
+        real = [new[i] for i, query in enumerate(topics.queries) if query != "*"]
         heads: list[list[int]] = []
         for position, query in enumerate(topics.queries):
             place = ranked[position].place
             mine = [pid for pid, at in trending.items() if at == position]
             mine.sort(key=place.__getitem__)
-            counts[position] += sum(1 for pid in mine if not is_new(pid))
             cap = settings.max_items if query == "*" else settings.max_per_topic
             head = mine[: min(cap, settings.max_items)]
             want = min(cap, settings.max_items, counts[position])
             if len(head) < want:
                 lost = shares.elsewhere[position]
                 star = query == "*"
-                for pid in self.new_papers(query, window, new_since)[0]:
+                for pid in self.new_papers(query, window, since[position])[0]:
                     if pid in received or pid in trending or pid in lost:
                         continue
                     if star and any(pid in m for m in real):

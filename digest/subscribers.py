@@ -15,7 +15,7 @@ import hashlib
 import hmac
 import json
 import secrets
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -62,21 +62,36 @@ def sendable(
 def apply_preferences(
     session: Session, subscriber: Subscriber, preferences: Preferences, now: datetime
 ) -> None:
-    """Give `subscriber` these preferences; topics replace the old ones."""
+    """Give `subscriber` these preferences; topics replace the old ones (a query they
+    followed already keeps when it was added, `added_times`)."""
     apply_settings(subscriber, preferences)
     subscriber.updated_at = now
+    added = added_times(preferences.topics, subscriber.topics, now)
     subscriber.topics.clear()
     session.flush()
-    subscriber.topics.extend(topic_rows(preferences.topics))
+    subscriber.topics.extend(topic_rows(preferences.topics, added))
     session.flush()
 
 
-def topic_rows(specs: Iterable[TopicSpec]) -> list[Topic]:
-    """New `Topic` rows for these topics, in order."""
-    return [
+def added_times(specs: Sequence[TopicSpec], kept: Iterable[Topic], now: datetime) -> list[datetime]:
+    """When each of these topics was added, given the ones followed so far (`kept`): a
+    query among them keeps its time, whatever its label; any other query, a new topic or
+    an edited one, is added `now` (its next digest looks back like a first digest)."""
+    since = {topic.query: topic.added_at for topic in kept}
+    return [since.get(spec.query, now) for spec in specs]
+
+
+def topic_rows(specs: Sequence[TopicSpec], added: Sequence[datetime] | None = None) -> list[Topic]:
+    """New `Topic` rows for these topics, in order, added at the times `added` gives
+    (`added_times`); without them for a subscriber never stored (a preview, a request)."""
+    rows = [
         Topic(position=position, query=spec.query, label=spec.label)
         for position, spec in enumerate(specs)
     ]
+    if added is not None:
+        for row, at in zip(rows, added, strict=True):
+            row.added_at = at
+    return rows
 
 
 def apply_settings(subscriber: Subscriber, preferences: Preferences) -> None:

@@ -51,7 +51,7 @@ from digest.preferences import (
     parse_topic,
 )
 from digest.states import SUBSCRIBER_STATUSES
-from digest.subscribers import apply_settings, new_secret
+from digest.subscribers import added_times, apply_settings, new_secret
 
 COLUMNS = ("email", "topics", "timezone", "hour", "frequency", "name", "status")
 REQUIRED = COLUMNS[:2]
@@ -255,7 +255,7 @@ def _store(
     stored = db.subscribers_by_key(session, [row.key for row in batch])
     added: list[Row] = []
     updated: list[dict[str, object]] = []
-    topics: dict[int, list[tuple[str, str | None]]] = {}
+    topics: dict[int, list[tuple[str, str | None, datetime]]] = {}
     for row in batch:
         subscriber = stored.get(row.key)
         if subscriber is None:
@@ -266,9 +266,11 @@ def _store(
         except SubscriberError as exc:
             report.errors.append((row.line, str(exc)))
             continue
-        wanted = [(spec.query, spec.label) for spec in row.preferences.topics]
-        if wanted != [(topic.query, topic.label) for topic in subscriber.topics]:
-            topics[subscriber.id] = wanted
+        wanted = row.preferences.topics
+        if [(s.query, s.label) for s in wanted] != [(t.query, t.label) for t in subscriber.topics]:
+            topics[subscriber.id] = _topic_values(
+                wanted, added_times(wanted, subscriber.topics, now)
+            )
             changed = True
         if changed:
             values = dict(zip(UPDATED, _settings(subscriber), strict=True))
@@ -283,9 +285,18 @@ def _store(
         session, [_new_subscriber(row, now, default_timezone, default_hour) for row in added]
     )
     for subscriber_id, row in zip(ids, added, strict=True):
-        topics[subscriber_id] = [(spec.query, spec.label) for spec in row.preferences.topics]
+        topics[subscriber_id] = _topic_values(
+            row.preferences.topics, [now] * len(row.preferences.topics)
+        )
     db.replace_topics(session, topics)
     report.added += len(added)
+
+
+def _topic_values(
+    specs: Sequence[TopicSpec], added: Sequence[datetime]
+) -> list[tuple[str, str | None, datetime]]:
+    """(query, label, added at) of each topic, for `db.replace_topics`."""
+    return [(spec.query, spec.label, at) for spec, at in zip(specs, added, strict=True)]
 
 
 def _papers_exist(session: Session, row: Row, report: ImportReport) -> bool:

@@ -75,6 +75,16 @@ class ItemLike(Protocol):
     def matched(self) -> str: ...
 
 
+DOUBLE_QUOTES = frozenset('"“”„«»')
+
+
+def quoted(text: str) -> str:
+    """`text` in typographic double quotes, as the emails and the site quote topics, titles
+    and words; as it is when it holds double quotes of its own (a phrase query, a like:ID
+    topic's 'papers like “<title>”'), which set it off already: quotes never nest."""
+    return text if DOUBLE_QUOTES.intersection(text) else f"“{text}”"
+
+
 def plural(count: int, word: str) -> str:
     return f"{count} {word}{'' if count == 1 else 's'}"
 
@@ -96,7 +106,7 @@ class Reason(str):
         plain: list[str] = []
         marked: list[str] = []
         if topic:
-            listed = ", ".join(f"“{word}”" for word in words)
+            listed = ", ".join(quoted(word) for word in words)
             plain.append(f"Matched {topic}" + (f": {listed}" if words else ""))
             highlighted = ", ".join(f"<b>{html.escape(word)}</b>" for word in words)
             marked.append(f"Matched {html.escape(topic)}" + (f": {highlighted}" if words else ""))
@@ -158,7 +168,7 @@ class PaperView:
         """Why the paper is here: the topic and the words it matched (the everything topic
         has none) and, for a trending paper, its upvote gain."""
         gain = f"▲ +{self.gain} {self.period}" if self.kind == "trending" and self.gain else ""
-        return Reason("" if self.everything else f"“{self.topic}”", self.matched, gain)
+        return Reason("" if self.everything else quoted(self.topic), self.matched, gain)
 
 
 @dataclass(frozen=True)
@@ -311,7 +321,7 @@ def topic_title(
     query: str, label: str | None, weekly: bool = False, liked: Mapping[str, str] | None = None
 ) -> str:
     """How a topic is shown: its label (the query as typed), else its query; `*` is named;
-    each like:ID of a paper in `liked` (`liked_titles`) reads 'papers like "<its title>"'."""
+    each like:ID of a paper in `liked` (`liked_titles`) reads 'papers like “<its title>”'."""
     if label:
         text = one_line(label)
     else:
@@ -321,7 +331,7 @@ def topic_title(
 
     def named(match: re.Match[str]) -> str:
         title = liked.get(paper_reference(match.group(1)) or "")
-        return f'papers like "{clip(title, LIKE_TITLE_CHARS)}"' if title else match.group(0)
+        return f"papers like {quoted(clip(title, LIKE_TITLE_CHARS))}" if title else match.group(0)
 
     return _LIKE.sub(named, text)
 

@@ -98,6 +98,7 @@ from digest.views import (
     liked_titles,
     paper_title,
     paper_view,
+    quoted,
     topic_title,
 )
 from digest.web_forms import (
@@ -158,6 +159,7 @@ def create_app(config: Config | None = None, *, wiring: App | None = None) -> Fl
     app = Flask(__name__, template_folder=str(folder), static_folder=str(folder / "static"))
     # "/manage//x" is not a token path: a 404, not a redirect to "/manage/x".
     app.url_map.merge_slashes = False
+    app.jinja_env.filters["quoted"] = quoted
     app.config.update(
         SECRET_KEY=hmac.new(site_key.encode(), b"flask-session", hashlib.sha256).hexdigest(),
         SESSION_COOKIE_NAME="digest_session",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+from datetime import timedelta
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -54,3 +55,39 @@ def test_the_scale_benchmark_runs_end_to_end() -> None:
     assert used is not None and float(used[1]) > 0 and float(used[3]) > 0, out
     naive = r"^naive baseline: .* \(\d+ recipients\); the product .*x faster, after inlining "
     assert re.search(naive + r"\d+ paper cards once per run in \d+\.\d\d s$", out, re.M), out
+
+
+def test_the_benchmark_sends_to_whom_digest_send_would(tmp_path: Path, db_url: str) -> None:
+    """Its due list is `digest send`'s: not a subscriber whose digest of yesterday was
+    chosen less than 20 hours ago (`schedule.allowed`)."""
+    from bench.scale import NOW, _due
+    from digest import db
+    from digest.app import App
+    from digest.config import load_config
+    from digest.models import Delivery
+    from digest.subscribers import subscribe
+
+    env = {"DIGEST_DATA_DIR": str(tmp_path / "data"), "DIGEST_DATABASE_URL": db_url}
+    app = App.from_config(load_config(None, env), clock=lambda: NOW)
+    yesterday = NOW.date() - timedelta(days=1)
+    with db.transaction(app.sessions()) as session:
+        for address in ("ada@example.org", "bob@example.org", "eve@example.org"):
+            subscribe(session, address, ["diffusion"], now=NOW - timedelta(days=9), hour=7)
+        for address, chosen in (("bob@example.org", 3), ("eve@example.org", 20)):
+            subscriber = db.find_subscriber(session, address)
+            assert subscriber is not None
+            at = NOW - timedelta(hours=chosen)
+            session.add(
+                Delivery(
+                    subscriber_id=subscriber.id,
+                    digest_date=yesterday,
+                    status="sent",
+                    selected_at=at,
+                    created_at=at,
+                    updated_at=at,
+                )
+            )
+    with app.sessions()() as session:
+        due = [(subscriber.email, day) for subscriber, day in _due(app)(session)]
+    app.dispose()
+    assert due == [("ada@example.org", NOW.date()), ("eve@example.org", NOW.date())]

@@ -195,6 +195,33 @@ def test_greeting_name_and_topics_as_typed(cli, db_url: str) -> None:
     assert subscribers(db_url)[0].name is None
 
 
+def test_a_topic_is_added_when_its_query_is_first_followed(cli, db_url: str) -> None:
+    """Re-subscribing keeps when each query was added, whatever its label or place; a new
+    query, or an edited one (another query), is added now; an equivalent spelling is the
+    same query."""
+
+    def added(at: str, *topics: str) -> list[tuple[str, datetime]]:
+        with freeze_time(at):
+            result = cli("subscribe", "ada@example.org", *(f"--topic={t}" for t in topics))
+        assert result.exit_code == 0, result.output
+        return [(t.query, t.added_at) for t in subscribers(db_url)[0].topics]
+
+    first, second, third = (datetime(2026, 11, day, 9, 30, tzinfo=UTC) for day in (20, 22, 24))
+    assert added("2026-11-20 09:30", "diffusion", "robot") == [
+        ("diffusion", first),
+        ("robot", first),
+    ]
+    assert added("2026-11-22 09:30", "Agents", "Robots=Robot", "Diffusion") == [
+        ("agents", second),
+        ("robot", first),
+        ("diffusion", first),
+    ]
+    assert added("2026-11-24 09:30", "agents", "robot -survey") == [
+        ("agents", second),
+        ("robot -survey", third),
+    ]
+
+
 def test_rotate_secret_revokes_the_old_links(cli, db_url: str) -> None:
     cli("subscribe", "ada@example.org", "--topic", "x")
     engine = db.open_database(db_url)

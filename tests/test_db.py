@@ -9,7 +9,7 @@ from sqlalchemy import bindparam, inspect, select, text
 
 from digest import db, query_plan
 from digest.ingest import ingest_inputs
-from digest.models import Paper, UTCDateTime
+from digest.models import Paper, Topic, UTCDateTime
 from digest.query import parse_query
 from tests.conftest import SEEDS
 
@@ -259,4 +259,48 @@ def test_long_title_keys_stored_before_they_were_bounded_are_bounded(
     assert (summary.new, summary.error) == (0, None)
     with engine.connect() as connection:
         assert connection.execute(text("SELECT count(*) FROM papers")).scalar() == 4
+    engine.dispose()
+
+
+def test_topics_stored_before_0010_were_added_when_their_subscriber_was(
+    empty_db_url: str,
+) -> None:
+    """0010: each topic gets its subscriber's `created_at` as `added_at`, so the upgrade
+    makes no topic look new; undone, the column goes and the topics stay."""
+    from alembic import command
+
+    engine = db.create_db_engine(empty_db_url)
+    db.upgrade(engine, "0009_subsafe")
+    created = [datetime(2026, 1, 5, 7, 30, tzinfo=UTC), datetime(2026, 6, 1, 23, 0, tzinfo=UTC)]
+    at = bindparam("at", type_=UTCDateTime)
+    with engine.begin() as connection:
+        for number, when in enumerate(created, 1):
+            connection.execute(
+                text(
+                    "INSERT INTO subscribers (id, email, email_key, status, timezone, "
+                    "send_hour, secret, created_at, updated_at) VALUES (:id, :email, :email, "
+                    "'active', 'UTC', 7, 's', :at, :at)"
+                ).bindparams(at),
+                {"id": number, "email": f"s{number}@example.org", "at": when},
+            )
+        for number, (subscriber, query) in enumerate([(1, "robot"), (1, "*"), (2, "robot")]):
+            connection.execute(
+                text(
+                    "INSERT INTO topics (subscriber_id, position, query) "
+                    "VALUES (:subscriber, :position, :query)"
+                ),
+                {"subscriber": subscriber, "position": number, "query": query},
+            )
+    db.upgrade(engine)
+    with db.session_factory(engine)() as session:
+        stored = session.execute(
+            select(Topic.subscriber_id, Topic.query, Topic.added_at).order_by(Topic.id)
+        ).all()
+    assert stored == [(1, "robot", created[0]), (1, "*", created[0]), (2, "robot", created[1])]
+    assert not {c["name"]: c for c in inspect(engine).get_columns("topics")}["added_at"]["nullable"]
+    with engine.begin() as connection:
+        command.downgrade(db._alembic_config(connection), "0009_subsafe")
+    assert "added_at" not in {c["name"] for c in inspect(engine).get_columns("topics")}
+    with engine.connect() as connection:
+        assert connection.execute(text("SELECT count(*) FROM topics")).scalar() == 3
     engine.dispose()

@@ -28,7 +28,7 @@ from digest.models import Paper, Subscriber, Topic
 from digest.prose import latex_to_text, link_line, wrap_prose
 from digest.render import HTML_BUDGET, Renderer
 from digest.select import SelectionRun
-from digest.views import Recipient, trim_abstract
+from digest.views import Reason, Recipient, quoted, topic_title, trim_abstract
 from tests.conftest import SEEDS
 
 DAY = date(2026, 11, 25)
@@ -897,3 +897,32 @@ def test_a_mailer_reads_each_paper_once_per_run(databases, tmp_path) -> None:
     assert again.view.paper_count == 5 and first.view.paper_count == len(selection.items)
     assert first.view.sections[0].papers[0].title == again.view.sections[0].papers[0].title
     engine.dispose()
+
+
+@pytest.mark.parametrize(
+    ("query", "label", "title", "in_quotes"),
+    [
+        ("diffusion", None, "diffusion", "“diffusion”"),
+        ("3d", "3D", "3D", "“3D”"),
+        ('"in-context learning"', None, '"in-context learning"', '"in-context learning"'),
+        ("like:2611.00001", None, "papers like “Engines”", "papers like “Engines”"),
+        (
+            "robot OR like:2611.00001",
+            None,
+            "robot OR papers like “Engines”",
+            "robot OR papers like “Engines”",
+        ),
+        # A paper title with quotes of its own is not quoted again either.
+        ("like:2611.00002", None, 'papers like The "Best" Engine', 'papers like The "Best" Engine'),
+        ("like:2611.00002", "Mine", "Mine", "“Mine”"),
+    ],
+)
+def test_a_topic_is_quoted_once_however_it_reads(
+    query: str, label: str | None, title: str, in_quotes: str
+) -> None:
+    """Topics are put in typographic quotes, unless they hold double quotes of their own
+    (a phrase, a like:ID topic named by its paper): never quotes within quotes."""
+    liked = {"2611.00001": "Engines", "2611.00002": 'The "Best" Engine'}
+    assert topic_title(query, label, liked=liked) == title
+    assert quoted(title) == in_quotes
+    assert str(Reason(quoted(title), ("word",))) == f"Matched {in_quotes}: “word”"

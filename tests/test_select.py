@@ -15,8 +15,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from digest import db
 from digest.config import DigestSettings
 from digest.ingest import ingest_inputs
-from digest.models import Delivery, Digest, Subscriber
-from digest.plan import record_selection
+from digest.models import Delivery, Digest, Subscriber, Topic
+from digest.plan import plan_deliveries, record_selection
 from digest.select import (
     TRENDING_MIN_RELEVANCE,
     SelectionRun,
@@ -429,3 +429,123 @@ def test_unsubscribed_and_bounced_subscribers_get_nothing(factory, feed: Feed) -
         sub.status = "bounced"
     feed.ingest(DAY1 - timedelta(hours=1), [("2603.00070", "Diffusion", 0)])
     assert run_day(factory, DAY1) == {}
+
+
+def more_matched(factory, email: str, day: date) -> dict[str, int]:
+    """The "N more matched" counts of the digest stored for `email` on `day`."""
+    with factory() as session:
+        subscriber = session.scalars(select(Subscriber).where(Subscriber.email == email)).one()
+        delivery = db.find_delivery(session, subscriber.id, day)
+        return json.loads(delivery.digest.more_matched) if delivery.digest else {}
+
+
+def test_a_topic_added_later_looks_back_like_a_first_digest(factory, feed: Feed) -> None:
+    """A topic's first digest after it was added shows its best papers of the whole window,
+    as a first digest would; the other topics only papers new since the previous digest;
+    no paper twice. A renamed label is the same topic; an edited query is a new one."""
+    settings = replace(SETTINGS, max_per_topic=2)
+    feed.ingest(DAY1 - timedelta(days=20), [("2602.00001", "Robot Survey", 9)])  # too old
+    feed.ingest(
+        DAY1 - timedelta(days=3),
+        [
+            ("2602.00010", "Robot Grasping", 8),
+            ("2602.00011", "Robot Navigation", 5),
+            ("2602.00012", "Robot Locomotion", 3),
+            ("2602.00013", "Robot Diffusion", 9),
+            ("2602.00020", "Diffusion Transformers", 7),
+            ("2602.00021", "Video Diffusion", 4),
+        ],
+    )
+    add(factory, "ada@example.org", "diffusion")
+    day1 = run_day(factory, DAY1, settings)["ada@example.org"]
+    # A first digest: the window's best two (by upvotes, equally relevant), one left out.
+    assert day1 == [("2602.00013", "new", "diffusion", 0), ("2602.00020", "new", "diffusion", 0)]
+    assert more_matched(factory, "ada@example.org", DAY1.date()) == {"diffusion": 1}
+
+    feed.ingest(
+        DAY1 + timedelta(hours=20),
+        [("2603.00030", "Diffusion Distillation", 0), ("2603.00031", "Robot Arms", 0)],
+    )
+    add(factory, "ada@example.org", "diffusion", "robot", now=DAY1 + timedelta(hours=22))
+    day2 = run_day(factory, DAY1 + timedelta(days=1), settings)["ada@example.org"]
+    # diffusion: only the paper new since day 1 (not 2602.00021, left out then); robot,
+    # added since: its best papers of the window, those of three days ago first, but not
+    # 2602.00013, sent on day 1 (under diffusion), nor the 20-day-old survey.
+    assert day2 == [
+        ("2603.00030", "new", "diffusion", 0),
+        ("2602.00010", "new", "robot", 0),
+        ("2602.00011", "new", "robot", 0),
+    ]
+    assert more_matched(factory, "ada@example.org", DAY1.date() + timedelta(days=1)) == {
+        "robot": 2  # 2602.00012 and 2603.00031
+    }
+
+    # Day 3: robot is no longer a new topic, and a new label keeps diffusion as it was.
+    feed.ingest(DAY1 + timedelta(days=1, hours=20), [("2603.00040", "Robot Hands", 0)])
+    renamed = DAY1 + timedelta(days=1, hours=22)
+    add(factory, "ada@example.org", "Diffusion=diffusion", "robot", now=renamed)
+    day3 = run_day(factory, DAY1 + timedelta(days=2), settings)["ada@example.org"]
+    assert day3 == [("2603.00040", "new", "robot", 0)]
+
+    # Day 4: an edited query is a new topic: it looks back, without what was sent.
+    edited = DAY1 + timedelta(days=2, hours=22)
+    add(factory, "ada@example.org", "Diffusion=diffusion", "robot OR locomotion", now=edited)
+    day4 = run_day(factory, DAY1 + timedelta(days=3), settings)["ada@example.org"]
+    assert day4 == [
+        ("2602.00012", "new", "robot OR locomotion", 0),
+        ("2603.00031", "new", "robot OR locomotion", 0),
+    ]
+    sent = [paper for day in (day1, day2, day3, day4) for paper, *_ in day]
+    assert len(sent) == len(set(sent)) == 8
+    with factory() as session:
+        topics = session.scalars(select(Topic).order_by(Topic.position)).all()
+        assert [(t.query, t.label, t.added_at) for t in topics] == [
+            ("diffusion", "Diffusion", DAY1 - timedelta(days=30)),
+            ("robot OR locomotion", None, edited),
+        ]
+
+
+def test_an_older_paper_goes_under_the_best_added_topic_it_is_new_in(factory, feed: Feed) -> None:
+    """A paper left out by an old topic's cap is new only in the topics added since: it
+    shows under the best of those, once, though the old topic matches it as well."""
+    settings = replace(SETTINGS, max_per_topic=1)
+    feed.ingest(
+        DAY1 - timedelta(days=3),
+        [("2602.00050", "Robot Arms", 50), ("2602.00051", "Robot Grasping", 0)],
+    )
+    add(factory, "ada@example.org", "robot")
+    assert run_day(factory, DAY1, settings)["ada@example.org"] == [
+        ("2602.00050", "new", "robot", 0)
+    ]
+    added = DAY1 + timedelta(hours=2)
+    add(factory, "ada@example.org", "robot", "grasping", "robot grasping", now=added)
+    day2 = run_day(factory, DAY1 + timedelta(days=1), settings)["ada@example.org"]
+    # As relevant to all three (its title names each): the first topic it is new in.
+    assert day2 == [("2602.00051", "new", "grasping", 0)]
+    assert more_matched(factory, "ada@example.org", DAY1.date() + timedelta(days=1)) == {}
+
+
+def test_a_topic_planned_in_a_catch_up_digest_is_not_looked_back_again(factory, feed: Feed) -> None:
+    """A digest chosen as of its send time, before the subscriber joined, but planned
+    after: its topics were in it, so the next digest holds only papers new since."""
+    settings = replace(SETTINGS, max_per_topic=2)
+    feed.ingest(
+        DAY1 - timedelta(days=3),
+        [(f"2602.{n:05d}", f"Diffusion Paper {n}", n) for n in range(60, 64)],
+    )
+    joined = DAY1 + timedelta(hours=2)  # 08:00 UTC: after the 06:00 send time
+    add(factory, "ada@example.org", "diffusion", now=joined, timezone="UTC", hour=6)
+
+    def plan(now: datetime) -> list[str]:
+        with db.transaction(factory) as session:
+            ada = db.list_subscribers(session, "active")[0]
+            day = local_date(now, "UTC")
+            plan_deliveries(session, [(ada, day)], now=now, settings=settings, at_send_time=True)
+            delivery = db.find_delivery(session, ada.id, day)
+            assert delivery is not None and delivery.digest is not None
+            delivery.status = "sent"
+            return [item.paper.arxiv_id or "" for item in delivery.digest.items]
+
+    assert plan(joined) == ["2602.00063", "2602.00062"]  # as of 06:00, planned at 08:00
+    feed.ingest(DAY1 + timedelta(hours=20), [("2603.00064", "Diffusion Paper 64", 0)])
+    assert plan(DAY1 + timedelta(days=1)) == ["2603.00064"]

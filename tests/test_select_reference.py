@@ -57,8 +57,18 @@ def reference(
     previous = history.previous_selected_at
     if previous is not None and new_since < previous <= run.now:
         new_since = previous
+    # Each topic's new papers start at the previous digest, or at the window's start for a
+    # topic added after it was planned (and for every topic of a first digest).
+    planned = history.previous_planned_at
+    since = [
+        run.window.new_since if planned is not None and topic.added_at > planned else new_since
+        for topic in subscriber.topics
+    ]
     gains = run.gains(trend_window(subscriber))
+    # Where each paper goes: `best` of all its topics (if it trends), `best_new` of the
+    # topics it is new in (if not).
     best: dict[int, tuple[bool, float, int, relevance.Match]] = {}
+    best_new: dict[int, tuple[bool, float, int, relevance.Match]] = {}
     for position, topic in enumerate(subscriber.topics):
         specific = topic.query != "*"
         for paper_id, match in run.matches(topic.query).items():
@@ -66,6 +76,10 @@ def reference(
                 continue
             if paper_id not in best or (specific, match.weight) > best[paper_id][:2]:
                 best[paper_id] = (specific, match.weight, position, match)
+            if not since[position] < run.facts[paper_id].first_seen <= run.now:
+                continue
+            if paper_id not in best_new or (specific, match.weight) > best_new[paper_id][:2]:
+                best_new[paper_id] = (specific, match.weight, position, match)
     clear = {
         pid
         for topic in subscriber.topics
@@ -89,9 +103,13 @@ def reference(
     ]
     trending = {pid for _, pid in rising[: min(settings.max_trending, settings.max_items)]}
     per_topic: list[list[SelectedItem]] = [[] for _ in subscriber.topics]
-    for paper_id, (_, weight, position, match) in best.items():
+    for paper_id in best:
         facts = run.facts[paper_id]
-        if paper_id not in trending and not new_since < facts.first_seen <= run.now:
+        if paper_id in trending:
+            _, weight, position, match = best[paper_id]
+        elif paper_id in best_new:
+            _, weight, position, match = best_new[paper_id]
+        else:
             continue
         topic = subscriber.topics[position]
         gain = max(gains.get(paper_id, 0), 0)
@@ -179,14 +197,23 @@ def corpus(factory: sessionmaker[Session], tmp_path: Path) -> sessionmaker[Sessi
 
 
 def random_subscriber(rng: random.Random, number: int) -> Subscriber:
+    """Topics from POOL, some added long ago, some within the last days (some of them after
+    the previous digest of `random_history`)."""
     topics = rng.sample(POOL, rng.choice([1, 1, 2, 2, 3, 4]))
+    if "*" not in topics and rng.random() < 0.2:
+        topics.insert(rng.randint(0, len(topics)), "*")  # along with real queries
     return Subscriber(
         id=number,
         timezone="UTC",
         send_hour=8,
         weekday=rng.choice([None, None, 2]),
         topics=[
-            Topic(position=i, query=query, label=rng.choice([None, "Mine"]))
+            Topic(
+                position=i,
+                query=query,
+                label=rng.choice([None, "Mine"]),
+                added_at=NOW - timedelta(hours=rng.choice([1000, 1000, rng.uniform(0, 200)])),
+            )
             for i, query in enumerate(topics)
         ],
     )
@@ -201,12 +228,16 @@ def random_history(rng: random.Random, run: SelectionRun, subscriber: Subscriber
     previous = rng.choice(
         [None, NOW - timedelta(hours=rng.uniform(0, 200)), NOW + timedelta(hours=1)]
     )
-    return History(frozenset(received), previous)
+    if previous is None:
+        return History(frozenset(received))
+    # Planned as of its send time, or later (a catch-up).
+    planned = previous + timedelta(hours=rng.choice([0, 0, rng.uniform(0, 30)]))
+    return History(frozenset(received), previous, planned)
 
 
 def test_fast_selection_equals_the_reference(corpus: sessionmaker[Session]) -> None:
     rng = random.Random(12)
-    compared = items = trending = shared = 0
+    compared = items = trending = shared = looked_back = 0
     with corpus() as session:
         for settings in SETTINGS:
             run = SelectionRun(session, NOW, settings)
@@ -223,25 +254,44 @@ def test_fast_selection_equals_the_reference(corpus: sessionmaker[Session]) -> N
                 compared += 1
                 items += len(fast.items)
                 trending += sum(item.kind == "trending" for item in fast.items)
+                looked_back += sum(
+                    item.kind == "new" and run.facts[item.paper_id].first_seen <= fast.new_since
+                    for item in fast.items
+                )
             shared += len(run._chosen)
     assert compared == 800
     # The randomized cases reach what they are meant to: full digests and trending papers.
     assert items > 3000
     assert trending > 200
+    # New papers older than the previous digest, shown under topics added since it.
+    assert looked_back > 50
     assert shared < compared
 
 
 def test_planned_days_equal_the_reference(corpus: sessionmaker[Session]) -> None:
     """Planned over three days, where each day's digests exclude what the previous ones
-    sent and start at their selection time: the stored items are the reference's."""
+    sent and start at their selection time, and some subscribers add a topic between
+    days: the stored items are the reference's."""
     rng = random.Random(5)
+    chosen: dict[str, list[str]] = {}
     with db.transaction(corpus) as session:
         for n in range(40):
-            topics = rng.sample(POOL[:12], rng.randint(1, 3))
-            subscribe(session, f"r{n}@example.org", topics, now=NOW - timedelta(days=9))
+            chosen[f"r{n}@example.org"] = rng.sample(POOL[:12], rng.randint(1, 3))
+            subscribe(
+                session,
+                f"r{n}@example.org",
+                chosen[f"r{n}@example.org"],
+                now=NOW - timedelta(days=9),
+            )
     settings = DigestSettings(max_items=6, max_per_topic=3)
     for day in range(3):
         now = NOW + timedelta(days=day) - timedelta(days=2)
+        if day:
+            with db.transaction(corpus) as session:
+                for address in rng.sample(sorted(chosen), 10):
+                    extra = [q for q in POOL[:12] if q not in chosen[address]]
+                    chosen[address].append(rng.choice(extra))
+                    subscribe(session, address, chosen[address], now=now - timedelta(hours=1))
         with db.transaction(corpus) as session:
             due = [(s, now.date()) for s in db.list_subscribers(session, "active")]
             expected = {}

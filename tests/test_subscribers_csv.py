@@ -415,3 +415,39 @@ def test_cells_a_spreadsheet_would_run_are_exported_behind_a_quote(
     again = write(tmp_path, exported, "again.csv")
     assert cli("subscribers", "import", str(again)).output.startswith("added 0, updated 0,")
     assert stored(db_url) == rows
+
+
+def test_an_import_adds_topics_now_and_keeps_when_the_others_were_added(
+    cli, tmp_path: Path, db_url
+) -> None:
+    """A topic an import adds (or whose query it edits) is added at the import; the ones a
+    subscriber follows already keep their time, relabelled or moved."""
+
+    def imported(at: str, body: str) -> dict[str, list[tuple[str, str | None, datetime]]]:
+        with freeze_time(at):
+            result = cli("subscribers", "import", str(write(tmp_path, HEADER + body)))
+        assert result.exit_code == 0 and result.output.endswith("bad rows 0\n"), result.output
+        engine = db.open_database(db_url)
+        with db.session_factory(engine)() as session:
+            found = {
+                s.email: [(t.query, t.label, t.added_at) for t in s.topics]
+                for s in db.list_subscribers(session)
+            }
+        engine.dispose()
+        return found
+
+    first = datetime(2026, 11, 20, 9, 30, tzinfo=UTC)
+    assert imported("2026-11-20 09:30", "ada@example.org,diffusion; robot,,,,,\n") == {
+        "ada@example.org": [("diffusion", None, first), ("robot", None, first)]
+    }
+    assert imported(
+        "2026-11-25 09:30",
+        "ada@example.org,Bots=robot; speech; diffusion -survey,,,,,\nbob@example.org,robot,,,,,\n",
+    ) == {
+        "ada@example.org": [
+            ("robot", "Bots", first),
+            ("speech", None, NOW),
+            ("diffusion -survey", None, NOW),
+        ],
+        "bob@example.org": [("robot", None, NOW)],
+    }

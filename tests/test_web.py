@@ -27,9 +27,10 @@ from digest.app import App
 from digest.config import load_config
 from digest.deliver import send_digests
 from digest.links import insecure_base_url
-from digest.models import Delivery, Subscriber, SubscriptionRequest
+from digest.models import Delivery, Paper, Subscriber, SubscriptionRequest
 from digest.preferences import parse_preferences
 from digest.schedule import due_subscribers
+from digest.select import SelectionRun
 from digest.subscribers import request_digest, request_subscription, subscribe
 from digest.views import paper_title
 from digest.web import create_app
@@ -796,6 +797,64 @@ def send_due_digests(site: Site) -> int:
         settings=site.wiring.config.digest,
     )
     return report.sent
+
+
+def test_a_topic_added_on_the_manage_page_brings_its_recent_papers(site: Site) -> None:
+    """After a digest went, Ada adds a topic: the next digest, as her page previews it,
+    shows that topic's papers of the window (all first seen before that digest) and no
+    other topic's, none of them sent already."""
+    joined = NOW - timedelta(days=1)
+    with db.transaction(site.wiring.sessions()) as session:
+        ada, _ = subscribe(session, "ada@example.org", ["diffusion"], now=joined, timezone="UTC")
+    assert send_due_digests(site) == 1
+    with site.wiring.sessions()() as session:
+        sent = {
+            paper_title(item.paper)
+            for item in session.scalars(select(Delivery)).one().digest.items  # type: ignore[union-attr]
+        }
+    path = token_links(site, ada).manage
+    site.clock.now = NOW + timedelta(hours=2)
+    client = site.client()
+    form = {"csrf_token": csrf_token(client, path), "action": "save", "timezone": "UTC"}
+    form |= {"hour": "7", "frequency": "daily", "topic": ["diffusion", "Bots=robot"]}
+    assert client.post(path, data=form).status_code == 303
+    stored = site.subscriber("ada@example.org")
+    assert stored is not None
+    assert [(t.query, t.added_at) for t in stored.topics] == [
+        ("diffusion", joined),
+        ("robot", NOW + timedelta(hours=2)),
+    ]
+    page = lxml.html.fromstring(client.get(path).get_data(as_text=True))
+    preview = page.get_element_by_id("preview-title").getparent()
+    sections = [h3.text_content() for h3 in preview.find_class("section-title")]
+    titles = [h4.text_content() for h4 in preview.find_class("paper-title")]
+    with site.wiring.sessions()() as session:
+        listing = SelectionRun(session, site.clock.now, site.wiring.config.digest).topic_listing(
+            "robot"
+        )
+        window = [paper_title(session.get(Paper, item.paper_id)) for item in listing.items]  # type: ignore[arg-type]
+    assert sections == ["Bots"]
+    # The seeds' three robot papers, seen before the digest (which sent ten on diffusion).
+    assert titles == [title for title in window if title not in sent]
+    assert (len(titles), len(sent)) == (3, 10)
+
+
+def test_a_confirmed_request_adds_its_new_topics_when_it_is_confirmed(site: Site) -> None:
+    with db.transaction(site.wiring.sessions()) as session:
+        carol, _ = subscribe(
+            session, "carol@example.org", ["diffusion"], now=NOW - timedelta(days=9)
+        )
+        carol.status = "unsubscribed"
+    client = site.client()
+    client.post("/", data=subscribe_form(client, "carol@example.org", "Diffusion", "robotics"))
+    site.clock.now = NOW + timedelta(hours=3)
+    assert confirm_link(site, link_in(site.mail()[-1], "confirm")) == 200
+    stored = site.subscriber("carol@example.org")
+    assert stored is not None
+    assert [(t.query, t.label, t.added_at) for t in stored.topics] == [
+        ("diffusion", "Diffusion", NOW - timedelta(days=9)),
+        ("robotics", None, NOW + timedelta(hours=3)),
+    ]
 
 
 def test_web_copy_of_a_sent_digest_has_no_personal_data(site: Site) -> None:

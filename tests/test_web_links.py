@@ -120,7 +120,7 @@ def paper_named(site: Site, paper_id: int) -> tuple[str, str]:
 
 
 def liked_name(title: str) -> str:
-    return f'papers like "{title[:49].rstrip()}…"' if len(title) > 50 else f'papers like "{title}"'
+    return f"papers like “{title[:49].rstrip()}…”" if len(title) > 50 else f"papers like “{title}”"
 
 
 def test_every_paper_in_a_digest_links_to_papers_like_it(site: Site) -> None:
@@ -177,6 +177,10 @@ def test_a_like_topic_is_shown_by_its_paper_title(site: Site) -> None:
     assert f"follows {name} on" in " ".join(text.split())
     assert re.findall(r'<h2 class="topic"[^>]*>([^<]*)</h2>', html_part) == [name]
     assert f"like:{reference}" not in text and f"like:{reference}" not in html_part
+    # Each paper's reason names the topic without quoting its quotes again.
+    for part in (" ".join(text.split()), " ".join(html_part.split())):
+        assert part.count(f"Matched {name}: ") == 10
+        assert "“papers like" not in part and "“”" not in part
     # The stored topic stays the query.
     ada = site.subscriber("ada@example.org")
     assert ada is not None and [t.query for t in ada.topics] == [f"like:{reference}"]
@@ -294,3 +298,19 @@ def test_the_manage_page_words_an_empty_next_digest_for_its_date(site: Site) -> 
     page = site.client().get(token_links(site, ada).manage).get_data(as_text=True)
     assert "Thursday 26 November 2026" in page
     assert "Nothing new yet for Thursday" in page and "Nothing new today" not in page
+
+
+def test_a_topic_with_quotes_of_its_own_is_not_quoted_again(site: Site) -> None:
+    """A phrase query's quotes set it off already: the page's heading and each paper's
+    reason show it as typed; a topic without quotes gets them."""
+    body = html.unescape(site.client().get('/preview?topic="language model"').get_data(True))
+    heading = re.search(r'<h2 id="matches-title">([^<]*)</h2>', body)
+    count = site.client().get('/api/match?q="language model"').get_json()["count"]
+    assert heading and heading.group(1) == (
+        f'{count} papers match "language model" in the last 7 days'
+    )
+    reasons = re.findall(r'<span class="reason">Matched ([^:<]*)', body)
+    assert reasons == ['"language model"'] * 25
+    plain = html.unescape(site.client().get("/preview?topic=language model").get_data(True))
+    assert "papers match “language model” in the last 7 days" in plain
+    assert re.findall(r'<span class="reason">Matched ([^:<]*)', plain)[0] == "“language model”"

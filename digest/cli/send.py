@@ -182,11 +182,7 @@ def run_send(
         if digest_date is not None:  # the operator's explicit date
             yield from ((subscriber, digest_date) for subscriber in today(session))
             return
-        since = schedule.recent_since(now, grace)
-        for subscriber, recent in schedule.with_recent(session, today(session), since):
-            day = selection.local_date(now, subscriber.timezone)
-            if schedule.allowed(day, now, recent):  # no earlier date, no second one too soon
-                yield subscriber, day
+        yield from schedule.allowed_today(session, today(session), now, grace)
 
     sender = app.sender(should_stop=stop.is_set) if stop is not None else app.sender()
     bars: list[Any] = []

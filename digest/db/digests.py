@@ -92,13 +92,14 @@ def received_papers(
 
 def previous_selections(
     session: Session, pairs: Iterable[tuple[int, date]]
-) -> dict[tuple[int, date], datetime]:
+) -> dict[tuple[int, date], tuple[datetime, datetime]]:
     """For each (subscriber id, date): when the subscriber's latest earlier digest (received,
-    or that found nothing to send) was chosen. Pairs with none are left out."""
+    or that found nothing to send) was chosen as of, and when it was planned (its topics
+    read). Pairs with none are left out."""
     by_day: dict[date, list[int]] = {}
     for subscriber_id, day in pairs:
         by_day.setdefault(day, []).append(subscriber_id)
-    found: dict[tuple[int, date], datetime] = {}
+    found: dict[tuple[int, date], tuple[datetime, datetime]] = {}
     for day, subscriber_ids in by_day.items():
         for chunk in chunked(sorted(set(subscriber_ids))):
             latest = (
@@ -112,13 +113,15 @@ def previous_selections(
                 .subquery()
             )
             rows = session.execute(
-                select(Delivery.subscriber_id, Delivery.selected_at).join(
+                select(Delivery.subscriber_id, Delivery.selected_at, Delivery.created_at).join(
                     latest,
                     (Delivery.subscriber_id == latest.c.subscriber_id)
                     & (Delivery.digest_date == latest.c.day),
                 )
             )
-            found.update(((subscriber_id, day), at) for subscriber_id, at in rows)
+            found.update(
+                ((subscriber_id, day), (at, planned)) for subscriber_id, at, planned in rows
+            )
     return found
 
 

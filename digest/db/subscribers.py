@@ -85,16 +85,22 @@ def update_subscribers(session: Session, rows: Sequence[dict[str, Any]]) -> None
 
 
 def replace_topics(
-    session: Session, topics: Mapping[int, Sequence[tuple[str, str | None]]]
+    session: Session, topics: Mapping[int, Sequence[tuple[str, str | None, datetime]]]
 ) -> None:
-    """Set the topics (query, label) of these subscribers in bulk, replacing theirs."""
+    """Set the topics (query, label, added at) of these subscribers in bulk, replacing theirs."""
     ids = list(topics)
     for start in range(0, len(ids), 500):
         session.execute(delete(Topic).where(Topic.subscriber_id.in_(ids[start : start + 500])))
     rows = [
-        {"subscriber_id": subscriber_id, "position": position, "query": query, "label": label}
+        {
+            "subscriber_id": subscriber_id,
+            "position": position,
+            "query": query,
+            "label": label,
+            "added_at": added_at,
+        }
         for subscriber_id, specs in topics.items()
-        for position, (query, label) in enumerate(specs)
+        for position, (query, label, added_at) in enumerate(specs)
     ]
     if rows:
         session.connection().execute(insert(Topic.metadata.tables["topics"]), rows)
