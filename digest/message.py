@@ -8,7 +8,8 @@
 * `build_message` makes the multipart/alternative message: From with a
   display name, Reply-To (if configured), To, Subject, Date, a deterministic
   Message-ID per subscriber and date, List-Id, List-Unsubscribe (+ One-Click
-  POST, RFC 8058), Auto-Submitted and optional DKIM. No header can be injected: CR/LF never reach one.
+  POST, RFC 8058), Auto-Submitted and optional DKIM. No header can be
+  injected: CR/LF never reach one.
 
 The send loop (`digest.deliver`) asks `DigestMailer.delivery_message` for each
 claimed row's message; `digest preview` and the web front ask `preview`.
