@@ -30,6 +30,7 @@ from urllib.parse import urlsplit
 
 from digest.app import GENERATE_KEY_HINT, MIN_SECRET_KEY_BYTES
 from digest.config import Config, MailConfig, SmtpConfig
+from digest.transport import not_offered
 
 Level = Literal["ok", "warn", "info"]
 
@@ -368,6 +369,8 @@ def check_smtp(settings: SmtpConfig, context: ssl.SSLContext | None = None) -> l
         found.append(warn(f"SMTP {where} refused the login: {exc.smtp_code} {exc.smtp_error!r}"))
     except (ssl.SSLError, ssl.CertificateError) as exc:
         found.append(warn(f"TLS with SMTP {where} failed: {exc}"))
+    except smtplib.SMTPNotSupportedError as exc:
+        found.append(warn(not_offered(where, exc)))
     except (OSError, smtplib.SMTPException) as exc:
         found.append(warn(f"cannot reach SMTP {where}: {exc}"))
     finally:

@@ -189,7 +189,10 @@ class _Batch:
         self.now = now
         self.by_arxiv: dict[str, _Stored] = {}
         self.by_title: dict[str, list[_Stored]] = {}
-        self.observations: list[tuple[_Stored, int]] = []
+        # One upvote observation per paper per ingest: a feed that gives a paper twice
+        # (the same arXiv id or title) must not record a gain between its two counts.
+        self.observations: dict[_Stored, int] = {}
+        self.observed_before: dict[_Stored, tuple[datetime, int]] = {}
         self.new: list[_Stored] = []
         self.papers: list[_Stored] = []
         self.skipped: list[str] = []  # entries that turned out unparseable, reported
@@ -346,11 +349,23 @@ class _Batch:
         self._index(paper, paper.row["title_key"])
 
     def _observe(self, paper: _Stored, upvotes: int) -> bool:
-        """Record an upvote count that differs from the latest observation."""
-        latest = paper.latest
+        """Record an upvote count that differs from the latest observation.
+
+        A second count for the paper in this batch replaces the first (the later record
+        wins), and is dropped when it is the count observed before the batch.
+        """
+        if paper in self.observations:
+            latest = self.observed_before[paper]
+            del self.observations[paper]
+        else:
+            latest = paper.latest
+            self.observed_before[paper] = latest
         if latest is not _NONE and latest[1] == upvotes:
+            if paper.latest != latest:
+                paper.latest = latest
+                self._set(paper, "upvotes", upvotes)
             return False
-        self.observations.append((paper, upvotes))
+        self.observations[paper] = upvotes
         if latest is _NONE or latest[0] <= self.now:
             self._set(paper, "upvotes", upvotes)
             paper.latest = (self.now, upvotes)
@@ -410,7 +425,7 @@ class _Batch:
                     )
         observations = [
             {"paper_id": paper.id, "observed_at": self.now, "upvotes": upvotes}
-            for paper, upvotes in self.observations
+            for paper, upvotes in self.observations.items()
         ]
         db.store_paper_links(self.session, new_sources, changed_hashes, observations)
 

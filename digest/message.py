@@ -6,9 +6,10 @@
   quoted-printable encoded once per run, encoding only the recipient's lines
   (the wire form, a skeleton and encoded pieces, is `digest.wire`'s).
 * `build_message` makes the multipart/alternative message: From with a
-  display name, Reply-To, To, Subject, Date, a deterministic Message-ID per
-  subscriber and date, List-Id, List-Unsubscribe (+ One-Click POST, RFC 8058)
-  and optional DKIM. No header can be injected: CR/LF never reach one.
+  display name, Reply-To (if configured), To, Subject, Date, a deterministic
+  Message-ID per subscriber and date, List-Id, List-Unsubscribe (+ One-Click
+  POST, RFC 8058), Auto-Submitted and optional DKIM. No header can be
+  injected: CR/LF never reach one.
 
 The send loop (`digest.deliver`) asks `DigestMailer.delivery_message` for each
 claimed row's message; `digest preview` and the web front ask `preview`.

@@ -172,6 +172,22 @@ _ENHANCED = re.compile(r"^([245])\.(\d{1,3})\.(\d{1,3})$")
 _ADDRESS_REFUSED = {"5.1.0", "5.1.1", "5.1.2", "5.1.3", "5.1.4", "5.1.6", "5.1.10", "5.2.1"}
 
 
+def not_offered(where: str, exc: smtplib.SMTPNotSupportedError) -> str:
+    """What the server lacks that the settings ask for, and the settings to change."""
+    if "STARTTLS" in str(exc):
+        return (
+            f"SMTP server {where} does not offer STARTTLS: set smtp.ssl = true if it "
+            "speaks TLS from the start (port 465), or smtp.starttls = false for a server "
+            "without TLS"
+        )
+    if "AUTH" in str(exc):
+        return (
+            f"SMTP server {where} does not offer AUTH (login), but smtp.username is set: "
+            "unset it, or use a port that takes logins"
+        )
+    return f"SMTP server {where} does not offer a feature we need: {one_line(str(exc))}"
+
+
 def reply_text(code: int, text: bytes | str) -> str:
     """An SMTP reply as one printable line: `550 5.1.1 No such user`."""
     body = text.decode("utf-8", "replace") if isinstance(text, bytes) else text
@@ -269,7 +285,7 @@ class SmtpTransport:
             reply = reply_text(exc.smtp_code, exc.smtp_error)
             return FatalTransportError(f"SMTP authentication failed: {reply}")
         if isinstance(exc, smtplib.SMTPNotSupportedError):
-            return FatalTransportError(f"SMTP server {where} does not support {exc}")
+            return FatalTransportError(not_offered(where, exc))
         if isinstance(exc, ssl.SSLError | ssl.CertificateError):
             return FatalTransportError(f"TLS with {where} failed: {exc}")
         if isinstance(exc, smtplib.SMTPResponseException):

@@ -192,6 +192,24 @@ def test_bad_password_stops_the_run_and_keeps_everything_queued(factory, readers
         assert ledger(factory) == {address: ("queued", 0) for address in EMAILS}
 
 
+def test_a_server_without_starttls_or_auth_says_which_setting_to_change(factory, readers) -> None:
+    with SmtpServer() as server:  # plain aiosmtpd: no STARTTLS, no AUTH
+        report = send(make_sender(factory, SmtpTransport(smtp_settings(server, starttls=True))))
+        assert report.fatal == (
+            f"SMTP server 127.0.0.1:{server.port} does not offer STARTTLS: set smtp.ssl = true "
+            "if it speaks TLS from the start (port 465), or smtp.starttls = false for a server "
+            "without TLS"
+        )
+        login = smtp_settings(server, username="digest", password="s3cret")
+        report = send(make_sender(factory, SmtpTransport(login)))
+        assert report.fatal == (
+            f"SMTP server 127.0.0.1:{server.port} does not offer AUTH (login), but "
+            "smtp.username is set: unset it, or use a port that takes logins"
+        )
+        assert report.sent == 0 and server.handler.messages == []
+        assert ledger(factory) == {address: ("queued", 0) for address in EMAILS}
+
+
 def test_refused_connection_is_one_clear_error(factory, readers) -> None:
     from tests.smtp_server import free_port
 

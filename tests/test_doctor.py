@@ -231,6 +231,16 @@ def test_smtp_reachable_with_starttls_and_login() -> None:
     assert server.handler.messages == []
 
 
+def test_smtp_without_auth_for_a_username_says_so() -> None:
+    with SmtpServer() as server:
+        found = check_smtp(smtp_config(server.port, username="digest", password="s3cret"))
+    assert found[1] == Finding(
+        "warn",
+        f"SMTP server 127.0.0.1:{server.port} does not offer AUTH (login), but smtp.username "
+        "is set: unset it, or use a port that takes logins",
+    )
+
+
 def test_smtp_without_tls_or_unreachable() -> None:
     with SmtpServer() as server:
         plain = check_smtp(smtp_config(server.port))

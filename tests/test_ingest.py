@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from digest import analysis, db, merge, query_plan, relevance
 from digest import ingest as ingest_module
+from digest import select as select_module
 from digest import text as text_analysis
 from digest.fetch import HttpFetcher
 from digest.ingest import ingest_inputs
@@ -796,3 +797,53 @@ def test_an_implausible_upvote_count_is_dropped_not_fatal(
     with factory() as session:
         votes = dict(session.execute(text("SELECT arxiv_id, upvotes FROM papers")).all())
     assert votes == {"2601.00001": None, "2601.00002": 7}
+
+
+def test_a_paper_given_twice_in_one_input_is_observed_once(factory, tmp_path: Path) -> None:
+    # A feed repeating a paper with two counts: no gain between the two at one instant.
+    [item] = json.loads(HF_JSON.read_text(encoding="utf-8"))
+    first, second = json.loads(json.dumps(item)), json.loads(json.dumps(item))
+    first["paper"]["upvotes"], second["paper"]["upvotes"] = 10, 99
+    twice = write_items(tmp_path / "twice.json", [first, second])
+    [summary] = ingest(factory, twice)
+    assert (summary.parsed, summary.new, summary.skipped) == (2, 1, [])
+
+    def observed() -> list[tuple[int, object]]:
+        with factory() as session:
+            paper = session.scalars(select(Paper)).one()
+            assert paper.upvotes == 99
+            return [(o.upvotes, o.observed_at) for o in paper.observations]
+
+    assert observed() == [(99, NOW)]
+    # Again, later: 10 then 99 again, and 99 is what was observed: nothing new.
+    ingest(factory, twice, now=NOW + timedelta(hours=1))
+    assert observed() == [(99, NOW)]
+    # 10 then 120: one observation, of 120.
+    second["paper"]["upvotes"] = 120
+    ingest(
+        factory, write_items(tmp_path / "more.json", [first, second]), now=NOW + timedelta(hours=2)
+    )
+    with factory() as session:
+        paper = session.scalars(select(Paper)).one()
+        assert paper.upvotes == 120
+        assert [(o.upvotes, o.observed_at) for o in paper.observations] == [
+            (99, NOW),
+            (120, NOW + timedelta(hours=2)),
+        ]
+
+
+def test_counts_of_one_instant_from_two_inputs_are_no_gain(factory, tmp_path: Path) -> None:
+    # One `digest ingest a b` stores both inputs' counts at its one `now`, in two
+    # transactions; the later count is the count then, and nothing was gained.
+    [item] = json.loads(HF_JSON.read_text(encoding="utf-8"))
+    item["paper"]["upvotes"] = 10
+    a = write_items(tmp_path / "a.json", [item])
+    item["paper"]["upvotes"] = 99
+    b = write_items(tmp_path / "b.json", [item])
+    ingest(factory, a, b)
+    later = NOW + timedelta(hours=1)
+    with factory() as session:
+        [paper_id] = session.scalars(select(Paper.id)).all()
+        history = db.upvote_history(session, NOW - timedelta(days=1), later)
+    assert history == {paper_id: [(NOW, 99)]}
+    assert select_module.upvote_gain(history[paper_id], NOW - timedelta(days=1), later) == 0

@@ -89,6 +89,9 @@ def test_star_is_everything() -> None:
         ("agents author:", "'author:' needs a word"),
         ("title: agents", "'title:' needs a word"),  # not the word "title" and then "agents"
         ("-cat:", "'cat:' needs a word"),
+        ("like:", "'like:' needs a paper id right after it, e.g. like:42"),
+        ("like: 42", "'like:' needs a paper id"),  # not the words "like" and "42"
+        ("agents LIKE:", "'LIKE:' needs a paper id"),
         ("a", r"looks only for common words \(a\) that nearly every paper has"),
         ("The", r"common words \(the\)"),
         ("of the", r"common words \(of the\)"),

@@ -189,7 +189,10 @@ def papers_by_id(session: Session, ids: Iterable[int]) -> dict[int, Paper]:
 def upvote_history(
     session: Session, since: datetime, until: datetime
 ) -> dict[int, list[tuple[datetime, int]]]:
-    """Observations up to `until` of every paper observed in (since, until], oldest first."""
+    """Observations up to `until` of every paper observed in (since, until], oldest first
+
+    (one per instant: the last count stored for it).
+    """
     recent = (
         select(UpvoteObservation.paper_id)
         .where(UpvoteObservation.observed_at > since, UpvoteObservation.observed_at <= until)
@@ -202,7 +205,13 @@ def upvote_history(
     )
     history: dict[int, list[tuple[datetime, int]]] = {}
     for paper_id, observed_at, upvotes in rows:
-        history.setdefault(paper_id, []).append((observed_at, upvotes))
+        observed = history.setdefault(paper_id, [])
+        if observed and observed[-1][0] == observed_at:
+            # Two counts at one instant (two inputs of one ingest gave the paper): the
+            # later one is the count then, and there was no gain between them.
+            observed[-1] = (observed_at, upvotes)
+        else:
+            observed.append((observed_at, upvotes))
     return history
 
 
