@@ -52,6 +52,7 @@ class Planned:
     digest_date: date
     digest_id: int | None
     selected_at: datetime
+    topics_until: datetime | None = None  # `Selection.topics_until`
 
 
 def _insert(session: Session, rows: list[dict[str, object]], now: datetime) -> list[Status]:
@@ -77,6 +78,7 @@ def plan(session: Session, planned: Sequence[Planned], now: datetime) -> tuple[i
                 "digest_id": p.digest_id,
                 "status": Status.QUEUED if p.digest_id is not None else Status.EMPTY,
                 "selected_at": p.selected_at,
+                "topics_until": p.topics_until,
             }
             # In key order, like every planner (see `db.store_digests`).
             for p in sorted(planned, key=lambda p: (p.subscriber_id, p.digest_date))

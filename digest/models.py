@@ -359,6 +359,9 @@ class Delivery(Base):
     lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     last_reply: Mapped[str | None] = mapped_column(Text)
+    # The latest `Topic.added_at` of the topics this digest was chosen with (None before
+    # 0010_lookback: then `created_at`): a topic added later was not in it.
+    topics_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
 

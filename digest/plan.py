@@ -179,6 +179,7 @@ def record_selections(
                 selection.digest_date,
                 None if key is None else digest_ids[key],
                 selection.as_of or now,
+                selection.topics_until,
             )
             for (subscriber_id, selection), key in zip(chosen, keys, strict=True)
         ],

@@ -109,10 +109,13 @@ class Selection:
     """One subscriber's digest for one local date."""
 
     digest_date: date
-    new_since: datetime  # where new papers start (for a topic added since: the window's start)
+    new_since: datetime  # where new papers start (a topic added since starts at the window's)
     items: list[SelectedItem] = field(default_factory=list)
     as_of: datetime | None = None  # the instant it was chosen as of (the run's now)
     more: dict[str, int] = field(default_factory=dict)  # topic query -> matches left out
+    # The latest time one of the topics it was chosen with was added (`Topic.added_at`):
+    # the next digest looks back for a topic added after it.
+    topics_until: datetime | None = None
     # The content hash, computed once (or given by the run that chose the same content).
     _hash: str | None = field(default=None, init=False, repr=False, compare=False)
 
@@ -220,11 +223,13 @@ def ranking_score(weight: float, votes: int, most: int) -> float:
 class History:
     """What a subscriber got before a digest date: the papers they received (or may
     have), never sent again, when their previous digest was chosen as of (where the new
-    papers start), and when it was planned (a topic added later was not in it)."""
+    papers start), and the latest time one of its topics had been added (a topic added
+    later was not in it; for a digest stored before topics kept that time, when it was
+    planned)."""
 
     received: frozenset[int] = frozenset()
     previous_selected_at: datetime | None = None
-    previous_planned_at: datetime | None = None
+    previous_topics_until: datetime | None = None
 
 
 def histories(
@@ -466,11 +471,11 @@ class SelectionRun:
         start = self.window.new_since
         previous = history.previous_selected_at
         new_since = previous if previous is not None and start < previous <= self.now else start
-        # A topic added after the previous digest was planned was not in it: its first
+        # A topic added after the topics of the previous digest was not in it: its first
         # digest looks back like a first digest.
-        planned = history.previous_planned_at
+        until = history.previous_topics_until
         since = tuple(
-            start if planned is not None and topic.added_at > planned else new_since
+            start if until is not None and topic.added_at > until else new_since
             for topic in subscriber.topics
         )
         labels = tuple((topic.query, topic.label) for topic in subscriber.topics)
@@ -493,6 +498,10 @@ class SelectionRun:
             items=list(items),
             more=dict(more),
             as_of=self.now,
+            topics_until=max(
+                (topic.added_at for topic in subscriber.topics if topic.added_at is not None),
+                default=None,
+            ),
         )
         selection._hash = content_hash(digest_date, body)
         return selection

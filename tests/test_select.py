@@ -549,3 +549,36 @@ def test_a_topic_planned_in_a_catch_up_digest_is_not_looked_back_again(factory, 
     assert plan(joined) == ["2602.00063", "2602.00062"]  # as of 06:00, planned at 08:00
     feed.ingest(DAY1 + timedelta(hours=20), [("2603.00064", "Diffusion Paper 64", 0)])
     assert plan(DAY1 + timedelta(days=1)) == ["2603.00064"]
+
+
+def test_a_topic_added_while_a_run_reads_subscribers_is_looked_back_once(
+    factory, feed: Feed
+) -> None:
+    """A run starts at DAY1, the subscriber adds a topic a minute later, and the run reads
+    their topics after that: the added topic is in that digest (looked back), so the next
+    digest does not look back again, although the topic was added after the run's `now`."""
+    settings = replace(SETTINGS, max_per_topic=2)
+    feed.ingest(
+        DAY1 - timedelta(days=3),
+        [(f"2602.{n:05d}", f"Robot Paper {n}", n) for n in range(10, 14)],
+    )
+    add(factory, "ada@example.org", "diffusion")
+    add(factory, "ada@example.org", "diffusion", "robot", now=DAY1 + timedelta(minutes=1))
+
+    def plan(now: datetime) -> list[str]:
+        with db.transaction(factory) as session:
+            ada = db.list_subscribers(session, "active")[0]
+            day = local_date(now, "UTC")
+            plan_deliveries(session, [(ada, day)], now=now, settings=settings)
+            delivery = db.find_delivery(session, ada.id, day)
+            assert delivery is not None
+            assert delivery.topics_until == DAY1 + timedelta(minutes=1)
+            delivery.status = "sent" if delivery.digest else delivery.status
+            return (
+                sorted(i.paper.arxiv_id or "" for i in delivery.digest.items)
+                if delivery.digest
+                else []
+            )
+
+    assert plan(DAY1) == ["2602.00012", "2602.00013"]  # robot looked back, its best two
+    assert plan(DAY1 + timedelta(days=1)) == []  # not again: 10 and 11 are not new

@@ -58,10 +58,10 @@ def reference(
     if previous is not None and new_since < previous <= run.now:
         new_since = previous
     # Each topic's new papers start at the previous digest, or at the window's start for a
-    # topic added after it was planned (and for every topic of a first digest).
-    planned = history.previous_planned_at
+    # topic added after the topics it was chosen with (and for every topic of a first digest).
+    until = history.previous_topics_until
     since = [
-        run.window.new_since if planned is not None and topic.added_at > planned else new_since
+        run.window.new_since if until is not None and topic.added_at > until else new_since
         for topic in subscriber.topics
     ]
     gains = run.gains(trend_window(subscriber))

@@ -94,8 +94,9 @@ def previous_selections(
     session: Session, pairs: Iterable[tuple[int, date]]
 ) -> dict[tuple[int, date], tuple[datetime, datetime]]:
     """For each (subscriber id, date): when the subscriber's latest earlier digest (received,
-    or that found nothing to send) was chosen as of, and when it was planned (its topics
-    read). Pairs with none are left out."""
+    or that found nothing to send) was chosen as of, and the latest time one of its topics
+    had been added (for a row stored before it kept that, when it was planned). Pairs with
+    none are left out."""
     by_day: dict[date, list[int]] = {}
     for subscriber_id, day in pairs:
         by_day.setdefault(day, []).append(subscriber_id)
@@ -113,7 +114,11 @@ def previous_selections(
                 .subquery()
             )
             rows = session.execute(
-                select(Delivery.subscriber_id, Delivery.selected_at, Delivery.created_at).join(
+                select(
+                    Delivery.subscriber_id,
+                    Delivery.selected_at,
+                    func.coalesce(Delivery.topics_until, Delivery.created_at),
+                ).join(
                     latest,
                     (Delivery.subscriber_id == latest.c.subscriber_id)
                     & (Delivery.digest_date == latest.c.day),
