@@ -358,7 +358,7 @@ def check_smtp(settings: SmtpConfig, context: ssl.SSLContext | None = None) -> l
             mode = "no TLS"
             if settings.starttls:
                 if not client.has_extn("starttls"):
-                    return [*found, warn(f"SMTP {where} does not offer STARTTLS")]
+                    return [*found, warn(not_offered(where, "STARTTLS", tls=False))]
                 client.starttls(context=context)
                 mode = "STARTTLS, certificate verified"
         if settings.username:
@@ -370,7 +370,7 @@ def check_smtp(settings: SmtpConfig, context: ssl.SSLContext | None = None) -> l
     except (ssl.SSLError, ssl.CertificateError) as exc:
         found.append(warn(f"TLS with SMTP {where} failed: {exc}"))
     except smtplib.SMTPNotSupportedError as exc:
-        found.append(warn(not_offered(where, exc)))
+        found.append(warn(not_offered(where, exc, settings.ssl or settings.starttls)))
     except (OSError, smtplib.SMTPException) as exc:
         found.append(warn(f"cannot reach SMTP {where}: {exc}"))
     finally:

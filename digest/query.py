@@ -173,7 +173,12 @@ def parse_query(text: str, *, stored: bool = False) -> Query:
             raise QueryError(
                 f'{shown(word)} needs a word or "phrase" right after it, e.g. title:agents'
             )
-        if word and word.endswith(":") and word[:-1].lstrip("-").casefold() == "like":
+        if (
+            word
+            and not match.group("field")
+            and word.endswith(":")
+            and word[:-1].lstrip("-").casefold() == "like"
+        ):
             # Not the word "like": `like: 42` would quietly be a different topic.
             raise QueryError(f"{shown(word)} needs a paper id right after it, e.g. like:42")
         phrase = match.group("phrase")

@@ -172,8 +172,10 @@ _ENHANCED = re.compile(r"^([245])\.(\d{1,3})\.(\d{1,3})$")
 _ADDRESS_REFUSED = {"5.1.0", "5.1.1", "5.1.2", "5.1.3", "5.1.4", "5.1.6", "5.1.10", "5.2.1"}
 
 
-def not_offered(where: str, exc: smtplib.SMTPNotSupportedError) -> str:
-    """What the server lacks that the settings ask for, and the settings to change."""
+def not_offered(where: str, exc: smtplib.SMTPNotSupportedError | str, tls: bool) -> str:
+    """What the server lacks that the settings ask for, and the settings to change
+    (`tls`: the connection is encrypted, so a server offering logins only over TLS is
+    not the cause)."""
     if "STARTTLS" in str(exc):
         return (
             f"SMTP server {where} does not offer STARTTLS: set smtp.ssl = true if it "
@@ -181,10 +183,13 @@ def not_offered(where: str, exc: smtplib.SMTPNotSupportedError) -> str:
             "without TLS"
         )
     if "AUTH" in str(exc):
-        return (
-            f"SMTP server {where} does not offer AUTH (login), but smtp.username is set: "
+        fix = (
             "unset it, or use a port that takes logins"
+            if tls
+            else "set smtp.starttls = true if it takes logins only over TLS (most servers), "
+            "or unset it"
         )
+        return f"SMTP server {where} does not offer AUTH (login), but smtp.username is set: {fix}"
     return f"SMTP server {where} does not offer a feature we need: {one_line(str(exc))}"
 
 
@@ -285,7 +290,8 @@ class SmtpTransport:
             reply = reply_text(exc.smtp_code, exc.smtp_error)
             return FatalTransportError(f"SMTP authentication failed: {reply}")
         if isinstance(exc, smtplib.SMTPNotSupportedError):
-            return FatalTransportError(not_offered(where, exc))
+            tls = self.settings.ssl or self.settings.starttls
+            return FatalTransportError(not_offered(where, exc, tls))
         if isinstance(exc, ssl.SSLError | ssl.CertificateError):
             return FatalTransportError(f"TLS with {where} failed: {exc}")
         if isinstance(exc, smtplib.SMTPResponseException):

@@ -204,7 +204,8 @@ def test_a_server_without_starttls_or_auth_says_which_setting_to_change(factory,
         report = send(make_sender(factory, SmtpTransport(login)))
         assert report.fatal == (
             f"SMTP server 127.0.0.1:{server.port} does not offer AUTH (login), but "
-            "smtp.username is set: unset it, or use a port that takes logins"
+            "smtp.username is set: set smtp.starttls = true if it takes logins only over TLS "
+            "(most servers), or unset it"
         )
         assert report.sent == 0 and server.handler.messages == []
         assert ledger(factory) == {address: ("queued", 0) for address in EMAILS}

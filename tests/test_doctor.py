@@ -237,7 +237,8 @@ def test_smtp_without_auth_for_a_username_says_so() -> None:
     assert found[1] == Finding(
         "warn",
         f"SMTP server 127.0.0.1:{server.port} does not offer AUTH (login), but smtp.username "
-        "is set: unset it, or use a port that takes logins",
+        "is set: set smtp.starttls = true if it takes logins only over TLS (most servers), "
+        "or unset it",
     )
 
 
@@ -249,7 +250,10 @@ def test_smtp_without_tls_or_unreachable() -> None:
         assert plain[1].message == f"SMTP 127.0.0.1:{server.port} answers (no TLS)"
         [no_starttls] = check_smtp(smtp_config(server.port, starttls=True))
         assert no_starttls == Finding(
-            "warn", f"SMTP 127.0.0.1:{server.port} does not offer STARTTLS"
+            "warn",
+            f"SMTP server 127.0.0.1:{server.port} does not offer STARTTLS: set smtp.ssl = "
+            "true if it speaks TLS from the start (port 465), or smtp.starttls = false for a "
+            "server without TLS",
         )
     port = free_port()
     [down] = check_smtp(smtp_config(port, starttls=True))

@@ -53,6 +53,7 @@ def empty(factory) -> Session:
         ("CoDE generation", "CoDE generation", '("qqcode") AND ("generat")'),
         ("like:2602.23229v2 -survey", "like:2602.23229 -survey", ""),
         ("re: diffusion", "re diffusion", '("re") AND ("diffus")'),  # not a field name
+        ("title:like:", "title:like", '(title_terms : "like")'),  # the word, not the operator
     ],
 )
 def test_parse_and_compile(empty: Session, text: str, canonical: str, fts: str) -> None:
