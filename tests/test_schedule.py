@@ -500,6 +500,7 @@ def test_status_shows_next_runs_last_results_due_and_problems(
     assert "  dispatch  never" in output
     assert "due in the next hour: 1" in output
     assert "  06:30 UTC  soon@example.org (12:00 Asia/Kolkata)" in output
+    assert "queued, not sent yet: 0\n" in output
     assert "deferred, unknown, in flight, or failed in the last 24 h: 0" in output
     # After a dispatch that left a deferred row, status reports the run and the row.
     engine = db.open_database(db_url)
@@ -578,6 +579,30 @@ def test_status_shows_next_runs_last_results_due_and_problems(
         "user",
     ]
     assert "an old failure" not in output
+    assert "queued, not sent yet: 0\n" in output
+    # Rows planned and not sent yet (a send that stopped) are counted per date.
+    cli("subscribe", "waiting@example.org", "--topic", "*")
+    cli("subscribe", "waiting2@example.org", "--topic", "*")
+    engine = db.open_database(db_url)
+    with db.transaction(db.session_factory(engine)) as session:
+        for address, day in (
+            ("waiting@example.org", date(2026, 11, 24)),
+            ("waiting2@example.org", date(2026, 11, 24)),
+            ("waiting@example.org", date(2026, 11, 25)),
+        ):
+            session.add(
+                Delivery(
+                    subscriber=db.find_subscriber(session, address),
+                    digest_date=day,
+                    status="queued",
+                    selected_at=now,
+                    created_at=now,
+                    updated_at=now,
+                )
+            )
+    engine.dispose()
+    output = cli("status").output
+    assert "queued, not sent yet: 3 (2 for 2026-11-24, 1 for 2026-11-25)\n" in output
 
 
 def test_status_counts_a_digest_due_and_not_yet_sent(cli) -> None:

@@ -138,8 +138,9 @@ def serve_command(app: App, host: str | None, port: int | None, debug: bool, ver
 def status_command(app: App) -> None:
     """Show the scheduler's next runs, the last results, who is due soon, and problems.
 
-    Problems are deliveries deferred, unknown or in flight, and those that failed
-    (with the reply and whether the address bounced) in the last 24 hours.
+    Also how many planned digests wait to be sent, per date. Problems are deliveries
+    deferred, unknown or in flight, and those that failed (with the reply and whether
+    the address bounced) in the last 24 hours.
 
     \b
     Example:
@@ -156,6 +157,7 @@ def status_command(app: App) -> None:
         lease = db.current_lease(session, schedule.DISPATCH_LEASE)
         grace = timedelta(hours=config.schedule.grace_hours)
         upcoming = schedule.due_within(session, now, timedelta(hours=1), grace)
+        queued = db.queued_by_date(session)
         problems = [
             *db.deliveries_with_status(session, (Status.DEFERRED, Status.UNKNOWN, Status.SENDING)),
             *db.deliveries_with_status(session, (Status.FAILED,), now - timedelta(days=1)),
@@ -200,6 +202,13 @@ def status_command(app: App) -> None:
             f"  {at:%H:%M} UTC  {subscriber.email} "
             f"({subscriber.send_hour:02d}:00 {subscriber.timezone})"
         )
+    # Planned rows not sent yet (a send that stopped, or digests planned before their
+    # hour): sent at their subscriber's hour by `digest run`, or now by `digest send`.
+    waiting = ", ".join(f"{count} for {day}" for day, count in queued)
+    click.echo(
+        f"queued, not sent yet: {sum(count for _, count in queued)}"
+        + (f" ({waiting})" if waiting else "")
+    )
     click.echo(f"deferred, unknown, in flight, or failed in the last 24 h: {len(problem_rows)}")
     if problem_rows:
         print_table(("email", "date", "status", "attempts", "last reply"), problem_rows)

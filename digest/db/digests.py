@@ -260,6 +260,17 @@ def store_digests(
     return ids
 
 
+def queued_by_date(session: Session) -> list[tuple[date, int]]:
+    """How many delivery rows wait to be sent (`queued`), per digest date."""
+    rows = session.execute(
+        select(Delivery.digest_date, func.count())
+        .where(Delivery.status == DeliveryStatus.QUEUED)
+        .group_by(Delivery.digest_date)
+        .order_by(Delivery.digest_date)
+    )
+    return [(day, count) for day, count in rows]
+
+
 def deliveries_with_status(
     session: Session, statuses: Sequence[str], updated_since: datetime | None = None
 ) -> Sequence[Delivery]:
