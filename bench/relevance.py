@@ -18,8 +18,8 @@ per topic and on average. `--split` reports a tuning half and a held-out half
 `--judged` may be repeated to pool folders (tests/data/relevance and its
 validation/, holdout/ ... holdout6/ sets). `--cv` measures how well tuning generalises. Each `--vary
 NAME=V1,V2,...` names a `digest.relevance` constant (FEEDBACK_PAPERS, NEAR_WEIGHT,
-...), a `digest.select` one (POPULARITY_WEIGHT, TRENDING_MIN_RELEVANCE) or a `digest.*` setting
-(min_relevance, max_per_topic) and the values to try; every
+...), a `digest.ranking` or `digest.select` one (POPULARITY_WEIGHT, TRENDING_MIN_RELEVANCE)
+or a `digest.*` setting (min_relevance, max_per_topic) and the values to try; every
 combination is run through the same real path, and for each topic the
 combination that is best on the *other* topics (mean precision + mean nDCG@10)
 is scored on it (leave one topic out), as is each half with the combination
@@ -64,7 +64,7 @@ from types import ModuleType
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from digest import db, query_plan, relevance
+from digest import db, query_plan, ranking, relevance
 from digest import select as selection
 from digest.config import DigestSettings
 from digest.ingest import ingest_inputs
@@ -218,8 +218,9 @@ Combination = tuple[tuple[str, object], ...]
 
 
 def _module(name: str) -> ModuleType | None:
-    """The module whose constant `name` is: digest.relevance, digest.query_plan or digest.select."""
-    return next((m for m in (relevance, query_plan, selection) if hasattr(m, name)), None)
+    """The module whose constant `name` is: digest.relevance, digest.query_plan,
+    digest.ranking or digest.select."""
+    return next((m for m in (relevance, query_plan, ranking, selection) if hasattr(m, name)), None)
 
 
 def parse_vary(texts: list[str]) -> list[Combination]:
@@ -233,8 +234,8 @@ def parse_vary(texts: list[str]) -> list[Combination]:
             default = getattr(_module(name), name)
         else:
             raise SystemExit(
-                f"--vary {text!r}: not a constant of digest.relevance, digest.query_plan or "
-                "digest.select, nor a setting"
+                f"--vary {text!r}: not a constant of digest.relevance, digest.query_plan, "
+                "digest.ranking or digest.select, nor a setting"
             )
         kind = type(default)
         if kind is bool:

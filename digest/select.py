@@ -25,27 +25,14 @@ never been sent to this subscriber, and are either
   `now` minus the latest before the period (or the first one in it: a first
   observation is no gain). Of the papers that match one of the subscriber's topics
   clearly, with relevance at least 0.5 (`TRENDING_MIN_RELEVANCE`: half as relevant as
-  the topic's best match), the `max_trending` with the highest Hacker News score
-  ``gain / (age_hours + 2) ** gravity`` are shown as trending, new or not (so first
+  the topic's best match), the `max_trending` with the highest trending score
+  (`digest.ranking.trending_score`) are shown as trending, new or not (so first
   digests and previews show them too); other new papers show as new, and other old
   ones are left out. A weak match that gains upvotes does not take a place ahead of
   better matches.
 
-Each topic's papers are ordered by
-
-    score = weight * (1 + 0.2 * log(1 + votes) / log(1 + most))
-
-(`weight`: the match's relevance, times 1.5 when its title names the query,
-`relevance.Match.weight`; `votes` = upvotes as of `now` + the period's gain; `most`:
-the highest `votes` among the topic's matches; no boost when none has any). The
-community's signal raises the papers people upvote, the topic's most upvoted paper
-by a fifth, but it is bounded and relative to the topic, so it reorders papers of
-about equal relevance and never lifts a weak match over one more than a fifth more
-relevant, whatever the absolute counts: the publication date plays no part.
-(`bench/relevance.py --upvotes SEED` measures what the signal costs on the judged
-set: with synthetic upvotes independent of the topics, this order and the trending
-floor cost at most 0.007 nDCG@10, where the earlier unbounded
-``1 + 0.1 * log2(1 + votes)`` without a floor cost up to 0.022.)
+Each topic's papers are ordered by relevance raised by the community's upvote signal
+(`digest.ranking.ranking_score`, which documents both formulas): not by date.
 The `*` topic matches every eligible paper with relevance 1, so it is the
 period's papers by upvotes (the Hugging Face view) and may fill the whole digest.
 
@@ -66,7 +53,6 @@ import hashlib
 import heapq
 import itertools
 import json
-import math
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from datetime import UTC, date, datetime, time, timedelta
@@ -79,8 +65,8 @@ from digest.cache import BoundedCache
 from digest.config import DigestSettings
 from digest.models import DeliveryStatus, DigestItem, Paper, Subscriber
 from digest.query import parse_query
+from digest.ranking import age_hours, ranking_score, trending_score, upvote_gain, votes
 
-POPULARITY_WEIGHT = 0.2  # the most upvoted match of a topic weighs this much more
 TRENDING_MIN_RELEVANCE = 0.5  # a trending paper matches one of the topics at least this well
 DAY = timedelta(days=1)
 WEEK = timedelta(days=7)
@@ -176,47 +162,6 @@ def selection_time(subscriber: Subscriber, day: date, now: datetime) -> datetime
 
 def trend_window(subscriber: Subscriber) -> timedelta:
     return DAY if subscriber.weekday is None else WEEK
-
-
-def upvote_gain(history: list[tuple[datetime, int]], start: datetime, end: datetime) -> int:
-    """Latest count at or before `end` minus the latest at or before `start`.
-
-    A gain needs two observations: with none before `start`, the baseline is the
-    first one in the window, so a paper's first count is never a gain.
-    """
-    before: int | None = None
-    latest: int | None = None
-    for observed_at, upvotes in history:
-        if observed_at > end:
-            break
-        if observed_at <= start or before is None:
-            before = upvotes
-        latest = upvotes
-    return 0 if latest is None or before is None else latest - before
-
-
-def age_hours(published_on: date | None, first_seen_at: datetime, now: datetime) -> float:
-    """A paper's age: since its publication date, else since it was first seen."""
-    born = datetime.combine(published_on, time(), tzinfo=UTC) if published_on else first_seen_at
-    return max(0.0, (now - born).total_seconds() / 3600)
-
-
-def trending_score(gain: int, age_hours: float, gravity: float) -> float:
-    """Hacker News gravity: the upvote gain, decayed by the paper's age."""
-    return float(gain / (age_hours + 2.0) ** gravity)
-
-
-def votes(upvotes: int | None, gain: int) -> int:
-    """The upvote signal of a paper: its count and its recent gain."""
-    return max(0, upvotes or 0) + max(0, gain)
-
-
-def ranking_score(weight: float, votes: int, most: int) -> float:
-    """The match's weight raised by its share of the upvote signal, on a log scale, relative
-    to `most`, the highest among the topic's matches: at most by POPULARITY_WEIGHT."""
-    if most <= 0:
-        return weight
-    return float(weight * (1 + POPULARITY_WEIGHT * math.log1p(votes) / math.log1p(most)))
 
 
 @dataclass(frozen=True)

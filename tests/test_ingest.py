@@ -16,9 +16,8 @@ import pytest
 from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
-from digest import analysis, db, merge, query_plan, relevance
+from digest import analysis, db, merge, query_plan, ranking, relevance
 from digest import ingest as ingest_module
-from digest import select as select_module
 from digest import text as text_analysis
 from digest.fetch import HttpFetcher
 from digest.ingest import ingest_inputs
@@ -846,4 +845,4 @@ def test_counts_of_one_instant_from_two_inputs_are_no_gain(factory, tmp_path: Pa
         [paper_id] = session.scalars(select(Paper.id)).all()
         history = db.upvote_history(session, NOW - timedelta(days=1), later)
     assert history == {paper_id: [(NOW, 99)]}
-    assert select_module.upvote_gain(history[paper_id], NOW - timedelta(days=1), later) == 0
+    assert ranking.upvote_gain(history[paper_id], NOW - timedelta(days=1), later) == 0

@@ -17,15 +17,8 @@ from digest.config import DigestSettings
 from digest.ingest import ingest_inputs
 from digest.models import Delivery, Digest, Subscriber, Topic
 from digest.plan import plan_deliveries, record_selection
-from digest.select import (
-    TRENDING_MIN_RELEVANCE,
-    SelectionRun,
-    local_date,
-    ranking_score,
-    trending_score,
-    upvote_gain,
-    votes,
-)
+from digest.ranking import ranking_score, trending_score, upvote_gain, votes
+from digest.select import TRENDING_MIN_RELEVANCE, SelectionRun, local_date
 from digest.subscribers import subscribe
 
 DAY1 = datetime(2026, 3, 2, 6, 0, tzinfo=UTC)

@@ -21,6 +21,7 @@ from digest.config import DigestSettings
 from digest.ingest import ingest_inputs
 from digest.models import Delivery, Paper, Subscriber, Topic, UpvoteObservation
 from digest.plan import plan_deliveries
+from digest.ranking import ranking_score, trending_score, votes
 from digest.select import (
     TRENDING_MIN_RELEVANCE,
     History,
@@ -28,10 +29,7 @@ from digest.select import (
     Selection,
     SelectionRun,
     histories,
-    ranking_score,
     trend_window,
-    trending_score,
-    votes,
 )
 from digest.subscribers import subscribe
 from tests.conftest import SEEDS
