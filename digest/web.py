@@ -1,7 +1,8 @@
 """Web stage: the Flask app behind every link in a digest, and the subscribe form.
 
 `create_app(config=None)` builds the app from the same wiring as the CLI and
-the scheduler (`digest.app.App`); `digest serve` runs it under waitress.
+the scheduler (`digest.app.App`); `digest serve` runs it under waitress
+(`digest.web_server`).
 Pages (Jinja templates in templates/web/, with the email's look):
 
 * `/` subscribe: email, optional name, topics (the query syntax of the CLI, with
@@ -44,9 +45,7 @@ import hashlib
 import hmac
 import json
 import logging
-import threading
-from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -76,7 +75,7 @@ from digest import db, links
 from digest.app import App
 from digest.config import Config
 from digest.config_values import canonical_timezones, iana_timezones
-from digest.errors import DigestError, SubscriberError, shown
+from digest.errors import SubscriberError
 from digest.models import WEEKDAYS, Delivery, Digest, Subscriber, SubscriptionRequest
 from digest.notices import WEEKDAY_NAMES, Outbox, frequency, topics_text
 from digest.preferences import parse_topic
@@ -647,63 +646,3 @@ def create_app(config: Config | None = None, *, wiring: App | None = None) -> Fl
         )
 
     return app
-
-
-@dataclass
-class Listening:
-    """The web front bound to its socket (`listen`), ready to `run`."""
-
-    app: Flask
-    server: Any  # waitress's server
-
-    def run(self, stop: threading.Event | None = None) -> None:
-        """Serve until interrupted (or `stop` is set)."""
-        if stop is not None:
-            server = self.server
-            threading.Thread(
-                target=lambda: (stop.wait(), server.close()), name="digest-web-stop", daemon=True
-            ).start()
-        try:
-            self.server.run()
-        except (OSError, ValueError):
-            if stop is None or not stop.is_set():
-                raise
-        finally:
-            self.app.extensions["digest.outbox"].drain(10)
-
-
-def listen(wiring: App, host: str, port: int) -> Listening:
-    """The web front bound to `host`:`port` with waitress, in the caller's thread, so a host
-    that does not resolve or a port in use is the caller's one-line error (`digest run
-    --serve` binds before it starts the web thread)."""
-    from waitress.server import create_server
-
-    app = create_app(wiring=wiring)
-    try:
-        server = create_server(app, host=host, port=port, threads=wiring.config.web.threads)
-    except ValueError as exc:  # waitress: a host that does not resolve to an address
-        app.extensions["digest.outbox"].drain(10)
-        raise DigestError(f"cannot listen on host {shown(host)}, port {port}: {exc}") from None
-    except OSError as exc:  # the port is in use, or not ours to bind
-        app.extensions["digest.outbox"].drain(10)
-        reason = exc.strerror or exc
-        raise DigestError(f"cannot listen on host {shown(host)}, port {port}: {reason}") from None
-    return Listening(app, server)
-
-
-def serve(
-    wiring: App,
-    host: str,
-    port: int,
-    *,
-    stop: threading.Event | None = None,
-    on_listening: Callable[[], None] | None = None,
-) -> None:
-    """Serve the web front with waitress until interrupted (or `stop` is set).
-
-    `on_listening` is called once the socket is bound, before the first request.
-    """
-    listening = listen(wiring, host, port)
-    if on_listening is not None:
-        on_listening()
-    listening.run(stop)

@@ -55,7 +55,7 @@ def run_command(app: App, verbose: bool, serve: bool, host: str | None, port: in
     print_config_warnings(app)
     listening = None
     if serve:
-        from digest.web import listen
+        from digest.web_server import listen
 
         # Bound before anything starts, not in the web thread: a host that does not
         # resolve or a port in use is one line, and nothing runs.
@@ -110,7 +110,8 @@ def serve_command(app: App, host: str | None, port: int | None, debug: bool, ver
         digest serve
         digest serve --host 0.0.0.0 --port 8080
     """
-    from digest.web import create_app, serve
+    from digest.web import create_app
+    from digest.web_server import serve
 
     setup_logging(verbose)
     config = app.config
