@@ -138,15 +138,20 @@ def parse_frequency(text: str) -> int | None:
 
 
 @functools.lru_cache(maxsize=4096)  # pure; a bulk import repeats the same few topics
+def split_label(text: str) -> tuple[str | None, str]:
+    """`LABEL=QUERY` as (label, query text); (None, text) when there is no label (an '='
+    inside a phrase or after a field is part of the query)."""
+    head, sep, tail = text.partition("=")
+    if sep and '"' not in head and ":" not in head:
+        return head.strip(), tail
+    return None, text
+
+
 def parse_topic(text: str) -> TopicSpec:
     """`QUERY` or `LABEL=QUERY`; SubscriberError if the query is empty or matches nothing."""
-    label: str | None = None
-    query_text = text
-    head, sep, tail = text.partition("=")
-    if sep and not head.strip():
+    label, query_text = split_label(text)
+    if label == "":
         raise SubscriberError(f"topic {shown(text)}: the label before '=' is empty")
-    if sep and '"' not in head and ":" not in head:
-        label, query_text = head.strip(), tail
     if label is not None and (len(label) > MAX_LABEL or not is_plain(label)):
         raise SubscriberError(
             f"topic label {shown(label)}: at most {MAX_LABEL} characters, "

@@ -78,7 +78,7 @@ from digest.config_values import canonical_timezones, iana_timezones
 from digest.errors import SubscriberError
 from digest.models import WEEKDAYS, Delivery, Digest, Subscriber, SubscriptionRequest
 from digest.notices import WEEKDAY_NAMES, Outbox, frequency, topics_text
-from digest.preferences import parse_topic
+from digest.preferences import parse_topic, split_label
 from digest.query import QueryError, parse_query
 from digest.resources import resource_dir
 from digest.schedule import NextDigest, upcoming_digest
@@ -370,7 +370,8 @@ def create_app(config: Config | None = None, *, wiring: App | None = None) -> Fl
     @app.get("/api/match")
     @limiter.limit(web.api_rate_limit)
     def match_api() -> ResponseReturnValue:
-        text = request.args.get("q", "")
+        # What the topic box holds: a label before '=' names the topic, it is not searched.
+        _, text = split_label(request.args.get("q", ""))
         try:
             query = parse_query(text)
         except QueryError as exc:

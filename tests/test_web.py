@@ -588,6 +588,8 @@ def test_match_api_counts_and_examples(site: Site) -> None:
     assert body["count"] == sum(1 for m in found if m.relevance >= cutoff) == 25 < len(found)
     assert body["examples"] == examples
     assert body["query"] == "diffusion" and body["error"] is None
+    # A label before '=' is the topic's name, as the form stores it, not words to search.
+    assert client.get("/api/match?q=Diffusion%3Ddiffusion").get_json() == body
     bad = client.get('/api/match?q=title:"').get_json()
     assert bad["count"] == 0 and bad["error"]
 

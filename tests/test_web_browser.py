@@ -266,6 +266,13 @@ def test_every_bad_field_shows_its_error_at_once_in_a_browser(service) -> None:
         )
         expect(page.locator("[aria-invalid=true]")).to_have_count(1)
         expect(page.locator(".error-text")).to_have_count(1)
+        # The live checker does not repeat the server's message for the value it was sent,
+        # but speaks again once the value changes.
+        page.wait_for_load_state("networkidle")
+        expect(page.locator("#topic-2-matches")).to_have_text("")
+        page.get_by_label("Topic 2").fill("like:88888")
+        expect(page.locator("#topic-2-matches")).to_contain_text("like:88888: no such paper")
+        page.get_by_label("Topic 2").fill("like:99999")
         expect(page.get_by_label("Send at")).to_have_value("6")
         listed = run_digest(env, "subscribers")
         assert listed.returncode == 0 and "ada@example.org" not in listed.stdout, listed.stdout

@@ -41,9 +41,12 @@
     var box = document.getElementById(input.id + "-matches");
     var timer = null;
     var seq = 0;
+    var sent = input.getAttribute("aria-invalid") === "true" ? input.value.trim() : null;
     function show(data, ticket) {
       if (ticket !== seq) { return; }
       box.textContent = "";
+      // The page already states the server's error for what it was sent: not twice.
+      if (data.error && sent !== null && input.value.trim() === sent) { return; }
       if (data.error) {
         var err = document.createElement("span");
         err.className = "error";
