@@ -270,7 +270,13 @@ class DigestView:
 
 
 def clip(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[: max(0, limit - 1)].rstrip() + "…"
+    """`text` within `limit` characters, cut with '…'; a quotation it ends with keeps its
+    closing quote ('papers like “A long ti…”')."""
+    if len(text) <= limit:
+        return text
+    if text.endswith("”") and "“" in text:
+        return clip(text[:-1], limit - 1) + "”"
+    return text[: max(0, limit - 1)].rstrip() + "…"
 
 
 def join_titles(titles: Sequence[str], limit: int) -> str:
@@ -281,7 +287,11 @@ def join_titles(titles: Sequence[str], limit: int) -> str:
         text = ", ".join(titles[:shown]) + (f" +{rest} more" if rest else "")
         if len(text) <= limit:
             return text
-    return clip(titles[0], limit) if titles else ""
+    if not titles:
+        return ""
+    # Not even one whole title fits: the first one cut, and how many more there are.
+    more = f" +{len(titles) - 1} more" if len(titles) > 1 else ""
+    return clip(titles[0], limit - len(more)) + more
 
 
 def trim_abstract(text: str, limit: int = ABSTRACT_CHARS) -> tuple[str, bool]:

@@ -28,7 +28,15 @@ from digest.models import Paper, Subscriber, Topic
 from digest.prose import latex_to_text, link_line, wrap_prose
 from digest.render import HTML_BUDGET, Renderer
 from digest.select import SelectionRun
-from digest.views import Reason, Recipient, quoted, topic_title, trim_abstract
+from digest.views import (
+    Reason,
+    Recipient,
+    clip,
+    join_titles,
+    quoted,
+    topic_title,
+    trim_abstract,
+)
 from tests.conftest import SEEDS
 
 DAY = date(2026, 11, 25)
@@ -390,6 +398,18 @@ def test_size_budget_with_the_largest_digest(tmp_path: Path) -> None:
     shown = len(lxml.html.fromstring(html).xpath("//p[@class='title']"))
     assert 0 < shown < 20
     assert f"{20 - shown} more left out to keep this email small" in text
+
+
+def test_a_cut_title_keeps_its_closing_quote_and_says_how_many_more() -> None:
+    liked = "papers like “Refine Drugs, Don't Complete Them: Uniform-Source Discrete Flows”"
+    assert clip(liked, 40) == "papers like “Refine Drugs, Don't Compl…”"
+    assert len(clip(liked, 40)) == 40
+    assert clip("diffusion models for video", 12) == "diffusion m…"
+    assert join_titles([liked, "Diffusion", "RLHF"], 50) == (
+        "papers like “Refine Drugs, Don't Complet…” +2 more"  # 50 characters
+    )
+    assert join_titles([liked], 30) == "papers like “Refine Drugs, D…”"
+    assert join_titles(["a", "b"], 10) == "a, b"
 
 
 def test_subject_stays_short_with_many_topics() -> None:
