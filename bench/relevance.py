@@ -33,6 +33,11 @@ Snowball-stemmed words without stop words, its 10 best papers shown (`PlainBM25`
 lifted): a digest shows the matches first seen since the last one, a few a day, so over
 the days a subscriber receives all of them, and their precision and grade-2 recall are
 what the topic delivers (nDCG@10 is that of the same first ten).
+`--ceiling` prints how far reordering can go: per topic, the nDCG@10 of the shown
+papers sorted by their grades, of every paper the method matches (cutoff and caps
+lifted) sorted so, and of every paper holding any of the query's words (the plain
+BM25 candidates) sorted so. No ranking of those candidates, however good, can do
+better; what is above the last figure needs papers that never use the topic's words.
 
 The seed papers carry almost no upvotes, so the order's upvote signal changes
 nothing here. `--upvotes SEED` gives every paper synthetic upvotes drawn
@@ -56,6 +61,7 @@ import random
 import statistics
 import tempfile
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -121,6 +127,13 @@ def score(shown: list[str], grades: dict[str, int]) -> Scores:
         ndcg=dcg(gains) / ideal if ideal else 0.0,
         recall=len(highly & set(shown)) / len(highly) if highly else 1.0,
     )
+
+
+def best_order_ndcg(keys: Iterable[str], grades: dict[str, int]) -> float:
+    """nDCG@10 of `keys` in the best order a ranking of them could have (by grade)."""
+    ideal = dcg(sorted(grades.values(), reverse=True))
+    found = sorted((grades.get(key, 0) for key in keys), reverse=True)
+    return dcg(found) / ideal if ideal else 0.0
 
 
 def add_upvotes(factory: sessionmaker[Session], now: datetime, seed: int) -> int:
@@ -212,6 +225,15 @@ def table(title: str, rows: list[tuple[str, Scores]]) -> None:
             statistics.fmean(getattr(s, f) for _, s in rows) for f in Scores.__dataclass_fields__
         ]
         print(f"{'mean':<28} {mean[0]:5.1f} {mean[1]:6.3f} {mean[2]:6.3f} {mean[3]:6.3f}")
+
+
+def ceiling_table(rows: list[tuple[str, tuple[float, ...]]]) -> None:
+    print("\nnDCG@10 as shown, and of the best order of: what is shown, every match, every")
+    print("paper with any query word")
+    print(f"{'topic':<28} {'shown':>6} {'best':>6} {'match':>6} {'word':>6}")
+    means = tuple(statistics.fmean(column) for column in zip(*(f for _, f in rows), strict=True))
+    for name, figures in [*rows, ("mean", means)]:
+        print(f"{name:<28} " + " ".join(f"{figure:6.3f}" for figure in figures))
 
 
 Combination = tuple[tuple[str, object], ...]
@@ -346,6 +368,12 @@ def main() -> None:
         help="also score every match above the cutoff (max_per_topic lifted): what a "
         "subscriber receives over the days, as each day brings a few of them",
     )
+    parser.add_argument(
+        "--ceiling",
+        action="store_true",
+        help="also print the nDCG@10 of the best order of what is shown, of every match "
+        "and of every paper with any query word: what no reordering can exceed",
+    )
     parser.add_argument("--cv", action="store_true", help="cross-validate the --vary grid")
     parser.add_argument("--vary", action="append", default=[], metavar="NAME=V1,V2,...")
     args = parser.parse_args()
@@ -385,7 +413,8 @@ def main() -> None:
             else []
         )
         reference: list[tuple[str, Scores]] = []
-        if args.bm25:
+        bm25: PlainBM25 | None = None
+        if args.bm25 or args.ceiling:
             with factory() as session:
                 texts = {
                     key: f"{title} {abstract}"
@@ -394,7 +423,27 @@ def main() -> None:
                     )
                 }
             bm25 = PlainBM25(texts)
+        if args.bm25 and bm25:
             reference = [(t.name, score(bm25.top(t.query), t.grades)) for t in judged]
+        ceilings: list[tuple[str, tuple[float, ...]]] = []
+        if args.ceiling and bm25:
+            lifted = replace(
+                settings, min_relevance=0.0, max_per_topic=len(known), max_items=len(known)
+            )
+            for topic, (_, shown) in zip(judged, rows, strict=True):
+                keys = preview_keys(factory, topic.query, now, settings)
+                matches = preview_keys(factory, topic.query, now, lifted)
+                ceilings.append(
+                    (
+                        topic.name,
+                        (
+                            shown.ndcg,
+                            best_order_ndcg(keys, topic.grades),
+                            best_order_ndcg(matches, topic.grades),
+                            best_order_ndcg(bm25.scores(topic.query), topic.grades),
+                        ),
+                    )
+                )
         results = {}
         if args.cv:
             for combination in combinations:
@@ -404,6 +453,8 @@ def main() -> None:
     table(f"all {len(rows)} judged topics in {where}, as of {now:%Y-%m-%d %H:%M} UTC", rows)
     if uncapped:
         table("every match above the cutoff (precision and R(2) over all of them)", uncapped)
+    if ceilings:
+        ceiling_table(ceilings)
     if reference:
         table("plain BM25 (Snowball, title and abstract, its 10 best), the same topics", reference)
     if args.split:

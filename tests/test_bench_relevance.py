@@ -9,7 +9,15 @@ from datetime import timedelta
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from bench.relevance import JUDGED, PlainBM25, add_upvotes, preview_keys, read_judged, score
+from bench.relevance import (
+    JUDGED,
+    PlainBM25,
+    add_upvotes,
+    best_order_ndcg,
+    preview_keys,
+    read_judged,
+    score,
+)
 from digest import db
 from digest.config import DigestSettings
 from digest.ingest import ingest_inputs
@@ -70,6 +78,16 @@ def test_score_of_a_shown_list() -> None:
     ideal = 2 + 2 / 1.584962500721156 + 1 / 2
     assert abs(shown.ndcg - (2 + 0 + 1 / 2) / ideal) < 1e-12
     assert score([], grades).precision == 0.0
+
+
+def test_best_order_ndcg_sorts_what_it_is_given_by_grade() -> None:
+    grades = {"a": 2, "b": 1, "c": 0, "d": 2}
+    ideal = 2 + 2 / math.log2(3) + 1 / 2
+    # c, b, a in the best order a ranking could give them: a (2), b (1), c (0)
+    assert abs(best_order_ndcg(["c", "b", "a"], grades) - (2 + 1 / math.log2(3)) / ideal) < 1e-12
+    assert best_order_ndcg(["d", "a", "b", "c", "x"], grades) == 1.0
+    assert best_order_ndcg([], grades) == 0.0
+    assert best_order_ndcg(["a"], {"a": 0}) == 0.0
 
 
 def test_preview_keys_follow_the_selection(factory) -> None:
