@@ -603,6 +603,11 @@ def test_status_shows_next_runs_last_results_due_and_problems(
     engine.dispose()
     output = cli("status").output
     assert "queued, not sent yet: 3 (2 for 2026-11-24, 1 for 2026-11-25)\n" in output
+    # Without sources, the ingest job is not scheduled, and status says why.
+    config.write_text("", encoding="utf-8")
+    assert (
+        "  ingest    not scheduled: no [schedule] sources in the config\n" in cli("status").output
+    )
 
 
 def test_status_counts_a_digest_due_and_not_yet_sent(cli) -> None:

@@ -181,6 +181,8 @@ def status_command(app: App) -> None:
     for job, when in upcoming_runs.items():
         if job == "dispatch" and not running:
             click.echo(f"  {job:<9} at start-up")
+        elif job == "ingest" and when is None:
+            click.echo(f"  {job:<9} not scheduled: no [schedule] sources in the config")
         else:
             click.echo(f"  {job:<9} {when.isoformat(timespec='minutes') if when else '-'}")
     if lease is not None:
