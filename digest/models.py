@@ -206,6 +206,9 @@ class Subscriber(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     confirmed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     confirm_sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # When the first of the notice emails since the address last answered went out
+    # (`subscribers.request_subscription` waits longer after each).
+    unanswered_since: Mapped[datetime | None] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
     topics: Mapped[list[Topic]] = relationship(

@@ -53,9 +53,10 @@ import hashlib
 import heapq
 import itertools
 import json
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from datetime import UTC, date, datetime, time, timedelta
+from typing import overload
 from zoneinfo import ZoneInfo
 
 from sqlalchemy.orm import Session
@@ -557,12 +558,35 @@ class SelectionRun:
         limit = min(self.settings.max_trending, self.settings.max_items)
         trending = {pid for _, pid in rank.rising[: max(limit, 0)]}
         new = self.new_papers(query, window, self.window.new_since)[1]
-        items = [
-            self._item(query, label, pid, pid in trending, rank)
-            for pid in rank.order
-            if pid in new or pid in trending
-        ]
+        items = ListedItems(
+            [pid for pid in rank.order if pid in new or pid in trending],
+            lambda pid: self._item(query, label, pid, pid in trending, rank),
+        )
         return TopicListing(query, items, query in self.capped, self.settings.lookback_days)
+
+
+class ListedItems(Sequence[SelectedItem]):
+    """A topic listing's items, each made (its matched words read from the paper) only when
+    it is looked at: `/api/match` counts hundreds and shows three, a topic page shows one
+    page, and reading every paper's words made each lookup cost seconds."""
+
+    def __init__(self, paper_ids: list[int], make: Callable[[int], SelectedItem]) -> None:
+        self._ids = paper_ids
+        self._make = make
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    @overload
+    def __getitem__(self, index: int) -> SelectedItem: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[SelectedItem]: ...
+
+    def __getitem__(self, index: int | slice) -> SelectedItem | list[SelectedItem]:
+        if isinstance(index, slice):
+            return [self._make(pid) for pid in self._ids[index]]
+        return self._make(self._ids[index])
 
 
 @dataclass(frozen=True)
@@ -571,7 +595,7 @@ class TopicListing:
     what the web's topic page lists and `/api/match` counts."""
 
     query: str
-    items: list[SelectedItem]
+    items: ListedItems
     capped: bool  # the index had more candidates than were scored: `count` is a lower bound
     days: int  # the lookback window
 

@@ -193,17 +193,20 @@ def request_subscription(
     the owner is sent a link to manage their settings instead.
 
     Returns the subscriber, which email to send (`CONFIRM`, `ALREADY`) and the request
-    it is about; (subscriber, None, None), with nothing stored, when an email went to
-    this address less than `resend_after` ago: the form cannot flood an inbox.
+    it is about; (subscriber, None, None), with nothing stored, when the last email went
+    to this address too recently (`resend_wait`): the form cannot flood an inbox.
     """
     check_papers_exist(session, preferences)
     subscriber, created = find_or_create(session, address, now, default_timezone, default_hour)
     if created:
         apply_preferences(session, subscriber, preferences, now)
-    last = subscriber.confirm_sent_at
-    if last is not None and now - last < resend_after:
+    last, since = subscriber.confirm_sent_at, subscriber.unanswered_since
+    if since is not None and now - since >= UNANSWERED_RUN:
+        since = None
+    if last is not None and now - last < resend_wait(last, since, resend_after):
         return subscriber, None, None
     subscriber.confirm_sent_at = now
+    subscriber.unanswered_since = since or now
     if subscriber.status == "active":
         session.flush()
         return subscriber, ALREADY, None
@@ -211,6 +214,21 @@ def request_subscription(
     subscriber.requests.append(request)
     session.flush()
     return subscriber, CONFIRM, request
+
+
+# An address's unanswered notice emails count as one run for this long after the first.
+UNANSWERED_RUN = timedelta(days=30)
+
+
+def resend_wait(last: datetime, since: datetime | None, resend_after: timedelta) -> timedelta:
+    """How long after the email sent at `last` the next may go, when the first email the
+    address has left unanswered went at `since`: `resend_after`, and then at least as long
+    as that run had lasted, so the wait doubles with each email (1 h, 2 h, 4 h, ...).
+
+    Someone who asks every hour for an address they do not own gets its owner sent six
+    emails the first day and ten in the first fortnight, not 24 a day.
+    """
+    return resend_after if since is None else max(resend_after, last - since)
 
 
 def preferences_json(preferences: Preferences) -> str:
@@ -305,6 +323,7 @@ def confirm(
     before requests were kept apart: it activates a pending subscriber's stored
     settings, and nothing else.
     """
+    subscriber.unanswered_since = None  # the address answered: a new run of emails
     if subscriber.status == "active":
         return True
     if request is not None:

@@ -251,7 +251,10 @@ def create_app(config: Config | None = None, *, wiring: App | None = None) -> Fl
 
     @app.errorhandler(Exception)
     def unexpected(exc: Exception) -> ResponseReturnValue:
-        log.exception("unexpected error on %s %s", request.method, request.path)
+        # The route, not the path: a path carries a subscriber's token (a manage link
+        # in a log file would let its readers change or end that subscription).
+        route = request.url_rule.rule if request.url_rule is not None else request.path
+        log.exception("unexpected error on %s %s", request.method, route)
         return error_page(
             500, "Something went wrong", "Sorry, that did not work. Please try again later."
         )
@@ -613,7 +616,10 @@ def create_app(config: Config | None = None, *, wiring: App | None = None) -> Fl
             liked = liked_titles(session, [spec.query])
             listing = topic_listing(session, spec.query, spec.label)
             pages = max(1, -(-len(listing.items) // PAGE_SIZE))
-            current = int(number) if number.isdigit() and 0 < int(number) <= pages else 1
+            # ASCII digits only: "²" is a digit to `isdigit` but not to `int()`, and
+            # a page number past `pages` (or past int()'s 4300 digits) is the first page.
+            asked = int(number) if number.isascii() and number.isdigit() and len(number) < 10 else 0
+            current = asked if 0 < asked <= pages else 1
             chunk = listing.items[(current - 1) * PAGE_SIZE : current * PAGE_SIZE]
             papers = db.papers_by_id(session, [item.paper_id for item in chunk])
             view = build_view(

@@ -88,7 +88,7 @@ def test_every_timestamp_is_timestamptz_on_postgresql(engine: Engine) -> None:
         for column in table.columns
         if isinstance(column.type, UTCDateTime)
     }
-    assert set(types) == modelled and len(modelled) == 22
+    assert set(types) == modelled and len(modelled) == 23
     assert set(types.values()) == {"timestamp with time zone"}
 
 

@@ -17,6 +17,7 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from digest.db.engine import UNSET, chunked, insert_rows, param_marker, table_named, update_rows
+from digest.links import is_row_id
 from digest.models import Paper, PaperSource, UpvoteObservation
 
 
@@ -145,9 +146,11 @@ def list_papers(session: Session, limit: int = 20) -> Sequence[Paper]:
 
 
 def find_paper_by_reference(session: Session, reference: str) -> Paper | None:
-    """The paper with this id (as `digest papers` shows) or this arXiv id."""
+    """The paper with this id (as `digest papers` shows) or this arXiv id; None for an id
+    past the id column (an error on PostgreSQL, not a missing row)."""
     if reference.isdigit():
-        return session.get(Paper, int(reference))
+        number = int(reference)
+        return session.get(Paper, number) if is_row_id(number) else None
     return session.scalar(select(Paper).where(Paper.arxiv_id == reference))
 
 

@@ -1,0 +1,146 @@
+"""The web front as an attacker and a careless user hit it (Flask's test client on a real
+database, as tests/test_web.py): odd numbers in query strings, ids beyond the id columns,
+errors whose log lines must not carry a subscriber's link."""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import event, func, select, text
+
+from digest.models import Paper
+from digest.web import PAGE_SIZE
+from tests import test_web as web_tests
+from tests.test_web import (
+    NOW,
+    Site,
+    active_subscriber,
+    csrf_token,
+    link_in,
+    subscribe_form,
+    token_links,
+)
+
+site = web_tests.site  # the same fixture: a fresh site on the seeds per test
+
+
+@pytest.mark.parametrize("number", ["²", "①", "1²", "٣", "1" * 5000, "-1", "0", "9" * 30])
+def test_a_page_number_that_is_not_a_page_is_the_first_page(site: Site, number: str) -> None:
+    """`str.isdigit` lets "²" and "①" through to `int()`, which refuses them, and a
+    5,000-digit number is past `int()`'s limit: each was a 500 from an anonymous GET."""
+    client = site.client()
+    first = client.get("/preview?topic=diffusion").get_data(as_text=True)
+    response = client.get("/preview", query_string={"topic": "diffusion", "page": number})
+    assert response.status_code == 200
+    assert response.get_data(as_text=True) == first
+
+
+def test_a_like_id_beyond_the_id_columns_names_no_paper(site: Site) -> None:
+    """like:2147483648 fits the query syntax (12 digits) but not PostgreSQL's integer
+    column: it is no such paper, never a database error."""
+    client = site.client()
+    for number in (2**31, 10**12 - 1):
+        body = client.get(f"/api/match?q=like:{number}").get_json()
+        assert body["count"] == 0
+        assert body["error"].startswith(f"like:{number}: no such paper here.")
+        page = client.get(f"/preview?topic=like:{number}")
+        assert page.status_code == 400
+        assert f"like:{number}: no such paper here." in page.get_data(as_text=True)
+
+
+def test_an_unexpected_error_is_logged_without_the_link_token(
+    site: Site, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A failure on a token's page is logged by its route, not its path: a manage token
+    in a log file would let whoever reads the logs change or end the subscription."""
+    ada = active_subscriber(site)
+    paths = token_links(site, ada)
+    with site.wiring.engine().begin() as connection:
+        connection.execute(text("ALTER TABLE subscribers RENAME TO subscribers_gone"))
+    client = site.client()
+    try:
+        with caplog.at_level(logging.ERROR, logger="digest.web"):
+            for path in (
+                paths.manage,
+                paths.unsubscribe,
+                paths.unsubscribe.replace("unsubscribe", "u"),
+            ):
+                response = client.get(path)
+                assert response.status_code == 500
+                page = response.get_data(as_text=True)
+                assert "Something went wrong" in page and "SELECT" not in page
+    finally:
+        with site.wiring.engine().begin() as connection:
+            connection.execute(text("ALTER TABLE subscribers_gone RENAME TO subscribers"))
+    logged = [record.getMessage() for record in caplog.records]
+    assert logged == [
+        "unexpected error on GET /manage/<token>",
+        "unexpected error on GET /unsubscribe/<token>",
+        "unexpected error on GET /u/<token>",
+    ]
+    for path in (paths.manage, paths.unsubscribe):
+        assert path.rsplit("/", 1)[1] not in caplog.text
+
+
+def test_an_address_that_never_answers_gets_ever_fewer_emails(site: Site) -> None:
+    """Someone submits a victim's address every hour: at one email per `resend_minutes`
+    the victim got 24 confirmation emails a day for as long as it went on. Each email
+    left unanswered now doubles the wait before the next (1 h, 2 h, 4 h, ...), and a
+    confirmation starts over."""
+    sent_at = []
+    for hour in range(25):
+        site.clock.now = NOW + timedelta(hours=hour)
+        client = site.client()
+        response = client.post("/", data=subscribe_form(client, "victim@example.org", "gan"))
+        assert response.status_code == 200
+        if len(site.mail()) > len(sent_at):
+            sent_at.append(hour)
+    assert sent_at == [0, 1, 2, 4, 8, 16]
+    # The owner confirms the last one: the next ask is an ordinary resend_minutes later.
+    client = site.client()
+    confirm_path = link_in(site.mail()[-1], "confirm")
+    assert client.post(confirm_path, data={"csrf_token": csrf_token(client)}).status_code == 200
+    site.clock.now = NOW + timedelta(hours=25)
+    client = site.client()
+    client.post("/", data=subscribe_form(client, "victim@example.org", "gan"))
+    assert [m["Subject"] for m in site.mail()[6:]] == ["You already receive papers digest"]
+    # An active address's "already subscribed" emails back off alike, and a month after
+    # the first of them the run starts over.
+    active_subscriber(site, "active@example.org")
+    for at in (0, 1, 2, 3, 31 * 24, 31 * 24 + 1):
+        site.clock.now = NOW + timedelta(hours=at)
+        client = site.client()
+        client.post("/", data=subscribe_form(client, "active@example.org", "gan"))
+        site.mail()  # each email is sent before the next ask
+    to_active = [m["Date"].datetime - NOW for m in site.mail() if m["To"] == "active@example.org"]
+    assert to_active == [timedelta(hours=h) for h in (0, 1, 2, 31 * 24, 31 * 24 + 1)]
+
+
+def test_a_lookup_reads_the_papers_it_shows_not_every_match(site: Site) -> None:
+    """`/api/match?q=*` (and the topic page the subscribe page links to for "*") counts
+    every paper in the window: it read each one's matched words, one query per paper, so
+    a lookup grew with the database (1.5 ms a paper: 15 s for a 10,000-paper week), for
+    anyone to ask 120 times a minute. It now reads the few it shows."""
+    statements: list[str] = []
+
+    def count(conn, cursor, statement, parameters, context, executemany) -> None:  # type: ignore[no-untyped-def]
+        statements.append(statement)
+
+    engine = site.wiring.engine()
+    event.listen(engine, "before_cursor_execute", count)
+    try:
+        body = site.client().get("/api/match?q=*").get_json()
+        lookup = len(statements)
+        statements.clear()
+        page = site.client().get("/preview?topic=*")
+        topic_page = len(statements)
+    finally:
+        event.remove(engine, "before_cursor_execute", count)
+    with site.wiring.sessions()() as session:
+        papers = session.scalar(select(func.count()).select_from(Paper))
+    assert body["count"] == papers == 540 and len(body["examples"]) == 3
+    assert page.status_code == 200
+    # A few queries, plus one per paper on the page shown: not one per paper matched.
+    assert lookup < 20 and topic_page < 20 + PAGE_SIZE, (lookup, topic_page)
