@@ -6,7 +6,7 @@ send someone who never asked an email every `web.resend_minutes`.
 NULL (every row before) reads as no unanswered email: the next one waits the plain
 `web.resend_minutes`, as before the upgrade.
 
-Revision ID: 0011_s22review
+Revision ID: 0011_unanswered
 Revises: 0010_lookback
 Create Date: 2026-11-27
 """
@@ -14,7 +14,7 @@ Create Date: 2026-11-27
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0011_s22review"
+revision = "0011_unanswered"
 down_revision = "0010_lookback"
 branch_labels = None
 depends_on = None
