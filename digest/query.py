@@ -119,8 +119,8 @@ def _paper_id(text: str) -> str:
     value = _VERSION.sub("", text.strip())
     if not _PAPER_ID.fullmatch(value):
         raise QueryError(
-            f"like: takes a paper id as shown by `digest papers` or an arXiv id "
-            f"(like:2602.23229), not {shown(text)}"
+            f"like: takes a paper's number or its arXiv id (like:42, like:2602.23229), "
+            f"not {shown(text)}"
         )
     return value.lower() if not value.isdigit() else str(int(value))
 

@@ -82,7 +82,7 @@ def test_star_is_everything() -> None:
         ("OR", "has no words to look for"),
         ("llm -llm", "requires and excludes 'llm', so it can match nothing"),
         ("venue:neurips", "unknown field 'venue:'"),
-        ("like:abc", "like: takes a paper id"),
+        ("like:abc", "like: takes a paper's number or its arXiv id"),
         ("-like:12 x", "like: cannot be excluded"),
         ("x" * 501, "longer than 500 characters"),
         (" ".join(f"w{i}" for i in range(40)), "more than 32 terms"),
