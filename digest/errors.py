@@ -18,7 +18,16 @@ class ConfigError(DigestError, ValueError):
 
 
 class SubscriberError(DigestError, ValueError):
-    """Invalid subscriber input: address, timezone, hour, weekday or topic."""
+    """Invalid subscriber input: address, timezone, hour, weekday or topic.
+
+    `about` names the value at fault ("topic 'the'"), put before the `reason` in the
+    one line of the CLI and of an import row; a web form, which shows the reason by
+    that value's own field, shows the reason alone (`FieldErrors`).
+    """
+
+    def __init__(self, reason: str, about: str = "") -> None:
+        super().__init__(f"{about}: {reason}" if about else reason)
+        self.reason = reason
 
 
 class DatabaseUnavailable(DigestError):

@@ -5,9 +5,10 @@ input. Each input is parsed completely before anything is written and then
 stored in one transaction, so a bad input writes nothing and never touches
 earlier data; a bad record inside a good input is skipped and reported.
 
-How the parsed records become paper rows (which source wins a field, upvote
-history, analysed terms and acronyms, storing in batches, the hashes that let a
-record seen before go unparsed) is digest.merge's `store_records`.
+How the parsed records become paper rows (a paper the input gives twice merged
+once, which source wins a field, upvote history, analysed terms and acronyms,
+storing in batches, the hashes that let a record seen before go unparsed) is
+digest.merge's `store_records`.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ class InputSummary:
     updated: int = 0
     unchanged: int = 0
     skipped: list[str] = field(default_factory=list)
+    repeated: int = 0  # records of a paper the input gave before, merged into it
     error: str | None = None
 
     @property
@@ -63,9 +65,11 @@ class InputSummary:
         name = name if name.strip() and name.isprintable() else repr(name)
         if self.error:
             return f"{name}: error: {one_line(self.error)}"
+        repeats = f", {self.repeated} repeated (merged)" if self.repeated else ""
         return (
             f"{name}: {self.format}, {self.parsed} parsed, {self.new} new, "
             f"{self.updated} updated, {self.unchanged} unchanged, {len(self.skipped)} skipped"
+            f"{repeats}"
         )
 
 
@@ -162,10 +166,11 @@ def _ingest_data(
         return summary
     summary.parsed = len(entries) - len(skipped)
     summary.skipped += skipped
-    summary.new, summary.updated, summary.unchanged = (
+    summary.new, summary.updated, summary.unchanged, summary.repeated = (
         counts["new"],
         counts["updated"],
         counts["unchanged"],
+        counts["repeated"],
     )
     return summary
 

@@ -5,7 +5,9 @@
 time, in the caller's transaction, and counts them new, updated, unchanged or skipped.
 digest.ingest reads and parses the inputs and calls it.
 
-Each paper has one row, found by its arXiv id, else by its normalized title.
+Each paper has one row, found by its arXiv id, else by its normalized title. An
+input's copies of one paper from one source are first folded into one record
+(`fold_repeats`: the last copy wins, its empty fields filled from earlier ones).
 Merging keeps the richest metadata: a field is filled when it is empty, and
 replaced when the new source ranks higher (`SOURCE_PRIORITY`: arXiv API >
 arXiv listing > HF API > HF page); author names beat a bare count; categories
@@ -29,6 +31,7 @@ seen before is never parsed; other records are hashed once parsed (`record_hash`
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from collections.abc import Iterable, Sequence
 from datetime import datetime
@@ -430,13 +433,89 @@ class _Batch:
         db.store_paper_links(self.session, new_sources, changed_hashes, observations)
 
 
+def _identity(entry: Entry) -> tuple[str, str] | None:
+    """What makes two entries of one input the same paper from the same source: its arXiv
+    id, else its normalized title (None: an entry not parsed yet that has no id)."""
+    if entry.arxiv_id:
+        return entry.source, entry.arxiv_id
+    if isinstance(entry, PaperRecord):
+        return entry.source, "title:" + normalize_title(entry.title)
+    return None
+
+
+_FOLDED = tuple(
+    f.name for f in dataclasses.fields(PaperRecord) if f.name not in ("source", "content_hash")
+)
+
+
+def _fold(copies: list[PaperRecord]) -> PaperRecord:
+    """One record of a paper an input gives several times: the last copy, each field it
+    leaves empty (None, "" or no items; a count of 0 is a count) taken from the latest
+    copy before it that has one."""
+    last = copies[-1]
+    filled: dict[str, Any] = {}
+    for name in _FOLDED:
+        if getattr(last, name) in (None, "", ()):
+            given = [
+                getattr(c, name) for c in copies[:-1] if getattr(c, name) not in (None, "", ())
+            ]
+            if given:
+                filled[name] = given[-1]
+    # Hashed from what it says (`record_hash`): the same copies fold the same way again.
+    return dataclasses.replace(last, **filled, content_hash=None)
+
+
+def fold_repeats(entries: Sequence[Entry]) -> tuple[list[Entry], int, list[str]]:
+    """The entries of one input with each paper once per source: the entries, how many
+    repeats were folded away, and the lines reporting copies that did not parse.
+
+    A feed or page that gives a paper twice (`_identity`) with different contents would
+    otherwise store one copy over the other at every ingest, so that an unchanged input
+    always counted an update. Copies that say the same but their upvote counts stay
+    unparsed: the last is kept, its count being the input's last word, as for any count.
+    Others are folded into one record (`_fold`: the last copy wins, empty fields are
+    filled from the earlier ones), in the place of the first.
+    """
+    places: dict[tuple[str, str], list[int]] = {}
+    for index, entry in enumerate(entries):
+        identity = _identity(entry)
+        if identity is not None:
+            places.setdefault(identity, []).append(index)
+    repeated = [indexes for indexes in places.values() if len(indexes) > 1]
+    if not repeated:
+        return list(entries), 0, []
+    kept: dict[int, Entry | None] = dict(enumerate(entries))
+    folded, skipped = 0, []
+    for indexes in repeated:
+        copies = [entries[index] for index in indexes]
+        for index in indexes:
+            kept[index] = None
+        hashes = {c.content_hash if isinstance(c, RawRecord) else None for c in copies}
+        if len(hashes) == 1 and None not in hashes:
+            kept[indexes[0]] = copies[-1]
+            folded += len(copies) - 1
+            continue
+        records: list[PaperRecord] = []
+        for copy in copies:
+            try:
+                records.append(copy.parse() if isinstance(copy, RawRecord) else copy)
+            except ValueError as exc:
+                skipped.append(str(exc))
+        if records:
+            kept[indexes[0]] = _fold(records)
+            folded += len(records) - 1
+    return [entry for entry in kept.values() if entry is not None], folded, skipped
+
+
 def store_records(
     session: Session, records: Sequence[Entry], now: datetime, analyser: Analyser
 ) -> tuple[dict[str, int], list[str]]:
-    """Insert or merge records, BATCH_SIZE at a time: how many were new, updated,
-    unchanged or skipped, and the lines reporting entries skipped (unparseable)."""
-    counts = {"new": 0, "updated": 0, "unchanged": 0, "skipped": 0}
-    skipped: list[str] = []
+    """Insert or merge records, BATCH_SIZE at a time, each paper once per source
+    (`fold_repeats`): how many were new, updated, unchanged, skipped or folded into
+    another copy of their paper ("repeated"), and the lines reporting entries skipped
+    (unparseable)."""
+    records, repeated, skipped = fold_repeats(records)
+    counts = {"new": 0, "updated": 0, "unchanged": 0, "skipped": 0, "repeated": repeated}
     for start in range(0, len(records), BATCH_SIZE):
         batch = _Batch(session, records[start : start + BATCH_SIZE], now, analyser)
         for index in range(len(batch.records)):

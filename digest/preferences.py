@@ -37,24 +37,33 @@ T = TypeVar("T")
 
 
 class FieldErrors(dict[str, str]):
-    """Each bad field's message, in the order checked.
+    """Each bad field's message, in the order checked, as shown by the field: without the
+    value the field holds (`SubscriberError.reason`: "Topic 2: query only excludes
+    words", not "Topic 2: topic '-survey': query only excludes words").
 
     The web forms show them all at once, each by its field; the CLI and the CSV
-    import raise the first (`first`) as their one line. Both apply the same rules
-    in the same words.
+    import raise the first (`first`) as their one line, which names the value.
+    Both apply the same rules in the same words.
     """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lines: dict[str, str] = {}  # a field's message naming its value, when it has one
 
     def check(self, field: str, validate: Callable[[], T]) -> T | None:
         """`validate()`, or None with its SubscriberError as `field`'s message (the first kept)."""
         try:
             return validate()
         except SubscriberError as exc:
-            self.setdefault(field, str(exc))
+            if field not in self:
+                self[field] = exc.reason
+                self.lines[field] = str(exc)
             return None
 
     def first(self) -> SubscriberError:
-        """The first message, as the one error of a front that stops there."""
-        return SubscriberError(next(iter(self.values())))
+        """The first message, naming its value, as the one error of a front that stops there."""
+        field = next(iter(self))
+        return SubscriberError(self.lines.get(field, self[field]))
 
 
 @dataclass(frozen=True)
@@ -151,7 +160,7 @@ def parse_topic(text: str) -> TopicSpec:
     """`QUERY` or `LABEL=QUERY`; SubscriberError if the query is empty or matches nothing."""
     label, query_text = split_label(text)
     if label == "":
-        raise SubscriberError(f"topic {shown(text)}: the label before '=' is empty")
+        raise SubscriberError("the label before '=' is empty", f"topic {shown(text)}")
     if label is not None and (len(label) > MAX_LABEL or not is_plain(label)):
         raise SubscriberError(
             f"topic label {shown(label)}: at most {MAX_LABEL} characters, "
@@ -160,7 +169,7 @@ def parse_topic(text: str) -> TopicSpec:
     try:
         query = parse_query(query_text)
     except QueryError as exc:
-        raise SubscriberError(f"topic {shown(text)}: {exc}") from None
+        raise SubscriberError(str(exc), f"topic {shown(text)}") from None
     canonical = query.canonical()
     typed = one_line(query_text)
     if label is None and typed != canonical and len(typed) <= MAX_LABEL and is_plain(typed):
@@ -211,7 +220,8 @@ def check_paper_exists(session: Session, spec: TopicSpec, hint: str = CLI_PAPER_
     for reference in parse_query(spec.query).likes:
         if db.find_paper_by_reference(session, reference) is None:
             raise SubscriberError(
-                f"topic {shown(spec.label or spec.query)}: like:{reference}: no such paper {hint}"
+                f"like:{reference}: no such paper {hint}",
+                f"topic {shown(spec.label or spec.query)}",
             )
 
 
@@ -243,10 +253,10 @@ def check_name(name: str) -> str | None:
     text = name.strip()
     if not is_plain(text):
         raise SubscriberError(
-            f"name {shown(name)}: one line of text, without control or direction characters"
+            "one line of text, without control or direction characters", f"name {shown(name)}"
         )
     if len(text) > MAX_NAME:
-        raise SubscriberError(f"name: at most {MAX_NAME} characters, got {len(text)}")
+        raise SubscriberError(f"at most {MAX_NAME} characters, got {len(text)}", "name")
     return text or None
 
 

@@ -22,8 +22,9 @@ Query analysis (`plan_query`):
   scoring can tell a paper writing the word or an inflection of it from one writing
   only a derivation with the same stem (optimizer, not optimization or optimal);
 * ``like:ID`` becomes the paper's `LIKE_TERMS` most distinctive terms (tf-idf over
-  its title, counted twice, and abstract), any of which may match, each weighed
-  by its tf-idf (Lucene's MoreLikeThis); the paper itself is left out.
+  its title, counted twice, and abstract; never a piece of a contraction such as the
+  "don" of "Don't"), any of which may match, each weighed by its tf-idf (Lucene's
+  MoreLikeThis); the paper itself is left out.
 
 The plan is scored by `digest.relevance`.
 """
@@ -47,6 +48,7 @@ from digest.text import (
     STOP_WORDS,
     Phrase,
     acronym_term,
+    contraction_terms,
     fold,
     is_acronym,
     other_spelling,
@@ -450,10 +452,12 @@ def like_terms(paper: Paper, corpus: Corpus) -> dict[str, float]:
     indexed = corpus.papers([paper.id]).get(paper.id)
     if indexed is None:
         return {}
+    # The pieces of "Don't" and "isn't" are rare words, not what the paper is about.
+    pieces = contraction_terms(paper.title) | contraction_terms(paper.abstract)
     counts = Counter(
         term
         for term in [*indexed.title, *indexed.title, *indexed.abstract]
-        if term not in STOP_WORDS and not term.isdigit() and len(term) > 2
+        if term not in STOP_WORDS and not term.isdigit() and len(term) > 2 and term not in pieces
     )
     df = corpus.df(counts)
     # A term no other paper has finds nothing; one most papers have says nothing.

@@ -115,12 +115,12 @@ def _cell(values: dict[str, str], column: str) -> str | None:
 def parse_row(line: int, values: dict[str, str]) -> Row:
     """Validate one row's cells; SubscriberError names the bad field."""
     email, key = normalize_email(_cell(values, "email") or "")
-    topics = [part for part in (_cell(values, "topics") or "").split(TOPIC_SEPARATOR)]
+    topics = [part.strip() for part in (_cell(values, "topics") or "").split(TOPIC_SEPARATOR)]
     hour = _cell(values, "hour")
     frequency = _cell(values, "frequency")
     weekday = None if frequency is None else parse_frequency(frequency)
     preferences = parse_preferences(
-        [topic for topic in topics if topic.strip()],
+        [topic for topic in topics if topic],
         timezone=_cell(values, "timezone"),
         hour=None if hour is None else parse_hour(hour),
         weekday=weekday,

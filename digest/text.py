@@ -23,6 +23,7 @@ its inflections (distributed is not distribution): relevance weighs any other
 derivation below the word a query typed.
 
 Author names and categories are only folded (`plain_terms`), never stemmed.
+`contraction_terms` tells the pieces of "Don't" apart, which name nothing.
 `acronym_definitions` finds "Mixture-of-Experts (MoE)"-style definitions.
 Everything here is pure: no database, no clock.
 """
@@ -336,6 +337,30 @@ def _remember(chunk: str) -> None:
     capitals = sum(map(_LONG_CAPITALS, words))
     if capitals:
         _chunk_capitals[chunk] = capitals
+
+
+# A word with apostrophes inside ("Don't", "isn’t", "we're", "O'Brien"); the index splits
+# it at them, like every tokenizer that reads words as letter and digit runs.
+_APOSTROPHE_WORD = re.compile(r"[^\W_]+(?:['’][^\W_]+)+", re.UNICODE)
+_POSSESSIVE = re.compile(r"[^\W_]+['’]s", re.IGNORECASE | re.UNICODE)
+
+
+def contraction_terms(text: str) -> frozenset[str]:
+    """The terms of the pieces of words written with an apostrophe (but a possessive
+    's): "Don't" -> {"don", "t"}, "DON'T" -> {"qqdon", "t"}. A piece such as "don" or
+    "isn" names nothing, yet is rare enough to look distinctive: what picks a paper's
+    distinctive terms leaves these out. (The words stay in the index as they are: a
+    query typing "don't" analyses it alike.)"""
+    spans = [
+        match.span()
+        for match in _APOSTROPHE_WORD.finditer(text)
+        if not _POSSESSIVE.fullmatch(match.group())
+    ]
+    if not spans:
+        return frozenset()
+    return frozenset(
+        token.term for token in tokens(text) if any(s <= token.start < e for s, e in spans)
+    )
 
 
 def plain_terms(text: str) -> list[str]:

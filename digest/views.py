@@ -39,6 +39,7 @@ AUTHORS_SHOWN = 3
 SEARCH_LABEL = "Search on Hugging Face"
 LIKE_LABEL = "More like this"
 LIKE_TITLE_CHARS = 50  # of the paper's title in a like:ID topic's name
+LIKE_PREFIX = "papers like "  # how a like:ID topic's name begins ('papers like “<title>”')
 
 # Per-recipient fields, rendered as these tokens and substituted by `personalize`.
 PLACEHOLDERS = {
@@ -230,7 +231,8 @@ class DigestView:
             return f"{'This week' if self.weekly else 'Today'}'s {top}"
         everything = len(named) < len(self.sections)
         tail = f" and {self.gain_period}'s top papers" if everything else ""
-        return f"{plural(count, 'paper')} on {join_titles(named, 60 - len(tail))}{tail}"
+        topics = join_titles(after_count(named, "on", ""), 60 - len(tail))
+        return f"{plural(count, 'paper')} {topics}{tail}"
 
     @functools.cached_property
     def paper_count(self) -> int:
@@ -256,10 +258,12 @@ class DigestView:
         named = self._named_titles()
         if not named:
             return f"{head} · {counts}"
+        noun = "paper" if self.new_count + self.trending_count == 1 else "papers"
+        topics = after_count(named, "in", noun)
         if len(named) < len(self.sections):
-            named.append("top papers")
-        prefix = f"{head} · {counts} in "
-        return prefix + join_titles(named, MAX_SUBJECT - len(prefix))
+            topics.append("top papers")
+        prefix = f"{head} · {counts} "
+        return prefix + join_titles(topics, MAX_SUBJECT - len(prefix))
 
     @functools.cached_property
     def preheader(self) -> str:
@@ -277,6 +281,23 @@ def clip(text: str, limit: int) -> str:
     if text.endswith("”") and "“" in text:
         return clip(text[:-1], limit - 1) + "”"
     return text[: max(0, limit - 1)].rstrip() + "…"
+
+
+def after_count(titles: Sequence[str], on: str, noun: str) -> list[str]:
+    """Topic names as they read after a count ("20 papers", "3 new"): each run of them
+    behind `on` ("on Diffusion, RLHF"), but a like:ID topic's, which says what it is
+    already ('papers like “…”'), behind none, its "papers" become `noun` ("" drops it):
+    "20 papers like “…”, on Diffusion", never "20 papers on papers like “…”"."""
+    phrases: list[str] = []
+    in_run = False  # the previous topic is one of a run whose `on` is said already
+    for title in titles:
+        liked = title.startswith(LIKE_PREFIX)
+        if liked:
+            phrases.append(f"{noun} like {title.removeprefix(LIKE_PREFIX)}".lstrip())
+        else:
+            phrases.append(title if in_run else f"{on} {title}")
+        in_run = not liked
+    return phrases
 
 
 def join_titles(titles: Sequence[str], limit: int) -> str:
@@ -341,7 +362,7 @@ def topic_title(
 
     def named(match: re.Match[str]) -> str:
         title = liked.get(paper_reference(match.group(1)) or "")
-        return f"papers like {quoted(clip(title, LIKE_TITLE_CHARS))}" if title else match.group(0)
+        return f"{LIKE_PREFIX}{quoted(clip(title, LIKE_TITLE_CHARS))}" if title else match.group(0)
 
     return _LIKE.sub(named, text)
 

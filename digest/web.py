@@ -608,7 +608,8 @@ def create_app(config: Config | None = None, *, wiring: App | None = None) -> Fl
         try:
             spec = parse_topic(text)
         except SubscriberError as exc:
-            return page("preview.html", 400, topic=text, listing=None, error=str(exc))
+            # Shown by the topic's field, like a form's errors: the reason alone.
+            return page("preview.html", 400, topic=text, listing=None, error=exc.reason)
         number = request.args.get("page", "1")
         with sessions() as session:
             if error := unknown_paper(session, spec.query):

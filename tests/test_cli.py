@@ -1,5 +1,6 @@
 """The command line: help everywhere, exit codes, and the main job."""
 
+import os
 import subprocess
 import sys
 from email import message_from_bytes, policy
@@ -11,9 +12,10 @@ from sqlalchemy import update
 
 from digest import db
 from digest.app import safe_url
-from digest.cli import main
+from digest.cli import main, stdout_closed
 from digest.models import Paper
 from tests.conftest import DATA
+from tests.processes import digest_env
 
 
 def all_commands(group: click.Group, prefix: tuple[str, ...] = ()):
@@ -152,6 +154,38 @@ def test_config_errors_are_one_line(cli, tmp_path: Path) -> None:
     result = cli("--config", str(config), "stats")
     assert result.exit_code == 1
     assert result.output == "Error: config: smtp.port: expected an integer, got 'abc'\n"
+
+
+@pytest.mark.parametrize("command", [("stats",), ("papers",), ("papers", "--help")])
+def test_output_to_a_closed_pipe_ends_quietly(
+    tmp_path: Path, db_url: str, command: tuple[str, ...]
+) -> None:
+    """`digest papers | head -1`: the reader goes away, and that is no error to report.
+    Here the pipe has no reader from the start, so every run meets it."""
+    env = digest_env(tmp_path / "data", db_url)
+    reader, writer = os.pipe()
+    os.close(reader)
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "digest", *command],
+            env=env,
+            stdout=writer,
+            stderr=subprocess.PIPE,
+            timeout=120,
+        )
+    finally:
+        os.close(writer)
+    assert (result.returncode, result.stderr) == (1, b"")
+
+
+def test_only_a_pipe_without_reader_counts_as_closed_output(monkeypatch) -> None:
+    """A broken pipe of a connection a command made stays an error: stdout is still read."""
+    reader, writer = os.pipe()
+    with open(writer, "w") as output:
+        monkeypatch.setattr(sys, "stdout", output)
+        assert not stdout_closed()
+        os.close(reader)
+        assert stdout_closed()
 
 
 def test_db_status_and_upgrade(cli, empty_db_url: str, monkeypatch) -> None:

@@ -426,8 +426,9 @@ def test_a_field_ingest_ignores_changes_the_hash_and_nothing_else(factory, tmp_p
 
 
 def test_an_older_version_after_a_newer_one_in_one_input_is_merged(factory, tmp_path: Path) -> None:
-    # v1 is stored; an input then holds v2 (a project page more) and v1 again. v1's hash
-    # is the stored one, but v2 changed it in the same batch: v1 is parsed and merged.
+    # v1 is stored; an input then holds v2 (a project page more) and v1 again. The two
+    # copies are folded into one record before anything is stored: v1, the last, with
+    # the project page it lacks from v2. The same input again changes nothing.
     items = json.loads(HF_JSON.read_text(encoding="utf-8"))
     project = items[0]["paper"].pop("projectPage")
     v1 = write_items(tmp_path / "v1.json", items)
@@ -435,13 +436,17 @@ def test_an_older_version_after_a_newer_one_in_one_input_is_merged(factory, tmp_
     [(_, _, v1_hash)] = source_hashes(factory)
     v2 = json.loads(json.dumps(items[0]))
     v2["paper"]["projectPage"] = project
-    [summary] = ingest(
-        factory, write_items(tmp_path / "both.json", [v2, items[0]]), now=NOW + timedelta(hours=1)
-    )
-    assert (summary.parsed, summary.new, summary.updated, summary.unchanged) == (2, 0, 1, 1)
-    assert [h for _, _, h in source_hashes(factory)] == [v1_hash]
+    both = write_items(tmp_path / "both.json", [v2, items[0]])
+    [summary] = ingest(factory, both, now=NOW + timedelta(hours=1))
+    assert (summary.parsed, summary.new, summary.updated, summary.unchanged) == (2, 0, 1, 0)
+    assert summary.repeated == 1
+    [(_, _, folded_hash)] = source_hashes(factory)
+    assert folded_hash not in (v1_hash, None)
     with factory() as session:
         assert session.scalars(select(Paper)).one().project_url == project
+    [again] = ingest(factory, both, now=NOW + timedelta(hours=2))
+    assert (again.updated, again.unchanged, again.repeated) == (0, 1, 1)
+    assert [h for _, _, h in source_hashes(factory)] == [folded_hash]
 
 
 def test_a_new_parser_version_merges_every_record_once_more(
@@ -829,6 +834,85 @@ def test_a_paper_given_twice_in_one_input_is_observed_once(factory, tmp_path: Pa
             (99, NOW),
             (120, NOW + timedelta(hours=2)),
         ]
+
+
+def test_a_paper_given_twice_with_other_counts_is_unchanged_when_ingested_again(
+    factory, tmp_path: Path
+) -> None:
+    """The copies are merged once, before storing: the same file again is 0 updated, and
+    the database is as it was (no update time moved, no observation added)."""
+    [item] = json.loads(HF_JSON.read_text(encoding="utf-8"))
+    first, second = json.loads(json.dumps(item)), json.loads(json.dumps(item))
+    first["paper"]["upvotes"], second["paper"]["upvotes"] = 10, 15
+    twice = write_items(tmp_path / "twice.json", [first, second])
+    [stored] = ingest(factory, twice)
+    assert stored.line() == (
+        f"{twice}: hf-daily-papers-json, 2 parsed, 1 new, 0 updated, 0 unchanged, "
+        "0 skipped, 1 repeated (merged)"
+    )
+    before = full_dump(factory)
+    for hours in (1, 2):
+        [again] = ingest(factory, twice, now=NOW + timedelta(hours=hours))
+        assert (again.parsed, again.new, again.updated, again.unchanged, again.repeated) == (
+            2,
+            0,
+            0,
+            1,
+            1,
+        )
+        assert full_dump(factory) == before
+
+
+def test_copies_of_a_paper_with_other_contents_are_folded_the_last_winning(
+    factory, tmp_path: Path
+) -> None:
+    """Two copies that disagree: the last one's fields, and what only the first has."""
+    [item] = json.loads(HF_JSON.read_text(encoding="utf-8"))
+    first, second = json.loads(json.dumps(item)), json.loads(json.dumps(item))
+    second["summary"] = second["paper"]["summary"] = "The second copy's abstract."
+    github = first["paper"]["githubRepo"]
+    del second["paper"]["githubRepo"]
+    first["paper"]["upvotes"], second["paper"]["upvotes"] = 10, 12
+    twice = write_items(tmp_path / "twice.json", [first, second])
+    [stored] = ingest(factory, twice)
+    assert (stored.new, stored.updated, stored.unchanged, stored.repeated) == (1, 0, 0, 1)
+    with factory() as session:
+        paper = session.scalars(select(Paper)).one()
+        assert (paper.abstract, paper.github_url, paper.upvotes) == (
+            "The second copy's abstract.",
+            github,
+            12,
+        )
+        assert [(o.upvotes, o.observed_at) for o in paper.observations] == [(12, NOW)]
+    before = full_dump(factory)
+    [again] = ingest(factory, twice, now=NOW + timedelta(hours=1))
+    assert (again.new, again.updated, again.unchanged, again.repeated) == (0, 0, 1, 1)
+    assert full_dump(factory) == before
+
+
+def test_a_page_giving_a_paper_twice_is_unchanged_when_ingested_again(
+    factory, tmp_path: Path
+) -> None:
+    """Papers without an arXiv id are one paper by title (a page capture)."""
+    capture = page(
+        tmp_path / "page.txt",
+        "A Paper\n\nIts abstract.\n\n  • 2 authors\n·\nMar 1 3",
+        "Another Paper\n\nAnother abstract.\n\n  • 1 author\n·\nMar 1 4",
+        "A paper\n\nIts abstract, as the page repeats it.\n\n  • 3 authors\n·\nMar 1 5",
+    )
+    [stored] = ingest(factory, capture)
+    assert (stored.parsed, stored.new, stored.repeated) == (3, 2, 1)
+    before = full_dump(factory)
+    [again] = ingest(factory, capture, now=NOW + timedelta(hours=1))
+    assert (again.new, again.updated, again.unchanged, again.repeated) == (0, 0, 2, 1)
+    assert full_dump(factory) == before
+    with factory() as session:
+        paper = session.scalars(select(Paper).where(Paper.title_key == "a paper")).one()
+        assert (paper.abstract, paper.author_count, paper.upvotes) == (
+            "Its abstract, as the page repeats it.",
+            3,
+            5,
+        )
 
 
 def test_counts_of_one_instant_from_two_inputs_are_no_gain(factory, tmp_path: Path) -> None:

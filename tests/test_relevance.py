@@ -191,6 +191,34 @@ def test_like_finds_papers_on_the_source_papers_subject(factory, tmp_path) -> No
         assert missing.empty and missing.missing == ("999999",)
 
 
+def test_like_never_picks_a_piece_of_a_contraction(factory, tmp_path) -> None:
+    """ "Don't" is indexed as "don" and "t": rare, so distinctive by tf-idf, yet no topic.
+    Written in capitals in a title ("DON'T"), its piece is indexed as an acronym: no
+    more a like:ID term than the word."""
+    ingest_rows(
+        factory,
+        tmp_path,
+        [
+            ("2601.00001", "Don't Stop Pretraining Your Speech Encoder", "Speech pretraining."),
+            ("2601.00002", "Don't Forget the Speech Decoder", "A speech decoder."),
+            ("2601.00003", "Reasoning Models DON'T Always Say Chess", "Chess reasoning."),
+            ("2601.00004", "Graph Models DON'T Always Play Chess", "Chess graphs."),
+            *[(f"2601.001{i:02d}", f"Filler Study {i}", f"Topic number {i}.") for i in range(8)],
+        ],
+    )
+    with factory() as session:
+        corpus = relevance.Corpus(session)
+        picked = {
+            reference: query_plan.plan_query(session, parse_query(f"like:{reference}"), corpus).like
+            for reference in ("2601.00001", "2601.00003")
+        }
+    assert "speech" in picked["2601.00001"] and "chess" in picked["2601.00003"]
+    assert [sorted({"don", "qqdon", "t"}.intersection(like)) for like in picked.values()] == [
+        [],
+        [],
+    ]
+
+
 def test_weak_matches_fall_below_the_cutoff(factory, tmp_path) -> None:
     strong = [
         {

@@ -946,3 +946,49 @@ def test_a_topic_is_quoted_once_however_it_reads(
     assert topic_title(query, label, liked=liked) == title
     assert quoted(title) == in_quotes
     assert str(Reason(quoted(title), ("word",))) == f"Matched {in_quotes}: “word”"
+
+
+def rendered_like_digest(items: list[Item], papers: dict[int, Paper]) -> tuple[str, str, str]:
+    """(subject, HTML heading, the text part's first line) of a digest naming like:ID topics."""
+    liked = {"2611.00001": "Engines", "2611.00002": "Looms"}
+    rendered = Renderer().render(items, papers, digest_date=DAY, liked=liked)
+    html, text = rendered.personalize(RECIPIENT)
+    [heading] = lxml.html.fromstring(html).xpath("//h1/text()")
+    return rendered.subject, heading, text.splitlines()[0]
+
+
+def test_a_like_topic_reads_papers_like_its_title_without_on() -> None:
+    """A like:ID topic is named 'papers like “<title>”': the heading and the subject say
+    '3 papers like “Engines”', not '3 papers on papers like “Engines”'."""
+    papers = {i: make_paper(i) for i in range(1, 6)}
+    like = [Item(i, topic="like:2611.00001") for i in (1, 2, 3)]
+    assert rendered_like_digest(like, papers) == (
+        "Daily Papers · Wed 25 Nov · 3 new papers like “Engines”",
+        "3 papers like “Engines”",
+        "Daily Papers: 3 papers like “Engines”",
+    )
+    assert rendered_like_digest(like[:1], papers) == (
+        "Daily Papers · Wed 25 Nov · 1 new paper like “Engines”",
+        "1 paper like “Engines”",
+        "Daily Papers: 1 paper like “Engines”",
+    )
+    # Other topics keep their "on" (in the subject "in"), said once for each run of them.
+    mixed = [
+        Item(1, topic="diffusion", topic_label="Diffusion"),
+        Item(2, topic="rlhf"),
+        Item(3, topic="like:2611.00001"),
+        Item(4, topic="robot"),
+        Item(5, topic="like:2611.00002"),
+    ]
+    assert rendered_like_digest(mixed, papers) == (
+        "Daily Papers · Wed 25 Nov · 5 new in Diffusion, rlhf +3 more",
+        "5 papers on Diffusion, rlhf, like “Engines”, on robot, like “Looms”",
+        "Daily Papers: 5 papers on Diffusion, rlhf, like “Engines”, on robot, like",  # wrapped
+    )
+    assert rendered_like_digest(mixed[2:], papers) == (
+        "Daily Papers · Wed 25 Nov · 3 new papers like “Engines”, in robot +1 more",
+        "3 papers like “Engines”, on robot, like “Looms”",
+        "Daily Papers: 3 papers like “Engines”, on robot, like “Looms”",
+    )
+    # Without its paper's title, a like:ID topic is its query, after "on".
+    assert rendered_like_digest([Item(1, topic="like:42")], papers)[1] == "1 paper on like:42"

@@ -118,7 +118,7 @@ def test_each_bad_row_is_one_line_and_the_rest_is_imported(cli, tmp_path: Path, 
         "hour2@example.org,graph,,7am,,,\n"
         "freq@example.org,graph,,,fortnightly,,\n"
         "status@example.org,graph,,,,,vip\n"
-        "topic@example.org,-survey,,,,,\n"
+        "topic@example.org,graph; -survey,,,,,\n"  # each topic named as typed, trimmed
         "none@example.org,,,,,,\n"
         "bidi@example.org,graph,,,,Ada\u202eecalevol,\n"
         'multi@example.org,"graph;\nspeech",,,,,\n'

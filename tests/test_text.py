@@ -9,6 +9,7 @@ from digest.text import (
     AcronymDefinition,
     acronym_definitions,
     action_bases,
+    contraction_terms,
     counts_as_typed,
     indexed_terms,
     inflection_bases,
@@ -145,6 +146,23 @@ def test_indexed_terms_of_a_text_in_capitals_and_after_the_cache_is_full(
 def test_query_words_analyse_like_the_text(word: str, term: str) -> None:
     assert word_term(word) == term
     assert terms(f"x {word}")[1] == term
+
+
+@pytest.mark.parametrize(
+    ("sample", "pieces"),
+    [
+        ("Refine Drugs, Don't Complete Them", {"don", "t"}),
+        ("Why LLMs isn’t enough; we won't stop", {"isn", "t", "won"}),
+        ("Reasoning Models DON'T Always Say", {"qqdon", "t"}),  # as indexed: an acronym
+        ("O'Brien's rock'n'roll", {"o", "brien", "rock", "n", "roll"}),
+        ("The model's output and the models' outputs", set()),  # possessives are words
+        ("No apostrophe at all", set()),
+    ],
+)
+def test_contraction_pieces_are_told_apart(sample: str, pieces: set[str]) -> None:
+    assert contraction_terms(sample) == pieces
+    # They are the index's own terms of those pieces: the index is unchanged.
+    assert pieces <= set(terms(sample))
 
 
 def test_authors_and_categories_are_only_folded() -> None:

@@ -323,17 +323,17 @@ SEVERAL_BAD_FIELDS_ERRORS = [
     (
         "name",
         "Your name",
-        "name 'Eve\\u202e': one line of text, without control or direction characters",
+        "one line of text, without control or direction characters",
     ),
     (
         "topic-2",
         "Topic 2",
-        "topic '-survey': query only excludes words; add at least one word to look for",
+        "query only excludes words; add at least one word to look for",
     ),
     (
         "topic-3",
         "Topic 3",
-        f"topic 'like:99999': like:99999: no such paper {WEB_PAPER_HINT}",
+        f"like:99999: no such paper {WEB_PAPER_HINT}",
     ),
     (
         "topic-4",
@@ -412,7 +412,7 @@ def test_a_manage_save_with_several_bad_fields_shows_every_error_and_saves_nothi
             (
                 "topic-2",
                 "Topic 2",
-                "topic '-survey': query only excludes words; add at least one word to look for",
+                "query only excludes words; add at least one word to look for",
             ),
         ),
         (
@@ -436,7 +436,7 @@ def test_a_manage_save_with_several_bad_fields_shows_every_error_and_saves_nothi
             (
                 "name",
                 "Your name",
-                "name 'Ada\\x07': one line of text, without control or direction characters",
+                "one line of text, without control or direction characters",
             ),
         ),
     ],
@@ -461,7 +461,7 @@ def test_form_errors_name_the_field_and_keep_the_input(site: Site) -> None:
     assert response.status_code == 400
     page = response.get_data(as_text=True)
     assert "Enter a valid email address" in page
-    assert "topic &#39;-only -exclusions&#39;: query only excludes words" in page
+    assert "Topic 2</a>: query only excludes words" in page
     assert "unknown timezone &#39;localtime&#39;" in page
     assert 'value="ok topic"' in page
     assert [anchor for anchor, _, _ in form_errors(response)] == ["email", "topic-2", "timezone"]
@@ -507,7 +507,7 @@ def test_a_like_topic_naming_no_paper_is_a_field_error(site: Site) -> None:
         (
             "topic-1",
             "Topic 1",
-            f"topic 'like:99999': like:99999: no such paper {WEB_PAPER_HINT}",
+            f"like:99999: no such paper {WEB_PAPER_HINT}",
         )
     ]
     assert site.count() == 1 and site.mail() == []
@@ -518,8 +518,15 @@ def test_a_stop_word_topic_is_a_field_error(site: Site) -> None:
     client = site.client()
     response = client.post("/", data=subscribe_form(client, "new@example.org", "robot", "the"))
     assert response.status_code == 400
-    page = response.get_data(as_text=True)
-    assert "topic &#39;the&#39;: query looks only for common words (the)" in page
+    assert form_errors(response) == [
+        (
+            "topic-2",
+            "Topic 2",
+            "query looks only for common words (the) that nearly every paper has; "
+            "add a word that names the topic",
+        )
+    ]
+    # The live check of the field words it alike.
     assert client.get("/api/match?q=of+the").get_json()["error"] == (
         "query looks only for common words (of the) that nearly every paper has; "
         "add a word that names the topic"
@@ -893,7 +900,10 @@ def test_preview_page_shows_an_ad_hoc_topic(site: Site) -> None:
     assert "25 papers match “diffusion” in the last 7 days" in body
     assert body.count('class="paper"') == 25
     bad = client.get("/preview?topic=-survey")
-    assert bad.status_code == 400 and "only excludes words" in bad.get_data(as_text=True)
+    error = lxml.html.fromstring(bad.get_data(as_text=True)).xpath("//p[@class='error-text']")
+    assert bad.status_code == 400 and [p.text_content() for p in error] == [
+        "query only excludes words; add at least one word to look for"
+    ]
 
 
 def open_requests(site: Site) -> dict[str, int]:

@@ -172,7 +172,15 @@ def test_a_like_topic_is_shown_by_its_paper_title(site: Site) -> None:
     message = send_first_digest(site, f"like:{reference}")
     text = message.get_body(("plain",)).get_content()
     html_part = html.unescape(message.get_body(("html",)).get_content())
-    assert f" in {name}"[:30] in message["Subject"] and "like:" not in message["Subject"]
+    assert f"10 new {name}"[:30] in message["Subject"] and "like:" not in message["Subject"]
+    # The heading says it as the subject does, in both parts and on the web copy.
+    heading = f"10 {name}"
+    assert " ".join(text.split()).startswith(f"Daily Papers: {heading} Wednesday")
+    assert re.findall(r'<h1 class="heading"[^>]*>([^<]*)</h1>', html_part) == [heading]
+    web_copy = re.search(rf"{re.escape(BASE)}(/digest/\S+)", text)
+    assert web_copy is not None
+    page = html.unescape(site.client().get(web_copy.group(1)).get_data(as_text=True))
+    assert re.findall(r"<h2>([^<]*)</h2>", page) == [heading]
     assert f"== {name} ==" in text
     assert f"follows {name} on" in " ".join(text.split())
     assert re.findall(r'<h2 class="topic"[^>]*>([^<]*)</h2>', html_part) == [name]

@@ -20,6 +20,8 @@ This module holds the root group `main` (the `digest` console script and
 
 from __future__ import annotations
 
+import os
+import select
 import sys
 import traceback
 from pathlib import Path
@@ -48,12 +50,21 @@ from digest.errors import ConfigError, DigestError
 class DigestGroup(click.Group):
     """The CLI edge: every project error and database error ends as one line, exit 1.
 
-    With `digest -v` the full error (traceback, SQL) is printed as well.
+    With `digest -v` the full error (traceback, SQL) is printed as well. Output whose
+    reader has gone (`digest papers | head -1`) ends the command quietly, exit 1.
     """
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
-            return super().invoke(ctx)
+            result = super().invoke(ctx)
+            sys.stdout.flush()  # output still buffered meets a closed pipe here, not at exit
+            return result
+        except BrokenPipeError as exc:
+            if not stdout_closed():
+                self._explain(ctx)
+                raise click.ClickException(str(exc)) from None
+            quiet_stdout()
+            raise click.exceptions.Exit(1) from None
         except ConfigError as exc:
             self._explain(ctx)
             raise click.ClickException(f"config: {exc}") from None
@@ -77,6 +88,29 @@ class DigestGroup(click.Group):
     def _explain(ctx: click.Context) -> None:
         if ctx.meta.get("digest.verbose"):
             traceback.print_exc()
+
+
+def stdout_closed() -> bool:
+    """Whether standard output is a pipe or socket whose reader has gone (a broken pipe
+    of its own, not one of a connection the command made). Without poll(): assumed."""
+    try:
+        descriptor = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # not a file (a test runner's capture)
+        return False
+    if not hasattr(select, "poll"):
+        return True
+    poller = select.poll()
+    poller.register(descriptor, select.POLLOUT)
+    return any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0))
+
+
+def quiet_stdout() -> None:
+    """Point standard output at the null device, so that the output still buffered does
+    not fail again when Python flushes it on exit (the recipe of Python's `signal` docs,
+    "Note on SIGPIPE")."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 @click.group(cls=DigestGroup, context_settings={"help_option_names": ["-h", "--help"]})
