@@ -515,7 +515,13 @@ def store_records(
     another copy of their paper ("repeated"), and the lines reporting entries skipped
     (unparseable)."""
     records, repeated, skipped = fold_repeats(records)
-    counts = {"new": 0, "updated": 0, "unchanged": 0, "skipped": 0, "repeated": repeated}
+    counts = {
+        "new": 0,
+        "updated": 0,
+        "unchanged": 0,
+        "skipped": len(skipped),
+        "repeated": repeated,
+    }
     for start in range(0, len(records), BATCH_SIZE):
         batch = _Batch(session, records[start : start + BATCH_SIZE], now, analyser)
         for index in range(len(batch.records)):

@@ -890,6 +890,21 @@ def test_copies_of_a_paper_with_other_contents_are_folded_the_last_winning(
     assert full_dump(factory) == before
 
 
+def test_a_copy_of_a_paper_that_does_not_parse_is_skipped_and_reported(
+    factory, tmp_path: Path
+) -> None:
+    """Folding parses the copies: a bad one is one skipped line, the good one is stored."""
+    [item] = json.loads(HF_JSON.read_text(encoding="utf-8"))
+    good, bad = json.loads(json.dumps(item)), json.loads(json.dumps(item))
+    bad["publishedAt"] = bad["paper"]["publishedAt"] = "2026-02-30T00:00:00Z"
+    bad["paper"]["upvotes"] = good["paper"]["upvotes"] + 1
+    [stored] = ingest(factory, write_items(tmp_path / "bad.json", [good, bad]))
+    assert (stored.parsed, stored.new, stored.repeated) == (1, 1, 0)
+    assert len(stored.skipped) == 1
+    assert "date does not parse: '2026-02-30T00:00:00Z'" in stored.skipped[0]
+    assert count(factory, Paper) == 1
+
+
 def test_a_page_giving_a_paper_twice_is_unchanged_when_ingested_again(
     factory, tmp_path: Path
 ) -> None:
