@@ -56,6 +56,7 @@ from digest.text import (
     stem,
     tokens,
     word_term,
+    written_forms,
 )
 
 if TYPE_CHECKING:
@@ -324,9 +325,12 @@ def plan_query(session: Session, query: Query, corpus: Corpus) -> Plan:
             missing.append(reference)
             continue
         like_ids.append(paper.id)
-        for like_term, weight in like_terms(paper, corpus).items():
+        chosen = like_terms(paper, corpus)
+        for like_term, weight in chosen.items():
             like[like_term] = max(like.get(like_term, 0.0), weight)
-            expansions.append(f"like:{reference} → {like_term.removeprefix(ACRONYM_MARK)}")
+        # The terms as the paper writes them, one line: "like:42 → floating, FP16, point".
+        like_words = ", ".join(_written_like_term(paper, term) for term in chosen)
+        expansions.append(f"like:{reference} → {like_words}")
     excluded = tuple(_phrase(term) for term in query.excluded)
     return Plan(
         groups=tuple(Group(tuple(dict.fromkeys(phrases))) for phrases in groups),
@@ -445,6 +449,17 @@ def _written_part(words: str, whole: Phrase, part: Phrase) -> str:
     if part.terms == whole.terms[1:]:
         return words[found[1].start :]
     return words[: found[-2].end]
+
+
+def _written_like_term(paper: Paper, term: str) -> str:
+    """A like: term as the paper writes it, a capitalised word in lower case (a title's
+    capitals are the title's: "floating", but "FP16", "DeepSpeed"); the term itself if
+    the text lacks it."""
+    written = written_forms((paper.title, paper.abstract), [(term,)])
+    if not written:
+        return term.removeprefix(ACRONYM_MARK)
+    word = written[0]
+    return word.lower() if word[:1].isupper() and word[1:].islower() else word
 
 
 def like_terms(paper: Paper, corpus: Corpus) -> dict[str, float]:

@@ -73,8 +73,8 @@ from digest.text import (
     Phrase,
     counts_as_typed,
     fold,
-    tokens,
     words,
+    written_forms,
 )
 
 K1 = 1.2
@@ -551,29 +551,4 @@ def search(session: Session, query: Query) -> tuple[Plan, list[Match]]:
 
 def written_words(paper: Paper, matched: Sequence[tuple[str, ...]]) -> list[str]:
     """The matched terms as the paper writes them ("Video Generation", "RAG"), title first."""
-    sources = []
-    for source in (paper.title, paper.abstract):
-        found = list(tokens(source))
-        sources.append((source, found, [token.term for token in found]))
-    shown: list[str] = []
-    for terms in matched:
-        if any(set(terms) <= set(_terms_of(words)) for words in shown):
-            continue  # a word of a phrase already shown
-        for source, found, sequence in sources:
-            at = next(
-                (
-                    i
-                    for i in range(len(sequence) - len(terms) + 1)
-                    if tuple(sequence[i : i + len(terms)]) == terms
-                ),
-                None,
-            )
-            if at is not None:
-                words = source[found[at].start : found[at + len(terms) - 1].end]
-                shown.append(" ".join(words.split()))
-                break
-    return shown
-
-
-def _terms_of(words: str) -> list[str]:
-    return [token.term for token in tokens(words)]
+    return written_forms((paper.title, paper.abstract), matched)

@@ -33,7 +33,7 @@ from __future__ import annotations
 import itertools
 import re
 import unicodedata
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from operator import itemgetter
@@ -461,3 +461,31 @@ def _spells(letters: str, words: list[str]) -> bool:
         return False
 
     return bool(letters) and walk(0, 0)
+
+
+def written_forms(sources: Iterable[str], matched: Sequence[tuple[str, ...]]) -> list[str]:
+    """Each run of index terms in `matched` as the first of `sources` that has it writes it
+    ("Video Generation", "RAG"), once: a term inside a phrase already shown is not repeated,
+    and a run no source has is left out."""
+    found = []
+    for source in sources:
+        source_tokens = list(tokens(source))
+        found.append((source, source_tokens, [token.term for token in source_tokens]))
+    shown: list[str] = []
+    for terms in matched:
+        if any(set(terms) <= {token.term for token in tokens(words)} for words in shown):
+            continue  # a word of a phrase already shown
+        for source, source_tokens, sequence in found:
+            at = next(
+                (
+                    i
+                    for i in range(len(sequence) - len(terms) + 1)
+                    if tuple(sequence[i : i + len(terms)]) == terms
+                ),
+                None,
+            )
+            if at is not None:
+                words = source[source_tokens[at].start : source_tokens[at + len(terms) - 1].end]
+                shown.append(" ".join(words.split()))
+                break
+    return shown

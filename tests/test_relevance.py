@@ -171,6 +171,13 @@ def test_like_finds_papers_on_the_source_papers_subject(factory, tmp_path) -> No
         corpus = relevance.Corpus(session)
         plan = query_plan.plan_query(session, parse_query(f"like:{source.id}"), corpus)
         assert "expert" in plan.like and "qqmoe" in plan.like
+        # What it expanded to, on one line, in the paper's own words: the acronym in its
+        # capitals, a word its title capitalises in lower case, in the terms' order.
+        [expanded] = plan.expansions
+        assert expanded.startswith(f"like:{source.id} → ")
+        shown = expanded.split(" → ")[1].split(", ")
+        assert len(shown) == len(plan.like) and "MoE" in shown and "experts" in shown
+        assert all(word == word.lower() or not word[1:].islower() for word in shown)
         found = relevance.rank(session, plan, corpus)[:5]
         papers = db.papers_by_id(session, [m.paper_id for m in found])
         assert source.id not in papers
