@@ -94,7 +94,7 @@ class Outbox:
                 transport.close()
         except Exception:
             log.exception("could not send the %s email to subscriber %s", kind, subscriber_id)
-            self._forget(subscriber_id, request_id)
+            self._forget(subscriber_id, request_id, now)
             return
         if request_id:
             try:
@@ -103,13 +103,16 @@ class Outbox:
             except Exception:  # the email went: its link works, the older ones too
                 log.exception("could not mark the request of subscriber %s", subscriber_id)
 
-    def _forget(self, subscriber_id: int, request_id: int | None) -> None:
-        """Clear the resend mark, and drop the request whose email did not go out."""
+    def _forget(self, subscriber_id: int, request_id: int | None, now: datetime) -> None:
+        """Clear the resend mark, and drop the request whose email did not go out (sent
+        at `now`); an email never sent begins no run of unanswered ones either."""
         try:
             with db.transaction(self.wiring.sessions()) as session:
                 subscriber = session.get(Subscriber, subscriber_id)
                 if subscriber is not None:
                     subscriber.confirm_sent_at = None
+                    if subscriber.unanswered_since == now:
+                        subscriber.unanswered_since = None
                 request = session.get(SubscriptionRequest, request_id) if request_id else None
                 if request is not None and request.sent_at is None:
                     session.delete(request)

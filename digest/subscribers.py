@@ -341,14 +341,18 @@ def purge_pending(session: Session, now: datetime, older_than: timedelta) -> int
     """Forget subscription requests nobody confirmed within `older_than`.
 
     Every `SubscriptionRequest` older than that goes. A pending address that was
-    never confirmed is deleted; one that had been a subscriber before (it has a sent
-    history to keep) goes back to `unsubscribed`.
+    never confirmed is deleted, but one sent several unanswered emails only once their
+    run is over (`UNANSWERED_RUN`): until then it holds the ever longer wait before the
+    next (`resend_wait`), which its deletion would start over. One that had been a
+    subscriber before (it has a sent history to keep) goes back to `unsubscribed`.
     """
     cutoff = now - older_than
     db.delete_stale_requests(session, cutoff)
     purged = 0
     for subscriber in db.stale_pending_subscribers(session, cutoff):
         if subscriber.confirmed_at is None:
+            if _in_unanswered_run(subscriber, now):
+                continue
             session.delete(subscriber)
         else:
             subscriber.status = "unsubscribed"
@@ -356,6 +360,13 @@ def purge_pending(session: Session, now: datetime, older_than: timedelta) -> int
         purged += 1
     session.flush()
     return purged
+
+
+def _in_unanswered_run(subscriber: Subscriber, now: datetime) -> bool:
+    """Whether the address was sent more than one email it left unanswered, the first
+    less than `UNANSWERED_RUN` ago (after one, the next waits `resend_after` anyway)."""
+    since, last = subscriber.unanswered_since, subscriber.confirm_sent_at
+    return since is not None and last is not None and since < last and now - since < UNANSWERED_RUN
 
 
 def transient_subscriber(topics: list[str], timezone: str, hour: int) -> Subscriber:

@@ -9,7 +9,7 @@ from sqlalchemy import bindparam, inspect, select, text
 
 from digest import db, query_plan
 from digest.ingest import ingest_inputs
-from digest.models import Paper, Topic, UTCDateTime
+from digest.models import Paper, Subscriber, Topic, UTCDateTime
 from digest.query import parse_query
 from tests.conftest import SEEDS
 
@@ -303,4 +303,60 @@ def test_topics_stored_before_0010_were_added_when_their_subscriber_was(
     assert "added_at" not in {c["name"] for c in inspect(engine).get_columns("topics")}
     with engine.connect() as connection:
         assert connection.execute(text("SELECT count(*) FROM topics")).scalar() == 3
+    engine.dispose()
+
+
+def test_0011_adds_unanswered_since_and_its_downgrade_keeps_every_child_row(
+    empty_db_url: str,
+) -> None:
+    """0011: existing subscribers read as having no unanswered email (NULL); undone, the
+    column goes and the subscribers' topics and subscription requests stay (a batch
+    copy of `subscribers` would have dropped them by ON DELETE CASCADE)."""
+    from alembic import command
+
+    engine = db.create_db_engine(empty_db_url)
+    db.upgrade(engine, "0010_lookback")
+    at = bindparam("at", type_=UTCDateTime)
+    when = datetime(2026, 11, 1, 8, 0, tzinfo=UTC)
+    with engine.begin() as connection:
+        connection.execute(
+            text(
+                "INSERT INTO subscribers (id, email, email_key, status, timezone, send_hour, "
+                "secret, created_at, updated_at) VALUES (1, 'a@example.org', 'a@example.org', "
+                "'pending', 'UTC', 7, 's', :at, :at)"
+            ).bindparams(at),
+            {"at": when},
+        )
+        connection.execute(
+            text(
+                "INSERT INTO topics (subscriber_id, position, query, added_at) "
+                "VALUES (1, 0, 'robot', :at)"
+            ).bindparams(at),
+            {"at": when},
+        )
+        connection.execute(
+            text(
+                "INSERT INTO subscription_requests (subscriber_id, preferences, created_at) "
+                "VALUES (1, '{}', :at)"
+            ).bindparams(at),
+            {"at": when},
+        )
+    db.upgrade(engine)
+    with db.session_factory(engine)() as session:
+        assert session.execute(select(Subscriber.id, Subscriber.unanswered_since)).all() == [
+            (1, None)
+        ]
+        session.get_one(Subscriber, 1).unanswered_since = when
+        session.commit()
+    with engine.begin() as connection:
+        command.downgrade(db._alembic_config(connection), "0010_lookback")
+    assert "unanswered_since" not in {c["name"] for c in inspect(engine).get_columns("subscribers")}
+    with engine.connect() as connection:
+        counts = [
+            connection.execute(text(f"SELECT count(*) FROM {table}")).scalar()
+            for table in ("subscribers", "topics", "subscription_requests")
+        ]
+    assert counts == [1, 1, 1]
+    db.upgrade(engine)
+    assert db.current_revision(engine) == db.head_revision()
     engine.dispose()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from sqlalchemy import event, func, select, text
@@ -13,12 +14,14 @@ from sqlalchemy import event, func, select, text
 from digest.models import Paper
 from digest.web import PAGE_SIZE
 from tests import test_web as web_tests
+from tests.smtp_server import SmtpServer
 from tests.test_web import (
     NOW,
     Site,
     active_subscriber,
     csrf_token,
     link_in,
+    make_site,
     subscribe_form,
     token_links,
 )
@@ -116,6 +119,66 @@ def test_an_address_that_never_answers_gets_ever_fewer_emails(site: Site) -> Non
         site.mail()  # each email is sent before the next ask
     to_active = [m["Date"].datetime - NOW for m in site.mail() if m["To"] == "active@example.org"]
     assert to_active == [timedelta(hours=h) for h in (0, 1, 2, 31 * 24, 31 * 24 + 1)]
+
+
+def emails_at(site: Site, address: str, hours: list[int]) -> list[int]:
+    """Submit the form for `address` at each of these hours after NOW: the hours whose
+    submission sent an email."""
+    sent_at = []
+    for hour in hours:
+        site.clock.now = NOW + timedelta(hours=hour)
+        client = site.client()
+        response = client.post("/", data=subscribe_form(client, address, "gan"))
+        assert response.status_code == 200
+        if len(site.mail()) > len(sent_at):
+            sent_at.append(hour)
+    return sent_at
+
+
+def test_the_wait_keeps_growing_after_the_pending_address_would_have_been_purged(
+    site: Site,
+) -> None:
+    """A pending address nobody confirms was deleted `pending_days` (7) after its last
+    email, and with it the record of its unanswered emails: from the tenth email on (a
+    wait over 7 days) the next submission started a new run, 1 h, 2 h, ... again, not
+    "a month after the first". The address is kept while its run lasts."""
+    doubling = [0, 1, 2, 4, 8, 16, 32, 64, 128, 256]
+    # 430 h: the 256 h email is over 7 days old; its wait (256 h) runs to 512 h.
+    sent = emails_at(site, "victim@example.org", [*doubling, 430, 431, 512, 513, 31 * 24])
+    assert sent == [*doubling, 512, 31 * 24]
+    # The 31-day email began a new run, of one email so far: the next waits the plain
+    # resend_minutes anyway, so the purge forgets the address 7 days on, as before.
+    for day, kept in ((31 + 6, True), (31 + 8, False)):
+        site.clock.now = NOW + timedelta(days=day)
+        client = site.client()
+        client.post("/", data=subscribe_form(client, "other@example.org", "gan"))
+        assert (site.subscriber("victim@example.org") is not None) is kept
+
+
+def test_an_email_that_did_not_go_out_starts_no_run_of_unanswered_emails(
+    tmp_path: Path, seeds: Path, db_url: str, smtp_server: SmtpServer
+) -> None:
+    """The first confirmation of an address was refused by its mail server: it was never
+    sent, so it is no email left unanswered. Kept as the start of the run, it made the
+    wait after the next email as long as the time between the two (here three days)."""
+    site = make_site(tmp_path, seeds, db_url, smtp_port=smtp_server.port)
+    try:
+        smtp_server.handler.rcpt_replies["eve@example.org"] = "550 5.1.1 Mailbox unavailable"
+        client = site.client()
+        client.post("/", data=subscribe_form(client, "eve@example.org", "gan"))
+        assert site.app.extensions["digest.outbox"].drain()
+        assert smtp_server.handler.parsed() == []
+        del smtp_server.handler.rcpt_replies["eve@example.org"]
+        for at in (timedelta(days=3), timedelta(days=3, hours=1)):
+            site.clock.now = NOW + at
+            client = site.client()
+            client.post("/", data=subscribe_form(client, "eve@example.org", "gan"))
+            assert site.app.extensions["digest.outbox"].drain()
+        sent = [m["Date"].datetime - NOW for m in smtp_server.handler.parsed()]
+        assert sent == [timedelta(days=3), timedelta(days=3, hours=1)]
+    finally:
+        site.app.extensions["digest.outbox"].drain()
+        site.wiring.dispose()
 
 
 def test_a_lookup_reads_the_papers_it_shows_not_every_match(site: Site) -> None:
