@@ -143,7 +143,7 @@ def parse_frequency(text: str) -> int | None:
         return None
     if len(words) == 2 and words[0].casefold() == "weekly":
         return parse_weekday(words[1])
-    raise SubscriberError(f"frequency {shown(text)}: use daily or weekly DAY (mon..sun)")
+    raise SubscriberError("use daily or weekly DAY (mon..sun)", f"frequency {shown(text)}")
 
 
 @functools.lru_cache(maxsize=4096)  # pure; a bulk import repeats the same few topics
@@ -163,8 +163,9 @@ def parse_topic(text: str) -> TopicSpec:
         raise SubscriberError("the label before '=' is empty", f"topic {shown(text)}")
     if label is not None and (len(label) > MAX_LABEL or not is_plain(label)):
         raise SubscriberError(
-            f"topic label {shown(label)}: at most {MAX_LABEL} characters, "
-            "without control or bidirectional-override characters"
+            f"a label of at most {MAX_LABEL} characters, "
+            "without control or bidirectional-override characters",
+            f"topic label {shown(label)}",
         )
     try:
         query = parse_query(query_text)

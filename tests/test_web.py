@@ -416,6 +416,15 @@ def test_a_manage_save_with_several_bad_fields_shows_every_error_and_saves_nothi
             ),
         ),
         (
+            {"topic": ["robot", "x" * 101 + "=diffusion"]},
+            (
+                "topic-2",
+                "Topic 2",
+                "a label of at most 100 characters, "
+                "without control or bidirectional-override characters",
+            ),
+        ),
+        (
             {"timezone": "localtime"},
             (
                 "timezone",
