@@ -371,6 +371,12 @@ def test_a_changed_record_is_merged_and_its_new_hash_kept(factory, tmp_path: Pat
         assert paper.updated_at == NOW + timedelta(hours=2)
 
 
+def hf_copies() -> tuple[dict, dict]:
+    """Two copies of the one paper of the HF daily_papers capture, to change apart."""
+    [item] = json.loads(HF_JSON.read_text(encoding="utf-8"))
+    return item, json.loads(json.dumps(item))
+
+
 def write_items(path: Path, items: list[dict]) -> Path:
     path.write_text(json.dumps(items), encoding="utf-8")
     return path
@@ -805,8 +811,7 @@ def test_an_implausible_upvote_count_is_dropped_not_fatal(
 
 def test_a_paper_given_twice_in_one_input_is_observed_once(factory, tmp_path: Path) -> None:
     # A feed repeating a paper with two counts: no gain between the two at one instant.
-    [item] = json.loads(HF_JSON.read_text(encoding="utf-8"))
-    first, second = json.loads(json.dumps(item)), json.loads(json.dumps(item))
+    first, second = hf_copies()
     first["paper"]["upvotes"], second["paper"]["upvotes"] = 10, 99
     twice = write_items(tmp_path / "twice.json", [first, second])
     [summary] = ingest(factory, twice)
@@ -841,8 +846,7 @@ def test_a_paper_given_twice_with_other_counts_is_unchanged_when_ingested_again(
 ) -> None:
     """The copies are merged once, before storing: the same file again is 0 updated, and
     the database is as it was (no update time moved, no observation added)."""
-    [item] = json.loads(HF_JSON.read_text(encoding="utf-8"))
-    first, second = json.loads(json.dumps(item)), json.loads(json.dumps(item))
+    first, second = hf_copies()
     first["paper"]["upvotes"], second["paper"]["upvotes"] = 10, 15
     twice = write_items(tmp_path / "twice.json", [first, second])
     [stored] = ingest(factory, twice)
@@ -867,8 +871,7 @@ def test_copies_of_a_paper_with_other_contents_are_folded_the_last_winning(
     factory, tmp_path: Path
 ) -> None:
     """Two copies that disagree: the last one's fields, and what only the first has."""
-    [item] = json.loads(HF_JSON.read_text(encoding="utf-8"))
-    first, second = json.loads(json.dumps(item)), json.loads(json.dumps(item))
+    first, second = hf_copies()
     second["summary"] = second["paper"]["summary"] = "The second copy's abstract."
     github = first["paper"]["githubRepo"]
     del second["paper"]["githubRepo"]
@@ -894,8 +897,7 @@ def test_a_copy_of_a_paper_that_does_not_parse_is_skipped_and_reported(
     factory, tmp_path: Path
 ) -> None:
     """Folding parses the copies: a bad one is one skipped line, the good one is stored."""
-    [item] = json.loads(HF_JSON.read_text(encoding="utf-8"))
-    good, bad = json.loads(json.dumps(item)), json.loads(json.dumps(item))
+    good, bad = hf_copies()
     bad["publishedAt"] = bad["paper"]["publishedAt"] = "2026-02-30T00:00:00Z"
     bad["paper"]["upvotes"] = good["paper"]["upvotes"] + 1
     [stored] = ingest(factory, write_items(tmp_path / "bad.json", [good, bad]))
