@@ -574,6 +574,11 @@ class ListedItems(Sequence[SelectedItem]):
         self._ids = paper_ids
         self._make = make
 
+    @property
+    def paper_ids(self) -> list[int]:
+        """The papers in order, without making their items."""
+        return self._ids
+
     def __len__(self) -> int:
         return len(self._ids)
 

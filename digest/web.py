@@ -395,7 +395,7 @@ def create_app(config: Config | None = None, *, wiring: App | None = None) -> Fl
                     "error": error,
                 }, 200
             listing = topic_listing(session, query.canonical())
-            shown = [item.paper_id for item in listing.items[:MATCH_EXAMPLES]]
+            shown = listing.items.paper_ids[:MATCH_EXAMPLES]
             papers = db.papers_by_id(session, shown)
             examples = [paper_title(papers[pid]) for pid in shown]
         return {
