@@ -475,6 +475,8 @@ def create_app(config: Config | None = None, *, wiring: App | None = None) -> Fl
                 subscriber = find(session, token, "manage")
                 if subscriber is None:
                     abort(404)
+                # A post from the emailed link answers the notice emails: a new run.
+                subscriber.unanswered_since = None
                 if request.form.get("action") == "resubscribe":
                     if subscriber.status in ("unsubscribed", "bounced", "pending"):
                         subscriber.status = "active"

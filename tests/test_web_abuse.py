@@ -121,6 +121,29 @@ def test_an_address_that_never_answers_gets_ever_fewer_emails(site: Site) -> Non
     assert to_active == [timedelta(hours=h) for h in (0, 1, 2, 31 * 24, 31 * 24 + 1)]
 
 
+def test_a_subscriber_who_uses_the_manage_link_starts_a_new_run(site: Site) -> None:
+    """An active subscriber asks again from the form and gets "already subscribed" emails,
+    which back off (0 h, 1 h, 2 h, then a 2 h wait); saving from the emailed manage link
+    answers them, so the next ask waits `resend_minutes` again, as after a confirmation."""
+    ada = active_subscriber(site, "ada@example.org")
+    for hour in (0, 1, 2):
+        site.clock.now = NOW + timedelta(hours=hour)
+        client = site.client()
+        client.post("/", data=subscribe_form(client, "ada@example.org", "gan"))
+        site.mail()
+    site.clock.now = NOW + timedelta(hours=2, minutes=30)
+    client = site.client()
+    path = token_links(site, ada).manage
+    form = subscribe_form(client, "ada@example.org", "robot")
+    form.update(csrf_token=csrf_token(client, path), action="save")
+    assert client.post(path, data=form).status_code == 303
+    site.clock.now = NOW + timedelta(hours=3)
+    client = site.client()
+    client.post("/", data=subscribe_form(client, "ada@example.org", "gan"))
+    sent = [m["Date"].datetime - NOW for m in site.mail() if m["To"] == "ada@example.org"]
+    assert sent == [timedelta(hours=h) for h in (0, 1, 2, 3)]
+
+
 def emails_at(site: Site, address: str, hours: list[int]) -> list[int]:
     """Submit the form for `address` at each of these hours after NOW: the hours whose
     submission sent an email."""
