@@ -16,7 +16,7 @@ per topic and on average. `--split` reports a tuning half and a held-out half
 (alternate topics in name order).
 
 `--judged` may be repeated to pool folders (tests/data/relevance and its
-validation/, holdout/ ... holdout6/ sets). `--cv` measures how well tuning generalises. Each `--vary
+validation/, holdout/ ... holdout7/ sets). `--cv` measures how well tuning generalises. Each `--vary
 NAME=V1,V2,...` names a `digest.relevance` constant (FEEDBACK_PAPERS, NEAR_WEIGHT,
 ...), a `digest.ranking` or `digest.select` one (POPULARITY_WEIGHT, TRENDING_MIN_RELEVANCE)
 or a `digest.*` setting (min_relevance, max_per_topic) and the values to try; every

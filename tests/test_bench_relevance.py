@@ -105,7 +105,7 @@ def test_every_judged_topic_grades_each_seed_paper_once(factory) -> None:
         keys = set(session.scalars(select(Paper.key)))
     assert len(keys) == 540
     paths = sorted(JUDGED.rglob("*.tsv"))
-    assert len(paths) == 70
+    assert len(paths) == 78
     assert len({path.stem for path in paths}) == len(paths)
     for path in paths:
         judged = read_judged(path)
