@@ -135,8 +135,8 @@ def _due(app: Any) -> Any:
     """The due subscribers, streamed as `digest send` streams them (with its rules:
     `schedule.allowed_today`)."""
     from digest import db
+    from digest.days import is_due_today
     from digest.schedule import allowed_today
-    from digest.select import is_due_today
     from digest.subscribers import sendable
 
     grace = timedelta(hours=app.config.schedule.grace_hours)

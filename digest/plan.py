@@ -22,10 +22,11 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from digest import db, ledger
 from digest.config import DigestSettings
+from digest.days import selection_time
 from digest.errors import DigestError
 from digest.models import Delivery, Subscriber
 from digest.relevance import Corpus
-from digest.select import ITEM_FIELDS, Selection, SelectionRun, histories, selection_time
+from digest.select import ITEM_FIELDS, Selection, SelectionRun, histories
 
 # The due (subscriber, digest date) pairs; any iterable, so they may stream.
 DueList = Iterable[tuple[Subscriber, date]]

@@ -53,12 +53,12 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from digest import db, ledger
 from digest.config import DigestSettings, ScheduleConfig
+from digest.days import local_date, send_time, sends_on
 from digest.deliver import Sender, SendReport, Workers, send_digests
 from digest.errors import DigestError
 from digest.ingest import InputSummary
 from digest.models import CLAIMABLE_STATUSES, RECEIVED_STATUSES, Subscriber
 from digest.plan import PLAN_BATCH, DueList
-from digest.select import local_date, send_time, sends_on
 from digest.subscribers import purge_pending, sendable
 
 log = logging.getLogger("digest.schedule")
@@ -188,7 +188,7 @@ def due_subscribers(session: Session, now: datetime, grace: timedelta) -> DueLis
 def allowed_today(
     session: Session, subscribers: Iterable[Subscriber], now: datetime, grace: timedelta
 ) -> DueList:
-    """Each of these subscribers (due today, `select.is_due_today`) with their local date at
+    """Each of these subscribers (due today, `days.is_due_today`) with their local date at
     `now`, when the rules (`allowed`) let them have that date's digest now: what `digest
     send` sends without --date. Their recent rows are read `PLAN_BATCH` at a time."""
     for subscriber, recent in with_recent(session, subscribers, recent_since(now, grace)):

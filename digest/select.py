@@ -9,7 +9,7 @@ to the caps (what they received before, `History`, is read in bulk by
 who received none of the papers involved share one selection. A run sees only
 what was known at its `now`: papers first seen by then and upvote observations
 made by then, so the digest of a past date (`digest send --date`, the
-scheduler's catch-up) is chosen as of that digest's send time (`selection_time`).
+scheduler's catch-up) is chosen as of that digest's send time (`days.selection_time`).
 
 Eligible papers match a topic (`digest.relevance`, which documents the
 relevance formula) with ``relevance >= min_relevance`` (a cutoff relative to
@@ -55,22 +55,20 @@ import itertools
 import json
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import date, datetime, timedelta
 from typing import overload
-from zoneinfo import ZoneInfo
 
 from sqlalchemy.orm import Session
 
 from digest import db, query_plan, relevance
 from digest.cache import BoundedCache
 from digest.config import DigestSettings
+from digest.days import DAY, WEEK, local_date, selection_time, trend_window
 from digest.models import DeliveryStatus, DigestItem, Paper, Subscriber
 from digest.query import parse_query
 from digest.ranking import age_hours, ranking_score, trending_score, upvote_gain, votes
 
 TRENDING_MIN_RELEVANCE = 0.5  # a trending paper matches one of the topics at least this well
-DAY = timedelta(days=1)
-WEEK = timedelta(days=7)
 
 
 @dataclass(frozen=True)
@@ -140,29 +138,6 @@ def content_hash(digest_date: date, body: str) -> str:
     """The hash of the JSON [date, items, more]; `body` is the JSON [items, more]."""
     encoded = f'["{digest_date.isoformat()}",{body[1:]}'
     return hashlib.sha256(encoded.encode("utf-8")).hexdigest()
-
-
-def local_date(now: datetime, timezone: str) -> date:
-    """The subscriber's calendar date at `now`."""
-    return now.astimezone(ZoneInfo(timezone)).date()
-
-
-def send_time(subscriber: Subscriber, day: date) -> datetime:
-    """The instant of the subscriber's send hour on their local `day` (DST-aware)."""
-    zone = ZoneInfo(subscriber.timezone)
-    local = datetime.combine(day, time(subscriber.send_hour), tzinfo=zone)
-    # fold=0: a repeated hour means its first occurrence; an hour skipped by DST maps,
-    # through the offset before the change, to the instant of the change itself.
-    return local.astimezone(UTC)
-
-
-def selection_time(subscriber: Subscriber, day: date, now: datetime) -> datetime:
-    """The instant a digest is chosen as of: its send time, or now if that is still ahead."""
-    return min(now, send_time(subscriber, day))
-
-
-def trend_window(subscriber: Subscriber) -> timedelta:
-    return DAY if subscriber.weekday is None else WEEK
 
 
 @dataclass(frozen=True)
@@ -649,15 +624,3 @@ def digest_content(
         return day, now, DigestContent([], content_hash(day, content_body([], {})))
     selection = SelectionRun(session, now, settings).select(subscriber, day)
     return day, now, DigestContent(selection.items, selection.content_hash, selection.more)
-
-
-def sends_on(subscriber: Subscriber, day: date) -> bool:
-    """Whether `day` is one of the subscriber's digest days (every day, or their weekday)."""
-    return subscriber.weekday is None or day.weekday() == subscriber.weekday
-
-
-def is_due_today(subscriber: Subscriber, now: datetime) -> bool:
-    """Whether an active subscriber gets a digest on their current local date."""
-    return subscriber.status == "active" and sends_on(
-        subscriber, local_date(now, subscriber.timezone)
-    )

@@ -20,9 +20,10 @@ from bench.relevance import (
 )
 from digest import db
 from digest.config import DigestSettings
+from digest.days import DAY
 from digest.ingest import ingest_inputs
 from digest.models import Paper, UpvoteObservation
-from digest.select import DAY, SelectionRun
+from digest.select import SelectionRun
 from tests.conftest import NOW, SEEDS
 
 

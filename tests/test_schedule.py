@@ -19,12 +19,13 @@ from sqlalchemy import select
 
 from digest import db
 from digest.config import DeliveryConfig, DigestSettings, MailConfig, ScheduleConfig
+from digest.days import send_time
 from digest.deliver import Sender
 from digest.errors import DatabaseUnavailable
 from digest.message import DigestMailer
 from digest.models import Delivery, JobRun, Subscriber
 from digest.render import Renderer
-from digest.schedule import Dispatcher, Service, due_date, send_time, skip_stale
+from digest.schedule import Dispatcher, Service, due_date, skip_stale
 from digest.subscribers import find_or_create, subscribe
 from digest.transport import MemoryTransport
 from tests.processes import digest_env

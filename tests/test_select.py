@@ -14,11 +14,12 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from digest import db
 from digest.config import DigestSettings
+from digest.days import local_date
 from digest.ingest import ingest_inputs
 from digest.models import Delivery, Digest, Subscriber, Topic
 from digest.plan import plan_deliveries, record_selection
 from digest.ranking import ranking_score, trending_score, upvote_gain, votes
-from digest.select import TRENDING_MIN_RELEVANCE, SelectionRun, local_date
+from digest.select import TRENDING_MIN_RELEVANCE, SelectionRun
 from digest.subscribers import subscribe
 
 DAY1 = datetime(2026, 3, 2, 6, 0, tzinfo=UTC)

@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from bench.synthetic import REALISTIC_TOPICS
 from digest import db, relevance
 from digest.config import DigestSettings
+from digest.days import trend_window
 from digest.ingest import ingest_inputs
 from digest.models import Delivery, Paper, Subscriber, Topic, UpvoteObservation
 from digest.plan import plan_deliveries
@@ -29,7 +30,6 @@ from digest.select import (
     Selection,
     SelectionRun,
     histories,
-    trend_window,
 )
 from digest.subscribers import subscribe
 from tests.conftest import SEEDS

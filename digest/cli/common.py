@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 __all__ = [
+    "days",
     "db",
     "deliver",
     "doctor",
@@ -49,6 +50,7 @@ class LazyModule:
 
 if TYPE_CHECKING:
     from digest import (
+        days,
         db,
         deliver,
         doctor,
@@ -66,6 +68,7 @@ if TYPE_CHECKING:
     from digest import query as queries
     from digest import select as selection
 else:
+    days = LazyModule("digest.days")
     db = LazyModule("digest.db")
     deliver = LazyModule("digest.deliver")
     doctor = LazyModule("digest.doctor")

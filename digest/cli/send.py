@@ -15,7 +15,7 @@ import click
 
 from digest.app import App
 from digest.cli.check import print_config_warnings
-from digest.cli.common import db, deliver, files, schedule, selection, subscribers
+from digest.cli.common import days, db, deliver, files, schedule, subscribers
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
@@ -93,7 +93,7 @@ def preview_command(
                 grace = timedelta(hours=app.config.schedule.grace_hours)
                 coming = schedule.upcoming_digest(session, subscriber, now, grace)
                 day = coming.day if coming is not None else None
-            elif not selection.sends_on(subscriber, day):
+            elif not days.sends_on(subscriber, day):
                 raise click.ClickException(
                     f"{subscriber.email} gets no digest on {day:%a %d %b %Y}: "
                     f"theirs is {subscriber.frequency}"
@@ -130,7 +130,7 @@ def preview_basis(session: Session, subscriber: Subscriber, day: date, now: date
     from digest.models import CLAIMABLE_STATUSES, RECEIVED_STATUSES, DeliveryStatus
 
     row = db.find_delivery(session, subscriber.id, day)
-    at = selection.send_time(subscriber, day)
+    at = days.send_time(subscriber, day)
     named = f"the digest of {day:%a %d %b %Y} ({at:%Y-%m-%d %H:%M} UTC)"
     if row is None:
         if at <= now:
@@ -174,7 +174,7 @@ def run_send(
                 [subscriber], lambda warning: click.echo(warning, err=True)
             ):
                 left_out += 1
-            elif selection.is_due_today(subscriber, now):
+            elif days.is_due_today(subscriber, now):
                 yield subscriber
 
     def due(session: Session) -> plan.DueList:
