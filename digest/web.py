@@ -27,12 +27,11 @@ Pages (Jinja templates in templates/web/, with the email's look):
   gives too), PAGE_SIZE per page, and a button to subscribe to it.
 
 Security: tokens signed with itsdangerous and each subscriber's secret (see
-`digest.links`); a bad, expired or revoked token gets the same friendly 404
-whether or not the address exists; CSRF tokens on every form but the
-one-click POST; per-IP rate limits (Flask-Limiter) and at most one email per
-address per `web.resend_minutes`; a strict Content-Security-Policy (scripts
-and styles only from /static), `X-Frame-Options: DENY`, `nosniff`,
-`Referrer-Policy: no-referrer` (links carry tokens) and `no-store` caching.
+`digest.links`); CSRF tokens on every form but the one-click POST; per-IP rate
+limits (Flask-Limiter) and at most one email per address per
+`web.resend_minutes`, fewer while they go unanswered. The security headers on
+every response and the error pages (a bad, expired or revoked token gets the
+same friendly 404 whether or not the address exists) are `digest.web_guard`'s.
 Emails go out from a background thread (`digest.notices.Outbox`), so a form
 answers at once and in the same time whether or not it sent one. The forms'
 fields and their checks are `digest.web_forms`'.
@@ -58,7 +57,6 @@ from flask import (
     g,
     get_flashed_messages,
     redirect,
-    render_template,
     request,
     url_for,
 )
@@ -67,14 +65,14 @@ from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
 from flask_wtf.csrf import CSRFError, CSRFProtect, validate_csrf
 from sqlalchemy.orm import Session
-from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
 from wtforms import ValidationError
 
-from digest import db, links
+from digest import db, links, web_guard
 from digest.app import App
 from digest.config import Config
 from digest.config_values import canonical_timezones, iana_timezones
+from digest.days import local_date
 from digest.errors import SubscriberError
 from digest.models import WEEKDAYS, Delivery, Digest, Subscriber, SubscriptionRequest
 from digest.notices import WEEKDAY_NAMES, Outbox, frequency, topics_text
@@ -82,7 +80,7 @@ from digest.preferences import parse_topic, split_label
 from digest.query import QueryError, parse_query
 from digest.resources import resource_dir
 from digest.schedule import NextDigest, upcoming_digest
-from digest.select import SelectionRun, TopicListing, local_date
+from digest.select import SelectionRun, TopicListing
 from digest.subscribers import (
     apply_preferences,
     confirm,
@@ -109,23 +107,15 @@ from digest.web_forms import (
     form_from_subscriber,
     unknown_paper,
 )
+from digest.web_guard import csrf_error, error_page, page
 
 log = logging.getLogger("digest.web")
 
 MATCH_EXAMPLES = 3
 PAGE_SIZE = 25  # papers per page of a topic's page
 MAX_FORM_BYTES = 64 * 1024
-CONTENT_SECURITY_POLICY = (
-    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-    "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
-)
 FOREVER = timedelta(days=365 * 100)
 SAVED = "saved"  # the flash category of a manage page's "Saved." (the message: whose page)
-NOT_FOUND = (
-    "Link not valid",
-    "This link is not valid any more: it may be incomplete, expired, or replaced by a newer "
-    "one. The most recent email you received has working links.",
-)
 
 
 def when(coming: NextDigest | None, timezone: str, now: datetime) -> str:
@@ -208,56 +198,7 @@ def create_app(config: Config | None = None, *, wiring: App | None = None) -> Fl
     def site() -> dict[str, Any]:
         return {"site_name": settings.site.name, "postal_address": settings.mail.postal_address}
 
-    @app.after_request
-    def secure(response: Response) -> Response:
-        response.headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
-        response.headers["X-Frame-Options"] = "DENY"
-        response.headers["X-Content-Type-Options"] = "nosniff"
-        response.headers["Referrer-Policy"] = "no-referrer"
-        response.headers["Cross-Origin-Opener-Policy"] = "same-origin"
-        if request.endpoint != "static":
-            response.headers["Cache-Control"] = "no-store"
-        return response
-
-    def page(template: str, http_status: int = 200, **context: Any) -> ResponseReturnValue:
-        return render_template(template, **context), http_status
-
-    def error_page(status: int, title: str, message: str) -> ResponseReturnValue:
-        if request.path.startswith("/api/"):
-            return {"error": message}, status
-        return page("error.html", status, title=title, message=message)
-
-    @app.errorhandler(HTTPException)
-    def http_error(exc: HTTPException) -> ResponseReturnValue:
-        status = exc.code or 500
-        if status == 404 and request.url_rule is None:  # no such page: not a token's
-            return error_page(404, "Page not found", "There is no page at this address.")
-        if status == 404:
-            return error_page(404, *NOT_FOUND)
-        if status == 429:
-            return error_page(429, "Too many requests", "Please wait a little and try again.")
-        if status == 413:
-            return error_page(413, "Too large", "That form is far larger than it can be.")
-        return error_page(status, exc.name, exc.description or exc.name)
-
-    @app.errorhandler(CSRFError)
-    def csrf_error(exc: CSRFError) -> ResponseReturnValue:
-        return error_page(
-            400,
-            "Form expired",
-            "This form was open too long or came from elsewhere. Go back, reload the page "
-            "and send it again.",
-        )
-
-    @app.errorhandler(Exception)
-    def unexpected(exc: Exception) -> ResponseReturnValue:
-        # The route, not the path: a path carries a subscriber's token (a manage link
-        # in a log file would let its readers change or end that subscription).
-        route = request.url_rule.rule if request.url_rule is not None else request.path
-        log.exception("unexpected error on %s %s", request.method, route)
-        return error_page(
-            500, "Something went wrong", "Sorry, that did not work. Please try again later."
-        )
+    web_guard.install(app)
 
     def sessions() -> Session:
         return wiring.sessions()()
