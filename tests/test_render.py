@@ -619,6 +619,14 @@ def test_topics_say_how_many_more_matched_and_link_to_their_preview() -> None:
         ("7 more matched", "https://digest.example.org/preview?topic=diffusion"),
         ("1 more matched", "https://digest.example.org/preview?topic=%22LLM%20agents%22%20-survey"),
     ]
+    # They look like the papers' links, in light and dark mode (the class the dark
+    # colours are for).
+    paper_link = tree.xpath("//p[@class='links']/a[@class='link']")[0]
+    assert {
+        (a.get("class"), a.get("style"))
+        for a in tree.xpath("//a")
+        if "more matched" in a.text_content()
+    } == {("link", paper_link.get("style"))}
     # The URL on its own line, and a blank line before the next section and the footer.
     assert (
         "\n\n7 more matched:\nhttps://digest.example.org/preview?topic=diffusion\n\n== Agents ==\n"
@@ -972,7 +980,8 @@ def test_a_like_topic_reads_papers_like_its_title_without_on() -> None:
         "1 paper like “Engines”",
         "Daily Papers: 1 paper like “Engines”",
     )
-    # Other topics keep their "on" (in the subject "in"), said once for each run of them.
+    # With other topics, they come first behind one "on" (in the subject "in"), and the
+    # like:ID topics last: the count is every topic's, not one paper's likes.
     mixed = [
         Item(1, topic="diffusion", topic_label="Diffusion"),
         Item(2, topic="rlhf"),
@@ -981,14 +990,14 @@ def test_a_like_topic_reads_papers_like_its_title_without_on() -> None:
         Item(5, topic="like:2611.00002"),
     ]
     assert rendered_like_digest(mixed, papers) == (
-        "Daily Papers · Wed 25 Nov · 5 new in Diffusion, rlhf +3 more",
-        "5 papers on Diffusion, rlhf, like “Engines”, on robot, like “Looms”",
-        "Daily Papers: 5 papers on Diffusion, rlhf, like “Engines”, on robot, like",  # wrapped
+        "Daily Papers · Wed 25 Nov · 5 new in Diffusion, rlhf, robot +2 more",
+        "5 papers on Diffusion, rlhf, robot, like “Engines”, like “Looms”",
+        "Daily Papers: 5 papers on Diffusion, rlhf, robot, like “Engines”, like “Looms”",
     )
     assert rendered_like_digest(mixed[2:], papers) == (
-        "Daily Papers · Wed 25 Nov · 3 new papers like “Engines”, in robot +1 more",
-        "3 papers like “Engines”, on robot, like “Looms”",
-        "Daily Papers: 3 papers like “Engines”, on robot, like “Looms”",
+        "Daily Papers · Wed 25 Nov · 3 new in robot, like “Engines”, like “Looms”",
+        "3 papers on robot, like “Engines”, like “Looms”",
+        "Daily Papers: 3 papers on robot, like “Engines”, like “Looms”",
     )
     # Without its paper's title, a like:ID topic is its query, after "on".
     assert rendered_like_digest([Item(1, topic="like:42")], papers)[1] == "1 paper on like:42"
