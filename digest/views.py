@@ -284,20 +284,17 @@ def clip(text: str, limit: int) -> str:
 
 
 def after_count(titles: Sequence[str], on: str, noun: str) -> list[str]:
-    """Topic names as they read after a count ("20 papers", "3 new"): each run of them
-    behind `on` ("on Diffusion, RLHF"), but a like:ID topic's, which says what it is
-    already ('papers like “…”'), behind none, its "papers" become `noun` ("" drops it):
-    "20 papers like “…”, on Diffusion", never "20 papers on papers like “…”"."""
-    phrases: list[str] = []
-    in_run = False  # the previous topic is one of a run whose `on` is said already
-    for title in titles:
-        liked = title.startswith(LIKE_PREFIX)
-        if liked:
-            phrases.append(f"{noun} like {title.removeprefix(LIKE_PREFIX)}".lstrip())
-        else:
-            phrases.append(title if in_run else f"{on} {title}")
-        in_run = not liked
-    return phrases
+    """Topic names as they read after a count ("20 papers", "3 new"): behind one `on`
+    ("on Diffusion, RLHF"), a like:ID topic's last, as 'like “…”' ("20 papers on RLHF,
+    like “…”"). A like:ID topic says what it is already ('papers like “…”'), so when only
+    such topics are named none takes `on` and the first's "papers" becomes `noun` ("" drops
+    it): "3 papers like “…”", never "3 papers on papers like “…”"; and the count, which is
+    every topic's, never reads as that one paper's ("20 papers like “…”, on RLHF")."""
+    liked = [f"like {t.removeprefix(LIKE_PREFIX)}" for t in titles if t.startswith(LIKE_PREFIX)]
+    others = [t for t in titles if not t.startswith(LIKE_PREFIX)]
+    if others:
+        return [f"{on} {others[0]}", *others[1:], *liked]
+    return [f"{noun} {liked[0]}".lstrip(), *liked[1:]] if liked else []
 
 
 def join_titles(titles: Sequence[str], limit: int) -> str:
